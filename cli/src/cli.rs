@@ -1,0 +1,161 @@
+//! Command-line syntax. This surface is a contract: keep the names.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// agentmesh: a peer-to-peer mesh where AI coding agents and their humans find each other
+/// and talk, on one machine, across a LAN, and beyond.
+#[derive(Parser, Debug)]
+#[command(name = "mesh", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Node home directory (identity, config, store, socket).
+    #[arg(long, global = true, env = "MESH_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Machine-readable output: one JSON document (JSON lines for streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node (foreground unless --detach).
+    Up(UpArgs),
+    /// Stop the running node cleanly.
+    Down,
+    /// Identity, addresses, peers, agents, topics and store figures.
+    Status,
+    /// Known nodes: name, PeerId, addresses, connected or not, round-trip time.
+    Peers,
+    /// Agents on the whole mesh, with node, kind, directory, summary and status.
+    Agents,
+    /// Connect to a node by multiaddr (e.g. /ip4/192.168.1.20/tcp/4001).
+    Dial {
+        /// The address to dial.
+        multiaddr: String,
+    },
+    /// Send a direct message to agent[@node].
+    Send(SendArgs),
+    /// Show unread messages (and mark them read).
+    Inbox(InboxArgs),
+    /// Subscribe an agent to a topic.
+    Subscribe(TopicArgs),
+    /// Unsubscribe an agent from a topic.
+    Unsubscribe(TopicArgs),
+    /// Topics known on this node, with local subscribers.
+    Topics,
+    /// Publish a message on a topic.
+    Publish(PublishArgs),
+    /// Message history, with an agent or on a topic (#name).
+    History(HistoryArgs),
+    /// Sent messages awaiting delivery, and dead letters.
+    Outbox(OutboxArgs),
+    /// Print shell completions.
+    Completions {
+        /// Shell to generate for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Run in the background and return once the node is ready.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Name of this node on the mesh (default: host name).
+    #[arg(long, env = "MESH_NAME")]
+    pub name: Option<String>,
+    /// Address to listen on (repeatable; default all interfaces, TCP and QUIC, OS-chosen ports).
+    #[arg(long, env = "MESH_LISTEN", value_delimiter = ',', value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Do not discover or advertise on the LAN (mDNS and DNS-SD).
+    #[arg(long, env = "MESH_NO_MDNS")]
+    pub no_mdns: bool,
+}
+
+/// The local agent a command acts as.
+#[derive(Args, Debug)]
+pub struct AsAgent {
+    /// Act as this local agent (default: your login name).
+    #[arg(long = "as", value_name = "AGENT")]
+    pub agent: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Recipient: agent@node (node name or PeerId), or a bare agent name if unique.
+    pub to: String,
+    /// The message text ("-" reads it from standard input).
+    pub text: String,
+    #[command(flatten)]
+    pub who: AsAgent,
+    /// Id of the message this one answers.
+    #[arg(long, value_name = "ID")]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InboxArgs {
+    #[command(flatten)]
+    pub who: AsAgent,
+    /// Show read messages too (the newest --limit), without changing their state.
+    #[arg(long)]
+    pub all: bool,
+    /// Keep running and print new messages as they arrive.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Show at most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct TopicArgs {
+    /// Topic name (a leading # is accepted).
+    pub topic: String,
+    #[command(flatten)]
+    pub who: AsAgent,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Topic name (a leading # is accepted).
+    pub topic: String,
+    /// The message text ("-" reads it from standard input).
+    pub text: String,
+    #[command(flatten)]
+    pub who: AsAgent,
+    /// Id of the message this one answers.
+    #[arg(long, value_name = "ID")]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// An agent (agent[@node]) or a topic (#name); omit for everything.
+    pub target: Option<String>,
+    /// Only this local agent's messages.
+    #[arg(long = "as", value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// Show at most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only messages whose text contains this (case-insensitive).
+    #[arg(long)]
+    pub grep: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct OutboxArgs {
+    /// Only this local agent's messages.
+    #[arg(long = "as", value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// Include delivered messages.
+    #[arg(long)]
+    pub all: bool,
+    /// Show at most this many (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}

@@ -1,0 +1,50 @@
+//! `mesh agents`.
+
+use mesh_node::api::{Reception, Request, Response};
+
+use super::Ctx;
+use crate::{expect, output};
+
+/// How an agent receives, in words.
+pub fn reception(r: Reception) -> &'static str {
+    match r {
+        Reception::Push => "online (push)",
+        Reception::Poll => "online (polls)",
+        Reception::Offline => "offline (mail queued)",
+    }
+}
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let agents = expect!(ctx.call(Request::Agents).await?, Response::Agents(a) => a);
+    if ctx.json {
+        return output::json(&agents);
+    }
+    let rows = agents
+        .iter()
+        .map(|a| {
+            let mut where_ = a.repo.clone().or(a.cwd.clone()).unwrap_or_default();
+            if let Some(s) = &a.summary {
+                if !where_.is_empty() {
+                    where_.push_str(" — ");
+                }
+                where_.push_str(s);
+            }
+            vec![
+                output::clean(&a.address),
+                a.kind.clone(),
+                format!(
+                    "{}{}",
+                    reception(a.reception),
+                    match a.unread {
+                        Some(n) if n > 0 => format!(", {n} unread"),
+                        _ => String::new(),
+                    }
+                ),
+                output::ago(a.last_seen_ms),
+                output::clean(&where_),
+            ]
+        })
+        .collect();
+    output::table(&["ADDRESS", "KIND", "STATUS", "LAST SEEN", "WORKING ON"], rows);
+    Ok(())
+}

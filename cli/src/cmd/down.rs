@@ -1,0 +1,46 @@
+//! `mesh down`.
+
+use std::time::Duration;
+
+use mesh_node::api::Request;
+
+use super::{Ctx, NotRunning};
+
+/// How long `down` waits for the daemon to release its home.
+const WAIT: Duration = Duration::from_secs(15);
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let client = match ctx.client().await {
+        Ok(c) => c,
+        Err(e) if e.downcast_ref::<NotRunning>().is_some() => {
+            eprintln!("no agentmesh daemon is running for home {}", ctx.home.path().display());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let name = client.node().name.clone();
+    client.call(Request::Shutdown).await?;
+    // The daemon holds daemon.lock until it has flushed and let go of everything.
+    let lock = ctx.home.lock_path();
+    let released = tokio::task::spawn_blocking(move || {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let r = std::fs::File::open(&lock).and_then(|f| f.lock());
+            let _ = tx.send(r.is_ok());
+        });
+        rx.recv_timeout(WAIT).unwrap_or(false)
+    })
+    .await?;
+    if !released {
+        anyhow::bail!(
+            "the daemon was asked to stop but still holds its home after {} s",
+            WAIT.as_secs()
+        );
+    }
+    if !ctx.json {
+        println!("stopped node {name}");
+    } else {
+        crate::output::json(&serde_json::json!({ "stopped": name }))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `mesh history`.
+
+use mesh_node::api::{Request, Response};
+
+use super::Ctx;
+use crate::cli::HistoryArgs;
+use crate::{expect, output};
+
+pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
+    let request = Request::History {
+        agent: a.agent,
+        target: a.target,
+        grep: a.grep,
+        limit: a.limit,
+    };
+    let rows = expect!(ctx.call(request).await?, Response::History(h) => h);
+    if ctx.json {
+        return output::json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no messages");
+    }
+    for h in &rows {
+        let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
+        let reply = h.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
+        println!(
+            "{}  {}  {} -> {}{reply}{state}",
+            output::time(h.at_ms),
+            h.id,
+            output::clean(&h.from),
+            output::clean(&h.to)
+        );
+        for line in output::clean(&h.text).lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}

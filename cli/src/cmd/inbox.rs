@@ -1,0 +1,96 @@
+//! `mesh inbox`.
+
+use mesh_node::api::{AgentSpec, Event, MessageView, Request, Response};
+
+use super::Ctx;
+use crate::cli::InboxArgs;
+use crate::{expect, output};
+
+fn print(ctx: &Ctx, m: &MessageView) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json_line(m);
+    }
+    let via = m.topic.as_ref().map(|t| format!(" on #{t}")).unwrap_or_default();
+    let reply = m.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
+    println!(
+        "{}  {}  from {}{via}{reply}",
+        m.id,
+        output::time(m.received_at_ms),
+        output::clean(&m.from)
+    );
+    for line in output::clean(&m.text).lines() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
+    let agent = ctx.agent(&a.who.agent);
+    let client = ctx.client().await?;
+    if !a.follow {
+        let list = expect!(
+            client.call(Request::Inbox { agent, all: a.all, limit: a.limit, mark_read: !a.all }).await?,
+            Response::Inbox(l) => l
+        );
+        if ctx.json {
+            return output::json(&list);
+        }
+        if list.is_empty() {
+            println!("no {}messages", if a.all { "" } else { "unread " });
+        }
+        for m in &list {
+            print(ctx, m)?;
+        }
+        return Ok(());
+    }
+
+    // Follow: online while running; watch first so nothing falls between the two.
+    client
+        .call(Request::Register {
+            agent: AgentSpec {
+                name: agent.clone(),
+                kind: "human".into(),
+                push: true,
+                ..Default::default()
+            },
+            attach: true,
+        })
+        .await?;
+    let mut events = client.watch(vec![agent.clone()]).await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut catch_up = true;
+    loop {
+        if catch_up {
+            let list = expect!(
+                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: true }).await?,
+                Response::Inbox(l) => l
+            );
+            for m in &list {
+                if seen.insert(m.id) {
+                    print(ctx, m)?;
+                }
+            }
+            catch_up = false;
+        }
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match ev {
+            None => anyhow::bail!("the daemon closed the connection (it was stopped?)"),
+            Some(Event::Message(m)) if m.agent == agent => {
+                if seen.insert(m.id) {
+                    print(ctx, &m)?;
+                    client
+                        .call(Request::MarkRead {
+                            agent: agent.clone(),
+                            ids: vec![m.id],
+                        })
+                        .await?;
+                }
+            }
+            Some(Event::Lagged { .. }) => catch_up = true,
+            Some(_) => {}
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `mesh send` and `mesh outbox`.
+
+use mesh_node::api::{Request, Response, SendStatus};
+
+use super::{Ctx, id_arg, text_arg};
+use crate::cli::{OutboxArgs, SendArgs};
+use crate::{expect, output};
+
+pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
+    let text = text_arg(&a.text)?;
+    let reply_to = id_arg(&a.reply_to)?;
+    let request = Request::Send {
+        from: ctx.agent(&a.who.agent),
+        to: a.to.clone(),
+        text,
+        reply_to,
+    };
+    let r = expect!(ctx.call(request).await?, Response::Sent(r) => r);
+    if ctx.json {
+        output::json(&r)?;
+    } else {
+        match &r.status {
+            SendStatus::Delivered => println!("{}  delivered to {}", r.id, r.to),
+            SendStatus::Queued { reason } => println!("{}  queued for {}: {reason}", r.id, r.to),
+            SendStatus::Rejected { .. } => {}
+        }
+    }
+    if let SendStatus::Rejected { reason } = &r.status {
+        anyhow::bail!("message {} to {} was refused: {reason}", r.id, r.to);
+    }
+    Ok(())
+}
+
+pub async fn outbox(ctx: &Ctx, a: OutboxArgs) -> anyhow::Result<()> {
+    let list = expect!(
+        ctx.call(Request::Outbox { agent: a.agent, delivered: a.all, limit: a.limit }).await?,
+        Response::Outbox(l) => l
+    );
+    if ctx.json {
+        return output::json(&list);
+    }
+    if list.is_empty() {
+        println!("outbox empty: nothing pending, no dead letters");
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|e| {
+            let mut state = e.state.clone();
+            if e.attempts > 0 {
+                state.push_str(&format!(" ({} attempts)", e.attempts));
+            }
+            vec![
+                e.id.to_string(),
+                output::time(e.created_ms),
+                format!("{} -> {}", e.from, output::clean(&e.to)),
+                state,
+                output::clean(e.reason.as_deref().unwrap_or("")),
+                output::clean(&e.text.chars().take(60).collect::<String>()),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "SENT", "FROM -> TO", "STATE", "REASON", "TEXT"], rows);
+    Ok(())
+}

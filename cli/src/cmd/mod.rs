@@ -1,0 +1,143 @@
+//! One module per subcommand.
+
+mod agents;
+mod completions;
+mod down;
+mod history;
+mod inbox;
+mod messages;
+mod peers;
+mod status;
+mod topics;
+mod up;
+
+use std::io::Read;
+
+use anyhow::Context;
+use mesh_node::api::client::{Client, ClientError};
+use mesh_node::api::{Request, Response};
+use mesh_node::home::Home;
+
+use crate::cli::{Cli, Command};
+
+/// What every command needs.
+pub struct Ctx {
+    pub home: Home,
+    pub json: bool,
+    home_flag: Option<String>,
+}
+
+/// The daemon is not running.
+#[derive(Debug)]
+pub struct NotRunning(pub String);
+
+impl std::error::Error for NotRunning {}
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Ctx {
+    /// `mesh` plus `--home DIR` when the home is not the default, for hints.
+    pub fn mesh(&self) -> String {
+        match &self.home_flag {
+            Some(h) => format!("mesh --home {h}"),
+            None => "mesh".to_string(),
+        }
+    }
+
+    /// Connects to the daemon, or explains how to start one.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        match Client::connect(&self.home, concat!("mesh-cli/", env!("CARGO_PKG_VERSION"))).await {
+            Ok(c) => Ok(c),
+            Err(ClientError::NotRunning { home, .. }) => Err(NotRunning(format!(
+                "no agentmesh daemon is running for home {}; start one with: {} up --detach",
+                home.display(),
+                self.mesh()
+            ))
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One request, one response.
+    pub async fn call(&self, request: Request) -> anyhow::Result<Response> {
+        let client = self.client().await?;
+        Ok(client.call(request).await?)
+    }
+
+    /// The local agent to act as.
+    pub fn agent(&self, given: &Option<String>) -> String {
+        given
+            .clone()
+            .unwrap_or_else(|| mesh_node::daemon::login_agent().to_string())
+    }
+}
+
+/// Reads a message text: the argument, or standard input for "-".
+pub fn text_arg(text: &str) -> anyhow::Result<String> {
+    if text == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the message from standard input")?;
+        Ok(s.trim_end_matches('\n').to_string())
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+/// A message id argument.
+pub fn id_arg(id: &Option<String>) -> anyhow::Result<Option<mesh_node::ids::MessageId>> {
+    id.as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|e: mesh_node::ids::InvalidName| anyhow::anyhow!("{e}"))
+        })
+        .transpose()
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::resolve(cli.home.clone())?;
+    let ctx = Ctx {
+        home,
+        json: cli.json,
+        home_flag: cli.home.as_ref().map(|h| h.display().to_string()),
+    };
+    match cli.command {
+        Command::Up(a) => up::run(&ctx, a).await,
+        Command::Down => down::run(&ctx).await,
+        Command::Status => status::run(&ctx).await,
+        Command::Peers => peers::peers(&ctx).await,
+        Command::Agents => agents::run(&ctx).await,
+        Command::Dial { multiaddr } => peers::dial(&ctx, &multiaddr).await,
+        Command::Send(a) => messages::send(&ctx, a).await,
+        Command::Inbox(a) => inbox::run(&ctx, a).await,
+        Command::Subscribe(a) => topics::subscribe(&ctx, a, true).await,
+        Command::Unsubscribe(a) => topics::subscribe(&ctx, a, false).await,
+        Command::Topics => topics::list(&ctx).await,
+        Command::Publish(a) => topics::publish(&ctx, a).await,
+        Command::History(a) => history::run(&ctx, a).await,
+        Command::Outbox(a) => messages::outbox(&ctx, a).await,
+        Command::Completions { shell } => completions::run(shell),
+    }
+}
+
+/// Exit code for an error: 3 when no daemon runs, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<NotRunning>().is_some() { 3 } else { 1 }
+}
+
+/// Unwraps the expected response variant.
+#[macro_export]
+macro_rules! expect {
+    ($resp:expr, $pat:pat => $out:expr) => {
+        match $resp {
+            $pat => $out,
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    };
+}

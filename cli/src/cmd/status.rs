@@ -1,0 +1,86 @@
+//! `mesh status`.
+
+use mesh_node::api::{Request, Response};
+
+use super::Ctx;
+use crate::{expect, output};
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let s = expect!(ctx.call(Request::Status).await?, Response::Status(s) => s);
+    if ctx.json {
+        return output::json(&s);
+    }
+    println!("node     {}  {}  ({})", s.node.name, s.node.peer_id, s.node.version);
+    println!("home     {}", s.home);
+    for (i, a) in s.listen.iter().enumerate() {
+        println!(
+            "{}{a}/p2p/{}",
+            if i == 0 { "listen   " } else { "         " },
+            s.node.peer_id
+        );
+    }
+    println!(
+        "lan      {}",
+        if s.mdns {
+            "discovery on (mDNS, DNS-SD)"
+        } else {
+            "discovery off (--no-mdns)"
+        }
+    );
+    println!("peers    {} connected, {} known", s.connected, s.known);
+    let agents: Vec<String> = s
+        .agents
+        .iter()
+        .map(|a| {
+            let unread = a.unread.unwrap_or(0);
+            format!(
+                "{} ({}, {}{})",
+                a.name,
+                a.kind,
+                super::agents::reception(a.reception),
+                if unread > 0 {
+                    format!(", {unread} unread")
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    println!(
+        "agents   {}",
+        if agents.is_empty() {
+            "none".into()
+        } else {
+            agents.join(", ")
+        }
+    );
+    let topics: Vec<String> = s
+        .topics
+        .iter()
+        .map(|t| format!("#{} ({})", t.topic, t.subscribers.join(", ")))
+        .collect();
+    println!(
+        "topics   {}",
+        if topics.is_empty() {
+            "none".into()
+        } else {
+            topics.join(", ")
+        }
+    );
+    let st = &s.store;
+    println!(
+        "store    {} inbox ({} unread), {} outbox ({} pending), {} topic messages, {} peers, {}",
+        st.inbox,
+        st.unread,
+        st.outbox,
+        st.pending,
+        st.topic_messages,
+        st.peers,
+        output::size(st.file_bytes)
+    );
+    println!(
+        "uptime   {}",
+        humantime::format_duration(std::time::Duration::from_secs(s.uptime_s))
+    );
+    Ok(())
+}

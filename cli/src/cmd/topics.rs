@@ -1,0 +1,94 @@
+//! `mesh subscribe`, `mesh unsubscribe`, `mesh topics`, `mesh publish`.
+
+use mesh_node::api::{Request, Response};
+
+use super::{Ctx, id_arg, text_arg};
+use crate::cli::{PublishArgs, TopicArgs};
+use crate::{expect, output};
+
+pub async fn subscribe(ctx: &Ctx, a: TopicArgs, on: bool) -> anyhow::Result<()> {
+    let agent = ctx.agent(&a.who.agent);
+    let request = if on {
+        Request::Subscribe {
+            agent: agent.clone(),
+            topic: a.topic,
+        }
+    } else {
+        Request::Unsubscribe {
+            agent: agent.clone(),
+            topic: a.topic,
+        }
+    };
+    let (topic, changed) =
+        expect!(ctx.call(request).await?, Response::Subscription { topic, changed } => (topic, changed));
+    if ctx.json {
+        return output::json(
+            &serde_json::json!({ "topic": topic, "agent": agent, "subscribed": on, "changed": changed }),
+        );
+    }
+    match (on, changed) {
+        (true, true) => println!("{agent} subscribed to #{topic}"),
+        (true, false) => println!("{agent} was already subscribed to #{topic}"),
+        (false, true) => println!("{agent} unsubscribed from #{topic}"),
+        (false, false) => println!("{agent} was not subscribed to #{topic}"),
+    }
+    Ok(())
+}
+
+pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
+    let topics = expect!(ctx.call(Request::Topics).await?, Response::Topics(t) => t);
+    if ctx.json {
+        return output::json(&topics);
+    }
+    if topics.is_empty() {
+        println!("no topics yet ({} subscribe <topic>)", ctx.mesh());
+        return Ok(());
+    }
+    let rows = topics
+        .iter()
+        .map(|t| {
+            vec![
+                format!("#{}", t.topic),
+                if t.subscribers.is_empty() {
+                    "-".into()
+                } else {
+                    t.subscribers.join(", ")
+                },
+                t.messages.to_string(),
+                t.last_ms.map(output::ago).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::table(&["TOPIC", "SUBSCRIBERS HERE", "MESSAGES", "LAST"], rows);
+    Ok(())
+}
+
+pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<()> {
+    let request = Request::Publish {
+        agent: ctx.agent(&a.who.agent),
+        topic: a.topic,
+        text: text_arg(&a.text)?,
+        reply_to: id_arg(&a.reply_to)?,
+    };
+    let r = expect!(ctx.call(request).await?, Response::Published(r) => r);
+    if ctx.json {
+        return output::json(&r);
+    }
+    let local = if r.local_subscribers > 0 {
+        format!(", {} local subscriber(s)", r.local_subscribers)
+    } else {
+        String::new()
+    };
+    if r.peers_reached > 0 {
+        println!(
+            "{}  published on #{}: reached {} peer(s){local}",
+            r.id, r.topic, r.peers_reached
+        );
+    } else {
+        println!(
+            "{}  stored on #{}: no subscribers reached yet{local} (it is sent when a node subscribes)",
+            r.id, r.topic
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `mesh up`.
+
+use anyhow::Context;
+use mesh_node::config::Overrides;
+use mesh_node::daemon::{self, DaemonError, DaemonOptions, Detached, ReadyInfo, ReadyLine};
+use mesh_node::ids::NodeName;
+
+use super::Ctx;
+use crate::cli::UpArgs;
+use crate::output;
+
+fn overrides(a: &UpArgs) -> anyhow::Result<Overrides> {
+    let name = a.name.as_deref().map(NodeName::new).transpose()?;
+    let listen = a
+        .listen
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("malformed --listen address {s:?}: {e} (example: /ip4/0.0.0.0/tcp/4001)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Overrides {
+        name,
+        listen,
+        no_mdns: a.no_mdns,
+    })
+}
+
+fn print_ready(ctx: &Ctx, info: &ReadyInfo, detached: bool) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(info);
+    }
+    println!(
+        "agentmesh node {} is {}",
+        info.name,
+        if detached { "running in the background" } else { "up" }
+    );
+    println!("  peer id  {}", info.peer_id);
+    println!("  home     {}", info.home.display());
+    for a in &info.listen {
+        println!("  listen   {a}/p2p/{}", info.peer_id);
+    }
+    if detached {
+        println!("  pid      {}  (log: {})", info.pid, ctx.home.log_path().display());
+        println!("stop it with: {} down", ctx.mesh());
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
+    let ov = overrides(&a)?;
+    if a.detach {
+        let exe = std::env::current_exe().context("cannot find the mesh executable")?;
+        let mut args: Vec<std::ffi::OsString> = vec!["--home".into(), ctx.home.path().into(), "up".into()];
+        if let Some(n) = &ov.name {
+            args.push("--name".into());
+            args.push(n.to_string().into());
+        }
+        for l in &ov.listen {
+            args.push("--listen".into());
+            args.push(l.to_string().into());
+        }
+        if ov.no_mdns {
+            args.push("--no-mdns".into());
+        }
+        let home = ctx.home.clone();
+        let outcome = tokio::task::spawn_blocking(move || daemon::spawn_detached(&exe, &args, &home)).await??;
+        return match outcome {
+            Detached::Started(info) => print_ready(ctx, &info, true),
+            Detached::AlreadyRunning(msg) => anyhow::bail!("{msg}"),
+        };
+    }
+
+    let report = std::env::var_os(daemon::READY_ENV).is_some();
+    let opts = DaemonOptions {
+        home: ctx.home.clone(),
+        overrides: ov,
+        user: None,
+    };
+    let result = daemon::run_foreground(opts, |info| {
+        if report {
+            daemon::report_ready(&ReadyLine::Ready(info.clone()));
+        } else if let Err(e) = print_ready(ctx, info, false) {
+            tracing::warn!(error = %e, "cannot print the ready message");
+        }
+    })
+    .await;
+    if let Err(e) = &result
+        && report
+    {
+        let line = match e {
+            DaemonError::AlreadyRunning { .. } => ReadyLine::AlreadyRunning(e.to_string()),
+            _ => ReadyLine::Failed(e.to_string()),
+        };
+        daemon::report_ready(&line);
+    }
+    Ok(result?)
+}

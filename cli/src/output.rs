@@ -1,0 +1,103 @@
+//! Human-readable output helpers. Peer text is untrusted: terminal control characters are
+//! replaced before it is printed.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Prints a value as pretty JSON.
+pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints a value as one JSON line (for streams).
+pub fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// Replaces control characters (escape sequences, carriage returns, ...) with U+FFFD so
+/// peer text cannot drive the terminal. Newlines and tabs are kept.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `2026-11-21T10:25:03Z`.
+pub fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `5m 3s` style.
+pub fn ago(ms: u64) -> String {
+    let now = mesh_node::ids::now_ms();
+    if ms == 0 || ms > now {
+        return "-".into();
+    }
+    let secs = (now - ms) / 1000;
+    let d = Duration::from_secs(secs);
+    if secs == 0 {
+        "just now".into()
+    } else {
+        format!(
+            "{} ago",
+            humantime::format_duration(d)
+                .to_string()
+                .split(' ')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+}
+
+/// A table with left-aligned columns.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                s.push_str(&c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// Bytes as KiB/MiB.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(super::clean("a\x1b[31mred\r\nb\tc"), "a\u{fffd}[31mred\u{fffd}\nb\tc");
+    }
+}

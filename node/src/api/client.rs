@@ -1,0 +1,263 @@
+//! The client side of the local API, shared by the CLI and the MCP adapter.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mesh_node::api::client::ClientError> {
+//! use mesh_node::api::{Request, Response};
+//! use mesh_node::api::client::Client;
+//! use mesh_node::home::Home;
+//!
+//! let home = Home::resolve(None).expect("home");
+//! let client = Client::connect(&home, "example").await?;
+//! if let Response::Agents(agents) = client.call(Request::Agents).await? {
+//!     for a in agents {
+//!         println!("{} ({:?})", a.address, a.reception);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::{
+    API_VERSION, ApiError, ClientFrame, ClientHello, Event, HELLO_FRAME_LIMIT, MAGIC, NodeIdentity, Request, Response,
+    ServerFrame, ServerHello,
+};
+use crate::home::Home;
+
+/// Events buffered for a client that does not read them.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("no agentmesh daemon is running for home {home} (no answer on {socket}); start one with: mesh up --detach")]
+    NotRunning {
+        /// The home.
+        home: PathBuf,
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The socket exists but cannot be used.
+    #[error("cannot connect to the daemon at {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The daemon refused the connection.
+    #[error("the daemon refused the connection: {0}")]
+    Refused(String),
+    /// The daemon went away.
+    #[error("the daemon closed the connection (is it shutting down?)")]
+    Closed,
+    /// Unexpected bytes.
+    #[error("local API protocol error: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>;
+
+struct Shared {
+    writer: Mutex<FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>>,
+    pending: std::sync::Mutex<Option<Pending>>,
+    next_id: AtomicU64,
+}
+
+/// A connection to the daemon. Requests may be issued concurrently from clones.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    node: NodeIdentity,
+    max_frame: usize,
+    events: Arc<std::sync::Mutex<Option<mpsc::Receiver<Event>>>>,
+}
+
+impl Client {
+    /// Connects to the daemon of `home`. `name` identifies the client in logs.
+    pub async fn connect(home: &Home, name: &str) -> Result<Self, ClientError> {
+        Self::connect_socket(&home.socket_path(), home.path(), name).await
+    }
+
+    /// Connects to a socket path directly.
+    pub async fn connect_socket(socket: &Path, home: &Path, name: &str) -> Result<Self, ClientError> {
+        let stream = match UnixStream::connect(socket).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ClientError::NotRunning {
+                    home: home.to_path_buf(),
+                    socket: socket.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let (r, w) = stream.into_split();
+        let mut reader = FramedRead::new(
+            r,
+            LengthDelimitedCodec::builder()
+                .max_frame_length(HELLO_FRAME_LIMIT)
+                .new_codec(),
+        );
+        let mut writer = FramedWrite::new(
+            w,
+            LengthDelimitedCodec::builder()
+                .max_frame_length(HELLO_FRAME_LIMIT)
+                .new_codec(),
+        );
+        let hello = ClientHello {
+            magic: MAGIC,
+            version: API_VERSION,
+            client: name.to_string(),
+        };
+        let bytes = postcard::to_allocvec(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        writer.send(Bytes::from(bytes)).await.map_err(|_| ClientError::Closed)?;
+        let answer = reader
+            .next()
+            .await
+            .ok_or(ClientError::Closed)?
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (node, max_frame) = match postcard::from_bytes::<ServerHello>(&answer) {
+            Ok(ServerHello::Welcome { node, max_frame, .. }) => (node, max_frame as usize),
+            Ok(ServerHello::Refused { reason }) => return Err(ClientError::Refused(reason)),
+            Err(e) => return Err(ClientError::Protocol(format!("unexpected hello answer: {e}"))),
+        };
+        reader
+            .decoder_mut()
+            .set_max_frame_length(max_frame.max(HELLO_FRAME_LIMIT));
+        writer.encoder_mut().set_max_frame_length(max_frame);
+
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            pending: std::sync::Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(1),
+        });
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let reader_shared = shared.clone();
+        tokio::spawn(async move {
+            let mut lagged: u64 = 0;
+            while let Some(Ok(bytes)) = reader.next().await {
+                match postcard::from_bytes::<ServerFrame>(&bytes) {
+                    Ok(ServerFrame::Reply { id, result }) => {
+                        let tx = reader_shared
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_mut()
+                            .and_then(|p| p.remove(&id));
+                        match tx {
+                            Some(tx) => {
+                                let _ = tx.send(result);
+                            }
+                            None if id == 0 => {
+                                tracing::warn!(?result, "the daemon reported a connection error");
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(ServerFrame::Event(ev)) => {
+                        if lagged > 0 && events_tx.try_send(Event::Lagged { missed: lagged }).is_ok() {
+                            lagged = 0;
+                        }
+                        if events_tx.try_send(ev).is_err() {
+                            lagged += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable frame from the daemon");
+                        break;
+                    }
+                }
+            }
+            // Fail everything still waiting.
+            reader_shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        });
+        Ok(Self {
+            shared,
+            node,
+            max_frame,
+            events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
+        })
+    }
+
+    /// The daemon's identity.
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes =
+            postcard::to_allocvec(&ClientFrame { id, request }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if bytes.len() > self.max_frame {
+            return Err(ClientError::Api(ApiError::new(
+                super::ErrorCode::TooLarge,
+                format!(
+                    "the request is {} bytes, over the daemon's API frame limit of {} bytes (limits.max_api_frame_bytes)",
+                    bytes.len(),
+                    self.max_frame
+                ),
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.as_mut() {
+                Some(p) => p.insert(id, tx),
+                None => return Err(ClientError::Closed),
+            };
+        }
+        {
+            let mut w = self.shared.writer.lock().await;
+            if w.send(Bytes::from(bytes)).await.is_err() {
+                if let Some(p) = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    p.remove(&id);
+                }
+                return Err(ClientError::Closed);
+            }
+        }
+        match rx.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(ClientError::Api(e)),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Takes the event stream (once). Events arrive after a `Watch` request.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<Event>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Starts the event stream for `agents` (empty: all) and returns it.
+    pub async fn watch(&self, agents: Vec<String>) -> Result<mpsc::Receiver<Event>, ClientError> {
+        let rx = self
+            .take_events()
+            .ok_or_else(|| ClientError::Protocol("the event stream was already taken".into()))?;
+        self.call(Request::Watch { agents }).await?;
+        Ok(rx)
+    }
+}

@@ -1,0 +1,597 @@
+//! The local API: how the CLI and MCP adapters talk to their node's daemon.
+//!
+//! A Unix domain socket in the home (`mesh.sock`, mode 0600, owner-only). Each frame is a
+//! 4-byte big-endian length followed by a postcard value; frames over the configured
+//! maximum are refused. The client speaks first with [`ClientHello`]; the server answers
+//! [`ServerHello`]. Then the client sends [`ClientFrame`]s (each with its own id, any
+//! number in flight) and the server sends [`ServerFrame`]s: one `Reply` per request, and
+//! `Event`s once the client asked to [`Request::Watch`]. See `docs/PROTOCOL.md`.
+
+pub mod client;
+pub mod server;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MessageId;
+
+/// Version of the local API. A client and daemon of different versions refuse each other
+/// with a message saying which to restart.
+pub const API_VERSION: u32 = 1;
+/// First bytes of every client hello.
+pub const MAGIC: [u8; 8] = *b"AGNTMESH";
+/// Frame limit used before the server's own limit is known (the hello exchange).
+pub const HELLO_FRAME_LIMIT: usize = 64 * 1024;
+
+/// First frame from the client.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 8],
+    /// The client's [`API_VERSION`].
+    pub version: u32,
+    /// Free text naming the client (`mesh-cli 0.1.0`).
+    pub client: String,
+}
+
+/// First frame from the server.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ServerHello {
+    /// Accepted.
+    Welcome {
+        /// The daemon's [`API_VERSION`].
+        version: u32,
+        /// Who the daemon is.
+        node: NodeIdentity,
+        /// Largest frame the daemon accepts.
+        max_frame: u32,
+    },
+    /// Refused (version mismatch, wrong user, ...).
+    Refused {
+        /// Why, for a human.
+        reason: String,
+    },
+}
+
+/// A node's identity as the API reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The node's PeerId.
+    pub peer_id: PeerId,
+    /// Its human name.
+    pub name: String,
+    /// Software version.
+    pub version: String,
+}
+
+/// A request with its id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The answer to request `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// Its outcome.
+        result: Result<Response, ApiError>,
+    },
+    /// Something happened (after `Watch`).
+    Event(Event),
+}
+
+/// Requests. Names (agents, topics, addresses) are sent as typed by the user and validated
+/// by the daemon, which answers `BadRequest` with the reason.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Identity, addresses, connections, agents, topics, store figures.
+    Status,
+    /// Known nodes.
+    Peers,
+    /// Agents on the whole mesh.
+    Agents,
+    /// Connect to a node by multiaddr.
+    Dial {
+        /// The address.
+        addr: String,
+    },
+    /// Send a direct message.
+    Send {
+        /// Sending local agent (created if new).
+        from: String,
+        /// Recipient address (`agent@node` or `agent`).
+        to: String,
+        /// The text.
+        text: String,
+        /// The message answered.
+        reply_to: Option<MessageId>,
+    },
+    /// Read an agent's inbox.
+    Inbox {
+        /// The local agent.
+        agent: String,
+        /// All messages (the newest `limit`), not only unread ones.
+        all: bool,
+        /// At most this many.
+        limit: u32,
+        /// Mark returned messages read.
+        mark_read: bool,
+    },
+    /// Mark messages read.
+    MarkRead {
+        /// The local agent.
+        agent: String,
+        /// Message ids.
+        ids: Vec<MessageId>,
+    },
+    /// Subscribe an agent to a topic.
+    Subscribe {
+        /// The local agent (created if new).
+        agent: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Unsubscribe an agent from a topic.
+    Unsubscribe {
+        /// The local agent.
+        agent: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Topics known here.
+    Topics,
+    /// Publish on a topic.
+    Publish {
+        /// Publishing local agent (created if new).
+        agent: String,
+        /// The topic.
+        topic: String,
+        /// The text.
+        text: String,
+        /// The message answered.
+        reply_to: Option<MessageId>,
+    },
+    /// Message history.
+    History {
+        /// Only this local agent's messages.
+        agent: Option<String>,
+        /// An agent address or a topic (`#name`).
+        target: Option<String>,
+        /// Only texts containing this.
+        grep: Option<String>,
+        /// At most this many (the newest).
+        limit: u32,
+    },
+    /// Sent messages not yet delivered, and dead letters.
+    Outbox {
+        /// Only this local agent's.
+        agent: Option<String>,
+        /// Include delivered ones too.
+        delivered: bool,
+        /// At most this many (the newest).
+        limit: u32,
+    },
+    /// Create or update a local agent; with `attach`, it is online while this connection lives.
+    Register {
+        /// The agent.
+        agent: AgentSpec,
+        /// Hold it online for the life of this connection.
+        attach: bool,
+    },
+    /// Set an agent's summary.
+    SetSummary {
+        /// The local agent.
+        agent: String,
+        /// The summary (None clears it).
+        summary: Option<String>,
+    },
+    /// Start receiving events on this connection.
+    Watch {
+        /// Only messages for these local agents (empty: all agents).
+        agents: Vec<String>,
+    },
+    /// Stop the daemon cleanly.
+    Shutdown,
+}
+
+/// A local agent's description, as registered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentSpec {
+    /// Name on this node.
+    pub name: String,
+    /// `human`, `claude-code`, `codex`, `opencode`, `other`.
+    pub kind: String,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Git repository root.
+    pub repo: Option<String>,
+    /// Git branch.
+    pub branch: Option<String>,
+    /// Summary.
+    pub summary: Option<String>,
+    /// The session receives pushes.
+    pub push: bool,
+}
+
+/// Responses, one variant per request kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To `Status`.
+    Status(Box<StatusView>),
+    /// To `Peers`.
+    Peers(Vec<PeerView>),
+    /// To `Agents`.
+    Agents(Vec<AgentView>),
+    /// To `Dial`.
+    Dialed {
+        /// The node reached.
+        peer: PeerId,
+    },
+    /// To `Send`.
+    Sent(SendReceipt),
+    /// To `Inbox`.
+    Inbox(Vec<MessageView>),
+    /// To `MarkRead`.
+    Marked {
+        /// Entries that changed to read.
+        count: u32,
+    },
+    /// To `Subscribe` / `Unsubscribe`.
+    Subscription {
+        /// The topic.
+        topic: String,
+        /// Whether anything changed.
+        changed: bool,
+    },
+    /// To `Topics`.
+    Topics(Vec<TopicView>),
+    /// To `Publish`.
+    Published(PublishReceipt),
+    /// To `History`.
+    History(Vec<HistoryView>),
+    /// To `Outbox`.
+    Outbox(Vec<OutboxView>),
+    /// To `Register` / `SetSummary`.
+    Agent(AgentView),
+    /// To `Watch`, `Shutdown`.
+    Ok,
+}
+
+/// Error codes of the local API.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed or invalid input.
+    BadRequest,
+    /// Unknown agent, node, topic or message.
+    NotFound,
+    /// The name matches several agents or nodes; the message lists them.
+    Ambiguous,
+    /// Over a size limit.
+    TooLarge,
+    /// The network or a peer could not do it now.
+    Unavailable,
+    /// The store could not do it (disk full, I/O); nothing was changed.
+    Storage,
+    /// Too much at once; retry.
+    Busy,
+    /// A bug.
+    Internal,
+}
+
+/// An error answer: a code for programs and a sentence for people.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The kind of error.
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// `BadRequest`.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+    /// `NotFound`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as S;
+        let code = match &e {
+            S::UnknownAgent(_) | S::UnknownMessage(_) => ErrorCode::NotFound,
+            S::Busy => ErrorCode::Busy,
+            S::Closed => ErrorCode::Unavailable,
+            _ => ErrorCode::Storage,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::ids::InvalidName> for ApiError {
+    fn from(e: crate::ids::InvalidName) -> Self {
+        ApiError::bad(e.to_string())
+    }
+}
+
+/// Everything `mesh status` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Who this node is.
+    pub node: NodeIdentity,
+    /// Home directory.
+    pub home: String,
+    /// Active listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// LAN discovery on.
+    pub mdns: bool,
+    /// Connected peers.
+    pub connected: u32,
+    /// Known peers.
+    pub known: u32,
+    /// Local agents.
+    pub agents: Vec<AgentView>,
+    /// Topics with local subscribers.
+    pub topics: Vec<TopicView>,
+    /// Store figures.
+    pub store: crate::store::StoreStats,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+}
+
+/// A known node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its PeerId.
+    pub peer_id: PeerId,
+    /// Its name, once announced.
+    pub name: Option<String>,
+    /// Addresses known for it.
+    pub addrs: Vec<Multiaddr>,
+    /// Connected now.
+    pub connected: bool,
+    /// Heard from within three heartbeats (directly or through the mesh).
+    pub online: bool,
+    /// Last ping round trip, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Its software version.
+    pub version: Option<String>,
+    /// Agents it hosts.
+    pub agents: u32,
+    /// Last time it was heard from (ms since the epoch).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// How an agent receives messages now.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Reception {
+    /// A live session receives pushes.
+    Push,
+    /// A live session that must poll (inbox / wait).
+    Poll,
+    /// No live session: mail is queued in its inbox.
+    Offline,
+}
+
+/// An agent anywhere on the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentView {
+    /// `agent@node-name`.
+    pub address: String,
+    /// Agent name.
+    pub name: String,
+    /// Hosting node's name.
+    pub node_name: String,
+    /// Hosting node.
+    pub node: PeerId,
+    /// On this node.
+    pub local: bool,
+    /// Kind.
+    pub kind: String,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Git repository root.
+    pub repo: Option<String>,
+    /// Summary.
+    pub summary: Option<String>,
+    /// How it receives now.
+    pub reception: Reception,
+    /// Last activity (ms since the epoch).
+    pub last_seen_ms: u64,
+    /// Unread messages (local agents only).
+    pub unread: Option<u64>,
+}
+
+/// Delivery status of a sent direct message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Committed by the recipient's node.
+    Delivered,
+    /// In the outbox; will be delivered when the recipient node is reachable.
+    Queued {
+        /// Why it is not delivered yet.
+        reason: String,
+    },
+    /// The recipient node refused it for good (now a dead letter).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The answer to `Send`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendReceipt {
+    /// The message id.
+    pub id: MessageId,
+    /// The recipient as resolved (`agent@node-name`).
+    pub to: String,
+    /// The recipient's node.
+    pub to_node: PeerId,
+    /// What happened to it.
+    pub status: SendStatus,
+    /// How the recipient receives now, as far as this node knows.
+    pub reception: Reception,
+}
+
+/// A message in an inbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Message id.
+    pub id: MessageId,
+    /// Recipient local agent.
+    pub agent: String,
+    /// Sender address (`agent@node-name`, verified node).
+    pub from: String,
+    /// Sending agent.
+    pub from_agent: String,
+    /// Sending node.
+    pub from_node: PeerId,
+    /// Sending node's name if known.
+    pub from_node_name: Option<String>,
+    /// Topic for topic messages.
+    pub topic: Option<String>,
+    /// The text: untrusted input from a peer.
+    pub text: String,
+    /// Sender's clock.
+    pub sent_at_ms: u64,
+    /// This node's clock at arrival.
+    pub received_at_ms: u64,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
+    /// `new`, `notified` or `read` (before this request).
+    pub state: String,
+}
+
+/// A topic known here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopicView {
+    /// Topic name.
+    pub topic: String,
+    /// Local subscribers.
+    pub subscribers: Vec<String>,
+    /// Messages stored.
+    pub messages: u64,
+    /// Newest message (ms since the epoch).
+    pub last_ms: Option<u64>,
+}
+
+/// The answer to `Publish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishReceipt {
+    /// Message id.
+    pub id: MessageId,
+    /// Topic.
+    pub topic: String,
+    /// Peers it was handed to now (0: stored, no subscribers reached yet; it is sent
+    /// when one subscribes).
+    pub peers_reached: u32,
+    /// Local agents it was delivered to.
+    pub local_subscribers: u32,
+}
+
+/// A history line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// Message id.
+    pub id: MessageId,
+    /// `in`, `out` or `topic`.
+    pub kind: String,
+    /// Sender address.
+    pub from: String,
+    /// Recipient address or `#topic`.
+    pub to: String,
+    /// The text (untrusted if from a peer).
+    pub text: String,
+    /// Local time of the record (ms since the epoch).
+    pub at_ms: u64,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
+    /// For sent messages: `pending`, `delivered`, `dead: reason`.
+    pub state: Option<String>,
+}
+
+/// A sent message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// Message id.
+    pub id: MessageId,
+    /// Sending local agent.
+    pub from: String,
+    /// Recipient address.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// When it was sent (ms since the epoch).
+    pub created_ms: u64,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Why it is dead, or why the last attempt failed.
+    pub reason: Option<String>,
+    /// Failed attempts.
+    pub attempts: u32,
+}
+
+/// Events sent to watching connections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// A message was committed to a local agent's inbox.
+    Message(MessageView),
+    /// A sent message was acknowledged by the recipient's node.
+    Delivered {
+        /// Message id.
+        id: MessageId,
+        /// Sending local agent.
+        from: String,
+        /// Recipient address.
+        to: String,
+    },
+    /// A sent message became a dead letter.
+    DeadLetter {
+        /// Message id.
+        id: MessageId,
+        /// Sending local agent.
+        from: String,
+        /// Recipient address.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node connected.
+    PeerUp {
+        /// The node.
+        peer: PeerId,
+        /// Its name if known.
+        name: Option<String>,
+    },
+    /// A node disconnected.
+    PeerDown {
+        /// The node.
+        peer: PeerId,
+        /// Its name if known.
+        name: Option<String>,
+    },
+    /// Events were dropped because this connection read too slowly; re-read the inbox.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}

@@ -1,0 +1,312 @@
+//! Node configuration: `config.toml` in the home, overridden by environment and flags.
+//!
+//! Precedence is CLI flag > environment variable > file > default. The CLI (clap) folds
+//! flags and environment into [`Overrides`]; [`Config::load`] applies them over the file.
+//!
+//! ```
+//! let cfg: mesh_node::config::Config = toml::from_str(r#"
+//!     name = "laptop"
+//!     mdns = false
+//!     [delivery]
+//!     ttl = "2d"
+//! "#).unwrap();
+//! assert_eq!(cfg.delivery.ttl, std::time::Duration::from_secs(2 * 86400));
+//! assert_eq!(cfg.limits.max_message_bytes, 64 * 1024);
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeName;
+
+/// Everything a node can be configured with. Every field has a safe default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Human name of this node as other nodes see it (default: the host name).
+    pub name: Option<NodeName>,
+    /// Addresses to listen on (default: all IPv4 and IPv6 interfaces, TCP and QUIC, ports
+    /// chosen by the OS).
+    pub listen: Vec<Multiaddr>,
+    /// LAN discovery with mDNS and DNS-SD (`_agentmesh._udp.local`).
+    pub mdns: bool,
+    /// Size limits.
+    pub limits: Limits,
+    /// Direct-message delivery.
+    pub delivery: Delivery,
+    /// Presence of nodes and agents.
+    pub presence: Presence,
+}
+
+/// Size limits. Anything over them is refused with a clear error, never truncated.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message text (direct or topic), in bytes.
+    pub max_message_bytes: usize,
+    /// Largest local API frame, in bytes.
+    pub max_api_frame_bytes: usize,
+    /// Most messages sent to one peer in one delivery request.
+    pub max_batch_messages: usize,
+    /// Largest agent summary, in bytes.
+    pub max_summary_bytes: usize,
+}
+
+/// Direct-message delivery settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Delivery {
+    /// A message not delivered within this time becomes a dead letter.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// First retry delay after a failed delivery attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Longest retry delay (the backoff doubles up to this).
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// How long `send` waits for the recipient node's ack before answering "queued".
+    #[serde(with = "humantime_serde")]
+    pub send_wait: Duration,
+    /// How long one delivery request may take before it is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// Presence settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Presence {
+    /// How often a node re-announces its agents. A node not heard from for three
+    /// heartbeats is shown offline, with its agents.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: None,
+            listen: Vec::new(),
+            mdns: true,
+            limits: Limits::default(),
+            delivery: Delivery::default(),
+            presence: Presence::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_api_frame_bytes: 1024 * 1024,
+            max_batch_messages: 64,
+            max_summary_bytes: 1024,
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            send_wait: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Listen addresses used when none are configured.
+pub fn default_listen() -> Vec<Multiaddr> {
+    [
+        "/ip4/0.0.0.0/tcp/0",
+        "/ip4/0.0.0.0/udp/0/quic-v1",
+        "/ip6/::/tcp/0",
+        "/ip6/::/udp/0/quic-v1",
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+
+/// Values from the command line and environment, applied over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--name` / `MESH_NAME`.
+    pub name: Option<NodeName>,
+    /// `--listen` (repeatable) / `MESH_LISTEN` (comma-separated).
+    pub listen: Vec<Multiaddr>,
+    /// `--no-mdns` / `MESH_NO_MDNS`.
+    pub no_mdns: bool,
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` if it exists (defaults otherwise) and applies `overrides` on top.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut cfg = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        if let Some(name) = &overrides.name {
+            cfg.name = Some(name.clone());
+        }
+        if !overrides.listen.is_empty() {
+            cfg.listen = overrides.listen.clone();
+        }
+        if overrides.no_mdns {
+            cfg.mdns = false;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_message_bytes == 0 || l.max_message_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be between 1 and 16 MiB".into(),
+            ));
+        }
+        if l.max_api_frame_bytes < l.max_message_bytes + 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_api_frame_bytes must be at least max_message_bytes + 4096 ({})",
+                l.max_message_bytes + 4096
+            )));
+        }
+        if l.max_batch_messages == 0 || l.max_batch_messages > 4096 {
+            return Err(ConfigError::Invalid(
+                "limits.max_batch_messages must be between 1 and 4096".into(),
+            ));
+        }
+        let d = &self.delivery;
+        if d.retry_min.is_zero() || d.retry_max < d.retry_min {
+            return Err(ConfigError::Invalid(
+                "delivery.retry_min must be > 0 and <= delivery.retry_max".into(),
+            ));
+        }
+        if d.ttl < Duration::from_secs(1) || d.request_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "delivery.ttl and delivery.request_timeout must be positive".into(),
+            ));
+        }
+        if self.presence.heartbeat < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid("presence.heartbeat must be at least 100ms".into()));
+        }
+        Ok(())
+    }
+
+    /// The configured listen addresses, or the defaults.
+    pub fn listen_addrs(&self) -> (Vec<Multiaddr>, bool) {
+        if self.listen.is_empty() {
+            (default_listen(), true)
+        } else {
+            (self.listen.clone(), false)
+        }
+    }
+
+    /// Largest postcard-encoded delivery request a peer may send us.
+    pub fn max_wire_request_bytes(&self) -> usize {
+        // Each message carries its text plus at most a few hundred bytes of envelope.
+        self.limits.max_batch_messages * (self.limits.max_message_bytes + 1024) + 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("config.toml");
+        std::fs::write(
+            &p,
+            "name = \"from-file\"\nmdns = true\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p, &Overrides::default()).unwrap();
+        assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-file");
+        assert!(cfg.mdns);
+        let ov = Overrides {
+            name: Some(NodeName::new("from-flag").unwrap()),
+            listen: vec![],
+            no_mdns: true,
+        };
+        let cfg = Config::load(&p, &ov).unwrap();
+        assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-flag");
+        assert!(!cfg.mdns);
+        assert_eq!(cfg.listen.len(), 1);
+    }
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Config::load(&tmp.path().join("none.toml"), &Overrides::default()).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert!(cfg.listen_addrs().1);
+    }
+
+    #[test]
+    fn bad_files_are_explained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("config.toml");
+        std::fs::write(&p, "nmae = \"typo\"\n").unwrap();
+        let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("nmae"), "{err}");
+        std::fs::write(&p, "name = \"bad name\"\n").unwrap();
+        let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("not allowed"), "{err}");
+        std::fs::write(&p, "[limits]\nmax_message_bytes = 0\n").unwrap();
+        assert!(Config::load(&p, &Overrides::default()).is_err());
+        std::fs::write(&p, "listen = [\"not an addr\"]\n").unwrap();
+        assert!(Config::load(&p, &Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,434 @@
+//! Starting and stopping a node daemon: home, lock, config, identity, store, socket,
+//! swarm, and the tasks that run them.
+//!
+//! One daemon per home: `daemon.lock` is held with `flock` for the daemon's life, so a
+//! second daemon on the same home refuses to start (it names the running one's pid), and
+//! a daemon that died leaves nothing that blocks the next start (a stale socket is
+//! replaced).
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::server;
+use crate::config::{Config, ConfigError, Overrides};
+use crate::home::{Home, HomeError};
+use crate::identity::{self, IdentityError};
+use crate::ids::{AgentName, NodeName};
+use crate::net::{self, NetError};
+use crate::node::{COURIER_QUEUE, Node, Parts};
+use crate::store::{Store, StoreError};
+use crate::{courier, dnssd};
+
+/// Environment variable telling `mesh up` to report readiness on stdout as one JSON line
+/// (set by [`spawn_detached`]).
+pub const READY_ENV: &str = "MESH_DAEMON_READY";
+/// Longest wait for a detached daemon to report.
+pub const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for one task to stop at shutdown.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Home directory problem.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// Config file problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Identity problem.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Socket problem.
+    #[error(transparent)]
+    Socket(#[from] server::SocketError),
+    /// Networking problem.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A daemon already runs on this home.
+    #[error("a daemon is already running for home {home}{}; stop it with: mesh down", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// The home.
+        home: PathBuf,
+        /// Its pid, if recorded.
+        pid: Option<u32>,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What it takes to start a daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// The home directory.
+    pub home: Home,
+    /// Values from flags and environment.
+    pub overrides: Overrides,
+    /// The local user's agent name (default: the login name).
+    pub user: Option<AgentName>,
+}
+
+/// What a started daemon reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadyInfo {
+    /// Its PeerId.
+    pub peer_id: PeerId,
+    /// Its name.
+    pub name: String,
+    /// Its listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Its home.
+    pub home: PathBuf,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    node: Node,
+    cancel: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    dnssd: Option<dnssd::DnsSd>,
+    info: ReadyInfo,
+    socket: PathBuf,
+    _lock: File,
+}
+
+fn take_lock(home: &Home) -> Result<File, DaemonError> {
+    let path = home.lock_path();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| DaemonError::Other(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = writeln!(file, "{}", std::process::id());
+            let _ = file.sync_all();
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut s = String::new();
+            let _ = file.read_to_string(&mut s);
+            Err(DaemonError::AlreadyRunning {
+                home: home.path().to_path_buf(),
+                pid: s.trim().parse().ok(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(DaemonError::Other(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// The OS login name as an agent name.
+pub fn login_agent() -> AgentName {
+    let login = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| Some(whoami::username()))
+        .unwrap_or_default();
+    AgentName::from_login(&login)
+}
+
+impl Daemon {
+    /// Starts a daemon on the current tokio runtime; returns once it listens and serves the
+    /// local API.
+    pub async fn start(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let home = opts.home;
+        home.create()?;
+        let lock = take_lock(&home)?;
+        let config = Config::load(&home.config_path(), &opts.overrides)?;
+        let keypair = identity::load_or_create(&home.identity_path())?;
+        let peer_id = keypair.public().to_peer_id();
+        let store = open_store(&home.store_path(), peer_id).await?;
+        let listener = server::bind(&home.socket_path())?;
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
+
+        let (swarm, listeners) = net::build(&keypair, &config)?;
+        let cancel = CancellationToken::new();
+        let (net, net_events, net_task) = net::spawn(swarm, listeners, &config, cancel.clone());
+        let (courier_tx, courier_rx) = mpsc::channel(COURIER_QUEUE);
+        let node = Node::new(Parts {
+            peer_id,
+            name: name.clone(),
+            home: home.clone(),
+            config: config.clone(),
+            store,
+            net: net.clone(),
+            courier: courier_tx,
+            shutdown: cancel.clone(),
+        });
+        let mut tasks = vec![("network", net_task)];
+        tasks.push(("core", tokio::spawn(node.clone().run_core(net_events, cancel.clone()))));
+        tasks.push((
+            "courier",
+            tokio::spawn(courier::run(node.clone(), courier_rx, cancel.clone())),
+        ));
+        tasks.push((
+            "api",
+            tokio::spawn(server::serve(listener, node.clone(), cancel.clone())),
+        ));
+        let user = opts.user.unwrap_or_else(login_agent);
+        if let Err(e) = node.start(user).await {
+            cancel.cancel();
+            return Err(DaemonError::Other(format!("startup failed: {e}")));
+        }
+
+        // Wait until every listener has reported its address.
+        let mut listening = net.listening();
+        let ready = tokio::time::timeout(
+            Duration::from_secs(10),
+            listening.wait_for(|l| l.complete && !l.addrs.is_empty()),
+        )
+        .await;
+        let listen = match ready {
+            Ok(Ok(l)) => l.addrs.clone(),
+            _ => {
+                cancel.cancel();
+                return Err(DaemonError::Other(
+                    "the network listeners did not come up within 10 s".into(),
+                ));
+            }
+        };
+        let dnssd = if config.mdns {
+            match dnssd::DnsSd::start(peer_id, &name, &listen, net.clone(), cancel.clone()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNS-SD advertisement unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let info = ReadyInfo {
+            peer_id,
+            name: name.to_string(),
+            listen,
+            home: home.path().to_path_buf(),
+            pid: std::process::id(),
+        };
+        tracing::info!(peer_id = %info.peer_id, name = %info.name, "node ready");
+        Ok(Daemon {
+            node,
+            cancel,
+            tasks,
+            dnssd,
+            info,
+            socket: home.socket_path(),
+            _lock: lock,
+        })
+    }
+
+    /// What the daemon reported at start.
+    pub fn info(&self) -> &ReadyInfo {
+        &self.info
+    }
+
+    /// The node service.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until something asks the daemon to stop (API `Shutdown`, or the token), then
+    /// stops it cleanly.
+    pub async fn run_until_stopped(self) {
+        self.cancel.cancelled().await;
+        self.stop().await;
+    }
+
+    /// Stops cleanly: no new work, in-flight writes committed, socket removed, lock released.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for (name, task) in self.tasks {
+            if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
+                tracing::warn!(task = name, "task did not stop in time");
+            }
+        }
+        if let Some(d) = self.dnssd {
+            let _ = tokio::task::spawn_blocking(move || d.stop()).await;
+        }
+        self.node.0.store.close().await;
+        let _ = std::fs::remove_file(&self.socket);
+        drop(self.node);
+        tracing::info!("daemon stopped");
+    }
+}
+
+async fn open_store(path: &Path, owner: PeerId) -> Result<Store, StoreError> {
+    // We hold the daemon lock, so "in use" can only be a previous daemon of this same
+    // process still letting go of the file; give it a moment.
+    for _ in 0..100 {
+        match Store::open(path, owner) {
+            Err(StoreError::Locked(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return other,
+        }
+    }
+    Store::open(path, owner)
+}
+
+/// Runs a daemon in the foreground until SIGINT/SIGTERM or `mesh down`.
+pub async fn run_foreground(opts: DaemonOptions, ready: impl FnOnce(&ReadyInfo)) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(opts).await?;
+    ready(daemon.info());
+    let cancel = daemon.cancel_token();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            _ = term.recv() => tracing::info!("terminated; stopping"),
+            _ = cancel.cancelled() => {}
+        }
+        cancel.cancel();
+    });
+    daemon.run_until_stopped().await;
+    Ok(())
+}
+
+/// The line a daemon started by [`spawn_detached`] writes on stdout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReadyLine {
+    /// Started.
+    Ready(ReadyInfo),
+    /// Another daemon already runs on this home.
+    AlreadyRunning(String),
+    /// Could not start.
+    Failed(String),
+}
+
+/// Writes the ready line for a detached daemon, then points stdout at /dev/null so nothing
+/// else is written into the parent's pipe.
+pub fn report_ready(line: &ReadyLine) {
+    let Ok(text) = serde_json::to_string(line) else { return };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+    drop(out);
+    silence_stdout();
+}
+
+#[allow(unsafe_code)]
+fn silence_stdout() {
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open for the duration of the call, and dup2 only
+        // replaces descriptor 1; `null` is closed afterwards, fd 1 keeps its own reference.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+/// What [`spawn_detached`] found.
+#[derive(Clone, Debug)]
+pub enum Detached {
+    /// A new daemon started.
+    Started(ReadyInfo),
+    /// One was already running.
+    AlreadyRunning(String),
+}
+
+/// Starts `exe args...` (which must be `mesh ... up ...` without `--detach`) as a daemon in
+/// its own process group, logging to `<home>/daemon.log`, and waits until it reports ready.
+pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Detached, DaemonError> {
+    home.create()?;
+    let log_path = home.log_path();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| DaemonError::Other(format!("cannot open log {}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    // Its own process group: Ctrl-C in the terminal that started it does not reach it.
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| DaemonError::Other(format!("cannot start {}: {e}", exe.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| DaemonError::Other("no stdout pipe".into()))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(DETACH_TIMEOUT).map_err(|_| {
+        DaemonError::Other(format!(
+            "the daemon did not report ready within {} s; see {}",
+            DETACH_TIMEOUT.as_secs(),
+            log_path.display()
+        ))
+    })?;
+    match serde_json::from_str::<ReadyLine>(line.trim()) {
+        Ok(ReadyLine::Ready(info)) => Ok(Detached::Started(info)),
+        Ok(ReadyLine::AlreadyRunning(msg)) => {
+            let _ = child.wait();
+            Ok(Detached::AlreadyRunning(msg))
+        }
+        Ok(ReadyLine::Failed(msg)) => {
+            let _ = child.wait();
+            Err(DaemonError::Other(msg))
+        }
+        Err(_) => {
+            let status = child.wait().ok();
+            let tail = std::fs::read_to_string(&log_path)
+                .map(|s| {
+                    s.lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            Err(DaemonError::Other(format!(
+                "the daemon exited before it was ready ({}); last log lines:\n{tail}",
+                status.map(|s| s.to_string()).unwrap_or_else(|| "unknown status".into())
+            )))
+        }
+    }
+}

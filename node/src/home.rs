@@ -1,0 +1,166 @@
+//! The node's home directory: where its identity, config, store, socket and logs live.
+//!
+//! ```text
+//! <home>/identity.key   Ed25519 keypair (protobuf encoding), mode 0600
+//! <home>/config.toml    optional settings (see `Config`)
+//! <home>/store.redb     messages, agents, peers, subscriptions
+//! <home>/mesh.sock      local API socket, mode 0600
+//! <home>/daemon.lock    held (flock) by the running daemon
+//! <home>/daemon.log     log of a detached daemon
+//! ```
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Environment variable that overrides the default home directory.
+pub const HOME_ENV: &str = "MESH_HOME";
+
+/// Longest socket path a Unix domain socket accepts on Linux (`sun_path` minus the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Errors about the home directory.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// No home was given and the platform has no data directory.
+    #[error("cannot find a home directory for agentmesh: set --home or MESH_HOME")]
+    NoDefault,
+    /// The directory could not be created or read.
+    #[error("cannot use home directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The socket path would be longer than the OS allows.
+    #[error(
+        "home directory {path} is too deep: the socket path would be {len} bytes (limit {MAX_SOCKET_PATH}); choose a shorter --home"
+    )]
+    TooDeep {
+        /// The directory.
+        path: PathBuf,
+        /// Length of the socket path.
+        len: usize,
+    },
+}
+
+/// A node home directory. Cheap to clone; creating it is separate ([`Home::create`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// The home given explicitly, or the platform default (`~/.local/share/agentmesh` on
+    /// Linux). `MESH_HOME` is read by the CLI and passed here as `explicit`.
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Self, HomeError> {
+        let root = match explicit {
+            Some(p) => p,
+            None => directories::ProjectDirs::from("", "", "agentmesh")
+                .map(|d| d.data_dir().to_path_buf())
+                .ok_or(HomeError::NoDefault)?,
+        };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map_err(|source| HomeError::Io {
+                    path: root.clone(),
+                    source,
+                })?
+                .join(root)
+        };
+        let home = Self { root };
+        let len = home.socket_path().as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(HomeError::TooDeep { path: home.root, len });
+        }
+        Ok(home)
+    }
+
+    /// Creates the directory (and parents) with mode 0700 if it does not exist.
+    pub fn create(&self) -> Result<(), HomeError> {
+        let io = |source| HomeError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        if !self.root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(io)?;
+        }
+        let meta = fs::metadata(&self.root).map_err(io)?;
+        if !meta.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "exists and is not a directory",
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+    /// `identity.key`.
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+    /// `config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `store.redb`.
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("store.redb")
+    }
+    /// `mesh.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join("mesh.sock")
+    }
+    /// `daemon.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+    /// `daemon.log`.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("daemon.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_private_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(tmp.path().join("a/b"))).unwrap();
+        home.create().unwrap();
+        let mode = fs::metadata(home.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(home.socket_path().ends_with("mesh.sock"));
+    }
+
+    #[test]
+    fn refuses_too_deep_home() {
+        let deep = PathBuf::from("/tmp").join("x".repeat(120));
+        assert!(matches!(Home::resolve(Some(deep)), Err(HomeError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn refuses_file_as_home() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let home = Home::resolve(Some(file)).unwrap();
+        assert!(home.create().is_err());
+    }
+}

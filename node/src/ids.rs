@@ -1,0 +1,389 @@
+//! Names and identifiers: message ids, agent and node names, topic names, mesh addresses.
+//!
+//! Every name that crosses a process or network boundary is validated here, once, so the
+//! rest of the code can hold a [`AgentName`] or [`TopicName`] and know it is well formed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest agent, node or topic name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A message id: 128 bits, ULID layout (48-bit millisecond timestamp, 80 random bits),
+/// written as 26 Crockford base32 characters (`01JD3K...`).
+///
+/// Ids are created by the sending node and are the key for de-duplication everywhere.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh id for a message created now.
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new().to_bytes())
+    }
+
+    /// Milliseconds since the Unix epoch encoded in the id (the sender's clock).
+    pub fn timestamp_ms(&self) -> u64 {
+        ulid::Ulid::from_bytes(self.0).timestamp_ms()
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ulid::Ulid::from_bytes(self.0), f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// A string that is not a valid name or id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {why}")]
+pub struct InvalidName {
+    /// What kind of name was being parsed ("agent name", "message id", ...).
+    pub what: &'static str,
+    /// The offending input (truncated).
+    pub value: String,
+    /// Why it was refused.
+    pub why: String,
+}
+
+impl InvalidName {
+    fn new(what: &'static str, value: &str, why: impl Into<String>) -> Self {
+        let value: String = value.chars().take(80).collect();
+        Self {
+            what,
+            value,
+            why: why.into(),
+        }
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = InvalidName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s.trim())
+            .map(|u| Self(u.to_bytes()))
+            .map_err(|e| {
+                InvalidName::new(
+                    "message id",
+                    s,
+                    format!("{e} (expected 26 characters like 01JD3K5Q8Z...)"),
+                )
+            })
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 16]>::deserialize(d).map(Self)
+        }
+    }
+}
+
+fn check_name(what: &'static str, s: &str, extra: &[char]) -> Result<(), InvalidName> {
+    if s.is_empty() {
+        return Err(InvalidName::new(what, s, "it is empty"));
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(InvalidName::new(
+            what,
+            s,
+            format!("it is {} bytes long; the limit is {MAX_NAME_LEN}", s.len()),
+        ));
+    }
+    let first = s.chars().next().unwrap_or(' ');
+    if !first.is_ascii_alphanumeric() {
+        return Err(InvalidName::new(what, s, "it must start with a letter or digit"));
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(c)))
+    {
+        let allowed: String = extra.iter().collect();
+        return Err(InvalidName::new(
+            what,
+            s,
+            format!("character {bad:?} is not allowed (use letters, digits, '.', '_', '-'{allowed})"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $extra:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps a name.
+            pub fn new(s: impl Into<String>) -> Result<Self, InvalidName> {
+                let s = s.into();
+                check_name($what, &s, $extra)?;
+                Ok(Self(s))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of an agent on its node: `alice`, `claude-code.myrepo`.
+    AgentName,
+    "agent name",
+    &[]
+);
+name_type!(
+    /// The human name of a node (default: the host name).
+    NodeName,
+    "node name",
+    &[]
+);
+name_type!(
+    /// A topic: `build`, `team/frontend`. A leading `#` is accepted and dropped by
+    /// [`TopicName::parse_user`].
+    TopicName,
+    "topic name",
+    &['/']
+);
+
+impl TopicName {
+    /// Parses a topic as a user types it: `#build` and `build` are the same topic.
+    pub fn parse_user(s: &str) -> Result<Self, InvalidName> {
+        Self::new(s.trim().trim_start_matches('#'))
+    }
+}
+
+impl NodeName {
+    /// Turns a host name into a valid node name: keeps the first label, replaces anything
+    /// not allowed with `-`, and falls back to `node` if nothing usable is left.
+    pub fn from_hostname(host: &str) -> Self {
+        let first = host.split('.').next().unwrap_or("");
+        let mut cleaned: String = first
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        cleaned = cleaned
+            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_string();
+        cleaned.truncate(MAX_NAME_LEN);
+        Self::new(cleaned).unwrap_or_else(|_| Self("node".to_string()))
+    }
+}
+
+impl AgentName {
+    /// Turns an OS login name into a valid agent name (`node` user → `node`,
+    /// `Jane Doe` → `Jane-Doe`), falling back to `user`.
+    pub fn from_login(login: &str) -> Self {
+        let mut cleaned: String = login
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        cleaned = cleaned
+            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_string();
+        cleaned.truncate(MAX_NAME_LEN);
+        Self::new(cleaned).unwrap_or_else(|_| Self("user".to_string()))
+    }
+}
+
+/// The node half of an address: a name or a PeerId.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRef {
+    /// A node by its PeerId (unambiguous).
+    Peer(PeerId),
+    /// A node by its human name (may match several nodes).
+    Name(NodeName),
+}
+
+impl fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeRef::Peer(p) => write!(f, "{p}"),
+            NodeRef::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A mesh address as a user writes it: `agent@node` or a bare `agent`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// The agent's name on its node.
+    pub agent: AgentName,
+    /// The node, when given.
+    pub node: Option<NodeRef>,
+}
+
+impl FromStr for Address {
+    type Err = InvalidName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        match s.rsplit_once('@') {
+            None => Ok(Address {
+                agent: AgentName::new(s)?,
+                node: None,
+            }),
+            Some((agent, node)) => {
+                if node.is_empty() {
+                    return Err(InvalidName::new("address", s, "nothing after '@' (write agent@node)"));
+                }
+                let node = match node.parse::<PeerId>() {
+                    Ok(p) => NodeRef::Peer(p),
+                    Err(_) => NodeRef::Name(NodeName::new(node)?),
+                };
+                Ok(Address {
+                    agent: AgentName::new(agent)?,
+                    node: Some(node),
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(n) => write!(f, "{}@{n}", self.agent),
+            None => write!(f, "{}", self.agent),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_round_trips_as_text_and_bytes() {
+        let id = MessageId::new();
+        let text = id.to_string();
+        assert_eq!(text.len(), 26);
+        assert_eq!(text.parse::<MessageId>().unwrap(), id);
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(postcard::from_bytes::<MessageId>(&bytes).unwrap(), id);
+        assert!("not-an-id".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(AgentName::new("alice").is_ok());
+        assert!(AgentName::new("claude-code.my_repo").is_ok());
+        assert!(AgentName::new("").is_err());
+        assert!(AgentName::new("-x").is_err());
+        assert!(AgentName::new("a b").is_err());
+        assert!(AgentName::new("a@b").is_err());
+        assert!(AgentName::new("x".repeat(65)).is_err());
+        assert!(TopicName::parse_user("#team/frontend").is_ok());
+        assert!(AgentName::new("team/x").is_err());
+    }
+
+    #[test]
+    fn hostnames_and_logins_become_names() {
+        assert_eq!(NodeName::from_hostname("My Laptop.local").as_str(), "My-Laptop");
+        assert_eq!(NodeName::from_hostname("").as_str(), "node");
+        assert_eq!(AgentName::from_login("jane doe").as_str(), "jane-doe");
+        assert_eq!(AgentName::from_login("").as_str(), "user");
+    }
+
+    #[test]
+    fn addresses_parse() {
+        let a: Address = "bob@laptop".parse().unwrap();
+        assert_eq!(a.agent.as_str(), "bob");
+        assert_eq!(a.node, Some(NodeRef::Name(NodeName::new("laptop").unwrap())));
+        let p = PeerId::random();
+        let a: Address = format!("bob@{p}").parse().unwrap();
+        assert_eq!(a.node, Some(NodeRef::Peer(p)));
+        let a: Address = "bob".parse().unwrap();
+        assert_eq!(a.node, None);
+        assert!("bob@".parse::<Address>().is_err());
+        assert!("@x".parse::<Address>().is_err());
+    }
+}

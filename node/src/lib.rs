@@ -1,0 +1,39 @@
+//! mesh-node: the agentmesh node.
+//!
+//! A node is one daemon per machine (per home directory). It owns a libp2p swarm (TCP and
+//! QUIC, Noise, Yamux, identify, ping, mDNS, gossipsub, request-response), a redb store,
+//! and a local API on a Unix socket. The `mesh` CLI and the MCP adapter reach it only
+//! through that API ([`api::client::Client`]); only this crate talks to libp2p and redb.
+//!
+//! Module map:
+//!
+//! * [`daemon`]: start/stop a node (lock, config, identity, store, socket, tasks).
+//! * [`node`]: the service behind the API verbs, and the core loop reacting to the network.
+//! * [`net`]: the network actor, sole owner of the `Swarm`.
+//! * [`courier`]: outbox delivery with batching, ordering, retries and TTL.
+//! * [`directory`]: nodes, their agents, presence, address resolution.
+//! * [`store`]: redb tables and operations, one writer thread with grouped commits.
+//! * [`wire`]: peer-to-peer messages and the postcard codec.
+//! * [`api`]: local API types, server and client.
+//! * [`dnssd`]: DNS-SD advertisement and browsing.
+//! * [`config`], [`home`], [`identity`], [`ids`]: settings, paths, keys, names.
+//!
+//! ```
+//! use mesh_node::ids::Address;
+//! let a: Address = "bob@laptop".parse().unwrap();
+//! assert_eq!(a.agent.as_str(), "bob");
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod courier;
+pub mod daemon;
+pub mod directory;
+pub mod dnssd;
+pub mod home;
+pub mod identity;
+pub mod ids;
+pub mod net;
+pub mod node;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,1307 @@
+//! The node service: what the local API can ask of a node, and the core loop that reacts to
+//! the network.
+//!
+//! [`Node`] is a cheap handle (an `Arc`) shared by the API connections, the core loop and
+//! the courier. Its state is the store (durable), the directory and the sessions (memory,
+//! behind short mutexes never held across an await), and handles to the network actor and
+//! the courier.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{
+    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryView, MessageView, NodeIdentity, OutboxView, PeerView,
+    PublishReceipt, Reception, SendReceipt, SendStatus, StatusView, TopicView,
+};
+use crate::config::Config;
+use crate::directory::{Directory, Target, Update};
+use crate::home::Home;
+use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName, now_ms};
+use crate::net::{AGENT_VERSION, NetEvent, NetHandle};
+use crate::store::{self, AgentRecord, Channel, InboxEntry, OutState, OutboxEntry, ReadState, Store, ops};
+use crate::wire::{self, AgentInfo, Announcement, DmResponse, TopicEnvelope, WireMessage};
+
+/// Capacity of the event broadcast to API watchers.
+pub const EVENT_BROADCAST: usize = 4096;
+/// Inbound deliveries and topic messages being committed at once.
+pub const MAX_INBOUND_IN_FLIGHT: usize = 256;
+/// Kicks queued for the courier.
+pub const COURIER_QUEUE: usize = 1024;
+/// Longest `history` / `inbox` / `outbox` answer.
+pub const MAX_LIST: u32 = 10_000;
+/// Known peers redialed at start (most recently seen first).
+pub const REDIAL_AT_START: usize = 64;
+
+#[derive(Default)]
+struct Session {
+    attached: u32,
+    push: u32,
+}
+
+/// What a node is built from.
+pub(crate) struct Parts {
+    pub peer_id: PeerId,
+    pub name: NodeName,
+    pub home: Home,
+    pub config: Config,
+    pub store: Store,
+    pub net: NetHandle,
+    pub courier: mpsc::Sender<PeerId>,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) struct Inner {
+    owner_uid: u32,
+    pub peer_id: PeerId,
+    pub name: NodeName,
+    pub home: Home,
+    pub config: Config,
+    pub store: Store,
+    pub net: NetHandle,
+    pub directory: Mutex<Directory>,
+    sessions: Mutex<HashMap<AgentName, Session>>,
+    pub events: broadcast::Sender<Event>,
+    pub courier: mpsc::Sender<PeerId>,
+    announce: Notify,
+    inbound: Arc<Semaphore>,
+    started: Instant,
+    pub shutdown: CancellationToken,
+}
+
+/// Handle to the node service. Cheap to clone.
+#[derive(Clone)]
+pub struct Node(pub(crate) Arc<Inner>);
+
+/// Keeps an agent online while alive (one per attached API connection).
+pub struct SessionGuard {
+    node: Node,
+    agent: AgentName,
+    push: bool,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.node.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sessions.get_mut(&self.agent) {
+            s.attached = s.attached.saturating_sub(1);
+            if self.push {
+                s.push = s.push.saturating_sub(1);
+            }
+            if s.attached == 0 {
+                sessions.remove(&self.agent);
+            }
+        }
+        drop(sessions);
+        // Record when it was last seen, then re-announce (both off this thread).
+        let node = self.node.clone();
+        let agent = self.agent.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let now = now_ms();
+                let _ = node
+                    .0
+                    .store
+                    .write("agent seen", move |t| ops::ensure_agent(t, &agent, "other", now))
+                    .await;
+                node.0.announce.notify_one();
+            });
+        }
+    }
+}
+
+fn bad_len(what: &str, len: usize, max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooLarge,
+        format!("{what} is {len} bytes; the limit is {max} bytes (limits.max_message_bytes in config.toml)"),
+    )
+}
+
+impl Node {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            peer_id,
+            name,
+            home,
+            config,
+            store,
+            net,
+            courier,
+            shutdown,
+        } = parts;
+        let (events, _) = broadcast::channel(EVENT_BROADCAST);
+        let owner_uid = std::fs::metadata(home.path()).map(|m| m.uid()).unwrap_or(0);
+        Node(Arc::new(Inner {
+            owner_uid,
+            peer_id,
+            name,
+            home,
+            config,
+            store,
+            net,
+            directory: Mutex::new(Directory::new(peer_id)),
+            sessions: Mutex::new(HashMap::new()),
+            events,
+            courier,
+            announce: Notify::new(),
+            inbound: Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT)),
+            started: Instant::now(),
+            shutdown,
+        }))
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> NodeIdentity {
+        NodeIdentity {
+            peer_id: self.0.peer_id,
+            name: self.0.name.to_string(),
+            version: AGENT_VERSION.to_string(),
+        }
+    }
+
+    /// The user owning this node's home; only they (and root) may use the local API.
+    pub fn owner_uid(&self) -> u32 {
+        self.0.owner_uid
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// Subscribes to node events.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.0.events.subscribe()
+    }
+
+    /// Asks the daemon to stop.
+    pub fn request_shutdown(&self) {
+        self.0.shutdown.cancel();
+    }
+
+    fn dir(&self) -> std::sync::MutexGuard<'_, Directory> {
+        self.0.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kick(&self, peer: PeerId) {
+        // A full queue means the courier is already busy with many kicks; it rescans.
+        let _ = self.0.courier.try_send(peer);
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.0.events.send(e);
+    }
+
+    fn node_label(&self, peer: &PeerId, known: Option<&NodeName>) -> String {
+        if *peer == self.0.peer_id {
+            return self.0.name.to_string();
+        }
+        match known.cloned().or_else(|| self.dir().name_of(peer)) {
+            Some(n) => n.to_string(),
+            None => short_peer(peer),
+        }
+    }
+
+    pub(crate) fn message_view(&self, e: &InboxEntry) -> MessageView {
+        let node_name = e.from.node_name.clone().or_else(|| {
+            if e.from.node == self.0.peer_id {
+                Some(self.0.name.clone())
+            } else {
+                self.dir().name_of(&e.from.node)
+            }
+        });
+        let label = node_name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| short_peer(&e.from.node));
+        MessageView {
+            id: e.id,
+            agent: e.agent.to_string(),
+            from: format!("{}@{label}", e.from.agent),
+            from_agent: e.from.agent.to_string(),
+            from_node: e.from.node,
+            from_node_name: node_name.map(|n| n.to_string()),
+            topic: match &e.channel {
+                Channel::Direct => None,
+                Channel::Topic(t) => Some(t.to_string()),
+            },
+            text: e.text.clone(),
+            sent_at_ms: e.sent_at_ms,
+            received_at_ms: e.received_at_ms,
+            reply_to: e.reply_to,
+            state: match e.state {
+                ReadState::New => "new",
+                ReadState::Notified => "notified",
+                ReadState::Read => "read",
+            }
+            .to_string(),
+        }
+    }
+
+    fn outbox_to(&self, e: &OutboxEntry) -> String {
+        format!("{}@{}", e.msg.to, self.node_label(&e.to_node, e.to_node_name.as_ref()))
+    }
+
+    fn local_reception(&self, agent: &AgentName) -> Reception {
+        let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(agent) {
+            Some(s) if s.push > 0 => Reception::Push,
+            Some(_) => Reception::Poll,
+            None => Reception::Offline,
+        }
+    }
+
+    // ------------------------------------------------------------------ announcements
+
+    pub(crate) async fn build_announcement(&self) -> Result<Announcement, ApiError> {
+        let agents = self.0.store.read(ops::agents).await?;
+        let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let agents = agents
+            .into_iter()
+            .take(wire::MAX_AGENTS_PER_NODE)
+            .map(|r| {
+                let s = sessions.get(&r.name);
+                AgentInfo {
+                    online: s.is_some(),
+                    push: s.is_some_and(|s| s.push > 0),
+                    name: r.name,
+                    kind: r.kind,
+                    cwd: r.cwd.filter(|c| c.len() <= wire::MAX_PATH_BYTES),
+                    repo: r.repo.filter(|c| c.len() <= wire::MAX_PATH_BYTES),
+                    summary: r.summary,
+                    last_seen_ms: if s.is_some() { now_ms() } else { r.last_seen_ms },
+                }
+            })
+            .collect();
+        Ok(Announcement {
+            node_name: self.0.name.clone(),
+            version: AGENT_VERSION.to_string(),
+            seq: now_ms(),
+            heartbeat_ms: self.0.config.presence.heartbeat.as_millis() as u64,
+            agents,
+        })
+    }
+
+    async fn announce_now(&self) {
+        match self.build_announcement().await {
+            Ok(a) => {
+                let _ = self.0.net.set_announcement(a).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build announcement"),
+        }
+    }
+
+    // ------------------------------------------------------------------ API verbs
+
+    /// `mesh status`.
+    pub async fn status(&self) -> Result<StatusView, ApiError> {
+        let info = self.0.net.info().await.map_err(unavailable)?;
+        let mut stats = self.0.store.read(ops::stats).await?;
+        stats.file_bytes = std::fs::metadata(self.0.store.path()).map(|m| m.len()).unwrap_or(0);
+        let agents = self.agents().await?.into_iter().filter(|a| a.local).collect();
+        let topics = self
+            .topics()
+            .await?
+            .into_iter()
+            .filter(|t| !t.subscribers.is_empty())
+            .collect();
+        let known = self.dir().nodes().count() as u32;
+        Ok(StatusView {
+            node: self.identity(),
+            home: self.0.home.path().display().to_string(),
+            listen: info.listen,
+            mdns: self.0.config.mdns,
+            connected: info.peers.len() as u32,
+            known,
+            agents,
+            topics,
+            store: stats,
+            uptime_s: self.0.started.elapsed().as_secs(),
+        })
+    }
+
+    /// `mesh peers`.
+    pub async fn peers(&self) -> Result<Vec<PeerView>, ApiError> {
+        let info = self.0.net.info().await.map_err(unavailable)?;
+        let now = Instant::now();
+        let dir = self.dir();
+        let mut out: Vec<PeerView> = dir
+            .nodes()
+            .map(|(p, e)| {
+                let conn = info.peers.iter().find(|c| c.peer == *p);
+                let mut addrs = e.addrs.clone();
+                if let Some((_, known)) = info.known_addrs.iter().find(|(k, _)| k == p) {
+                    for a in known {
+                        if !addrs.contains(a) {
+                            addrs.push(a.clone());
+                        }
+                    }
+                }
+                PeerView {
+                    peer_id: *p,
+                    name: e.announcement.as_ref().map(|a| a.node_name.to_string()),
+                    addrs,
+                    connected: conn.is_some(),
+                    online: dir.online(p, now),
+                    rtt_us: conn.and_then(|c| c.rtt).map(|d| d.as_micros() as u64),
+                    version: conn
+                        .and_then(|c| c.agent_version.clone())
+                        .or_else(|| e.announcement.as_ref().map(|a| a.version.clone())),
+                    agents: e.announcement.as_ref().map(|a| a.agents.len() as u32).unwrap_or(0),
+                    last_seen_ms: (e.last_seen_ms > 0).then_some(e.last_seen_ms),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (b.connected, &a.name, a.peer_id).cmp(&(a.connected, &b.name, b.peer_id)));
+        Ok(out)
+    }
+
+    /// `mesh agents`: local agents first, then every announced remote agent.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ApiError> {
+        let locals = self.0.store.read(ops::agents).await?;
+        let mut out = Vec::new();
+        for r in locals {
+            let name = r.name.clone();
+            let unread = self.0.store.read(move |t| ops::unread_count(t, name.as_str())).await?;
+            out.push(AgentView {
+                address: format!("{}@{}", r.name, self.0.name),
+                name: r.name.to_string(),
+                node_name: self.0.name.to_string(),
+                node: self.0.peer_id,
+                local: true,
+                kind: r.kind.clone(),
+                cwd: r.cwd.clone(),
+                repo: r.repo.clone(),
+                summary: r.summary.clone(),
+                reception: self.local_reception(&r.name),
+                last_seen_ms: r.last_seen_ms,
+                unread: Some(unread),
+            });
+        }
+        let now = Instant::now();
+        let dir = self.dir();
+        let mut remote: Vec<AgentView> = dir
+            .nodes()
+            .filter_map(|(p, e)| e.announcement.as_ref().map(|a| (p, a)))
+            .flat_map(|(p, a)| {
+                let dir = &dir;
+                a.agents.iter().map(move |ag| AgentView {
+                    address: format!("{}@{}", ag.name, a.node_name),
+                    name: ag.name.to_string(),
+                    node_name: a.node_name.to_string(),
+                    node: *p,
+                    local: false,
+                    kind: ag.kind.clone(),
+                    cwd: ag.cwd.clone(),
+                    repo: ag.repo.clone(),
+                    summary: ag.summary.clone(),
+                    reception: dir.reception(p, ag, now),
+                    last_seen_ms: ag.last_seen_ms,
+                    unread: None,
+                })
+            })
+            .collect();
+        remote.sort_by(|a, b| (&a.node_name, &a.name).cmp(&(&b.node_name, &b.name)));
+        out.extend(remote);
+        Ok(out)
+    }
+
+    /// `mesh dial`.
+    pub async fn dial(&self, addr: &str) -> Result<PeerId, ApiError> {
+        let ma = crate::net::parse_multiaddr(addr).map_err(ApiError::bad)?;
+        let dial = self.0.net.dial(ma.clone());
+        let peer = tokio::time::timeout(Duration::from_secs(20), dial)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, format!("dialing {ma} timed out after 20 s")))?
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+        // Remember the address so the node can be redialed after restarts.
+        let rec = {
+            let mut dir = self.dir();
+            dir.add_addrs(peer, &[strip_p2p(ma)]);
+            dir.record(&peer)
+        };
+        if let Some(rec) = rec {
+            let _ = self.0.store.write("peer", move |t| ops::put_peer(t, &rec)).await;
+        }
+        Ok(peer)
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), ApiError> {
+        if text.trim().is_empty() {
+            return Err(ApiError::bad("the message text is empty"));
+        }
+        let max = self.0.config.limits.max_message_bytes;
+        if text.len() > max {
+            return Err(bad_len("the message text", text.len(), max));
+        }
+        Ok(())
+    }
+
+    async fn check_reply_to(&self, reply_to: Option<MessageId>) -> Result<(), ApiError> {
+        if let Some(id) = reply_to {
+            let known = self.0.store.read(move |r| ops::message_known(r, &id)).await?;
+            if !known {
+                return Err(ApiError::not_found(format!(
+                    "--reply-to {id}: no message with that id is stored on this node"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn local_agent_names(&self) -> Result<Vec<AgentName>, ApiError> {
+        Ok(self
+            .0
+            .store
+            .read(ops::agents)
+            .await?
+            .into_iter()
+            .map(|a| a.name)
+            .collect())
+    }
+
+    /// `mesh send`.
+    pub async fn send(
+        &self,
+        from: &str,
+        to: &str,
+        text: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<SendReceipt, ApiError> {
+        let from = AgentName::new(from)?;
+        let addr: Address = to.parse()?;
+        self.check_text(&text)?;
+        self.check_reply_to(reply_to).await?;
+        let locals = self.local_agent_names().await?;
+        let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
+        let now = now_ms();
+        match target {
+            Target::Local(agent) => {
+                let msg = WireMessage {
+                    id: MessageId::new(),
+                    from: from.clone(),
+                    to: agent.clone(),
+                    sent_at_ms: now,
+                    reply_to,
+                    text,
+                };
+                let (me, my_name) = (self.0.peer_id, self.0.name.clone());
+                let f = from.clone();
+                let (out, inbox) = self
+                    .0
+                    .store
+                    .write("send", move |t| {
+                        ops::ensure_agent(t, &f, "human", now)?;
+                        ops::send_local(t, msg, me, Some(my_name), now)
+                    })
+                    .await?;
+                self.emit(Event::Message(self.message_view(&inbox)));
+                Ok(SendReceipt {
+                    id: out.msg.id,
+                    to: format!("{agent}@{}", self.0.name),
+                    to_node: self.0.peer_id,
+                    status: SendStatus::Delivered,
+                    reception: self.local_reception(&agent),
+                })
+            }
+            Target::Remote { peer, node_name, agent } => {
+                let msg = WireMessage {
+                    id: MessageId::new(),
+                    from: from.clone(),
+                    to: agent.clone(),
+                    sent_at_ms: now,
+                    reply_to,
+                    text,
+                };
+                let id = msg.id;
+                let to_label = format!(
+                    "{agent}@{}",
+                    node_name
+                        .as_ref()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| short_peer(&peer))
+                );
+                let mut events = self.0.events.subscribe();
+                let f = from.clone();
+                let nn = node_name.clone();
+                self.0
+                    .store
+                    .write("send", move |t| {
+                        ops::ensure_agent(t, &f, "human", now)?;
+                        ops::enqueue(t, msg, peer, nn, now)
+                    })
+                    .await?;
+                self.kick(peer);
+                let reception = {
+                    let dir = self.dir();
+                    let info = dir
+                        .get(&peer)
+                        .and_then(|e| e.announcement.as_ref())
+                        .and_then(|a| a.agents.iter().find(|x| x.name == agent).cloned());
+                    match info {
+                        Some(i) => dir.reception(&peer, &i, Instant::now()),
+                        None => Reception::Offline,
+                    }
+                };
+                let status = if self.0.net.is_connected(&peer) {
+                    self.wait_outcome(&mut events, id).await
+                } else {
+                    None
+                };
+                let status = match status {
+                    Some(s) => s,
+                    None => self.outbox_status(id, &peer).await?,
+                };
+                Ok(SendReceipt {
+                    id,
+                    to: to_label,
+                    to_node: peer,
+                    status,
+                    reception,
+                })
+            }
+        }
+    }
+
+    async fn wait_outcome(&self, events: &mut broadcast::Receiver<Event>, id: MessageId) -> Option<SendStatus> {
+        let deadline = tokio::time::Instant::now() + self.0.config.delivery.send_wait;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return None,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return None,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(Ok(Event::Delivered { id: got, .. })) if got == id => return Some(SendStatus::Delivered),
+                Ok(Ok(Event::DeadLetter { id: got, reason, .. })) if got == id => {
+                    return Some(SendStatus::Rejected { reason });
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn outbox_status(&self, id: MessageId, peer: &PeerId) -> Result<SendStatus, ApiError> {
+        let e = self.0.store.read(move |r| ops::outbox_by_id(r, &id)).await?;
+        Ok(match e.map(|e| e.state) {
+            Some(OutState::Delivered { .. }) => SendStatus::Delivered,
+            Some(OutState::Dead { reason, .. }) => SendStatus::Rejected { reason },
+            _ => SendStatus::Queued {
+                reason: if self.0.net.is_connected(peer) {
+                    "the recipient node is connected; waiting for its acknowledgement".into()
+                } else {
+                    format!(
+                        "the recipient node is not reachable now; it will be delivered when it connects (within {})",
+                        humantime::format_duration(self.0.config.delivery.ttl)
+                    )
+                },
+            },
+        })
+    }
+
+    /// `mesh inbox`.
+    pub async fn inbox(
+        &self,
+        agent: &str,
+        all: bool,
+        limit: u32,
+        mark_read: bool,
+    ) -> Result<Vec<MessageView>, ApiError> {
+        let agent = AgentName::new(agent)?;
+        let limit = limit.clamp(1, MAX_LIST) as usize;
+        let a = agent.clone();
+        let entries = self
+            .0
+            .store
+            .write("inbox", move |t| ops::take_inbox(t, &a, limit, all, mark_read))
+            .await?;
+        Ok(entries.iter().map(|e| self.message_view(e)).collect())
+    }
+
+    /// Marks messages read.
+    pub async fn mark_read(&self, agent: &str, ids: Vec<MessageId>) -> Result<u32, ApiError> {
+        let agent = AgentName::new(agent)?;
+        let n = self
+            .0
+            .store
+            .write("mark read", move |t| ops::mark_read_ids(t, &agent, &ids))
+            .await?;
+        Ok(n as u32)
+    }
+
+    /// Marks messages as pushed to a live session (not read).
+    pub async fn mark_notified(&self, agent: &AgentName, seqs: Vec<u64>) -> Result<(), ApiError> {
+        let agent = agent.clone();
+        self.0
+            .store
+            .write("mark notified", move |t| {
+                ops::set_state(t, &agent, &seqs, ReadState::Notified)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `mesh subscribe`.
+    pub async fn subscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ApiError> {
+        let agent = AgentName::new(agent)?;
+        let topic = TopicName::parse_user(topic)?;
+        let now = now_ms();
+        let t = topic.clone();
+        let new = self
+            .0
+            .store
+            .write("subscribe", move |tx| {
+                ops::ensure_agent(tx, &agent, "human", now)?;
+                ops::subscribe(tx, &agent, &t)
+            })
+            .await?;
+        self.0
+            .net
+            .subscribe(wire::gossip_topic(&topic))
+            .await
+            .map_err(unavailable)?;
+        Ok((topic.to_string(), new))
+    }
+
+    /// `mesh unsubscribe`.
+    pub async fn unsubscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ApiError> {
+        let agent = AgentName::new(agent)?;
+        let topic = TopicName::parse_user(topic)?;
+        let t = topic.clone();
+        let (was, still) = self
+            .0
+            .store
+            .write("unsubscribe", move |tx| {
+                let was = ops::unsubscribe(tx, &agent, &t)?;
+                Ok((was, ops::topic_has_subscribers(tx, &t)?))
+            })
+            .await?;
+        if !still {
+            self.0
+                .net
+                .unsubscribe(wire::gossip_topic(&topic))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok((topic.to_string(), was))
+    }
+
+    /// `mesh topics`.
+    pub async fn topics(&self) -> Result<Vec<TopicView>, ApiError> {
+        let subs = self.0.store.read(ops::subscriptions).await?;
+        let stats = self.0.store.read(ops::topic_stats).await?;
+        let mut by: std::collections::BTreeMap<String, TopicView> = std::collections::BTreeMap::new();
+        for (t, a) in subs {
+            by.entry(t.to_string())
+                .or_insert_with(|| TopicView {
+                    topic: t.to_string(),
+                    subscribers: vec![],
+                    messages: 0,
+                    last_ms: None,
+                })
+                .subscribers
+                .push(a.to_string());
+        }
+        for (t, n, last) in stats {
+            let v = by.entry(t.to_string()).or_insert_with(|| TopicView {
+                topic: t.to_string(),
+                subscribers: vec![],
+                messages: 0,
+                last_ms: None,
+            });
+            v.messages = n;
+            v.last_ms = Some(last);
+        }
+        Ok(by.into_values().collect())
+    }
+
+    /// `mesh publish`.
+    pub async fn publish(
+        &self,
+        agent: &str,
+        topic: &str,
+        text: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<PublishReceipt, ApiError> {
+        let agent = AgentName::new(agent)?;
+        let topic = TopicName::parse_user(topic)?;
+        self.check_text(&text)?;
+        self.check_reply_to(reply_to).await?;
+        let now = now_ms();
+        let envelope = TopicEnvelope {
+            id: MessageId::new(),
+            topic: topic.clone(),
+            from: agent.clone(),
+            sent_at_ms: now,
+            reply_to,
+            text,
+        };
+        let payload =
+            postcard::to_allocvec(&envelope).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let (me, my_name) = (self.0.peer_id, self.0.name.clone());
+        let env = envelope.clone();
+        let (rec, delivered) = self
+            .0
+            .store
+            .write("publish", move |t| {
+                ops::ensure_agent(t, &agent, "human", now)?;
+                ops::record_topic(t, env, me, Some(my_name), true, 0, now)
+            })
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
+        for e in &delivered {
+            self.emit(Event::Message(self.message_view(e)));
+        }
+        let reached = self
+            .0
+            .net
+            .publish(wire::gossip_topic(&topic), payload)
+            .await
+            .map_err(unavailable)?;
+        if reached > 0 {
+            let (t, seq) = (topic.clone(), rec.seq);
+            self.0
+                .store
+                .write("publish", move |tx| ops::topic_reached(tx, &t, seq, reached))
+                .await?;
+        }
+        Ok(PublishReceipt {
+            id: envelope.id,
+            topic: topic.to_string(),
+            peers_reached: reached,
+            local_subscribers: delivered.len() as u32,
+        })
+    }
+
+    /// `mesh history`.
+    pub async fn history(
+        &self,
+        agent: Option<&str>,
+        target: Option<&str>,
+        grep: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<HistoryView>, ApiError> {
+        let agent = agent.map(AgentName::new).transpose()?;
+        let mut filter = ops::HistoryFilter {
+            agent,
+            grep: grep.filter(|g| !g.is_empty()),
+            limit: limit.clamp(1, MAX_LIST) as usize,
+            ..Default::default()
+        };
+        if let Some(t) = target.map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some(topic) = t.strip_prefix('#') {
+                filter.topic = Some(TopicName::new(topic)?);
+            } else {
+                let addr: Address = t.parse()?;
+                let topic_known = TopicName::new(t).ok().filter(|_| addr.node.is_none());
+                let known_topic = match &topic_known {
+                    Some(tn) => {
+                        let tn = tn.clone();
+                        self.0
+                            .store
+                            .read(move |r| Ok(ops::topic_stats(r)?.iter().any(|(t, _, _)| t == &tn)))
+                            .await?
+                    }
+                    None => false,
+                };
+                let locals = self.local_agent_names().await?;
+                let resolved = self.dir().resolve(&addr, &self.0.name, &locals);
+                filter.with = match (resolved, known_topic) {
+                    (Ok(Target::Local(a)), false) => Some((a, Some(self.0.peer_id))),
+                    (Ok(Target::Remote { peer, agent, .. }), false) => Some((agent, Some(peer))),
+                    (Ok(_), true) => {
+                        return Err(ApiError::new(
+                            ErrorCode::Ambiguous,
+                            format!(
+                                "{t:?} is both an agent and a topic: write #{t} for the topic or {t}@<node> for the agent"
+                            ),
+                        ));
+                    }
+                    (Err(_), true) => {
+                        filter.topic = topic_known;
+                        None
+                    }
+                    // An agent no longer announced: still show what was exchanged with it.
+                    (Err(e), false) if e.code == ErrorCode::NotFound && addr.node.is_none() => {
+                        Some((addr.agent.clone(), None))
+                    }
+                    (Err(e), false) => return Err(e),
+                };
+            }
+        }
+        let rows = self.0.store.read(move |r| ops::history(r, &filter)).await?;
+        Ok(rows.into_iter().map(|row| self.history_view(row)).collect())
+    }
+
+    fn history_view(&self, row: store::HistoryRow) -> HistoryView {
+        let at_ms = row.at_ms();
+        match row {
+            store::HistoryRow::Received(e) => {
+                let v = self.message_view(&e);
+                HistoryView {
+                    id: e.id,
+                    kind: "in".into(),
+                    from: v.from,
+                    to: format!("{}@{}", e.agent, self.0.name),
+                    text: e.text,
+                    at_ms,
+                    reply_to: e.reply_to,
+                    state: None,
+                }
+            }
+            store::HistoryRow::Sent(e) => HistoryView {
+                id: e.msg.id,
+                kind: "out".into(),
+                from: format!("{}@{}", e.msg.from, self.0.name),
+                to: self.outbox_to(&e),
+                text: e.msg.text.clone(),
+                at_ms,
+                reply_to: e.msg.reply_to,
+                state: Some(out_state(&e.state)),
+            },
+            store::HistoryRow::Topic(r) => HistoryView {
+                id: r.envelope.id,
+                kind: "topic".into(),
+                from: format!(
+                    "{}@{}",
+                    r.envelope.from,
+                    self.node_label(&r.from_node, r.from_node_name.as_ref())
+                ),
+                to: format!("#{}", r.envelope.topic),
+                text: r.envelope.text,
+                at_ms,
+                reply_to: r.envelope.reply_to,
+                state: r.local.then(|| {
+                    if r.reached > 0 {
+                        format!("reached {} peers", r.reached)
+                    } else {
+                        "no subscribers reached yet".to_string()
+                    }
+                }),
+            },
+        }
+    }
+
+    /// `mesh outbox`.
+    pub async fn outbox(&self, agent: Option<&str>, delivered: bool, limit: u32) -> Result<Vec<OutboxView>, ApiError> {
+        let agent = agent.map(AgentName::new).transpose()?;
+        let limit = limit.clamp(1, MAX_LIST) as usize;
+        let entries = self
+            .0
+            .store
+            .read(move |r| ops::outbox(r, agent.as_ref(), delivered, limit))
+            .await?;
+        Ok(entries
+            .iter()
+            .map(|e| OutboxView {
+                id: e.msg.id,
+                from: e.msg.from.to_string(),
+                to: self.outbox_to(e),
+                text: e.msg.text.clone(),
+                created_ms: e.created_ms,
+                state: match &e.state {
+                    OutState::Pending => "pending",
+                    OutState::Delivered { .. } => "delivered",
+                    OutState::Dead { .. } => "dead",
+                }
+                .into(),
+                reason: match &e.state {
+                    OutState::Dead { reason, .. } => Some(reason.clone()),
+                    _ => e.last_error.clone(),
+                },
+                attempts: e.attempts,
+            })
+            .collect())
+    }
+
+    /// Creates or updates a local agent; with `attach`, returns a guard keeping it online.
+    pub async fn register(&self, spec: AgentSpec, attach: bool) -> Result<(AgentView, Option<SessionGuard>), ApiError> {
+        let name = AgentName::new(&spec.name)?;
+        let max = self.0.config.limits.max_summary_bytes;
+        if let Some(s) = &spec.summary
+            && s.len() > max
+        {
+            return Err(bad_len("the summary", s.len(), max).tap_msg("limits.max_summary_bytes"));
+        }
+        let kind = normalize_kind(&spec.kind);
+        for (what, v) in [("cwd", &spec.cwd), ("repo", &spec.repo)] {
+            if v.as_ref().is_some_and(|p| p.len() > wire::MAX_PATH_BYTES) {
+                return Err(ApiError::bad(format!(
+                    "{what} is longer than {} bytes",
+                    wire::MAX_PATH_BYTES
+                )));
+            }
+        }
+        let now = now_ms();
+        let n = name.clone();
+        let rec = self
+            .0
+            .store
+            .write("register", move |t| {
+                let mut r = ops::ensure_agent(t, &n, &kind, now)?;
+                r.kind = kind;
+                r.cwd = spec.cwd;
+                r.repo = spec.repo;
+                r.branch = spec.branch;
+                if spec.summary.is_some() {
+                    r.summary = spec.summary;
+                }
+                ops::put_agent(t, &r)?;
+                Ok(r)
+            })
+            .await?;
+        let guard = attach.then(|| {
+            let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let s = sessions.entry(name.clone()).or_default();
+            s.attached += 1;
+            if spec.push {
+                s.push += 1;
+            }
+            SessionGuard {
+                node: self.clone(),
+                agent: name.clone(),
+                push: spec.push,
+            }
+        });
+        self.0.announce.notify_one();
+        Ok((self.local_view(&rec).await?, guard))
+    }
+
+    /// Sets or clears an agent's summary.
+    pub async fn set_summary(&self, agent: &str, summary: Option<String>) -> Result<AgentView, ApiError> {
+        let name = AgentName::new(agent)?;
+        let max = self.0.config.limits.max_summary_bytes;
+        if let Some(s) = &summary
+            && s.len() > max
+        {
+            return Err(bad_len("the summary", s.len(), max).tap_msg("limits.max_summary_bytes"));
+        }
+        let now = now_ms();
+        let rec = self
+            .0
+            .store
+            .write("summary", move |t| {
+                if !ops::agent_exists(t, &name)? {
+                    return Err(store::StoreError::UnknownAgent(name.to_string()));
+                }
+                let mut r = ops::ensure_agent(t, &name, "other", now)?;
+                r.summary = summary.filter(|s| !s.trim().is_empty());
+                ops::put_agent(t, &r)?;
+                Ok(r)
+            })
+            .await?;
+        self.0.announce.notify_one();
+        self.local_view(&rec).await
+    }
+
+    async fn local_view(&self, r: &AgentRecord) -> Result<AgentView, ApiError> {
+        let name = r.name.clone();
+        let unread = self.0.store.read(move |t| ops::unread_count(t, name.as_str())).await?;
+        Ok(AgentView {
+            address: format!("{}@{}", r.name, self.0.name),
+            name: r.name.to_string(),
+            node_name: self.0.name.to_string(),
+            node: self.0.peer_id,
+            local: true,
+            kind: r.kind.clone(),
+            cwd: r.cwd.clone(),
+            repo: r.repo.clone(),
+            summary: r.summary.clone(),
+            reception: self.local_reception(&r.name),
+            last_seen_ms: r.last_seen_ms,
+            unread: Some(unread),
+        })
+    }
+
+    // ------------------------------------------------------------------ core loop
+
+    /// Startup work: the user's own agent, remembered peers, topic subscriptions, first
+    /// announcement.
+    pub(crate) async fn start(&self, user: AgentName) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.0
+            .store
+            .write("user agent", move |t| ops::ensure_agent(t, &user, "human", now))
+            .await?;
+        let mut records = self.0.store.read(ops::peers).await?;
+        records.sort_by_key(|r| std::cmp::Reverse(r.last_seen_ms));
+        for r in records.iter().take(REDIAL_AT_START) {
+            if !r.addrs.is_empty() {
+                let _ = self.0.net.add_addrs(r.peer, r.addrs.clone(), true).await;
+            }
+        }
+        self.dir().load(records);
+        let subs = self.0.store.read(ops::subscriptions).await?;
+        for (topic, _) in subs {
+            self.0
+                .net
+                .subscribe(wire::gossip_topic(&topic))
+                .await
+                .map_err(unavailable)?;
+        }
+        self.announce_now().await;
+        Ok(())
+    }
+
+    /// Reacts to the network until cancelled.
+    pub(crate) async fn run_core(self, mut net_events: mpsc::Receiver<NetEvent>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.0.announce.notified() => self.announce_now().await,
+                ev = net_events.recv() => match ev {
+                    Some(ev) => self.on_net_event(ev).await,
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn persist_peer(&self, peer: PeerId) {
+        let rec = self.dir().record(&peer);
+        if let Some(rec) = rec {
+            let store = self.0.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.write("peer", move |t| ops::put_peer(t, &rec)).await {
+                    tracing::warn!(error = %e, "cannot persist peer");
+                }
+            });
+        }
+    }
+
+    async fn on_net_event(&self, ev: NetEvent) {
+        match ev {
+            NetEvent::Listening(_) => {}
+            NetEvent::PeerConnected { peer, addr, dialed } => {
+                let name = {
+                    let mut dir = self.dir();
+                    dir.set_connected(peer, true, now_ms());
+                    if dialed {
+                        dir.add_addrs(peer, &[addr]);
+                    }
+                    dir.name_of(&peer)
+                };
+                self.kick(peer);
+                self.emit(Event::PeerUp {
+                    peer,
+                    name: name.map(|n| n.to_string()),
+                });
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                let name = {
+                    let mut dir = self.dir();
+                    dir.set_connected(peer, false, now_ms());
+                    dir.name_of(&peer)
+                };
+                self.persist_peer(peer).await;
+                self.emit(Event::PeerDown {
+                    peer,
+                    name: name.map(|n| n.to_string()),
+                });
+            }
+            NetEvent::PeerIdentified { peer, listen_addrs } => {
+                let changed = self.dir().add_addrs(peer, &listen_addrs);
+                if changed {
+                    self.persist_peer(peer).await;
+                }
+            }
+            NetEvent::PeerDiscovered { peer, addrs } => {
+                self.dir().add_addrs(peer, &addrs);
+            }
+            NetEvent::Announcement { peer, announcement } => {
+                let update = self.dir().update(peer, announcement, Instant::now(), now_ms());
+                if update == Update::Changed {
+                    self.persist_peer(peer).await;
+                }
+            }
+            NetEvent::InboundDms {
+                peer,
+                request,
+                messages,
+            } => self.on_inbound_dms(peer, request, messages).await,
+            NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
+            NetEvent::TopicSubscribed { peer: _, topic } => self.flush_topic(topic),
+        }
+    }
+
+    async fn on_inbound_dms(
+        &self,
+        peer: PeerId,
+        request: libp2p::request_response::InboundRequestId,
+        messages: Vec<WireMessage>,
+    ) {
+        let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
+            let _ = self
+                .0
+                .net
+                .respond_dm(request, DmResponse::Unavailable("recipient node is busy".into()))
+                .await;
+            return;
+        };
+        let node = self.clone();
+        let from_name = self.dir().name_of(&peer);
+        let max = self.0.config.limits.max_message_bytes;
+        tokio::spawn(async move {
+            let now = now_ms();
+            let result = node
+                .0
+                .store
+                .write("receive", move |t| ops::accept(t, peer, from_name, messages, max, now))
+                .await;
+            let response = match result {
+                Ok((outcomes, stored)) => {
+                    for e in &stored {
+                        node.emit(Event::Message(node.message_view(e)));
+                    }
+                    DmResponse::Outcomes(outcomes)
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot store inbound messages; sender will retry");
+                    DmResponse::Unavailable(e.to_string())
+                }
+            };
+            let _ = node.0.net.respond_dm(request, response).await;
+            drop(permit);
+        });
+    }
+
+    fn on_topic(&self, source: PeerId, envelope: TopicEnvelope) {
+        let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
+            tracing::warn!(%source, "too many inbound messages in flight; dropping a topic message");
+            return;
+        };
+        let node = self.clone();
+        let name = self.dir().name_of(&source);
+        tokio::spawn(async move {
+            let now = now_ms();
+            match node
+                .0
+                .store
+                .write("topic", move |t| {
+                    ops::record_topic(t, envelope, source, name, false, 0, now)
+                })
+                .await
+            {
+                Ok(Some((_, delivered))) => {
+                    for e in &delivered {
+                        node.emit(Event::Message(node.message_view(e)));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot store a topic message"),
+            }
+            drop(permit);
+        });
+    }
+
+    /// Re-publishes local messages that reached nobody, now that `topic` has a subscriber.
+    fn flush_topic(&self, topic: TopicName) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let t = topic.clone();
+            let pending = match node.0.store.read(move |r| ops::topic_pending(r, &t)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read pending topic messages");
+                    return;
+                }
+            };
+            for rec in pending {
+                let Ok(payload) = postcard::to_allocvec(&rec.envelope) else {
+                    continue;
+                };
+                match node.0.net.publish(wire::gossip_topic(&topic), payload).await {
+                    Ok(n) if n > 0 => {
+                        let (t, seq) = (topic.clone(), rec.seq);
+                        let _ = node
+                            .0
+                            .store
+                            .write("publish", move |tx| ops::topic_reached(tx, &t, seq, n))
+                            .await;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "re-publish failed");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    pub(crate) fn settled_event(&self, e: &OutboxEntry) -> Option<Event> {
+        match &e.state {
+            OutState::Delivered { .. } => Some(Event::Delivered {
+                id: e.msg.id,
+                from: e.msg.from.to_string(),
+                to: self.outbox_to(e),
+            }),
+            OutState::Dead { reason, .. } => Some(Event::DeadLetter {
+                id: e.msg.id,
+                from: e.msg.from.to_string(),
+                to: self.outbox_to(e),
+                reason: reason.clone(),
+            }),
+            OutState::Pending => None,
+        }
+    }
+
+    pub(crate) fn emit_settled(&self, entries: &[OutboxEntry]) {
+        for e in entries {
+            if let Some(ev) = self.settled_event(e) {
+                self.emit(ev);
+            }
+        }
+    }
+}
+
+trait TapMsg {
+    fn tap_msg(self, setting: &str) -> Self;
+}
+
+impl TapMsg for ApiError {
+    fn tap_msg(mut self, setting: &str) -> Self {
+        self.message = self.message.replace("limits.max_message_bytes", setting);
+        self
+    }
+}
+
+fn unavailable(e: crate::net::NetError) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, e.to_string())
+}
+
+fn out_state(s: &OutState) -> String {
+    match s {
+        OutState::Pending => "pending".into(),
+        OutState::Delivered { .. } => "delivered".into(),
+        OutState::Dead { reason, .. } => format!("dead: {reason}"),
+    }
+}
+
+/// The agent kinds agentmesh knows; anything else is `other`.
+pub fn normalize_kind(kind: &str) -> String {
+    match kind.trim().to_ascii_lowercase().as_str() {
+        "human" | "cli" | "user" => "human",
+        "claude-code" | "claude" | "claude code" => "claude-code",
+        "codex" | "codex-cli" => "codex",
+        "opencode" => "opencode",
+        _ => "other",
+    }
+    .to_string()
+}
+
+/// The last 8 characters of a PeerId, for display when no name is known.
+pub fn short_peer(p: &PeerId) -> String {
+    let s = p.to_string();
+    format!("…{}", &s[s.len().saturating_sub(8)..])
+}
+
+fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}

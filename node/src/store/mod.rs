@@ -1,0 +1,497 @@
+//! Durable state in one redb file: outbox, inboxes, topic logs, agents, peers.
+//!
+//! **One writer, grouped commits.** All writes run on one thread that owns the write side of
+//! the database. It takes every job waiting in its queue, runs them in one transaction and
+//! commits once (`Durability::Immediate`, one fsync), then answers each job. Under load this
+//! batches many messages per fsync; when idle a job is committed alone, at once.
+//!
+//! **Reads are snapshots.** Readers open their own read transaction (MVCC) on the blocking
+//! pool and never wait for the writer.
+//!
+//! **Jobs are atomic.** A job either returns a logical error *before* writing anything, or
+//! writes. A storage error (I/O, disk full) aborts the whole group: no job of it is
+//! committed and every job gets the error, so a caller that saw success knows its data is
+//! on disk, and one that saw an error knows nothing changed.
+
+pub mod ops;
+mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+pub use ops::{HistoryFilter, HistoryRow, Settled};
+pub use types::*;
+
+/// Schema version written in the `meta-1` table.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Jobs waiting for the writer before `write` callers are slowed down.
+pub const WRITE_QUEUE: usize = 4096;
+/// Most jobs committed in one transaction.
+pub const MAX_GROUP: usize = 1024;
+
+pub(crate) mod tables {
+    use super::TableDefinition;
+
+    /// `"schema"` → u32 LE, `"peer_id"` → PeerId bytes, `"seq"` → u64 LE.
+    pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+    /// agent name → `AgentRecord`.
+    pub const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents-1");
+    /// (agent, seq) → `InboxEntry`.
+    pub const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox-1");
+    /// (agent, seq) of inbox entries not yet read.
+    pub const UNREAD: TableDefinition<(&str, u64), ()> = TableDefinition::new("unread-1");
+    /// message id → seq of the first record of it (inbox or topic log): de-duplication.
+    pub const RECEIVED: TableDefinition<&[u8], u64> = TableDefinition::new("received-1");
+    /// seq → `OutboxEntry`.
+    pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox-1");
+    /// (peer id bytes, seq) of outbox entries still to deliver, in send order.
+    pub const PENDING: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("pending-1");
+    /// message id → outbox seq.
+    pub const OUTBOX_IDS: TableDefinition<&[u8], u64> = TableDefinition::new("outbox-ids-1");
+    /// (topic, agent) subscriptions.
+    pub const SUBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("subs-1");
+    /// (topic, seq) → `TopicRecord`: every topic message this node saw.
+    pub const TOPIC_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("topic-log-1");
+    /// (topic, seq) of local publications that reached no peer yet.
+    pub const TOPIC_PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("topic-pending-1");
+    /// peer id bytes → `PeerRecord`.
+    pub const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers-1");
+}
+
+/// Errors of the store. Cloneable, because one storage failure is reported to every job of
+/// the failed group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the file failed; nothing of the operation was stored.
+    #[error("{}", storage_message(op, message, *disk_full))]
+    Storage {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        message: String,
+        /// The device is full.
+        disk_full: bool,
+    },
+    /// The file is not a readable agentmesh store.
+    #[error(
+        "store file {path} is damaged or is not an agentmesh store ({message}); nothing was changed. To start over, stop any daemon, move the file aside (mv {path} {path}.broken) and start again: the node keeps its identity, but stored messages stay in the moved file"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        message: String,
+    },
+    /// The file belongs to another node identity.
+    #[error(
+        "store file {path} belongs to node {found}, but this home's identity is {expected}; was identity.key replaced? Restore the matching identity.key or move the store aside"
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// PeerId recorded in the store.
+        found: String,
+        /// PeerId of identity.key.
+        expected: String,
+    },
+    /// Another process has the file open.
+    #[error("store file {0} is in use by another process (is a daemon already running on this home?)")]
+    Locked(PathBuf),
+    /// Written by a newer agentmesh.
+    #[error(
+        "store file {path} has schema version {found}; this build understands up to {SCHEMA_VERSION}: upgrade agentmesh"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: u32,
+    },
+    /// No agent of that name lives on this node.
+    #[error("no agent named {0:?} on this node")]
+    UnknownAgent(String),
+    /// No message with that id is stored here.
+    #[error("no message with id {0} is stored on this node")]
+    UnknownMessage(String),
+    /// A stored record could not be decoded.
+    #[error("stored record in {table} could not be decoded: {message}")]
+    Decode {
+        /// The table.
+        table: &'static str,
+        /// Decoder message.
+        message: String,
+    },
+    /// The writer thread is gone (the daemon is shutting down).
+    #[error("the store is closed (the daemon is shutting down)")]
+    Closed,
+    /// Too many writes are waiting; try again.
+    #[error("the store is busy; try again")]
+    Busy,
+}
+
+fn storage_message(op: &str, message: &str, disk_full: bool) -> String {
+    if disk_full {
+        format!("cannot store ({op}): the disk is full; nothing was changed. Free some space and retry")
+    } else {
+        format!("cannot store ({op}): {message}; nothing was changed")
+    }
+}
+
+impl StoreError {
+    pub(crate) fn storage(op: &'static str, e: impl Into<redb::Error>) -> Self {
+        let e: redb::Error = e.into();
+        let disk_full = match &e {
+            redb::Error::Io(io) => {
+                io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
+            }
+            _ => false,
+        } || e.to_string().contains("No space left");
+        StoreError::Storage {
+            op,
+            message: e.to_string(),
+            disk_full,
+        }
+    }
+
+    /// True for failures of the storage itself (as opposed to a refused request).
+    pub fn is_storage(&self) -> bool {
+        matches!(self, StoreError::Storage { .. } | StoreError::Decode { .. })
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::storage("database", e)
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+type Finish = Box<dyn FnOnce(Option<StoreError>) + Send>;
+/// A write job: runs against the group's transaction (or is handed the error that kept the
+/// transaction from opening) and returns whether it failed on storage, plus its answer.
+type Job = Box<dyn FnOnce(Result<&WriteTransaction, StoreError>) -> (bool, Finish) + Send>;
+
+enum Msg {
+    Job(Job),
+    /// Commit what is queued before it, then stop; answers when the file is released.
+    Stop(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Msg>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` for the node `owner` and starts its writer
+    /// thread. Refuses a damaged file, another node's file, or a file in use.
+    pub fn open(path: &Path, owner: PeerId) -> Result<Self, StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(path.to_path_buf())),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+            {
+                return Err(StoreError::Locked(path.to_path_buf()));
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() != std::io::ErrorKind::InvalidData && e.kind() != std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(StoreError::storage("open", redb::StorageError::Io(e)));
+            }
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        Self::init(db, path, owner)
+    }
+
+    /// An in-memory store for tests.
+    pub fn in_memory(owner: PeerId) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::storage("open", e))?;
+        Self::init(db, Path::new(":memory:"), owner)
+    }
+
+    fn init(db: Database, path: &Path, owner: PeerId) -> Result<Self, StoreError> {
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            let schema = meta.get("schema")?.map(|v| {
+                let b = v.value();
+                u32::from_le_bytes(b.try_into().unwrap_or([0xff; 4]))
+            });
+            match schema {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        path: path.to_path_buf(),
+                        found: v,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                }
+            }
+            let stored_owner = meta.get("peer_id")?.map(|v| v.value().to_vec());
+            match stored_owner {
+                Some(bytes) if bytes != owner.to_bytes() => {
+                    let found = PeerId::from_bytes(&bytes)
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|_| "<unreadable>".into());
+                    return Err(StoreError::Foreign {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: owner.to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("peer_id", owner.to_bytes().as_slice())?;
+                }
+            }
+        }
+        // Create every table so readers never meet a missing one.
+        txn.open_table(tables::AGENTS)?;
+        txn.open_table(tables::INBOX)?;
+        txn.open_table(tables::UNREAD)?;
+        txn.open_table(tables::RECEIVED)?;
+        txn.open_table(tables::OUTBOX)?;
+        txn.open_table(tables::PENDING)?;
+        txn.open_table(tables::OUTBOX_IDS)?;
+        txn.open_table(tables::SUBS)?;
+        txn.open_table(tables::TOPIC_LOG)?;
+        txn.open_table(tables::TOPIC_PENDING)?;
+        txn.open_table(tables::PEERS)?;
+        txn.commit()?;
+
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Msg>(WRITE_QUEUE);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("mesh-store-writer".into())
+            .spawn(move || writer_loop(writer_db, rx))
+            .map_err(|e| StoreError::Storage {
+                op: "start writer",
+                message: e.to_string(),
+                disk_full: false,
+            })?;
+        Ok(Self {
+            db,
+            writer: tx,
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// Path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next write transaction and waits until it is committed.
+    ///
+    /// `f` must return its logical errors before writing; see the module docs.
+    pub async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (job, rx) = make_job(op, f);
+        self.writer.send(Msg::Job(job)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits every write queued so far and stops the writer. Later writes fail with
+    /// [`StoreError::Closed`]. The file itself is released when the last handle is dropped.
+    pub async fn close(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.writer.send(Msg::Stop(tx)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
+    }
+
+    /// Like [`Store::write`], but never waits for queue space: fails with
+    /// [`StoreError::Busy`] when the writer is saturated. For the network loop.
+    pub fn try_write<T, F>(
+        &self,
+        op: &'static str,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (job, rx) = make_job(op, f);
+        self.writer.try_send(Msg::Job(job)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })?;
+        Ok(rx)
+    }
+
+    /// Runs `f` on a read snapshot, on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Storage {
+            op: "read",
+            message: e.to_string(),
+            disk_full: false,
+        })?
+    }
+
+    /// Runs `f` on a read snapshot on the current thread (short reads only).
+    pub fn read_now<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
+}
+
+fn make_job<T, F>(op: &'static str, f: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |txn: Result<&WriteTransaction, StoreError>| {
+        let result = match txn {
+            Ok(txn) => f(txn),
+            Err(e) => Err(relabel(e, op)),
+        };
+        let failed_storage = matches!(&result, Err(e) if e.is_storage());
+        let finish: Finish = Box::new(move |commit_error: Option<StoreError>| {
+            let out = match commit_error {
+                Some(e) => match result {
+                    Err(own) if own.is_storage() => Err(own),
+                    _ => Err(relabel(e, op)),
+                },
+                None => result,
+            };
+            let _ = tx.send(out);
+        });
+        (failed_storage, finish)
+    });
+    (job, rx)
+}
+
+fn relabel(e: StoreError, op: &'static str) -> StoreError {
+    match e {
+        StoreError::Storage { message, disk_full, .. } => StoreError::Storage { op, message, disk_full },
+        other => other,
+    }
+}
+
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Msg>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(64);
+    let mut stop: Option<std::sync::mpsc::SyncSender<()>> = None;
+    while stop.is_none() {
+        match rx.blocking_recv() {
+            Some(Msg::Job(j)) => jobs.push(j),
+            Some(Msg::Stop(done)) => {
+                stop = Some(done);
+                break;
+            }
+            None => break,
+        }
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => jobs.push(j),
+                Ok(Msg::Stop(done)) => {
+                    stop = Some(done);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let err = StoreError::storage("begin", e);
+                tracing::error!(error = %err, "store: cannot begin a write transaction");
+                // Run nothing; every job gets the error.
+                for job in jobs.drain(..) {
+                    let (_, finish) = job(Err(err.clone()));
+                    finish(None);
+                }
+                continue;
+            }
+        };
+        let mut finishes = Vec::with_capacity(jobs.len());
+        let mut storage_failed = false;
+        for job in jobs.drain(..) {
+            let (failed, finish) = job(Ok(&txn));
+            storage_failed |= failed;
+            finishes.push(finish);
+        }
+        let outcome = if storage_failed {
+            let _ = txn.abort();
+            Some(StoreError::Storage {
+                op: "write",
+                message: "another write in the same commit failed".into(),
+                disk_full: false,
+            })
+        } else {
+            match txn.commit() {
+                Ok(()) => None,
+                Err(e) => {
+                    let err = StoreError::storage("commit", e);
+                    tracing::error!(error = %err, "store: commit failed");
+                    Some(err)
+                }
+            }
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
+    // Refuse what is still queued, release the file, then answer the closer.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Stop(done) = msg {
+            let _ = done.send(());
+        }
+    }
+    drop(db);
+    tracing::debug!("store writer stopped");
+    if let Some(done) = stop {
+        let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,905 @@
+//! Store operations. Write operations take the group's `WriteTransaction` and follow the
+//! rule of the module: check first, then write. Read operations take a snapshot.
+
+use libp2p::PeerId;
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::StoreError;
+use super::tables::*;
+use super::types::*;
+use crate::ids::{AgentName, MessageId, NodeName, TopicName};
+use crate::wire::{Outcome, Rejection, TopicEnvelope, WireMessage};
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|e| StoreError::Decode {
+        table: "encode",
+        message: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Decode {
+        table,
+        message: e.to_string(),
+    })
+}
+
+/// Allocates the next node-wide sequence number.
+fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let cur = meta
+        .get("seq")?
+        .map(|v| u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0);
+    let next = cur + 1;
+    meta.insert("seq", next.to_le_bytes().as_slice())?;
+    Ok(next)
+}
+
+// ---------------------------------------------------------------- agents
+
+/// Writes (creates or replaces) a local agent.
+pub fn put_agent(txn: &WriteTransaction, rec: &AgentRecord) -> Result<(), StoreError> {
+    let bytes = encode(rec)?;
+    txn.open_table(AGENTS)?.insert(rec.name.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// Returns the agent, creating it with `kind` if it does not exist; refreshes `last_seen`.
+pub fn ensure_agent(txn: &WriteTransaction, name: &AgentName, kind: &str, now: u64) -> Result<AgentRecord, StoreError> {
+    let existing = {
+        let t = txn.open_table(AGENTS)?;
+        let v = t.get(name.as_str())?;
+        match v {
+            Some(v) => Some(decode::<AgentRecord>("agents", v.value())?),
+            None => None,
+        }
+    };
+    let rec = match existing {
+        Some(mut r) => {
+            r.last_seen_ms = now;
+            r
+        }
+        None => AgentRecord {
+            name: name.clone(),
+            kind: kind.to_string(),
+            cwd: None,
+            repo: None,
+            branch: None,
+            summary: None,
+            created_ms: now,
+            last_seen_ms: now,
+        },
+    };
+    put_agent(txn, &rec)?;
+    Ok(rec)
+}
+
+/// One local agent.
+pub fn agent(r: &ReadTransaction, name: &str) -> Result<Option<AgentRecord>, StoreError> {
+    let t = r.open_table(AGENTS)?;
+    let v = t.get(name)?;
+    v.map(|v| decode("agents", v.value())).transpose()
+}
+
+/// All local agents, by name.
+pub fn agents(r: &ReadTransaction) -> Result<Vec<AgentRecord>, StoreError> {
+    let t = r.open_table(AGENTS)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode("agents", v.value())?);
+    }
+    Ok(out)
+}
+
+/// Whether a local agent exists.
+pub fn agent_exists(txn: &WriteTransaction, name: &AgentName) -> Result<bool, StoreError> {
+    Ok(txn.open_table(AGENTS)?.get(name.as_str())?.is_some())
+}
+
+// ---------------------------------------------------------------- direct messages
+
+fn insert_inbox(txn: &WriteTransaction, entry: &InboxEntry) -> Result<(), StoreError> {
+    let bytes = encode(entry)?;
+    txn.open_table(INBOX)?
+        .insert((entry.agent.as_str(), entry.seq), bytes.as_slice())?;
+    if entry.state != ReadState::Read {
+        txn.open_table(UNREAD)?.insert((entry.agent.as_str(), entry.seq), ())?;
+    }
+    Ok(())
+}
+
+fn insert_outbox(txn: &WriteTransaction, e: &OutboxEntry) -> Result<(), StoreError> {
+    let bytes = encode(e)?;
+    txn.open_table(OUTBOX)?.insert(e.seq, bytes.as_slice())?;
+    txn.open_table(OUTBOX_IDS)?.insert(e.msg.id.0.as_slice(), e.seq)?;
+    Ok(())
+}
+
+/// Writes a message for a remote recipient to the outbox, pending delivery.
+pub fn enqueue(
+    txn: &WriteTransaction,
+    msg: WireMessage,
+    to_node: PeerId,
+    to_node_name: Option<NodeName>,
+    now: u64,
+) -> Result<OutboxEntry, StoreError> {
+    let seq = next_seq(txn)?;
+    let entry = OutboxEntry {
+        seq,
+        msg,
+        to_node,
+        to_node_name,
+        created_ms: now,
+        state: OutState::Pending,
+        attempts: 0,
+        last_error: None,
+    };
+    insert_outbox(txn, &entry)?;
+    txn.open_table(PENDING)?
+        .insert((to_node.to_bytes().as_slice(), seq), ())?;
+    Ok(entry)
+}
+
+/// Delivers a message between two agents of this node: outbox record (delivered) and
+/// recipient inbox entry in one step. Fails with `UnknownAgent` before writing.
+pub fn send_local(
+    txn: &WriteTransaction,
+    msg: WireMessage,
+    me: PeerId,
+    my_name: Option<NodeName>,
+    now: u64,
+) -> Result<(OutboxEntry, InboxEntry), StoreError> {
+    if !agent_exists(txn, &msg.to)? {
+        return Err(StoreError::UnknownAgent(msg.to.to_string()));
+    }
+    let out_seq = next_seq(txn)?;
+    let in_seq = next_seq(txn)?;
+    let inbox = InboxEntry {
+        seq: in_seq,
+        agent: msg.to.clone(),
+        id: msg.id,
+        from: Sender {
+            agent: msg.from.clone(),
+            node: me,
+            node_name: my_name.clone(),
+        },
+        channel: Channel::Direct,
+        text: msg.text.clone(),
+        sent_at_ms: msg.sent_at_ms,
+        received_at_ms: now,
+        reply_to: msg.reply_to,
+        state: ReadState::New,
+    };
+    let out = OutboxEntry {
+        seq: out_seq,
+        msg,
+        to_node: me,
+        to_node_name: my_name,
+        created_ms: now,
+        state: OutState::Delivered { at_ms: now },
+        attempts: 0,
+        last_error: None,
+    };
+    insert_outbox(txn, &out)?;
+    insert_inbox(txn, &inbox)?;
+    txn.open_table(RECEIVED)?.insert(inbox.id.0.as_slice(), in_seq)?;
+    Ok((out, inbox))
+}
+
+/// What [`accept`] returns: one outcome per message, and the new inbox entries.
+pub type Accepted = (Vec<(MessageId, Outcome)>, Vec<InboxEntry>);
+
+/// Commits a batch of direct messages from `from` to local inboxes, in order. Returns one
+/// outcome per message and the new inbox entries.
+pub fn accept(
+    txn: &WriteTransaction,
+    from: PeerId,
+    from_name: Option<NodeName>,
+    msgs: Vec<WireMessage>,
+    max_text_bytes: usize,
+    now: u64,
+) -> Result<Accepted, StoreError> {
+    let mut outcomes = Vec::with_capacity(msgs.len());
+    let mut stored = Vec::new();
+    for m in msgs {
+        let dup = txn.open_table(RECEIVED)?.get(m.id.0.as_slice())?.is_some();
+        let outcome = if dup {
+            Outcome::Duplicate
+        } else if m.text.len() > max_text_bytes {
+            Outcome::Rejected(Rejection::TooLarge(max_text_bytes as u64))
+        } else if m.text.trim().is_empty() {
+            Outcome::Rejected(Rejection::Invalid("empty text".into()))
+        } else if !agent_exists(txn, &m.to)? {
+            Outcome::Rejected(Rejection::UnknownAgent)
+        } else {
+            let seq = next_seq(txn)?;
+            let entry = InboxEntry {
+                seq,
+                agent: m.to.clone(),
+                id: m.id,
+                from: Sender {
+                    agent: m.from.clone(),
+                    node: from,
+                    node_name: from_name.clone(),
+                },
+                channel: Channel::Direct,
+                text: m.text,
+                sent_at_ms: m.sent_at_ms,
+                received_at_ms: now,
+                reply_to: m.reply_to,
+                state: ReadState::New,
+            };
+            insert_inbox(txn, &entry)?;
+            txn.open_table(RECEIVED)?.insert(entry.id.0.as_slice(), seq)?;
+            stored.push(entry);
+            Outcome::Stored
+        };
+        outcomes.push((m.id, outcome));
+    }
+    Ok((outcomes, stored))
+}
+
+/// The oldest pending messages for `peer`, in send order.
+pub fn pending_batch(r: &ReadTransaction, peer: &PeerId, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    let pending = r.open_table(PENDING)?;
+    let outbox = r.open_table(OUTBOX)?;
+    let key = peer.to_bytes();
+    let mut out = Vec::new();
+    for row in pending.range((key.as_slice(), 0u64)..=(key.as_slice(), u64::MAX))? {
+        let (k, _) = row?;
+        let seq = k.value().1;
+        if let Some(v) = outbox.get(seq)? {
+            out.push(decode::<OutboxEntry>("outbox", v.value())?);
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Peers with messages pending, and how many each.
+pub fn pending_peers(r: &ReadTransaction) -> Result<Vec<(PeerId, u64)>, StoreError> {
+    let pending = r.open_table(PENDING)?;
+    let mut out: Vec<(PeerId, u64)> = Vec::new();
+    for row in pending.iter()? {
+        let (k, _) = row?;
+        let bytes = k.value().0;
+        match out.last_mut() {
+            Some((p, n)) if p.to_bytes() == bytes => *n += 1,
+            _ => {
+                if let Ok(p) = PeerId::from_bytes(bytes) {
+                    out.push((p, 1));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An outbox entry whose state changed.
+pub type Settled = OutboxEntry;
+
+fn update_outbox(
+    txn: &WriteTransaction,
+    seq: u64,
+    f: impl FnOnce(&mut OutboxEntry),
+) -> Result<Option<OutboxEntry>, StoreError> {
+    let mut entry: OutboxEntry = {
+        let t = txn.open_table(OUTBOX)?;
+        let v = t.get(seq)?;
+        match v {
+            Some(v) => decode("outbox", v.value())?,
+            None => return Ok(None),
+        }
+    };
+    f(&mut entry);
+    let bytes = encode(&entry)?;
+    txn.open_table(OUTBOX)?.insert(seq, bytes.as_slice())?;
+    if !matches!(entry.state, OutState::Pending) {
+        txn.open_table(PENDING)?
+            .remove((entry.to_node.to_bytes().as_slice(), seq))?;
+    }
+    Ok(Some(entry))
+}
+
+/// Applies the recipient node's outcomes to pending outbox entries.
+pub fn settle(txn: &WriteTransaction, outcomes: Vec<(u64, Outcome)>, now: u64) -> Result<Vec<Settled>, StoreError> {
+    let mut out = Vec::with_capacity(outcomes.len());
+    for (seq, outcome) in outcomes {
+        let changed = update_outbox(txn, seq, |e| {
+            if !matches!(e.state, OutState::Pending) {
+                return;
+            }
+            e.state = match outcome {
+                Outcome::Stored | Outcome::Duplicate => OutState::Delivered { at_ms: now },
+                Outcome::Rejected(r) => OutState::Dead {
+                    at_ms: now,
+                    reason: format!("refused by the recipient node: {r}"),
+                },
+            };
+        })?;
+        if let Some(e) = changed {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Records a failed delivery attempt on pending entries.
+pub fn note_failure(txn: &WriteTransaction, seqs: &[u64], error: &str) -> Result<(), StoreError> {
+    for &seq in seqs {
+        update_outbox(txn, seq, |e| {
+            if matches!(e.state, OutState::Pending) {
+                e.attempts = e.attempts.saturating_add(1);
+                e.last_error = Some(error.chars().take(300).collect());
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Turns pending messages older than `ttl_ms` into dead letters.
+pub fn expire(txn: &WriteTransaction, now: u64, ttl_ms: u64) -> Result<Vec<Settled>, StoreError> {
+    let mut expired = Vec::new();
+    {
+        let pending = txn.open_table(PENDING)?;
+        let outbox = txn.open_table(OUTBOX)?;
+        for row in pending.iter()? {
+            let (k, _) = row?;
+            let seq = k.value().1;
+            if let Some(v) = outbox.get(seq)? {
+                let e: OutboxEntry = decode("outbox", v.value())?;
+                if e.created_ms.saturating_add(ttl_ms) <= now {
+                    expired.push(seq);
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(expired.len());
+    for seq in expired {
+        if let Some(e) = update_outbox(txn, seq, |e| {
+            let why = match &e.last_error {
+                Some(err) => format!("not delivered within the time to live (last error: {err})"),
+                None => "not delivered within the time to live (recipient node never reachable)".to_string(),
+            };
+            e.state = OutState::Dead {
+                at_ms: now,
+                reason: why,
+            };
+        })? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Outbox entries, newest last: pending and dead letters, plus delivered ones if asked.
+pub fn outbox(
+    r: &ReadTransaction,
+    agent: Option<&AgentName>,
+    delivered: bool,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let t = r.open_table(OUTBOX)?;
+    let mut out = Vec::new();
+    for row in t.iter()?.rev() {
+        let (_, v) = row?;
+        let e: OutboxEntry = decode("outbox", v.value())?;
+        if agent.is_some_and(|a| &e.msg.from != a) {
+            continue;
+        }
+        if !delivered && matches!(e.state, OutState::Delivered { .. }) {
+            continue;
+        }
+        out.push(e);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// One outbox entry by message id.
+pub fn outbox_by_id(r: &ReadTransaction, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+    let ids = r.open_table(OUTBOX_IDS)?;
+    let Some(seq) = ids.get(id.0.as_slice())?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let t = r.open_table(OUTBOX)?;
+    let v = t.get(seq)?;
+    v.map(|v| decode("outbox", v.value())).transpose()
+}
+
+/// Whether a message with this id is stored here (sent, received or seen on a topic).
+pub fn message_known(r: &ReadTransaction, id: &MessageId) -> Result<bool, StoreError> {
+    Ok(r.open_table(RECEIVED)?.get(id.0.as_slice())?.is_some()
+        || r.open_table(OUTBOX_IDS)?.get(id.0.as_slice())?.is_some())
+}
+
+// ---------------------------------------------------------------- inboxes
+
+/// Inbox entries of `agent`, oldest first: the unread ones (`all == false`) or the last
+/// `limit` of all. With `mark_read`, returned entries become `Read` in the same step.
+pub fn take_inbox(
+    txn: &WriteTransaction,
+    agent: &AgentName,
+    limit: usize,
+    all: bool,
+    mark_read: bool,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    if !agent_exists(txn, agent)? {
+        return Err(StoreError::UnknownAgent(agent.to_string()));
+    }
+    let a = agent.as_str();
+    let mut entries: Vec<InboxEntry> = Vec::new();
+    {
+        let inbox = txn.open_table(INBOX)?;
+        if all {
+            for row in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev() {
+                let (_, v) = row?;
+                entries.push(decode("inbox", v.value())?);
+                if entries.len() >= limit {
+                    break;
+                }
+            }
+            entries.reverse();
+        } else {
+            let unread = txn.open_table(UNREAD)?;
+            for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
+                let (k, _) = row?;
+                if let Some(v) = inbox.get((a, k.value().1))? {
+                    entries.push(decode("inbox", v.value())?);
+                }
+                if entries.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    if mark_read {
+        let seqs: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.state != ReadState::Read)
+            .map(|e| e.seq)
+            .collect();
+        set_state(txn, agent, &seqs, ReadState::Read)?;
+    }
+    Ok(entries)
+}
+
+/// Sets the read state of inbox entries (a `Read` entry never goes back).
+pub fn set_state(
+    txn: &WriteTransaction,
+    agent: &AgentName,
+    seqs: &[u64],
+    state: ReadState,
+) -> Result<Vec<u64>, StoreError> {
+    let a = agent.as_str();
+    let mut changed = Vec::new();
+    for &seq in seqs {
+        let entry: Option<InboxEntry> = {
+            let t = txn.open_table(INBOX)?;
+            let v = t.get((a, seq))?;
+            v.map(|v| decode("inbox", v.value())).transpose()?
+        };
+        let Some(mut e) = entry else { continue };
+        if e.state == state || e.state == ReadState::Read {
+            continue;
+        }
+        e.state = state;
+        let bytes = encode(&e)?;
+        txn.open_table(INBOX)?.insert((a, seq), bytes.as_slice())?;
+        if state == ReadState::Read {
+            txn.open_table(UNREAD)?.remove((a, seq))?;
+        }
+        changed.push(seq);
+    }
+    Ok(changed)
+}
+
+/// Marks the entries of `agent` with these message ids as read.
+pub fn mark_read_ids(txn: &WriteTransaction, agent: &AgentName, ids: &[MessageId]) -> Result<usize, StoreError> {
+    let mut seqs = Vec::new();
+    {
+        let inbox = txn.open_table(INBOX)?;
+        let unread = txn.open_table(UNREAD)?;
+        let a = agent.as_str();
+        for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
+            let (k, _) = row?;
+            let seq = k.value().1;
+            if let Some(v) = inbox.get((a, seq))? {
+                let e: InboxEntry = decode("inbox", v.value())?;
+                if ids.contains(&e.id) {
+                    seqs.push(seq);
+                }
+            }
+        }
+    }
+    Ok(set_state(txn, agent, &seqs, ReadState::Read)?.len())
+}
+
+/// Number of unread entries of `agent`.
+pub fn unread_count(r: &ReadTransaction, agent: &str) -> Result<u64, StoreError> {
+    let t = r.open_table(UNREAD)?;
+    let mut n = 0;
+    for row in t.range((agent, 0u64)..=(agent, u64::MAX))? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------- topics
+
+/// Subscribes `agent` to `topic`; true if it was not subscribed.
+pub fn subscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName) -> Result<bool, StoreError> {
+    if !agent_exists(txn, agent)? {
+        return Err(StoreError::UnknownAgent(agent.to_string()));
+    }
+    Ok(txn
+        .open_table(SUBS)?
+        .insert((topic.as_str(), agent.as_str()), ())?
+        .is_none())
+}
+
+/// Unsubscribes; true if it was subscribed.
+pub fn unsubscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName) -> Result<bool, StoreError> {
+    Ok(txn
+        .open_table(SUBS)?
+        .remove((topic.as_str(), agent.as_str()))?
+        .is_some())
+}
+
+/// All (topic, agent) subscriptions.
+pub fn subscriptions(r: &ReadTransaction) -> Result<Vec<(TopicName, AgentName)>, StoreError> {
+    let t = r.open_table(SUBS)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, _) = row?;
+        let (topic, agent) = k.value();
+        if let (Ok(t), Ok(a)) = (TopicName::new(topic), AgentName::new(agent)) {
+            out.push((t, a));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether any local agent subscribes to `topic`.
+pub fn topic_has_subscribers(txn: &WriteTransaction, topic: &TopicName) -> Result<bool, StoreError> {
+    let t = txn.open_table(SUBS)?;
+    let mut r = t.range((topic.as_str(), "")..)?;
+    Ok(match r.next() {
+        Some(row) => row?.0.value().0 == topic.as_str(),
+        None => false,
+    })
+}
+
+/// Stores a topic message (published here or received) and delivers it to the inboxes of
+/// the local subscribers other than its local author. `None` if it was already stored.
+#[allow(clippy::too_many_arguments)]
+pub fn record_topic(
+    txn: &WriteTransaction,
+    envelope: TopicEnvelope,
+    from_node: PeerId,
+    from_node_name: Option<NodeName>,
+    local: bool,
+    reached: u32,
+    now: u64,
+) -> Result<Option<(TopicRecord, Vec<InboxEntry>)>, StoreError> {
+    if txn.open_table(RECEIVED)?.get(envelope.id.0.as_slice())?.is_some() {
+        return Ok(None);
+    }
+    let topic = envelope.topic.clone();
+    let subscribers: Vec<AgentName> = {
+        let subs = txn.open_table(SUBS)?;
+        let mut v = Vec::new();
+        for row in subs.range((topic.as_str(), "")..)? {
+            let (k, _) = row?;
+            let (t, a) = k.value();
+            if t != topic.as_str() {
+                break;
+            }
+            if let Ok(a) = AgentName::new(a) {
+                v.push(a);
+            }
+        }
+        v
+    };
+    let seq = next_seq(txn)?;
+    let rec = TopicRecord {
+        seq,
+        envelope,
+        from_node,
+        from_node_name: from_node_name.clone(),
+        received_at_ms: now,
+        local,
+        reached,
+    };
+    let bytes = encode(&rec)?;
+    txn.open_table(TOPIC_LOG)?
+        .insert((topic.as_str(), seq), bytes.as_slice())?;
+    txn.open_table(RECEIVED)?.insert(rec.envelope.id.0.as_slice(), seq)?;
+    if local && reached == 0 {
+        txn.open_table(TOPIC_PENDING)?.insert((topic.as_str(), seq), ())?;
+    }
+    let mut delivered = Vec::new();
+    for agent in subscribers {
+        if local && agent == rec.envelope.from {
+            continue;
+        }
+        let entry = InboxEntry {
+            seq: next_seq(txn)?,
+            agent,
+            id: rec.envelope.id,
+            from: Sender {
+                agent: rec.envelope.from.clone(),
+                node: from_node,
+                node_name: from_node_name.clone(),
+            },
+            channel: Channel::Topic(topic.clone()),
+            text: rec.envelope.text.clone(),
+            sent_at_ms: rec.envelope.sent_at_ms,
+            received_at_ms: now,
+            reply_to: rec.envelope.reply_to,
+            state: ReadState::New,
+        };
+        insert_inbox(txn, &entry)?;
+        delivered.push(entry);
+    }
+    Ok(Some((rec, delivered)))
+}
+
+/// Records that a local publication reached `reached` peers (clears "pending" if > 0).
+pub fn topic_reached(txn: &WriteTransaction, topic: &TopicName, seq: u64, reached: u32) -> Result<(), StoreError> {
+    let rec: Option<TopicRecord> = {
+        let t = txn.open_table(TOPIC_LOG)?;
+        let v = t.get((topic.as_str(), seq))?;
+        v.map(|v| decode("topic-log", v.value())).transpose()?
+    };
+    if let Some(mut rec) = rec {
+        rec.reached = rec.reached.max(reached);
+        let bytes = encode(&rec)?;
+        txn.open_table(TOPIC_LOG)?
+            .insert((topic.as_str(), seq), bytes.as_slice())?;
+        if rec.reached > 0 {
+            txn.open_table(TOPIC_PENDING)?.remove((topic.as_str(), seq))?;
+        }
+    }
+    Ok(())
+}
+
+/// Local publications on `topic` that reached no peer yet, oldest first.
+pub fn topic_pending(r: &ReadTransaction, topic: &TopicName) -> Result<Vec<TopicRecord>, StoreError> {
+    let pending = r.open_table(TOPIC_PENDING)?;
+    let log = r.open_table(TOPIC_LOG)?;
+    let t = topic.as_str();
+    let mut out = Vec::new();
+    for row in pending.range((t, 0u64)..=(t, u64::MAX))? {
+        let (k, _) = row?;
+        if let Some(v) = log.get((t, k.value().1))? {
+            out.push(decode("topic-log", v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Drops "pending" marks of local publications older than `ttl_ms` (they stay in history).
+pub fn expire_topic_pending(txn: &WriteTransaction, now: u64, ttl_ms: u64) -> Result<usize, StoreError> {
+    let mut old = Vec::new();
+    {
+        let pending = txn.open_table(TOPIC_PENDING)?;
+        let log = txn.open_table(TOPIC_LOG)?;
+        for row in pending.iter()? {
+            let (k, _) = row?;
+            let (t, seq) = k.value();
+            if let Some(v) = log.get((t, seq))? {
+                let rec: TopicRecord = decode("topic-log", v.value())?;
+                if rec.received_at_ms.saturating_add(ttl_ms) <= now {
+                    old.push((t.to_string(), seq));
+                }
+            }
+        }
+    }
+    let mut pending = txn.open_table(TOPIC_PENDING)?;
+    for (t, seq) in &old {
+        pending.remove((t.as_str(), *seq))?;
+    }
+    Ok(old.len())
+}
+
+/// Per topic seen here: message count and time of the newest message.
+pub fn topic_stats(r: &ReadTransaction) -> Result<Vec<(TopicName, u64, u64)>, StoreError> {
+    let log = r.open_table(TOPIC_LOG)?;
+    let mut out: Vec<(TopicName, u64, u64)> = Vec::new();
+    for row in log.iter()? {
+        let (k, v) = row?;
+        let t = k.value().0;
+        let rec: TopicRecord = decode("topic-log", v.value())?;
+        match out.last_mut() {
+            Some((name, n, last)) if name.as_str() == t => {
+                *n += 1;
+                *last = (*last).max(rec.received_at_ms);
+            }
+            _ => {
+                if let Ok(name) = TopicName::new(t) {
+                    out.push((name, 1, rec.received_at_ms));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- peers
+
+/// Writes a peer record.
+pub fn put_peer(txn: &WriteTransaction, rec: &PeerRecord) -> Result<(), StoreError> {
+    let bytes = encode(rec)?;
+    txn.open_table(PEERS)?
+        .insert(rec.peer.to_bytes().as_slice(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// All known peers.
+pub fn peers(r: &ReadTransaction) -> Result<Vec<PeerRecord>, StoreError> {
+    let t = r.open_table(PEERS)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode("peers", v.value())?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- history & stats
+
+/// What `history` returns.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Only messages of this local agent (sent by it, to it, or on its topics).
+    pub agent: Option<AgentName>,
+    /// Only direct messages exchanged with this agent (optionally on this node).
+    pub with: Option<(AgentName, Option<PeerId>)>,
+    /// Only this topic.
+    pub topic: Option<TopicName>,
+    /// Only texts containing this (case-insensitive).
+    pub grep: Option<String>,
+    /// At most this many, the newest.
+    pub limit: usize,
+}
+
+/// One history line.
+#[derive(Clone, Debug)]
+pub enum HistoryRow {
+    /// A direct message received by a local agent.
+    Received(InboxEntry),
+    /// A direct message sent by a local agent.
+    Sent(OutboxEntry),
+    /// A topic message.
+    Topic(TopicRecord),
+}
+
+impl HistoryRow {
+    /// Local time of the row, for ordering.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            HistoryRow::Received(e) => e.received_at_ms,
+            HistoryRow::Sent(e) => e.created_ms,
+            HistoryRow::Topic(r) => r.received_at_ms,
+        }
+    }
+    fn seq(&self) -> u64 {
+        match self {
+            HistoryRow::Received(e) => e.seq,
+            HistoryRow::Sent(e) => e.seq,
+            HistoryRow::Topic(r) => r.seq,
+        }
+    }
+}
+
+/// Messages matching `f`, oldest first (the newest `f.limit`).
+pub fn history(r: &ReadTransaction, f: &HistoryFilter) -> Result<Vec<HistoryRow>, StoreError> {
+    let grep = f.grep.as_ref().map(|g| g.to_lowercase());
+    let text_ok = |t: &str| grep.as_ref().is_none_or(|g| t.to_lowercase().contains(g));
+    let limit = f.limit.max(1);
+    let mut rows = Vec::new();
+
+    let subscribed: Vec<TopicName> = match &f.agent {
+        Some(a) => subscriptions(r)?
+            .into_iter()
+            .filter(|(_, ag)| ag == a)
+            .map(|(t, _)| t)
+            .collect(),
+        None => Vec::new(),
+    };
+
+    if f.with.is_none() {
+        let log = r.open_table(TOPIC_LOG)?;
+        let mut n = 0;
+        let iter = match &f.topic {
+            Some(t) => log.range((t.as_str(), 0u64)..=(t.as_str(), u64::MAX))?,
+            None => log.iter()?,
+        };
+        let mut found = Vec::new();
+        for row in iter.rev() {
+            let (_, v) = row?;
+            let rec: TopicRecord = decode("topic-log", v.value())?;
+            if let Some(a) = &f.agent
+                && !(subscribed.contains(&rec.envelope.topic) || (rec.local && &rec.envelope.from == a))
+            {
+                continue;
+            }
+            if text_ok(&rec.envelope.text) {
+                found.push(HistoryRow::Topic(rec));
+                n += 1;
+                if n >= limit && f.topic.is_some() {
+                    break;
+                }
+            }
+        }
+        rows.extend(found);
+    }
+
+    if f.topic.is_none() {
+        let with_ok = |agent: &AgentName, node: &PeerId| match &f.with {
+            None => true,
+            Some((a, p)) => a == agent && p.as_ref().is_none_or(|p| p == node),
+        };
+        // Received direct messages.
+        let inbox = r.open_table(INBOX)?;
+        let iter = match &f.agent {
+            Some(a) => inbox.range((a.as_str(), 0u64)..=(a.as_str(), u64::MAX))?,
+            None => inbox.iter()?,
+        };
+        for row in iter.rev() {
+            let (_, v) = row?;
+            let e: InboxEntry = decode("inbox", v.value())?;
+            if e.channel == Channel::Direct && with_ok(&e.from.agent, &e.from.node) && text_ok(&e.text) {
+                rows.push(HistoryRow::Received(e));
+            }
+        }
+        // Sent direct messages.
+        let outbox = r.open_table(OUTBOX)?;
+        let mut n = 0;
+        for row in outbox.iter()?.rev() {
+            let (_, v) = row?;
+            let e: OutboxEntry = decode("outbox", v.value())?;
+            if f.agent.as_ref().is_some_and(|a| a != &e.msg.from) {
+                continue;
+            }
+            if with_ok(&e.msg.to, &e.to_node) && text_ok(&e.msg.text) {
+                rows.push(HistoryRow::Sent(e));
+                n += 1;
+                if n >= limit {
+                    break;
+                }
+            }
+        }
+    }
+
+    rows.sort_by_key(|r| (r.at_ms(), r.seq()));
+    if rows.len() > limit {
+        rows.drain(..rows.len() - limit);
+    }
+    Ok(rows)
+}
+
+/// Record counts.
+pub fn stats(r: &ReadTransaction) -> Result<StoreStats, StoreError> {
+    Ok(StoreStats {
+        agents: r.open_table(AGENTS)?.len()?,
+        inbox: r.open_table(INBOX)?.len()?,
+        unread: r.open_table(UNREAD)?.len()?,
+        outbox: r.open_table(OUTBOX)?.len()?,
+        pending: r.open_table(PENDING)?.len()?,
+        topic_messages: r.open_table(TOPIC_LOG)?.len()?,
+        peers: r.open_table(PEERS)?.len()?,
+        file_bytes: 0,
+    })
+}

@@ -1,0 +1,304 @@
+use super::*;
+use crate::ids::{AgentName, MessageId, TopicName};
+use crate::wire::{Outcome, Rejection, TopicEnvelope, WireMessage};
+
+fn name(s: &str) -> AgentName {
+    AgentName::new(s).unwrap()
+}
+
+fn wire(from: &str, to: &str, text: &str) -> WireMessage {
+    WireMessage {
+        id: MessageId::new(),
+        from: name(from),
+        to: name(to),
+        sent_at_ms: 1,
+        reply_to: None,
+        text: text.into(),
+    }
+}
+
+async fn with_agent(store: &Store, a: &str) {
+    let a = name(a);
+    store
+        .write("agent", move |t| ops::ensure_agent(t, &a, "human", 1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reopens_with_data_and_refuses_foreign_or_damaged_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.redb");
+    let me = PeerId::random();
+    {
+        let store = Store::open(&path, me).unwrap();
+        with_agent(&store, "alice").await;
+        // A second open of the same file while in use is refused.
+        assert!(matches!(Store::open(&path, me), Err(StoreError::Locked(_))));
+    }
+    // The writer thread holds the database until its channel closes; wait for the lock.
+    let store = wait_open(&path, me).await;
+    let agents = store.read(ops::agents).await.unwrap();
+    assert_eq!(agents.len(), 1);
+    drop(store);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let other = PeerId::random();
+    let err = wait_open_err(&path, other).await;
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+
+    let junk = tmp.path().join("junk.redb");
+    std::fs::write(&junk, vec![7u8; 8192]).unwrap();
+    let err = Store::open(&junk, me).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("move the file aside"), "{err}");
+    // Nothing was changed.
+    assert_eq!(std::fs::read(&junk).unwrap(), vec![7u8; 8192]);
+}
+
+async fn wait_open(path: &std::path::Path, me: PeerId) -> Store {
+    for _ in 0..100 {
+        match Store::open(path, me) {
+            Ok(s) => return s,
+            Err(StoreError::Locked(_)) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("store stayed locked");
+}
+
+async fn wait_open_err(path: &std::path::Path, me: PeerId) -> StoreError {
+    for _ in 0..100 {
+        match Store::open(path, me) {
+            Err(StoreError::Locked(_)) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => return e,
+            Ok(_) => panic!("opened a foreign store"),
+        }
+    }
+    panic!("store stayed locked");
+}
+
+#[tokio::test]
+async fn outbox_keeps_send_order_and_settles() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    let peer = PeerId::random();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = wire("alice", "bob", &format!("m{i}"));
+        ids.push(m.id);
+        store
+            .write("enqueue", move |t| ops::enqueue(t, m, peer, None, 10))
+            .await
+            .unwrap();
+    }
+    let batch = store.read(move |r| ops::pending_batch(r, &peer, 3)).await.unwrap();
+    assert_eq!(batch.iter().map(|e| e.msg.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!(store.read(ops::pending_peers).await.unwrap(), vec![(peer, 5)]);
+
+    let outcomes = vec![
+        (batch[0].seq, Outcome::Stored),
+        (batch[1].seq, Outcome::Duplicate),
+        (batch[2].seq, Outcome::Rejected(Rejection::UnknownAgent)),
+    ];
+    let settled = store
+        .write("settle", move |t| ops::settle(t, outcomes, 20))
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 3);
+    assert!(matches!(settled[2].state, OutState::Dead { .. }));
+    let rest = store.read(move |r| ops::pending_batch(r, &peer, 10)).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.msg.id).collect::<Vec<_>>(), ids[3..]);
+    // Listing without delivered entries shows pending and dead ones.
+    let listed = store.read(|r| ops::outbox(r, None, false, 100)).await.unwrap();
+    assert_eq!(listed.len(), 3);
+
+    // Expiry: the remaining two are older than a 5 ms TTL at t=100.
+    let dead = store.write("expire", |t| ops::expire(t, 100, 5)).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        store
+            .read(move |r| ops::pending_batch(r, &peer, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn inbound_batches_are_deduplicated_and_checked() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    with_agent(&store, "bob").await;
+    let from = PeerId::random();
+    let a = wire("alice", "bob", "one");
+    let b = wire("alice", "nobody", "two");
+    let c = wire("alice", "bob", "   ");
+    let d = wire("alice", "bob", &"x".repeat(100));
+    let batch = vec![a.clone(), b, c, d, a.clone()];
+    let (outcomes, stored) = store
+        .write("accept", move |t| ops::accept(t, from, None, batch, 50, 5))
+        .await
+        .unwrap();
+    let kinds: Vec<_> = outcomes.iter().map(|(_, o)| o.clone()).collect();
+    assert_eq!(kinds[0], Outcome::Stored);
+    assert_eq!(kinds[1], Outcome::Rejected(Rejection::UnknownAgent));
+    assert!(matches!(kinds[2], Outcome::Rejected(Rejection::Invalid(_))));
+    assert_eq!(kinds[3], Outcome::Rejected(Rejection::TooLarge(50)));
+    assert_eq!(kinds[4], Outcome::Duplicate);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].from.node, from);
+
+    // A retry of the same message later is a duplicate too.
+    let again = vec![a];
+    let (outcomes, stored) = store
+        .write("accept", move |t| ops::accept(t, from, None, again, 50, 6))
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].1, Outcome::Duplicate);
+    assert!(stored.is_empty());
+}
+
+#[tokio::test]
+async fn inbox_reads_unread_oldest_first_and_marks_read() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    with_agent(&store, "bob").await;
+    let from = PeerId::random();
+    let msgs: Vec<_> = (0..4).map(|i| wire("alice", "bob", &format!("m{i}"))).collect();
+    let sent = msgs.clone();
+    store
+        .write("accept", move |t| ops::accept(t, from, None, sent, 1000, 5))
+        .await
+        .unwrap();
+    let bob = name("bob");
+    let b = bob.clone();
+    let first = store
+        .write("inbox", move |t| ops::take_inbox(t, &b, 2, false, true))
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["m0", "m1"]);
+    let b = bob.clone();
+    let rest = store
+        .write("inbox", move |t| ops::take_inbox(t, &b, 10, false, true))
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
+    let b = bob.clone();
+    let none = store
+        .write("inbox", move |t| ops::take_inbox(t, &b, 10, false, true))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let b = bob.clone();
+    let all = store
+        .write("inbox", move |t| ops::take_inbox(t, &b, 3, true, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2", "m3"]
+    );
+    let err = store
+        .write("inbox", |t| ops::take_inbox(t, &name("ghost"), 3, false, true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAgent(_)));
+}
+
+#[tokio::test]
+async fn topic_messages_reach_subscribers_once() {
+    let me = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    for a in ["alice", "bob", "carol"] {
+        with_agent(&store, a).await;
+    }
+    let topic = TopicName::new("build").unwrap();
+    for a in ["alice", "bob"] {
+        let (a, t) = (name(a), topic.clone());
+        assert!(store.write("sub", move |tx| ops::subscribe(tx, &a, &t)).await.unwrap());
+    }
+    let env = TopicEnvelope {
+        id: MessageId::new(),
+        topic: topic.clone(),
+        from: name("alice"),
+        sent_at_ms: 1,
+        reply_to: None,
+        text: "green".into(),
+    };
+    let e = env.clone();
+    let (rec, delivered) = store
+        .write("pub", move |t| ops::record_topic(t, e, me, None, true, 0, 5))
+        .await
+        .unwrap()
+        .unwrap();
+    // The author does not get its own message; bob does; carol is not subscribed.
+    assert_eq!(delivered.iter().map(|e| e.agent.as_str()).collect::<Vec<_>>(), ["bob"]);
+    let t = topic.clone();
+    assert_eq!(store.read(move |r| ops::topic_pending(r, &t)).await.unwrap().len(), 1);
+    let t = topic.clone();
+    store
+        .write("reached", move |tx| ops::topic_reached(tx, &t, rec.seq, 2))
+        .await
+        .unwrap();
+    let t = topic.clone();
+    assert!(store.read(move |r| ops::topic_pending(r, &t)).await.unwrap().is_empty());
+    // The same message again (gossip echo) is ignored.
+    let again = store
+        .write("pub", move |t| ops::record_topic(t, env, me, None, false, 0, 6))
+        .await
+        .unwrap();
+    assert!(again.is_none());
+    // Same text, new id: a second message.
+    let env2 = TopicEnvelope {
+        id: MessageId::new(),
+        topic: topic.clone(),
+        from: name("alice"),
+        sent_at_ms: 1,
+        reply_to: None,
+        text: "green".into(),
+    };
+    assert!(
+        store
+            .write("pub", move |t| ops::record_topic(t, env2, me, None, false, 0, 7))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let f = ops::HistoryFilter {
+        topic: Some(topic),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.read(move |r| ops::history(r, &f)).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_grouped_and_all_committed() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    let peer = PeerId::random();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = wire("alice", "bob", &format!("m{i}"));
+            s.write("enqueue", move |t| ops::enqueue(t, m, peer, None, 1)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let n = store.read(ops::stats).await.unwrap().pending;
+    assert_eq!(n, 200);
+}
+
+#[tokio::test]
+async fn a_failed_job_leaves_nothing_behind() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    let err = store
+        .write("send", |t| {
+            ops::send_local(t, wire("alice", "ghost", "hi"), PeerId::random(), None, 1)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAgent(_)));
+    let stats = store.read(ops::stats).await.unwrap();
+    assert_eq!(stats.outbox, 0);
+}

@@ -1,0 +1,411 @@
+//! What nodes say to each other. Specified in `docs/PROTOCOL.md`; keep the two in step.
+//!
+//! * `/agentmesh/dm/1` (request-response): batches of direct messages, answered with a
+//!   per-message outcome once the recipient node has committed them.
+//! * `/agentmesh/hello/1` (request-response): exchange of [`Announcement`]s when a
+//!   connection opens, so a new peer's agents are known at once.
+//! * gossipsub topic `agentmesh/directory/1`: periodic [`Announcement`]s (presence).
+//! * gossipsub topics `agentmesh/topic/1/<name>`: [`TopicEnvelope`]s.
+//!
+//! All payloads are postcard. Sizes are checked before decoding.
+
+use std::io;
+use std::marker::PhantomData;
+
+use futures::prelude::*;
+use libp2p::StreamProtocol;
+use libp2p::gossipsub;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{AgentName, MessageId, NodeName, TopicName};
+
+/// Direct-message protocol.
+pub const DM_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/dm/1");
+/// Hello (directory exchange) protocol.
+pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/hello/1");
+/// Identify `protocol_version` of agentmesh nodes.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/agentmesh/1";
+/// Gossipsub topic carrying node announcements.
+pub const DIRECTORY_TOPIC: &str = "agentmesh/directory/1";
+/// Prefix of gossipsub topics carrying user topics.
+pub const TOPIC_PREFIX: &str = "agentmesh/topic/1/";
+/// Largest announcement a node accepts, in bytes.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 256 * 1024;
+/// Most agents one announcement may list.
+pub const MAX_AGENTS_PER_NODE: usize = 512;
+/// Largest path (cwd, repo) in an announcement, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Largest delivery response (outcomes only), in bytes.
+pub const MAX_DM_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The gossipsub topic for a user topic.
+pub fn gossip_topic(topic: &TopicName) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{TOPIC_PREFIX}{topic}"))
+}
+
+/// The user topic of a gossipsub topic hash, if it is one of ours.
+pub fn user_topic(hash: &gossipsub::TopicHash) -> Option<TopicName> {
+    hash.as_str()
+        .strip_prefix(TOPIC_PREFIX)
+        .and_then(|t| TopicName::new(t).ok())
+}
+
+/// The gossipsub message id: the first 20 bytes of SHA-256 over the message `data`.
+///
+/// Any implementation can compute it. Every payload we publish carries a fresh
+/// [`MessageId`], so two publications of the same text have different ids.
+pub fn gossip_message_id(msg: &gossipsub::Message) -> gossipsub::MessageId {
+    let digest = Sha256::digest(&msg.data);
+    gossipsub::MessageId::from(digest[..20].to_vec())
+}
+
+/// One direct message as it travels between nodes. The sending node is not in it: the
+/// recipient takes it from the authenticated connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// Unique id, chosen by the sender.
+    pub id: MessageId,
+    /// Sending agent, vouched for by the sending node.
+    pub from: AgentName,
+    /// Recipient agent on the receiving node.
+    pub to: AgentName,
+    /// Sender's clock when the message was created (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// The message this one answers, if any.
+    pub reply_to: Option<MessageId>,
+    /// The text (UTF-8, untrusted).
+    pub text: String,
+}
+
+/// Request on `/agentmesh/dm/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DmRequest {
+    /// Messages in send order. The recipient commits them before answering.
+    Deliver(Vec<WireMessage>),
+}
+
+/// What the recipient node did with one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Committed to the recipient agent's inbox.
+    Stored,
+    /// Already had it (an earlier attempt got through); counts as delivered.
+    Duplicate,
+    /// Refused for good; the sender turns it into a dead letter with this reason.
+    Rejected(Rejection),
+}
+
+/// Why a recipient node refused a message for good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// No agent of that name lives on the recipient node.
+    UnknownAgent,
+    /// Larger than the recipient node accepts (its limit, in bytes).
+    TooLarge(u64),
+    /// Malformed (empty text, ...).
+    Invalid(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnknownAgent => write!(f, "no such agent on the recipient node"),
+            Rejection::TooLarge(max) => write!(f, "larger than the recipient node accepts ({max} bytes)"),
+            Rejection::Invalid(why) => write!(f, "refused as invalid: {why}"),
+        }
+    }
+}
+
+/// Response on `/agentmesh/dm/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DmResponse {
+    /// One outcome per message of the request, in the same order.
+    Outcomes(Vec<(MessageId, Outcome)>),
+    /// The recipient could not take the batch now (overloaded, disk trouble); retry later.
+    Unavailable(String),
+}
+
+/// What an agent is, as announced to the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Name on its node.
+    pub name: AgentName,
+    /// `human`, `claude-code`, `codex`, `opencode`, `other`.
+    pub kind: String,
+    /// Working directory, if the agent has one.
+    pub cwd: Option<String>,
+    /// Root of the git repository it works in, if any.
+    pub repo: Option<String>,
+    /// What it is working on, in its own words.
+    pub summary: Option<String>,
+    /// A session is attached to it right now.
+    pub online: bool,
+    /// How it receives messages while online: pushed into the session, or only when it polls.
+    pub push: bool,
+    /// Last time it was active (ms since the epoch, the hosting node's clock).
+    pub last_seen_ms: u64,
+}
+
+/// A node's account of itself: its name and the agents it hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Human name of the node.
+    pub node_name: NodeName,
+    /// Software version (`agentmesh/0.1.0`).
+    pub version: String,
+    /// Increases with every announcement of this node (ms clock, kept monotonic).
+    pub seq: u64,
+    /// How often the node re-announces; receivers expire it after three missed ones.
+    pub heartbeat_ms: u64,
+    /// The agents it hosts.
+    pub agents: Vec<AgentInfo>,
+}
+
+impl Announcement {
+    /// Checks the limits a receiver enforces.
+    pub fn check(&self) -> Result<(), String> {
+        if self.agents.len() > MAX_AGENTS_PER_NODE {
+            return Err(format!("{} agents (limit {MAX_AGENTS_PER_NODE})", self.agents.len()));
+        }
+        if self.heartbeat_ms < 100 || self.heartbeat_ms > 3_600_000 {
+            return Err(format!("heartbeat {} ms out of range", self.heartbeat_ms));
+        }
+        for a in &self.agents {
+            let long = |s: &Option<String>, max| s.as_ref().is_some_and(|s| s.len() > max);
+            if long(&a.cwd, MAX_PATH_BYTES) || long(&a.repo, MAX_PATH_BYTES) || long(&a.summary, 4096) {
+                return Err(format!("agent {} has an oversized field", a.name));
+            }
+            if a.kind.len() > 32 {
+                return Err(format!("agent {} has an oversized kind", a.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Payload of a message on the directory topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryGossip {
+    /// A node's current announcement.
+    Announce(Announcement),
+}
+
+/// Payload of a message on a user topic. The publishing node is the gossipsub `source`,
+/// verified by its signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicEnvelope {
+    /// Unique id, chosen by the publisher.
+    pub id: MessageId,
+    /// The topic; must match the gossipsub topic it arrived on.
+    pub topic: TopicName,
+    /// Publishing agent, vouched for by the publishing node.
+    pub from: AgentName,
+    /// Publisher's clock (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// The message this one answers, if any.
+    pub reply_to: Option<MessageId>,
+    /// The text (UTF-8, untrusted).
+    pub text: String,
+}
+
+/// A request-response codec: one postcard value per stream, length-prefixed with an
+/// unsigned varint, with a maximum size for each direction checked before reading.
+#[derive(Debug)]
+pub struct PostcardCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            max_request: self.max_request,
+            max_response: self.max_response,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> PostcardCodec<Req, Resp> {
+    /// A codec accepting requests up to `max_request` and responses up to `max_response` bytes.
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+            _types: PhantomData,
+        }
+    }
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send, V: DeserializeOwned>(io: &mut T, max: usize) -> io::Result<V> {
+    let mut len: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await?;
+        len |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        if shift >= 63 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "length prefix too long"));
+        }
+    }
+    if len > max as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    io.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send, V: Serialize>(io: &mut T, value: &V, max: usize) -> io::Result<()> {
+    let body = postcard::to_allocvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    if body.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes exceeds the limit of {max}", body.len()),
+        ));
+    }
+    let mut prefix = Vec::with_capacity(10 + body.len());
+    let mut len = body.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            prefix.push(byte);
+            break;
+        }
+        prefix.push(byte | 0x80);
+    }
+    prefix.extend_from_slice(&body);
+    io.write_all(&prefix).await?;
+    io.close().await
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for PostcardCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, self.max_request).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Resp) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, self.max_response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::request_response::Codec;
+
+    fn msg(text: &str) -> WireMessage {
+        WireMessage {
+            id: MessageId::new(),
+            from: AgentName::new("a").unwrap(),
+            to: AgentName::new("b").unwrap(),
+            sent_at_ms: 1,
+            reply_to: None,
+            text: text.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn codec_round_trips_and_enforces_limits() {
+        let mut codec = PostcardCodec::<DmRequest, DmResponse>::new(1024, 1024);
+        let req = DmRequest::Deliver(vec![msg("hello")]);
+        let mut buf = futures::io::Cursor::new(Vec::new());
+        codec.write_request(&DM_PROTOCOL, &mut buf, req.clone()).await.unwrap();
+        let bytes = buf.into_inner();
+        let got = codec
+            .read_request(&DM_PROTOCOL, &mut futures::io::Cursor::new(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(got, req);
+
+        // A reader with a smaller limit refuses before allocating.
+        let mut small = PostcardCodec::<DmRequest, DmResponse>::new(8, 8);
+        let err = small
+            .read_request(&DM_PROTOCOL, &mut futures::io::Cursor::new(bytes))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+
+        // A writer refuses to send more than its limit.
+        let big = DmRequest::Deliver(vec![msg(&"x".repeat(2000))]);
+        let mut sink = futures::io::Cursor::new(Vec::new());
+        assert!(codec.write_request(&DM_PROTOCOL, &mut sink, big).await.is_err());
+
+        // Garbage is an error, not a panic.
+        let err = codec
+            .read_request(&DM_PROTOCOL, &mut futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A huge declared length is refused without reading it.
+        let err = codec
+            .read_request(
+                &DM_PROTOCOL,
+                &mut futures::io::Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn gossip_ids_differ_for_identical_texts() {
+        let topic = TopicName::new("t").unwrap();
+        let env = |id| TopicEnvelope {
+            id,
+            topic: topic.clone(),
+            from: AgentName::new("a").unwrap(),
+            sent_at_ms: 5,
+            reply_to: None,
+            text: "same".into(),
+        };
+        let m = |e: &TopicEnvelope| gossipsub::Message {
+            source: None,
+            data: postcard::to_allocvec(e).unwrap(),
+            sequence_number: None,
+            topic: gossip_topic(&topic).hash(),
+        };
+        let a = env(MessageId::new());
+        let b = env(MessageId::new());
+        assert_ne!(gossip_message_id(&m(&a)), gossip_message_id(&m(&b)));
+        assert_eq!(gossip_message_id(&m(&a)), gossip_message_id(&m(&a)));
+        assert_eq!(user_topic(&gossip_topic(&topic).hash()), Some(topic));
+    }
+}
