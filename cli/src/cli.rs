@@ -36,7 +36,7 @@ pub enum Command {
         /// The address to dial.
         multiaddr: String,
     },
-    /// Send a direct message to agent[@node].
+    /// Send a direct message to an agent (agent@node, or a unique bare agent name).
     Send(SendArgs),
     /// Show unread messages (and mark them read).
     Inbox(InboxArgs),
@@ -134,7 +134,7 @@ pub struct PublishArgs {
 
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
-    /// An agent (agent[@node]) or a topic (#name); omit for everything.
+    /// An agent (agent or agent@node) or a topic (#name); omit for everything.
     pub target: Option<String>,
     /// Only this local agent's messages.
     #[arg(long = "as", value_name = "AGENT")]

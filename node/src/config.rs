@@ -31,14 +31,37 @@ pub struct Config {
     /// Addresses to listen on (default: all IPv4 and IPv6 interfaces, TCP and QUIC, ports
     /// chosen by the OS).
     pub listen: Vec<Multiaddr>,
-    /// LAN discovery with mDNS and DNS-SD (`_agentmesh._udp.local`).
+    /// LAN discovery with mDNS and DNS-SD (`_agentmesh._udp.local`); the master switch
+    /// (`--no-mdns` turns it off).
     pub mdns: bool,
+    /// The two LAN discovery mechanisms, each on its own (used when `mdns` is on).
+    pub lan: Lan,
     /// Size limits.
     pub limits: Limits,
     /// Direct-message delivery.
     pub delivery: Delivery,
     /// Presence of nodes and agents.
     pub presence: Presence,
+}
+
+/// LAN discovery mechanisms.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lan {
+    /// libp2p's mDNS (`_p2p._udp.local`): how libp2p nodes find each other.
+    pub libp2p_mdns: bool,
+    /// DNS-SD advertisement and browsing of `_agentmesh._udp.local`, visible to standard
+    /// tools (`avahi-browse`, `dns-sd`).
+    pub dnssd: bool,
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Self {
+            libp2p_mdns: true,
+            dnssd: true,
+        }
+    }
 }
 
 /// Size limits. Anything over them is refused with a clear error, never truncated.
@@ -92,6 +115,7 @@ impl Default for Config {
             name: None,
             listen: Vec::new(),
             mdns: true,
+            lan: Lan::default(),
             limits: Limits::default(),
             delivery: Delivery::default(),
             presence: Presence::default(),
@@ -241,6 +265,16 @@ impl Config {
             return Err(ConfigError::Invalid("presence.heartbeat must be at least 100ms".into()));
         }
         Ok(())
+    }
+
+    /// Whether libp2p mDNS runs.
+    pub fn libp2p_mdns(&self) -> bool {
+        self.mdns && self.lan.libp2p_mdns
+    }
+
+    /// Whether DNS-SD runs.
+    pub fn dnssd(&self) -> bool {
+        self.mdns && self.lan.dnssd
     }
 
     /// The configured listen addresses, or the defaults.

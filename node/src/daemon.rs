@@ -213,7 +213,7 @@ impl Daemon {
                 ));
             }
         };
-        let dnssd = if config.mdns {
+        let dnssd = if config.dnssd() {
             match dnssd::DnsSd::start(peer_id, &name, &listen, net.clone(), cancel.clone()) {
                 Ok(d) => Some(d),
                 Err(e) => {

@@ -145,14 +145,37 @@ impl Directory {
                 return Update::Stale;
             }
         }
-        let changed = match &e.announcement {
-            Some(old) => old.node_name != a.node_name || old.agents != a.agents,
-            None => true,
-        };
+        // The first announcement heard in this run counts as news even if it matches what
+        // the store remembered: the node just came (back) into view.
+        let changed = e.heard_at.is_none()
+            || match &e.announcement {
+                Some(old) => old.node_name != a.node_name || old.agents != a.agents,
+                None => true,
+            };
         e.announcement = Some(a);
         e.heard_at = Some(now);
         e.last_seen_ms = now_ms;
         if changed { Update::Changed } else { Update::Refreshed }
+    }
+
+    /// Records that `peer` hosts `agent` (it sent a message as that agent), if its
+    /// announcement does not list it yet.
+    pub fn learn_agent(&mut self, peer: PeerId, agent: &AgentName, now_ms: u64) {
+        let Some(a) = self.nodes.get_mut(&peer).and_then(|e| e.announcement.as_mut()) else {
+            return;
+        };
+        if a.agents.len() < crate::wire::MAX_AGENTS_PER_NODE && !a.agents.iter().any(|x| &x.name == agent) {
+            a.agents.push(AgentInfo {
+                name: agent.clone(),
+                kind: "other".into(),
+                cwd: None,
+                repo: None,
+                summary: None,
+                online: false,
+                push: false,
+                last_seen_ms: now_ms,
+            });
+        }
     }
 
     /// Whether a node is present now.

@@ -328,6 +328,23 @@ impl fmt::Display for Address {
     }
 }
 
+/// A duration in words: `7 days`, `3 hours`, `90 s`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if s >= 86_400 && s % 86_400 == 0 {
+        plural(s / 86_400, "day")
+    } else if s >= 3600 && s % 3600 == 0 {
+        plural(s / 3600, "hour")
+    } else if s >= 60 && s % 60 == 0 {
+        plural(s / 60, "minute")
+    } else if s > 0 {
+        format!("{s} s")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

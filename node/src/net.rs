@@ -337,7 +337,7 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
     let max_req = config.max_wire_request_bytes();
     let gossip_max = (config.limits.max_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES);
     let request_timeout = config.delivery.request_timeout;
-    let mdns_on = config.mdns;
+    let mdns_on = config.libp2p_mdns();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(

@@ -35,6 +35,10 @@ pub const MAX_INBOUND_IN_FLIGHT: usize = 256;
 pub const COURIER_QUEUE: usize = 1024;
 /// Longest `history` / `inbox` / `outbox` answer.
 pub const MAX_LIST: u32 = 10_000;
+/// Longest wait for a dial.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait, after a dial, for the node's announcement.
+pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 /// Known peers redialed at start (most recently seen first).
 pub const REDIAL_AT_START: usize = 64;
 
@@ -258,6 +262,13 @@ impl Node {
 
     // ------------------------------------------------------------------ announcements
 
+    /// A command created a local agent on the fly: tell the mesh.
+    fn agent_created(&self, created: bool) {
+        if created {
+            self.0.announce.notify_one();
+        }
+    }
+
     pub(crate) async fn build_announcement(&self) -> Result<Announcement, ApiError> {
         let agents = self.0.store.read(ops::agents).await?;
         let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -414,11 +425,33 @@ impl Node {
     /// `mesh dial`.
     pub async fn dial(&self, addr: &str) -> Result<PeerId, ApiError> {
         let ma = crate::net::parse_multiaddr(addr).map_err(ApiError::bad)?;
+        let mut events = self.0.events.subscribe();
         let dial = self.0.net.dial(ma.clone());
-        let peer = tokio::time::timeout(Duration::from_secs(20), dial)
+        let peer = tokio::time::timeout(DIAL_TIMEOUT, dial)
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, format!("dialing {ma} timed out after 20 s")))?
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("dialing {ma} timed out after {} s", DIAL_TIMEOUT.as_secs()),
+                )
+            })?
             .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+        // Return once the node's agents are known, so an address can be used at once.
+        let known = self.dir().get(&peer).is_some_and(|e| e.heard_at.is_some());
+        if !known {
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(Event::NodeUpdated { peer: p, .. }) if p == peer => break,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                        _ => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(ANNOUNCE_WAIT, wait).await.is_err() {
+                tracing::info!(%peer, "connected, but the node has not announced its agents yet");
+            }
+        }
         // Remember the address so the node can be redialed after restarts.
         let rec = {
             let mut dir = self.dir();
@@ -492,14 +525,15 @@ impl Node {
                 };
                 let (me, my_name) = (self.0.peer_id, self.0.name.clone());
                 let f = from.clone();
-                let (out, inbox) = self
+                let (created, (out, inbox)) = self
                     .0
                     .store
                     .write("send", move |t| {
-                        ops::ensure_agent(t, &f, "human", now)?;
-                        ops::send_local(t, msg, me, Some(my_name), now)
+                        let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
+                        Ok((created, ops::send_local(t, msg, me, Some(my_name), now)?))
                     })
                     .await?;
+                self.agent_created(created);
                 self.emit(Event::Message(self.message_view(&inbox)));
                 Ok(SendReceipt {
                     id: out.msg.id,
@@ -529,13 +563,16 @@ impl Node {
                 let mut events = self.0.events.subscribe();
                 let f = from.clone();
                 let nn = node_name.clone();
-                self.0
+                let created = self
+                    .0
                     .store
                     .write("send", move |t| {
-                        ops::ensure_agent(t, &f, "human", now)?;
-                        ops::enqueue(t, msg, peer, nn, now)
+                        let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
+                        ops::enqueue(t, msg, peer, nn, now)?;
+                        Ok(created)
                     })
                     .await?;
+                self.agent_created(created);
                 self.kick(peer);
                 let reception = {
                     let dir = self.dir();
@@ -595,7 +632,7 @@ impl Node {
                 } else {
                     format!(
                         "the recipient node is not reachable now; it will be delivered when it connects (within {})",
-                        humantime::format_duration(self.0.config.delivery.ttl)
+                        crate::ids::human_duration(self.0.config.delivery.ttl)
                     )
                 },
             },
@@ -650,14 +687,15 @@ impl Node {
         let topic = TopicName::parse_user(topic)?;
         let now = now_ms();
         let t = topic.clone();
-        let new = self
+        let (created, new) = self
             .0
             .store
             .write("subscribe", move |tx| {
-                ops::ensure_agent(tx, &agent, "human", now)?;
-                ops::subscribe(tx, &agent, &t)
+                let created = ops::ensure_agent_new(tx, &agent, "human", now)?.1;
+                Ok((created, ops::subscribe(tx, &agent, &t)?))
             })
             .await?;
+        self.agent_created(created);
         self.0
             .net
             .subscribe(wire::gossip_topic(&topic))
@@ -743,15 +781,16 @@ impl Node {
             postcard::to_allocvec(&envelope).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let (me, my_name) = (self.0.peer_id, self.0.name.clone());
         let env = envelope.clone();
-        let (rec, delivered) = self
+        let (created, recorded) = self
             .0
             .store
             .write("publish", move |t| {
-                ops::ensure_agent(t, &agent, "human", now)?;
-                ops::record_topic(t, env, me, Some(my_name), true, 0, now)
+                let created = ops::ensure_agent_new(t, &agent, "human", now)?.1;
+                Ok((created, ops::record_topic(t, env, me, Some(my_name), true, 0, now)?))
             })
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
+            .await?;
+        self.agent_created(created);
+        let (rec, delivered) = recorded.ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
         for e in &delivered {
             self.emit(Event::Message(self.message_view(e)));
         }
@@ -1112,9 +1151,11 @@ impl Node {
                 self.dir().add_addrs(peer, &addrs);
             }
             NetEvent::Announcement { peer, announcement } => {
+                let name = announcement.node_name.to_string();
                 let update = self.dir().update(peer, announcement, Instant::now(), now_ms());
                 if update == Update::Changed {
                     self.persist_peer(peer).await;
+                    self.emit(Event::NodeUpdated { peer, name });
                 }
             }
             NetEvent::InboundDms {
@@ -1153,6 +1194,14 @@ impl Node {
                 .await;
             let response = match result {
                 Ok((outcomes, stored)) => {
+                    {
+                        // The sending node vouches for its agents: a reply can go back at
+                        // once, even before its next announcement says so.
+                        let mut dir = node.dir();
+                        for e in &stored {
+                            dir.learn_agent(peer, &e.from.agent, e.received_at_ms);
+                        }
+                    }
                     for e in &stored {
                         node.emit(Event::Message(node.message_view(e)));
                     }

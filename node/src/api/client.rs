@@ -76,6 +76,17 @@ struct Shared {
     writer: Mutex<FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>>,
     pending: std::sync::Mutex<Option<Pending>>,
     next_id: AtomicU64,
+    reader: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: stop reading, so the socket closes and the daemon sees
+        // this client leave (its attached agents go offline).
+        if let Some(r) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r.abort();
+        }
+    }
 }
 
 /// A connection to the daemon. Requests may be issued concurrently from clones.
@@ -154,15 +165,17 @@ impl Client {
             writer: Mutex::new(writer),
             pending: std::sync::Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
+            reader: std::sync::Mutex::new(None),
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-        let reader_shared = shared.clone();
-        tokio::spawn(async move {
+        let weak = Arc::downgrade(&shared);
+        let task = tokio::spawn(async move {
             let mut lagged: u64 = 0;
             while let Some(Ok(bytes)) = reader.next().await {
                 match postcard::from_bytes::<ServerFrame>(&bytes) {
                     Ok(ServerFrame::Reply { id, result }) => {
-                        let tx = reader_shared
+                        let Some(shared) = weak.upgrade() else { break };
+                        let tx = shared
                             .pending
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -193,8 +206,11 @@ impl Client {
                 }
             }
             // Fail everything still waiting.
-            reader_shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(shared) = weak.upgrade() {
+                shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
         });
+        *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         Ok(Self {
             shared,
             node,

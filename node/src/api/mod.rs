@@ -589,6 +589,13 @@ pub enum Event {
         /// Its name if known.
         name: Option<String>,
     },
+    /// A node's announcement changed (its name, agents, their status or summaries).
+    NodeUpdated {
+        /// The node.
+        peer: PeerId,
+        /// Its name.
+        name: String,
+    },
     /// Events were dropped because this connection read too slowly; re-read the inbox.
     Lagged {
         /// How many.

@@ -49,6 +49,16 @@ pub fn put_agent(txn: &WriteTransaction, rec: &AgentRecord) -> Result<(), StoreE
 
 /// Returns the agent, creating it with `kind` if it does not exist; refreshes `last_seen`.
 pub fn ensure_agent(txn: &WriteTransaction, name: &AgentName, kind: &str, now: u64) -> Result<AgentRecord, StoreError> {
+    Ok(ensure_agent_new(txn, name, kind, now)?.0)
+}
+
+/// Like [`ensure_agent`], also saying whether the agent was created now.
+pub fn ensure_agent_new(
+    txn: &WriteTransaction,
+    name: &AgentName,
+    kind: &str,
+    now: u64,
+) -> Result<(AgentRecord, bool), StoreError> {
     let existing = {
         let t = txn.open_table(AGENTS)?;
         let v = t.get(name.as_str())?;
@@ -57,6 +67,7 @@ pub fn ensure_agent(txn: &WriteTransaction, name: &AgentName, kind: &str, now: u
             None => None,
         }
     };
+    let created = existing.is_none();
     let rec = match existing {
         Some(mut r) => {
             r.last_seen_ms = now;
@@ -74,7 +85,7 @@ pub fn ensure_agent(txn: &WriteTransaction, name: &AgentName, kind: &str, now: u
         },
     };
     put_agent(txn, &rec)?;
-    Ok(rec)
+    Ok((rec, created))
 }
 
 /// One local agent.

@@ -1,0 +1,218 @@
+//! In-process nodes on 127.0.0.1 for integration tests: each with its own temp home, no
+//! LAN discovery, fast timers, and a local API client. Waiting is done on events with a
+//! deadline, never by sleeping.
+
+#![allow(dead_code, missing_docs)]
+
+use std::time::Duration;
+
+use mesh_node::api::client::Client;
+use mesh_node::api::{AgentSpec, Event, MessageView, Request, Response, SendReceipt};
+use mesh_node::config::Overrides;
+use mesh_node::daemon::{Daemon, DaemonOptions};
+use mesh_node::home::Home;
+use mesh_node::ids::{AgentName, NodeName};
+use tokio::sync::mpsc;
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub const FAST_CONFIG: &str = r#"
+[presence]
+heartbeat = "300ms"
+[delivery]
+retry_min = "50ms"
+retry_max = "400ms"
+send_wait = "3s"
+request_timeout = "3s"
+"#;
+
+pub struct TestNode {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub home: Home,
+    pub daemon: Option<Daemon>,
+    pub client: Client,
+    pub port: u16,
+}
+
+impl TestNode {
+    /// Starts a node named `name` (its user agent is `user`).
+    pub async fn start(name: &str) -> TestNode {
+        Self::start_with(name, FAST_CONFIG).await
+    }
+
+    pub async fn start_with(name: &str, config: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::resolve(Some(dir.path().join("home"))).expect("home");
+        home.create().expect("create home");
+        std::fs::write(home.config_path(), config).expect("config");
+        let (daemon, port) = launch(&home, name, 0).await;
+        let client = connect(&home).await;
+        TestNode {
+            name: name.to_string(),
+            dir,
+            home,
+            daemon: Some(daemon),
+            client,
+            port,
+        }
+    }
+
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.client.node().peer_id
+    }
+
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.port, self.peer_id())
+    }
+
+    /// Stops the daemon cleanly (the home is kept).
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop().await;
+        }
+    }
+
+    /// Starts the daemon again on the same home and port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (daemon, port) = launch(&self.home, &self.name, self.port).await;
+        self.daemon = Some(daemon);
+        self.port = port;
+        self.client = connect(&self.home).await;
+    }
+
+    pub async fn call(&self, r: Request) -> Result<Response, mesh_node::api::client::ClientError> {
+        self.client.call(r).await
+    }
+
+    /// Dials `other` and returns once its agents are known.
+    pub async fn dial(&self, other: &TestNode) {
+        let r = self.call(Request::Dial { addr: other.addr() }).await.expect("dial");
+        assert!(matches!(r, Response::Dialed { peer } if peer == other.peer_id()));
+    }
+
+    pub async fn register(&self, agent: &str) {
+        self.call(Request::Register {
+            agent: AgentSpec {
+                name: agent.into(),
+                kind: "other".into(),
+                ..Default::default()
+            },
+            attach: false,
+        })
+        .await
+        .expect("register");
+    }
+
+    pub async fn send(&self, from: &str, to: &str, text: &str) -> SendReceipt {
+        match self
+            .call(Request::Send {
+                from: from.into(),
+                to: to.into(),
+                text: text.into(),
+                reply_to: None,
+            })
+            .await
+            .expect("send")
+        {
+            Response::Sent(r) => r,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn inbox(&self, agent: &str) -> Vec<MessageView> {
+        match self
+            .call(Request::Inbox {
+                agent: agent.into(),
+                all: false,
+                limit: 10_000,
+                mark_read: true,
+            })
+            .await
+            .expect("inbox")
+        {
+            Response::Inbox(l) => l,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A fresh connection watching `agents` (empty: all).
+    pub async fn watch(&self, agents: &[&str]) -> Watch {
+        let client = connect(&self.home).await;
+        let rx = client
+            .watch(agents.iter().map(|s| s.to_string()).collect())
+            .await
+            .expect("watch");
+        Watch { rx, _client: client }
+    }
+}
+
+/// An event stream and the connection it comes over.
+pub struct Watch {
+    pub rx: mpsc::Receiver<Event>,
+    _client: Client,
+}
+
+async fn launch(home: &Home, name: &str, port: u16) -> (Daemon, u16) {
+    let opts = DaemonOptions {
+        home: home.clone(),
+        overrides: Overrides {
+            name: Some(NodeName::new(name).expect("node name")),
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
+            no_mdns: true,
+        },
+        user: Some(AgentName::new("user").expect("agent")),
+    };
+    let daemon = tokio::time::timeout(WAIT, Daemon::start(opts))
+        .await
+        .expect("daemon start timed out")
+        .expect("daemon start");
+    let port = daemon
+        .info()
+        .listen
+        .iter()
+        .find_map(|a| {
+            a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(p) => Some(p),
+                _ => None,
+            })
+        })
+        .expect("tcp port");
+    (daemon, port)
+}
+
+async fn connect(home: &Home) -> Client {
+    Client::connect(home, "test").await.expect("connect")
+}
+
+/// Waits for an event matching `pred`, or panics after [`WAIT`].
+pub async fn wait_event(w: &mut Watch, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, w.rx.recv()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream closed while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// Collects `n` messages for `agent` from a watch stream.
+pub async fn wait_messages(w: &mut Watch, agent: &str, n: usize) -> Vec<MessageView> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let e = wait_event(
+            w,
+            &format!("message {} of {n} for {agent}", got.len() + 1),
+            |e| matches!(e, Event::Message(m) if m.agent == agent),
+        )
+        .await;
+        if let Event::Message(m) = e {
+            got.push(m);
+        }
+    }
+    got
+}

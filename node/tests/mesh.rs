@@ -1,0 +1,473 @@
+//! Multi-node behaviour in one process, over 127.0.0.1 with explicit dials.
+
+mod common;
+
+use common::{TestNode, wait_event, wait_messages};
+use mesh_node::api::client::ClientError;
+use mesh_node::api::{ErrorCode, Event, Reception, Request, Response, SendStatus};
+
+fn api_err(r: Result<Response, ClientError>) -> mesh_node::api::ApiError {
+    match r {
+        Err(ClientError::Api(e)) => e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_arrive_once_in_send_order() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    b.register("bob").await;
+    a.dial(&b).await;
+    let mut watch = b.watch(&["bob"]).await;
+
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let r = a.send("alice", "bob@beta", &format!("message {i}")).await;
+        assert_eq!(r.to, "bob@beta");
+        assert_eq!(r.to_node, b.peer_id());
+        ids.push(r.id);
+    }
+    let pushed = wait_messages(&mut watch, "bob", 30).await;
+    assert_eq!(pushed.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+
+    let inbox = b.inbox("bob").await;
+    assert_eq!(
+        inbox.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids,
+        "inbox in send order, each once"
+    );
+    let first = &inbox[0];
+    assert_eq!(first.from, "alice@alpha");
+    assert_eq!(first.from_node, a.peer_id(), "sender node comes from the transport");
+    assert_eq!(first.text, "message 0");
+    assert!(b.inbox("bob").await.is_empty(), "read messages are not unread again");
+
+    // A reply references the message it answers and travels back.
+    let r = match b
+        .call(Request::Send {
+            from: "bob".into(),
+            to: "alice@alpha".into(),
+            text: "got it".into(),
+            reply_to: Some(ids[0]),
+        })
+        .await
+        .unwrap()
+    {
+        Response::Sent(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.status, SendStatus::Delivered);
+    let back = a.inbox("alice").await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].reply_to, Some(ids[0]));
+    assert_eq!(back[0].from, "bob@beta");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_gets_everything_once_in_order() {
+    let a = TestNode::start("alpha").await;
+    let mut b = TestNode::start("beta").await;
+    b.register("bob").await;
+    a.dial(&b).await;
+    b.stop().await;
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = a.send("alice", "bob@beta", &format!("while away {i}")).await;
+        assert!(matches!(r.status, SendStatus::Queued { .. }), "{:?}", r.status);
+        assert_eq!(r.reception, Reception::Offline);
+        ids.push(r.id);
+    }
+    let pending = match a
+        .call(Request::Outbox {
+            agent: None,
+            delivered: false,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Outbox(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pending.len(), 10);
+    assert!(pending.iter().all(|e| e.state == "pending"));
+
+    // B comes back on the same address; whoever dials first, the outbox drains.
+    b.restart().await;
+    let mut watch = b.watch(&["bob"]).await;
+    let already = b.inbox("bob").await;
+    let mut got: Vec<_> = already.iter().map(|m| m.id).collect();
+    if got.len() < 10 {
+        let more = wait_messages(&mut watch, "bob", 10 - got.len()).await;
+        // Messages pushed before the inbox read may show up in both; keep first sightings.
+        for m in more {
+            if !got.contains(&m.id) {
+                got.push(m.id);
+            }
+        }
+    }
+    assert_eq!(got, ids);
+    let mut all = match b
+        .call(Request::Inbox {
+            agent: "bob".into(),
+            all: true,
+            limit: 100,
+            mark_read: false,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Inbox(l) => l,
+        other => panic!("{other:?}"),
+    };
+    all.retain(|m| m.from_agent == "alice");
+    assert_eq!(
+        all.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids,
+        "exactly once, in order"
+    );
+
+    let mut a_events = a.watch(&["alice"]).await;
+    // The outbox is empty once every ack is recorded.
+    loop {
+        let pending = match a
+            .call(Request::Outbox {
+                agent: None,
+                delivered: false,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+        {
+            Response::Outbox(l) => l,
+            other => panic!("{other:?}"),
+        };
+        if pending.is_empty() {
+            break;
+        }
+        wait_event(&mut a_events, "delivery acks", |e| matches!(e, Event::Delivered { .. })).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_reach_every_subscriber_across_three_nodes() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    let c = TestNode::start("gamma").await;
+    a.dial(&b).await;
+    b.dial(&c).await;
+    a.dial(&c).await;
+
+    // Published before anyone subscribes: stored, reported, and sent once someone does.
+    let early = match a
+        .call(Request::Publish {
+            agent: "alice".into(),
+            topic: "#build".into(),
+            text: "early bird".into(),
+            reply_to: None,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Published(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(early.peers_reached, 0);
+
+    // The early message goes out when the first subscriber appears.
+    let mut wb = b.watch(&["bob"]).await;
+    b.call(Request::Subscribe {
+        agent: "bob".into(),
+        topic: "build".into(),
+    })
+    .await
+    .unwrap();
+    let m = wait_messages(&mut wb, "bob", 1).await;
+    assert_eq!(m[0].id, early.id);
+    assert_eq!(m[0].topic.as_deref(), Some("build"));
+    assert_eq!(m[0].from, "alice@alpha");
+    let mut wc = c.watch(&["carol"]).await;
+    c.call(Request::Subscribe {
+        agent: "carol".into(),
+        topic: "build".into(),
+    })
+    .await
+    .unwrap();
+
+    // Wait until A sees both subscriptions: publish reports how many peers it reached.
+    let mut reached = 0;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let p = match a
+            .call(Request::Publish {
+                agent: "alice".into(),
+                topic: "build".into(),
+                text: "green".into(),
+                reply_to: None,
+            })
+            .await
+            .unwrap()
+        {
+            Response::Published(p) => p,
+            other => panic!("{other:?}"),
+        };
+        ids.push(p.id);
+        reached = p.peers_reached;
+        if reached >= 2 {
+            break;
+        }
+        wait_messages(&mut wb, "bob", 1).await;
+    }
+    assert_eq!(reached, 2);
+    // The same text again is a second message.
+    let again = match a
+        .call(Request::Publish {
+            agent: "alice".into(),
+            topic: "build".into(),
+            text: "green".into(),
+            reply_to: None,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Published(p) => p,
+        other => panic!("{other:?}"),
+    };
+    ids.push(again.id);
+    let last_two = &ids[ids.len() - 2..];
+    for (w, agent) in [(&mut wb, "bob"), (&mut wc, "carol")] {
+        let mut seen = Vec::new();
+        while !last_two.iter().all(|id| seen.contains(id)) {
+            seen.extend(wait_messages(w, agent, 1).await.into_iter().map(|m| m.id));
+        }
+    }
+    // History on the subscriber's node keeps every distinct message once.
+    let h = match c
+        .call(Request::History {
+            agent: None,
+            target: Some("#build".into()),
+            grep: Some("green".into()),
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+    {
+        Response::History(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let mut hist_ids: Vec<_> = h.iter().map(|x| x.id).collect();
+    hist_ids.dedup();
+    assert_eq!(hist_ids.len(), h.len(), "no duplicates in history");
+    assert!(last_two.iter().all(|id| hist_ids.contains(id)));
+    // The publisher's own agent does not get its message back.
+    assert!(a.inbox("alice").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_follows_agents_coming_and_going() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    let c = TestNode::start("gamma").await;
+    a.dial(&b).await;
+    a.dial(&c).await;
+    let mut wa = a.watch(&[]).await;
+
+    // A session attaches on B: A learns of it, online, with its details.
+    let session = mesh_node::api::client::Client::connect(&b.home, "session")
+        .await
+        .unwrap();
+    session
+        .call(Request::Register {
+            agent: mesh_node::api::AgentSpec {
+                name: "coder".into(),
+                kind: "claude-code".into(),
+                cwd: Some("/src/app".into()),
+                repo: Some("/src/app".into()),
+                summary: Some("fixing the build".into()),
+                push: true,
+                ..Default::default()
+            },
+            attach: true,
+        })
+        .await
+        .unwrap();
+    let find = |agents: &[mesh_node::api::AgentView]| agents.iter().find(|x| x.address == "coder@beta").cloned();
+    let coder = loop {
+        wait_event(
+            &mut wa,
+            "beta's new agent",
+            |e| matches!(e, Event::NodeUpdated { peer, .. } if *peer == b.peer_id()),
+        )
+        .await;
+        let agents = match a.call(Request::Agents).await.unwrap() {
+            Response::Agents(l) => l,
+            other => panic!("{other:?}"),
+        };
+        if let Some(x) = find(&agents).filter(|x| x.reception == Reception::Push) {
+            break x;
+        }
+    };
+    assert_eq!(coder.kind, "claude-code");
+    assert_eq!(coder.summary.as_deref(), Some("fixing the build"));
+    assert_eq!(coder.cwd.as_deref(), Some("/src/app"));
+
+    // The session goes away: shown offline, mail still accepted.
+    drop(session);
+    loop {
+        wait_event(
+            &mut wa,
+            "beta's agent going offline",
+            |e| matches!(e, Event::NodeUpdated { peer, .. } if *peer == b.peer_id()),
+        )
+        .await;
+        let agents = match a.call(Request::Agents).await.unwrap() {
+            Response::Agents(l) => l,
+            other => panic!("{other:?}"),
+        };
+        if find(&agents).is_some_and(|x| x.reception == Reception::Offline) {
+            break;
+        }
+    }
+    let r = a.send("alice", "coder", "are you there?").await;
+    assert_eq!(r.status, SendStatus::Delivered);
+    assert_eq!(r.reception, Reception::Offline);
+
+    // A bare name shared by two nodes is ambiguous, and the error lists both.
+    b.register("dup").await;
+    c.register("dup").await;
+    loop {
+        let agents = match a.call(Request::Agents).await.unwrap() {
+            Response::Agents(l) => l,
+            other => panic!("{other:?}"),
+        };
+        if agents.iter().filter(|x| x.name == "dup").count() == 2 {
+            break;
+        }
+        wait_event(&mut wa, "both dup agents", |e| matches!(e, Event::NodeUpdated { .. })).await;
+    }
+    let e = api_err(
+        a.call(Request::Send {
+            from: "alice".into(),
+            to: "dup".into(),
+            text: "x".into(),
+            reply_to: None,
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::Ambiguous);
+    assert!(
+        e.message.contains("dup@beta") && e.message.contains("dup@gamma"),
+        "{}",
+        e.message
+    );
+    assert_eq!(a.send("alice", "dup@gamma", "x").await.status, SendStatus::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    a.dial(&b).await;
+    let send = |to: &str, text: String| Request::Send {
+        from: "alice".into(),
+        to: to.into(),
+        text,
+        reply_to: None,
+    };
+
+    let e = api_err(a.call(send("ghost", "hi".into())).await);
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let e = api_err(a.call(send("ghost@beta", "hi".into())).await);
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("user"), "lists beta's agents: {}", e.message);
+    let e = api_err(a.call(send("user@nowhere", "hi".into())).await);
+    assert!(e.message.contains("beta"), "lists known nodes: {}", e.message);
+    let e = api_err(a.call(send("user@beta", "   ".into())).await);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = api_err(a.call(send("user@beta", "x".repeat(64 * 1024 + 1))).await);
+    assert_eq!(e.code, ErrorCode::TooLarge);
+    assert!(
+        e.message.contains("65537") && e.message.contains("65536"),
+        "{}",
+        e.message
+    );
+    let e = api_err(a.call(send("bad name!", "hi".into())).await);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = api_err(
+        a.call(Request::Send {
+            from: "alice".into(),
+            to: "user@beta".into(),
+            text: "hi".into(),
+            reply_to: Some(mesh_node::ids::MessageId::new()),
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let e = api_err(
+        a.call(Request::Dial {
+            addr: "/ip4/999.1.1.1/tcp/1".into(),
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = api_err(
+        a.call(Request::Inbox {
+            agent: "nobody".into(),
+            all: false,
+            limit: 10,
+            mark_read: true,
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::NotFound);
+    // Larger than the local API frame limit: refused by the client before sending.
+    let e = api_err(a.call(send("user@beta", "x".repeat(2 * 1024 * 1024))).await);
+    assert_eq!(e.code, ErrorCode::TooLarge);
+
+    // Nothing of the above was stored or sent.
+    match a
+        .call(Request::Outbox {
+            agent: None,
+            delivered: true,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Outbox(l) => assert!(l.is_empty(), "{l:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(b.inbox("user").await.is_empty());
+    // The daemon is still fine.
+    assert_eq!(a.send("alice", "user@beta", "fine").await.status, SendStatus::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_per_home_and_stale_sockets_are_replaced() {
+    let mut a = TestNode::start("alpha").await;
+    let second = mesh_node::daemon::Daemon::start(mesh_node::daemon::DaemonOptions {
+        home: a.home.clone(),
+        overrides: Default::default(),
+        user: None,
+    })
+    .await;
+    match second {
+        Err(e @ mesh_node::daemon::DaemonError::AlreadyRunning { .. }) => {
+            assert!(
+                e.to_string().contains(&std::process::id().to_string()),
+                "names the pid: {e}"
+            )
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a second daemon started on the same home"),
+    }
+    a.stop().await;
+    // A socket file nobody answers on (a crashed daemon's) is replaced at start.
+    let stale = std::os::unix::net::UnixListener::bind(a.home.socket_path()).unwrap();
+    drop(stale);
+    assert!(a.home.socket_path().exists());
+    a.restart().await;
+    assert!(matches!(a.call(Request::Status).await.unwrap(), Response::Status(_)));
+}
