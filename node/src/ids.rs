@@ -332,11 +332,11 @@ impl fmt::Display for Address {
 pub fn human_duration(d: std::time::Duration) -> String {
     let s = d.as_secs();
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    if s >= 86_400 && s % 86_400 == 0 {
+    if s >= 86_400 && s.is_multiple_of(86_400) {
         plural(s / 86_400, "day")
-    } else if s >= 3600 && s % 3600 == 0 {
+    } else if s >= 3600 && s.is_multiple_of(3600) {
         plural(s / 3600, "hour")
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         plural(s / 60, "minute")
     } else if s > 0 {
         format!("{s} s")
