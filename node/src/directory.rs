@@ -122,8 +122,9 @@ impl Directory {
         let e = self.nodes.entry(peer).or_default();
         let mut changed = false;
         for a in addrs {
-            if !e.addrs.contains(a) {
-                e.addrs.insert(0, a.clone());
+            let a = crate::net::strip_p2p(a.clone());
+            if !e.addrs.contains(&a) {
+                e.addrs.insert(0, a);
                 changed = true;
             }
         }

@@ -620,8 +620,19 @@ impl NetActor {
                     }));
                     return;
                 }
+                if let Some(p) = peer
+                    && self.swarm.is_connected(&p)
+                {
+                    let _ = reply.send(Ok(p));
+                    return;
+                }
+                // An explicit dial goes ahead even if a background dial is under way; the
+                // duplicate rule keeps one connection.
                 let opts = match peer {
-                    Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
+                    Some(p) => DialOpts::peer_id(p)
+                        .addresses(vec![addr.clone()])
+                        .condition(PeerCondition::Always)
+                        .build(),
                     None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
                 };
                 let id = opts.connection_id();
@@ -847,7 +858,18 @@ impl NetActor {
                     s.agent_version = Some(info.agent_version.clone());
                     let _ = newly;
                 }
-                let listen: Vec<Multiaddr> = info.listen_addrs.into_iter().map(strip_p2p).collect();
+                // Keep what can be dialed from here: loopback only if the peer is on this
+                // machine, never link-local IPv6 (it needs a zone we do not know).
+                let local = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|s| s.connections.values().any(|(a, _)| is_loopback(a)));
+                let listen: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .map(strip_p2p)
+                    .filter(|a| (local || !is_loopback(a)) && !is_link_local_v6(a))
+                    .collect();
                 for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
                     self.remember(peer_id, a.clone());
                 }
@@ -1050,6 +1072,18 @@ impl NetActor {
     }
 }
 
+fn is_loopback(a: &Multiaddr) -> bool {
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+fn is_link_local_v6(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Ip6(ip)) if ip.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// Parses a multiaddr typed by a user, with an example in the error.
 pub fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
     s.trim()
@@ -1057,7 +1091,8 @@ pub fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
         .map_err(|e| format!("malformed multiaddr {s:?}: {e} (example: /ip4/192.168.1.20/tcp/4001)"))
 }
 
-fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+/// The address without its trailing `/p2p/<id>`.
+pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
         addr.pop();
     }

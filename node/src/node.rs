@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -455,7 +455,7 @@ impl Node {
         // Remember the address so the node can be redialed after restarts.
         let rec = {
             let mut dir = self.dir();
-            dir.add_addrs(peer, &[strip_p2p(ma)]);
+            dir.add_addrs(peer, &[ma]);
             dir.record(&peer)
         };
         if let Some(rec) = rec {
@@ -650,11 +650,24 @@ impl Node {
         let agent = AgentName::new(agent)?;
         let limit = limit.clamp(1, MAX_LIST) as usize;
         let a = agent.clone();
-        let entries = self
+        let entries = match self
             .0
             .store
             .write("inbox", move |t| ops::take_inbox(t, &a, limit, all, mark_read))
-            .await?;
+            .await
+        {
+            Ok(e) => e,
+            // Mail stays readable when the disk is full: shown without being marked read
+            // (it shows again later; nothing is lost).
+            Err(e) if e.is_storage() => {
+                tracing::warn!(error = %e, "cannot mark messages read; listing them unchanged");
+                self.0
+                    .store
+                    .read(move |r| ops::peek_inbox(r, &agent, limit, all))
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(entries.iter().map(|e| self.message_view(e)).collect())
     }
 
@@ -1346,11 +1359,4 @@ pub fn normalize_kind(kind: &str) -> String {
 pub fn short_peer(p: &PeerId) -> String {
     let s = p.to_string();
     format!("…{}", &s[s.len().saturating_sub(8)..])
-}
-
-fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
-    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-        addr.pop();
-    }
-    addr
 }

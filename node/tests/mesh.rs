@@ -1,5 +1,7 @@
 //! Multi-node behaviour in one process, over 127.0.0.1 with explicit dials.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestNode, wait_event, wait_messages};
@@ -470,4 +472,50 @@ async fn one_daemon_per_home_and_stale_sockets_are_replaced() {
     assert!(a.home.socket_path().exists());
     a.restart().await;
     assert!(matches!(a.call(Request::Status).await.unwrap(), Response::Status(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_messages_become_dead_letters_after_the_ttl() {
+    let config = common::FAST_CONFIG.replace("[delivery]", "[delivery]\nttl = \"1s\"");
+    let a = TestNode::start_with("alpha", &config).await;
+    let mut b = TestNode::start("beta").await;
+    b.register("bob").await;
+    a.dial(&b).await;
+    b.stop().await;
+
+    let mut wa = a.watch(&["alice"]).await;
+    let r = a.send("alice", "bob@beta", "too late").await;
+    assert!(matches!(r.status, SendStatus::Queued { .. }));
+    let dead = wait_event(
+        &mut wa,
+        "the dead letter",
+        |e| matches!(e, Event::DeadLetter { id, .. } if *id == r.id),
+    )
+    .await;
+    if let Event::DeadLetter { reason, to, .. } = dead {
+        assert_eq!(to, "bob@beta");
+        assert!(reason.contains("time to live"), "{reason}");
+    }
+    let out = match a
+        .call(Request::Outbox {
+            agent: Some("alice".into()),
+            delivered: false,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+    {
+        Response::Outbox(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].state, "dead");
+
+    // The recipient comes back: a dead letter is not delivered after all.
+    b.restart().await;
+    a.dial(&b).await;
+    let later = a.send("alice", "bob@beta", "fresh").await;
+    assert_eq!(later.status, SendStatus::Delivered);
+    let inbox = b.inbox("bob").await;
+    assert_eq!(inbox.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["fresh"]);
 }

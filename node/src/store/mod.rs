@@ -191,17 +191,129 @@ enum Msg {
     Stop(std::sync::mpsc::SyncSender<()>),
 }
 
+/// The database behind a slot that the writer can empty and refill: after an I/O error
+/// redb refuses further work until the file is closed and opened again.
+struct Shared {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    /// Why the slot is empty, for readers meanwhile.
+    broken: std::sync::Mutex<Option<String>>,
+    /// The storage error that poisoned the open database (redb refuses writes after an
+    /// I/O error until reopened; reads keep working).
+    poisoned: std::sync::Mutex<Option<StoreError>>,
+    path: PathBuf,
+    /// File-backed (can be reopened).
+    reopenable: bool,
+}
+
+impl Shared {
+    fn current(&self) -> Result<Arc<Database>, StoreError> {
+        match self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(db) => Ok(db.clone()),
+            None => Err(StoreError::Storage {
+                op: "open",
+                message: self
+                    .broken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "the store is being reopened".into()),
+                disk_full: false,
+            }),
+        }
+    }
+
+    /// Before a write: if a storage error poisoned the database, reopen it, but only once
+    /// the filesystem has room again (opening writes, and a closed store could not even be
+    /// read). Until then writes fail with the original error and reads keep working.
+    fn ready_for_writes(&self) -> Result<Arc<Database>, StoreError> {
+        let poisoned = self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(err) = poisoned {
+            if !self.reopenable {
+                return Err(err);
+            }
+            if matches!(&err, StoreError::Storage { disk_full: true, .. }) && !self.has_room() {
+                return Err(err);
+            }
+            self.reopen(&err)?;
+            *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        match self.current() {
+            Ok(db) => Ok(db),
+            Err(e) => {
+                self.reopen(&e)?;
+                self.current()
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) >= REOPEN_MIN_FREE,
+            Err(_) => true,
+        }
+    }
+
+    /// Closes the database (waiting briefly for readers to let go) and opens it again.
+    fn reopen(&self, why: &StoreError) -> Result<(), StoreError> {
+        if !self.reopenable {
+            return Ok(());
+        }
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+        if let Some(mut old) = old {
+            let mut closed = false;
+            for _ in 0..REOPEN_WAIT_STEPS {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        closed = true;
+                        break;
+                    }
+                    Err(still_shared) => {
+                        old = still_shared;
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+            }
+            if !closed {
+                // Readers still hold it: it closes when they let go; the next write opens it.
+                return Err(StoreError::Busy);
+            }
+        }
+        let db = Database::create(&self.path).map_err(|e| StoreError::storage("reopen", e))?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(path = %self.path.display(), "store reopened after a storage error");
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn poison(&self, err: StoreError) {
+        let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            *p = Some(err);
+        }
+    }
+}
+
+/// Free bytes the filesystem needs before a poisoned store is reopened.
+const REOPEN_MIN_FREE: u64 = 1024 * 1024;
+
+/// Steps of 2 ms the writer waits for readers before reopening.
+const REOPEN_WAIT_STEPS: usize = 1000;
+
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: mpsc::Sender<Msg>,
-    path: Arc<PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store").field("path", &self.shared.path).finish()
     }
 }
 
@@ -229,7 +341,11 @@ impl Store {
                 });
             }
         };
-        Self::init(db, path, owner)
+        use std::os::unix::fs::PermissionsExt;
+        // Messages are private: owner-only, whatever the umask.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::storage("open", redb::StorageError::Io(e)))?;
+        Self::init(db, path, owner, true)
     }
 
     /// An in-memory store for tests.
@@ -237,10 +353,10 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::storage("open", e))?;
-        Self::init(db, Path::new(":memory:"), owner)
+        Self::init(db, Path::new(":memory:"), owner, false)
     }
 
-    fn init(db: Database, path: &Path, owner: PeerId) -> Result<Self, StoreError> {
+    fn init(db: Database, path: &Path, owner: PeerId, reopenable: bool) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(tables::META)?;
@@ -292,27 +408,29 @@ impl Store {
         txn.open_table(tables::PEERS)?;
         txn.commit()?;
 
-        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            broken: std::sync::Mutex::new(None),
+            poisoned: std::sync::Mutex::new(None),
+            path: path.to_path_buf(),
+            reopenable,
+        });
         let (tx, rx) = mpsc::channel::<Msg>(WRITE_QUEUE);
-        let writer_db = db.clone();
+        let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("mesh-store-writer".into())
-            .spawn(move || writer_loop(writer_db, rx))
+            .spawn(move || writer_loop(writer_shared, rx))
             .map_err(|e| StoreError::Storage {
                 op: "start writer",
                 message: e.to_string(),
                 disk_full: false,
             })?;
-        Ok(Self {
-            db,
-            writer: tx,
-            path: Arc::new(path.to_path_buf()),
-        })
+        Ok(Self { shared, writer: tx })
     }
 
     /// Path of the store file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Runs `f` in the next write transaction and waits until it is committed.
@@ -362,8 +480,9 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let db = shared.current()?;
             let txn = db.begin_read()?;
             f(&txn)
         })
@@ -377,7 +496,8 @@ impl Store {
 
     /// Runs `f` on a read snapshot on the current thread (short reads only).
     pub fn read_now<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.shared.current()?;
+        let txn = db.begin_read()?;
         f(&txn)
     }
 }
@@ -416,7 +536,7 @@ fn relabel(e: StoreError, op: &'static str) -> StoreError {
     }
 }
 
-fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Msg>) {
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(64);
     let mut stop: Option<std::sync::mpsc::SyncSender<()>> = None;
     while stop.is_none() {
@@ -438,15 +558,24 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        let txn = match db.begin_write() {
+        // After a storage error the database must be reopened before it takes writes.
+        let db = shared.ready_for_writes();
+        let txn = match db
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|db| db.begin_write().map_err(|e| StoreError::storage("begin", e)))
+        {
             Ok(t) => t,
-            Err(e) => {
-                let err = StoreError::storage("begin", e);
+            Err(err) => {
                 tracing::error!(error = %err, "store: cannot begin a write transaction");
                 // Run nothing; every job gets the error.
                 for job in jobs.drain(..) {
                     let (_, finish) = job(Err(err.clone()));
                     finish(None);
+                }
+                if let Ok(db) = db {
+                    drop(db);
+                    shared.poison(err);
                 }
                 continue;
             }
@@ -478,6 +607,12 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Msg>) {
         for finish in finishes {
             finish(outcome.clone());
         }
+        if let Some(err) = outcome {
+            // redb refuses writes after an I/O error until reopened; the next write does
+            // that as soon as the cause (a full disk) is gone.
+            drop(db);
+            shared.poison(err);
+        }
     }
     // Refuse what is still queued, release the file, then answer the closer.
     rx.close();
@@ -486,7 +621,7 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Msg>) {
             let _ = done.send(());
         }
     }
-    drop(db);
+    drop(shared);
     tracing::debug!("store writer stopped");
     if let Some(done) = stop {
         let _ = done.send(());

@@ -435,6 +435,37 @@ pub fn message_known(r: &ReadTransaction, id: &MessageId) -> Result<bool, StoreE
 
 // ---------------------------------------------------------------- inboxes
 
+fn collect_inbox(
+    inbox: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    unread: &impl ReadableTable<(&'static str, u64), ()>,
+    a: &str,
+    limit: usize,
+    all: bool,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    let mut entries: Vec<InboxEntry> = Vec::new();
+    if all {
+        for row in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev() {
+            let (_, v) = row?;
+            entries.push(decode("inbox", v.value())?);
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        entries.reverse();
+    } else {
+        for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
+            let (k, _) = row?;
+            if let Some(v) = inbox.get((a, k.value().1))? {
+                entries.push(decode("inbox", v.value())?);
+            }
+            if entries.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(entries)
+}
+
 /// Inbox entries of `agent`, oldest first: the unread ones (`all == false`) or the last
 /// `limit` of all. With `mark_read`, returned entries become `Read` in the same step.
 pub fn take_inbox(
@@ -447,32 +478,11 @@ pub fn take_inbox(
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
-    let a = agent.as_str();
-    let mut entries: Vec<InboxEntry> = Vec::new();
-    {
+    let entries = {
         let inbox = txn.open_table(INBOX)?;
-        if all {
-            for row in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev() {
-                let (_, v) = row?;
-                entries.push(decode("inbox", v.value())?);
-                if entries.len() >= limit {
-                    break;
-                }
-            }
-            entries.reverse();
-        } else {
-            let unread = txn.open_table(UNREAD)?;
-            for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
-                let (k, _) = row?;
-                if let Some(v) = inbox.get((a, k.value().1))? {
-                    entries.push(decode("inbox", v.value())?);
-                }
-                if entries.len() >= limit {
-                    break;
-                }
-            }
-        }
-    }
+        let unread = txn.open_table(UNREAD)?;
+        collect_inbox(&inbox, &unread, agent.as_str(), limit, all)?
+    };
     if mark_read {
         let seqs: Vec<u64> = entries
             .iter()
@@ -482,6 +492,21 @@ pub fn take_inbox(
         set_state(txn, agent, &seqs, ReadState::Read)?;
     }
     Ok(entries)
+}
+
+/// Like [`take_inbox`] without marking anything (works when the disk is full).
+pub fn peek_inbox(
+    r: &ReadTransaction,
+    agent: &AgentName,
+    limit: usize,
+    all: bool,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    if r.open_table(AGENTS)?.get(agent.as_str())?.is_none() {
+        return Err(StoreError::UnknownAgent(agent.to_string()));
+    }
+    let inbox = r.open_table(INBOX)?;
+    let unread = r.open_table(UNREAD)?;
+    collect_inbox(&inbox, &unread, agent.as_str(), limit, all)
 }
 
 /// Sets the read state of inbox entries (a `Read` entry never goes back).

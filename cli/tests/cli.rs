@@ -1,0 +1,443 @@
+//! The `mesh` binary end to end, against real daemons in temp homes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Home, runtime};
+use mesh_node::api::client::Client;
+use mesh_node::api::{Event, Request, Response};
+
+#[test]
+fn detach_status_down_and_second_daemon_refused() {
+    let h = Home::new();
+    let up = h.run(&[
+        "--json",
+        "up",
+        "--detach",
+        "--no-mdns",
+        "--name",
+        "solo",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    up.ok();
+    let info = up.json();
+    assert_eq!(info["name"], "solo");
+    let peer = info["peer_id"].as_str().unwrap().to_string();
+
+    let st = h.run(&["--json", "status"]);
+    st.ok();
+    let st = st.json();
+    assert_eq!(st["node"]["peer_id"], peer.as_str());
+    assert_eq!(st["node"]["name"], "solo");
+    assert_eq!(st["mdns"], false);
+    // The login user is an agent of the node from the start.
+    assert_eq!(st["agents"].as_array().unwrap().len(), 1);
+
+    // Identity and key file are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.path().join("identity.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(h.path().join("mesh.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A second daemon on the same home says who holds it.
+    let again = h.run(&["up", "--detach", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already running"), "{}", again.stderr);
+    let fg = h.run(&["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(fg.code, 1);
+    assert!(
+        fg.stderr.contains("already running") && fg.stderr.contains("mesh down"),
+        "{}",
+        fg.stderr
+    );
+
+    h.run(&["down"]).ok();
+    assert!(!h.path().join("mesh.sock").exists(), "socket removed on clean stop");
+    let st = h.run(&["status"]);
+    assert_eq!(st.code, 3);
+    assert!(st.stderr.contains("no agentmesh daemon is running"), "{}", st.stderr);
+    assert!(st.stderr.contains("up --detach"), "says how to start it: {}", st.stderr);
+
+    // Same identity after a restart.
+    let up = h.run(&[
+        "--json",
+        "up",
+        "--detach",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    up.ok();
+    assert_eq!(up.json()["peer_id"], peer.as_str());
+    h.run(&["down"]).ok();
+    // Stopping what is not running is not an error.
+    assert_eq!(h.run(&["down"]).code, 0);
+}
+
+#[test]
+fn commands_without_a_daemon_explain_themselves() {
+    let h = Home::new();
+    for args in [
+        vec!["send", "bob", "hi"],
+        vec!["inbox"],
+        vec!["peers"],
+        vec!["agents"],
+        vec!["publish", "t", "x"],
+        vec!["history"],
+        vec!["outbox"],
+        vec!["topics"],
+    ] {
+        let out = h.run(&args);
+        assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("mesh --home"), "{args:?}: {}", out.stderr);
+    }
+    // A malformed address is reported as such, daemon or not.
+    let out = h.run(&["dial", "not-a-multiaddr"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("malformed multiaddr"), "{}", out.stderr);
+    // Completions need nothing.
+    let out = h.run(&["completions", "bash"]);
+    out.ok();
+    assert!(out.stdout.contains("mesh"));
+    // Bad flags are usage errors.
+    assert_eq!(h.run(&["send"]).code, 2);
+    let out = h.run(&["up", "--listen", "garbage"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--listen"), "{}", out.stderr);
+}
+
+#[test]
+fn two_daemons_talk_through_the_cli() {
+    let (ha, hb) = (Home::new(), Home::new());
+    let a = ha.start("alpha", 0);
+    let b = hb.start("beta", 0);
+    ha.run(&["dial", &b.addr()]).ok();
+
+    let user = common::TEST_USER.to_string();
+    let sent = ha.run(&["--json", "send", "--as", "alice", "tester@beta", "hello beta"]);
+    sent.ok();
+    let receipt = sent.json();
+    assert_eq!(receipt["status"], "Delivered");
+    assert_eq!(receipt["to"], "tester@beta");
+    let id = receipt["id"].as_str().unwrap().to_string();
+
+    let inbox = hb.run(&["--json", "inbox", "--as", &user]);
+    inbox.ok();
+    let msgs = inbox.json();
+    assert_eq!(msgs.as_array().unwrap().len(), 1);
+    assert_eq!(msgs[0]["id"], id.as_str());
+    assert_eq!(msgs[0]["from"], "alice@alpha");
+    assert_eq!(msgs[0]["from_node"], a.info.peer_id.to_string());
+    assert_eq!(msgs[0]["text"], "hello beta");
+    // Read now: the next look shows nothing new, --all still shows it.
+    assert_eq!(
+        hb.run(&["--json", "inbox", "--as", &user])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        hb.run(&["--json", "inbox", "--all", "--as", &user])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Reply by id, from standard input.
+    let r = hb.run_stdin(
+        &["send", "--as", &user, "--reply-to", &id, "alice@alpha", "-"],
+        b"multi\nline reply\n",
+    );
+    r.ok();
+    assert!(r.stdout.contains("delivered to alice@alpha"), "{}", r.stdout);
+    let back = ha.run(&["--json", "inbox", "--as", "alice"]).json();
+    assert_eq!(back[0]["reply_to"], id.as_str());
+    assert_eq!(back[0]["text"], "multi\nline reply");
+
+    // History on both sides, with a filter.
+    let hist = ha.run(&["--json", "history", "--grep", "REPLY"]).json();
+    assert_eq!(hist.as_array().unwrap().len(), 1);
+    assert_eq!(hist[0]["kind"], "in");
+    let hist = ha.run(&["--json", "history", &format!("{user}@beta")]).json();
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+
+    // Topics.
+    hb.run(&["subscribe", "--as", &user, "#ops"]).ok();
+    ha.run(&["subscribe", "--as", "alice", "ops"]).ok();
+    let topics = hb.run(&["--json", "topics"]).json();
+    assert_eq!(topics[0]["topic"], "ops");
+    let p = ha
+        .run(&["--json", "publish", "--as", "alice", "ops", "deploying"])
+        .json();
+    let pid = p["id"].as_str().unwrap().to_string();
+    // Delivery is asynchronous: follow beta's inbox until the message shows up.
+    let rt = runtime();
+    rt.block_on(async {
+        let home = mesh_node::home::Home::resolve(Some(hb.path())).unwrap();
+        let c = Client::connect(&home, "test").await.unwrap();
+        let mut ev = c.watch(vec![user.clone()]).await.unwrap();
+        let have = match c
+            .call(Request::History {
+                agent: None,
+                target: Some("#ops".into()),
+                grep: None,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+        {
+            Response::History(h) => h.iter().any(|x| x.id.to_string() == pid),
+            _ => false,
+        };
+        if !have {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                match tokio::time::timeout_at(deadline, ev.recv()).await {
+                    Ok(Some(Event::Message(m))) if m.id.to_string() == pid => break,
+                    Ok(Some(_)) => {}
+                    _ => panic!("topic message never arrived"),
+                }
+            }
+        }
+    });
+    let hist = hb.run(&["--json", "history", "#ops"]).json();
+    assert!(hist.as_array().unwrap().iter().any(|x| x["id"] == pid.as_str()));
+
+    // Errors: unknown recipient, empty, oversized, bad reply id.
+    let e = ha.run(&["send", "nobody@beta", "x"]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("no agent \"nobody\" on node beta"), "{}", e.stderr);
+    let e = ha.run(&["send", &format!("{user}@beta"), ""]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("empty"), "{}", e.stderr);
+    let big = vec![b'x'; 64 * 1024 + 1];
+    let e = ha.run_stdin(&["send", &format!("{user}@beta"), "-"], &big);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("limit is 65536"), "{}", e.stderr);
+    let e = ha.run(&["send", "--reply-to", "garbage", &format!("{user}@beta"), "x"]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("invalid message id"), "{}", e.stderr);
+    let e = ha.run(&["dial", "/ip4/127.0.0.1/tcp/1"]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("cannot dial"), "{}", e.stderr);
+
+    // Peers and agents see each other.
+    let peers = ha.run(&["--json", "peers"]).json();
+    assert_eq!(peers[0]["name"], "beta");
+    assert_eq!(peers[0]["connected"], true);
+    let agents = ha.run(&["--json", "agents"]).json();
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["address"] == format!("{user}@beta"))
+    );
+    // Human output works too.
+    ha.run(&["peers"]).ok();
+    ha.run(&["agents"]).ok();
+    ha.run(&["status"]).ok();
+    ha.run(&["outbox", "--all"]).ok();
+    drop((a, b));
+}
+
+#[test]
+fn damaged_or_foreign_store_is_refused_and_left_alone() {
+    let h = Home::new();
+    std::fs::write(h.path().join("store.redb"), vec![0x5a; 10_000]).unwrap();
+    let out = h.run(&["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("damaged or is not an agentmesh store"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("mv "), "says how to recover: {}", out.stderr);
+    assert_eq!(std::fs::read(h.path().join("store.redb")).unwrap(), vec![0x5a; 10_000]);
+
+    // Another node's store with this node's identity.
+    let other = Home::new();
+    let d = other.start("other", 0);
+    drop(d);
+    std::fs::remove_file(h.path().join("store.redb")).unwrap();
+    std::fs::copy(other.path().join("store.redb"), h.path().join("store.redb")).unwrap();
+    let out = h.run(&["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("belongs to node"), "{}", out.stderr);
+
+    // A bad config file names the problem.
+    std::fs::write(h.path().join("config.toml"), "mdsn = false\n").unwrap();
+    let out = h.run(&["up", "--no-mdns"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("config") && out.stderr.contains("mdsn"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Sends with the API client (fast) and returns the ids.
+fn send_many(home: &std::path::Path, from: &str, to: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let rt = runtime();
+    rt.block_on(async {
+        let home = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
+        let c = Client::connect(&home, "test").await.unwrap();
+        let mut ids = Vec::new();
+        for i in range {
+            match c
+                .call(Request::Send {
+                    from: from.into(),
+                    to: to.into(),
+                    text: format!("m{i}"),
+                    reply_to: None,
+                })
+                .await
+                .unwrap()
+            {
+                Response::Sent(r) => ids.push(r.id.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        ids
+    })
+}
+
+/// Waits (on events) until `agent` on `home` has `n` messages from `from`, then returns
+/// all its direct messages' ids in inbox order.
+fn wait_inbox(home: &std::path::Path, agent: &str, from: &str, n: usize) -> Vec<String> {
+    let rt = runtime();
+    rt.block_on(async {
+        let home = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
+        let c = Client::connect(&home, "test").await.unwrap();
+        let mut ev = c.watch(vec![agent.into()]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let all = match c
+                .call(Request::Inbox {
+                    agent: agent.into(),
+                    all: true,
+                    limit: 10_000,
+                    mark_read: false,
+                })
+                .await
+                .unwrap()
+            {
+                Response::Inbox(l) => l,
+                other => panic!("{other:?}"),
+            };
+            let ids: Vec<String> = all
+                .iter()
+                .filter(|m| m.from_agent == from)
+                .map(|m| m.id.to_string())
+                .collect();
+            if ids.len() >= n {
+                return ids;
+            }
+            // Wait for the next arrival.
+            loop {
+                match tokio::time::timeout_at(deadline, ev.recv()).await {
+                    Ok(Some(Event::Message(_))) | Ok(Some(Event::Lagged { .. })) => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("daemon went away"),
+                    Err(_) => panic!("only {} of {n} messages arrived", ids.len()),
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn sender_killed_after_send_delivers_exactly_once_after_restart() {
+    let (ha, hb) = (Home::new(), Home::new());
+    let a = ha.start("alpha", 0);
+    let b = hb.start("beta", 0);
+    hb.run(&["subscribe", "--as", "bob", "x"]).ok(); // creates bob
+    ha.run(&["dial", &b.addr()]).ok();
+    let (a_port, b_port) = (a.port(), b.port());
+
+    // The recipient is down: the send is queued in the sender's outbox.
+    b.kill9();
+    let ids = send_many(&ha.path(), "alice", "bob@beta", 0..5);
+    let out = ha.run(&["--json", "outbox"]).json();
+    assert_eq!(out.as_array().unwrap().len(), 5);
+    // Crash the sender before it could deliver anything.
+    a.kill9();
+
+    // Both come back (the sender remembered the recipient's address).
+    let _b = hb.start("beta", b_port);
+    let _a = ha.start("alpha", a_port);
+    let got = wait_inbox(&hb.path(), "bob", "alice", 5);
+    assert_eq!(got, ids, "every message exactly once, in send order");
+    // And the sender knows they were delivered.
+    let rt = runtime();
+    rt.block_on(async {
+        let home = mesh_node::home::Home::resolve(Some(ha.path())).unwrap();
+        let c = Client::connect(&home, "test").await.unwrap();
+        let mut ev = c.watch(vec!["alice".into()]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pending = match c
+                .call(Request::Outbox {
+                    agent: None,
+                    delivered: false,
+                    limit: 100,
+                })
+                .await
+                .unwrap()
+            {
+                Response::Outbox(l) => l.len(),
+                other => panic!("{other:?}"),
+            };
+            if pending == 0 {
+                break;
+            }
+            tokio::time::timeout_at(deadline, ev.recv())
+                .await
+                .expect("acks never recorded");
+        }
+    });
+}
+
+#[test]
+fn recipient_killed_mid_stream_loses_and_duplicates_nothing() {
+    let (ha, hb) = (Home::new(), Home::new());
+    let _a = ha.start("alpha", 0);
+    let b = hb.start("beta", 0);
+    hb.run(&["subscribe", "--as", "bob", "x"]).ok();
+    ha.run(&["dial", &b.addr()]).ok();
+    let b_port = b.port();
+
+    // Kill the recipient while a stream of messages is being delivered to it, at a moment
+    // that varies with the machine's timing.
+    let sender_home = ha.path();
+    let sender = std::thread::spawn(move || send_many(&sender_home, "alice", "bob@beta", 0..300));
+    let first = wait_inbox(&hb.path(), "bob", "alice", 20);
+    assert!(first.len() >= 20);
+    b.kill9();
+    let mut ids = sender.join().unwrap();
+    assert_eq!(ids.len(), 300);
+
+    let b = hb.start("beta", b_port);
+    // Another crash right after it comes back, while the backlog drains.
+    let _ = wait_inbox(&hb.path(), "bob", "alice", first.len() + 1);
+    b.kill9();
+    let _b = hb.start("beta", b_port);
+    ids.extend(send_many(&ha.path(), "alice", "bob@beta", 300..310));
+
+    let got = wait_inbox(&hb.path(), "bob", "alice", 310);
+    assert_eq!(got.len(), 310, "no duplicates");
+    assert_eq!(got, ids, "all delivered, in send order");
+}

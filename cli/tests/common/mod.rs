@@ -1,0 +1,237 @@
+//! Drives the real `mesh` binary: daemons as child processes, commands with a deadline.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mesh_node::daemon::{ReadyInfo, ReadyLine};
+use wait_timeout::ChildExt;
+
+/// The login name daemons and commands run under (so the default agent is known).
+pub const TEST_USER: &str = "tester";
+
+/// Upper bound for one command.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const FAST_CONFIG: &str = r#"
+[presence]
+heartbeat = "300ms"
+[delivery]
+retry_min = "50ms"
+retry_max = "300ms"
+send_wait = "3s"
+request_timeout = "3s"
+"#;
+
+pub fn mesh_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mesh"))
+}
+
+/// A home directory in a temp dir, with the fast test config.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = Home { dir };
+        std::fs::create_dir_all(h.path()).expect("mkdir");
+        std::fs::write(h.path().join("config.toml"), FAST_CONFIG).expect("config");
+        h
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("h")
+    }
+
+    /// Runs `mesh --home <home> args...` and waits for it (bounded).
+    pub fn run(&self, args: &[&str]) -> Out {
+        run_in(&self.path(), args, None)
+    }
+
+    /// Same, with `stdin` piped in.
+    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
+        run_in(&self.path(), args, Some(stdin))
+    }
+
+    /// Starts a foreground daemon as a child; returns once it reported ready.
+    pub fn start(&self, name: &str, port: u16) -> Daemon {
+        start_daemon(&self.path(), name, port, &[])
+    }
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A command's result.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub fn run_in(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let mut cmd = Command::new(mesh_bin());
+    cmd.arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("MESH_DAEMON_READY")
+        .env("USER", TEST_USER)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn mesh");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut i = child.stdin.take().expect("stdin");
+        i.write_all(input).expect("write stdin");
+    }
+    // Drain the pipes on threads so a chatty command cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut so, &mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut se, &mut s);
+        s
+    });
+    let status = match child.wait_timeout(CMD_TIMEOUT).expect("wait") {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mesh {args:?} did not finish within {CMD_TIMEOUT:?}");
+        }
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// A daemon child process. Dropping it kills it (SIGKILL).
+pub struct Daemon {
+    pub child: Child,
+    pub info: ReadyInfo,
+    pub home: PathBuf,
+}
+
+impl Daemon {
+    pub fn port(&self) -> u16 {
+        self.info
+            .listen
+            .iter()
+            .find_map(|a| {
+                a.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Tcp(p) => Some(p),
+                    _ => None,
+                })
+            })
+            .expect("tcp port")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.port(), self.info.peer_id)
+    }
+
+    /// SIGKILL, like a crash or power loss.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_daemon(home: &Path, name: &str, port: u16, extra: &[&str]) -> Daemon {
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut args = vec!["--no-mdns", "--name", name, "--listen", &listen];
+    args.extend_from_slice(extra);
+    spawn_daemon(Command::new(mesh_bin()), home, &args)
+}
+
+/// Runs `<cmd> --home <home> up <args>` (cmd is the mesh binary, possibly behind
+/// `ip netns exec`) and waits for its ready line.
+pub fn spawn_daemon(mut cmd: Command, home: &Path, args: &[&str]) -> Daemon {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.with_extension("log"))
+        .expect("log");
+    let mut child = cmd
+        .arg("--home")
+        .arg(home)
+        .arg("up")
+        .args(args)
+        .env("MESH_DAEMON_READY", "1")
+        .env("USER", TEST_USER)
+        .env("MESH_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn daemon");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(CMD_TIMEOUT).expect("daemon did not report ready");
+    match serde_json::from_str::<ReadyLine>(line.trim()) {
+        Ok(ReadyLine::Ready(info)) => Daemon {
+            child,
+            info,
+            home: home.to_path_buf(),
+        },
+        other => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(home.with_extension("log")).unwrap_or_default();
+            panic!("daemon failed to start: {other:?} / {line}\nlog:\n{log}");
+        }
+    }
+}
+
+/// A tokio runtime for tests that use the API client directly.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

@@ -1,0 +1,178 @@
+//! Network-namespace labs for multi-host tests: hosts on bridged segments, built and torn
+//! down by the test itself. Needs root and `ip` (iproute2); [`Lab::new`] returns `None` and
+//! prints why when they are missing, so tests skip with a clear message.
+//!
+//! Every namespace, interface and address is created here and removed on drop (processes
+//! still running inside are killed first). Traffic stays inside the lab: namespaces have no
+//! route out.
+//!
+//! Run by hand: `sudo cargo test -p mesh-cli --test lan -- --nocapture`; while a test runs,
+//! `ip netns list` shows its namespaces (`am<pid>-...`), and
+//! `ip netns exec <ns> bash` gets a shell on a host.
+
+#![allow(dead_code, missing_docs)]
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// A lab: a set of namespaces with a common name prefix.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    next_port: u32,
+}
+
+/// A segment (Ethernet broadcast domain): a bridge inside its own namespace.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub ns: String,
+    pub subnet: [u8; 3],
+}
+
+/// A host: a namespace with one interface on a segment.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Runs a command, panicking with its output if it fails.
+#[track_caller]
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Lab {
+    /// A new lab named `tag`, or `None` (with a message) if this machine cannot host one.
+    pub fn new(tag: &str) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("SKIPPED: {tag}: network-namespace tests need root (run as root or with sudo)");
+            return None;
+        }
+        if Command::new("ip")
+            .arg("-V")
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("SKIPPED: {tag}: the `ip` command (iproute2) is missing; .ci/run installs it");
+            return None;
+        }
+        let prefix = format!("am{}-{tag}", std::process::id());
+        Some(Lab {
+            prefix,
+            namespaces: Vec::new(),
+            next_port: 0,
+        })
+    }
+
+    fn add_ns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        sh(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A segment `10.<a>.<b>.0/24` (subnet `[10, a, b]`).
+    pub fn segment(&mut self, name: &str, subnet: [u8; 3]) -> Segment {
+        let ns = self.add_ns(name);
+        sh(&["ip", "-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        // mDNS is multicast: do not let snooping decide who hears it.
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "br0", "up"]);
+        Segment { ns, subnet }
+    }
+
+    /// Plugs interface `ifname` of namespace `ns` into `seg`.
+    fn plug(&mut self, ns: &str, ifname: &str, seg: &Segment) {
+        self.next_port += 1;
+        let port = format!("p{}", self.next_port);
+        sh(&[
+            "ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns", &seg.ns,
+        ]);
+        sh(&["ip", "-n", &seg.ns, "link", "set", &port, "master", "br0"]);
+        sh(&["ip", "-n", &seg.ns, "link", "set", &port, "up"]);
+    }
+
+    /// A host on `seg` with address `.<last>`.
+    pub fn host(&mut self, name: &str, seg: &Segment, last: u8) -> Host {
+        let ns = self.add_ns(name);
+        self.plug(&ns, "eth0", seg);
+        let [a, b, c] = seg.subnet;
+        let ip = Ipv4Addr::new(a, b, c, last);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        // Multicast (mDNS) leaves through the LAN interface.
+        sh(&["ip", "-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        Host { ns, ip }
+    }
+
+    /// Takes a host's link down or up (a cable pulled or plugged back).
+    pub fn link(&self, host: &Host, up: bool) {
+        sh(&[
+            "ip",
+            "-n",
+            &host.ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Host {
+    /// A command run inside this host's namespace.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Kill whatever still runs inside, then remove the namespace (its interfaces go
+            // with it).
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
