@@ -104,9 +104,15 @@ impl Directory {
             .map(|a| a.node_name.clone())
     }
 
-    /// Marks a node connected or not.
+    /// Marks a node connected or not. A node that disconnects without ever having
+    /// announced itself (not an agentmesh node, or gone before saying anything) is
+    /// forgotten.
     pub fn set_connected(&mut self, peer: PeerId, connected: bool, now_ms: u64) {
         if peer == self.me {
+            return;
+        }
+        if !connected && self.nodes.get(&peer).is_some_and(|e| e.announcement.is_none()) {
+            self.nodes.remove(&peer);
             return;
         }
         let e = self.nodes.entry(peer).or_default();
@@ -201,14 +207,18 @@ impl Directory {
         }
     }
 
-    /// The record to persist for a node.
+    /// The record to persist for a node (only nodes that announced themselves, or that
+    /// were dialed on purpose and have an address, are worth remembering).
     pub fn record(&self, peer: &PeerId) -> Option<PeerRecord> {
-        self.nodes.get(peer).map(|e| PeerRecord {
-            peer: *peer,
-            addrs: e.addrs.clone(),
-            last_seen_ms: e.last_seen_ms,
-            announcement: e.announcement.clone(),
-        })
+        self.nodes
+            .get(peer)
+            .filter(|e| e.announcement.is_some() || !e.addrs.is_empty())
+            .map(|e| PeerRecord {
+                peer: *peer,
+                addrs: e.addrs.clone(),
+                last_seen_ms: e.last_seen_ms,
+                announcement: e.announcement.clone(),
+            })
     }
 
     /// Resolves a user-written address. `my_name` and `local` describe this node.
@@ -497,5 +507,7 @@ mod tests {
         assert!(d.online(&q, later));
         d.set_connected(q, false, 0);
         assert!(!d.online(&q, later));
+        assert!(d.get(&q).is_none(), "a node that never announced is forgotten");
+        assert!(d.get(&p).is_some());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
-use libp2p::multiaddr::Protocol;
+pub use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -32,6 +32,8 @@ use crate::wire::{
 pub const COMMAND_QUEUE: usize = 1024;
 /// Capacity of the event channel out of the actor.
 pub const EVENT_QUEUE: usize = 4096;
+/// Non-agentmesh peers remembered (not redialed); the set is cleared when full.
+pub const MAX_FOREIGN: usize = 1024;
 /// Most addresses remembered per peer.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
 /// Idle connections are closed after this long (presence traffic keeps mesh peers busy).
@@ -847,6 +849,9 @@ impl NetActor {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != wire::IDENTIFY_PROTOCOL_VERSION {
                     tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not an agentmesh node; disconnecting");
+                    if self.foreign.len() >= MAX_FOREIGN {
+                        self.foreign.clear();
+                    }
                     self.foreign.insert(peer_id);
                     self.addrs.remove(&peer_id);
                     let _ = self.swarm.disconnect_peer_id(peer_id);
