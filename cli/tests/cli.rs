@@ -325,19 +325,15 @@ fn wait_inbox(home: &std::path::Path, agent: &str, from: &str, n: usize) -> Vec<
         let mut ev = c.watch(vec![agent.into()]).await.unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let all = match c
-                .call(Request::Inbox {
+            let all = get!(
+                c.call(Request::Inbox {
                     agent: agent.into(),
                     all: true,
                     limit: 10_000,
                     mark_read: false,
-                })
-                .await
-                .unwrap()
-            {
-                Response::Inbox(l) => l,
-                other => panic!("{other:?}"),
-            };
+                }),
+                Inbox
+            );
             let ids: Vec<String> = all
                 .iter()
                 .filter(|m| m.from_agent == from)

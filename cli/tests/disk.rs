@@ -91,19 +91,15 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
         }
         // The daemon is up and what was stored is readable.
         assert!(matches!(c.call(Request::Status).await.unwrap(), Response::Status(_)));
-        let inbox = match c
-            .call(Request::Inbox {
+        let inbox = get!(
+            c.call(Request::Inbox {
                 agent: common::TEST_USER.into(),
                 all: false,
                 limit: 100,
                 mark_read: true,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Inbox(l) => l,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Inbox
+        );
         assert_eq!(inbox.len(), stored);
 
         // Space comes back: it works again without a restart.
@@ -118,19 +114,15 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
             Response::Sent(_) => {}
             other => panic!("{other:?}"),
         }
-        let all = match c
-            .call(Request::Inbox {
+        let all = get!(
+            c.call(Request::Inbox {
                 agent: common::TEST_USER.into(),
                 all: true,
                 limit: 100,
                 mark_read: false,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Inbox(l) => l,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Inbox
+        );
         assert_eq!(all.len(), stored + 1, "nothing lost, nothing duplicated");
     });
     let _ = CMD_TIMEOUT;

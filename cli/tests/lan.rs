@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
-use mesh_node::api::{Event, Request, Response, SendStatus};
+use mesh_node::api::{Event, Request, SendStatus};
 use netns::{Host, Lab};
 
 const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
@@ -31,10 +31,7 @@ async fn wait_sees(home: &Home, names: &[&str]) {
     let mut ev = c.watch(vec![]).await.unwrap();
     let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
     loop {
-        let agents = match c.call(Request::Agents).await.unwrap() {
-            Response::Agents(a) => a,
-            other => panic!("{other:?}"),
-        };
+        let agents = get!(c.call(Request::Agents), Agents);
         if names
             .iter()
             .all(|n| agents.iter().any(|a| &a.node_name == n && !a.local))
@@ -86,19 +83,15 @@ fn lan_nodes_discover_each_other_and_talk() {
         let c1 = client(&homes[0]).await;
         let c3 = client(&homes[2]).await;
         let mut ev3 = c3.watch(vec!["tester".into()]).await.unwrap();
-        let r = match c1
-            .call(Request::Send {
+        let r = get!(
+            c1.call(Request::Send {
                 from: "tester".into(),
                 to: "tester@h3".into(),
                 text: "over the LAN".into(),
                 reply_to: None,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Sent(r) => r,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Sent
+        );
         assert_eq!(r.status, SendStatus::Delivered);
         let got = tokio::time::timeout(DISCOVERY_WAIT, async {
             loop {
@@ -123,19 +116,15 @@ fn lan_nodes_discover_each_other_and_talk() {
             .await
             .unwrap();
         }
-        let p = match c2
-            .call(Request::Publish {
+        let p = get!(
+            c2.call(Request::Publish {
                 agent: "tester".into(),
                 topic: "lan".into(),
                 text: "hello LAN".into(),
                 reply_to: None,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Published(p) => p,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Published
+        );
         for ev in [&mut ev1, &mut ev3] {
             let m = tokio::time::timeout(DISCOVERY_WAIT, async {
                 loop {

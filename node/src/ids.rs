@@ -225,44 +225,42 @@ impl NodeName {
     /// not allowed with `-`, and falls back to `node` if nothing usable is left.
     pub fn from_hostname(host: &str) -> Self {
         let first = host.split('.').next().unwrap_or("");
-        let mut cleaned: String = first
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        cleaned = cleaned
-            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-            .to_string();
-        cleaned.truncate(MAX_NAME_LEN);
-        Self::new(cleaned).unwrap_or_else(|_| Self("node".to_string()))
+        Self::new(sanitize(first)).unwrap_or_else(|_| Self("node".to_string()))
     }
 }
 
 impl AgentName {
-    /// Turns an OS login name into a valid agent name (`node` user → `node`,
-    /// `Jane Doe` → `Jane-Doe`), falling back to `user`.
+    /// Turns an OS login name into a valid agent name (`Jane Doe` → `Jane-Doe`), falling
+    /// back to `user`.
     pub fn from_login(login: &str) -> Self {
-        let mut cleaned: String = login
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        cleaned = cleaned
-            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-            .to_string();
-        cleaned.truncate(MAX_NAME_LEN);
-        Self::new(cleaned).unwrap_or_else(|_| Self("user".to_string()))
+        Self::new(sanitize(login)).unwrap_or_else(|_| Self("user".to_string()))
     }
+
+    /// Turns any text (a directory name, a client name) into a valid agent name part,
+    /// or `None` if nothing usable is left.
+    pub fn sanitize(text: &str) -> Option<Self> {
+        Self::new(sanitize(text)).ok()
+    }
+}
+
+/// Replaces characters names may not contain with `-`, drops leading non-alphanumerics and
+/// truncates to [`MAX_NAME_LEN`].
+fn sanitize(s: &str) -> String {
+    let mut cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned = cleaned
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    cleaned.truncate(MAX_NAME_LEN);
+    cleaned
 }
 
 /// The node half of an address: a name or a PeerId.

@@ -32,6 +32,8 @@ use crate::wire::{
 pub const COMMAND_QUEUE: usize = 1024;
 /// Capacity of the event channel out of the actor.
 pub const EVENT_QUEUE: usize = 4096;
+/// Hello requests held while this node has no announcement yet (only at startup).
+pub const MAX_EARLY_HELLOS: usize = 256;
 /// Non-agentmesh peers remembered (not redialed); the set is cleared when full.
 pub const MAX_FOREIGN: usize = 1024;
 /// Most addresses remembered per peer.
@@ -458,6 +460,8 @@ pub struct NetActor {
     dm_out: HashMap<OutboundRequestId, oneshot::Sender<Result<DmResponse, NetError>>>,
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
     announcement: Option<Announcement>,
+    /// Hello requests that arrived before this node had an announcement to answer with.
+    early_hellos: Vec<ResponseChannel<Announcement>>,
     heartbeat: Duration,
     max_text: usize,
     directory: TopicHash,
@@ -492,6 +496,7 @@ pub fn spawn(
         dm_out: HashMap::new(),
         dm_in: HashMap::new(),
         announcement: None,
+        early_hellos: Vec::new(),
         heartbeat: config.presence.heartbeat,
         max_text: config.limits.max_message_bytes,
         directory: IdentTopic::new(DIRECTORY_TOPIC).hash(),
@@ -707,11 +712,22 @@ impl NetActor {
                 self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
             }
             Command::SetAnnouncement(a) => {
+                let first = self.announcement.is_none();
                 let seq = self.announcement.as_ref().map(|x| x.seq).unwrap_or(0);
                 let mut a = *a;
                 a.seq = a.seq.max(seq);
-                self.announcement = Some(a);
+                self.announcement = Some(a.clone());
                 self.announce();
+                if first {
+                    // Answer and greet whoever came before we had anything to say.
+                    for ch in std::mem::take(&mut self.early_hellos) {
+                        let _ = self.swarm.behaviour_mut().hello.send_response(ch, a.clone());
+                    }
+                    let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                    for p in connected {
+                        self.swarm.behaviour_mut().hello.send_request(&p, a.clone());
+                    }
+                }
             }
             Command::Info(reply) => {
                 let peers = self
@@ -1046,8 +1062,12 @@ impl NetActor {
             request_response::Event::Message { peer, message, .. } => {
                 let theirs = match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        if let Some(mine) = self.announcement.clone() {
-                            let _ = self.swarm.behaviour_mut().hello.send_response(channel, mine);
+                        match self.announcement.clone() {
+                            Some(mine) => {
+                                let _ = self.swarm.behaviour_mut().hello.send_response(channel, mine);
+                            }
+                            None if self.early_hellos.len() < MAX_EARLY_HELLOS => self.early_hellos.push(channel),
+                            None => {}
                         }
                         request
                     }

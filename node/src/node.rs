@@ -377,22 +377,7 @@ impl Node {
         let locals = self.0.store.read(ops::agents).await?;
         let mut out = Vec::new();
         for r in locals {
-            let name = r.name.clone();
-            let unread = self.0.store.read(move |t| ops::unread_count(t, name.as_str())).await?;
-            out.push(AgentView {
-                address: format!("{}@{}", r.name, self.0.name),
-                name: r.name.to_string(),
-                node_name: self.0.name.to_string(),
-                node: self.0.peer_id,
-                local: true,
-                kind: r.kind.clone(),
-                cwd: r.cwd.clone(),
-                repo: r.repo.clone(),
-                summary: r.summary.clone(),
-                reception: self.local_reception(&r.name),
-                last_seen_ms: r.last_seen_ms,
-                unread: Some(unread),
-            });
+            out.push(self.local_view(&r).await?);
         }
         let now = Instant::now();
         let dir = self.dir();

@@ -46,19 +46,15 @@ async fn direct_messages_arrive_once_in_send_order() {
     assert!(b.inbox("bob").await.is_empty(), "read messages are not unread again");
 
     // A reply references the message it answers and travels back.
-    let r = match b
-        .call(Request::Send {
+    let r = get!(
+        b.call(Request::Send {
             from: "bob".into(),
             to: "alice@alpha".into(),
             text: "got it".into(),
             reply_to: Some(ids[0]),
-        })
-        .await
-        .unwrap()
-    {
-        Response::Sent(r) => r,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Sent
+    );
     assert_eq!(r.status, SendStatus::Delivered);
     let back = a.inbox("alice").await;
     assert_eq!(back.len(), 1);
@@ -81,18 +77,14 @@ async fn offline_recipient_gets_everything_once_in_order() {
         assert_eq!(r.reception, Reception::Offline);
         ids.push(r.id);
     }
-    let pending = match a
-        .call(Request::Outbox {
+    let pending = get!(
+        a.call(Request::Outbox {
             agent: None,
             delivered: false,
             limit: 100,
-        })
-        .await
-        .unwrap()
-    {
-        Response::Outbox(l) => l,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Outbox
+    );
     assert_eq!(pending.len(), 10);
     assert!(pending.iter().all(|e| e.state == "pending"));
 
@@ -111,19 +103,15 @@ async fn offline_recipient_gets_everything_once_in_order() {
         }
     }
     assert_eq!(got, ids);
-    let mut all = match b
-        .call(Request::Inbox {
+    let mut all = get!(
+        b.call(Request::Inbox {
             agent: "bob".into(),
             all: true,
             limit: 100,
             mark_read: false,
-        })
-        .await
-        .unwrap()
-    {
-        Response::Inbox(l) => l,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Inbox
+    );
     all.retain(|m| m.from_agent == "alice");
     assert_eq!(
         all.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -134,18 +122,14 @@ async fn offline_recipient_gets_everything_once_in_order() {
     let mut a_events = a.watch(&["alice"]).await;
     // The outbox is empty once every ack is recorded.
     loop {
-        let pending = match a
-            .call(Request::Outbox {
+        let pending = get!(
+            a.call(Request::Outbox {
                 agent: None,
                 delivered: false,
                 limit: 100,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Outbox(l) => l,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Outbox
+        );
         if pending.is_empty() {
             break;
         }
@@ -163,19 +147,15 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     a.dial(&c).await;
 
     // Published before anyone subscribes: stored, reported, and sent once someone does.
-    let early = match a
-        .call(Request::Publish {
+    let early = get!(
+        a.call(Request::Publish {
             agent: "alice".into(),
             topic: "#build".into(),
             text: "early bird".into(),
             reply_to: None,
-        })
-        .await
-        .unwrap()
-    {
-        Response::Published(p) => p,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Published
+    );
     assert_eq!(early.peers_reached, 0);
 
     // The early message goes out when the first subscriber appears.
@@ -202,19 +182,15 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     let mut reached = 0;
     let mut ids = Vec::new();
     for _ in 0..100 {
-        let p = match a
-            .call(Request::Publish {
+        let p = get!(
+            a.call(Request::Publish {
                 agent: "alice".into(),
                 topic: "build".into(),
                 text: "green".into(),
                 reply_to: None,
-            })
-            .await
-            .unwrap()
-        {
-            Response::Published(p) => p,
-            other => panic!("{other:?}"),
-        };
+            }),
+            Published
+        );
         ids.push(p.id);
         reached = p.peers_reached;
         if reached >= 2 {
@@ -224,19 +200,15 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     }
     assert_eq!(reached, 2);
     // The same text again is a second message.
-    let again = match a
-        .call(Request::Publish {
+    let again = get!(
+        a.call(Request::Publish {
             agent: "alice".into(),
             topic: "build".into(),
             text: "green".into(),
             reply_to: None,
-        })
-        .await
-        .unwrap()
-    {
-        Response::Published(p) => p,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Published
+    );
     ids.push(again.id);
     let last_two = &ids[ids.len() - 2..];
     for (w, agent) in [(&mut wb, "bob"), (&mut wc, "carol")] {
@@ -246,19 +218,15 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
         }
     }
     // History on the subscriber's node keeps every distinct message once.
-    let h = match c
-        .call(Request::History {
+    let h = get!(
+        c.call(Request::History {
             agent: None,
             target: Some("#build".into()),
             grep: Some("green".into()),
             limit: 1000,
-        })
-        .await
-        .unwrap()
-    {
-        Response::History(h) => h,
-        other => panic!("{other:?}"),
-    };
+        }),
+        History
+    );
     let mut hist_ids: Vec<_> = h.iter().map(|x| x.id).collect();
     hist_ids.dedup();
     assert_eq!(hist_ids.len(), h.len(), "no duplicates in history");
@@ -303,10 +271,7 @@ async fn directory_follows_agents_coming_and_going() {
             |e| matches!(e, Event::NodeUpdated { peer, .. } if *peer == b.peer_id()),
         )
         .await;
-        let agents = match a.call(Request::Agents).await.unwrap() {
-            Response::Agents(l) => l,
-            other => panic!("{other:?}"),
-        };
+        let agents = get!(a.call(Request::Agents), Agents);
         if let Some(x) = find(&agents).filter(|x| x.reception == Reception::Push) {
             break x;
         }
@@ -324,10 +289,7 @@ async fn directory_follows_agents_coming_and_going() {
             |e| matches!(e, Event::NodeUpdated { peer, .. } if *peer == b.peer_id()),
         )
         .await;
-        let agents = match a.call(Request::Agents).await.unwrap() {
-            Response::Agents(l) => l,
-            other => panic!("{other:?}"),
-        };
+        let agents = get!(a.call(Request::Agents), Agents);
         if find(&agents).is_some_and(|x| x.reception == Reception::Offline) {
             break;
         }
@@ -340,10 +302,7 @@ async fn directory_follows_agents_coming_and_going() {
     b.register("dup").await;
     c.register("dup").await;
     loop {
-        let agents = match a.call(Request::Agents).await.unwrap() {
-            Response::Agents(l) => l,
-            other => panic!("{other:?}"),
-        };
+        let agents = get!(a.call(Request::Agents), Agents);
         if agents.iter().filter(|x| x.name == "dup").count() == 2 {
             break;
         }
@@ -496,18 +455,14 @@ async fn undelivered_messages_become_dead_letters_after_the_ttl() {
         assert_eq!(to, "bob@beta");
         assert!(reason.contains("time to live"), "{reason}");
     }
-    let out = match a
-        .call(Request::Outbox {
+    let out = get!(
+        a.call(Request::Outbox {
             agent: Some("alice".into()),
             delivered: false,
             limit: 10,
-        })
-        .await
-        .unwrap()
-    {
-        Response::Outbox(l) => l,
-        other => panic!("{other:?}"),
-    };
+        }),
+        Outbox
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].state, "dead");
 

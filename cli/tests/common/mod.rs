@@ -235,3 +235,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// Awaits a request and unwraps the expected response variant.
+#[macro_export]
+macro_rules! get {
+    ($call:expr, $variant:ident) => {
+        match $call.await.expect("request failed") {
+            mesh_node::api::Response::$variant(x) => x,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    };
+}

@@ -216,3 +216,14 @@ pub async fn wait_messages(w: &mut Watch, agent: &str, n: usize) -> Vec<MessageV
     }
     got
 }
+
+/// Awaits a request and unwraps the expected response variant.
+#[macro_export]
+macro_rules! get {
+    ($call:expr, $variant:ident) => {
+        match $call.await.expect("request failed") {
+            mesh_node::api::Response::$variant(x) => x,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    };
+}
