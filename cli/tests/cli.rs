@@ -331,6 +331,7 @@ fn wait_inbox(home: &std::path::Path, agent: &str, from: &str, n: usize) -> Vec<
                     all: true,
                     limit: 10_000,
                     mark_read: false,
+                    skip_notified: false,
                 }),
                 Inbox
             );

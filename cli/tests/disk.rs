@@ -97,6 +97,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
                 all: false,
                 limit: 100,
                 mark_read: true,
+                skip_notified: false,
             }),
             Inbox
         );
@@ -120,6 +121,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
                 all: true,
                 limit: 100,
                 mark_read: false,
+                skip_notified: false,
             }),
             Inbox
         );

@@ -35,6 +35,8 @@ pub const MAX_INBOUND_IN_FLIGHT: usize = 256;
 pub const COURIER_QUEUE: usize = 1024;
 /// Longest `history` / `inbox` / `outbox` answer.
 pub const MAX_LIST: u32 = 10_000;
+/// Suffixes tried when a session's derived name is taken (`name-2` ... `name-99`).
+pub const MAX_NAME_SUFFIX: u32 = 99;
 /// Longest wait for a dial.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait, after a dial, for the node's announcement.
@@ -46,6 +48,7 @@ pub const REDIAL_AT_START: usize = 64;
 struct Session {
     attached: u32,
     push: u32,
+    pid: Option<u32>,
 }
 
 /// What a node is built from.
@@ -70,6 +73,7 @@ pub(crate) struct Inner {
     pub net: NetHandle,
     pub directory: Mutex<Directory>,
     sessions: Mutex<HashMap<AgentName, Session>>,
+    claim_lock: tokio::sync::Mutex<()>,
     pub events: broadcast::Sender<Event>,
     pub courier: mpsc::Sender<PeerId>,
     announce: Notify,
@@ -150,6 +154,7 @@ impl Node {
             net,
             directory: Mutex::new(Directory::new(peer_id)),
             sessions: Mutex::new(HashMap::new()),
+            claim_lock: tokio::sync::Mutex::new(()),
             events,
             courier,
             announce: Notify::new(),
@@ -399,6 +404,7 @@ impl Node {
                     reception: dir.reception(p, ag, now),
                     last_seen_ms: ag.last_seen_ms,
                     unread: None,
+                    pid: None,
                 })
             })
             .collect();
@@ -631,52 +637,98 @@ impl Node {
         all: bool,
         limit: u32,
         mark_read: bool,
+        skip_notified: bool,
     ) -> Result<Vec<MessageView>, ApiError> {
         let agent = AgentName::new(agent)?;
-        let limit = limit.clamp(1, MAX_LIST) as usize;
+        let q = store::InboxQuery {
+            limit: limit.clamp(1, MAX_LIST) as usize,
+            all,
+            skip_notified,
+            mark_read,
+        };
         let a = agent.clone();
-        let entries = match self
-            .0
-            .store
-            .write("inbox", move |t| ops::take_inbox(t, &a, limit, all, mark_read))
-            .await
-        {
+        let entries = match self.0.store.write("inbox", move |t| ops::take_inbox(t, &a, q)).await {
             Ok(e) => e,
             // Mail stays readable when the disk is full: shown without being marked read
             // (it shows again later; nothing is lost).
             Err(e) if e.is_storage() => {
                 tracing::warn!(error = %e, "cannot mark messages read; listing them unchanged");
-                self.0
-                    .store
-                    .read(move |r| ops::peek_inbox(r, &agent, limit, all))
-                    .await?
+                self.0.store.read(move |r| ops::peek_inbox(r, &agent, q)).await?
             }
             Err(e) => return Err(e.into()),
         };
         Ok(entries.iter().map(|e| self.message_view(e)).collect())
     }
 
-    /// Marks messages read.
-    pub async fn mark_read(&self, agent: &str, ids: Vec<MessageId>) -> Result<u32, ApiError> {
+    /// Moves unread messages to `notified` (pushed to a session) or `read` (shown).
+    pub async fn mark(&self, agent: &str, ids: Vec<MessageId>, state: ReadState) -> Result<u32, ApiError> {
         let agent = AgentName::new(agent)?;
         let n = self
             .0
             .store
-            .write("mark read", move |t| ops::mark_read_ids(t, &agent, &ids))
+            .write("mark", move |t| ops::mark_ids(t, &agent, &ids, state))
             .await?;
         Ok(n as u32)
     }
 
-    /// Marks messages as pushed to a live session (not read).
-    pub async fn mark_notified(&self, agent: &AgentName, seqs: Vec<u64>) -> Result<(), ApiError> {
-        let agent = agent.clone();
-        self.0
+    /// Unread counts of an agent: (never pushed, pushed but not yet shown).
+    pub async fn counts(&self, agent: &str) -> Result<(u64, u64), ApiError> {
+        let agent = AgentName::new(agent)?;
+        let a = agent.clone();
+        if self.0.store.read(move |r| ops::agent(r, a.as_str())).await?.is_none() {
+            return Err(ApiError::not_found(format!("no agent {agent:?} on this node")));
+        }
+        Ok(self
+            .0
             .store
-            .write("mark notified", move |t| {
-                ops::set_state(t, &agent, &seqs, ReadState::Notified)
-            })
-            .await?;
-        Ok(())
+            .read(move |r| ops::unread_counts(r, agent.as_str()))
+            .await?)
+    }
+
+    /// Takes a name for a session and attaches to it; see `Request::Claim`.
+    pub async fn claim(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, SessionGuard), ApiError> {
+        let base = AgentName::new(&spec.name)?;
+        // One claim at a time, so two sessions starting together get different names.
+        let _one = self.0.claim_lock.lock().await;
+        let name = if exact {
+            base
+        } else {
+            let agents = self.0.store.read(ops::agents).await?;
+            let live: Vec<AgentName> = {
+                let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                sessions.keys().cloned().collect()
+            };
+            let mut chosen = None;
+            for i in 1..=MAX_NAME_SUFFIX {
+                let cand = if i == 1 {
+                    base.clone()
+                } else {
+                    let suffix = format!("-{i}");
+                    let mut stem = base.as_str().to_string();
+                    stem.truncate(crate::ids::MAX_NAME_LEN - suffix.len());
+                    AgentName::new(format!("{stem}{suffix}"))?
+                };
+                if live.contains(&cand) {
+                    continue;
+                }
+                // Another directory's mailbox is not ours to take over.
+                let theirs = agents
+                    .iter()
+                    .any(|a| a.name == cand && a.cwd.is_some() && spec.cwd.is_some() && a.cwd != spec.cwd);
+                if !theirs {
+                    chosen = Some(cand);
+                    break;
+                }
+            }
+            chosen.ok_or_else(|| ApiError::new(ErrorCode::Busy, format!("no free name like {base:?}")))?
+        };
+        let spec = AgentSpec {
+            name: name.to_string(),
+            ..spec
+        };
+        let (view, guard) = self.register(spec, true).await?;
+        let guard = guard.ok_or_else(|| ApiError::new(ErrorCode::Internal, "claim without a session"))?;
+        Ok((view, guard))
     }
 
     /// `mesh subscribe`.
@@ -997,6 +1049,9 @@ impl Node {
             if spec.push {
                 s.push += 1;
             }
+            if spec.pid.is_some() {
+                s.pid = spec.pid;
+            }
             SessionGuard {
                 node: self.clone(),
                 agent: name.clone(),
@@ -1050,6 +1105,13 @@ impl Node {
             reception: self.local_reception(&r.name),
             last_seen_ms: r.last_seen_ms,
             unread: Some(unread),
+            pid: self
+                .0
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&r.name)
+                .and_then(|s| s.pid),
         })
     }
 

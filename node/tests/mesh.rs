@@ -109,6 +109,7 @@ async fn offline_recipient_gets_everything_once_in_order() {
             all: true,
             limit: 100,
             mark_read: false,
+            skip_notified: false,
         }),
         Inbox
     );
@@ -379,6 +380,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             all: false,
             limit: 10,
             mark_read: true,
+            skip_notified: false,
         })
         .await,
     );

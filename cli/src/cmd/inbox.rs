@@ -29,7 +29,7 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     if !a.follow {
         let list = expect!(
-            client.call(Request::Inbox { agent, all: a.all, limit: a.limit, mark_read: !a.all }).await?,
+            client.call(Request::Inbox { agent, all: a.all, limit: a.limit, mark_read: !a.all , skip_notified: false}).await?,
             Response::Inbox(l) => l
         );
         if ctx.json {
@@ -62,7 +62,7 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     loop {
         if catch_up {
             let list = expect!(
-                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: true }).await?,
+                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: true , skip_notified: false}).await?,
                 Response::Inbox(l) => l
             );
             for m in &list {

@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             all: false,
             limit: 10,
             mark_read: true,
+            skip_notified: false,
         })
         .await?
     {

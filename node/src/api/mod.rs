@@ -123,6 +123,8 @@ pub enum Request {
         limit: u32,
         /// Mark returned messages read.
         mark_read: bool,
+        /// Leave out unread messages already pushed to a session (`notified`).
+        skip_notified: bool,
     },
     /// Mark messages read.
     MarkRead {
@@ -130,6 +132,18 @@ pub enum Request {
         agent: String,
         /// Message ids.
         ids: Vec<MessageId>,
+    },
+    /// Mark messages as pushed to a live session (`notified`; they stay unread).
+    MarkNotified {
+        /// The local agent.
+        agent: String,
+        /// Message ids.
+        ids: Vec<MessageId>,
+    },
+    /// Unread counts of an agent.
+    Counts {
+        /// The local agent.
+        agent: String,
     },
     /// Subscribe an agent to a topic.
     Subscribe {
@@ -185,6 +199,16 @@ pub enum Request {
         /// Hold it online for the life of this connection.
         attach: bool,
     },
+    /// Take an agent name for a session and attach to it (online while this connection
+    /// lives). With `exact`, `agent.name` is used as is (shared if another session holds
+    /// it); otherwise the first of `name`, `name-2`, `name-3`, ... that no live session holds
+    /// and that is not another directory's mailbox.
+    Claim {
+        /// The agent, with the wanted name.
+        agent: AgentSpec,
+        /// Use the name as is.
+        exact: bool,
+    },
     /// Set an agent's summary.
     SetSummary {
         /// The local agent.
@@ -218,6 +242,8 @@ pub struct AgentSpec {
     pub summary: Option<String>,
     /// The session receives pushes.
     pub push: bool,
+    /// Process id of the session's client (kept while attached).
+    pub pid: Option<u32>,
 }
 
 /// Responses, one variant per request kind.
@@ -238,10 +264,17 @@ pub enum Response {
     Sent(SendReceipt),
     /// To `Inbox`.
     Inbox(Vec<MessageView>),
-    /// To `MarkRead`.
+    /// To `MarkRead` / `MarkNotified`.
     Marked {
-        /// Entries that changed to read.
+        /// Entries that changed state.
         count: u32,
+    },
+    /// To `Counts`.
+    Counts {
+        /// Unread messages never pushed to a session.
+        new: u64,
+        /// Unread messages pushed to a session but not yet shown by a command or tool.
+        notified: u64,
     },
     /// To `Subscribe` / `Unsubscribe`.
     Subscription {
@@ -418,6 +451,8 @@ pub struct AgentView {
     pub last_seen_ms: u64,
     /// Unread messages (local agents only).
     pub unread: Option<u64>,
+    /// Process id of an attached session's client (local agents only).
+    pub pid: Option<u32>,
 }
 
 /// Delivery status of a sent direct message.

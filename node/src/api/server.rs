@@ -93,6 +93,13 @@ pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken
     conns.shutdown().await;
 }
 
+fn unreachable_request<T>() -> Result<T, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "request routed to the wrong handler",
+    ))
+}
+
 fn encode(frame: &ServerFrame) -> Result<Bytes, String> {
     postcard::to_allocvec(frame).map(Bytes::from).map_err(|e| e.to_string())
 }
@@ -210,8 +217,13 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                     }
                 };
                 match request {
-                    Request::Register { agent, attach } => {
-                        let result = match node.register(agent, attach).await {
+                    Request::Register { .. } | Request::Claim { .. } => {
+                        let outcome = match request {
+                            Request::Claim { agent, exact } => node.claim(agent, exact).await.map(|(v, g)| (v, Some(g))),
+                            Request::Register { agent, attach } => node.register(agent, attach).await,
+                            _ => unreachable_request(),
+                        };
+                        let result = match outcome {
                             Ok((view, guard)) => {
                                 sessions.extend(guard);
                                 Ok(Response::Agent(view))
@@ -304,10 +316,18 @@ async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
             all,
             limit,
             mark_read,
-        } => Response::Inbox(node.inbox(&agent, all, limit, mark_read).await?),
+            skip_notified,
+        } => Response::Inbox(node.inbox(&agent, all, limit, mark_read, skip_notified).await?),
         Request::MarkRead { agent, ids } => Response::Marked {
-            count: node.mark_read(&agent, ids).await?,
+            count: node.mark(&agent, ids, crate::store::ReadState::Read).await?,
         },
+        Request::MarkNotified { agent, ids } => Response::Marked {
+            count: node.mark(&agent, ids, crate::store::ReadState::Notified).await?,
+        },
+        Request::Counts { agent } => {
+            let (new, notified) = node.counts(&agent).await?;
+            Response::Counts { new, notified }
+        }
         Request::Subscribe { agent, topic } => {
             let (topic, changed) = node.subscribe(&agent, &topic).await?;
             Response::Subscription { topic, changed }
@@ -335,7 +355,7 @@ async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
             limit,
         } => Response::Outbox(node.outbox(agent.as_deref(), delivered, limit).await?),
         Request::SetSummary { agent, summary } => Response::Agent(node.set_summary(&agent, summary).await?),
-        Request::Register { .. } | Request::Watch { .. } | Request::Shutdown => {
+        Request::Register { .. } | Request::Claim { .. } | Request::Watch { .. } | Request::Shutdown => {
             return Err(ApiError::new(ErrorCode::Internal, "handled by the connection"));
         }
     })

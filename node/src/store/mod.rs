@@ -23,7 +23,7 @@ use libp2p::PeerId;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-pub use ops::{HistoryFilter, HistoryRow, Settled};
+pub use ops::{HistoryFilter, HistoryRow, InboxQuery, Settled};
 pub use types::*;
 
 /// Schema version written in the `meta-1` table.
@@ -44,6 +44,8 @@ pub(crate) mod tables {
     pub const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox-1");
     /// (agent, seq) of inbox entries not yet read.
     pub const UNREAD: TableDefinition<(&str, u64), ()> = TableDefinition::new("unread-1");
+    /// (agent, seq) of unread entries already pushed to a live session (a subset of `unread-1`).
+    pub const NOTIFIED: TableDefinition<(&str, u64), ()> = TableDefinition::new("notified-1");
     /// message id → seq of the first record of it (inbox or topic log): de-duplication.
     pub const RECEIVED: TableDefinition<&[u8], u64> = TableDefinition::new("received-1");
     /// seq → `OutboxEntry`.
@@ -398,6 +400,7 @@ impl Store {
         txn.open_table(tables::AGENTS)?;
         txn.open_table(tables::INBOX)?;
         txn.open_table(tables::UNREAD)?;
+        txn.open_table(tables::NOTIFIED)?;
         txn.open_table(tables::RECEIVED)?;
         txn.open_table(tables::OUTBOX)?;
         txn.open_table(tables::PENDING)?;

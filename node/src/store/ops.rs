@@ -439,11 +439,11 @@ fn collect_inbox(
     inbox: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     unread: &impl ReadableTable<(&'static str, u64), ()>,
     a: &str,
-    limit: usize,
-    all: bool,
+    q: &InboxQuery,
 ) -> Result<Vec<InboxEntry>, StoreError> {
+    let limit = q.limit;
     let mut entries: Vec<InboxEntry> = Vec::new();
-    if all {
+    if q.all {
         for row in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev() {
             let (_, v) = row?;
             entries.push(decode("inbox", v.value())?);
@@ -456,7 +456,10 @@ fn collect_inbox(
         for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
             let (k, _) = row?;
             if let Some(v) = inbox.get((a, k.value().1))? {
-                entries.push(decode("inbox", v.value())?);
+                let e: InboxEntry = decode("inbox", v.value())?;
+                if !(q.skip_notified && e.state == ReadState::Notified) {
+                    entries.push(e);
+                }
             }
             if entries.len() >= limit {
                 break;
@@ -466,24 +469,31 @@ fn collect_inbox(
     Ok(entries)
 }
 
+/// What [`take_inbox`] returns.
+#[derive(Clone, Copy, Debug)]
+pub struct InboxQuery {
+    /// At most this many entries.
+    pub limit: usize,
+    /// The newest `limit` entries in any state (else: unread ones, oldest first).
+    pub all: bool,
+    /// Leave out unread entries already pushed to a session.
+    pub skip_notified: bool,
+    /// Mark the returned entries read.
+    pub mark_read: bool,
+}
+
 /// Inbox entries of `agent`, oldest first: the unread ones (`all == false`) or the last
 /// `limit` of all. With `mark_read`, returned entries become `Read` in the same step.
-pub fn take_inbox(
-    txn: &WriteTransaction,
-    agent: &AgentName,
-    limit: usize,
-    all: bool,
-    mark_read: bool,
-) -> Result<Vec<InboxEntry>, StoreError> {
+pub fn take_inbox(txn: &WriteTransaction, agent: &AgentName, q: InboxQuery) -> Result<Vec<InboxEntry>, StoreError> {
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
     let entries = {
         let inbox = txn.open_table(INBOX)?;
         let unread = txn.open_table(UNREAD)?;
-        collect_inbox(&inbox, &unread, agent.as_str(), limit, all)?
+        collect_inbox(&inbox, &unread, agent.as_str(), &q)?
     };
-    if mark_read {
+    if q.mark_read {
         let seqs: Vec<u64> = entries
             .iter()
             .filter(|e| e.state != ReadState::Read)
@@ -495,18 +505,13 @@ pub fn take_inbox(
 }
 
 /// Like [`take_inbox`] without marking anything (works when the disk is full).
-pub fn peek_inbox(
-    r: &ReadTransaction,
-    agent: &AgentName,
-    limit: usize,
-    all: bool,
-) -> Result<Vec<InboxEntry>, StoreError> {
+pub fn peek_inbox(r: &ReadTransaction, agent: &AgentName, q: InboxQuery) -> Result<Vec<InboxEntry>, StoreError> {
     if r.open_table(AGENTS)?.get(agent.as_str())?.is_none() {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
     let inbox = r.open_table(INBOX)?;
     let unread = r.open_table(UNREAD)?;
-    collect_inbox(&inbox, &unread, agent.as_str(), limit, all)
+    collect_inbox(&inbox, &unread, agent.as_str(), &q)
 }
 
 /// Sets the read state of inbox entries (a `Read` entry never goes back).
@@ -531,16 +536,29 @@ pub fn set_state(
         e.state = state;
         let bytes = encode(&e)?;
         txn.open_table(INBOX)?.insert((a, seq), bytes.as_slice())?;
-        if state == ReadState::Read {
-            txn.open_table(UNREAD)?.remove((a, seq))?;
+        match state {
+            ReadState::Read => {
+                txn.open_table(UNREAD)?.remove((a, seq))?;
+                txn.open_table(NOTIFIED)?.remove((a, seq))?;
+            }
+            ReadState::Notified => {
+                txn.open_table(NOTIFIED)?.insert((a, seq), ())?;
+            }
+            ReadState::New => {}
         }
         changed.push(seq);
     }
     Ok(changed)
 }
 
-/// Marks the entries of `agent` with these message ids as read.
-pub fn mark_read_ids(txn: &WriteTransaction, agent: &AgentName, ids: &[MessageId]) -> Result<usize, StoreError> {
+/// Moves the unread entries of `agent` with these message ids to `state` (`Notified` or
+/// `Read`); returns how many changed.
+pub fn mark_ids(
+    txn: &WriteTransaction,
+    agent: &AgentName,
+    ids: &[MessageId],
+    state: ReadState,
+) -> Result<usize, StoreError> {
     let mut seqs = Vec::new();
     {
         let inbox = txn.open_table(INBOX)?;
@@ -557,18 +575,28 @@ pub fn mark_read_ids(txn: &WriteTransaction, agent: &AgentName, ids: &[MessageId
             }
         }
     }
-    Ok(set_state(txn, agent, &seqs, ReadState::Read)?.len())
+    Ok(set_state(txn, agent, &seqs, state)?.len())
 }
 
-/// Number of unread entries of `agent`.
-pub fn unread_count(r: &ReadTransaction, agent: &str) -> Result<u64, StoreError> {
-    let t = r.open_table(UNREAD)?;
+fn count_range(t: &impl ReadableTable<(&'static str, u64), ()>, agent: &str) -> Result<u64, StoreError> {
     let mut n = 0;
     for row in t.range((agent, 0u64)..=(agent, u64::MAX))? {
         row?;
         n += 1;
     }
     Ok(n)
+}
+
+/// Number of unread entries of `agent`.
+pub fn unread_count(r: &ReadTransaction, agent: &str) -> Result<u64, StoreError> {
+    count_range(&r.open_table(UNREAD)?, agent)
+}
+
+/// Unread entries of `agent`: (never pushed, pushed to a session but not yet shown).
+pub fn unread_counts(r: &ReadTransaction, agent: &str) -> Result<(u64, u64), StoreError> {
+    let unread = count_range(&r.open_table(UNREAD)?, agent)?;
+    let notified = count_range(&r.open_table(NOTIFIED)?, agent)?;
+    Ok((unread.saturating_sub(notified), notified))
 }
 
 // ---------------------------------------------------------------- topics

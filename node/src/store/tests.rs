@@ -2,6 +2,15 @@ use super::*;
 use crate::ids::{AgentName, MessageId, TopicName};
 use crate::wire::{Outcome, Rejection, TopicEnvelope, WireMessage};
 
+fn q(limit: usize, all: bool, mark_read: bool) -> ops::InboxQuery {
+    ops::InboxQuery {
+        limit,
+        all,
+        skip_notified: false,
+        mark_read,
+    }
+}
+
 fn name(s: &str) -> AgentName {
     AgentName::new(s).unwrap()
 }
@@ -171,25 +180,25 @@ async fn inbox_reads_unread_oldest_first_and_marks_read() {
     let bob = name("bob");
     let b = bob.clone();
     let first = store
-        .write("inbox", move |t| ops::take_inbox(t, &b, 2, false, true))
+        .write("inbox", move |t| ops::take_inbox(t, &b, q(2, false, true)))
         .await
         .unwrap();
     assert_eq!(first.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["m0", "m1"]);
     let b = bob.clone();
     let rest = store
-        .write("inbox", move |t| ops::take_inbox(t, &b, 10, false, true))
+        .write("inbox", move |t| ops::take_inbox(t, &b, q(10, false, true)))
         .await
         .unwrap();
     assert_eq!(rest.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
     let b = bob.clone();
     let none = store
-        .write("inbox", move |t| ops::take_inbox(t, &b, 10, false, true))
+        .write("inbox", move |t| ops::take_inbox(t, &b, q(10, false, true)))
         .await
         .unwrap();
     assert!(none.is_empty());
     let b = bob.clone();
     let all = store
-        .write("inbox", move |t| ops::take_inbox(t, &b, 3, true, false))
+        .write("inbox", move |t| ops::take_inbox(t, &b, q(3, true, false)))
         .await
         .unwrap();
     assert_eq!(
@@ -197,7 +206,7 @@ async fn inbox_reads_unread_oldest_first_and_marks_read() {
         ["m1", "m2", "m3"]
     );
     let err = store
-        .write("inbox", |t| ops::take_inbox(t, &name("ghost"), 3, false, true))
+        .write("inbox", |t| ops::take_inbox(t, &name("ghost"), q(3, false, true)))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::UnknownAgent(_)));
@@ -301,4 +310,60 @@ async fn a_failed_job_leaves_nothing_behind() {
     assert!(matches!(err, StoreError::UnknownAgent(_)));
     let stats = store.read(ops::stats).await.unwrap();
     assert_eq!(stats.outbox, 0);
+}
+
+#[tokio::test]
+async fn pushed_messages_are_unread_until_shown() {
+    let store = Store::in_memory(PeerId::random()).unwrap();
+    with_agent(&store, "bob").await;
+    let from = PeerId::random();
+    let msgs: Vec<_> = (0..3).map(|i| wire("alice", "bob", &format!("m{i}"))).collect();
+    let ids: Vec<_> = msgs.iter().map(|m| m.id).collect();
+    store
+        .write("accept", move |t| ops::accept(t, from, None, msgs, 1000, 5))
+        .await
+        .unwrap();
+    let bob = name("bob");
+    let (b, pushed) = (bob.clone(), vec![ids[0]]);
+    let n = store
+        .write("notify", move |t| ops::mark_ids(t, &b, &pushed, ReadState::Notified))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(store.read(|r| ops::unread_counts(r, "bob")).await.unwrap(), (2, 1));
+    // Without pushed ones: the two never pushed, now read.
+    let b = bob.clone();
+    let fresh = store
+        .write("inbox", move |t| {
+            ops::take_inbox(
+                t,
+                &b,
+                ops::InboxQuery {
+                    limit: 10,
+                    all: false,
+                    skip_notified: true,
+                    mark_read: true,
+                },
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+    assert_eq!(store.read(|r| ops::unread_counts(r, "bob")).await.unwrap(), (0, 1));
+    // The pushed one is still unread and listed when asked for.
+    let b = bob.clone();
+    let rest = store
+        .write("inbox", move |t| ops::take_inbox(t, &b, q(10, false, true)))
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..1]);
+    assert_eq!(rest[0].state, ReadState::Notified);
+    assert_eq!(store.read(|r| ops::unread_counts(r, "bob")).await.unwrap(), (0, 0));
+    // Read never goes back to notified.
+    let (b, again) = (bob.clone(), vec![ids[0]]);
+    let n = store
+        .write("notify", move |t| ops::mark_ids(t, &b, &again, ReadState::Notified))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
 }

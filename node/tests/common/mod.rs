@@ -129,6 +129,7 @@ impl TestNode {
                 all: false,
                 limit: 10_000,
                 mark_read: true,
+                skip_notified: false,
             })
             .await
             .expect("inbox")
