@@ -52,6 +52,13 @@ pub enum Command {
     History(HistoryArgs),
     /// Sent messages awaiting delivery, and dead letters.
     Outbox(OutboxArgs),
+    /// Run as an MCP server on stdin/stdout (started by an agent client: Claude Code, Codex,
+    /// OpenCode, ...). The session becomes one agent on the mesh.
+    Mcp(McpArgs),
+    /// Add agentmesh to an agent client's MCP configuration.
+    Install(InstallArgs),
+    /// Remove agentmesh from an agent client's MCP configuration.
+    Uninstall(InstallArgs),
     /// Print shell completions.
     Completions {
         /// Shell to generate for.
@@ -158,4 +165,45 @@ pub struct OutboxArgs {
     /// Show at most this many (the newest).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct McpArgs {
+    /// The agent name for this session (default: derived from the client and directory,
+    /// like claude-code.myrepo).
+    #[arg(long, env = "MESH_AGENT")]
+    pub name: Option<String>,
+}
+
+/// Agent clients `mesh install` knows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Client {
+    /// Claude Code (`~/.claude.json`, or `.mcp.json` in the project).
+    ClaudeCode,
+    /// Codex CLI (`~/.codex/config.toml`, or `.codex/config.toml` in the project).
+    Codex,
+    /// OpenCode (`~/.config/opencode/opencode.json[c]`, or `opencode.json[c]` in the project).
+    Opencode,
+}
+
+/// Where `mesh install` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum Scope {
+    /// For every project of this user.
+    #[default]
+    User,
+    /// For the project in the current directory only.
+    Project,
+}
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// The agent client.
+    pub client: Client,
+    /// User-wide or this project only.
+    #[arg(long, value_enum, default_value_t = Scope::User)]
+    pub scope: Scope,
+    /// Write this file instead of the client's usual one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }

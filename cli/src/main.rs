@@ -32,7 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let result = runtime.block_on(cmd::run(cli));
+    // Do not wait for blocking reads still parked on stdin (an MCP session that ended
+    // because its client died): exit now.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cmd::exit_code(&e);

@@ -432,3 +432,52 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
         }
     }
 }
+
+/// How long [`connect_or_spawn`] keeps trying to reach a daemon that another process is
+/// starting at the same moment.
+pub const START_RACE_WAIT: Duration = Duration::from_secs(15);
+
+/// Connects to the daemon of `home`, starting one (`exe --home <home> up`, detached) if none
+/// runs. Two callers racing end up on the same daemon: the loser's start reports "already
+/// running" and it connects to the winner once its socket answers.
+pub async fn connect_or_spawn(
+    home: &Home,
+    exe: &Path,
+    client_name: &str,
+) -> Result<crate::api::client::Client, DaemonError> {
+    use crate::api::client::{Client, ClientError};
+    match Client::connect(home, client_name).await {
+        Ok(c) => return Ok(c),
+        Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(DaemonError::Other(e.to_string())),
+    }
+    let args: Vec<OsString> = vec!["--home".into(), home.path().into(), "up".into()];
+    let (h, x) = (home.clone(), exe.to_path_buf());
+    let started = tokio::task::spawn_blocking(move || spawn_detached(&x, &args, &h))
+        .await
+        .map_err(|e| DaemonError::Other(e.to_string()))??;
+    if let Detached::Started(info) = &started {
+        tracing::info!(peer_id = %info.peer_id, pid = info.pid, "started a daemon");
+    }
+    // A daemon started by someone else may still be opening its socket.
+    let deadline = tokio::time::Instant::now() + START_RACE_WAIT;
+    let mut step = Duration::from_millis(10);
+    loop {
+        match Client::connect(home, client_name).await {
+            Ok(c) => return Ok(c),
+            Err(ClientError::NotRunning { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(step).await;
+                step = (step * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(DaemonError::Other(format!(
+                    "a daemon was started ({}) but cannot be reached: {e}",
+                    match started {
+                        Detached::Started(i) => format!("pid {}", i.pid),
+                        Detached::AlreadyRunning(m) => m,
+                    }
+                )));
+            }
+        }
+    }
+}

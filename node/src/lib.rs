@@ -37,3 +37,5 @@ pub mod net;
 pub mod node;
 pub mod store;
 pub mod wire;
+
+pub use libp2p::{Multiaddr, PeerId};

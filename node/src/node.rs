@@ -307,6 +307,11 @@ impl Node {
         match self.build_announcement().await {
             Ok(a) => {
                 let _ = self.0.net.set_announcement(a).await;
+                // Watchers on this node hear of its own agents' changes too.
+                self.emit(Event::NodeUpdated {
+                    peer: self.0.peer_id,
+                    name: self.0.name.to_string(),
+                });
             }
             Err(e) => tracing::warn!(error = %e, "cannot build announcement"),
         }

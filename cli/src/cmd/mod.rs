@@ -5,6 +5,8 @@ mod completions;
 mod down;
 mod history;
 mod inbox;
+mod install;
+mod mcp;
 mod messages;
 mod peers;
 mod status;
@@ -24,7 +26,7 @@ use crate::cli::{Cli, Command};
 pub struct Ctx {
     pub home: Home,
     pub json: bool,
-    home_flag: Option<String>,
+    pub home_flag: Option<String>,
 }
 
 /// The daemon is not running.
@@ -122,6 +124,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(a) => topics::publish(&ctx, a).await,
         Command::History(a) => history::run(&ctx, a).await,
         Command::Outbox(a) => messages::outbox(&ctx, a).await,
+        Command::Mcp(a) => mcp::run(&ctx, a).await,
+        Command::Install(a) => install::run(&ctx, a, true),
+        Command::Uninstall(a) => install::run(&ctx, a, false),
         Command::Completions { shell } => completions::run(shell),
     }
 }

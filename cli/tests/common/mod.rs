@@ -2,6 +2,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod mcp;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,6 +63,29 @@ impl Home {
     /// Starts a foreground daemon as a child; returns once it reported ready.
     pub fn start(&self, name: &str, port: u16) -> Daemon {
         start_daemon(&self.path(), name, port, &[])
+    }
+}
+
+impl Home {
+    /// A home whose daemon (when an adapter starts one) stays on loopback, without LAN
+    /// discovery: tests send traffic nowhere else.
+    pub fn isolated() -> Home {
+        let h = Home::new();
+        std::fs::write(
+            h.path().join("config.toml"),
+            format!("mdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n{FAST_CONFIG}"),
+        )
+        .expect("config");
+        h
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Stop a daemon an adapter may have started in the background.
+        if self.path().join("mesh.sock").exists() {
+            let _ = run_in(&self.path(), &["down"], None);
+        }
     }
 }
 

@@ -59,15 +59,21 @@ pub enum ClientError {
     /// The daemon refused the connection.
     #[error("the daemon refused the connection: {0}")]
     Refused(String),
-    /// The daemon went away.
+    /// The daemon went away after the request was sent: it may or may not have been done.
     #[error("the daemon closed the connection (is it shutting down?)")]
     Closed,
+    /// The connection was already gone: the request was not sent.
+    #[error("the connection to the daemon is closed; the request was not sent")]
+    NotSent,
     /// Unexpected bytes.
     #[error("local API protocol error: {0}")]
     Protocol(String),
     /// The daemon answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// No daemon could be started or reached.
+    #[error("the agentmesh daemon is not available: {0}")]
+    Unavailable(String),
 }
 
 type Pending = HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>;
@@ -219,6 +225,16 @@ impl Client {
         })
     }
 
+    /// Whether two handles share one connection.
+    pub fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// True once the daemon has closed the connection (or it broke).
+    pub fn is_closed(&self) -> bool {
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
     /// The daemon's identity.
     pub fn node(&self) -> &NodeIdentity {
         &self.node
@@ -244,7 +260,7 @@ impl Client {
             let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             match pending.as_mut() {
                 Some(p) => p.insert(id, tx),
-                None => return Err(ClientError::Closed),
+                None => return Err(ClientError::NotSent),
             };
         }
         {
@@ -253,7 +269,7 @@ impl Client {
                 if let Some(p) = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     p.remove(&id);
                 }
-                return Err(ClientError::Closed);
+                return Err(ClientError::NotSent);
             }
         }
         match rx.await {

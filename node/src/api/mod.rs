@@ -225,6 +225,21 @@ pub enum Request {
     Shutdown,
 }
 
+impl Request {
+    /// Whether doing this request twice has the same effect as once, so a client may send
+    /// it again when the connection broke before the answer came. Sending and publishing
+    /// are not (a second message), nor is an inbox read that marks messages read (the first
+    /// may have marked what the second no longer shows).
+    pub fn is_repeatable(&self) -> bool {
+        match self {
+            Request::Send { .. } | Request::Publish { .. } | Request::Shutdown => false,
+            Request::Inbox { mark_read, .. } => !mark_read,
+            Request::Claim { .. } | Request::Register { attach: true, .. } | Request::Watch { .. } => false,
+            _ => true,
+        }
+    }
+}
+
 /// A local agent's description, as registered.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentSpec {

@@ -1,0 +1,505 @@
+//! `mesh mcp` as a real subprocess, spoken to in JSON-RPC over its stdio.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Home;
+use common::mcp::Mcp;
+use serde_json::json;
+
+const TOOLS: [&str; 13] = [
+    "whoami",
+    "list_agents",
+    "send",
+    "inbox",
+    "wait",
+    "history",
+    "set_summary",
+    "subscribe",
+    "unsubscribe",
+    "topics",
+    "publish",
+    "peers",
+    "dial",
+];
+
+/// A project directory named `name` (optionally a git repository).
+fn project(name: &str, git: bool) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    if git {
+        std::fs::create_dir_all(dir.join(".git")).unwrap();
+        std::fs::write(dir.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+    (t, dir)
+}
+
+fn node_addr(home: &Home) -> String {
+    let st = home.run(&["--json", "status"]);
+    st.ok();
+    let v = st.json();
+    format!(
+        "{}/p2p/{}",
+        v["listen"][0].as_str().unwrap(),
+        v["node"]["peer_id"].as_str().unwrap()
+    )
+}
+
+#[test]
+fn every_tool_and_error_path_over_stdio() {
+    let home = Home::isolated();
+    let (_t, dir) = project("webapp", true);
+    // No daemon yet: the adapter starts one itself.
+    let mut m = Mcp::start(&home.path(), &dir, "claude-code", &[]);
+    let init = m.init_result().clone();
+    assert_eq!(init["capabilities"]["experimental"]["claude/channel"], json!({}));
+    assert!(init["capabilities"]["tools"].is_object());
+    let instructions = init["instructions"].as_str().unwrap();
+    assert!(
+        instructions.contains("<channel") && instructions.contains("untrusted"),
+        "{instructions}"
+    );
+
+    let tools = m.request("tools/list", json!({}));
+    let list = tools["result"]["tools"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for t in TOOLS {
+        assert!(names.contains(&t), "missing tool {t}: {names:?}");
+    }
+    for t in list {
+        assert!(t["description"].as_str().unwrap().len() > 40, "thin description: {t}");
+        assert_eq!(t["inputSchema"]["type"], "object");
+    }
+    let send_schema = &list.iter().find(|t| t["name"] == "send").unwrap()["inputSchema"];
+    assert!(
+        send_schema["properties"]["to"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("agent@node")
+    );
+
+    let who = m.ok("whoami", json!({}));
+    assert!(who.contains("You are claude-code.webapp@"), "{who}");
+    assert!(who.contains("pushed"), "{who}");
+
+    m.ok("set_summary", json!({ "text": "refactoring the login page" }));
+    let agents = m.ok("list_agents", json!({ "scope": "machine" }));
+    assert!(
+        agents.contains("claude-code.webapp@") && agents.contains("(you)"),
+        "{agents}"
+    );
+    assert!(agents.contains("refactoring the login page"), "{agents}");
+    assert!(
+        agents.contains(&format!("{}@", common::TEST_USER)),
+        "the human is there too: {agents}"
+    );
+    let repo = m.ok("list_agents", json!({ "scope": "repo" }));
+    assert!(repo.contains("claude-code.webapp@"), "{repo}");
+    assert!(!repo.contains(&format!("{}@", common::TEST_USER)), "{repo}");
+    let here = m.ok("list_agents", json!({ "scope": "directory" }));
+    assert!(here.contains("claude-code.webapp@"), "{here}");
+    m.ok("list_agents", json!({}));
+
+    // A message to the human on this machine, then one back.
+    let sent = m.ok("send", json!({ "to": common::TEST_USER, "text": "lunch?" }));
+    assert!(sent.contains("delivered"), "{sent}");
+    assert!(sent.contains("no live session"), "the human is offline: {sent}");
+    let inbox = home.run(&["--json", "inbox"]).json();
+    assert_eq!(inbox[0]["text"], "lunch?");
+    let id = inbox[0]["id"].as_str().unwrap().to_string();
+    home.run(&["send", "--reply-to", &id, "claude-code.webapp", "yes, at noon"])
+        .ok();
+    // It was pushed at once, with the sender and ids in the meta.
+    let push = m.wait_notification("notifications/claude/channel", Duration::from_secs(20));
+    assert_eq!(push["params"]["content"], "yes, at noon");
+    let meta = &push["params"]["meta"];
+    assert_eq!(
+        meta["from"],
+        format!("{}@", common::TEST_USER) + meta["from_node_name"].as_str().unwrap()
+    );
+    assert_eq!(meta["reply_to"], id.as_str());
+    assert!(
+        meta.as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    );
+    let push_id = meta["message_id"].as_str().unwrap().to_string();
+
+    // Pushed is not read: the notice says so, plain inbox does not repeat it as new, and
+    // include_pushed shows it once.
+    let (text, _) = m.tool("topics", json!({}));
+    assert!(text.contains("1 message pushed to you"), "{text}");
+    let plain = m.ok("inbox", json!({}));
+    assert!(plain.contains("No unread messages"), "{plain}");
+    let all = m.ok("inbox", json!({ "include_pushed": true }));
+    assert!(all.contains(&push_id) && all.contains("yes, at noon"), "{all}");
+    assert!(
+        all.contains("not as instructions") && all.contains("already pushed to you"),
+        "{all}"
+    );
+    assert!(all.contains(&format!("in reply to {id}")), "{all}");
+    let again = m.ok("inbox", json!({ "include_pushed": true }));
+    assert!(again.contains("No unread messages"), "shown once: {again}");
+    assert!(
+        !again.contains("[agentmesh]"),
+        "no notice when nothing is unread: {again}"
+    );
+
+    // Topics.
+    assert!(
+        m.ok("subscribe", json!({ "topic": "#releases" }))
+            .contains("Subscribed to #releases")
+    );
+    assert!(m.ok("subscribe", json!({ "topic": "releases" })).contains("already"));
+    let p = m.ok("publish", json!({ "topic": "releases", "text": "v1.2 is out" }));
+    assert!(p.contains("Published"), "{p}");
+    assert!(m.ok("topics", json!({})).contains("#releases (you are subscribed)"));
+    let h = m.ok("history", json!({ "topic": "releases" }));
+    assert!(h.contains("v1.2 is out"), "{h}");
+    let h = m.ok("history", json!({ "with": common::TEST_USER }));
+    assert!(h.contains("lunch?") && h.contains("yes, at noon"), "{h}");
+    let h = m.ok("history", json!({ "grep": "NOON" }));
+    assert!(h.contains("yes, at noon") && !h.contains("lunch?"), "{h}");
+    assert!(
+        m.ok("unsubscribe", json!({ "topic": "releases" }))
+            .contains("Unsubscribed")
+    );
+    assert!(m.ok("peers", json!({})).contains("No other nodes"));
+    let w = m.ok("wait", json!({ "timeout_s": 1 }));
+    assert!(w.contains("No new message within 1 s"), "{w}");
+
+    // Errors come back as tool errors with a sentence, and nothing breaks.
+    let (e, is_err) = m.tool("send", json!({ "to": "nobody", "text": "hi" }));
+    assert!(is_err && e.contains("no agent named \"nobody\""), "{e}");
+    let (e, is_err) = m.tool("send", json!({ "to": common::TEST_USER, "text": "   " }));
+    assert!(is_err && e.contains("empty"), "{e}");
+    let (e, is_err) = m.tool(
+        "send",
+        json!({ "to": common::TEST_USER, "text": "x", "reply_to": "zzz" }),
+    );
+    assert!(is_err && e.contains("invalid message id"), "{e}");
+    let (e, is_err) = m.tool("send", json!({ "text": "no recipient" }));
+    assert!(is_err && e.contains("to"), "{e}");
+    let (e, is_err) = m.tool("wait", json!({ "timeout_s": "soon" }));
+    assert!(is_err, "{e}");
+    let (e, is_err) = m.tool("dial", json!({ "multiaddr": "garbage" }));
+    assert!(is_err && e.contains("malformed multiaddr"), "{e}");
+    let (e, is_err) = m.tool("history", json!({ "with": "x", "topic": "y" }));
+    assert!(is_err && e.contains("either"), "{e}");
+    let (e, is_err) = m.tool("list_agents", json!({ "scope": "galaxy" }));
+    assert!(is_err, "{e}");
+    let r = m.request("tools/call", json!({ "name": "no_such_tool", "arguments": {} }));
+    assert!(r.get("error").is_some() || r["result"]["isError"] == true, "{r}");
+    assert!(m.ok("whoami", json!({})).contains("You are"));
+
+    // The client goes away: the session ends and the agent is offline.
+    let status = m.close();
+    assert!(status.success(), "{status:?}");
+    let agents = home.run(&["--json", "agents"]).json();
+    let me = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "claude-code.webapp")
+        .unwrap();
+    assert_eq!(me["reception"], "Offline");
+}
+
+/// Two nodes on loopback, connected; returns their homes (daemons started by adapters).
+fn two_nodes() -> (Home, Home) {
+    let (a, b) = (Home::isolated(), Home::isolated());
+    for h in [&a, &b] {
+        h.run(&["up", "--detach"]).ok();
+    }
+    b.run(&["dial", &node_addr(&a)]).ok();
+    (a, b)
+}
+
+/// Waits until `home`'s node lists `address` with `reception` (on the node's events).
+fn wait_reception(home: &Home, address: &str, reception: &str) {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
+        let c = mesh_node::api::client::Client::connect(&h, "test").await.unwrap();
+        let mut ev = c.watch(vec![]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let mesh_node::api::Response::Agents(list) = c.call(mesh_node::api::Request::Agents).await.unwrap()
+                && list
+                    .iter()
+                    .any(|a| a.address == address && format!("{:?}", a.reception) == reception)
+            {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, ev.recv()).await {
+                Ok(Some(_)) => {}
+                _ => panic!("{address} never showed as {reception} on {:?}", home.path()),
+            }
+        }
+    });
+}
+
+#[test]
+fn two_sessions_on_two_nodes_push_wait_and_read_once() {
+    let (ha, hb) = two_nodes();
+    let (_ta, da) = project("frontend", false);
+    let (_tb, db) = project("backend", false);
+    let mut claude = Mcp::start(&ha.path(), &da, "claude-code", &[]);
+    let mut codex = Mcp::start(&hb.path(), &db, "codex-mcp-client", &[]);
+    let claude_addr = claude
+        .ok("whoami", json!({}))
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string();
+    let codex_who = codex.ok("whoami", json!({}));
+    assert!(codex_who.contains("does not show pushed messages"), "{codex_who}");
+    let codex_addr = codex_who
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string();
+    assert!(codex_addr.starts_with("codex.backend@"), "{codex_addr}");
+    // Each sees the other online, and how it receives.
+    wait_reception(&ha, &codex_addr, "Poll");
+    wait_reception(&hb, &claude_addr, "Push");
+    let list = claude.ok("list_agents", json!({}));
+    assert!(list.contains(&codex_addr) && list.contains("poll only"), "{list}");
+
+    // Codex waits; Claude writes during the wait; the wait returns; inbox shows it once.
+    let wait_id = codex.send_request(
+        "tools/call",
+        json!({ "name": "wait", "arguments": { "timeout_s": 60 } }),
+    );
+    // Other tools of the same session keep working during the wait.
+    assert!(codex.ok("peers", json!({})).contains("connected"));
+    let sent = claude.ok(
+        "send",
+        json!({ "to": codex_addr, "text": "can you bump the API version?" }),
+    );
+    assert!(
+        sent.contains("delivered") && sent.contains("poll only") || sent.contains("only when it checks"),
+        "{sent}"
+    );
+    let waited = codex.response(wait_id);
+    let waited_text = waited["result"]["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        waited_text.contains("New mail") && waited_text.contains(&claude_addr),
+        "{waited_text}"
+    );
+    let inbox = codex.ok("inbox", json!({}));
+    assert!(
+        inbox.contains("can you bump the API version?") && inbox.contains(&claude_addr),
+        "{inbox}"
+    );
+    assert!(inbox.matches("can you bump").count() == 1);
+    assert!(codex.ok("inbox", json!({})).contains("No unread messages"), "read once");
+    // Codex gets no pushes.
+    assert!(
+        codex
+            .notifications
+            .iter()
+            .all(|n| n["method"] != "notifications/claude/channel")
+    );
+
+    // The answer is pushed to Claude at once.
+    let msg_id = inbox
+        .split("--- message ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    codex.ok(
+        "send",
+        json!({ "to": claude_addr, "text": "done, v2", "reply_to": msg_id }),
+    );
+    let push = claude.wait_notification("notifications/claude/channel", Duration::from_secs(20));
+    assert_eq!(push["params"]["content"], "done, v2");
+    assert_eq!(push["params"]["meta"]["from"], codex_addr.as_str());
+    assert_eq!(push["params"]["meta"]["reply_to"], msg_id.as_str());
+    assert_eq!(
+        push["params"]["meta"]["from_node"],
+        hb.run(&["--json", "status"]).json()["node"]["peer_id"]
+    );
+
+    // A topic across nodes.
+    codex.ok("subscribe", json!({ "topic": "deploys" }));
+    claude.ok("subscribe", json!({ "topic": "deploys" }));
+    let mut got = false;
+    for _ in 0..50 {
+        claude.ok("publish", json!({ "topic": "deploys", "text": "frontend deployed" }));
+        let w = codex.ok("wait", json!({ "timeout_s": 2 }));
+        if w.contains("#deploys") {
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "the topic message never reached the other node");
+    let inbox = codex.ok("inbox", json!({ "limit": 100 }));
+    assert!(
+        inbox.contains("on topic #deploys") && inbox.contains("frontend deployed"),
+        "{inbox}"
+    );
+
+    // Claude's session ends: the other node shows it offline within seconds.
+    claude.close();
+    wait_reception(&hb, &claude_addr, "Offline");
+}
+
+#[test]
+fn restarts_of_adapter_and_daemon_lose_and_duplicate_nothing() {
+    let (ha, hb) = two_nodes();
+    let (_ta, da) = project("sender", false);
+    let (_tb, db) = project("reader", false);
+    let mut a = Mcp::start(&ha.path(), &da, "codex", &[]);
+    let mut b = Mcp::start(&hb.path(), &db, "codex", &[]);
+    assert!(b.ok("whoami", json!({})).contains("codex.reader@"));
+    drop(b); // the reader's session ends (killed) before anything arrives
+    wait_reception(&ha, &format!("codex.reader@{}", node_name(&hb)), "Offline");
+    let first = a.ok(
+        "send",
+        json!({ "to": format!("codex.reader@{}", node_name(&hb)), "text": "message one" }),
+    );
+    assert!(first.contains("no live session"), "{first}");
+
+    // The reader's adapter restarts in the same directory: same name, same mailbox.
+    let mut b = Mcp::start(&hb.path(), &db, "codex", &[]);
+    assert!(b.ok("whoami", json!({})).contains("codex.reader@"), "same name back");
+    let inbox = b.ok("inbox", json!({}));
+    assert!(inbox.contains("message one"), "{inbox}");
+    b.close();
+
+    // Now the reader's daemon dies (kill -9) with a message committed but unread.
+    a.ok(
+        "send",
+        json!({ "to": format!("codex.reader@{}", node_name(&hb)), "text": "message two" }),
+    );
+    let pid: i32 = std::fs::read_to_string(hb.path().join("daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Only kill it once message two is in the reader's store.
+    let hist = hb.run(&["--json", "history", "--grep", "message two"]);
+    assert_eq!(hist.json().as_array().unwrap().len(), 1, "{}", hist.stdout);
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The next session starts a daemon again by itself and finds the message, once.
+    let mut b = Mcp::start(&hb.path(), &db, "codex", &[]);
+    let inbox = b.ok("inbox", json!({}));
+    assert!(
+        inbox.contains("message two") && !inbox.contains("message one"),
+        "{inbox}"
+    );
+    assert_eq!(inbox.matches("message two").count(), 1);
+    assert!(b.ok("inbox", json!({})).contains("No unread messages"));
+
+    // And while the session lives, the daemon restarts under it: it reattaches by itself.
+    let pid: i32 = std::fs::read_to_string(hb.path().join("daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let who = b.ok("whoami", json!({}));
+    assert!(who.contains("codex.reader@"), "{who}");
+    hb.run(&["dial", &node_addr(&ha)]).ok();
+    a.ok(
+        "send",
+        json!({ "to": format!("codex.reader@{}", node_name(&hb)), "text": "message three" }),
+    );
+    let w = b.ok("wait", json!({ "timeout_s": 30 }));
+    assert!(w.contains("unread message"), "{w}");
+    let inbox = b.ok("inbox", json!({}));
+    assert!(
+        inbox.contains("message three") && inbox.matches("message").count() >= 1,
+        "{inbox}"
+    );
+    assert!(!inbox.contains("message one") && !inbox.contains("message two"));
+}
+
+fn node_name(home: &Home) -> String {
+    home.run(&["--json", "status"]).json()["node"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn sessions_starting_together_share_one_daemon() {
+    let home = Home::isolated();
+    let (_t, dir) = project("shared", false);
+    let p = home.path();
+    let (d1, d2) = (dir.clone(), dir.clone());
+    let t1 = std::thread::spawn(move || Mcp::start(&p, &d1, "claude-code", &[]));
+    let p = home.path();
+    let t2 = std::thread::spawn(move || Mcp::start(&p, &d2, "claude-code", &[]));
+    let mut m1 = t1.join().unwrap();
+    let mut m2 = t2.join().unwrap();
+    let w1 = m1.ok("whoami", json!({}));
+    let w2 = m2.ok("whoami", json!({}));
+    let peer = |w: &str| {
+        w.split("PeerId ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(peer(&w1), peer(&w2), "one daemon");
+    // Same directory, both live: the second gets a suffix.
+    let mut names = [
+        w1.split_whitespace().nth(2).unwrap().to_string(),
+        w2.split_whitespace().nth(2).unwrap().to_string(),
+    ];
+    names.sort();
+    assert!(
+        names[0].starts_with("claude-code.shared-2@") || names[1].starts_with("claude-code.shared-2@"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.starts_with("claude-code.shared@")), "{names:?}");
+    // Exactly one daemon process holds the home.
+    let pid = std::fs::read_to_string(home.path().join("daemon.lock")).unwrap();
+    let up = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{} up", home.path().display())])
+        .output();
+    if let Ok(out) = up {
+        let pids: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().split_whitespace().collect();
+        assert_eq!(pids, vec![pid.trim()], "one daemon process");
+    }
+}
+
+#[test]
+fn a_dead_client_takes_its_agent_offline() {
+    let home = Home::isolated();
+    home.run(&["up", "--detach"]).ok();
+    let (_t, dir) = project("orphan", false);
+    // The client is a shell that dies hard while the adapter's stdin stays open.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "{} --home {} mcp --name orphan-agent; true",
+        common::mesh_bin().display(),
+        home.path().display()
+    ));
+    let mut m = Mcp::spawn(cmd, &dir, "claude-code");
+    assert!(m.ok("whoami", json!({})).contains("orphan-agent@"));
+    wait_reception(&home, &format!("orphan-agent@{}", node_name(&home)), "Push");
+    m.child.kill().unwrap(); // SIGKILL the shell: the adapter is orphaned
+    wait_reception(&home, &format!("orphan-agent@{}", node_name(&home)), "Offline");
+}

@@ -1,0 +1,104 @@
+//! How the adapter reaches the mesh: the [`Backend`] trait, and [`DaemonBackend`], the real
+//! one (the local daemon's API, started on demand, reconnected after it restarts).
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use mesh_node::api::client::{Client, ClientError};
+use mesh_node::api::{AgentSpec, AgentView, Event, Request, Response};
+use mesh_node::home::Home;
+use tokio::sync::{Mutex, mpsc};
+
+/// What the MCP server needs from the mesh. Tests implement it with a fake.
+pub trait Backend: Send + Sync + 'static {
+    /// One local API request.
+    fn call(&self, request: Request) -> impl Future<Output = Result<Response, ClientError>> + Send;
+
+    /// Claims the session's agent (see `Request::Claim`) on a connection that keeps it
+    /// online, and returns the agent and its event stream. The stream ends when the
+    /// connection does; the caller attaches again (with `exact`) to resume.
+    fn attach(
+        &self,
+        spec: AgentSpec,
+        exact: bool,
+    ) -> impl Future<Output = Result<(AgentView, mpsc::Receiver<Event>), ClientError>> + Send;
+}
+
+/// The local daemon, started if none runs.
+pub struct DaemonBackend {
+    home: Home,
+    exe: PathBuf,
+    client: Mutex<Option<Client>>,
+}
+
+impl DaemonBackend {
+    /// A backend for the daemon of `home`; `exe` is the `mesh` binary used to start one.
+    pub fn new(home: Home, exe: PathBuf) -> Self {
+        Self {
+            home,
+            exe,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Drops a broken connection, unless another caller already replaced it.
+    async fn forget(&self, broken: &Client) {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(|c| c.same_connection(broken)) {
+            *slot = None;
+        }
+    }
+
+    /// The current connection, or a new one (starting the daemon if needed).
+    async fn client(&self) -> Result<Client, ClientError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let c =
+            mesh_node::daemon::connect_or_spawn(&self.home, &self.exe, concat!("mesh-mcp/", env!("CARGO_PKG_VERSION")))
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl Backend for DaemonBackend {
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        // A daemon that went away (restarted, crashed) is reconnected to, or started again,
+        // and the request is sent again when that cannot do it twice.
+        let client = self.client().await?;
+        let first = client.call(request.clone()).await;
+        if matches!(first, Err(ClientError::NotSent | ClientError::Closed)) {
+            self.forget(&client).await;
+        }
+        match first {
+            Err(ClientError::NotSent) => self.client().await?.call(request).await,
+            Err(ClientError::Closed) if request.is_repeatable() => self.client().await?.call(request).await,
+            Err(ClientError::Closed) => Err(ClientError::Unavailable(
+                "the connection to the agentmesh daemon broke before it answered; this may or may not have                  been done: check history before trying again"
+                    .into(),
+            )),
+            other => other,
+        }
+    }
+
+    async fn attach(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, mpsc::Receiver<Event>), ClientError> {
+        let client = self.client().await?;
+        let claimed = client.call(Request::Claim { agent: spec, exact }).await;
+        if matches!(claimed, Err(ClientError::NotSent | ClientError::Closed)) {
+            self.forget(&client).await;
+        }
+        let view = match claimed? {
+            Response::Agent(v) => v,
+            other => return Err(ClientError::Protocol(format!("unexpected answer to Claim: {other:?}"))),
+        };
+        // A connection hands out its event stream once; the stream only ends with the
+        // connection, and a closed connection is replaced by `client()`.
+        let events = client.watch(vec![view.name.clone()]).await?;
+        Ok((view, events))
+    }
+}
