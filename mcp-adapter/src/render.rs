@@ -87,10 +87,10 @@ pub fn notice(new: u64, notified: u64) -> Option<String> {
             if n == 1 { "it" } else { "them" }
         )),
         (0, p) => Some(format!(
-            "[agentmesh] {p} message{} pushed to you as channel event{} not yet confirmed read: \
+            "[agentmesh] {p} message{} pushed to you as {} not yet confirmed read: \
              if you did not see {}, call inbox with include_pushed=true.",
             plural(p),
-            plural(p),
+            if p == 1 { "a channel event" } else { "channel events" },
             if p == 1 { "it" } else { "them" }
         )),
         (n, p) => Some(format!(
@@ -180,6 +180,10 @@ pub fn publish_receipt(p: &PublishReceipt) -> String {
 
 /// A list of agents.
 pub fn agents(list: &[AgentView], me: &str, scope: &str) -> String {
+    agents_lines(list, me, scope).trim_end().to_string()
+}
+
+fn agents_lines(list: &[AgentView], me: &str, scope: &str) -> String {
     if list.is_empty() {
         return format!("No agents in scope {scope:?}.");
     }
@@ -214,6 +218,10 @@ pub fn agents(list: &[AgentView], me: &str, scope: &str) -> String {
 
 /// Known nodes.
 pub fn peers(list: &[PeerView]) -> String {
+    peers_lines(list).trim_end().to_string()
+}
+
+fn peers_lines(list: &[PeerView]) -> String {
     if list.is_empty() {
         return "No other nodes known yet. Nodes on the same LAN appear by themselves; others can be added with dial."
             .to_string();
@@ -244,6 +252,10 @@ pub fn peers(list: &[PeerView]) -> String {
 
 /// Topics.
 pub fn topics(list: &[TopicView], me: &str) -> String {
+    topics_lines(list, me).trim_end().to_string()
+}
+
+fn topics_lines(list: &[TopicView], me: &str) -> String {
     if list.is_empty() {
         return "No topics yet. subscribe(topic) joins one; publish(topic, text) broadcasts on it.".to_string();
     }
@@ -271,6 +283,10 @@ pub fn topics(list: &[TopicView], me: &str) -> String {
 
 /// History lines.
 pub fn history(list: &[HistoryView]) -> String {
+    history_lines(list).trim_end().to_string()
+}
+
+fn history_lines(list: &[HistoryView]) -> String {
     if list.is_empty() {
         return "No messages match.".to_string();
     }
