@@ -438,3 +438,58 @@ fn recipient_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(got.len(), 310, "no duplicates");
     assert_eq!(got, ids, "all delivered, in send order");
 }
+
+#[test]
+fn install_and_uninstall_round_trip_on_existing_configs() {
+    let h = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("claude.json");
+    let original = "{\n  // keep this comment\n  \"mcpServers\": {\n    \"other\": { \"command\": \"x\" }\n  },\n  \"theme\": \"dark\"\n}\n";
+    std::fs::write(&json, original).unwrap();
+    let out = h.run(&["--json", "install", "claude-code", "--config", json.to_str().unwrap()]);
+    out.ok();
+    assert_eq!(out.json()["change"], "added");
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        text.contains("// keep this comment") && text.contains("\"other\"") && text.contains("\"agentmesh\""),
+        "{text}"
+    );
+    // The entry runs this very binary, with the home it was installed for.
+    assert!(
+        text.contains(common::mesh_bin().canonicalize().unwrap().to_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains(h.path().to_str().unwrap()), "{text}");
+    let again = h.run(&["--json", "install", "claude-code", "--config", json.to_str().unwrap()]);
+    assert_eq!(again.json()["change"], "unchanged");
+    let human = h.run(&["install", "claude-code", "--config", json.to_str().unwrap()]);
+    assert!(
+        human
+            .stdout
+            .contains("--dangerously-load-development-channels server:agentmesh"),
+        "{}",
+        human.stdout
+    );
+    let un = h.run(&["--json", "uninstall", "claude-code", "--config", json.to_str().unwrap()]);
+    assert_eq!(un.json()["change"], "removed");
+    let back = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        back.contains("// keep this comment") && back.contains("\"other\"") && !back.contains("agentmesh"),
+        "{back}"
+    );
+
+    let toml = dir.path().join("config.toml");
+    std::fs::write(&toml, "# codex\n[mcp_servers.docs]\ncommand = \"d\" # mine\n").unwrap();
+    h.run(&["install", "codex", "--config", toml.to_str().unwrap()]).ok();
+    let t = std::fs::read_to_string(&toml).unwrap();
+    assert!(t.contains("# mine") && t.contains("[mcp_servers.agentmesh]"), "{t}");
+    h.run(&["uninstall", "codex", "--config", toml.to_str().unwrap()]).ok();
+    assert!(!std::fs::read_to_string(&toml).unwrap().contains("agentmesh"));
+
+    // A broken file is reported and left alone.
+    std::fs::write(&json, "{ broken").unwrap();
+    let e = h.run(&["install", "claude-code", "--config", json.to_str().unwrap()]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("not valid JSON"), "{}", e.stderr);
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "{ broken");
+}

@@ -332,6 +332,18 @@ fn two_sessions_on_two_nodes_push_wait_and_read_once() {
         hb.run(&["--json", "status"]).json()["node"]["peer_id"]
     );
 
+    // Answering a pushed message marks it read: no reminder left for it.
+    let pushed_id = push["params"]["meta"]["message_id"].as_str().unwrap().to_string();
+    let (before, _) = claude.tool("topics", json!({}));
+    assert!(before.contains("pushed to you"), "{before}");
+    claude.ok(
+        "send",
+        json!({ "to": codex_addr, "text": "thanks", "reply_to": pushed_id }),
+    );
+    let (after, _) = claude.tool("topics", json!({}));
+    assert!(!after.contains("[agentmesh]"), "{after}");
+    codex.ok("inbox", json!({}));
+
     // A topic across nodes.
     codex.ok("subscribe", json!({ "topic": "deploys" }));
     claude.ok("subscribe", json!({ "topic": "deploys" }));

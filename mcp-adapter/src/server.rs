@@ -418,9 +418,12 @@ impl<B: Backend> MeshServer<B> {
                 "This client does not show pushed messages: check inbox, or block for new mail with wait.\n"
             });
             s.push_str(&format!(
-                "Mesh reach: {} node{} connected directly, {} known; LAN discovery {}.",
+                "Mesh reach: {} node{} connected ({} on the local network, {} over the internet, {} through a relay), {} known; LAN discovery {}.",
                 status.connected,
                 if status.connected == 1 { "" } else { "s" },
+                status.connected_lan,
+                status.connected_internet,
+                status.connected_relayed,
                 status.known,
                 if status.mdns { "on" } else { "off" }
             ));
@@ -475,7 +478,7 @@ impl<B: Backend> MeshServer<B> {
             let reply_to = parse_id(&args.reply_to)?;
             let r = match self
                 .call(Request::Send {
-                    from: me.agent,
+                    from: me.agent.clone(),
                     to: args.to,
                     text: args.text,
                     reply_to,
@@ -486,6 +489,18 @@ impl<B: Backend> MeshServer<B> {
                 other => return Err(format!("unexpected answer {other:?}")),
             };
             let line = render::send_receipt(&r);
+            if let (Some(answered), false) = (
+                reply_to,
+                matches!(r.status, mesh_node::api::SendStatus::Rejected { .. }),
+            ) {
+                // Answering a message shows the agent saw it (e.g. as a pushed channel event).
+                let _ = self
+                    .call(Request::MarkRead {
+                        agent: me.agent.clone(),
+                        ids: vec![answered],
+                    })
+                    .await;
+            }
             match r.status {
                 mesh_node::api::SendStatus::Rejected { .. } => Err(line),
                 _ => Ok(line),

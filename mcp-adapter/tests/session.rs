@@ -43,7 +43,9 @@ impl Backend for Fake {
             },
             Request::MarkNotified { ids, .. } => {
                 s.counts = (s.counts.0.saturating_sub(1), s.counts.1 + ids.len() as u64);
-                Response::Marked { count: ids.len() as u32 }
+                Response::Marked {
+                    count: ids.len() as u32,
+                }
             }
             Request::Topics => Response::Topics(vec![]),
             other => panic!("unexpected request {other:?}"),
@@ -108,14 +110,19 @@ impl Client {
     }
 
     async fn next_line(&mut self) -> Value {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line()).await.unwrap().unwrap().unwrap();
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         serde_json::from_str(&line).unwrap()
     }
 
     async fn request(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let id = self.next;
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
         loop {
             let v = self.next_line().await;
             if v["id"] == id {
@@ -168,7 +175,8 @@ async fn start(fake: Fake, client_name: &str, explicit: Option<&str>, dir: &std:
         )
         .await;
     assert!(init["result"].is_object(), "{init}");
-    c.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    c.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
     c
 }
 
@@ -211,7 +219,9 @@ async fn derived_name_push_and_reattach_with_the_same_name() {
     let log = fake.0.lock().unwrap().log.clone();
     assert!(log.iter().any(|l| l.starts_with("MarkNotified")), "{log:?}");
     // The next tool result carries the pushed-but-unconfirmed notice.
-    let r = c.request("tools/call", json!({"name": "topics", "arguments": {}})).await;
+    let r = c
+        .request("tools/call", json!({"name": "topics", "arguments": {}}))
+        .await;
     let text = r["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("1 message pushed to you"), "{text}");
 
@@ -237,7 +247,9 @@ async fn explicit_names_are_exact_and_other_clients_are_not_pushed() {
     tx.send(Event::Message(message("reviewer"))).await.unwrap();
     // No push for a client that cannot show it: the message stays new.
     fake.0.lock().unwrap().counts = (1, 0);
-    let r = c.request("tools/call", json!({"name": "topics", "arguments": {}})).await;
+    let r = c
+        .request("tools/call", json!({"name": "topics", "arguments": {}}))
+        .await;
     let text = r["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("You have 1 unread message"), "{text}");
     assert!(c.notes.iter().all(|n| n["method"] != "notifications/claude/channel"));

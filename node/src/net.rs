@@ -1097,6 +1097,31 @@ impl NetActor {
     }
 }
 
+/// How a connection reaches its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// A private, loopback or link-local address.
+    Lan,
+    /// A public address.
+    Internet,
+    /// Through a relay (`/p2p-circuit`).
+    Relayed,
+}
+
+/// Classifies a connection's remote address.
+pub fn path_of(a: &Multiaddr) -> Path {
+    if a.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return Path::Relayed;
+    }
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) if ip.is_private() || ip.is_loopback() || ip.is_link_local() => Path::Lan,
+        Some(Protocol::Ip6(ip)) if ip.is_loopback() || is_link_local_v6(a) || (ip.segments()[0] & 0xfe00) == 0xfc00 => {
+            Path::Lan
+        }
+        _ => Path::Internet,
+    }
+}
+
 fn is_loopback(a: &Multiaddr) -> bool {
     match a.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),

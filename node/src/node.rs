@@ -332,12 +332,30 @@ impl Node {
             .filter(|t| !t.subscribers.is_empty())
             .collect();
         let known = self.dir().nodes().count() as u32;
+        let mut paths = [0u32; 3];
+        for p in &info.peers {
+            // A peer counts by its best connection: direct LAN, then internet, then relay.
+            let best = p.addrs.iter().map(crate::net::path_of).min_by_key(|x| match x {
+                crate::net::Path::Lan => 0,
+                crate::net::Path::Internet => 1,
+                crate::net::Path::Relayed => 2,
+            });
+            match best {
+                Some(crate::net::Path::Lan) => paths[0] += 1,
+                Some(crate::net::Path::Internet) => paths[1] += 1,
+                Some(crate::net::Path::Relayed) => paths[2] += 1,
+                None => {}
+            }
+        }
         Ok(StatusView {
             node: self.identity(),
             home: self.0.home.path().display().to_string(),
             listen: info.listen,
             mdns: self.0.config.mdns,
             connected: info.peers.len() as u32,
+            connected_lan: paths[0],
+            connected_internet: paths[1],
+            connected_relayed: paths[2],
             known,
             agents,
             topics,

@@ -27,7 +27,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "discovery off (--no-mdns)"
         }
     );
-    println!("peers    {} connected, {} known", s.connected, s.known);
+    println!(
+        "peers    {} connected ({} LAN, {} internet, {} relayed), {} known",
+        s.connected, s.connected_lan, s.connected_internet, s.connected_relayed, s.known
+    );
     let agents: Vec<String> = s
         .agents
         .iter()

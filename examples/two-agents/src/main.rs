@@ -45,13 +45,20 @@ impl Session {
             }
         });
         let (r, w) = tokio::io::split(ours);
-        let mut s = Session { who, write: w, lines: BufReader::new(r).lines(), next: 0, pending: vec![] };
+        let mut s = Session {
+            who,
+            write: w,
+            lines: BufReader::new(r).lines(),
+            next: 0,
+            pending: vec![],
+        };
         s.request(
             "initialize",
             json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}),
         )
         .await?;
-        s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await?;
+        s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
         Ok(s)
     }
 
@@ -71,7 +78,8 @@ impl Session {
     async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         self.next += 1;
         let id = self.next;
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
         loop {
             let v = self.line().await?;
             if v["id"] == id {
@@ -83,8 +91,13 @@ impl Session {
 
     async fn tool(&mut self, name: &str, args: Value) -> anyhow::Result<String> {
         println!("\n[{}] tools/call {name} {args}", self.who);
-        let r = self.request("tools/call", json!({"name": name, "arguments": args})).await?;
-        let text = r["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string();
+        let r = self
+            .request("tools/call", json!({"name": name, "arguments": args}))
+            .await?;
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         for l in text.lines() {
             println!("[{}]   {l}", self.who);
         }
@@ -140,7 +153,10 @@ async fn main() -> anyhow::Result<()> {
                      "params": {"name": "wait", "arguments": {"timeout_s": 60}}}))
         .await?;
     claude
-        .tool("send", json!({"to": "codex.backend", "text": "Does GET /users support pagination?"}))
+        .tool(
+            "send",
+            json!({"to": "codex.backend", "text": "Does GET /users support pagination?"}),
+        )
         .await?;
     let woke = loop {
         let v = codex.line().await?;
@@ -148,7 +164,13 @@ async fn main() -> anyhow::Result<()> {
             break v;
         }
     };
-    println!("[codex]   {}", woke["result"]["content"][0]["text"].as_str().unwrap_or_default().replace('\n', "\n[codex]   "));
+    println!(
+        "[codex]   {}",
+        woke["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\n', "\n[codex]   ")
+    );
     let inbox = codex.tool("inbox", json!({})).await?;
     let id = inbox
         .split("--- message ")

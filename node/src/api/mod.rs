@@ -393,6 +393,12 @@ pub struct StatusView {
     pub mdns: bool,
     /// Connected peers.
     pub connected: u32,
+    /// Of those, reached over a local network (private, loopback or link-local address).
+    pub connected_lan: u32,
+    /// Of those, reached directly over the internet (public address).
+    pub connected_internet: u32,
+    /// Of those, reached only through a relay.
+    pub connected_relayed: u32,
     /// Known peers.
     pub known: u32,
     /// Local agents.
