@@ -80,6 +80,9 @@ pub struct UpArgs {
     /// Do not discover or advertise on the LAN (mDNS and DNS-SD).
     #[arg(long, env = "MESH_NO_MDNS")]
     pub no_mdns: bool,
+    /// Offer relay service to other nodes (for a node with a public address).
+    #[arg(long, env = "MESH_RELAY")]
+    pub relay: bool,
 }
 
 /// The local agent a command acts as.

@@ -42,6 +42,44 @@ pub struct Config {
     pub delivery: Delivery,
     /// Presence of nodes and agents.
     pub presence: Presence,
+    /// Relaying: serving as a relay, and the relays this node uses when unreachable.
+    pub relay: Relay,
+}
+
+/// Relay settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Relay {
+    /// Offer relay service to other nodes (`mesh up --relay`).
+    pub serve: bool,
+    /// Relays to reserve a slot on when this node is not reachable from the internet
+    /// (multiaddrs with `/p2p/<id>`); reachable mesh members that relay are used too.
+    pub nodes: Vec<Multiaddr>,
+    /// Longest life of one relayed connection (then it is re-established).
+    #[serde(with = "humantime_serde")]
+    pub max_circuit_duration: Duration,
+    /// Most bytes one relayed connection may carry (each way).
+    pub max_circuit_bytes: u64,
+    /// Most reservations this relay holds at once.
+    pub max_reservations: usize,
+    /// Most relayed connections this relay carries at once.
+    pub max_circuits: usize,
+    /// Most relayed connections per peer.
+    pub max_circuits_per_peer: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            serve: false,
+            nodes: Vec::new(),
+            max_circuit_duration: Duration::from_secs(2 * 3600),
+            max_circuit_bytes: 1 << 30,
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+        }
+    }
 }
 
 /// LAN discovery mechanisms.
@@ -119,6 +157,7 @@ impl Default for Config {
             limits: Limits::default(),
             delivery: Delivery::default(),
             presence: Presence::default(),
+            relay: Relay::default(),
         }
     }
 }
@@ -176,6 +215,8 @@ pub struct Overrides {
     pub listen: Vec<Multiaddr>,
     /// `--no-mdns` / `MESH_NO_MDNS`.
     pub no_mdns: bool,
+    /// `--relay` / `MESH_RELAY`.
+    pub relay: bool,
 }
 
 /// Errors loading the configuration.
@@ -227,6 +268,9 @@ impl Config {
         if overrides.no_mdns {
             cfg.mdns = false;
         }
+        if overrides.relay {
+            cfg.relay.serve = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -260,6 +304,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "delivery.ttl and delivery.request_timeout must be positive".into(),
             ));
+        }
+        for n in &self.relay.nodes {
+            if !n.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(ConfigError::Invalid(format!(
+                    "relay.nodes entry {n} has no /p2p/<peer id> part"
+                )));
+            }
         }
         if self.presence.heartbeat < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("presence.heartbeat must be at least 100ms".into()));
@@ -313,10 +364,12 @@ mod tests {
             name: Some(NodeName::new("from-flag").unwrap()),
             listen: vec![],
             no_mdns: true,
+            relay: true,
         };
         let cfg = Config::load(&p, &ov).unwrap();
         assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-flag");
         assert!(!cfg.mdns);
+        assert!(cfg.relay.serve);
         assert_eq!(cfg.listen.len(), 1);
     }
 
@@ -342,5 +395,8 @@ mod tests {
         assert!(Config::load(&p, &Overrides::default()).is_err());
         std::fs::write(&p, "listen = [\"not an addr\"]\n").unwrap();
         assert!(Config::load(&p, &Overrides::default()).is_err());
+        std::fs::write(&p, "[relay]\nnodes = [\"/ip4/1.2.3.4/tcp/1\"]\n").unwrap();
+        let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("/p2p/"), "{err}");
     }
 }

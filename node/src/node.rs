@@ -1248,6 +1248,7 @@ impl Node {
             } => self.on_inbound_dms(peer, request, messages).await,
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
             NetEvent::TopicSubscribed { peer: _, topic } => self.flush_topic(topic),
+            NetEvent::ReachChanged => self.emit(Event::NetworkChanged),
         }
     }
 

@@ -24,6 +24,7 @@ fn overrides(a: &UpArgs) -> anyhow::Result<Overrides> {
         name,
         listen,
         no_mdns: a.no_mdns,
+        relay: a.relay,
     })
 }
 
@@ -63,6 +64,9 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         }
         if ov.no_mdns {
             args.push("--no-mdns".into());
+        }
+        if ov.relay {
+            args.push("--relay".into());
         }
         let home = ctx.home.clone();
         let outcome = tokio::task::spawn_blocking(move || daemon::spawn_detached(&exe, &args, &home)).await??;

@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path, name: &str, port: u16) -> anyhow::Result<(
             name: Some(NodeName::new(name)?),
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse()?],
             no_mdns: true,
+            relay: false,
         },
         user: Some(AgentName::new("user")?),
     })

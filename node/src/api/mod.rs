@@ -652,6 +652,8 @@ pub enum Event {
         /// Its name.
         name: String,
     },
+    /// Reachability changed (NAT status, relay slots, a connection upgraded to direct).
+    NetworkChanged,
     /// Events were dropped because this connection read too slowly; re-read the inbox.
     Lagged {
         /// How many.

@@ -163,6 +163,7 @@ async fn launch(home: &Home, name: &str, port: u16) -> (Daemon, u16) {
             name: Some(NodeName::new(name).expect("node name")),
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
             no_mdns: true,
+            relay: false,
         },
         user: Some(AgentName::new("user").expect("agent")),
     };

@@ -6,27 +6,30 @@
 //! `send` on oneshots, events with `try_send` (a full channel drops informational events and
 //! answers inbound deliveries with "unavailable", so the sender retries).
 
+mod behaviour;
+mod reach;
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 pub use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, identity::Keypair, mdns, noise, ping, tcp, yamux};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_PROTOCOL, build};
+pub use reach::{NatStatus, PunchStats, ReachInfo, ReservationInfo};
+
 use crate::config::Config;
 use crate::ids::{TopicName, now_ms};
-use crate::wire::{
-    self, Announcement, DIRECTORY_TOPIC, DirectoryGossip, DmRequest, DmResponse, PostcardCodec, TopicEnvelope,
-};
+use crate::wire::{self, Announcement, DIRECTORY_TOPIC, DirectoryGossip, DmRequest, DmResponse, TopicEnvelope};
 
 /// Capacity of the command channel into the actor.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -42,28 +45,10 @@ pub const MAX_ADDRS_PER_PEER: usize = 16;
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Ping interval; a ping that times out closes the connection.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Reachability upkeep interval.
+pub const REACH_UPKEEP: Duration = Duration::from_secs(2);
 /// Software version announced to peers.
 pub const AGENT_VERSION: &str = concat!("agentmesh/", env!("CARGO_PKG_VERSION"));
-
-type DmBehaviour = request_response::Behaviour<PostcardCodec<DmRequest, DmResponse>>;
-type HelloBehaviour = request_response::Behaviour<PostcardCodec<Announcement, Announcement>>;
-
-#[allow(missing_docs)]
-mod behaviour {
-    use super::*;
-
-    /// The composed libp2p behaviour of a node.
-    #[derive(NetworkBehaviour)]
-    pub struct Behaviour {
-        pub(super) identify: identify::Behaviour,
-        pub(super) ping: ping::Behaviour,
-        pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
-        pub(super) gossipsub: gossipsub::Behaviour,
-        pub(super) dm: DmBehaviour,
-        pub(super) hello: HelloBehaviour,
-    }
-}
-pub use behaviour::{Behaviour, BehaviourEvent};
 
 /// Errors of network operations.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -167,6 +152,66 @@ pub enum NetEvent {
         /// The topic.
         topic: TopicName,
     },
+    /// Reachability changed: NAT status, relay slots, a hole punch.
+    ReachChanged,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionView {
+    /// The peer's address on it.
+    pub addr: Multiaddr,
+    /// We dialed it (else the peer did).
+    pub dialed: bool,
+    /// Direct over the LAN, direct over the internet, or through a relay.
+    pub path: Path,
+    /// The relay, for a relayed connection.
+    pub via: Option<PeerId>,
+    /// `tcp` or `quic` (of the hop to the relay, when relayed).
+    pub transport: String,
+}
+
+impl ConnectionView {
+    fn of(addr: &Multiaddr, dialed: bool) -> Self {
+        let via = relay_of(addr);
+        let transport = if addr.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic)) {
+            "quic"
+        } else if addr.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+            "tcp"
+        } else {
+            "other"
+        };
+        Self {
+            addr: addr.clone(),
+            dialed,
+            path: path_of(addr),
+            via,
+            transport: transport.to_string(),
+        }
+    }
+
+    /// `direct over tcp (LAN)`, `relayed via 12D3… (quic)`.
+    pub fn describe(&self) -> String {
+        match (self.path, &self.via) {
+            (Path::Relayed, Some(r)) => format!("relayed via {r} ({})", self.transport),
+            (Path::Relayed, None) => format!("relayed ({})", self.transport),
+            (Path::Lan, _) => format!("direct over {} (LAN)", self.transport),
+            (Path::Internet, _) => format!("direct over {} (internet)", self.transport),
+        }
+    }
+}
+
+/// The relay a relayed address goes through (the PeerId before `/p2p-circuit`).
+pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => last = Some(id),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A connected peer, for `mesh peers` / `mesh status`.
@@ -176,6 +221,8 @@ pub struct ConnectedPeer {
     pub peer: PeerId,
     /// Remote addresses of open connections.
     pub addrs: Vec<Multiaddr>,
+    /// The open connections.
+    pub connections: Vec<ConnectionView>,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
     /// Its software version (from identify).
@@ -191,6 +238,10 @@ pub struct NetInfo {
     pub peers: Vec<ConnectedPeer>,
     /// Addresses known per peer (connected or not).
     pub known_addrs: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Reachability.
+    pub reach: ReachInfo,
+    /// Peers this node keeps redialing.
+    pub pinned: Vec<PeerId>,
 }
 
 enum Command {
@@ -224,6 +275,20 @@ enum Command {
     Unsubscribe(IdentTopic),
     SetAnnouncement(Box<Announcement>),
     Info(oneshot::Sender<NetInfo>),
+    Ping {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(Duration, ConnectionView), NetError>>,
+    },
+    Find {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, NetError>>,
+    },
+    Pin(PeerId),
+    Unpin {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    CloseConnections(Vec<ConnectionId>),
 }
 
 /// Handle to the network actor. Cheap to clone.
@@ -319,6 +384,26 @@ impl NetHandle {
         self.call(Command::Info).await
     }
 
+    /// One round trip to `peer` over its current connection: time and path.
+    pub async fn ping(&self, peer: PeerId) -> Result<(Duration, ConnectionView), NetError> {
+        self.call(|reply| Command::Ping { peer, reply }).await?
+    }
+
+    /// Looks `peer` up in the DHT and dials it; resolves with the addresses found.
+    pub async fn find(&self, peer: PeerId) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::Find { peer, reply }).await?
+    }
+
+    /// Keeps `peer` connected: redialed with backoff after restarts and network loss.
+    pub async fn pin(&self, peer: PeerId) -> Result<(), NetError> {
+        self.tx.send(Command::Pin(peer)).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops redialing `peer`; true if it was remembered.
+    pub async fn unpin(&self, peer: PeerId) -> Result<bool, NetError> {
+        self.call(|reply| Command::Unpin { peer, reply }).await
+    }
+
     /// The set of connected agentmesh peers, updated on every change.
     pub fn connected(&self) -> watch::Receiver<Arc<BTreeSet<PeerId>>> {
         self.connected.clone()
@@ -335,96 +420,6 @@ impl NetHandle {
     }
 }
 
-/// Builds the swarm and starts listening. Listening on a configured address that fails is
-/// an error; a default address that fails (e.g. no IPv6) is logged and skipped.
-pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, usize), NetError> {
-    let max_req = config.max_wire_request_bytes();
-    let gossip_max = (config.limits.max_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES);
-    let request_timeout = config.delivery.request_timeout;
-    let mdns_on = config.libp2p_mdns();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::new().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| NetError::Start(e.to_string()))?
-        .with_quic()
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .validate_messages()
-                .message_id_fn(wire::gossip_message_id)
-                .max_transmit_size(gossip_max)
-                .heartbeat_interval(Duration::from_secs(1))
-                .build()
-                .map_err(|e| e.to_string())?;
-            let gossipsub =
-                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let mdns = if mdns_on {
-                match mdns::tokio::Behaviour::new(mdns::Config::default(), peer) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mDNS unavailable; LAN discovery is off");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let rr = request_response::Config::default().with_request_timeout(request_timeout);
-            Ok(Behaviour {
-                identify: identify::Behaviour::new(
-                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
-                        .with_agent_version(AGENT_VERSION.to_string()),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(PING_INTERVAL)
-                        .with_timeout(Duration::from_secs(10)),
-                ),
-                mdns: mdns.into(),
-                gossipsub,
-                dm: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES),
-                    [(wire::DM_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
-                ),
-                hello: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES),
-                    [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
-                    rr,
-                ),
-            })
-        })
-        .map_err(|e| NetError::Start(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build();
-
-    let (addrs, defaults) = config.listen_addrs();
-    let mut listening = 0;
-    for addr in addrs {
-        match swarm.listen_on(addr.clone()) {
-            Ok(_) => listening += 1,
-            Err(e) if defaults => tracing::info!(%addr, error = %e, "skipping default listen address"),
-            Err(e) => {
-                return Err(NetError::Start(format!("cannot listen on {addr}: {e}")));
-            }
-        }
-    }
-    if listening == 0 {
-        return Err(NetError::Start("no listen address could be used".into()));
-    }
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&IdentTopic::new(DIRECTORY_TOPIC))
-        .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
-    Ok((swarm, listening))
-}
-
 /// Listen addresses as they come up.
 #[derive(Clone, Debug, Default)]
 pub struct Listening {
@@ -434,10 +429,17 @@ pub struct Listening {
     pub complete: bool,
 }
 
+struct Conn {
+    addr: Multiaddr,
+    dialed: bool,
+    /// The relay, for a relayed connection.
+    via: Option<PeerId>,
+}
+
 #[derive(Default)]
 struct PeerState {
-    /// Open connections: id → (remote address, dialed by us).
-    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// Open connections.
+    connections: HashMap<ConnectionId, Conn>,
     rtt: Option<Duration>,
     agent_version: Option<String>,
     agentmesh: bool,
@@ -460,6 +462,9 @@ pub struct NetActor {
     dm_out: HashMap<OutboundRequestId, oneshot::Sender<Result<DmResponse, NetError>>>,
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
     announcement: Option<Announcement>,
+    reach: reach::Reach,
+    pings: HashMap<OutboundRequestId, (Instant, oneshot::Sender<Result<(Duration, ConnectionView), NetError>>)>,
+    self_tx: mpsc::Sender<Command>,
     /// Hello requests that arrived before this node had an announcement to answer with.
     early_hellos: Vec<ResponseChannel<Announcement>>,
     heartbeat: Duration,
@@ -483,6 +488,9 @@ pub fn spawn(
     let listeners_expected = listeners;
     let actor = NetActor {
         swarm,
+        self_tx: tx.clone(),
+        reach: reach::Reach::new(&config.relay.nodes, config.relay.serve),
+        pings: HashMap::new(),
         commands,
         events,
         connected_tx,
@@ -518,7 +526,17 @@ impl NetActor {
     async fn run(mut self, cancel: CancellationToken) {
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reachability upkeep (redials, relay slots) when something is due, and at least
+        // every few seconds to follow connection changes.
+        let mut upkeep = tokio::time::interval(REACH_UPKEEP);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.start_reach();
         loop {
+            let due = self
+                .reach
+                .next_deadline()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + REACH_UPKEEP);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = self.commands.recv() => match cmd {
@@ -527,6 +545,8 @@ impl NetActor {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = heartbeat.tick() => self.announce(),
+                _ = upkeep.tick() => self.maintain_reach(),
+                _ = tokio::time::sleep_until(due) => self.maintain_reach(),
             }
         }
         tracing::debug!("network task stopped");
@@ -581,6 +601,8 @@ impl NetActor {
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default();
         if addrs.is_empty() {
+            // No address: ask the DHT where it is (the lookup dials it when found).
+            self.lookup(peer, None);
             return;
         }
         let opts = DialOpts::peer_id(peer)
@@ -616,10 +638,23 @@ impl NetActor {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Dial { addr, reply } => {
-                let peer = addr.iter().find_map(|p| match p {
-                    Protocol::P2p(id) => Some(id),
-                    _ => None,
-                });
+                // The node is the last `/p2p/` part (in a relayed address the first one is
+                // the relay).
+                let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                let peer = match addr.iter().last() {
+                    Some(Protocol::P2p(id)) => Some(id),
+                    _ if relayed => {
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr: addr.to_string(),
+                            why: "a relayed address must end with /p2p/<the node's PeerId>".into(),
+                        }));
+                        return;
+                    }
+                    _ => addr.iter().find_map(|p| match p {
+                        Protocol::P2p(id) => Some(id),
+                        _ => None,
+                    }),
+                };
                 if peer == Some(*self.swarm.local_peer_id()) {
                     let _ = reply.send(Err(NetError::Dial {
                         addr: addr.to_string(),
@@ -729,6 +764,34 @@ impl NetActor {
                     }
                 }
             }
+            Command::Ping { peer, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().probe.send_request(&peer, rand::random::<u64>());
+                self.pings.insert(id, (Instant::now(), reply));
+            }
+            Command::Find { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let addrs = self.addrs.get(&peer).map(|l| l.iter().cloned().collect()).unwrap_or_default();
+                    let _ = reply.send(Ok(addrs));
+                } else {
+                    self.lookup(peer, Some(reply));
+                }
+            }
+            Command::Pin(peer) => self.pin(peer),
+            Command::Unpin { peer, reply } => {
+                let _ = reply.send(self.unpin(&peer));
+            }
+            Command::CloseConnections(ids) => {
+                for id in ids {
+                    self.swarm.close_connection(id);
+                }
+            }
             Command::Info(reply) => {
                 let peers = self
                     .peers
@@ -736,7 +799,8 @@ impl NetActor {
                     .filter(|(_, s)| !s.connections.is_empty() && s.agentmesh)
                     .map(|(p, s)| ConnectedPeer {
                         peer: *p,
-                        addrs: s.connections.values().map(|(a, _)| a.clone()).collect(),
+                        addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
+                        connections: s.connections.values().map(|c| ConnectionView::of(&c.addr, c.dialed)).collect(),
                         rtt: s.rtt,
                         agent_version: s.agent_version.clone(),
                     })
@@ -749,6 +813,8 @@ impl NetActor {
                         .iter()
                         .map(|(p, l)| (*p, l.iter().cloned().collect()))
                         .collect(),
+                    reach: self.reach_info(),
+                    pinned: self.pinned(),
                 });
             }
         }
@@ -759,6 +825,7 @@ impl NetActor {
             SwarmEvent::NewListenAddr { address, listener_id } => {
                 tracing::info!(%address, "listening");
                 self.listeners_reported.insert(listener_id);
+                self.reach_on_new_listen_addr(listener_id, &address);
                 self.update_listening();
                 self.emit(NetEvent::Listening(address));
             }
@@ -767,11 +834,23 @@ impl NetActor {
                 self.update_listening();
             }
             SwarmEvent::ListenerClosed {
-                listener_id, reason, ..
+                listener_id,
+                reason,
+                addresses,
             } => {
-                tracing::warn!(?reason, "listener closed");
-                self.listeners_reported.insert(listener_id);
+                if !self.reach_on_listener_closed(listener_id, &addresses) {
+                    tracing::warn!(?reason, "listener closed");
+                    self.listeners_reported.insert(listener_id);
+                }
                 self.update_listening();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.reach_changed();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.reach_changed();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -792,6 +871,7 @@ impl NetActor {
                 }
                 if num_established == 0 {
                     let was_mesh = self.peers.remove(&peer_id).is_some_and(|s| s.agentmesh);
+                    self.reach_on_disconnected(peer_id);
                     self.publish_connected();
                     if was_mesh || !self.foreign.contains(&peer_id) {
                         self.emit(NetEvent::PeerDisconnected { peer: peer_id });
@@ -819,6 +899,7 @@ impl NetActor {
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
         let dialed = endpoint.is_dialer();
         let addr = endpoint.get_remote_address().clone();
+        let via = relay_of(&addr);
         if let Some((_, reply)) = self.dials.remove(&id) {
             let _ = reply.send(Ok(peer));
         }
@@ -828,22 +909,39 @@ impl NetActor {
         let me = *self.swarm.local_peer_id();
         let state = self.peers.entry(peer).or_default();
         let first = state.connections.is_empty();
-        state.connections.insert(id, (addr.clone(), dialed));
+        state.connections.insert(
+            id,
+            Conn {
+                addr: addr.clone(),
+                dialed,
+                via,
+            },
+        );
 
-        // Simultaneous dials leave two connections. Both sides keep the one dialed by the
-        // smaller PeerId and close the other, so they agree without talking.
-        let by_me: Vec<ConnectionId> = state
-            .connections
-            .iter()
-            .filter(|(_, (_, d))| *d)
-            .map(|(c, _)| *c)
-            .collect();
-        let by_them: Vec<ConnectionId> = state
-            .connections
-            .iter()
-            .filter(|(_, (_, d))| !*d)
-            .map(|(c, _)| *c)
-            .collect();
+        // A direct connection supersedes relayed ones: close them shortly (after the
+        // hole-punch protocol that may have opened this one has finished on them).
+        let relayed: Vec<ConnectionId> = if via.is_none() {
+            state
+                .connections
+                .iter()
+                .filter(|(_, c)| c.via.is_some())
+                .map(|(c, _)| *c)
+                .collect()
+        } else {
+            Vec::new()
+        };
+
+        // Simultaneous dials leave two direct connections. Both sides keep the one dialed
+        // by the smaller PeerId and close the other, so they agree without talking.
+        let direct = |d: bool| -> Vec<ConnectionId> {
+            state
+                .connections
+                .iter()
+                .filter(|(_, c)| c.via.is_none() && c.dialed == d)
+                .map(|(c, _)| *c)
+                .collect()
+        };
+        let (by_me, by_them) = (direct(true), direct(false));
         if !by_me.is_empty() && !by_them.is_empty() {
             let close = if me < peer { by_them } else { by_me };
             for c in close {
@@ -851,6 +949,16 @@ impl NetActor {
                 self.swarm.close_connection(c);
             }
         }
+        if !relayed.is_empty() {
+            tracing::info!(%peer, "direct connection up; dropping the relayed one");
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(reach::RELAYED_GRACE).await;
+                let _ = tx.send(Command::CloseConnections(relayed)).await;
+            });
+            self.reach_changed();
+        }
+        self.reach_on_connected(peer);
         if first {
             self.publish_connected();
             self.emit(NetEvent::PeerConnected { peer, addr, dialed });
@@ -884,7 +992,7 @@ impl NetActor {
                 let local = self
                     .peers
                     .get(&peer_id)
-                    .is_some_and(|s| s.connections.values().any(|(a, _)| is_loopback(a)));
+                    .is_some_and(|s| s.connections.values().any(|c| is_loopback(&c.addr)));
                 let listen: Vec<Multiaddr> = info
                     .listen_addrs
                     .into_iter()
@@ -894,6 +1002,7 @@ impl NetActor {
                 for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
                     self.remember(peer_id, a.clone());
                 }
+                self.reach_on_identify(peer_id, &info.protocols, &listen);
                 self.emit(NetEvent::PeerIdentified {
                     peer: peer_id,
                     listen_addrs: listen,
@@ -939,6 +1048,15 @@ impl NetActor {
             BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
             BehaviourEvent::Dm(e) => self.on_dm(e),
             BehaviourEvent::Hello(e) => self.on_hello(e),
+            BehaviourEvent::Probe(e) => self.on_probe(e),
+            BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
+            BehaviourEvent::RelayServer(e) => self.on_relay_server(e),
+            BehaviourEvent::Dcutr(e) => self.on_dcutr(e),
+            BehaviourEvent::AutonatClient(e) => self.on_autonat(e),
+            BehaviourEvent::AutonatServer(e) => {
+                tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "served an AutoNAT test");
+            }
+            BehaviourEvent::Kad(e) => self.on_kad(e),
         }
     }
 
@@ -1057,6 +1175,41 @@ impl NetActor {
         }
     }
 
+    fn on_probe(&mut self, event: request_response::Event<u64, u64>) {
+        match event {
+            request_response::Event::Message { peer, message, connection_id } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let _ = self.swarm.behaviour_mut().probe.send_response(channel, request);
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some((start, reply)) = self.pings.remove(&request_id) {
+                        let conn = self
+                            .peers
+                            .get(&peer)
+                            .and_then(|s| s.connections.get(&connection_id))
+                            .map(|c| ConnectionView::of(&c.addr, c.dialed));
+                        let _ = reply.send(match conn {
+                            Some(c) => Ok((start.elapsed(), c)),
+                            None => Err(NetError::Request {
+                                peer,
+                                why: "the connection closed during the ping".into(),
+                            }),
+                        });
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some((_, reply)) = self.pings.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: error.to_string(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_hello(&mut self, event: request_response::Event<Announcement, Announcement>) {
         match event {
             request_response::Event::Message { peer, message, .. } => {
@@ -1098,7 +1251,7 @@ impl NetActor {
 }
 
 /// How a connection reaches its peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Path {
     /// A private, loopback or link-local address.
     Lan,
@@ -1122,7 +1275,7 @@ pub fn path_of(a: &Multiaddr) -> Path {
     }
 }
 
-fn is_loopback(a: &Multiaddr) -> bool {
+pub(crate) fn is_loopback(a: &Multiaddr) -> bool {
     match a.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
         Some(Protocol::Ip6(ip)) => ip.is_loopback(),
@@ -1130,7 +1283,7 @@ fn is_loopback(a: &Multiaddr) -> bool {
     }
 }
 
-fn is_link_local_v6(a: &Multiaddr) -> bool {
+pub(crate) fn is_link_local_v6(a: &Multiaddr) -> bool {
     matches!(a.iter().next(), Some(Protocol::Ip6(ip)) if ip.segments()[0] & 0xffc0 == 0xfe80)
 }
 

@@ -1,0 +1,178 @@
+//! The composed libp2p behaviour and how the swarm is built.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, autonat, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux,
+};
+
+use super::{AGENT_VERSION, IDLE_CONNECTION_TIMEOUT, NetError, PING_INTERVAL};
+use crate::config::Config;
+use crate::wire::{self, Announcement, DIRECTORY_TOPIC, DmRequest, DmResponse, PostcardCodec};
+
+/// Kademlia protocol name: our own DHT, not the public IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/kad/1");
+/// Round-trip probe used by `mesh ping`.
+pub const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/ping/1");
+/// The relay (hop) protocol a relaying node offers.
+pub const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+pub(super) type DmBehaviour = request_response::Behaviour<PostcardCodec<DmRequest, DmResponse>>;
+pub(super) type HelloBehaviour = request_response::Behaviour<PostcardCodec<Announcement, Announcement>>;
+pub(super) type PingBehaviour = request_response::Behaviour<PostcardCodec<u64, u64>>;
+
+#[allow(missing_docs)]
+mod composed {
+    use super::*;
+
+    /// The composed libp2p behaviour of a node.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        pub(in crate::net) identify: identify::Behaviour,
+        pub(in crate::net) ping: ping::Behaviour,
+        pub(in crate::net) mdns: Toggle<mdns::tokio::Behaviour>,
+        pub(in crate::net) gossipsub: gossipsub::Behaviour,
+        pub(in crate::net) dm: DmBehaviour,
+        pub(in crate::net) hello: HelloBehaviour,
+        pub(in crate::net) probe: PingBehaviour,
+        pub(in crate::net) relay_client: relay::client::Behaviour,
+        pub(in crate::net) relay_server: Toggle<relay::Behaviour>,
+        pub(in crate::net) dcutr: dcutr::Behaviour,
+        pub(in crate::net) autonat_client: autonat::v2::client::Behaviour,
+        pub(in crate::net) autonat_server: autonat::v2::server::Behaviour,
+        pub(in crate::net) kad: kad::Behaviour<kad::store::MemoryStore>,
+    }
+}
+pub use composed::{Behaviour, BehaviourEvent};
+
+fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
+    let per_minute = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    relay::Config {
+        max_reservations: cfg.max_reservations,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        max_circuits: cfg.max_circuits,
+        max_circuits_per_peer: cfg.max_circuits_per_peer,
+        max_circuit_duration: cfg.max_circuit_duration,
+        max_circuit_bytes: cfg.max_circuit_bytes,
+        ..relay::Config::default()
+    }
+    // Against abuse: bounded reservation and circuit rates per peer and per IP.
+    .reservation_rate_per_peer(per_minute(30), Duration::from_secs(60))
+    .reservation_rate_per_ip(per_minute(60), Duration::from_secs(60))
+    .circuit_src_per_peer(per_minute(30), Duration::from_secs(60))
+    .circuit_src_per_ip(per_minute(60), Duration::from_secs(60))
+}
+
+/// Builds the swarm and starts listening. Listening on a configured address that fails is
+/// an error; a default address that fails (e.g. no IPv6) is logged and skipped. Returns
+/// the swarm and the number of listeners started.
+pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, usize), NetError> {
+    let max_req = config.max_wire_request_bytes();
+    let gossip_max = (config.limits.max_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES);
+    let request_timeout = config.delivery.request_timeout;
+    let mdns_on = config.libp2p_mdns();
+    let relay_cfg = config.relay.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::new().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Start(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Start(format!("cannot read the system DNS configuration: {e}")))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Start(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
+            let peer = key.public().to_peer_id();
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .message_id_fn(wire::gossip_message_id)
+                .max_transmit_size(gossip_max)
+                .heartbeat_interval(Duration::from_secs(1))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let mdns = if mdns_on {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), peer) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS unavailable; LAN discovery is off");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let rr = request_response::Config::default().with_request_timeout(request_timeout);
+            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
+            // Every node answers lookups: the mesh is small and its members' relayed
+            // addresses are exactly what a lookup must return.
+            kad.set_mode(Some(kad::Mode::Server));
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
+                        .with_agent_version(AGENT_VERSION.to_string())
+                        .with_push_listen_addr_updates(true),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(Duration::from_secs(10)),
+                ),
+                mdns: mdns.into(),
+                gossipsub,
+                dm: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES),
+                    [(wire::DM_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                ),
+                hello: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES),
+                    [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                ),
+                probe: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(64, 64),
+                    [(PING_PROTOCOL, ProtocolSupport::Full)],
+                    rr,
+                ),
+                relay_client,
+                relay_server: relay_cfg.serve.then(|| relay::Behaviour::new(peer, relay_config(&relay_cfg))).into(),
+                dcutr: dcutr::Behaviour::new(peer),
+                autonat_client: autonat::v2::client::Behaviour::default(),
+                autonat_server: autonat::v2::server::Behaviour::default(),
+                kad,
+            })
+        })
+        .map_err(|e| NetError::Start(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+
+    let (addrs, defaults) = config.listen_addrs();
+    let mut listening = 0;
+    for addr in addrs {
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => listening += 1,
+            Err(e) if defaults => tracing::info!(%addr, error = %e, "skipping default listen address"),
+            Err(e) => {
+                return Err(NetError::Start(format!("cannot listen on {addr}: {e}")));
+            }
+        }
+    }
+    if listening == 0 {
+        return Err(NetError::Start("no listen address could be used".into()));
+    }
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&IdentTopic::new(DIRECTORY_TOPIC))
+        .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
+    Ok((swarm, listening))
+}
