@@ -31,11 +31,26 @@ pub enum Command {
     Peers,
     /// Agents on the whole mesh, with node, kind, directory, summary and status.
     Agents,
-    /// Connect to a node by multiaddr (e.g. /ip4/192.168.1.20/tcp/4001).
+    /// Connect to a node by multiaddr (e.g. /ip4/192.168.1.20/tcp/4001/p2p/12D3KooW...,
+    /// /dns4/example.org/udp/4001/quic-v1/p2p/..., or a relayed .../p2p-circuit/p2p/...);
+    /// it is kept connected until forgotten.
     Dial {
-        /// The address to dial.
+        /// The address to dial (with --forget: a PeerId, node name or address).
         multiaddr: String,
+        /// Stop keeping this node connected.
+        #[arg(long)]
+        forget: bool,
     },
+    /// Measure round trips to a connected node and show the path (direct or relayed).
+    Ping {
+        /// PeerId or node name.
+        node: String,
+        /// How many round trips.
+        #[arg(long, short, default_value_t = 4)]
+        count: u32,
+    },
+    /// Print the addresses another person can dial to reach this node.
+    Addr,
     /// Send a direct message to an agent (agent@node, or a unique bare agent name).
     Send(SendArgs),
     /// Show unread messages (and mark them read).

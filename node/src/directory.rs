@@ -249,10 +249,12 @@ impl Directory {
                         }
                     )))
                 }
-                None => Err(ApiError::not_found(format!(
-                    "node {} has not announced its agents yet; try again in a moment",
-                    label(peer)
-                ))),
+                // Known, but its agents are not: let its node decide.
+                None => Ok(Target::Remote {
+                    peer: *peer,
+                    node_name: None,
+                    agent: agent.clone(),
+                }),
             }
         };
         let local_agent = |agent: &AgentName| -> Result<Target, ApiError> {

@@ -361,6 +361,8 @@ impl Node {
             topics,
             store: stats,
             uptime_s: self.0.started.elapsed().as_secs(),
+            remembered: info.pinned.len() as u32,
+            reach: info.reach,
         })
     }
 
@@ -393,6 +395,8 @@ impl Node {
                         .or_else(|| e.announcement.as_ref().map(|a| a.version.clone())),
                     agents: e.announcement.as_ref().map(|a| a.agents.len() as u32).unwrap_or(0),
                     last_seen_ms: (e.last_seen_ms > 0).then_some(e.last_seen_ms),
+                    connections: conn.map(|c| c.connections.clone()).unwrap_or_default(),
+                    remembered: info.pinned.contains(p),
                 }
             })
             .collect();
@@ -466,16 +470,124 @@ impl Node {
                 tracing::info!(%peer, "connected, but the node has not announced its agents yet");
             }
         }
-        // Remember the address so the node can be redialed after restarts.
+        // Remember it: kept connected, redialed after restarts and network loss.
         let rec = {
             let mut dir = self.dir();
-            dir.add_addrs(peer, &[ma]);
+            dir.add_addrs(peer, std::slice::from_ref(&ma));
             dir.record(&peer)
         };
-        if let Some(rec) = rec {
-            let _ = self.0.store.write("peer", move |t| ops::put_peer(t, &rec)).await;
-        }
+        let dialed = crate::net::strip_p2p(ma);
+        self.0
+            .store
+            .write("dial", move |t| {
+                if let Some(rec) = rec {
+                    ops::put_peer(t, &rec)?;
+                }
+                ops::put_dialed(t, &peer, &dialed)
+            })
+            .await?;
+        let _ = self.0.net.pin(peer).await;
         Ok(peer)
+    }
+
+    /// The node a user means: a PeerId, an address ending in `/p2p/<id>`, or a node name.
+    fn resolve_node(&self, text: &str) -> Result<PeerId, ApiError> {
+        let t = text.trim();
+        if let Ok(p) = t.parse::<PeerId>() {
+            return Ok(p);
+        }
+        if t.starts_with('/') {
+            let ma = crate::net::parse_multiaddr(t).map_err(ApiError::bad)?;
+            return match ma.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(p)) => Ok(p),
+                _ => Err(ApiError::bad(format!("{t} does not end with /p2p/<PeerId>"))),
+            };
+        }
+        let name = NodeName::new(t)?;
+        let dir = self.dir();
+        let matches: Vec<PeerId> = dir
+            .nodes()
+            .filter(|(_, e)| e.announcement.as_ref().is_some_and(|a| a.node_name == name))
+            .map(|(p, _)| *p)
+            .collect();
+        match matches.as_slice() {
+            [p] => Ok(*p),
+            [] => Err(ApiError::not_found(format!(
+                "no node named {t:?} is known (see mesh peers)"
+            ))),
+            many => Err(ApiError::new(
+                ErrorCode::Ambiguous,
+                format!(
+                    "several nodes are named {t:?}: {}",
+                    many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// `mesh dial --forget`.
+    pub async fn forget(&self, node: &str) -> Result<(PeerId, bool), ApiError> {
+        let peer = self.resolve_node(node)?;
+        let was_stored = self
+            .0
+            .store
+            .write("forget", move |t| ops::remove_dialed(t, &peer))
+            .await?;
+        let was_pinned = self.0.net.unpin(peer).await.map_err(unavailable)?;
+        Ok((peer, was_stored || was_pinned))
+    }
+
+    /// `mesh ping`: one round trip, and the connection it used.
+    pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::net::ConnectionView), ApiError> {
+        let peer = self.resolve_node(node)?;
+        if !self.0.net.is_connected(&peer) {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("node {node} is not connected (mesh dial it, or wait for discovery)"),
+            ));
+        }
+        let (rtt, conn) = tokio::time::timeout(DIAL_TIMEOUT, self.0.net.ping(peer))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "no answer within 20 s"))?
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+        Ok((peer, rtt, conn))
+    }
+
+    /// `mesh addr`: what someone else can dial.
+    pub async fn addrs(&self) -> Result<crate::api::AddrsView, ApiError> {
+        use crate::net::{Path, path_of};
+        let info = self.0.net.info().await.map_err(unavailable)?;
+        let me = self.0.peer_id;
+        let full = |a: &libp2p::Multiaddr| format!("{a}/p2p/{me}");
+        let mut view = crate::api::AddrsView {
+            peer_id: me,
+            public: Vec::new(),
+            relayed: Vec::new(),
+            lan: Vec::new(),
+            unconfirmed: Vec::new(),
+        };
+        for a in &info.reach.external {
+            match path_of(a) {
+                Path::Relayed => {}
+                _ => view.public.push(full(a)),
+            }
+        }
+        for r in &info.reach.reservations {
+            if let (true, Some(a)) = (r.accepted, &r.addr) {
+                view.relayed.push(full(&crate::net::strip_p2p(a.clone())));
+            }
+        }
+        for a in &info.listen {
+            if crate::net::is_loopback(a) || crate::net::is_link_local_v6(a) {
+                continue;
+            }
+            match path_of(a) {
+                Path::Lan => view.lan.push(full(a)),
+                Path::Internet if !info.reach.external.contains(a) => view.unconfirmed.push(full(a)),
+                _ => {}
+            }
+        }
+        Ok(view)
     }
 
     fn check_text(&self, text: &str) -> Result<(), ApiError> {
@@ -1156,6 +1268,10 @@ impl Node {
             }
         }
         self.dir().load(records);
+        for (peer, addrs) in self.0.store.read(ops::dialed).await? {
+            let _ = self.0.net.add_addrs(peer, addrs, false).await;
+            let _ = self.0.net.pin(peer).await;
+        }
         let subs = self.0.store.read(ops::subscriptions).await?;
         for (topic, _) in subs {
             self.0

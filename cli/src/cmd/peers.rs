@@ -33,22 +33,111 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
                 p.rtt_us
                     .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
+                p.connections
+                    .iter()
+                    .map(|c| c.describe())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 p.agents.to_string(),
                 p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
             ]
         })
         .collect();
-    output::table(&["NAME", "PEER ID", "STATE", "RTT", "AGENTS", "ADDRESSES"], rows);
+    output::table(
+        &["NAME", "PEER ID", "STATE", "RTT", "PATH", "AGENTS", "ADDRESSES"],
+        rows,
+    );
     Ok(())
 }
 
-pub async fn dial(ctx: &Ctx, addr: &str) -> anyhow::Result<()> {
+pub async fn dial(ctx: &Ctx, addr: &str, forget: bool) -> anyhow::Result<()> {
+    if forget {
+        let (peer, was) = expect!(
+            ctx.call(Request::Forget { node: addr.to_string() }).await?,
+            Response::Forgot { peer, was } => (peer, was)
+        );
+        if ctx.json {
+            return output::json(&serde_json::json!({ "peer_id": peer.to_string(), "forgotten": was }));
+        }
+        if was {
+            println!("{peer} forgotten: it will not be redialed");
+        } else {
+            println!("{peer} was not remembered");
+        }
+        return Ok(());
+    }
     // Check the syntax first: a typo deserves an answer even without a daemon.
     mesh_node::net::parse_multiaddr(addr).map_err(|e| anyhow::anyhow!(e))?;
     let peer = expect!(ctx.call(Request::Dial { addr: addr.to_string() }).await?, Response::Dialed { peer } => peer);
     if ctx.json {
         return output::json(&serde_json::json!({ "peer_id": peer.to_string() }));
     }
-    println!("connected to {peer}");
+    println!(
+        "connected to {peer} (kept connected; `{} dial --forget {peer}` to stop)",
+        ctx.mesh()
+    );
+    Ok(())
+}
+
+pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    let count = count.clamp(1, 1000);
+    let mut rtts = Vec::new();
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let (peer, rtt_us, conn) = expect!(
+            client.call(Request::Ping { node: node.to_string() }).await?,
+            Response::Pong { peer, rtt_us, connection } => (peer, rtt_us, connection)
+        );
+        rtts.push(rtt_us);
+        if ctx.json {
+            output::json_line(&serde_json::json!({
+                "peer_id": peer.to_string(), "rtt_us": rtt_us, "path": conn.describe(), "connection": conn
+            }))?;
+        } else {
+            println!("{peer}: time={:.2} ms, {}", rtt_us as f64 / 1000.0, conn.describe());
+        }
+    }
+    if !ctx.json && rtts.len() > 1 {
+        let min = rtts.iter().min().copied().unwrap_or(0) as f64 / 1000.0;
+        let max = rtts.iter().max().copied().unwrap_or(0) as f64 / 1000.0;
+        let avg = rtts.iter().sum::<u64>() as f64 / rtts.len() as f64 / 1000.0;
+        println!(
+            "{} round trips: min {min:.2} / avg {avg:.2} / max {max:.2} ms",
+            rtts.len()
+        );
+    }
+    Ok(())
+}
+
+pub async fn addr(ctx: &Ctx) -> anyhow::Result<()> {
+    let a = expect!(ctx.call(Request::Addrs).await?, Response::Addrs(a) => a);
+    if ctx.json {
+        return output::json(&a);
+    }
+    let section = |title: &str, list: &[String]| {
+        if !list.is_empty() {
+            println!("{title}");
+            for x in list {
+                println!("  {x}");
+            }
+        }
+    };
+    section("reachable from the internet:", &a.public);
+    section("through a relay (works behind NAT):", &a.relayed);
+    section(
+        "not confirmed reachable yet (public-looking, untested):",
+        &a.unconfirmed,
+    );
+    section("on this local network only:", &a.lan);
+    if a.public.is_empty() && a.relayed.is_empty() {
+        println!(
+            "\nNo internet-reachable address yet. Behind NAT, this node becomes reachable through a relay: dial a \
+             node that runs `mesh up --relay` (or set relay.nodes in config.toml)."
+        );
+    }
+    println!("\nThe other person runs: mesh dial <one of these>");
     Ok(())
 }

@@ -28,9 +28,39 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         }
     );
     println!(
-        "peers    {} connected ({} LAN, {} internet, {} relayed), {} known",
-        s.connected, s.connected_lan, s.connected_internet, s.connected_relayed, s.known
+        "peers    {} connected ({} LAN, {} internet, {} relayed), {} known, {} remembered",
+        s.connected, s.connected_lan, s.connected_internet, s.connected_relayed, s.known, s.remembered
     );
+    let r = &s.reach;
+    println!(
+        "nat      {}",
+        match r.nat {
+            mesh_node::net::NatStatus::Public => "public: reachable from the internet",
+            mesh_node::net::NatStatus::Private => "private: behind NAT or a firewall (reachable through relays)",
+            mesh_node::net::NatStatus::Unknown => "unknown: not tested yet",
+        }
+    );
+    for (i, a) in r.external.iter().enumerate() {
+        println!("{}{a}", if i == 0 { "external " } else { "         " });
+    }
+    for res in &r.reservations {
+        println!(
+            "relay    slot on {}: {}{}",
+            res.relay,
+            if res.accepted { "held" } else { "requested" },
+            res.addr.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
+        );
+    }
+    println!(
+        "punch    {} hole punches: {} direct, {} stayed relayed",
+        r.punch.attempts, r.punch.successes, r.punch.failures
+    );
+    if r.relay_serving {
+        println!(
+            "serving  relay for others: {} relayed connections now",
+            r.relay_circuits
+        );
+    }
     let agents: Vec<String> = s
         .agents
         .iter()

@@ -97,11 +97,24 @@ pub enum Request {
     Peers,
     /// Agents on the whole mesh.
     Agents,
-    /// Connect to a node by multiaddr.
+    /// Connect to a node by multiaddr; the node is remembered and kept connected (redialed
+    /// after restarts and network loss) until forgotten.
     Dial {
         /// The address.
         addr: String,
     },
+    /// Stop keeping a dialed node connected.
+    Forget {
+        /// PeerId, node name, or an address ending in `/p2p/<PeerId>`.
+        node: String,
+    },
+    /// One round trip to a connected node.
+    Ping {
+        /// PeerId or node name.
+        node: String,
+    },
+    /// The addresses other people can dial to reach this node.
+    Addrs,
     /// Send a direct message.
     Send {
         /// Sending local agent (created if new).
@@ -275,6 +288,24 @@ pub enum Response {
         /// The node reached.
         peer: PeerId,
     },
+    /// To `Forget`.
+    Forgot {
+        /// The node.
+        peer: PeerId,
+        /// It was remembered.
+        was: bool,
+    },
+    /// To `Ping`.
+    Pong {
+        /// The node.
+        peer: PeerId,
+        /// Round trip, in microseconds.
+        rtt_us: u64,
+        /// The connection it went over.
+        connection: crate::net::ConnectionView,
+    },
+    /// To `Addrs`.
+    Addrs(AddrsView),
     /// To `Send`.
     Sent(SendReceipt),
     /// To `Inbox`.
@@ -409,6 +440,25 @@ pub struct StatusView {
     pub store: crate::store::StoreStats,
     /// Seconds since the daemon started.
     pub uptime_s: u64,
+    /// Reachability: NAT status, external addresses, relay slots, hole punching, relay service.
+    pub reach: crate::net::ReachInfo,
+    /// Dialed nodes kept connected.
+    pub remembered: u32,
+}
+
+/// Addresses to give to someone who wants to reach this node (each ends in `/p2p/<id>`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddrsView {
+    /// This node.
+    pub peer_id: PeerId,
+    /// Confirmed reachable from the internet.
+    pub public: Vec<String>,
+    /// Through relays this node holds a slot on.
+    pub relayed: Vec<String>,
+    /// On local networks only (same LAN, or VPN).
+    pub lan: Vec<String>,
+    /// Not confirmed either way (public-looking listen addresses not yet tested).
+    pub unconfirmed: Vec<String>,
 }
 
 /// A known node.
@@ -432,6 +482,10 @@ pub struct PeerView {
     pub agents: u32,
     /// Last time it was heard from (ms since the epoch).
     pub last_seen_ms: Option<u64>,
+    /// Open connections: direct (LAN/internet) or relayed (via whom), and transport.
+    pub connections: Vec<crate::net::ConnectionView>,
+    /// Dialed by the user: kept connected.
+    pub remembered: bool,
 }
 
 /// How an agent receives messages now.

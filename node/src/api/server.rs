@@ -305,6 +305,19 @@ async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Dial { addr } => Response::Dialed {
             peer: node.dial(&addr).await?,
         },
+        Request::Forget { node: target } => {
+            let (peer, was) = node.forget(&target).await?;
+            Response::Forgot { peer, was }
+        }
+        Request::Ping { node: target } => {
+            let (peer, rtt, connection) = node.ping(&target).await?;
+            Response::Pong {
+                peer,
+                rtt_us: rtt.as_micros() as u64,
+                connection,
+            }
+        }
+        Request::Addrs => Response::Addrs(node.addrs().await?),
         Request::Send {
             from,
             to,

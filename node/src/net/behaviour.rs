@@ -80,7 +80,11 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
     let relay_cfg = config.relay.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::new().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::new().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| NetError::Start(e.to_string()))?
         .with_quic()
         .with_dns()
@@ -111,7 +115,8 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
                 None
             };
             let rr = request_response::Config::default().with_request_timeout(request_timeout);
-            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
             // Every node answers lookups: the mesh is small and its members' relayed
             // addresses are exactly what a lookup must return.
             kad.set_mode(Some(kad::Mode::Server));
@@ -144,7 +149,10 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
                     rr,
                 ),
                 relay_client,
-                relay_server: relay_cfg.serve.then(|| relay::Behaviour::new(peer, relay_config(&relay_cfg))).into(),
+                relay_server: relay_cfg
+                    .serve
+                    .then(|| relay::Behaviour::new(peer, relay_config(&relay_cfg)))
+                    .into(),
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat_client: autonat::v2::client::Behaviour::default(),
                 autonat_server: autonat::v2::server::Behaviour::default(),

@@ -244,6 +244,8 @@ pub struct NetInfo {
     pub pinned: Vec<PeerId>,
 }
 
+type PingReply = oneshot::Sender<Result<(Duration, ConnectionView), NetError>>;
+
 enum Command {
     Dial {
         addr: Multiaddr,
@@ -277,7 +279,7 @@ enum Command {
     Info(oneshot::Sender<NetInfo>),
     Ping {
         peer: PeerId,
-        reply: oneshot::Sender<Result<(Duration, ConnectionView), NetError>>,
+        reply: PingReply,
     },
     Find {
         peer: PeerId,
@@ -463,7 +465,7 @@ pub struct NetActor {
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
     announcement: Option<Announcement>,
     reach: reach::Reach,
-    pings: HashMap<OutboundRequestId, (Instant, oneshot::Sender<Result<(Duration, ConnectionView), NetError>>)>,
+    pings: HashMap<OutboundRequestId, (Instant, PingReply)>,
     self_tx: mpsc::Sender<Command>,
     /// Hello requests that arrived before this node had an announcement to answer with.
     early_hellos: Vec<ResponseChannel<Announcement>>,
@@ -772,12 +774,20 @@ impl NetActor {
                     }));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().probe.send_request(&peer, rand::random::<u64>());
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .probe
+                    .send_request(&peer, rand::random::<u64>());
                 self.pings.insert(id, (Instant::now(), reply));
             }
             Command::Find { peer, reply } => {
                 if self.swarm.is_connected(&peer) {
-                    let addrs = self.addrs.get(&peer).map(|l| l.iter().cloned().collect()).unwrap_or_default();
+                    let addrs = self
+                        .addrs
+                        .get(&peer)
+                        .map(|l| l.iter().cloned().collect())
+                        .unwrap_or_default();
                     let _ = reply.send(Ok(addrs));
                 } else {
                     self.lookup(peer, Some(reply));
@@ -800,7 +810,11 @@ impl NetActor {
                     .map(|(p, s)| ConnectedPeer {
                         peer: *p,
                         addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
-                        connections: s.connections.values().map(|c| ConnectionView::of(&c.addr, c.dialed)).collect(),
+                        connections: s
+                            .connections
+                            .values()
+                            .map(|c| ConnectionView::of(&c.addr, c.dialed))
+                            .collect(),
                         rtt: s.rtt,
                         agent_version: s.agent_version.clone(),
                     })
@@ -1177,7 +1191,11 @@ impl NetActor {
 
     fn on_probe(&mut self, event: request_response::Event<u64, u64>) {
         match event {
-            request_response::Event::Message { peer, message, connection_id } => match message {
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let _ = self.swarm.behaviour_mut().probe.send_response(channel, request);
                 }
@@ -1198,7 +1216,12 @@ impl NetActor {
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 if let Some((_, reply)) = self.pings.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::behaviour::{HOP_PROTOCOL, KAD_PROTOCOL};
-use super::{NetActor, NetEvent, NetError, is_link_local_v6, is_loopback, path_of, Path, strip_p2p};
+use super::{NetActor, NetError, NetEvent, Path, is_link_local_v6, is_loopback, path_of, strip_p2p};
 use crate::ids::now_ms;
 
 /// Relays a node holds slots on at once while unreachable.
@@ -92,6 +92,8 @@ pub(super) struct Reservation {
     renewals: u32,
 }
 
+type FindReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
+
 struct Pin {
     next: Option<Instant>,
     backoff: Duration,
@@ -107,7 +109,7 @@ pub(super) struct Reach {
     /// Peers that offer relaying (identify says so).
     relays: HashSet<PeerId>,
     pinned: HashMap<PeerId, Pin>,
-    lookups: HashMap<kad::QueryId, (PeerId, Vec<oneshot::Sender<Result<Vec<Multiaddr>, NetError>>>)>,
+    lookups: HashMap<kad::QueryId, (PeerId, Vec<FindReply>)>,
     last_lookup: HashMap<PeerId, Instant>,
     pub(super) punch: PunchStats,
     relay_circuits: u32,
@@ -153,10 +155,7 @@ impl Reach {
 
 impl NetActor {
     pub(super) fn nat_status(&self) -> NatStatus {
-        let public = self
-            .swarm
-            .external_addresses()
-            .any(|a| path_of(a) == Path::Internet);
+        let public = self.swarm.external_addresses().any(|a| path_of(a) == Path::Internet);
         if public {
             NatStatus::Public
         } else if self.reach.autonat_failed > 0 {
@@ -393,7 +392,9 @@ impl NetActor {
 
     pub(super) fn on_relay_client(&mut self, e: relay::client::Event) {
         match e {
-            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id, renewal, ..
+            } => {
                 if let Some(r) = self.reach.reservations.get_mut(&relay_peer_id) {
                     r.accepted = true;
                     r.since_ms = Some(now_ms());
@@ -458,11 +459,16 @@ impl NetActor {
     }
 
     /// After identify: note relays, feed the DHT with the peer's dialable addresses.
-    pub(super) fn reach_on_identify(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol], listen: &[Multiaddr]) {
+    pub(super) fn reach_on_identify(
+        &mut self,
+        peer: PeerId,
+        protocols: &[libp2p::StreamProtocol],
+        listen: &[Multiaddr],
+    ) {
         if protocols.iter().any(|p| p.as_ref() == HOP_PROTOCOL) {
             self.reach.relays.insert(peer);
         }
-        if protocols.iter().any(|p| *p == KAD_PROTOCOL) {
+        if protocols.contains(&KAD_PROTOCOL) {
             let mut added = false;
             for a in listen {
                 if !is_link_local_v6(a) && (!is_loopback(a) || self.peer_is_local(&peer)) {
@@ -483,12 +489,16 @@ impl NetActor {
     }
 
     /// Looks `peer` up in the DHT (at most every [`LOOKUP_EVERY`]), dialing it when found.
-    pub(super) fn lookup(&mut self, peer: PeerId, reply: Option<oneshot::Sender<Result<Vec<Multiaddr>, NetError>>>) {
+    pub(super) fn lookup(&mut self, peer: PeerId, reply: Option<FindReply>) {
         if let Some((_, (_, waiters))) = self.reach.lookups.iter_mut().find(|(_, (p, _))| *p == peer) {
             waiters.extend(reply);
             return;
         }
-        let recent = self.reach.last_lookup.get(&peer).is_some_and(|t| t.elapsed() < LOOKUP_EVERY);
+        let recent = self
+            .reach
+            .last_lookup
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < LOOKUP_EVERY);
         if recent && reply.is_none() {
             return;
         }
@@ -517,8 +527,10 @@ impl NetActor {
             .filter(|p| p.peer_id == target)
             .flat_map(|p| p.addrs)
             .collect();
-        if !found.is_empty() || step.last {
-            if let Some((_, waiters)) = self.reach.lookups.remove(&id) {
+        if (!found.is_empty() || step.last)
+            && let Some((_, waiters)) = self.reach.lookups.remove(&id)
+        {
+            {
                 if !found.is_empty() {
                     tracing::info!(peer = %target, addrs = ?found, "found through the DHT");
                     for a in &found {

@@ -62,6 +62,8 @@ pub(crate) mod tables {
     pub const TOPIC_PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("topic-pending-1");
     /// peer id bytes → `PeerRecord`.
     pub const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers-1");
+    /// peer id bytes → addresses the user dialed it at: kept connected across restarts.
+    pub const DIALED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialed-1");
 }
 
 /// Errors of the store. Cloneable, because one storage failure is reported to every job of
@@ -409,6 +411,7 @@ impl Store {
         txn.open_table(tables::TOPIC_LOG)?;
         txn.open_table(tables::TOPIC_PENDING)?;
         txn.open_table(tables::PEERS)?;
+        txn.open_table(tables::DIALED)?;
         txn.commit()?;
 
         let shared = Arc::new(Shared {
