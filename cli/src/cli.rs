@@ -98,6 +98,10 @@ pub struct UpArgs {
     /// Offer relay service to other nodes (for a node with a public address).
     #[arg(long, env = "MESH_RELAY")]
     pub relay: bool,
+    /// An address this node is reachable at from the internet (repeatable), e.g. a VPS's
+    /// public IP behind 1:1 NAT: /ip4/203.0.113.7/tcp/4001.
+    #[arg(long, env = "MESH_EXTERNAL", value_delimiter = ',', value_name = "MULTIADDR")]
+    pub external: Vec<String>,
 }
 
 /// The local agent a command acts as.

@@ -31,6 +31,9 @@ pub struct Config {
     /// Addresses to listen on (default: all IPv4 and IPv6 interfaces, TCP and QUIC, ports
     /// chosen by the OS).
     pub listen: Vec<Multiaddr>,
+    /// Addresses this node is known to be reachable at from the internet (e.g. a VPS's
+    /// public IP when it sits behind 1:1 NAT); advertised without waiting for AutoNAT.
+    pub external: Vec<Multiaddr>,
     /// LAN discovery with mDNS and DNS-SD (`_agentmesh._udp.local`); the master switch
     /// (`--no-mdns` turns it off).
     pub mdns: bool,
@@ -152,6 +155,7 @@ impl Default for Config {
         Self {
             name: None,
             listen: Vec::new(),
+            external: Vec::new(),
             mdns: true,
             lan: Lan::default(),
             limits: Limits::default(),
@@ -217,6 +221,8 @@ pub struct Overrides {
     pub no_mdns: bool,
     /// `--relay` / `MESH_RELAY`.
     pub relay: bool,
+    /// `--external` (repeatable) / `MESH_EXTERNAL`.
+    pub external: Vec<Multiaddr>,
 }
 
 /// Errors loading the configuration.
@@ -270,6 +276,9 @@ impl Config {
         }
         if overrides.relay {
             cfg.relay.serve = true;
+        }
+        if !overrides.external.is_empty() {
+            cfg.external = overrides.external.clone();
         }
         cfg.validate()?;
         Ok(cfg)
@@ -365,6 +374,7 @@ mod tests {
             listen: vec![],
             no_mdns: true,
             relay: true,
+            external: vec![],
         };
         let cfg = Config::load(&p, &ov).unwrap();
         assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-flag");

@@ -20,11 +20,21 @@ fn overrides(a: &UpArgs) -> anyhow::Result<Overrides> {
                 .map_err(|e| anyhow::anyhow!("malformed --listen address {s:?}: {e} (example: /ip4/0.0.0.0/tcp/4001)"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let external = a
+        .external
+        .iter()
+        .map(|s| {
+            s.trim().parse().map_err(|e| {
+                anyhow::anyhow!("malformed --external address {s:?}: {e} (example: /ip4/203.0.113.7/tcp/4001)")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Overrides {
         name,
         listen,
         no_mdns: a.no_mdns,
         relay: a.relay,
+        external,
     })
 }
 
@@ -67,6 +77,10 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         }
         if ov.relay {
             args.push("--relay".into());
+        }
+        for e in &ov.external {
+            args.push("--external".into());
+            args.push(e.to_string().into());
         }
         let home = ctx.home.clone();
         let outcome = tokio::task::spawn_blocking(move || daemon::spawn_detached(&exe, &args, &home)).await??;

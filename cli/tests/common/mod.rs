@@ -39,7 +39,12 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Home {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // MESH_TEST_KEEP=1 keeps homes (and daemon logs, `<home>.log`) for a post-mortem.
+        if std::env::var_os("MESH_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping test home {}", dir.path().display());
+        }
         let h = Home { dir };
         std::fs::create_dir_all(h.path()).expect("mkdir");
         std::fs::write(h.path().join("config.toml"), FAST_CONFIG).expect("config");
@@ -224,7 +229,10 @@ pub fn spawn_daemon(mut cmd: Command, home: &Path, args: &[&str]) -> Daemon {
         .args(args)
         .env("MESH_DAEMON_READY", "1")
         .env("USER", TEST_USER)
-        .env("MESH_LOG", "debug")
+        .env(
+            "MESH_LOG",
+            "info,mesh_node=debug,libp2p_relay=debug,libp2p_dcutr=debug,libp2p_autonat=debug",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

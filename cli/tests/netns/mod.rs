@@ -6,9 +6,15 @@
 //! still running inside are killed first). Traffic stays inside the lab: namespaces have no
 //! route out.
 //!
-//! Run by hand: `sudo cargo test -p mesh-cli --test lan -- --nocapture`; while a test runs,
-//! `ip netns list` shows its namespaces (`am<pid>-...`), and
-//! `ip netns exec <ns> bash` gets a shell on a host.
+//! Topologies: [`Lab::segment`] (a switch), [`Lab::host`] / [`Lab::host_via`] (a machine),
+//! [`Lab::router`] (a NAT router between a public segment and a LAN, endpoint-independent or
+//! symmetric, with iptables MASQUERADE).
+//!
+//! Run by hand: `sudo cargo test -p mesh-cli --test lan -- --nocapture` (LAN) or
+//! `--test internet` (NAT, relays, hole punching); while a test runs, `ip netns list` shows
+//! its namespaces (`am<pid>-...`), `ip netns exec <ns> bash` gets a shell on a host, and
+//! `ip netns exec <router ns> conntrack -L` (package conntrack) shows NAT mappings. Daemon logs
+//! are written next to each test home (`<home>.log`).
 
 #![allow(dead_code, missing_docs)]
 
@@ -27,6 +33,28 @@ pub struct Lab {
 pub struct Segment {
     pub ns: String,
     pub subnet: [u8; 3],
+}
+
+/// How a router translates addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Masquerade keeping the source port when it can: the same inside address and port
+    /// always map to the same outside port (endpoint-independent mapping, as most home
+    /// routers do). Hole punching works through it.
+    EndpointIndependent,
+    /// A fresh random outside port for every new flow (`--random-fully`): a symmetric NAT,
+    /// as in many carrier-grade and corporate NATs. Hole punching fails through it.
+    Symmetric,
+}
+
+/// A NAT router between a public segment and a private LAN.
+#[derive(Clone, Debug)]
+pub struct Router {
+    pub ns: String,
+    /// Its address on the public side.
+    pub wan_ip: Ipv4Addr,
+    /// Its address on the LAN (the LAN's gateway).
+    pub lan_ip: Ipv4Addr,
 }
 
 /// A host: a namespace with one interface on a segment.
@@ -137,6 +165,89 @@ impl Lab {
         // Multicast (mDNS) leaves through the LAN interface.
         sh(&["ip", "-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
         Host { ns, ip }
+    }
+
+    /// A NAT router: `.wan_last` on `wan`, `.1` on `lan`, forwarding LAN traffic out with
+    /// the given NAT.
+    pub fn router(&mut self, name: &str, wan: &Segment, wan_last: u8, lan: &Segment, nat: Nat) -> Router {
+        let ns = self.add_ns(name);
+        self.plug(&ns, "wan", wan);
+        self.plug(&ns, "lan", lan);
+        let [a, b, c] = wan.subnet;
+        let wan_ip = Ipv4Addr::new(a, b, c, wan_last);
+        let [a, b, c] = lan.subnet;
+        let lan_ip = Ipv4Addr::new(a, b, c, 1);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{wan_ip}/24"), "dev", "wan"]);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{lan_ip}/24"), "dev", "lan"]);
+        sh(&["ip", "-n", &ns, "link", "set", "wan", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lan", "up"]);
+        sh(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut rule = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ];
+        if nat == Nat::Symmetric {
+            rule.push("--random-fully");
+        }
+        sh(&rule);
+        // Like a home router: unsolicited traffic from the outside is dropped silently
+        // (not answered with a reset), to the router and to the LAN alike.
+        for chain in ["INPUT", "FORWARD"] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "iptables",
+                "-A",
+                chain,
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ]);
+        }
+        Router { ns, wan_ip, lan_ip }
+    }
+
+    /// A host on `seg` with address `.<last>` and its default route through `gateway`.
+    pub fn host_via(&mut self, name: &str, seg: &Segment, last: u8, gateway: Ipv4Addr) -> Host {
+        let h = self.host(name, seg, last);
+        sh(&[
+            "ip",
+            "-n",
+            &h.ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ]);
+        h
+    }
+
+    /// Runs a command inside `ns` (for the test's own checks).
+    pub fn exec(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
     }
 
     /// Takes a host's link down or up (a cable pulled or plugged back).

@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             no_mdns: true,
             relay: false,
+            external: vec![],
         },
         user: Some(AgentName::new("you")?),
     })

@@ -27,6 +27,7 @@ async fn start(dir: &std::path::Path, name: &str, port: u16) -> anyhow::Result<(
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse()?],
             no_mdns: true,
             relay: false,
+            external: vec![],
         },
         user: Some(AgentName::new("user")?),
     })

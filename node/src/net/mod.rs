@@ -491,7 +491,7 @@ pub fn spawn(
     let actor = NetActor {
         swarm,
         self_tx: tx.clone(),
-        reach: reach::Reach::new(&config.relay.nodes, config.relay.serve),
+        reach: reach::Reach::new(&config.relay.nodes, config.relay.serve, &config.external),
         pings: HashMap::new(),
         commands,
         events,
@@ -840,6 +840,12 @@ impl NetActor {
                 tracing::info!(%address, "listening");
                 self.listeners_reported.insert(listener_id);
                 self.reach_on_new_listen_addr(listener_id, &address);
+                // A relay is run on purpose on a public address: say so without waiting for
+                // AutoNAT (whose servers only answer on connections the tester dialed, which
+                // a relay rarely does).
+                if self.reach_serving() && path_of(&address) == Path::Internet {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.update_listening();
                 self.emit(NetEvent::Listening(address));
             }
@@ -852,7 +858,7 @@ impl NetActor {
                 reason,
                 addresses,
             } => {
-                if !self.reach_on_listener_closed(listener_id, &addresses) {
+                if !self.reach_on_listener_closed(listener_id, &addresses, &reason) {
                     tracing::warn!(?reason, "listener closed");
                     self.listeners_reported.insert(listener_id);
                 }
@@ -877,9 +883,9 @@ impl NetActor {
                 connection_id,
                 num_established,
                 cause,
-                ..
+                endpoint,
             } => {
-                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), ?cause, "connection closed");
                 if let Some(s) = self.peers.get_mut(&peer_id) {
                     s.connections.remove(&connection_id);
                 }
@@ -912,13 +918,19 @@ impl NetActor {
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
         let dialed = endpoint.is_dialer();
-        let addr = endpoint.get_remote_address().clone();
+        // An inbound relayed connection has only `/p2p/<peer>` as remote address; the
+        // circuit shows on our side (the relayed address we listen on).
+        let addr = match &endpoint {
+            ConnectedPoint::Listener { local_addr, .. } if relay_of(local_addr).is_some() => local_addr.clone(),
+            _ => endpoint.get_remote_address().clone(),
+        };
         let via = relay_of(&addr);
+        tracing::debug!(%peer, %addr, dialed, relayed = via.is_some(), "connection established");
         if let Some((_, reply)) = self.dials.remove(&id) {
             let _ = reply.send(Ok(peer));
         }
         if dialed {
-            self.remember(peer, addr.clone());
+            self.remember(peer, endpoint.get_remote_address().clone());
         }
         let me = *self.swarm.local_peer_id();
         let state = self.peers.entry(peer).or_default();

@@ -114,11 +114,12 @@ pub(super) struct Reach {
     pub(super) punch: PunchStats,
     relay_circuits: u32,
     relay_serving: bool,
+    declared: Vec<Multiaddr>,
     last_status: NatStatus,
 }
 
 impl Reach {
-    pub(super) fn new(configured: &[Multiaddr], relay_serving: bool) -> Self {
+    pub(super) fn new(configured: &[Multiaddr], relay_serving: bool, declared: &[Multiaddr]) -> Self {
         let configured = configured
             .iter()
             .filter_map(|a| {
@@ -141,6 +142,7 @@ impl Reach {
             punch: PunchStats::default(),
             relay_circuits: 0,
             relay_serving,
+            declared: declared.to_vec(),
             last_status: NatStatus::Unknown,
         }
     }
@@ -199,8 +201,16 @@ impl NetActor {
         self.emit(NetEvent::ReachChanged);
     }
 
-    /// Dials configured relays at start and remembers them.
+    pub(super) fn reach_serving(&self) -> bool {
+        self.reach.relay_serving
+    }
+
+    /// Declared external addresses, configured relays: at start.
     pub(super) fn start_reach(&mut self) {
+        for a in self.reach.declared.clone() {
+            tracing::info!(addr = %a, "declared external address");
+            self.swarm.add_external_address(a);
+        }
         let configured = self.reach.configured.clone();
         for (peer, addr) in configured {
             self.remember(peer, addr);
@@ -364,13 +374,17 @@ impl NetActor {
         if let Some((relay, r)) = self.reach.reservations.iter_mut().find(|(_, r)| r.listener == listener) {
             r.addr = Some(addr.clone());
             tracing::info!(%relay, %addr, "reachable through a relay");
-            self.swarm.add_external_address(addr.clone());
             self.reach_changed();
         }
     }
 
     /// A listener ended: if it was a reservation, ask again later.
-    pub(super) fn reach_on_listener_closed(&mut self, listener: ListenerId, addrs: &[Multiaddr]) -> bool {
+    pub(super) fn reach_on_listener_closed(
+        &mut self,
+        listener: ListenerId,
+        addrs: &[Multiaddr],
+        reason: &Result<(), std::io::Error>,
+    ) -> bool {
         let Some(relay) = self
             .reach
             .reservations
@@ -381,10 +395,11 @@ impl NetActor {
             return false;
         };
         self.reach.reservations.remove(&relay);
-        for a in addrs {
-            self.swarm.remove_external_address(a);
+        let _ = addrs;
+        match reason {
+            Ok(()) => tracing::info!(%relay, "relay slot closed; will ask again"),
+            Err(e) => tracing::info!(%relay, error = %e, "relay slot refused or lost; will ask again"),
         }
-        tracing::info!(%relay, "relay slot lost; will ask again");
         self.retry_reservation(relay);
         self.reach_changed();
         true

@@ -164,6 +164,7 @@ async fn launch(home: &Home, name: &str, port: u16) -> (Daemon, u16) {
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
             no_mdns: true,
             relay: false,
+            external: vec![],
         },
         user: Some(AgentName::new("user").expect("agent")),
     };
