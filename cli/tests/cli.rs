@@ -493,3 +493,104 @@ fn install_and_uninstall_round_trip_on_existing_configs() {
     assert!(e.stderr.contains("not valid JSON"), "{}", e.stderr);
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "{ broken");
 }
+
+#[test]
+fn dial_by_dns_quic_and_ipv6_and_stay_connected_until_forgotten() {
+    let (ha, hb) = (Home::new(), Home::new());
+    let _a = ha.start("alpha", 0);
+    // B listens on TCP and QUIC, IPv4 and IPv6 loopback.
+    let b = common::start_daemon(
+        &hb.path(),
+        "beta",
+        0,
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip6/::1/tcp/0"],
+    );
+    let peer = b.info.peer_id.to_string();
+    let port = |pred: &dyn Fn(&str) -> bool| -> String {
+        let a = b
+            .info
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .find(|a| pred(a))
+            .expect("listen address");
+        a.rsplit('/')
+            .nth(if a.ends_with("quic-v1") { 1 } else { 0 })
+            .unwrap()
+            .to_string()
+    };
+    let tcp4 = port(&|a| a.starts_with("/ip4/") && a.contains("/tcp/"));
+    let quic = port(&|a| a.contains("quic-v1"));
+    let tcp6 = port(&|a| a.starts_with("/ip6/"));
+
+    // By DNS name (resolved by the node), without /p2p: the node is learned on the way.
+    let out = ha.run(&["--json", "dial", &format!("/dns4/localhost/tcp/{tcp4}")]);
+    out.ok();
+    assert_eq!(out.json()["peer_id"], peer.as_str());
+    // Over QUIC and IPv6, with /p2p.
+    ha.run(&["dial", &format!("/ip4/127.0.0.1/udp/{quic}/quic-v1/p2p/{peer}")])
+        .ok();
+    ha.run(&["dial", &format!("/ip6/::1/tcp/{tcp6}/p2p/{peer}")]).ok();
+    // The wrong node at an address is refused clearly.
+    let other = libp2p::PeerId::random();
+    let e = ha.run(&["dial", &format!("/ip4/127.0.0.1/tcp/{tcp4}/p2p/{other}")]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("not the one in the address"), "{}", e.stderr);
+    // A relayed address must name the node at its end.
+    let e = ha.run(&["dial", &format!("/ip4/127.0.0.1/tcp/{tcp4}/p2p/{peer}/p2p-circuit")]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("must end with /p2p/"), "{}", e.stderr);
+
+    // Remembered: B restarts on the same port and A reconnects by itself.
+    let peers = ha.run(&["--json", "peers"]).json();
+    assert_eq!(peers[0]["remembered"], true);
+    drop(b);
+    let b = common::start_daemon(&hb.path(), "beta", tcp4.parse().unwrap(), &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let home = mesh_node::home::Home::resolve(Some(ha.path())).unwrap();
+        let c = Client::connect(&home, "test").await.unwrap();
+        let mut ev = c.watch(vec![]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let connected = match c.call(Request::Peers).await.unwrap() {
+                Response::Peers(p) => p.iter().any(|x| x.peer_id == b.info.peer_id && x.connected),
+                _ => false,
+            };
+            if connected {
+                break;
+            }
+            tokio::time::timeout_at(deadline, ev.recv())
+                .await
+                .expect("A never redialed B");
+        }
+    });
+    let out = ha.run(&["ping", "beta", "--count", "2"]);
+    out.ok();
+    assert!(
+        out.stdout.contains("direct over tcp (LAN)") && out.stdout.contains("round trips"),
+        "{}",
+        out.stdout
+    );
+
+    // Forgotten: no longer remembered (by name, PeerId or address).
+    let out = ha.run(&["--json", "dial", "--forget", "beta"]);
+    out.ok();
+    assert_eq!(out.json()["forgotten"], true);
+    assert_eq!(
+        ha.run(&["--json", "dial", "--forget", &peer]).json()["forgotten"],
+        false
+    );
+    assert_eq!(ha.run(&["--json", "peers"]).json()[0]["remembered"], false);
+    assert_eq!(ha.run(&["dial", "--forget", "nobody-here"]).code, 1);
+
+    // `mesh addr` has something to share even on a LAN-only node.
+    let addr = hb.run(&["--json", "addr"]).json();
+    assert_eq!(addr["peer_id"], peer.as_str());
+    let st = hb.run(&["status"]);
+    assert!(
+        st.stdout.contains("nat ") && st.stdout.contains("punch "),
+        "{}",
+        st.stdout
+    );
+}
