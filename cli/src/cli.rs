@@ -51,6 +51,24 @@ pub enum Command {
     },
     /// Print the addresses another person can dial to reach this node.
     Addr,
+    /// Make a join code for this node's mesh (one use, 24 h by default): the other node
+    /// runs `mesh join <code>`.
+    Invite(InviteArgs),
+    /// Join the mesh of the node that made a join code (leaving this node's mesh).
+    Join {
+        /// The join code (agentmesh:...).
+        code: String,
+    },
+    /// The members of this node's mesh.
+    Members,
+    /// Remove a node from the mesh: it is disconnected and the mesh key is replaced by one
+    /// it never gets, so it cannot come back with what it holds.
+    Remove {
+        /// PeerId or node name.
+        node: String,
+    },
+    /// Leave the mesh: this node starts a new mesh of its own.
+    Leave,
     /// Send a direct message to an agent (agent@node, or a unique bare agent name).
     Send(SendArgs),
     /// Show unread messages (and mark them read).
@@ -95,13 +113,31 @@ pub struct UpArgs {
     /// Do not discover or advertise on the LAN (mDNS and DNS-SD).
     #[arg(long, env = "MESH_NO_MDNS")]
     pub no_mdns: bool,
-    /// Offer relay service to other nodes (for a node with a public address).
+    /// Offer relay service to the other members (for a node with a public address).
     #[arg(long, env = "MESH_RELAY")]
     pub relay: bool,
+    /// Relay for any node, member or not (a public relay; implies --relay). Non-members
+    /// still get nothing else from this node.
+    #[arg(long, env = "MESH_RELAY_FOR_ANYONE")]
+    pub relay_for_anyone: bool,
+    /// Open mode, for trusted lab networks only: admit every node that is also in open
+    /// mode, with no secret. Anyone on those networks can then reach your agents.
+    #[arg(long, env = "MESH_OPEN")]
+    pub open: bool,
     /// An address this node is reachable at from the internet (repeatable), e.g. a VPS's
     /// public IP behind 1:1 NAT: /ip4/203.0.113.7/tcp/4001.
     #[arg(long, env = "MESH_EXTERNAL", value_delimiter = ',', value_name = "MULTIADDR")]
     pub external: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    /// How long the code stays valid (e.g. 30m, 24h, 7d; at most 30 days).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// How many nodes may join with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
 }
 
 /// The local agent a command acts as.

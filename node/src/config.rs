@@ -47,14 +47,20 @@ pub struct Config {
     pub presence: Presence,
     /// Relaying: serving as a relay, and the relays this node uses when unreachable.
     pub relay: Relay,
+    /// Open mode (`mesh up --open`): admit any node that is also in open mode, with no
+    /// secret. Only for trusted lab networks: anyone there can reach your agents.
+    pub open: bool,
 }
 
 /// Relay settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Relay {
-    /// Offer relay service to other nodes (`mesh up --relay`).
+    /// Offer relay service to other members (`mesh up --relay`).
     pub serve: bool,
+    /// Relay for any node, member or not (`mesh up --relay-for-anyone`): a public relay.
+    /// Non-members still get nothing else from this node.
+    pub for_anyone: bool,
     /// Relays to reserve a slot on when this node is not reachable from the internet
     /// (multiaddrs with `/p2p/<id>`); reachable mesh members that relay are used too.
     pub nodes: Vec<Multiaddr>,
@@ -75,6 +81,7 @@ impl Default for Relay {
     fn default() -> Self {
         Self {
             serve: false,
+            for_anyone: false,
             nodes: Vec::new(),
             max_circuit_duration: Duration::from_secs(2 * 3600),
             max_circuit_bytes: 1 << 30,
@@ -105,18 +112,30 @@ impl Default for Lan {
     }
 }
 
-/// Size limits. Anything over them is refused with a clear error, never truncated.
+/// Size and rate limits. Anything over them is refused with a clear error, never
+/// truncated; nothing already stored is touched. A rate of 0 means unlimited.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest message text (direct or topic), in bytes.
+    /// Largest direct message text, in bytes.
     pub max_message_bytes: usize,
+    /// Largest topic message text, in bytes.
+    pub max_topic_message_bytes: usize,
     /// Largest local API frame, in bytes.
     pub max_api_frame_bytes: usize,
     /// Most messages sent to one peer in one delivery request.
     pub max_batch_messages: usize,
     /// Largest agent summary, in bytes.
     pub max_summary_bytes: usize,
+    /// Messages one local agent may send (direct and topic) per minute, sustained; bursts
+    /// of half that are allowed.
+    pub agent_sends_per_minute: u32,
+    /// Direct messages accepted from one peer node per minute (more are answered "busy",
+    /// and the sender retries later); bursts of half that are allowed.
+    pub peer_messages_per_minute: u32,
+    /// Topic messages accepted from one publishing node per minute (more are dropped);
+    /// bursts of half that are allowed.
+    pub peer_topic_messages_per_minute: u32,
 }
 
 /// Direct-message delivery settings.
@@ -162,6 +181,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             presence: Presence::default(),
             relay: Relay::default(),
+            open: false,
         }
     }
 }
@@ -170,9 +190,13 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 * 1024,
+            max_topic_message_bytes: 16 * 1024,
             max_api_frame_bytes: 1024 * 1024,
             max_batch_messages: 64,
             max_summary_bytes: 1024,
+            agent_sends_per_minute: 600,
+            peer_messages_per_minute: 3000,
+            peer_topic_messages_per_minute: 1200,
         }
     }
 }
@@ -223,6 +247,10 @@ pub struct Overrides {
     pub relay: bool,
     /// `--external` (repeatable) / `MESH_EXTERNAL`.
     pub external: Vec<Multiaddr>,
+    /// `--open` / `MESH_OPEN`.
+    pub open: bool,
+    /// `--relay-for-anyone` / `MESH_RELAY_FOR_ANYONE` (implies `--relay`).
+    pub relay_for_anyone: bool,
 }
 
 /// Errors loading the configuration.
@@ -280,6 +308,13 @@ impl Config {
         if !overrides.external.is_empty() {
             cfg.external = overrides.external.clone();
         }
+        if overrides.open {
+            cfg.open = true;
+        }
+        if overrides.relay_for_anyone {
+            cfg.relay.serve = true;
+            cfg.relay.for_anyone = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -292,10 +327,15 @@ impl Config {
                 "limits.max_message_bytes must be between 1 and 16 MiB".into(),
             ));
         }
-        if l.max_api_frame_bytes < l.max_message_bytes + 4096 {
+        if l.max_topic_message_bytes == 0 || l.max_topic_message_bytes > 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_topic_message_bytes must be between 1 and 1 MiB".into(),
+            ));
+        }
+        if l.max_api_frame_bytes < l.max_message_bytes.max(l.max_topic_message_bytes) + 4096 {
             return Err(ConfigError::Invalid(format!(
-                "limits.max_api_frame_bytes must be at least max_message_bytes + 4096 ({})",
-                l.max_message_bytes + 4096
+                "limits.max_api_frame_bytes must be at least the largest message limit + 4096 ({})",
+                l.max_message_bytes.max(l.max_topic_message_bytes) + 4096
             )));
         }
         if l.max_batch_messages == 0 || l.max_batch_messages > 4096 {
@@ -375,6 +415,8 @@ mod tests {
             no_mdns: true,
             relay: true,
             external: vec![],
+            open: false,
+            relay_for_anyone: false,
         };
         let cfg = Config::load(&p, &ov).unwrap();
         assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-flag");

@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::home::{Home, HomeError};
 use crate::identity::{self, IdentityError};
 use crate::ids::{AgentName, NodeName};
+use crate::mesh::{Membership, MeshError};
 use crate::net::{self, NetError};
 use crate::node::{COURIER_QUEUE, Node, Parts};
 use crate::store::{Store, StoreError};
@@ -51,6 +52,9 @@ pub enum DaemonError {
     /// Identity problem.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// Mesh key problem.
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
     /// Store problem.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -160,6 +164,14 @@ impl Daemon {
         let config = Config::load(&home.config_path(), &opts.overrides)?;
         let keypair = identity::load_or_create(&home.identity_path())?;
         let peer_id = keypair.public().to_peer_id();
+        let mesh = if config.open {
+            tracing::warn!(
+                "OPEN MODE: any agentmesh node in open mode on reachable networks is admitted without a secret"
+            );
+            Membership::open()
+        } else {
+            Membership::load_or_create(&home.mesh_path())?
+        };
         let store = open_store(&home.store_path(), peer_id).await?;
         let listener = server::bind(&home.socket_path())?;
         let name = config
@@ -167,12 +179,21 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
 
-        let (swarm, listeners) = net::build(&keypair, &config)?;
+        let (swarm, listeners) = net::build(&keypair, &config, &mesh)?;
         let cancel = CancellationToken::new();
-        let (net, net_events, net_task) = net::spawn(swarm, listeners, &config, cancel.clone());
+        let (net, net_events, net_task) = net::spawn(
+            swarm,
+            listeners,
+            &config,
+            mesh.clone(),
+            name.to_string(),
+            cancel.clone(),
+        );
         let (courier_tx, courier_rx) = mpsc::channel(COURIER_QUEUE);
         let node = Node::new(Parts {
             peer_id,
+            keypair: keypair.clone(),
+            mesh,
             name: name.clone(),
             home: home.clone(),
             config: config.clone(),

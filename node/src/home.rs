@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <home>/identity.key   Ed25519 keypair (protobuf encoding), mode 0600
+//! <home>/mesh.key       the mesh this node belongs to (secret key chain), mode 0600
 //! <home>/config.toml    optional settings (see `Config`)
 //! <home>/store.redb     messages, agents, peers, subscriptions
 //! <home>/mesh.sock      local API socket, mode 0600
@@ -112,6 +113,10 @@ impl Home {
     /// `identity.key`.
     pub fn identity_path(&self) -> PathBuf {
         self.root.join("identity.key")
+    }
+    /// `mesh.key`: the mesh this node belongs to (its secret key chain).
+    pub fn mesh_path(&self) -> PathBuf {
+        self.root.join("mesh.key")
     }
     /// `config.toml`.
     pub fn config_path(&self) -> PathBuf {

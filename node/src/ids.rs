@@ -243,6 +243,12 @@ impl AgentName {
     }
 }
 
+/// A short label given by another node (a claimed name): control characters removed,
+/// at most 64 characters.
+pub fn sanitize_text(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
 /// Replaces characters names may not contain with `-`, drops leading non-alphanumerics and
 /// truncates to [`MAX_NAME_LEN`].
 fn sanitize(s: &str) -> String {

@@ -13,6 +13,7 @@
 //! * [`courier`]: outbox delivery with batching, ordering, retries and TTL.
 //! * [`directory`]: nodes, their agents, presence, address resolution.
 //! * [`store`]: redb tables and operations, one writer thread with grouped commits.
+//! * [`mesh`]: membership (the mesh secret), admission proofs, sealing, join codes.
 //! * [`wire`]: peer-to-peer messages and the postcard codec.
 //! * [`api`]: local API types, server and client.
 //! * [`dnssd`]: DNS-SD advertisement and browsing.
@@ -33,8 +34,10 @@ pub mod dnssd;
 pub mod home;
 pub mod identity;
 pub mod ids;
+pub mod mesh;
 pub mod net;
 pub mod node;
+pub mod ratelimit;
 pub mod store;
 pub mod wire;
 

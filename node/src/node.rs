@@ -16,16 +16,21 @@ use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryView, MessageView, NodeIdentity, OutboxView, PeerView,
-    PublishReceipt, Reception, SendReceipt, SendStatus, StatusView, TopicView,
+    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryView, InviteView, JoinView, MemberView, MembersView,
+    MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception, RemovedView, SendReceipt,
+    SendStatus, StatusView, TopicView,
 };
 use crate::config::Config;
 use crate::directory::{Directory, Target, Update};
 use crate::home::Home;
 use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName, now_ms};
+use crate::mesh::{Invite, InviteBody, Membership};
 use crate::net::{AGENT_VERSION, NetEvent, NetHandle};
-use crate::store::{self, AgentRecord, Channel, InboxEntry, OutState, OutboxEntry, ReadState, Store, ops};
-use crate::wire::{self, AgentInfo, Announcement, DmResponse, TopicEnvelope, WireMessage};
+use crate::ratelimit::RateLimiter;
+use crate::store::{
+    self, AgentRecord, Channel, InboxEntry, InviteRecord, InviteUse, OutState, OutboxEntry, ReadState, Store, ops,
+};
+use crate::wire::{self, AgentInfo, Announcement, DmResponse, JoinResponse, TopicEnvelope, WireMessage};
 
 /// Capacity of the event broadcast to API watchers.
 pub const EVENT_BROADCAST: usize = 4096;
@@ -43,6 +48,12 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 /// Known peers redialed at start (most recently seen first).
 pub const REDIAL_AT_START: usize = 64;
+/// Longest validity of a join code.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most joins one code may allow.
+pub const MAX_INVITE_USES: u32 = 100;
+/// Longest wait, after a dial, for the peer's membership verdict.
+pub const ADMIT_WAIT: Duration = Duration::from_secs(12);
 
 #[derive(Default)]
 struct Session {
@@ -54,6 +65,8 @@ struct Session {
 /// What a node is built from.
 pub(crate) struct Parts {
     pub peer_id: PeerId,
+    pub keypair: libp2p::identity::Keypair,
+    pub mesh: Membership,
     pub name: NodeName,
     pub home: Home,
     pub config: Config,
@@ -66,6 +79,13 @@ pub(crate) struct Parts {
 pub(crate) struct Inner {
     owner_uid: u32,
     pub peer_id: PeerId,
+    keypair: libp2p::identity::Keypair,
+    /// The membership as last persisted (the network actor holds the live copy).
+    mesh: Mutex<Membership>,
+    /// One join, leave or removal at a time.
+    mesh_ops: tokio::sync::Mutex<()>,
+    send_rate: Mutex<RateLimiter<AgentName>>,
+    peer_rate: Mutex<RateLimiter<PeerId>>,
     pub name: NodeName,
     pub home: Home,
     pub config: Config,
@@ -123,10 +143,10 @@ impl Drop for SessionGuard {
     }
 }
 
-fn bad_len(what: &str, len: usize, max: usize) -> ApiError {
+fn bad_len(what: &str, len: usize, max: usize, setting: &str) -> ApiError {
     ApiError::new(
         ErrorCode::TooLarge,
-        format!("{what} is {len} bytes; the limit is {max} bytes (limits.max_message_bytes in config.toml)"),
+        format!("{what} is {len} bytes; the limit is {max} bytes ({setting} in config.toml)"),
     )
 }
 
@@ -134,6 +154,8 @@ impl Node {
     pub(crate) fn new(parts: Parts) -> Self {
         let Parts {
             peer_id,
+            keypair,
+            mesh,
             name,
             home,
             config,
@@ -144,9 +166,16 @@ impl Node {
         } = parts;
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let owner_uid = std::fs::metadata(home.path()).map(|m| m.uid()).unwrap_or(0);
+        let send_rate = RateLimiter::per_minute(config.limits.agent_sends_per_minute);
+        let peer_rate = RateLimiter::per_minute(config.limits.peer_messages_per_minute);
         Node(Arc::new(Inner {
             owner_uid,
             peer_id,
+            keypair,
+            mesh: Mutex::new(mesh),
+            mesh_ops: tokio::sync::Mutex::new(()),
+            send_rate: Mutex::new(send_rate),
+            peer_rate: Mutex::new(peer_rate),
             name,
             home,
             config,
@@ -195,6 +224,25 @@ impl Node {
 
     fn dir(&self) -> std::sync::MutexGuard<'_, Directory> {
         self.0.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mesh(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.0.mesh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one send from `agent`'s allowance.
+    fn check_send_rate(&self, agent: &AgentName) -> Result<(), ApiError> {
+        let mut r = self.0.send_rate.lock().unwrap_or_else(|e| e.into_inner());
+        r.take(agent, 1, Instant::now()).map_err(|wait| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "agent {agent} is sending faster than allowed ({} messages a minute, limits.agent_sends_per_minute in config.toml); try again in {:.1} s",
+                    self.0.config.limits.agent_sends_per_minute,
+                    wait.as_secs_f64()
+                ),
+            )
+        })
     }
 
     fn kick(&self, peer: PeerId) {
@@ -363,6 +411,8 @@ impl Node {
             uptime_s: self.0.started.elapsed().as_secs(),
             remembered: info.pinned.len() as u32,
             reach: info.reach,
+            mesh: self.mesh_view().await?,
+            outsiders: info.outsiders.len() as u32,
         })
     }
 
@@ -371,8 +421,10 @@ impl Node {
         let info = self.0.net.info().await.map_err(unavailable)?;
         let now = Instant::now();
         let dir = self.dir();
+        let outsider = |p: &PeerId| info.outsiders.iter().any(|o| o.peer == *p);
         let mut out: Vec<PeerView> = dir
             .nodes()
+            .filter(|(p, _)| !outsider(p))
             .map(|(p, e)| {
                 let conn = info.peers.iter().find(|c| c.peer == *p);
                 let mut addrs = e.addrs.clone();
@@ -397,10 +449,31 @@ impl Node {
                     last_seen_ms: (e.last_seen_ms > 0).then_some(e.last_seen_ms),
                     connections: conn.map(|c| c.connections.clone()).unwrap_or_default(),
                     remembered: info.pinned.contains(p),
+                    member: true,
+                    refused: None,
                 }
             })
             .collect();
+        drop(dir);
         out.sort_by(|a, b| (b.connected, &a.name, a.peer_id).cmp(&(a.connected, &b.name, b.peer_id)));
+        // Nodes nearby that are not members, so users see who is around (and can invite).
+        for o in &info.outsiders {
+            out.push(PeerView {
+                peer_id: o.peer,
+                name: o.claimed_name.as_deref().map(crate::ids::sanitize_text),
+                addrs: o.addrs.clone(),
+                connected: o.connected,
+                online: false,
+                rtt_us: None,
+                version: None,
+                agents: 0,
+                last_seen_ms: Some(o.last_seen_ms),
+                connections: Vec::new(),
+                remembered: info.pinned.contains(&o.peer),
+                member: false,
+                refused: Some(o.reason.clone()),
+            });
+        }
         Ok(out)
     }
 
@@ -454,6 +527,32 @@ impl Node {
                 )
             })?
             .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+        // Connected is not enough: it must prove it belongs to this mesh.
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        let mut watch = self.0.net.connected();
+        loop {
+            if watch.borrow_and_update().contains(&peer) {
+                break;
+            }
+            let info = self.0.net.info().await.map_err(unavailable)?;
+            if let Some(o) = info.outsiders.into_iter().find(|o| o.peer == peer) {
+                return Err(ApiError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "reached {peer}, but it is not a member of this mesh ({}). To bring it in, run `mesh invite` here and `mesh join <code>` there",
+                        o.reason
+                    ),
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("connected to {peer}, but it did not prove membership in time"),
+                ));
+            }
+            // Woken by an admission, or look again for a refusal shortly.
+            let _ = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        }
         // Return once the node's agents are known, so an address can be used at once.
         let known = self.dir().get(&peer).is_some_and(|e| e.heard_at.is_some());
         if !known {
@@ -590,13 +689,312 @@ impl Node {
         Ok(view)
     }
 
-    fn check_text(&self, text: &str) -> Result<(), ApiError> {
+    // ------------------------------------------------------------------ membership
+
+    async fn mesh_view(&self) -> Result<MeshView, ApiError> {
+        let members = self.0.store.read(ops::members).await?;
+        let m = self.mesh().clone();
+        let me = self.0.peer_id;
+        Ok(MeshView {
+            id: m.id().short(),
+            open: m.is_open(),
+            epoch: m.current().number,
+            members: 1 + members.iter().filter(|(p, _)| *p != me).count() as u32,
+            removed: m.revoked().len() as u32,
+            relay_for_anyone: self.0.config.relay.serve && self.0.config.relay.for_anyone,
+        })
+    }
+
+    fn refuse_in_open_mode(&self, what: &str) -> Result<(), ApiError> {
+        if self.mesh().is_open() {
+            return Err(ApiError::bad(format!(
+                "this node runs in open mode (--open), where every open node is admitted without a secret; {what} is for closed meshes. Restart without --open to use it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `mesh invite`: a signed, expiring join code for this node's mesh.
+    pub async fn invite(&self, ttl_s: u64, uses: u32) -> Result<InviteView, ApiError> {
+        self.refuse_in_open_mode("mesh invite")?;
+        let ttl = Duration::from_secs(ttl_s);
+        if ttl < Duration::from_secs(60) || ttl > MAX_INVITE_TTL {
+            return Err(ApiError::bad("--ttl must be between 1 minute and 30 days"));
+        }
+        if uses == 0 || uses > MAX_INVITE_USES {
+            return Err(ApiError::bad(format!("--uses must be between 1 and {MAX_INVITE_USES}")));
+        }
+        let view = self.addrs().await?;
+        let info = self.0.net.info().await.map_err(unavailable)?;
+        let loopback: Vec<String> = info
+            .listen
+            .iter()
+            .filter(|a| crate::net::is_loopback(a))
+            .map(|a| format!("{a}/p2p/{}", self.0.peer_id))
+            .collect();
+        let mut addrs: Vec<libp2p::Multiaddr> = view
+            .public
+            .iter()
+            .chain(&view.relayed)
+            .chain(&view.lan)
+            .chain(&view.unconfirmed)
+            .chain(&loopback)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        addrs.dedup();
+        addrs.truncate(crate::mesh::MAX_INVITE_ADDRS);
+        if addrs.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node has no address another node could dial (see mesh status)",
+            ));
+        }
+        let mut token = [0u8; 16];
+        rand::fill(&mut token[..]);
+        let now = now_ms();
+        let expires_ms = now + ttl.as_millis() as u64;
+        let rec = InviteRecord {
+            expires_ms,
+            uses_left: uses,
+            created_ms: now,
+        };
+        self.0
+            .store
+            .write("invite", move |t| ops::put_invite(t, &token, &rec))
+            .await?;
+        let mesh = self.mesh().id();
+        let body = InviteBody {
+            mesh_id: mesh,
+            inviter: self.0.peer_id,
+            inviter_name: self.0.name.to_string(),
+            addrs: addrs.clone(),
+            token,
+            expires_ms,
+        };
+        let invite = Invite::sign(body, &self.0.keypair).map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+        Ok(InviteView {
+            code: invite.encode(),
+            mesh: mesh.short(),
+            expires_ms,
+            uses,
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        })
+    }
+
+    /// `mesh join`: trade a join code for membership of the inviter's mesh.
+    pub async fn join(&self, code: &str) -> Result<JoinView, ApiError> {
+        self.refuse_in_open_mode("mesh join")?;
+        let _one = self.0.mesh_ops.lock().await;
+        let invite = Invite::decode(code).map_err(|e| ApiError::bad(e.to_string()))?;
+        let now = now_ms();
+        if invite.body.expires_ms <= now {
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                format!(
+                    "this join code expired {} ago; ask for a new one (mesh invite)",
+                    crate::ids::human_duration(Duration::from_millis(now - invite.body.expires_ms))
+                ),
+            ));
+        }
+        let old = self.mesh().clone();
+        if invite.body.mesh_id == old.id() {
+            return Err(ApiError::bad(format!(
+                "this node is already a member of mesh {}",
+                old.id().short()
+            )));
+        }
+        if invite.body.inviter == self.0.peer_id {
+            return Err(ApiError::bad("this join code was made by this node"));
+        }
+        let inviter = invite.body.inviter;
+        let inviter_name = crate::ids::sanitize_text(&invite.body.inviter_name);
+        let addrs = invite.body.addrs.clone();
+        let wait = crate::net::ADMIT_TIMEOUT * 3 + Duration::from_secs(5);
+        let grant = tokio::time::timeout(wait, self.0.net.join(invite.clone()))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the join did not finish in time"))?
+            .map_err(|e| match e {
+                crate::net::NetError::Request { why, .. } => {
+                    ApiError::new(ErrorCode::Denied, format!("join refused: {why}"))
+                }
+                crate::net::NetError::Dial { why, .. } => ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot reach the inviting node {inviter_name}: {why}"),
+                ),
+                other => unavailable(other),
+            })?;
+        if grant.mesh_id != invite.body.mesh_id {
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                "the inviting node answered with another mesh than its code names; not joining",
+            ));
+        }
+        let mesh = Membership::from_grant(grant).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Denied,
+                format!("the inviting node sent a malformed key: {e}"),
+            )
+        })?;
+        mesh.save(&self.0.home.mesh_path())
+            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+        let name = Some(inviter_name.clone());
+        self.0
+            .store
+            .write("join", move |t| {
+                ops::reset_mesh(t)?;
+                ops::put_member(t, &inviter, name, now)?;
+                for a in addrs.iter().rev() {
+                    ops::put_dialed(t, &inviter, &crate::net::strip_p2p(a.clone()))?;
+                }
+                Ok(())
+            })
+            .await?;
+        *self.mesh() = mesh.clone();
+        self.0.net.set_membership(mesh, true).await.map_err(unavailable)?;
+        let _ = self.0.net.pin(inviter).await;
+        tracing::info!(mesh = %invite.body.mesh_id.short(), left = %old.id().short(), "joined a mesh");
+        Ok(JoinView {
+            mesh: self.mesh_view().await?,
+            inviter,
+            inviter_name,
+            left: old.id().short(),
+        })
+    }
+
+    /// `mesh members`.
+    pub async fn members(&self) -> Result<MembersView, ApiError> {
+        let records = self.0.store.read(ops::members).await?;
+        let connected = self.0.net.connected().borrow().clone();
+        let me = self.0.peer_id;
+        let mut members = vec![MemberView {
+            peer_id: me,
+            name: Some(self.0.name.to_string()),
+            this_node: true,
+            connected: true,
+            since_ms: None,
+            last_seen_ms: None,
+        }];
+        let mut others: Vec<MemberView> = {
+            let dir = self.dir();
+            records
+                .into_iter()
+                .filter(|(p, _)| *p != me)
+                .map(|(p, r)| MemberView {
+                    peer_id: p,
+                    name: dir.name_of(&p).map(|n| n.to_string()).or(r.name),
+                    this_node: false,
+                    connected: connected.contains(&p),
+                    since_ms: Some(r.since_ms),
+                    last_seen_ms: Some(r.last_seen_ms),
+                })
+                .collect()
+        };
+        others.sort_by(|a, b| (b.connected, &a.name).cmp(&(a.connected, &b.name)));
+        members.extend(others);
+        Ok(MembersView {
+            mesh: self.mesh_view().await?,
+            members,
+        })
+    }
+
+    /// `mesh remove`: a new mesh key the removed node never gets.
+    pub async fn remove(&self, node: &str) -> Result<RemovedView, ApiError> {
+        self.refuse_in_open_mode("mesh remove")?;
+        let _one = self.0.mesh_ops.lock().await;
+        let records = self.0.store.read(ops::members).await?;
+        let peer = match self.resolve_node(node) {
+            Ok(p) => p,
+            Err(e) => {
+                // A member known by the name it gave when it joined.
+                let hits: Vec<PeerId> = records
+                    .iter()
+                    .filter(|(_, r)| r.name.as_deref() == Some(node.trim()))
+                    .map(|(p, _)| *p)
+                    .collect();
+                match hits.as_slice() {
+                    [p] => *p,
+                    _ => return Err(e),
+                }
+            }
+        };
+        if peer == self.0.peer_id {
+            return Err(ApiError::bad("that is this node; to leave the mesh use: mesh leave"));
+        }
+        let name = self.dir().name_of(&peer).map(|n| n.to_string()).or_else(|| {
+            records
+                .iter()
+                .find(|(p, _)| *p == peer)
+                .and_then(|(_, r)| r.name.clone())
+        });
+        // Everyone known as a member keeps its place (it may renew with the old key).
+        let connected = self.0.net.connected().borrow().clone();
+        let announced: Vec<PeerId> = self
+            .dir()
+            .nodes()
+            .filter(|(_, e)| e.announcement.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        let members: Vec<PeerId> = records
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(connected.iter().copied())
+            .chain(announced)
+            .chain(std::iter::once(self.0.peer_id))
+            .filter(|p| *p != peer)
+            .collect();
+        let mut mesh = self.mesh().clone();
+        mesh.rotate(peer, members);
+        mesh.save(&self.0.home.mesh_path())
+            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+        self.0
+            .store
+            .write("remove", move |t| {
+                ops::remove_member(t, &peer)?;
+                ops::remove_dialed(t, &peer)?;
+                Ok(())
+            })
+            .await?;
+        let _ = self.0.net.unpin(peer).await;
+        let epoch = mesh.current().number;
+        *self.mesh() = mesh.clone();
+        self.0.net.set_membership(mesh, false).await.map_err(unavailable)?;
+        let rekeyed = connected.iter().filter(|p| **p != peer).count() as u32;
+        tracing::info!(%peer, epoch, "removed a node from the mesh");
+        Ok(RemovedView {
+            peer,
+            name,
+            epoch,
+            rekeyed,
+        })
+    }
+
+    /// `mesh leave`: start a new mesh of this node's own.
+    pub async fn leave(&self) -> Result<MeshView, ApiError> {
+        self.refuse_in_open_mode("mesh leave")?;
+        let _one = self.0.mesh_ops.lock().await;
+        let mesh = Membership::generate();
+        mesh.save(&self.0.home.mesh_path())
+            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+        self.0.store.write("leave", ops::reset_mesh).await?;
+        *self.mesh() = mesh.clone();
+        self.0.net.set_membership(mesh, true).await.map_err(unavailable)?;
+        self.mesh_view().await
+    }
+
+    fn check_text(&self, text: &str, topic: bool) -> Result<(), ApiError> {
         if text.trim().is_empty() {
             return Err(ApiError::bad("the message text is empty"));
         }
-        let max = self.0.config.limits.max_message_bytes;
+        let (max, setting) = if topic {
+            (
+                self.0.config.limits.max_topic_message_bytes,
+                "limits.max_topic_message_bytes",
+            )
+        } else {
+            (self.0.config.limits.max_message_bytes, "limits.max_message_bytes")
+        };
         if text.len() > max {
-            return Err(bad_len("the message text", text.len(), max));
+            return Err(bad_len("the message text", text.len(), max, setting));
         }
         Ok(())
     }
@@ -634,8 +1032,9 @@ impl Node {
     ) -> Result<SendReceipt, ApiError> {
         let from = AgentName::new(from)?;
         let addr: Address = to.parse()?;
-        self.check_text(&text)?;
+        self.check_text(&text, false)?;
         self.check_reply_to(reply_to).await?;
+        self.check_send_rate(&from)?;
         let locals = self.local_agent_names().await?;
         let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
         let now = now_ms();
@@ -881,11 +1280,7 @@ impl Node {
             })
             .await?;
         self.agent_created(created);
-        self.0
-            .net
-            .subscribe(wire::gossip_topic(&topic))
-            .await
-            .map_err(unavailable)?;
+        self.0.net.subscribe(topic.clone()).await.map_err(unavailable)?;
         Ok((topic.to_string(), new))
     }
 
@@ -903,11 +1298,7 @@ impl Node {
             })
             .await?;
         if !still {
-            self.0
-                .net
-                .unsubscribe(wire::gossip_topic(&topic))
-                .await
-                .map_err(unavailable)?;
+            self.0.net.unsubscribe(topic.clone()).await.map_err(unavailable)?;
         }
         Ok((topic.to_string(), was))
     }
@@ -951,8 +1342,9 @@ impl Node {
     ) -> Result<PublishReceipt, ApiError> {
         let agent = AgentName::new(agent)?;
         let topic = TopicName::parse_user(topic)?;
-        self.check_text(&text)?;
+        self.check_text(&text, true)?;
         self.check_reply_to(reply_to).await?;
+        self.check_send_rate(&agent)?;
         let now = now_ms();
         let envelope = TopicEnvelope {
             id: MessageId::new(),
@@ -979,12 +1371,7 @@ impl Node {
         for e in &delivered {
             self.emit(Event::Message(self.message_view(e)));
         }
-        let reached = self
-            .0
-            .net
-            .publish(wire::gossip_topic(&topic), payload)
-            .await
-            .map_err(unavailable)?;
+        let reached = self.0.net.publish(topic.clone(), payload).await.map_err(unavailable)?;
         if reached > 0 {
             let (t, seq) = (topic.clone(), rec.seq);
             self.0
@@ -1148,7 +1535,7 @@ impl Node {
         if let Some(s) = &spec.summary
             && s.len() > max
         {
-            return Err(bad_len("the summary", s.len(), max).tap_msg("limits.max_summary_bytes"));
+            return Err(bad_len("the summary", s.len(), max, "limits.max_summary_bytes"));
         }
         let kind = normalize_kind(&spec.kind);
         for (what, v) in [("cwd", &spec.cwd), ("repo", &spec.repo)] {
@@ -1204,7 +1591,7 @@ impl Node {
         if let Some(s) = &summary
             && s.len() > max
         {
-            return Err(bad_len("the summary", s.len(), max).tap_msg("limits.max_summary_bytes"));
+            return Err(bad_len("the summary", s.len(), max, "limits.max_summary_bytes"));
         }
         let now = now_ms();
         let rec = self
@@ -1274,11 +1661,7 @@ impl Node {
         }
         let subs = self.0.store.read(ops::subscriptions).await?;
         for (topic, _) in subs {
-            self.0
-                .net
-                .subscribe(wire::gossip_topic(&topic))
-                .await
-                .map_err(unavailable)?;
+            self.0.net.subscribe(topic.clone()).await.map_err(unavailable)?;
         }
         self.announce_now().await;
         Ok(())
@@ -1325,7 +1708,19 @@ impl Node {
                 self.kick(peer);
                 self.emit(Event::PeerUp {
                     peer,
-                    name: name.map(|n| n.to_string()),
+                    name: name.as_ref().map(|n| n.to_string()),
+                });
+                // Admitted: a member. Remember it (for `mesh members` and key rotation).
+                let now = now_ms();
+                let name = name.map(|n| n.to_string());
+                let store = self.0.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store
+                        .write("member", move |t| ops::put_member(t, &peer, name, now))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record a member");
+                    }
                 });
             }
             NetEvent::PeerDisconnected { peer } => {
@@ -1347,13 +1742,27 @@ impl Node {
                 }
             }
             NetEvent::PeerDiscovered { peer, addrs } => {
-                self.dir().add_addrs(peer, &addrs);
+                // Only for nodes known as members; others are outsiders until admitted.
+                let mut dir = self.dir();
+                if dir.get(&peer).is_some() {
+                    dir.add_addrs(peer, &addrs);
+                }
             }
             NetEvent::Announcement { peer, announcement } => {
                 let name = announcement.node_name.to_string();
                 let update = self.dir().update(peer, announcement, Instant::now(), now_ms());
                 if update == Update::Changed {
                     self.persist_peer(peer).await;
+                    // Sealed for the mesh (or said by an admitted peer): a member.
+                    let (now, n) = (now_ms(), Some(name.clone()));
+                    if let Err(e) = self
+                        .0
+                        .store
+                        .write("member", move |t| ops::put_member(t, &peer, n, now))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record a member");
+                    }
                     self.emit(Event::NodeUpdated { peer, name });
                 }
             }
@@ -1365,7 +1774,71 @@ impl Node {
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
             NetEvent::TopicSubscribed { peer: _, topic } => self.flush_topic(topic),
             NetEvent::ReachChanged => self.emit(Event::NetworkChanged),
+            NetEvent::MembershipChanged(m) => {
+                if let Err(e) = m.save(&self.0.home.mesh_path()) {
+                    tracing::error!(error = %e, "cannot save the renewed mesh key; it will be renewed again after a restart");
+                }
+                *self.mesh() = *m;
+                self.emit(Event::NetworkChanged);
+            }
+            NetEvent::JoinRequest {
+                peer,
+                request,
+                invite,
+                node_name,
+            } => self.on_join_request(peer, request, *invite, node_name),
         }
+    }
+
+    /// A node presents a join code: check it is ours, use it once, hand over the mesh.
+    fn on_join_request(
+        &self,
+        peer: PeerId,
+        request: libp2p::request_response::InboundRequestId,
+        invite: Invite,
+        node_name: String,
+    ) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mesh = node.mesh().clone();
+            let response = if !invite.verify() || invite.body.inviter != node.0.peer_id {
+                JoinResponse::Refused("this join code was not made by this node (or was altered)".into())
+            } else if invite.body.mesh_id != mesh.id() {
+                JoinResponse::Refused("this join code is for a mesh this node has left".into())
+            } else {
+                let (now, token) = (now_ms(), invite.body.token);
+                let name = Some(crate::ids::sanitize_text(&node_name)).filter(|n| !n.is_empty());
+                let used = node
+                    .0
+                    .store
+                    .write("join", move |t| {
+                        let u = ops::use_invite(t, &token, now)?;
+                        if matches!(u, InviteUse::Accepted(_)) {
+                            ops::put_member(t, &peer, name, now)?;
+                        }
+                        Ok(u)
+                    })
+                    .await;
+                match used {
+                    Ok(InviteUse::Accepted(left)) => {
+                        tracing::info!(%peer, name = %node_name, uses_left = left, "a node joined the mesh");
+                        JoinResponse::Granted(mesh.grant())
+                    }
+                    Ok(InviteUse::Unknown) => JoinResponse::Refused(
+                        "this join code is unknown to the inviting node (made before it changed meshes?)".into(),
+                    ),
+                    Ok(InviteUse::Expired(at)) => JoinResponse::Refused(format!(
+                        "this join code expired {} ago; ask for a new one (mesh invite)",
+                        crate::ids::human_duration(Duration::from_millis(now.saturating_sub(at)))
+                    )),
+                    Ok(InviteUse::UsedUp) => {
+                        JoinResponse::Refused("this join code was already used; ask for a new one (mesh invite)".into())
+                    }
+                    Err(e) => JoinResponse::Refused(format!("the inviting node cannot record the join: {e}")),
+                }
+            };
+            let _ = node.0.net.respond_join(request, response).await;
+        });
     }
 
     async fn on_inbound_dms(
@@ -1382,6 +1855,27 @@ impl Node {
                 .await;
             return;
         };
+        let limited = {
+            let mut r = self.0.peer_rate.lock().unwrap_or_else(|e| e.into_inner());
+            r.take(&peer, messages.len() as u32, Instant::now())
+        };
+        if let Err(wait) = limited {
+            drop(permit);
+            tracing::info!(%peer, "a node sends faster than limits.peer_messages_per_minute; asking it to wait");
+            let _ = self
+                .0
+                .net
+                .respond_dm(
+                    request,
+                    DmResponse::Unavailable(format!(
+                        "rate limited: more than {} messages a minute from your node; retry in {:.1} s",
+                        self.0.config.limits.peer_messages_per_minute,
+                        wait.as_secs_f64()
+                    )),
+                )
+                .await;
+            return;
+        }
         let node = self.clone();
         let from_name = self.dir().name_of(&peer);
         let max = self.0.config.limits.max_message_bytes;
@@ -1462,7 +1956,7 @@ impl Node {
                 let Ok(payload) = postcard::to_allocvec(&rec.envelope) else {
                     continue;
                 };
-                match node.0.net.publish(wire::gossip_topic(&topic), payload).await {
+                match node.0.net.publish(topic.clone(), payload).await {
                     Ok(n) if n > 0 => {
                         let (t, seq) = (topic.clone(), rec.seq);
                         let _ = node
@@ -1504,17 +1998,6 @@ impl Node {
                 self.emit(ev);
             }
         }
-    }
-}
-
-trait TapMsg {
-    fn tap_msg(self, setting: &str) -> Self;
-}
-
-impl TapMsg for ApiError {
-    fn tap_msg(mut self, setting: &str) -> Self {
-        self.message = self.message.replace("limits.max_message_bytes", setting);
-        self
     }
 }
 

@@ -1,13 +1,19 @@
 //! What nodes say to each other. Specified in `docs/PROTOCOL.md`; keep the two in step.
 //!
+//! * `/agentmesh/admit/1` (request-response): membership proofs when a connection opens,
+//!   and new mesh keys pushed to members ([`AdmitRequest`]). Nothing else runs with a
+//!   peer until it has proved membership (see [`crate::net::gate`]).
+//! * `/agentmesh/join/1` (request-response): a join code's token traded for membership.
 //! * `/agentmesh/dm/1` (request-response): batches of direct messages, answered with a
 //!   per-message outcome once the recipient node has committed them.
-//! * `/agentmesh/hello/1` (request-response): exchange of [`Announcement`]s when a
-//!   connection opens, so a new peer's agents are known at once.
-//! * gossipsub topic `agentmesh/directory/1`: periodic [`Announcement`]s (presence).
-//! * gossipsub topics `agentmesh/topic/1/<name>`: [`TopicEnvelope`]s.
+//! * `/agentmesh/hello/1` (request-response): exchange of [`Announcement`]s once a peer is
+//!   admitted, so its agents are known at once.
+//! * gossipsub topic `agentmesh/2/d/<tag>`: periodic sealed [`Announcement`]s (presence).
+//! * gossipsub topics `agentmesh/2/t/<tag>`: sealed [`TopicEnvelope`]s.
 //!
-//! All payloads are postcard. Sizes are checked before decoding.
+//! Gossip topic names carry a keyed hash of the mesh's topic name, not the name, and
+//! gossip payloads are sealed for the mesh ([`crate::mesh`]). All payloads are postcard.
+//! Sizes are checked before decoding.
 
 use std::io;
 use std::marker::PhantomData;
@@ -20,17 +26,22 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{AgentName, MessageId, NodeName, TopicName};
+use crate::mesh::{Grant, Invite, Membership, Proof, Refusal};
 
+/// Admission protocol.
+pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/admit/1");
+/// Join protocol.
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/join/1");
 /// Direct-message protocol.
 pub const DM_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/dm/1");
 /// Hello (directory exchange) protocol.
 pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/hello/1");
 /// Identify `protocol_version` of agentmesh nodes.
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/agentmesh/1";
-/// Gossipsub topic carrying node announcements.
-pub const DIRECTORY_TOPIC: &str = "agentmesh/directory/1";
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/agentmesh/2";
+/// Prefix of the gossipsub topic carrying node announcements.
+pub const DIRECTORY_PREFIX: &str = "agentmesh/2/d/";
 /// Prefix of gossipsub topics carrying user topics.
-pub const TOPIC_PREFIX: &str = "agentmesh/topic/1/";
+pub const TOPIC_PREFIX: &str = "agentmesh/2/t/";
 /// Largest announcement a node accepts, in bytes.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 256 * 1024;
 /// Most agents one announcement may list.
@@ -39,26 +50,72 @@ pub const MAX_AGENTS_PER_NODE: usize = 512;
 pub const MAX_PATH_BYTES: usize = 1024;
 /// Largest delivery response (outcomes only), in bytes.
 pub const MAX_DM_RESPONSE_BYTES: usize = 256 * 1024;
+/// Largest admission or join message (a grant carries the key chain), in bytes.
+pub const MAX_ADMIT_BYTES: usize = 512 * 1024;
+/// Longest node name carried before admission.
+pub const MAX_CLAIMED_NAME: usize = 64;
 
-/// The gossipsub topic for a user topic.
-pub fn gossip_topic(topic: &TopicName) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("{TOPIC_PREFIX}{topic}"))
+/// The gossipsub topic for a user topic in this mesh.
+pub fn gossip_topic(m: &Membership, topic: &TopicName) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{TOPIC_PREFIX}{}", m.topic_tag(&format!("t:{topic}"))))
 }
 
-/// The user topic of a gossipsub topic hash, if it is one of ours.
-pub fn user_topic(hash: &gossipsub::TopicHash) -> Option<TopicName> {
-    hash.as_str()
-        .strip_prefix(TOPIC_PREFIX)
-        .and_then(|t| TopicName::new(t).ok())
+/// The gossipsub topic of this mesh's directory.
+pub fn directory_topic(m: &Membership) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{DIRECTORY_PREFIX}{}", m.topic_tag("directory")))
 }
 
 /// The gossipsub message id: the first 20 bytes of SHA-256 over the message `data`.
 ///
-/// Any implementation can compute it. Every payload we publish carries a fresh
-/// [`MessageId`], so two publications of the same text have different ids.
+/// Any implementation can compute it. Every payload is sealed with a fresh nonce, so two
+/// publications of the same text have different ids.
 pub fn gossip_message_id(msg: &gossipsub::Message) -> gossipsub::MessageId {
     let digest = Sha256::digest(&msg.data);
     gossipsub::MessageId::from(digest[..20].to_vec())
+}
+
+/// Request on `/agentmesh/admit/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdmitRequest {
+    /// "I am a member": sent by both sides when a connection opens.
+    Prove {
+        /// The sender's node name (a claim, shown to outsiders only as such).
+        node_name: String,
+        /// The proof, bound to both PeerIds.
+        proof: Proof,
+    },
+    /// A newer key chain (after a removal), from an admitted member.
+    Rekey(Grant),
+}
+
+/// Response on `/agentmesh/admit/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdmitResponse {
+    /// Proof accepted; an outdated prover gets the current chain.
+    Admitted(Option<Grant>),
+    /// Proof refused: the connection closes.
+    Refused(Refusal),
+    /// A rekey was taken (or was not news).
+    Rekeyed,
+}
+
+/// Request on `/agentmesh/join/1`: a join code, sent over the Noise channel to the
+/// inviter it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The code.
+    pub invite: Invite,
+    /// The joining node's name.
+    pub node_name: String,
+}
+
+/// Response on `/agentmesh/join/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinResponse {
+    /// Membership: the key chain.
+    Granted(Grant),
+    /// Refused, with the reason for the joining user.
+    Refused(String),
 }
 
 /// One direct message as it travels between nodes. The sending node is not in it: the
@@ -396,16 +453,22 @@ mod tests {
             reply_to: None,
             text: "same".into(),
         };
+        let mesh = Membership::generate();
         let m = |e: &TopicEnvelope| gossipsub::Message {
             source: None,
             data: postcard::to_allocvec(e).unwrap(),
             sequence_number: None,
-            topic: gossip_topic(&topic).hash(),
+            topic: gossip_topic(&mesh, &topic).hash(),
         };
         let a = env(MessageId::new());
         let b = env(MessageId::new());
         assert_ne!(gossip_message_id(&m(&a)), gossip_message_id(&m(&b)));
         assert_eq!(gossip_message_id(&m(&a)), gossip_message_id(&m(&a)));
-        assert_eq!(user_topic(&gossip_topic(&topic).hash()), Some(topic));
+        // Topic names on the wire are per-mesh tags, not the names.
+        assert!(!gossip_topic(&mesh, &topic).hash().as_str().contains("/t/t"));
+        assert_ne!(
+            gossip_topic(&mesh, &topic).hash(),
+            gossip_topic(&Membership::generate(), &topic).hash()
+        );
     }
 }

@@ -7,6 +7,7 @@ mod history;
 mod inbox;
 mod install;
 mod mcp;
+mod members;
 mod messages;
 mod peers;
 mod status;
@@ -118,6 +119,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dial { multiaddr, forget } => peers::dial(&ctx, &multiaddr, forget).await,
         Command::Ping { node, count } => peers::ping(&ctx, &node, count).await,
         Command::Addr => peers::addr(&ctx).await,
+        Command::Invite(a) => members::invite(&ctx, a).await,
+        Command::Join { code } => members::join(&ctx, &code).await,
+        Command::Members => members::members(&ctx).await,
+        Command::Remove { node } => members::remove(&ctx, &node).await,
+        Command::Leave => members::leave(&ctx).await,
         Command::Send(a) => messages::send(&ctx, a).await,
         Command::Inbox(a) => inbox::run(&ctx, a).await,
         Command::Subscribe(a) => topics::subscribe(&ctx, a, true).await,

@@ -12,41 +12,68 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
     }
     if peers.is_empty() {
         println!(
-            "no other nodes known yet (LAN nodes appear by themselves; others: {} dial <multiaddr>)",
+            "no other nodes known yet (LAN nodes appear by themselves; to bring one into this mesh: {} invite)",
             ctx.mesh()
         );
         return Ok(());
     }
-    let rows = peers
-        .iter()
-        .map(|p| {
-            vec![
-                p.name.clone().map(|n| output::clean(&n)).unwrap_or_else(|| "?".into()),
-                p.peer_id.to_string(),
-                if p.connected {
-                    "connected".into()
-                } else if p.online {
-                    "online".into()
-                } else {
-                    format!("offline, seen {}", output::ago(p.last_seen_ms.unwrap_or(0)))
-                },
-                p.rtt_us
-                    .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
-                    .unwrap_or_else(|| "-".into()),
-                p.connections
-                    .iter()
-                    .map(|c| c.describe())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                p.agents.to_string(),
-                p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
-            ]
-        })
-        .collect();
-    output::table(
-        &["NAME", "PEER ID", "STATE", "RTT", "PATH", "AGENTS", "ADDRESSES"],
-        rows,
-    );
+    let (members, outsiders): (Vec<_>, Vec<_>) = peers.iter().partition(|p| p.member);
+    if members.is_empty() {
+        println!("no other members known yet (invite a node: {} invite)", ctx.mesh());
+    } else {
+        let rows = members
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone().map(|n| output::clean(&n)).unwrap_or_else(|| "?".into()),
+                    p.peer_id.to_string(),
+                    if p.connected {
+                        "connected".into()
+                    } else if p.online {
+                        "online".into()
+                    } else {
+                        format!("offline, seen {}", output::ago(p.last_seen_ms.unwrap_or(0)))
+                    },
+                    p.rtt_us
+                        .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into()),
+                    p.connections
+                        .iter()
+                        .map(|c| c.describe())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    p.agents.to_string(),
+                    p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+                ]
+            })
+            .collect();
+        output::table(
+            &["NAME", "PEER ID", "STATE", "RTT", "PATH", "AGENTS", "ADDRESSES"],
+            rows,
+        );
+    }
+    if !outsiders.is_empty() {
+        println!("\nnearby, not members of this mesh (nothing of theirs reaches your agents):");
+        let rows = outsiders
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name
+                        .clone()
+                        .map(|n| format!("{} (claimed)", output::clean(&n)))
+                        .unwrap_or_else(|| "?".into()),
+                    p.peer_id.to_string(),
+                    format!("seen {}", output::ago(p.last_seen_ms.unwrap_or(0))),
+                    p.refused.as_deref().map(output::clean).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        output::table(&["NAME", "PEER ID", "STATE", "NOT ADMITTED BECAUSE"], rows);
+        println!(
+            "to bring one in: `{} invite` here, then `mesh join <code>` on that node",
+            ctx.mesh()
+        );
+    }
     Ok(())
 }
 

@@ -11,6 +11,23 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         return output::json(&s);
     }
     println!("node     {}  {}  ({})", s.node.name, s.node.peer_id, s.node.version);
+    if s.mesh.open {
+        println!("mesh     !!! OPEN MODE: any node started with --open on a network this node reaches is admitted");
+        println!("         !!! without a secret and can message your agents. Use only on a trusted lab network.");
+    } else {
+        println!("mesh     {}", super::members::status_line(&s.mesh));
+    }
+    if s.mesh.relay_for_anyone {
+        println!("         relaying for anyone (--relay-for-anyone); non-members get nothing else");
+    }
+    if s.outsiders > 0 {
+        println!(
+            "         {} node{} nearby not admitted (see {} peers)",
+            s.outsiders,
+            if s.outsiders == 1 { "" } else { "s" },
+            ctx.mesh()
+        );
+    }
     println!("home     {}", s.home);
     for (i, a) in s.listen.iter().enumerate() {
         println!(
@@ -57,7 +74,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     if r.relay_serving {
         println!(
-            "serving  relay for others: {} relayed connections now",
+            "serving  relay for {}: {} relayed connections now",
+            if s.mesh.relay_for_anyone { "anyone" } else { "members" },
             r.relay_circuits
         );
     }

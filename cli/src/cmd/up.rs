@@ -35,6 +35,8 @@ fn overrides(a: &UpArgs) -> anyhow::Result<Overrides> {
         no_mdns: a.no_mdns,
         relay: a.relay,
         external,
+        open: a.open,
+        relay_for_anyone: a.relay_for_anyone,
     })
 }
 
@@ -77,6 +79,12 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         }
         if ov.relay {
             args.push("--relay".into());
+        }
+        if ov.relay_for_anyone {
+            args.push("--relay-for-anyone".into());
+        }
+        if ov.open {
+            args.push("--open".into());
         }
         for e in &ov.external {
             args.push("--external".into());

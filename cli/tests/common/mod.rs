@@ -32,13 +32,27 @@ pub fn mesh_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mesh"))
 }
 
-/// A home directory in a temp dir, with the fast test config.
+/// The mesh the homes of this test binary belong to (written as `mesh.key`, as `mesh join`
+/// would), so nodes admit each other; [`Home::alone`] makes an outsider.
+pub fn test_mesh() -> &'static mesh_node::mesh::Membership {
+    static MESH: std::sync::OnceLock<mesh_node::mesh::Membership> = std::sync::OnceLock::new();
+    MESH.get_or_init(mesh_node::mesh::Membership::generate)
+}
+
+/// A home directory in a temp dir, with the fast test config, in the test mesh.
 pub struct Home {
     pub dir: tempfile::TempDir,
 }
 
 impl Home {
     pub fn new() -> Home {
+        let h = Home::alone();
+        test_mesh().save(&h.path().join("mesh.key")).expect("mesh key");
+        h
+    }
+
+    /// A home that will start a mesh of its own (not a member of the test mesh).
+    pub fn alone() -> Home {
         let mut dir = tempfile::tempdir().expect("tempdir");
         // MESH_TEST_KEEP=1 keeps homes (and daemon logs, `<home>.log`) for a post-mortem.
         if std::env::var_os("MESH_TEST_KEEP").is_some() {

@@ -34,13 +34,21 @@ async fn main() -> anyhow::Result<()> {
             no_mdns: true,
             relay: true,
             external,
+            // A public relay: it carries relayed connections for any node. Nobody gets
+            // anything else from it (no directory, messages or topics) without joining
+            // its mesh.
+            relay_for_anyone: true,
+            open: false,
         },
         user: None,
     };
     daemon::run_foreground(opts, |info| {
         println!("relay {} is up", info.peer_id);
         match &public_ip {
-            Some(ip) => println!("members use: /ip4/{ip}/tcp/{port}/p2p/{}", info.peer_id),
+            Some(ip) => println!(
+                "put this in relay.nodes of config.toml: /ip4/{ip}/tcp/{port}/p2p/{}",
+                info.peer_id
+            ),
             None => {
                 for a in &info.listen {
                     println!("listening on {a}/p2p/{}", info.peer_id);

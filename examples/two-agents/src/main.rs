@@ -128,8 +128,7 @@ async fn main() -> anyhow::Result<()> {
             name: Some(NodeName::new("devbox")?),
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             no_mdns: true,
-            relay: false,
-            external: vec![],
+            ..Overrides::default()
         },
         user: Some(AgentName::new("you")?),
     })

@@ -26,8 +26,7 @@ async fn start(dir: &std::path::Path, name: &str, port: u16) -> anyhow::Result<(
             name: Some(NodeName::new(name)?),
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse()?],
             no_mdns: true,
-            relay: false,
-            external: vec![],
+            ..Overrides::default()
         },
         user: Some(AgentName::new("user")?),
     })
@@ -83,12 +82,23 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let mut bob_events = bob.watch(vec!["bob".into()]).await?;
 
+    // Each node starts a mesh of its own; nothing reaches an agent from outside it. beta
+    // makes a join code, alpha uses it: now they are one mesh.
+    let code = match b.call(Request::Invite { ttl_s: 600, uses: 1 }).await? {
+        Response::Invite(i) => i.code,
+        other => bail!("unexpected {other:?}"),
+    };
+    println!("\n0. beta made a join code: {}…", &code[..32]);
+    match a.call(Request::Join { code }).await? {
+        Response::Joined(j) => println!("   alpha joined mesh {} (left its own, {})", j.mesh.id, j.left),
+        other => bail!("unexpected {other:?}"),
+    }
     let beta_addr = format!("/ip4/127.0.0.1/tcp/{beta_port}/p2p/{}", b.node().peer_id);
     a.call(Request::Dial {
         addr: beta_addr.clone(),
     })
     .await?;
-    println!("\n1. alpha dialed beta; alice sends bob a message");
+    println!("\n1. alpha is connected to beta; alice sends bob a message");
     let sent = match a
         .call(Request::Send {
             from: "alice".into(),

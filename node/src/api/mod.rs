@@ -234,6 +234,28 @@ pub enum Request {
         /// Only messages for these local agents (empty: all agents).
         agents: Vec<String>,
     },
+    /// Make a join code for this node's mesh.
+    Invite {
+        /// Valid for this long, in seconds.
+        ttl_s: u64,
+        /// Joins it allows.
+        uses: u32,
+    },
+    /// Join the mesh of a join code's inviter (leaving this node's current mesh).
+    Join {
+        /// The join code.
+        code: String,
+    },
+    /// This node's mesh and the members it knows.
+    Members,
+    /// Remove a node from the mesh: it is disconnected, and the mesh key is replaced by
+    /// one it never gets.
+    Remove {
+        /// PeerId or node name.
+        node: String,
+    },
+    /// Leave the mesh: this node starts a new mesh of its own.
+    Leave,
     /// Stop the daemon cleanly.
     Shutdown,
 }
@@ -246,6 +268,7 @@ impl Request {
     pub fn is_repeatable(&self) -> bool {
         match self {
             Request::Send { .. } | Request::Publish { .. } | Request::Shutdown => false,
+            Request::Invite { .. } | Request::Join { .. } | Request::Remove { .. } | Request::Leave => false,
             Request::Inbox { mark_read, .. } => !mark_read,
             Request::Claim { .. } | Request::Register { attach: true, .. } | Request::Watch { .. } => false,
             _ => true,
@@ -339,6 +362,16 @@ pub enum Response {
     Outbox(Vec<OutboxView>),
     /// To `Register` / `SetSummary`.
     Agent(AgentView),
+    /// To `Invite`.
+    Invite(InviteView),
+    /// To `Join`.
+    Joined(JoinView),
+    /// To `Members`.
+    Members(MembersView),
+    /// To `Remove`.
+    Removed(RemovedView),
+    /// To `Leave`.
+    Left(MeshView),
     /// To `Watch`, `Shutdown`.
     Ok,
 }
@@ -360,6 +393,10 @@ pub enum ErrorCode {
     Storage,
     /// Too much at once; retry.
     Busy,
+    /// Over a rate limit; retry later (the message says when).
+    RateLimited,
+    /// Not allowed (not a member, refused, a used or expired join code).
+    Denied,
     /// A bug.
     Internal,
 }
@@ -444,6 +481,94 @@ pub struct StatusView {
     pub reach: crate::net::ReachInfo,
     /// Dialed nodes kept connected.
     pub remembered: u32,
+    /// The mesh this node belongs to.
+    pub mesh: MeshView,
+    /// Nodes seen nearby that are not members (and were not admitted).
+    pub outsiders: u32,
+}
+
+/// A node's mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshView {
+    /// Mesh id (first 8 hex digits).
+    pub id: String,
+    /// Open mode: any node in open mode is admitted, with no secret.
+    pub open: bool,
+    /// Key generation (increases with each removal).
+    pub epoch: u32,
+    /// Members this node knows (itself included).
+    pub members: u32,
+    /// Nodes removed.
+    pub removed: u32,
+    /// This node relays for non-members too.
+    pub relay_for_anyone: bool,
+}
+
+/// A join code.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteView {
+    /// The code, to paste into `mesh join`.
+    pub code: String,
+    /// The mesh it joins.
+    pub mesh: String,
+    /// Expiry (ms since the epoch).
+    pub expires_ms: u64,
+    /// Joins it allows.
+    pub uses: u32,
+    /// The addresses the joiner will try.
+    pub addrs: Vec<String>,
+}
+
+/// The outcome of a join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinView {
+    /// The mesh joined.
+    pub mesh: MeshView,
+    /// The inviter.
+    pub inviter: PeerId,
+    /// Its name (from the code).
+    pub inviter_name: String,
+    /// The mesh left (its id).
+    pub left: String,
+}
+
+/// A member of the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its PeerId.
+    pub peer_id: PeerId,
+    /// Its name, as last announced.
+    pub name: Option<String>,
+    /// This node.
+    pub this_node: bool,
+    /// Connected now.
+    pub connected: bool,
+    /// First admitted (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Last contact (ms since the epoch).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// The answer to `Members`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembersView {
+    /// The mesh.
+    pub mesh: MeshView,
+    /// Its members known here, this node first.
+    pub members: Vec<MemberView>,
+}
+
+/// The answer to `Remove`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemovedView {
+    /// The removed node.
+    pub peer: PeerId,
+    /// Its name, if known.
+    pub name: Option<String>,
+    /// The new key generation.
+    pub epoch: u32,
+    /// Members handed the new key now (the others get it when they next connect).
+    pub rekeyed: u32,
 }
 
 /// Addresses to give to someone who wants to reach this node (each ends in `/p2p/<id>`).
@@ -486,6 +611,10 @@ pub struct PeerView {
     pub connections: Vec<crate::net::ConnectionView>,
     /// Dialed by the user: kept connected.
     pub remembered: bool,
+    /// A member of this node's mesh (else a node seen nearby that was not admitted).
+    pub member: bool,
+    /// Why a non-member was not admitted.
+    pub refused: Option<String>,
 }
 
 /// How an agent receives messages now.

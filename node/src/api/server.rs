@@ -368,6 +368,11 @@ async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
             limit,
         } => Response::Outbox(node.outbox(agent.as_deref(), delivered, limit).await?),
         Request::SetSummary { agent, summary } => Response::Agent(node.set_summary(&agent, summary).await?),
+        Request::Invite { ttl_s, uses } => Response::Invite(node.invite(ttl_s, uses).await?),
+        Request::Join { code } => Response::Joined(node.join(&code).await?),
+        Request::Members => Response::Members(node.members().await?),
+        Request::Remove { node: target } => Response::Removed(node.remove(&target).await?),
+        Request::Leave => Response::Left(node.leave().await?),
         Request::Register { .. } | Request::Claim { .. } | Request::Watch { .. } | Request::Shutdown => {
             return Err(ApiError::new(ErrorCode::Internal, "handled by the connection"));
         }

@@ -3,17 +3,22 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::gossipsub;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, autonat, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux,
+    StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping,
+    relay, tcp, yamux,
 };
 
+use super::gate::Gate;
 use super::{AGENT_VERSION, IDLE_CONNECTION_TIMEOUT, NetError, PING_INTERVAL};
 use crate::config::Config;
-use crate::wire::{self, Announcement, DIRECTORY_TOPIC, DmRequest, DmResponse, PostcardCodec};
+use crate::mesh::Membership;
+use crate::wire::{
+    self, AdmitRequest, AdmitResponse, Announcement, DmRequest, DmResponse, JoinRequest, JoinResponse, PostcardCodec,
+};
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/kad/1");
@@ -25,30 +30,65 @@ pub const HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 pub(super) type DmBehaviour = request_response::Behaviour<PostcardCodec<DmRequest, DmResponse>>;
 pub(super) type HelloBehaviour = request_response::Behaviour<PostcardCodec<Announcement, Announcement>>;
 pub(super) type PingBehaviour = request_response::Behaviour<PostcardCodec<u64, u64>>;
+pub(super) type AdmitBehaviour = request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>;
+pub(super) type JoinBehaviour = request_response::Behaviour<PostcardCodec<JoinRequest, JoinResponse>>;
+
+/// Incoming connections being set up at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Established incoming connections.
+pub const MAX_INCOMING: u32 = 512;
+/// Connections to one peer.
+pub const MAX_PER_PEER: u32 = 8;
 
 #[allow(missing_docs)]
 mod composed {
     use super::*;
 
-    /// The composed libp2p behaviour of a node.
+    /// The composed libp2p behaviour of a node. Everything behind a [`Gate`] runs only
+    /// with peers that proved membership; identify, ping, mDNS, the relay client and the
+    /// admission and join protocols run with anyone.
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
+        pub(in crate::net) limits: connection_limits::Behaviour,
         pub(in crate::net) identify: identify::Behaviour,
         pub(in crate::net) ping: ping::Behaviour,
         pub(in crate::net) mdns: Toggle<mdns::tokio::Behaviour>,
-        pub(in crate::net) gossipsub: gossipsub::Behaviour,
-        pub(in crate::net) dm: DmBehaviour,
-        pub(in crate::net) hello: HelloBehaviour,
-        pub(in crate::net) probe: PingBehaviour,
+        pub(in crate::net) admit: AdmitBehaviour,
+        pub(in crate::net) join: JoinBehaviour,
+        pub(in crate::net) gossipsub: Gate<gossipsub::Behaviour>,
+        pub(in crate::net) dm: Gate<DmBehaviour>,
+        pub(in crate::net) hello: Gate<HelloBehaviour>,
+        pub(in crate::net) probe: Gate<PingBehaviour>,
         pub(in crate::net) relay_client: relay::client::Behaviour,
-        pub(in crate::net) relay_server: Toggle<relay::Behaviour>,
-        pub(in crate::net) dcutr: dcutr::Behaviour,
-        pub(in crate::net) autonat_client: autonat::v2::client::Behaviour,
-        pub(in crate::net) autonat_server: autonat::v2::server::Behaviour,
-        pub(in crate::net) kad: kad::Behaviour<kad::store::MemoryStore>,
+        pub(in crate::net) relay_server: Toggle<Gate<relay::Behaviour>>,
+        pub(in crate::net) dcutr: Gate<dcutr::Behaviour>,
+        pub(in crate::net) autonat_client: Gate<autonat::v2::client::Behaviour>,
+        pub(in crate::net) autonat_server: Gate<autonat::v2::server::Behaviour>,
+        pub(in crate::net) kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
+    }
+
+    impl Behaviour {
+        /// Opens every gate for `peer` (it proved membership).
+        pub(in crate::net) fn admit(&mut self, peer: libp2p::PeerId) {
+            self.gossipsub.admit(peer);
+            self.dm.admit(peer);
+            self.hello.admit(peer);
+            self.probe.admit(peer);
+            if let Some(r) = self.relay_server.as_mut() {
+                r.admit(peer);
+            }
+            self.dcutr.admit(peer);
+            self.autonat_client.admit(peer);
+            self.autonat_server.admit(peer);
+            self.kad.admit(peer);
+        }
     }
 }
 pub use composed::{Behaviour, BehaviourEvent};
+
+fn gate<B>(b: B) -> Gate<B> {
+    Gate::new(b, false)
+}
 
 fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
     let per_minute = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
@@ -72,9 +112,11 @@ fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
 /// Builds the swarm and starts listening. Listening on a configured address that fails is
 /// an error; a default address that fails (e.g. no IPv6) is logged and skipped. Returns
 /// the swarm and the number of listeners started.
-pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, usize), NetError> {
+pub fn build(keypair: &Keypair, config: &Config, mesh: &Membership) -> Result<(Swarm<Behaviour>, usize), NetError> {
     let max_req = config.max_wire_request_bytes();
-    let gossip_max = (config.limits.max_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES);
+    // Sealing adds a few dozen bytes; the envelope a few hundred.
+    let gossip_max = (config.limits.max_topic_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES + 1024);
+    let relay_for_anyone = config.relay.for_anyone;
     let request_timeout = config.delivery.request_timeout;
     let mdns_on = config.libp2p_mdns();
     let relay_cfg = config.relay.clone();
@@ -120,7 +162,12 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
             // Every node answers lookups: the mesh is small and its members' relayed
             // addresses are exactly what a lookup must return.
             kad.set_mode(Some(kad::Mode::Server));
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_INCOMING))
+                .with_max_established_per_peer(Some(MAX_PER_PEER));
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(
                     identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
                         .with_agent_version(AGENT_VERSION.to_string())
@@ -132,31 +179,41 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
                         .with_timeout(Duration::from_secs(10)),
                 ),
                 mdns: mdns.into(),
-                gossipsub,
-                dm: request_response::Behaviour::with_codec(
+                admit: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES),
+                    [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                ),
+                join: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(16 * 1024, wire::MAX_ADMIT_BYTES),
+                    [(wire::JOIN_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                ),
+                gossipsub: gate(gossipsub),
+                dm: gate(request_response::Behaviour::with_codec(
                     PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES),
                     [(wire::DM_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
-                ),
-                hello: request_response::Behaviour::with_codec(
+                )),
+                hello: gate(request_response::Behaviour::with_codec(
                     PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES),
                     [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
-                ),
-                probe: request_response::Behaviour::with_codec(
+                )),
+                probe: gate(request_response::Behaviour::with_codec(
                     PostcardCodec::new(64, 64),
                     [(PING_PROTOCOL, ProtocolSupport::Full)],
                     rr,
-                ),
+                )),
                 relay_client,
                 relay_server: relay_cfg
                     .serve
-                    .then(|| relay::Behaviour::new(peer, relay_config(&relay_cfg)))
+                    .then(|| Gate::new(relay::Behaviour::new(peer, relay_config(&relay_cfg)), relay_for_anyone))
                     .into(),
-                dcutr: dcutr::Behaviour::new(peer),
-                autonat_client: autonat::v2::client::Behaviour::default(),
-                autonat_server: autonat::v2::server::Behaviour::default(),
-                kad,
+                dcutr: gate(dcutr::Behaviour::new(peer)),
+                autonat_client: gate(autonat::v2::client::Behaviour::default()),
+                autonat_server: gate(autonat::v2::server::Behaviour::default()),
+                kad: gate(kad),
             })
         })
         .map_err(|e| NetError::Start(e.to_string()))?
@@ -180,7 +237,8 @@ pub fn build(keypair: &Keypair, config: &Config) -> Result<(Swarm<Behaviour>, us
     swarm
         .behaviour_mut()
         .gossipsub
-        .subscribe(&IdentTopic::new(DIRECTORY_TOPIC))
+        .inner()
+        .subscribe(&wire::directory_topic(mesh))
         .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
     Ok((swarm, listening))
 }

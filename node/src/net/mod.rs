@@ -6,7 +6,9 @@
 //! `send` on oneshots, events with `try_send` (a full channel drops informational events and
 //! answers inbound deliveries with "unavailable", so the sender retries).
 
+mod admit;
 mod behaviour;
+pub mod gate;
 mod reach;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -24,12 +26,15 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use admit::{ADMIT_TIMEOUT, OutsiderInfo};
 pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_PROTOCOL, build};
 pub use reach::{NatStatus, PunchStats, ReachInfo, ReservationInfo};
 
 use crate::config::Config;
 use crate::ids::{TopicName, now_ms};
-use crate::wire::{self, Announcement, DIRECTORY_TOPIC, DirectoryGossip, DmRequest, DmResponse, TopicEnvelope};
+use crate::mesh::{Grant, Invite, Membership, OpenError};
+use crate::ratelimit::RateLimiter;
+use crate::wire::{self, Announcement, DirectoryGossip, DmRequest, DmResponse, JoinResponse, TopicEnvelope};
 
 /// Capacity of the command channel into the actor.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -94,7 +99,7 @@ pub enum Discovery {
 pub enum NetEvent {
     /// A listen address became active.
     Listening(Multiaddr),
-    /// First connection to a peer opened.
+    /// A peer proved membership (on its first connection of this visit).
     PeerConnected {
         /// The peer.
         peer: PeerId,
@@ -103,12 +108,12 @@ pub enum NetEvent {
         /// We dialed it.
         dialed: bool,
     },
-    /// Last connection to a peer closed.
+    /// Last connection to an admitted peer closed.
     PeerDisconnected {
         /// The peer.
         peer: PeerId,
     },
-    /// A peer was identified as an agentmesh node, with the addresses it listens on.
+    /// A member was identified, with the addresses it listens on.
     PeerIdentified {
         /// The peer.
         peer: PeerId,
@@ -122,7 +127,8 @@ pub enum NetEvent {
         /// Its addresses.
         addrs: Vec<Multiaddr>,
     },
-    /// A peer's announcement (from hello or the directory topic; the node is verified).
+    /// A peer's announcement (from hello or the sealed directory topic; the node is
+    /// verified and admitted).
     Announcement {
         /// The announcing node.
         peer: PeerId,
@@ -154,6 +160,19 @@ pub enum NetEvent {
     },
     /// Reachability changed: NAT status, relay slots, a hole punch.
     ReachChanged,
+    /// The mesh key chain changed (renewed by a member, or a removal): persist it.
+    MembershipChanged(Box<Membership>),
+    /// A node asks to join with a join code; answer with [`NetHandle::respond_join`].
+    JoinRequest {
+        /// The asking node (authenticated).
+        peer: PeerId,
+        /// Reply handle.
+        request: InboundRequestId,
+        /// The code it holds (signature not yet checked).
+        invite: Box<Invite>,
+        /// The name it gives.
+        node_name: String,
+    },
 }
 
 /// One open connection.
@@ -234,8 +253,10 @@ pub struct ConnectedPeer {
 pub struct NetInfo {
     /// Active listen addresses.
     pub listen: Vec<Multiaddr>,
-    /// Connected agentmesh peers.
+    /// Connected members.
     pub peers: Vec<ConnectedPeer>,
+    /// Nodes seen that are not members.
+    pub outsiders: Vec<OutsiderInfo>,
     /// Addresses known per peer (connected or not).
     pub known_addrs: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Reachability.
@@ -269,12 +290,25 @@ enum Command {
         response: DmResponse,
     },
     Publish {
-        topic: IdentTopic,
+        topic: TopicName,
         data: Vec<u8>,
         reply: oneshot::Sender<Result<u32, NetError>>,
     },
-    Subscribe(IdentTopic),
-    Unsubscribe(IdentTopic),
+    Subscribe(TopicName),
+    Unsubscribe(TopicName),
+    SetMembership {
+        mesh: Box<Membership>,
+        reset: bool,
+    },
+    Join {
+        invite: Box<Invite>,
+        reply: oneshot::Sender<Result<Grant, NetError>>,
+    },
+    RespondJoin {
+        request: InboundRequestId,
+        response: Box<JoinResponse>,
+    },
+    DropOutsider(PeerId),
     SetAnnouncement(Box<Announcement>),
     Info(oneshot::Sender<NetInfo>),
     Ping {
@@ -352,23 +386,56 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)
     }
 
-    /// Publishes on a gossipsub topic; returns how many subscribed peers it was handed to.
-    pub async fn publish(&self, topic: IdentTopic, data: Vec<u8>) -> Result<u32, NetError> {
+    /// Seals `data` (an encoded [`TopicEnvelope`]) for the mesh and publishes it on the
+    /// topic; returns how many subscribed members it was handed to.
+    pub async fn publish(&self, topic: TopicName, data: Vec<u8>) -> Result<u32, NetError> {
         self.call(|reply| Command::Publish { topic, data, reply }).await?
     }
 
-    /// Joins a gossipsub topic.
-    pub async fn subscribe(&self, topic: IdentTopic) -> Result<(), NetError> {
+    /// Joins a topic's gossip.
+    pub async fn subscribe(&self, topic: TopicName) -> Result<(), NetError> {
         self.tx
             .send(Command::Subscribe(topic))
             .await
             .map_err(|_| NetError::Stopped)
     }
 
-    /// Leaves a gossipsub topic.
-    pub async fn unsubscribe(&self, topic: IdentTopic) -> Result<(), NetError> {
+    /// Leaves a topic's gossip.
+    pub async fn unsubscribe(&self, topic: TopicName) -> Result<(), NetError> {
         self.tx
             .send(Command::Unsubscribe(topic))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Replaces the membership: after a removal (`reset == false`), or a join or leave
+    /// (`reset`: every connection starts over under the new mesh).
+    pub async fn set_membership(&self, mesh: Membership, reset: bool) -> Result<(), NetError> {
+        self.tx
+            .send(Command::SetMembership {
+                mesh: Box::new(mesh),
+                reset,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials the inviter of a join code and trades the code for membership.
+    pub async fn join(&self, invite: Invite) -> Result<Grant, NetError> {
+        self.call(|reply| Command::Join {
+            invite: Box::new(invite),
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers a join request.
+    pub async fn respond_join(&self, request: InboundRequestId, response: JoinResponse) -> Result<(), NetError> {
+        self.tx
+            .send(Command::RespondJoin {
+                request,
+                response: Box::new(response),
+            })
             .await
             .map_err(|_| NetError::Stopped)
     }
@@ -406,7 +473,7 @@ impl NetHandle {
         self.call(|reply| Command::Unpin { peer, reply }).await
     }
 
-    /// The set of connected agentmesh peers, updated on every change.
+    /// The set of connected members, updated on every change.
     pub fn connected(&self) -> watch::Receiver<Arc<BTreeSet<PeerId>>> {
         self.connected.clone()
     }
@@ -416,7 +483,7 @@ impl NetHandle {
         self.listening.clone()
     }
 
-    /// Whether `peer` is connected now.
+    /// Whether `peer` is connected and admitted now.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.connected.borrow().contains(peer)
     }
@@ -445,6 +512,19 @@ struct PeerState {
     rtt: Option<Duration>,
     agent_version: Option<String>,
     agentmesh: bool,
+    /// Proved membership on this visit.
+    admitted: bool,
+    /// Failed admission on this visit.
+    refused: bool,
+    /// What identify said: protocols and dialable listen addresses.
+    identified: Option<(Vec<libp2p::StreamProtocol>, Vec<Multiaddr>)>,
+}
+
+/// What a gossipsub topic of ours carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TopicKind {
+    Directory,
+    User(TopicName),
 }
 
 /// The actor's state.
@@ -471,7 +551,14 @@ pub struct NetActor {
     early_hellos: Vec<ResponseChannel<Announcement>>,
     heartbeat: Duration,
     max_text: usize,
-    directory: TopicHash,
+    adm: admit::Admission,
+    /// Our gossipsub topics (directory, subscribed and published user topics) by hash.
+    topics: HashMap<TopicHash, (IdentTopic, TopicKind)>,
+    /// User topics this node is subscribed to.
+    subscribed: HashSet<TopicName>,
+    /// Topic messages accepted per publishing node.
+    topic_rate: RateLimiter<PeerId>,
+    topic_rate_warned: Option<Instant>,
 }
 
 /// Starts the actor on the current runtime. Returns its handle, its event stream and the
@@ -480,6 +567,8 @@ pub fn spawn(
     swarm: Swarm<Behaviour>,
     listeners: usize,
     config: &Config,
+    mesh: Membership,
+    node_name: String,
     cancel: CancellationToken,
 ) -> (NetHandle, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>) {
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -488,10 +577,15 @@ pub fn spawn(
     let (listening_tx, listening) = watch::channel(Listening::default());
     let local_peer = *swarm.local_peer_id();
     let listeners_expected = listeners;
-    let actor = NetActor {
+    let mut actor = NetActor {
         swarm,
         self_tx: tx.clone(),
-        reach: reach::Reach::new(&config.relay.nodes, config.relay.serve, &config.external),
+        reach: reach::Reach::new(
+            &config.relay.nodes,
+            config.relay.serve,
+            config.relay.serve && config.relay.for_anyone,
+            &config.external,
+        ),
         pings: HashMap::new(),
         commands,
         events,
@@ -508,9 +602,14 @@ pub fn spawn(
         announcement: None,
         early_hellos: Vec::new(),
         heartbeat: config.presence.heartbeat,
-        max_text: config.limits.max_message_bytes,
-        directory: IdentTopic::new(DIRECTORY_TOPIC).hash(),
+        max_text: config.limits.max_topic_message_bytes,
+        adm: admit::Admission::new(mesh, node_name),
+        topics: HashMap::new(),
+        subscribed: HashSet::new(),
+        topic_rate: RateLimiter::per_minute(config.limits.peer_topic_messages_per_minute),
+        topic_rate_warned: None,
     };
+    actor.rebuild_topics();
     let task = tokio::spawn(actor.run(cancel));
     (
         NetHandle {
@@ -547,7 +646,10 @@ impl NetActor {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = heartbeat.tick() => self.announce(),
-                _ = upkeep.tick() => self.maintain_reach(),
+                _ = upkeep.tick() => {
+                    self.admission_upkeep();
+                    self.maintain_reach();
+                }
                 _ = tokio::time::sleep_until(due) => self.maintain_reach(),
             }
         }
@@ -564,7 +666,7 @@ impl NetActor {
         let set: BTreeSet<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, s)| !s.connections.is_empty())
+            .filter(|(_, s)| !s.connections.is_empty() && s.admitted)
             .map(|(p, _)| *p)
             .collect();
         self.connected_tx.send_if_modified(|cur| {
@@ -594,7 +696,11 @@ impl NetActor {
     }
 
     fn dial_known(&mut self, peer: PeerId) {
-        if self.foreign.contains(&peer) || self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
+        if self.foreign.contains(&peer)
+            || self.swarm.is_connected(&peer)
+            || peer == *self.swarm.local_peer_id()
+            || self.adm.backing_off(&peer)
+        {
             return;
         }
         let addrs: Vec<Multiaddr> = self
@@ -616,6 +722,46 @@ impl NetActor {
         }
     }
 
+    /// The directory topic and every user topic we use, under the current mesh's names.
+    fn rebuild_topics(&mut self) {
+        let mesh = &self.adm.mesh;
+        let dir = wire::directory_topic(mesh);
+        let mut topics = HashMap::new();
+        topics.insert(dir.hash(), (dir.clone(), TopicKind::Directory));
+        for t in &self.subscribed {
+            let g = wire::gossip_topic(mesh, t);
+            topics.insert(g.hash(), (g, TopicKind::User(t.clone())));
+        }
+        self.topics = topics;
+        let gs = self.swarm.behaviour_mut().gossipsub.inner();
+        if let Err(e) = gs.subscribe(&dir) {
+            tracing::warn!(error = %e, "cannot join the directory topic");
+        }
+        let subs: Vec<IdentTopic> = self
+            .topics
+            .values()
+            .filter(|(_, k)| matches!(k, TopicKind::User(_)))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in subs {
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
+                tracing::warn!(error = %e, "subscribe failed");
+            }
+        }
+    }
+
+    fn user_topic(&mut self, topic: &TopicName) -> IdentTopic {
+        let g = wire::gossip_topic(&self.adm.mesh, topic);
+        self.topics
+            .entry(g.hash())
+            .or_insert_with(|| (g.clone(), TopicKind::User(topic.clone())));
+        g
+    }
+
+    fn directory_hash(&self) -> TopicHash {
+        wire::directory_topic(&self.adm.mesh).hash()
+    }
+
     fn announce(&mut self) {
         let Some(a) = self.announcement.as_mut() else { return };
         a.seq = now_ms().max(a.seq + 1);
@@ -626,12 +772,10 @@ impl NetActor {
                 return;
             }
         };
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.directory.clone(), payload)
-        {
+        let topic = self.directory_hash();
+        let me = *self.swarm.local_peer_id();
+        let sealed = self.adm.mesh.seal(topic.as_str(), &me, &payload);
+        match self.swarm.behaviour_mut().gossipsub.inner().publish(topic, sealed) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "announcement not published"),
         }
@@ -709,27 +853,35 @@ impl NetActor {
                 }
             }
             Command::SendDm { peer, request, reply } => {
-                if !self.swarm.is_connected(&peer) {
+                if !self.is_admitted(&peer) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,
                         why: "not connected".into(),
                     }));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().dm.send_request(&peer, request);
+                let id = self.swarm.behaviour_mut().dm.inner().send_request(&peer, request);
                 self.dm_out.insert(id, reply);
             }
             Command::RespondDm { request, response } => {
                 if let Some(ch) = self.dm_in.remove(&request)
-                    && self.swarm.behaviour_mut().dm.send_response(ch, response).is_err()
+                    && self
+                        .swarm
+                        .behaviour_mut()
+                        .dm
+                        .inner()
+                        .send_response(ch, response)
+                        .is_err()
                 {
                     tracing::debug!("delivery response not sent: connection gone (sender will retry)");
                 }
             }
             Command::Publish { topic, data, reply } => {
-                let hash = topic.hash();
-                let gs = &mut self.swarm.behaviour_mut().gossipsub;
-                let result = match gs.publish(hash.clone(), data) {
+                let hash = self.user_topic(&topic).hash();
+                let me = *self.swarm.local_peer_id();
+                let sealed = self.adm.mesh.seal(hash.as_str(), &me, &data);
+                let gs = self.swarm.behaviour_mut().gossipsub.inner();
+                let result = match gs.publish(hash.clone(), sealed) {
                     Ok(_) => {
                         let n = gs.all_peers().filter(|(_, topics)| topics.contains(&&hash)).count();
                         Ok(n as u32)
@@ -741,13 +893,21 @@ impl NetActor {
                 let _ = reply.send(result);
             }
             Command::Subscribe(topic) => {
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                let g = self.user_topic(&topic);
+                self.subscribed.insert(topic.clone());
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
                     tracing::warn!(topic = %topic, error = %e, "subscribe failed");
                 }
             }
             Command::Unsubscribe(topic) => {
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                let g = self.user_topic(&topic);
+                self.subscribed.remove(&topic);
+                self.swarm.behaviour_mut().gossipsub.inner().unsubscribe(&g);
             }
+            Command::SetMembership { mesh, reset } => self.set_membership(*mesh, reset),
+            Command::Join { invite, reply } => self.start_join(*invite, reply),
+            Command::RespondJoin { request, response } => self.respond_join(request, *response),
+            Command::DropOutsider(peer) => self.drop_outsider(peer),
             Command::SetAnnouncement(a) => {
                 let first = self.announcement.is_none();
                 let seq = self.announcement.as_ref().map(|x| x.seq).unwrap_or(0);
@@ -758,16 +918,16 @@ impl NetActor {
                 if first {
                     // Answer and greet whoever came before we had anything to say.
                     for ch in std::mem::take(&mut self.early_hellos) {
-                        let _ = self.swarm.behaviour_mut().hello.send_response(ch, a.clone());
+                        let _ = self.swarm.behaviour_mut().hello.inner().send_response(ch, a.clone());
                     }
-                    let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                    for p in connected {
-                        self.swarm.behaviour_mut().hello.send_request(&p, a.clone());
+                    let members: Vec<PeerId> = self.peers.iter().filter(|(_, s)| s.admitted).map(|(p, _)| *p).collect();
+                    for p in members {
+                        self.swarm.behaviour_mut().hello.inner().send_request(&p, a.clone());
                     }
                 }
             }
             Command::Ping { peer, reply } => {
-                if !self.swarm.is_connected(&peer) {
+                if !self.is_admitted(&peer) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,
                         why: "not connected".into(),
@@ -778,11 +938,12 @@ impl NetActor {
                     .swarm
                     .behaviour_mut()
                     .probe
+                    .inner()
                     .send_request(&peer, rand::random::<u64>());
                 self.pings.insert(id, (Instant::now(), reply));
             }
             Command::Find { peer, reply } => {
-                if self.swarm.is_connected(&peer) {
+                if self.is_admitted(&peer) {
                     let addrs = self
                         .addrs
                         .get(&peer)
@@ -806,7 +967,7 @@ impl NetActor {
                 let peers = self
                     .peers
                     .iter()
-                    .filter(|(_, s)| !s.connections.is_empty() && s.agentmesh)
+                    .filter(|(_, s)| !s.connections.is_empty() && s.admitted)
                     .map(|(p, s)| ConnectedPeer {
                         peer: *p,
                         addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
@@ -819,9 +980,14 @@ impl NetActor {
                         agent_version: s.agent_version.clone(),
                     })
                     .collect();
+                let mut outsiders = self.adm.outsiders();
+                for o in &mut outsiders {
+                    o.connected = self.swarm.is_connected(&o.peer);
+                }
                 let _ = reply.send(NetInfo {
                     listen: self.swarm.listeners().cloned().collect(),
                     peers,
+                    outsiders,
                     known_addrs: self
                         .addrs
                         .iter()
@@ -890,10 +1056,11 @@ impl NetActor {
                     s.connections.remove(&connection_id);
                 }
                 if num_established == 0 {
-                    let was_mesh = self.peers.remove(&peer_id).is_some_and(|s| s.agentmesh);
+                    let was_member = self.peers.remove(&peer_id).is_some_and(|s| s.admitted);
+                    self.adm.pending.remove(&peer_id);
                     self.reach_on_disconnected(peer_id);
                     self.publish_connected();
-                    if was_mesh || !self.foreign.contains(&peer_id) {
+                    if was_member {
                         self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     }
                 }
@@ -904,6 +1071,9 @@ impl NetActor {
                 error,
             } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(p) = peer_id {
+                    self.join_dial_failed(p, dial_error_text(&error));
+                }
                 if let Some((addr, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
                         addr: addr.to_string(),
@@ -917,6 +1087,11 @@ impl NetActor {
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
+        if self.adm.mesh.is_revoked(&peer) {
+            tracing::debug!(%peer, "closing a connection from a removed node");
+            self.swarm.close_connection(id);
+            return;
+        }
         let dialed = endpoint.is_dialer();
         // An inbound relayed connection has only `/p2p/<peer>` as remote address; the
         // circuit shows on our side (the relayed address we listen on).
@@ -986,11 +1161,8 @@ impl NetActor {
         }
         self.reach_on_connected(peer);
         if first {
-            self.publish_connected();
-            self.emit(NetEvent::PeerConnected { peer, addr, dialed });
-            if let Some(a) = self.announcement.clone() {
-                self.swarm.behaviour_mut().hello.send_request(&peer, a);
-            }
+            // Nothing but identify, ping and the relay runs until the peer proves membership.
+            self.begin_admission(peer);
         }
     }
 
@@ -998,6 +1170,10 @@ impl NetActor {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != wire::IDENTIFY_PROTOCOL_VERSION {
+                    if self.reach_serving_anyone() || self.reach_uses_relay(&peer_id) {
+                        // A relay client or our relay: it may stay, it gets nothing else.
+                        return;
+                    }
                     tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not an agentmesh node; disconnecting");
                     if self.foreign.len() >= MAX_FOREIGN {
                         self.foreign.clear();
@@ -1008,10 +1184,8 @@ impl NetActor {
                     return;
                 }
                 if let Some(s) = self.peers.get_mut(&peer_id) {
-                    let newly = !s.agentmesh;
                     s.agentmesh = true;
                     s.agent_version = Some(info.agent_version.clone());
-                    let _ = newly;
                 }
                 // Keep what can be dialed from here: loopback only if the peer is on this
                 // machine, never link-local IPv6 (it needs a zone we do not know).
@@ -1028,11 +1202,17 @@ impl NetActor {
                 for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
                     self.remember(peer_id, a.clone());
                 }
-                self.reach_on_identify(peer_id, &info.protocols, &listen);
-                self.emit(NetEvent::PeerIdentified {
-                    peer: peer_id,
-                    listen_addrs: listen,
-                });
+                self.reach_on_identify(peer_id, &info.protocols);
+                if let Some(s) = self.peers.get_mut(&peer_id) {
+                    s.identified = Some((info.protocols.clone(), listen.clone()));
+                }
+                if self.is_admitted(&peer_id) {
+                    self.feed_kad(peer_id);
+                    self.emit(NetEvent::PeerIdentified {
+                        peer: peer_id,
+                        listen_addrs: listen,
+                    });
+                }
             }
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Ping(ping::Event {
@@ -1071,6 +1251,9 @@ impl NetActor {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Admit(e) => self.on_admit(e),
+            BehaviourEvent::Join(e) => self.on_join(e),
+            BehaviourEvent::Limits(v) => match v {},
             BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
             BehaviourEvent::Dm(e) => self.on_dm(e),
             BehaviourEvent::Hello(e) => self.on_hello(e),
@@ -1093,23 +1276,22 @@ impl NetActor {
                 message_id,
                 message,
             } => {
-                let verdict = self.check_gossip(&message);
-                let acceptance = if verdict.is_some() {
-                    MessageAcceptance::Accept
-                } else {
-                    MessageAcceptance::Reject
+                let (acceptance, verdict) = match self.check_gossip(&message) {
+                    Ok(ev) => (MessageAcceptance::Accept, Some(ev)),
+                    Err(a) => (a, None),
                 };
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .inner()
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
                 if let Some(ev) = verdict {
                     self.emit(ev);
                 }
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
-                if let Some(t) = wire::user_topic(&topic) {
+                if let Some((_, TopicKind::User(t))) = self.topics.get(&topic) {
+                    let t = t.clone();
                     self.emit(NetEvent::TopicSubscribed {
                         peer: peer_id,
                         topic: t,
@@ -1120,27 +1302,63 @@ impl NetActor {
         }
     }
 
-    /// Decodes and checks a gossip message; `None` means reject.
-    fn check_gossip(&self, message: &gossipsub::Message) -> Option<NetEvent> {
-        let source = message.source?;
-        if message.topic == self.directory {
-            let DirectoryGossip::Announce(a) = postcard::from_bytes::<DirectoryGossip>(&message.data).ok()?;
-            if let Err(why) = a.check() {
-                tracing::debug!(%source, %why, "rejecting announcement");
-                return None;
+    /// Opens and checks a gossip message: the event it makes, or how to judge it.
+    fn check_gossip(&mut self, message: &gossipsub::Message) -> Result<NetEvent, MessageAcceptance> {
+        let source = message.source.ok_or(MessageAcceptance::Reject)?;
+        let Some((_, kind)) = self.topics.get(&message.topic) else {
+            return Err(MessageAcceptance::Ignore);
+        };
+        let kind = kind.clone();
+        let plain = match self
+            .adm
+            .mesh
+            .open_sealed(message.topic.as_str(), &source, &message.data)
+        {
+            Ok(p) => p,
+            // Sealed with a key we do not have yet (a rotation on its way to us).
+            Err(OpenError::UnknownEpoch(e)) => {
+                tracing::debug!(%source, epoch = e, "gossip sealed with an unknown key; ignoring");
+                return Err(MessageAcceptance::Ignore);
             }
-            return Some(NetEvent::Announcement {
-                peer: source,
-                announcement: a,
-            });
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "rejecting gossip");
+                return Err(MessageAcceptance::Reject);
+            }
+        };
+        match kind {
+            TopicKind::Directory => {
+                let DirectoryGossip::Announce(a) =
+                    postcard::from_bytes::<DirectoryGossip>(&plain).map_err(|_| MessageAcceptance::Reject)?;
+                if let Err(why) = a.check() {
+                    tracing::debug!(%source, %why, "rejecting announcement");
+                    return Err(MessageAcceptance::Reject);
+                }
+                Ok(NetEvent::Announcement {
+                    peer: source,
+                    announcement: a,
+                })
+            }
+            TopicKind::User(topic) => {
+                let envelope: TopicEnvelope = postcard::from_bytes(&plain).map_err(|_| MessageAcceptance::Reject)?;
+                if envelope.topic != topic || envelope.text.len() > self.max_text || envelope.text.trim().is_empty() {
+                    tracing::debug!(%source, "rejecting malformed topic message");
+                    return Err(MessageAcceptance::Reject);
+                }
+                if source != *self.swarm.local_peer_id()
+                    && let Err(wait) = self.topic_rate.take(&source, 1, Instant::now())
+                {
+                    let quiet = self
+                        .topic_rate_warned
+                        .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+                    if !quiet {
+                        tracing::warn!(%source, retry_in = ?wait, "a node publishes faster than limits.peer_topic_messages_per_minute; dropping its topic messages");
+                        self.topic_rate_warned = Some(Instant::now());
+                    }
+                    return Err(MessageAcceptance::Ignore);
+                }
+                Ok(NetEvent::Topic { source, envelope })
+            }
         }
-        let topic = wire::user_topic(&message.topic)?;
-        let envelope: TopicEnvelope = postcard::from_bytes(&message.data).ok()?;
-        if envelope.topic != topic || envelope.text.len() > self.max_text || envelope.text.trim().is_empty() {
-            tracing::debug!(%source, "rejecting malformed topic message");
-            return None;
-        }
-        Some(NetEvent::Topic { source, envelope })
     }
 
     fn on_dm(&mut self, event: request_response::Event<DmRequest, DmResponse>) {
@@ -1151,6 +1369,11 @@ impl NetActor {
                     request: DmRequest::Deliver(messages),
                     channel,
                 } => {
+                    if !self.is_admitted(&peer) {
+                        // The gate makes this impossible; never deliver for a non-member.
+                        tracing::warn!(%peer, "delivery from a peer that is not admitted; dropping");
+                        return;
+                    }
                     self.dm_in.insert(request_id, channel);
                     let ev = NetEvent::InboundDms {
                         peer,
@@ -1165,6 +1388,7 @@ impl NetActor {
                                 .swarm
                                 .behaviour_mut()
                                 .dm
+                                .inner()
                                 .send_response(ch, DmResponse::Unavailable("recipient node is busy".into()));
                         }
                     }
@@ -1209,7 +1433,7 @@ impl NetActor {
                 connection_id,
             } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let _ = self.swarm.behaviour_mut().probe.send_response(channel, request);
+                    let _ = self.swarm.behaviour_mut().probe.inner().send_response(channel, request);
                 }
                 request_response::Message::Response { request_id, .. } => {
                     if let Some((start, reply)) = self.pings.remove(&request_id) {
@@ -1252,7 +1476,7 @@ impl NetActor {
                     request_response::Message::Request { request, channel, .. } => {
                         match self.announcement.clone() {
                             Some(mine) => {
-                                let _ = self.swarm.behaviour_mut().hello.send_response(channel, mine);
+                                let _ = self.swarm.behaviour_mut().hello.inner().send_response(channel, mine);
                             }
                             None if self.early_hellos.len() < MAX_EARLY_HELLOS => self.early_hellos.push(channel),
                             None => {}
@@ -1277,7 +1501,7 @@ impl NetActor {
                     && self.swarm.is_connected(&peer)
                     && let Some(a) = self.announcement.clone()
                 {
-                    self.swarm.behaviour_mut().hello.send_request(&peer, a);
+                    self.swarm.behaviour_mut().hello.inner().send_request(&peer, a);
                 }
             }
             _ => {}

@@ -114,12 +114,18 @@ pub(super) struct Reach {
     pub(super) punch: PunchStats,
     relay_circuits: u32,
     relay_serving: bool,
+    relay_for_anyone: bool,
     declared: Vec<Multiaddr>,
     last_status: NatStatus,
 }
 
 impl Reach {
-    pub(super) fn new(configured: &[Multiaddr], relay_serving: bool, declared: &[Multiaddr]) -> Self {
+    pub(super) fn new(
+        configured: &[Multiaddr],
+        relay_serving: bool,
+        relay_for_anyone: bool,
+        declared: &[Multiaddr],
+    ) -> Self {
         let configured = configured
             .iter()
             .filter_map(|a| {
@@ -142,6 +148,7 @@ impl Reach {
             punch: PunchStats::default(),
             relay_circuits: 0,
             relay_serving,
+            relay_for_anyone,
             declared: declared.to_vec(),
             last_status: NatStatus::Unknown,
         }
@@ -203,6 +210,25 @@ impl NetActor {
 
     pub(super) fn reach_serving(&self) -> bool {
         self.reach.relay_serving
+    }
+
+    /// This node relays for non-members too.
+    pub(super) fn reach_serving_anyone(&self) -> bool {
+        self.reach.relay_for_anyone
+    }
+
+    /// `peer` is a relay this node is configured with or holds (or asks for) a slot on.
+    pub(super) fn reach_uses_relay(&self, peer: &PeerId) -> bool {
+        self.reach.reservations.contains_key(peer) || self.reach.configured.iter().any(|(p, _)| p == peer)
+    }
+
+    /// A removed node: no more redials, no relay slot on it.
+    pub(super) fn reach_forget(&mut self, peer: &PeerId) {
+        self.reach.pinned.remove(peer);
+        self.reach.relays.remove(peer);
+        if let Some(r) = self.reach.reservations.remove(peer) {
+            self.swarm.remove_listener(r.listener);
+        }
     }
 
     /// Declared external addresses, configured relays: at start.
@@ -293,7 +319,14 @@ impl NetActor {
             return;
         }
         let mut candidates: Vec<PeerId> = self.reach.configured.iter().map(|(p, _)| *p).collect();
-        let mut offered: Vec<PeerId> = self.reach.relays.iter().copied().collect();
+        // Members that relay (a non-member relay is used only when configured).
+        let mut offered: Vec<PeerId> = self
+            .reach
+            .relays
+            .iter()
+            .copied()
+            .filter(|p| self.is_admitted(p))
+            .collect();
         offered.sort();
         candidates.extend(offered);
         candidates.dedup();
@@ -473,27 +506,31 @@ impl NetActor {
         self.reach_changed();
     }
 
-    /// After identify: note relays, feed the DHT with the peer's dialable addresses.
-    pub(super) fn reach_on_identify(
-        &mut self,
-        peer: PeerId,
-        protocols: &[libp2p::StreamProtocol],
-        listen: &[Multiaddr],
-    ) {
+    /// After identify: note relays.
+    pub(super) fn reach_on_identify(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol]) {
         if protocols.iter().any(|p| p.as_ref() == HOP_PROTOCOL) {
             self.reach.relays.insert(peer);
         }
-        if protocols.contains(&KAD_PROTOCOL) {
-            let mut added = false;
-            for a in listen {
-                if !is_link_local_v6(a) && (!is_loopback(a) || self.peer_is_local(&peer)) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-                    added = true;
-                }
+    }
+
+    /// Once a member is both admitted and identified: its dialable addresses go into the
+    /// DHT (only members' addresses ever do).
+    pub(super) fn feed_kad(&mut self, peer: PeerId) {
+        let Some((protocols, listen)) = self.peers.get(&peer).and_then(|s| s.identified.clone()) else {
+            return;
+        };
+        if !protocols.contains(&KAD_PROTOCOL) {
+            return;
+        }
+        let mut added = false;
+        for a in &listen {
+            if !is_link_local_v6(a) && (!is_loopback(a) || self.peer_is_local(&peer)) {
+                self.swarm.behaviour_mut().kad.inner().add_address(&peer, a.clone());
+                added = true;
             }
-            if added && self.reach.lookups.is_empty() {
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
-            }
+        }
+        if added && self.reach.lookups.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.inner().bootstrap();
         }
     }
 
@@ -518,7 +555,7 @@ impl NetActor {
             return;
         }
         self.reach.last_lookup.insert(peer, Instant::now());
-        let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        let id = self.swarm.behaviour_mut().kad.inner().get_closest_peers(peer);
         self.reach.lookups.insert(id, (peer, reply.into_iter().collect()));
     }
 

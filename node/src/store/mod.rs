@@ -64,6 +64,10 @@ pub(crate) mod tables {
     pub const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers-1");
     /// peer id bytes → addresses the user dialed it at: kept connected across restarts.
     pub const DIALED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialed-1");
+    /// peer id bytes → `MemberRecord`: members of this node's mesh it has admitted.
+    pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members-1");
+    /// join code token → `InviteRecord`.
+    pub const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites-1");
 }
 
 /// Errors of the store. Cloneable, because one storage failure is reported to every job of
@@ -412,6 +416,8 @@ impl Store {
         txn.open_table(tables::TOPIC_PENDING)?;
         txn.open_table(tables::PEERS)?;
         txn.open_table(tables::DIALED)?;
+        txn.open_table(tables::MEMBERS)?;
+        txn.open_table(tables::INVITES)?;
         txn.commit()?;
 
         let shared = Arc::new(Shared {

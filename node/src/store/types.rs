@@ -176,3 +176,38 @@ pub struct StoreStats {
     /// Size of the file in bytes.
     pub file_bytes: u64,
 }
+
+/// A member of this node's mesh, as this node met it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Its name, as last announced or given.
+    pub name: Option<String>,
+    /// First admitted (ms since the epoch).
+    pub since_ms: u64,
+    /// Last admitted or heard from (ms since the epoch).
+    pub last_seen_ms: u64,
+}
+
+/// A join code this node issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRecord {
+    /// Expiry (ms since the epoch).
+    pub expires_ms: u64,
+    /// Joins it still allows.
+    pub uses_left: u32,
+    /// When it was made (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// What using a join code's token came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InviteUse {
+    /// Accepted; this many joins remain.
+    Accepted(u32),
+    /// No such token here (never issued by this node, or from before it changed meshes).
+    Unknown,
+    /// Past its expiry.
+    Expired(u64),
+    /// Every allowed join was used.
+    UsedUp,
+}

@@ -1,6 +1,10 @@
 //! In-process nodes on 127.0.0.1 for integration tests: each with its own temp home, no
 //! LAN discovery, fast timers, and a local API client. Waiting is done on events with a
 //! deadline, never by sleeping.
+//!
+//! Nodes started with [`TestNode::start`] are members of one mesh (the test binary's
+//! [`test_mesh`], written to each home's `mesh.key` as `mesh join` would);
+//! [`TestNode::start_alone`] gives a node a mesh of its own.
 
 #![allow(dead_code, missing_docs)]
 
@@ -12,7 +16,14 @@ use mesh_node::config::Overrides;
 use mesh_node::daemon::{Daemon, DaemonOptions};
 use mesh_node::home::Home;
 use mesh_node::ids::{AgentName, NodeName};
+use mesh_node::mesh::Membership;
 use tokio::sync::mpsc;
+
+/// The mesh shared by the nodes of this test binary.
+pub fn test_mesh() -> &'static Membership {
+    static MESH: std::sync::OnceLock<Membership> = std::sync::OnceLock::new();
+    MESH.get_or_init(Membership::generate)
+}
 
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -43,10 +54,23 @@ impl TestNode {
     }
 
     pub async fn start_with(name: &str, config: &str) -> TestNode {
+        Self::start_in(name, config, Some(test_mesh())).await
+    }
+
+    /// Starts a node in a mesh of its own (an outsider to the others).
+    pub async fn start_alone(name: &str) -> TestNode {
+        Self::start_in(name, FAST_CONFIG, None).await
+    }
+
+    /// Starts a node in `mesh` (None: it creates its own).
+    pub async fn start_in(name: &str, config: &str, mesh: Option<&Membership>) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = Home::resolve(Some(dir.path().join("home"))).expect("home");
         home.create().expect("create home");
         std::fs::write(home.config_path(), config).expect("config");
+        if let Some(m) = mesh {
+            m.save(&home.mesh_path()).expect("mesh key");
+        }
         let (daemon, port) = launch(&home, name, 0).await;
         let client = connect(&home).await;
         TestNode {
@@ -163,8 +187,7 @@ async fn launch(home: &Home, name: &str, port: u16) -> (Daemon, u16) {
             name: Some(NodeName::new(name).expect("node name")),
             listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
             no_mdns: true,
-            relay: false,
-            external: vec![],
+            ..Overrides::default()
         },
         user: Some(AgentName::new("user").expect("agent")),
     };

@@ -1,0 +1,693 @@
+//! Admission: who may talk to this node's agents.
+//!
+//! Every new peer proves membership (`/agentmesh/admit/1`) before any gated protocol runs
+//! with it (see [`super::gate`]). Both sides prove at once; each admits the other on its
+//! own verdict. A peer that fails, or says nothing for [`ADMIT_TIMEOUT`], is an
+//! *outsider*: listed (so users see who is around), disconnected, and not dialed again
+//! for a while. Exceptions keep a connection without admitting it: a relay we use or
+//! serve for anyone, and a join in progress.
+//!
+//! Also here: key rotation pushed between members (`Rekey`), and the join protocol.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{Command, NetActor, NetError, NetEvent, strip_p2p};
+use crate::ids::now_ms;
+use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Verdict};
+use crate::wire::{self, AdmitRequest, AdmitResponse, JoinRequest, JoinResponse};
+
+/// Longest wait for a new peer's membership proof.
+pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused peer is disconnected this long after the refusal (so the answer gets out).
+pub const REFUSED_GRACE: Duration = Duration::from_millis(300);
+/// First pause before dialing a refused peer again.
+pub const DENIED_BACKOFF_MIN: Duration = Duration::from_secs(30);
+/// Longest pause before dialing a refused peer again.
+pub const DENIED_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Outsiders remembered for `mesh peers`.
+pub const MAX_OUTSIDERS: usize = 256;
+/// Admission requests a peer may send on one visit before it is cut off.
+pub const MAX_ADMIT_REQUESTS: u32 = 8;
+/// Longest wait for a join.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Join attempts accepted from one peer per visit.
+pub const MAX_JOIN_ATTEMPTS: u32 = 3;
+
+/// A node seen nearby that is not a member of this mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutsiderInfo {
+    /// Its PeerId (authenticated by the connection).
+    pub peer: PeerId,
+    /// The name it gave (a claim).
+    pub claimed_name: Option<String>,
+    /// Why it is not admitted.
+    pub reason: String,
+    /// Addresses it was seen at.
+    pub addrs: Vec<Multiaddr>,
+    /// Connected now (a relay we use, a relay client, a join in progress).
+    pub connected: bool,
+    /// Last contact, ms since the epoch.
+    pub last_seen_ms: u64,
+}
+
+/// A peer that is connected but not admitted yet.
+pub(super) struct Pending {
+    since: Instant,
+    claimed_name: Option<String>,
+    requests: u32,
+    /// A proof from a newer epoch than ours, kept until a grant lets us check it.
+    held: Option<(Proof, ResponseChannel<AdmitResponse>)>,
+    joins: u32,
+}
+
+pub(super) struct Denied {
+    until: Instant,
+    backoff: Duration,
+}
+
+pub(super) struct JoinWait {
+    invite: Invite,
+    node_name: String,
+    deadline: Instant,
+    sent: bool,
+    reply: oneshot::Sender<Result<Grant, NetError>>,
+}
+
+/// Admission state, owned by the network actor.
+pub(super) struct Admission {
+    pub(super) mesh: Membership,
+    pub(super) pending: HashMap<PeerId, Pending>,
+    denied: HashMap<PeerId, Denied>,
+    outsiders: HashMap<PeerId, OutsiderInfo>,
+    out: HashMap<OutboundRequestId, PeerId>,
+    joining: HashMap<PeerId, JoinWait>,
+    join_out: HashMap<OutboundRequestId, PeerId>,
+    /// Peers whose join request is being answered (not cut off meanwhile).
+    join_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<JoinResponse>)>,
+    node_name: String,
+}
+
+impl Admission {
+    pub(super) fn new(mesh: Membership, node_name: String) -> Self {
+        Self {
+            mesh,
+            pending: HashMap::new(),
+            denied: HashMap::new(),
+            outsiders: HashMap::new(),
+            out: HashMap::new(),
+            joining: HashMap::new(),
+            join_out: HashMap::new(),
+            join_in: HashMap::new(),
+            node_name,
+        }
+    }
+
+    /// Whether dialing `peer` should wait (refused recently, or removed).
+    pub(super) fn backing_off(&self, peer: &PeerId) -> bool {
+        self.mesh.is_revoked(peer) || self.denied.get(peer).is_some_and(|d| d.until > Instant::now())
+    }
+
+    pub(super) fn outsiders(&self) -> Vec<OutsiderInfo> {
+        let mut v: Vec<OutsiderInfo> = self.outsiders.values().cloned().collect();
+        v.sort_by_key(|o| std::cmp::Reverse(o.last_seen_ms));
+        v
+    }
+}
+
+impl NetActor {
+    /// Whether `peer` proved membership on this visit.
+    pub(super) fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.admitted)
+    }
+
+    /// A connection opened to a peer that is not admitted: start the exchange.
+    pub(super) fn begin_admission(&mut self, peer: PeerId) {
+        if self.adm.pending.contains_key(&peer) {
+            return;
+        }
+        self.adm.pending.insert(
+            peer,
+            Pending {
+                since: Instant::now(),
+                claimed_name: None,
+                requests: 0,
+                held: None,
+                joins: 0,
+            },
+        );
+        if self.adm.joining.contains_key(&peer) {
+            // We are about to leave our mesh for theirs: ask to join, prove nothing.
+            self.send_join(peer);
+            return;
+        }
+        self.send_proof(peer);
+    }
+
+    fn send_proof(&mut self, peer: PeerId) {
+        let me = *self.swarm.local_peer_id();
+        let req = AdmitRequest::Prove {
+            node_name: self.adm.node_name.clone(),
+            proof: self.adm.mesh.prove(&me, &peer),
+        };
+        let id = self.swarm.behaviour_mut().admit.send_request(&peer, req);
+        self.adm.out.insert(id, peer);
+    }
+
+    /// A peer proved membership: open the gates, tell the node.
+    fn admit_peer(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.admitted {
+            return;
+        }
+        state.admitted = true;
+        let first = state.connections.values().next().map(|c| (c.addr.clone(), c.dialed));
+        self.adm.pending.remove(&peer);
+        self.adm.denied.remove(&peer);
+        self.adm.outsiders.remove(&peer);
+        self.swarm.behaviour_mut().admit(peer);
+        tracing::debug!(%peer, "admitted");
+        self.feed_kad(peer);
+        self.publish_connected();
+        if let Some((addr, dialed)) = first {
+            self.emit(NetEvent::PeerConnected { peer, addr, dialed });
+        }
+        if let Some(a) = self.announcement.clone() {
+            self.swarm.behaviour_mut().hello.inner().send_request(&peer, a);
+        }
+        self.reach_changed();
+    }
+
+    /// A peer is not (or no longer) one of us.
+    pub(super) fn refuse(&mut self, peer: PeerId, reason: String) {
+        let claimed_name = self.adm.pending.get(&peer).and_then(|p| p.claimed_name.clone());
+        if let Some(p) = self.adm.pending.get_mut(&peer)
+            && let Some((_, ch)) = p.held.take()
+        {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .admit
+                .send_response(ch, AdmitResponse::Refused(Refusal::BadProof));
+        }
+        tracing::info!(%peer, %reason, "not admitted");
+        let addrs: Vec<Multiaddr> = self
+            .addrs
+            .get(&peer)
+            .map(|l| l.iter().take(4).cloned().collect())
+            .unwrap_or_default();
+        if self.adm.outsiders.len() >= MAX_OUTSIDERS
+            && !self.adm.outsiders.contains_key(&peer)
+            && let Some(oldest) = self
+                .adm
+                .outsiders
+                .values()
+                .min_by_key(|o| o.last_seen_ms)
+                .map(|o| o.peer)
+        {
+            self.adm.outsiders.remove(&oldest);
+        }
+        let entry = self.adm.outsiders.entry(peer).or_insert(OutsiderInfo {
+            peer,
+            claimed_name: None,
+            reason: String::new(),
+            addrs: Vec::new(),
+            connected: true,
+            last_seen_ms: 0,
+        });
+        entry.reason = reason;
+        entry.last_seen_ms = now_ms();
+        if claimed_name.is_some() {
+            entry.claimed_name = claimed_name;
+        }
+        if !addrs.is_empty() {
+            entry.addrs = addrs;
+        }
+        let backoff = self
+            .adm
+            .denied
+            .get(&peer)
+            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
+            .unwrap_or(DENIED_BACKOFF_MIN);
+        self.adm.denied.insert(
+            peer,
+            Denied {
+                until: Instant::now() + backoff,
+                backoff,
+            },
+        );
+        self.adm.pending.remove(&peer);
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.refused = true;
+        }
+        if !self.keeps_outsider(&peer) {
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REFUSED_GRACE).await;
+                let _ = tx.send(Command::DropOutsider(peer)).await;
+            });
+        }
+    }
+
+    /// Whether a connection to a non-member stays open: relays we use, relay clients
+    /// when relaying for anyone, a join in progress either way.
+    fn keeps_outsider(&self, peer: &PeerId) -> bool {
+        self.reach_uses_relay(peer)
+            || self.reach_serving_anyone()
+            || self.adm.joining.contains_key(peer)
+            || self.adm.join_in.values().any(|(p, _)| p == peer)
+    }
+
+    /// Closes the connections of a refused peer (unless it was admitted meanwhile).
+    pub(super) fn drop_outsider(&mut self, peer: PeerId) {
+        if self.is_admitted(&peer) || self.keeps_outsider(&peer) {
+            return;
+        }
+        if let Some(o) = self.adm.outsiders.get_mut(&peer) {
+            o.connected = false;
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Periodic: peers that never proved anything, joins that never finished.
+    pub(super) fn admission_upkeep(&mut self) {
+        let now = Instant::now();
+        let late: Vec<PeerId> = self
+            .adm
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) > ADMIT_TIMEOUT)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            if self.adm.joining.contains_key(&peer) {
+                continue;
+            }
+            let waiting_for_key = self.adm.pending.get(&peer).is_some_and(|p| p.held.is_some());
+            let why = if waiting_for_key {
+                "its mesh key is newer than ours and nobody renewed ours (were we removed?)"
+            } else {
+                "no membership proof within 10 s"
+            };
+            self.refuse(peer, why.to_string());
+        }
+        let expired: Vec<PeerId> = self
+            .adm
+            .joining
+            .iter()
+            .filter(|(_, j)| j.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            if let Some(j) = self.adm.joining.remove(&peer) {
+                let _ = j.reply.send(Err(NetError::Request {
+                    peer,
+                    why: format!("no answer from the inviting node within {} s", JOIN_TIMEOUT.as_secs()),
+                }));
+            }
+        }
+        // Forget back-offs that ended long ago.
+        self.adm.denied.retain(|_, d| d.until + DENIED_BACKOFF_MAX > now);
+    }
+
+    pub(super) fn on_admit(&mut self, event: request_response::Event<AdmitRequest, AdmitResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_admit_request(peer, request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.adm.out.remove(&request_id);
+                    self.on_admit_response(peer, response);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let was_proof = self.adm.out.remove(&request_id).is_some();
+                tracing::debug!(%peer, %error, "admission request failed");
+                // A duplicate connection closing under it: once more on the survivor.
+                if was_proof
+                    && matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && self.swarm.is_connected(&peer)
+                    && !self.adm.joining.contains_key(&peer)
+                {
+                    self.send_proof(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_admit_request(&mut self, peer: PeerId, request: AdmitRequest, channel: ResponseChannel<AdmitResponse>) {
+        let admitted = self.is_admitted(&peer);
+        match request {
+            AdmitRequest::Prove { node_name, proof } => {
+                if let Some(p) = self.adm.pending.get_mut(&peer) {
+                    p.requests += 1;
+                    if p.requests > MAX_ADMIT_REQUESTS {
+                        drop(channel);
+                        self.refuse(peer, "too many admission requests".into());
+                        return;
+                    }
+                    let mut name: String = node_name.chars().take(wire::MAX_CLAIMED_NAME).collect();
+                    name.retain(|c| !c.is_control());
+                    p.claimed_name = Some(name);
+                }
+                if admitted {
+                    // A proof repeated on a new connection of a member: answer in kind.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .admit
+                        .send_response(channel, AdmitResponse::Admitted(None));
+                    return;
+                }
+                self.judge(peer, proof, channel);
+            }
+            AdmitRequest::Rekey(grant) => {
+                if !admitted {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .admit
+                        .send_response(channel, AdmitResponse::Refused(Refusal::BadProof));
+                    return;
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .admit
+                    .send_response(channel, AdmitResponse::Rekeyed);
+                self.take_grant(peer, &grant);
+            }
+        }
+    }
+
+    fn judge(&mut self, peer: PeerId, proof: Proof, channel: ResponseChannel<AdmitResponse>) {
+        let me = *self.swarm.local_peer_id();
+        match self.adm.mesh.verify(&proof, &peer, &me) {
+            Verdict::Member => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .admit
+                    .send_response(channel, AdmitResponse::Admitted(None));
+                self.admit_peer(peer);
+            }
+            Verdict::Stale => {
+                tracing::info!(%peer, "member with an outdated mesh key: handing it the current one");
+                let grant = self.adm.mesh.grant();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .admit
+                    .send_response(channel, AdmitResponse::Admitted(Some(grant)));
+                self.admit_peer(peer);
+            }
+            Verdict::Ahead => {
+                // Its key is newer: it will hand it to us when it checks our proof.
+                match self.adm.pending.get_mut(&peer) {
+                    Some(p) => p.held = Some((proof, channel)),
+                    None => drop(channel),
+                }
+            }
+            Verdict::Refused(r) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .admit
+                    .send_response(channel, AdmitResponse::Refused(r.clone()));
+                self.refuse(peer, r.to_string());
+            }
+        }
+    }
+
+    fn on_admit_response(&mut self, peer: PeerId, response: AdmitResponse) {
+        match response {
+            AdmitResponse::Admitted(Some(grant)) => self.take_grant(peer, &grant),
+            AdmitResponse::Admitted(None) | AdmitResponse::Rekeyed => {}
+            AdmitResponse::Refused(r) => {
+                if !self.is_admitted(&peer) {
+                    self.refuse(peer, format!("refused us: {r}"));
+                } else {
+                    // It admitted us before and no longer does (we were removed, or it
+                    // rotated and we are not in its roster): stop talking.
+                    tracing::warn!(%peer, reason = %r, "a member refuses this node now");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    /// A newer key chain from a member: take it if it extends ours, pass it on.
+    fn take_grant(&mut self, from: PeerId, grant: &Grant) {
+        match self.adm.mesh.accept_grant(grant) {
+            Ok(true) => {
+                tracing::info!(%from, epoch = self.adm.mesh.current().number, "mesh key renewed");
+                self.membership_changed(Some(from));
+            }
+            Ok(false) => {}
+            Err(why) => tracing::warn!(%from, %why, "ignoring a mesh key from a member"),
+        }
+    }
+
+    /// After our key chain changed (renewed, or a removal here): drop removed nodes,
+    /// check proofs we were holding, pass the chain to the members we are connected to.
+    pub(super) fn membership_changed(&mut self, source: Option<PeerId>) {
+        let revoked: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| self.adm.mesh.is_revoked(p))
+            .copied()
+            .collect();
+        for p in revoked {
+            tracing::info!(peer = %p, "disconnecting a removed node");
+            self.reach_forget(&p);
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        let held: Vec<(PeerId, Proof, ResponseChannel<AdmitResponse>)> = self
+            .adm
+            .pending
+            .iter_mut()
+            .filter_map(|(p, st)| st.held.take().map(|(proof, ch)| (*p, proof, ch)))
+            .collect();
+        for (peer, proof, ch) in held {
+            self.judge(peer, proof, ch);
+        }
+        let grant = self.adm.mesh.grant();
+        let members: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| s.admitted && Some(**p) != source)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in members {
+            self.swarm
+                .behaviour_mut()
+                .admit
+                .send_request(&p, AdmitRequest::Rekey(grant.clone()));
+        }
+        self.emit(NetEvent::MembershipChanged(Box::new(self.adm.mesh.clone())));
+    }
+
+    /// The node replaced the membership: a removal (`reset == false`: same mesh, new key),
+    /// or a join / leave (`reset`: another mesh; every connection starts over).
+    pub(super) fn set_membership(&mut self, mesh: Membership, reset: bool) {
+        if !reset {
+            self.adm.mesh = mesh;
+            self.membership_changed(None);
+            return;
+        }
+        let old_topics: Vec<_> = self.topics.values().map(|(t, _)| t.clone()).collect();
+        for t in old_topics {
+            self.swarm.behaviour_mut().gossipsub.inner().unsubscribe(&t);
+        }
+        self.adm.mesh = mesh;
+        self.adm.denied.clear();
+        self.adm.outsiders.clear();
+        self.rebuild_topics();
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for p in &peers {
+            let _ = self.swarm.disconnect_peer_id(*p);
+        }
+        // Everyone is dialed again shortly; the members of the new mesh will admit us.
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for p in peers {
+                let _ = tx.send(Command::DialPeer { peer: p }).await;
+            }
+        });
+    }
+
+    // ------------------------------------------------------------------ joining
+
+    /// Starts a join: dial the inviter, hand it the code.
+    pub(super) fn start_join(&mut self, invite: Invite, reply: oneshot::Sender<Result<Grant, NetError>>) {
+        let inviter = invite.body.inviter;
+        if inviter == *self.swarm.local_peer_id() {
+            let _ = reply.send(Err(NetError::Request {
+                peer: inviter,
+                why: "this join code was made by this node".into(),
+            }));
+            return;
+        }
+        for a in &invite.body.addrs {
+            self.remember(inviter, strip_p2p(a.clone()));
+        }
+        self.adm.denied.remove(&inviter);
+        self.adm.joining.insert(
+            inviter,
+            JoinWait {
+                invite,
+                node_name: self.adm.node_name.clone(),
+                deadline: Instant::now() + JOIN_TIMEOUT,
+                sent: false,
+                reply,
+            },
+        );
+        if self.swarm.is_connected(&inviter) {
+            self.send_join(inviter);
+            return;
+        }
+        let addrs: Vec<Multiaddr> = self
+            .addrs
+            .get(&inviter)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        let opts = DialOpts::peer_id(inviter)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts)
+            && let Some(j) = self.adm.joining.remove(&inviter)
+        {
+            let _ = j.reply.send(Err(NetError::Dial {
+                addr: inviter.to_string(),
+                why: super::dial_error_text(&e),
+            }));
+        }
+    }
+
+    fn send_join(&mut self, peer: PeerId) {
+        let Some(j) = self.adm.joining.get_mut(&peer) else {
+            return;
+        };
+        if j.sent {
+            return;
+        }
+        j.sent = true;
+        let req = JoinRequest {
+            invite: j.invite.clone(),
+            node_name: j.node_name.clone(),
+        };
+        let id = self.swarm.behaviour_mut().join.send_request(&peer, req);
+        self.adm.join_out.insert(id, peer);
+    }
+
+    /// A dial to the inviter failed for good.
+    pub(super) fn join_dial_failed(&mut self, peer: PeerId, why: String) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        if let Some(j) = self.adm.joining.remove(&peer) {
+            let _ = j.reply.send(Err(NetError::Dial {
+                addr: peer.to_string(),
+                why,
+            }));
+        }
+    }
+
+    pub(super) fn on_join(&mut self, event: request_response::Event<JoinRequest, JoinResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    let attempts = self.adm.pending.get_mut(&peer).map(|p| {
+                        p.joins += 1;
+                        p.joins
+                    });
+                    if self.adm.mesh.is_open() || attempts.unwrap_or(0) > MAX_JOIN_ATTEMPTS {
+                        let why = if self.adm.mesh.is_open() {
+                            "that node is in open mode: start yours with --open instead of joining"
+                        } else {
+                            "too many join attempts"
+                        };
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .join
+                            .send_response(channel, JoinResponse::Refused(why.into()));
+                        return;
+                    }
+                    self.adm.join_in.insert(request_id, (peer, channel));
+                    self.emit(NetEvent::JoinRequest {
+                        peer,
+                        request: request_id,
+                        invite: Box::new(request.invite),
+                        node_name: request.node_name.chars().take(wire::MAX_CLAIMED_NAME).collect(),
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.adm.join_out.remove(&request_id);
+                    if let Some(j) = self.adm.joining.remove(&peer) {
+                        let result = match response {
+                            JoinResponse::Granted(g) => Ok(g),
+                            JoinResponse::Refused(why) => Err(NetError::Request { peer, why }),
+                        };
+                        let _ = j.reply.send(result);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.adm.join_out.remove(&request_id);
+                if let Some(j) = self.adm.joining.remove(&peer) {
+                    let _ = j.reply.send(Err(NetError::Request {
+                        peer,
+                        why: format!("the inviting node did not answer: {error}"),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                self.adm.join_in.remove(&request_id);
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The node's answer to a join request.
+    pub(super) fn respond_join(&mut self, request: InboundRequestId, response: JoinResponse) {
+        let Some((peer, ch)) = self.adm.join_in.remove(&request) else {
+            return;
+        };
+        let granted = matches!(response, JoinResponse::Granted(_));
+        let _ = self.swarm.behaviour_mut().join.send_response(ch, response);
+        if granted {
+            // It comes back as a member in a moment.
+            self.adm.denied.remove(&peer);
+            self.adm.outsiders.remove(&peer);
+        } else if !self.is_admitted(&peer) {
+            self.refuse(peer, "tried to join with an invalid code".into());
+        }
+    }
+}
