@@ -132,7 +132,7 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct InviteArgs {
-    /// How long the code stays valid (e.g. 30m, 24h, 7d; at most 30 days).
+    /// How long the code stays valid (e.g. 10m, 24h, 7d; at most 30 days).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub ttl: std::time::Duration,
     /// How many nodes may join with it.

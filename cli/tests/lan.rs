@@ -162,3 +162,152 @@ fn dnssd_alone_is_enough_to_find_nodes() {
         wait_sees(&b, &["d1"]).await;
     });
 }
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after [`DISCOVERY_WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn history(c: &Client, target: &str) -> Vec<mesh_node::api::HistoryView> {
+    get!(
+        c.call(Request::History {
+            agent: None,
+            target: Some(target.into()),
+            grep: None,
+            limit: 1000,
+        }),
+        History
+    )
+}
+
+#[test]
+fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
+    let Some(mut lab) = Lab::new("outsider") else { return };
+    let seg = lab.segment("sw", [10, 77, 3]);
+    let (h1, h2, h3) = (
+        lab.host("h1", &seg, 1),
+        lab.host("h2", &seg, 2),
+        lab.host("h3", &seg, 3),
+    );
+    // m1 and m2 share a mesh; x starts one of its own. Same LAN, real mDNS and DNS-SD.
+    let (m1, m2, x) = (Home::new(), Home::new(), Home::alone());
+    let _d1 = start_on(&h1, &m1, "m1");
+    let _d2 = start_on(&h2, &m2, "m2");
+    let dx = start_on(&h3, &x, "x");
+    let rt = runtime();
+    rt.block_on(async {
+        wait_sees(&m1, &["m2"]).await;
+        wait_sees(&m2, &["m1"]).await;
+        let (c1, c2, cx) = (client(&m1).await, client(&m2).await, client(&x).await);
+
+        // Discovery still works both ways: everyone is listed, as a non-member.
+        for (c, who, other) in [(&c1, "m1", dx.info.peer_id), (&c2, "m2", dx.info.peer_id)] {
+            let p = eventually(&format!("{who} to list the outsider"), || async {
+                get!(c.call(Request::Peers), Peers)
+                    .into_iter()
+                    .find(|p| p.peer_id == other && !p.member)
+            })
+            .await;
+            assert!(p.refused.is_some(), "{p:?}");
+        }
+        let ids = [_d1.info.peer_id, _d2.info.peer_id];
+        eventually("the outsider to list both members as non-members", || async {
+            let peers = get!(cx.call(Request::Peers), Peers);
+            ids.iter()
+                .all(|id| peers.iter().any(|p| p.peer_id == *id && !p.member))
+                .then_some(())
+        })
+        .await;
+
+        // Everyone talks on #lan; the outsider too.
+        for c in [&c1, &c2, &cx] {
+            c.call(Request::Subscribe {
+                agent: "tester".into(),
+                topic: "lan".into(),
+            })
+            .await
+            .unwrap();
+        }
+        let publish = |text: &str| Request::Publish {
+            agent: "tester".into(),
+            topic: "lan".into(),
+            text: text.into(),
+            reply_to: None,
+        };
+        get!(cx.call(publish("outsider says hi")), Published);
+        let mine = get!(c1.call(publish("members only")), Published);
+        eventually("m2 to get m1's topic message", || async {
+            history(&c2, "#lan").await.iter().any(|h| h.id == mine.id).then_some(())
+        })
+        .await;
+        // The outsider cannot address a member at all...
+        let err = cx
+            .call(Request::Send {
+                from: "tester".into(),
+                to: format!("tester@{}", ids[0]),
+                text: "let me in".into(),
+                reply_to: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown node"), "{err}");
+        get!(cx.call(publish("outsider says hi again")), Published);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // ...and nothing passes either way: no direct or topic message, no directory entry.
+        for c in [&c1, &c2] {
+            assert!(
+                history(c, "#lan").await.iter().all(|h| !h.text.starts_with("outsider")),
+                "a member stored the outsider's topic message"
+            );
+            let agents = get!(c.call(Request::Agents), Agents);
+            assert!(agents.iter().all(|a| a.node != dx.info.peer_id), "{agents:?}");
+            let inbox = get!(
+                c.call(Request::Inbox {
+                    agent: "tester".into(),
+                    all: true,
+                    limit: 100,
+                    mark_read: false,
+                    skip_notified: false,
+                }),
+                Inbox
+            );
+            assert!(inbox.iter().all(|m| m.from_node != dx.info.peer_id), "{inbox:?}");
+        }
+        assert!(
+            history(&cx, "#lan")
+                .await
+                .iter()
+                .all(|h| h.text.starts_with("outsider"))
+        );
+        let agents = get!(cx.call(Request::Agents), Agents);
+        assert!(agents.iter().all(|a| a.local), "{agents:?}");
+
+        // Joining takes one command on each side; then it is one of them.
+        let code = m1.run(&["invite"]).ok().stdout.trim().to_string();
+        let out = x.run(&["join", &code]);
+        out.ok();
+        assert!(out.stdout.contains("joined mesh"), "{}", out.stdout);
+        wait_sees(&x, &["m1", "m2"]).await;
+        let r = get!(
+            cx.call(Request::Send {
+                from: "tester".into(),
+                to: "tester@m2".into(),
+                text: "a member now".into(),
+                reply_to: None,
+            }),
+            Sent
+        );
+        assert_eq!(r.status, SendStatus::Delivered);
+    });
+}

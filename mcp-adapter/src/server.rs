@@ -427,6 +427,16 @@ impl<B: Backend> MeshServer<B> {
                 status.known,
                 if status.mdns { "on" } else { "off" }
             ));
+            s.push_str(&if status.mesh.open {
+                "\nThe node runs in OPEN MODE: any node in open mode on its networks can message you.".to_string()
+            } else {
+                format!(
+                    "\nOnly members of this node's mesh ({}, {} member{} known) can reach you; the user adds members with mesh invite / mesh join.",
+                    status.mesh.id,
+                    status.mesh.members,
+                    if status.mesh.members == 1 { "" } else { "s" }
+                )
+            });
             Ok(s)
         })
         .await

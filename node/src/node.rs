@@ -718,8 +718,8 @@ impl Node {
     pub async fn invite(&self, ttl_s: u64, uses: u32) -> Result<InviteView, ApiError> {
         self.refuse_in_open_mode("mesh invite")?;
         let ttl = Duration::from_secs(ttl_s);
-        if ttl < Duration::from_secs(60) || ttl > MAX_INVITE_TTL {
-            return Err(ApiError::bad("--ttl must be between 1 minute and 30 days"));
+        if ttl < Duration::from_secs(1) || ttl > MAX_INVITE_TTL {
+            return Err(ApiError::bad("--ttl must be between 1 second and 30 days"));
         }
         if uses == 0 || uses > MAX_INVITE_USES {
             return Err(ApiError::bad(format!("--uses must be between 1 and {MAX_INVITE_USES}")));
@@ -1855,10 +1855,16 @@ impl Node {
                 .await;
             return;
         };
+        // A node over its allowance gets the prefix there is room for now; the courier
+        // sends the rest later, in order.
+        let mut messages = messages;
         let limited = {
             let mut r = self.0.peer_rate.lock().unwrap_or_else(|e| e.into_inner());
-            r.take(&peer, messages.len() as u32, Instant::now())
+            r.take_up_to(&peer, messages.len() as u32, Instant::now())
         };
+        if let Ok(k) = limited {
+            messages.truncate(k as usize);
+        }
         if let Err(wait) = limited {
             drop(permit);
             tracing::info!(%peer, "a node sends faster than limits.peer_messages_per_minute; asking it to wait");

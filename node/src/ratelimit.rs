@@ -38,32 +38,57 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes `n` tokens for `key` at `now`; on refusal, how long until they are there.
     pub fn take(&mut self, key: &K, n: u32, now: Instant) -> Result<(), Duration> {
-        if self.is_unlimited() {
+        let (rate, burst) = (self.per_second, self.burst);
+        let Some(b) = self.bucket(key, now) else {
             return Ok(());
-        }
-        if self.buckets.len() >= MAX_KEYS && !self.buckets.contains_key(key) {
-            let (rate, burst) = (self.per_second, self.burst);
-            self.buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
-            if self.buckets.len() >= MAX_KEYS {
-                return Err(Duration::from_secs(1));
-            }
-        }
-        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
-        b.last = now;
+        };
         let need = f64::from(n);
         if b.tokens >= need {
             b.tokens -= need;
             Ok(())
         } else {
-            let wait = (need.min(self.burst) - b.tokens) / self.per_second;
+            let wait = (need.min(burst) - b.tokens) / rate;
             Err(Duration::from_secs_f64(wait.max(0.001)))
         }
+    }
+
+    /// Takes as many of `n` tokens as there are (a prefix of a batch); when none, how long
+    /// until one is there.
+    pub fn take_up_to(&mut self, key: &K, n: u32, now: Instant) -> Result<u32, Duration> {
+        let rate = self.per_second;
+        let Some(b) = self.bucket(key, now) else {
+            return Ok(n);
+        };
+        let k = (b.tokens.floor() as u32).min(n);
+        if k == 0 && n > 0 {
+            let wait = (1.0 - b.tokens) / rate;
+            return Err(Duration::from_secs_f64(wait.max(0.001)));
+        }
+        b.tokens -= f64::from(k);
+        Ok(k)
+    }
+
+    /// The refilled bucket of `key` (None when unlimited, or when too many keys are
+    /// tracked, which is then treated as "limit reached" by giving an empty bucket).
+    fn bucket(&mut self, key: &K, now: Instant) -> Option<&mut Bucket> {
+        if self.is_unlimited() {
+            return None;
+        }
+        if self.buckets.len() >= MAX_KEYS && !self.buckets.contains_key(key) {
+            let (rate, burst) = (self.per_second, self.burst);
+            self.buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let (rate, burst) = (self.per_second, self.burst);
+        let full = self.buckets.len() >= MAX_KEYS;
+        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: if full { 0.0 } else { burst },
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.last = now;
+        Some(b)
     }
 }
 
@@ -86,5 +111,10 @@ mod tests {
         assert!(r.take(&"a", 1, t0 + Duration::from_millis(1100)).is_ok());
         assert!(r.take(&"a", 1, t0 + Duration::from_millis(1100)).is_err());
         assert!(RateLimiter::per_minute(0).take(&"x", 1_000_000, t0).is_ok());
+        // A batch gets the prefix there are tokens for.
+        let mut r = RateLimiter::per_minute(120);
+        assert_eq!(r.take_up_to(&"p", 100, t0), Ok(60));
+        assert!(r.take_up_to(&"p", 5, t0).is_err());
+        assert_eq!(r.take_up_to(&"p", 5, t0 + Duration::from_secs(1)), Ok(2));
     }
 }

@@ -125,6 +125,13 @@ impl Client {
                     socket: socket.to_path_buf(),
                 });
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(ClientError::Refused(format!(
+                    "only the user who owns {} may use its daemon (permission denied on {})",
+                    home.display(),
+                    socket.display()
+                )));
+            }
             Err(source) => {
                 return Err(ClientError::Connect {
                     path: socket.to_path_buf(),

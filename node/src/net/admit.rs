@@ -37,6 +37,8 @@ pub const MAX_OUTSIDERS: usize = 256;
 pub const MAX_ADMIT_REQUESTS: u32 = 8;
 /// Longest wait for a join.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Times our proof is sent again after a failed attempt, per visit.
+pub const MAX_PROOF_SENDS: u32 = 3;
 /// Join attempts accepted from one peer per visit.
 pub const MAX_JOIN_ATTEMPTS: u32 = 3;
 
@@ -65,6 +67,8 @@ pub(super) struct Pending {
     /// A proof from a newer epoch than ours, kept until a grant lets us check it.
     held: Option<(Proof, ResponseChannel<AdmitResponse>)>,
     joins: u32,
+    /// Our proof was sent this many times more (after failures).
+    sent: u32,
 }
 
 pub(super) struct Denied {
@@ -140,6 +144,7 @@ impl NetActor {
                 requests: 0,
                 held: None,
                 joins: 0,
+                sent: 0,
             },
         );
         if self.adm.joining.contains_key(&peer) {
@@ -188,7 +193,6 @@ impl NetActor {
 
     /// A peer is not (or no longer) one of us.
     pub(super) fn refuse(&mut self, peer: PeerId, reason: String) {
-        let claimed_name = self.adm.pending.get(&peer).and_then(|p| p.claimed_name.clone());
         if let Some(p) = self.adm.pending.get_mut(&peer)
             && let Some((_, ch)) = p.held.take()
         {
@@ -199,6 +203,36 @@ impl NetActor {
                 .send_response(ch, AdmitResponse::Refused(Refusal::BadProof));
         }
         tracing::info!(%peer, %reason, "not admitted");
+        self.note_outsider(peer, reason);
+        let backoff = self
+            .adm
+            .denied
+            .get(&peer)
+            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
+            .unwrap_or(DENIED_BACKOFF_MIN);
+        self.adm.denied.insert(
+            peer,
+            Denied {
+                until: Instant::now() + backoff,
+                backoff,
+            },
+        );
+        self.adm.pending.remove(&peer);
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.refused = true;
+        }
+        if !self.keeps_outsider(&peer) {
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REFUSED_GRACE).await;
+                let _ = tx.send(Command::DropOutsider(peer)).await;
+            });
+        }
+    }
+
+    /// Lists `peer` among the outsiders (for `mesh peers`).
+    fn note_outsider(&mut self, peer: PeerId, reason: String) {
+        let claimed_name = self.adm.pending.get(&peer).and_then(|p| p.claimed_name.clone());
         let addrs: Vec<Multiaddr> = self
             .addrs
             .get(&peer)
@@ -230,30 +264,6 @@ impl NetActor {
         }
         if !addrs.is_empty() {
             entry.addrs = addrs;
-        }
-        let backoff = self
-            .adm
-            .denied
-            .get(&peer)
-            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
-            .unwrap_or(DENIED_BACKOFF_MIN);
-        self.adm.denied.insert(
-            peer,
-            Denied {
-                until: Instant::now() + backoff,
-                backoff,
-            },
-        );
-        self.adm.pending.remove(&peer);
-        if let Some(s) = self.peers.get_mut(&peer) {
-            s.refused = true;
-        }
-        if !self.keeps_outsider(&peer) {
-            let tx = self.self_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(REFUSED_GRACE).await;
-                let _ = tx.send(Command::DropOutsider(peer)).await;
-            });
         }
     }
 
@@ -337,13 +347,22 @@ impl NetActor {
             } => {
                 let was_proof = self.adm.out.remove(&request_id).is_some();
                 tracing::debug!(%peer, %error, "admission request failed");
-                // A duplicate connection closing under it: once more on the survivor.
-                if was_proof
-                    && matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                    && self.swarm.is_connected(&peer)
-                    && !self.adm.joining.contains_key(&peer)
-                {
-                    self.send_proof(peer);
+                if was_proof && !self.adm.joining.contains_key(&peer) {
+                    let retries = self.adm.pending.get_mut(&peer).map(|p| {
+                        p.sent += 1;
+                        p.sent
+                    });
+                    if self.swarm.is_connected(&peer) {
+                        // Usually a duplicate connection closing under it: again on the
+                        // survivor, a few times at most.
+                        if retries.is_some_and(|n| n <= MAX_PROOF_SENDS) {
+                            self.send_proof(peer);
+                        }
+                    } else if !self.is_admitted(&peer) {
+                        // Hung up on us before answering: say so (without backing off: it
+                        // may just have been restarting).
+                        self.note_outsider(peer, "closed the connection before admitting this node".into());
+                    }
                 }
             }
             _ => {}
@@ -475,6 +494,7 @@ impl NetActor {
         for p in revoked {
             tracing::info!(peer = %p, "disconnecting a removed node");
             self.reach_forget(&p);
+            self.refuse(p, "removed from this mesh".into());
             let _ = self.swarm.disconnect_peer_id(p);
         }
         let held: Vec<(PeerId, Proof, ResponseChannel<AdmitResponse>)> = self
@@ -490,7 +510,7 @@ impl NetActor {
         let members: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(p, s)| s.admitted && Some(**p) != source)
+            .filter(|(p, s)| s.admitted && Some(**p) != source && !self.adm.mesh.is_revoked(p))
             .map(|(p, _)| *p)
             .collect();
         for p in members {

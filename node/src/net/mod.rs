@@ -518,6 +518,8 @@ struct PeerState {
     refused: bool,
     /// What identify said: protocols and dialable listen addresses.
     identified: Option<(Vec<libp2p::StreamProtocol>, Vec<Multiaddr>)>,
+    /// Hello requests sent again after failures.
+    hello_retries: u32,
 }
 
 /// What a gossipsub topic of ours carries.
@@ -1087,11 +1089,6 @@ impl NetActor {
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
-        if self.adm.mesh.is_revoked(&peer) {
-            tracing::debug!(%peer, "closing a connection from a removed node");
-            self.swarm.close_connection(id);
-            return;
-        }
         let dialed = endpoint.is_dialer();
         // An inbound relayed connection has only `/p2p/<peer>` as remote address; the
         // circuit shows on our side (the relayed address we listen on).
@@ -1495,10 +1492,14 @@ impl NetActor {
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "hello failed");
-                // A duplicate connection closing under it is the usual cause; try once more
-                // on the surviving connection.
-                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                    && self.swarm.is_connected(&peer)
+                // A duplicate connection closing under it is the usual cause; try again on
+                // the surviving connection, a few times at most.
+                let again = self.peers.get_mut(&peer).is_some_and(|s| {
+                    s.hello_retries += 1;
+                    s.hello_retries <= 3
+                });
+                if again
+                    && self.is_admitted(&peer)
                     && let Some(a) = self.announcement.clone()
                 {
                     self.swarm.behaviour_mut().hello.inner().send_request(&peer, a);

@@ -19,6 +19,19 @@ use mesh_node::ids::{AgentName, NodeName};
 use mesh_node::mesh::Membership;
 use tokio::sync::mpsc;
 
+/// `MESH_TEST_LOG=<filter>` (e.g. `mesh_node=debug`) prints the nodes' logs.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if let Ok(filter) = std::env::var("MESH_TEST_LOG") {
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        });
+    }
+}
+
 /// The mesh shared by the nodes of this test binary.
 pub fn test_mesh() -> &'static Membership {
     static MESH: std::sync::OnceLock<Membership> = std::sync::OnceLock::new();
@@ -64,6 +77,12 @@ impl TestNode {
 
     /// Starts a node in `mesh` (None: it creates its own).
     pub async fn start_in(name: &str, config: &str, mesh: Option<&Membership>) -> TestNode {
+        Self::start_full(name, config, mesh, 0).await
+    }
+
+    /// Starts a node in `mesh` listening on TCP `port` (0: any).
+    pub async fn start_full(name: &str, config: &str, mesh: Option<&Membership>, port: u16) -> TestNode {
+        init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
         let home = Home::resolve(Some(dir.path().join("home"))).expect("home");
         home.create().expect("create home");
@@ -71,7 +90,7 @@ impl TestNode {
         if let Some(m) = mesh {
             m.save(&home.mesh_path()).expect("mesh key");
         }
-        let (daemon, port) = launch(&home, name, 0).await;
+        let (daemon, port) = launch(&home, name, port).await;
         let client = connect(&home).await;
         TestNode {
             name: name.to_string(),
@@ -252,4 +271,12 @@ macro_rules! get {
             other => panic!("unexpected answer {other:?}"),
         }
     };
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

@@ -1,0 +1,281 @@
+//! A hand-built libp2p node plays the attacker: it speaks our wire protocols directly, to
+//! replay what it captured. Replayed admission proofs and republished gossip are refused.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestNode, WAIT, test_mesh};
+use futures::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, Swarm, gossipsub, identify, noise, tcp, yamux};
+use mesh_node::api::{Request, Response};
+use mesh_node::ids::{AgentName, MessageId, TopicName, now_ms};
+use mesh_node::mesh::{Refusal, Verdict};
+use mesh_node::wire::{self, AdmitRequest, AdmitResponse, PostcardCodec, TopicEnvelope};
+
+#[derive(NetworkBehaviour)]
+struct Evil {
+    identify: identify::Behaviour,
+    admit: request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>,
+    gossipsub: gossipsub::Behaviour,
+}
+
+fn attacker() -> Swarm<Evil> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::new(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                // Never forward what it receives; only what it chooses to publish.
+                .validate_messages()
+                // Its own duplicate cache must not stop it republishing a payload.
+                .message_id_fn(|m: &gossipsub::Message| {
+                    let mut id = m.source.map(|s| s.to_bytes()).unwrap_or_default();
+                    id.extend_from_slice(&m.data);
+                    gossipsub::MessageId::from(id)
+                })
+                .heartbeat_interval(Duration::from_millis(200))
+                .build()
+                .unwrap();
+            Evil {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                admit: request_response::Behaviour::with_codec(
+                    PostcardCodec::new(wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES),
+                    [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+                gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+                    .unwrap(),
+            }
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Drives the attacker until `pick` returns something, or panics after [`WAIT`].
+async fn until<T>(
+    swarm: &mut Swarm<Evil>,
+    what: &str,
+    mut pick: impl FnMut(&mut Swarm<Evil>, SwarmEvent<EvilEvent>) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        if let Some(v) = pick(swarm, ev) {
+            return v;
+        }
+    }
+}
+
+fn addr(n: &TestNode) -> Multiaddr {
+    n.addr().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_admission_proof_is_worthless_elsewhere() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    let mut evil = attacker();
+    let me = *evil.local_peer_id();
+
+    // beta proves its membership to whoever connects: the attacker records the proof.
+    evil.dial(addr(&b)).unwrap();
+    let captured = until(&mut evil, "beta's proof", |_, ev| match ev {
+        SwarmEvent::Behaviour(EvilEvent::Admit(request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request: AdmitRequest::Prove { proof, .. },
+                    ..
+                },
+            ..
+        })) if peer == b.peer_id() => Some(proof),
+        _ => None,
+    })
+    .await;
+    // It is a genuine proof, but only for the attacker's eyes.
+    assert_eq!(test_mesh().verify(&captured, &b.peer_id(), &me), Verdict::Member);
+
+    // Shown to alpha, claiming beta's name: refused, and the attacker is cut off.
+    evil.dial(addr(&a)).unwrap();
+    let answer = until(&mut evil, "alpha's verdict", |s, ev| match ev {
+        SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == a.peer_id() => {
+            s.behaviour_mut().admit.send_request(
+                &peer_id,
+                AdmitRequest::Prove {
+                    node_name: "beta".into(),
+                    proof: captured.clone(),
+                },
+            );
+            None
+        }
+        SwarmEvent::Behaviour(EvilEvent::Admit(request_response::Event::Message {
+            peer,
+            message: request_response::Message::Response { response, .. },
+            ..
+        })) if peer == a.peer_id() => Some(response),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answer, AdmitResponse::Refused(Refusal::BadProof));
+    until(&mut evil, "alpha to hang up", |s, ev| match ev {
+        SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == a.peer_id() && !s.is_connected(&peer_id) => Some(()),
+        _ => None,
+    })
+    .await;
+    let peers = get!(a.call(Request::Peers), Peers);
+    let listed = peers.iter().find(|p| p.peer_id == me).expect("the attacker is listed");
+    assert!(!listed.member, "{listed:?}");
+    assert!(
+        listed.refused.as_deref().unwrap().contains("invalid membership proof"),
+        "{listed:?}"
+    );
+    // The name is shown as what it is: a claim by an unknown PeerId, not beta.
+    assert_eq!(listed.name.as_deref(), Some("beta"));
+    assert_ne!(listed.peer_id, b.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_republished_under_another_name_is_refused() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    for n in [&a, &b] {
+        let r = n
+            .call(Request::Subscribe {
+                agent: "user".into(),
+                topic: "news".into(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::Subscription { .. }));
+    }
+    // A member gone bad: it holds the mesh key and is admitted by both (which are not
+    // connected to each other).
+    let mesh = test_mesh();
+    let topic = TopicName::new("news").unwrap();
+    let gossip = wire::gossip_topic(mesh, &topic);
+    let mut evil = attacker();
+    let me = *evil.local_peer_id();
+    evil.behaviour_mut().gossipsub.subscribe(&gossip).unwrap();
+    evil.dial(addr(&a)).unwrap();
+    evil.dial(addr(&b)).unwrap();
+    let mut admitted_by = Vec::new();
+    let mut subscribed = Vec::new();
+    until(&mut evil, "admission by both and their subscriptions", |s, ev| {
+        match ev {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                let proof = mesh.prove(&s.local_peer_id().clone(), &peer_id);
+                s.behaviour_mut().admit.send_request(
+                    &peer_id,
+                    AdmitRequest::Prove {
+                        node_name: "mallory".into(),
+                        proof,
+                    },
+                );
+            }
+            SwarmEvent::Behaviour(EvilEvent::Admit(request_response::Event::Message { peer, message, .. })) => {
+                match message {
+                    request_response::Message::Request { channel, .. } => {
+                        let _ = s
+                            .behaviour_mut()
+                            .admit
+                            .send_response(channel, AdmitResponse::Admitted(None));
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        assert_eq!(response, AdmitResponse::Admitted(None));
+                        admitted_by.push(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(EvilEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }))
+                if topic == gossip.hash() =>
+            {
+                subscribed.push(peer_id);
+            }
+            _ => {}
+        }
+        (admitted_by.len() == 2 && subscribed.len() == 2).then_some(())
+    })
+    .await;
+
+    // alpha publishes; the attacker receives the sealed payload.
+    let publish = |text: &str| Request::Publish {
+        agent: "user".into(),
+        topic: "news".into(),
+        text: text.into(),
+        reply_to: None,
+    };
+    get!(a.call(publish("from alpha")), Published);
+    let captured = until(&mut evil, "alpha's topic message", |_, ev| match ev {
+        SwarmEvent::Behaviour(EvilEvent::Gossipsub(gossipsub::Event::Message { message, .. }))
+            if message.source == Some(a.peer_id()) =>
+        {
+            Some(message.data)
+        }
+        _ => None,
+    })
+    .await;
+    // It republishes the payload to beta as its own: beta cannot open it.
+    evil.behaviour_mut()
+        .gossipsub
+        .publish(gossip.clone(), captured.clone())
+        .unwrap();
+    // Then a message it may legitimately send, sealed under its own name.
+    let envelope = TopicEnvelope {
+        id: MessageId::new(),
+        topic: topic.clone(),
+        from: AgentName::new("mallory").unwrap(),
+        sent_at_ms: now_ms(),
+        reply_to: None,
+        text: "from mallory".into(),
+    };
+    let sealed = mesh.seal(gossip.hash().as_str(), &me, &postcard::to_allocvec(&envelope).unwrap());
+    evil.behaviour_mut().gossipsub.publish(gossip.clone(), sealed).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let texts = loop {
+        // Keep the attacker's swarm running while beta takes it in.
+        let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
+        let h = get!(
+            b.call(Request::History {
+                agent: None,
+                target: Some("#news".into()),
+                grep: None,
+                limit: 100,
+            }),
+            History
+        );
+        if h.iter().any(|m| m.text == "from mallory") {
+            break h;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "beta never got mallory's own message"
+        );
+    };
+    // What it may say arrives, labelled with its own node; the replay does not.
+    let own = texts.iter().find(|m| m.text == "from mallory").unwrap();
+    assert!(own.from.starts_with("mallory@"), "{own:?}");
+    assert!(
+        !texts.iter().any(|m| m.text == "from alpha"),
+        "a payload republished by another node was accepted: {texts:?}"
+    );
+    // And the republished payload would have been attributed to the attacker's node, so
+    // the seal binding the publisher is what refused it (not a duplicate filter).
+    assert!(mesh.open_sealed(gossip.hash().as_str(), &me, &captured).is_err());
+    assert!(
+        mesh.open_sealed(gossip.hash().as_str(), &a.peer_id(), &captured)
+            .is_ok()
+    );
+}

@@ -1,0 +1,538 @@
+//! Trust, in one process over 127.0.0.1: admission, join codes, removal, open mode, relays,
+//! limits. Outsiders on a real LAN (mDNS, namespaces) are in `cli/tests/lan.rs`; replayed
+//! proofs and gossip from a hand-built attacker node are in `attacker.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FAST_CONFIG, TestNode, WAIT, test_mesh, wait_messages};
+use mesh_node::api::client::ClientError;
+use mesh_node::api::{ApiError, ErrorCode, PeerView, Request, Response, SendStatus};
+
+fn api_err(r: Result<Response, ClientError>) -> ApiError {
+    match r {
+        Err(ClientError::Api(e)) => e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn peers(n: &TestNode) -> Vec<PeerView> {
+    get!(n.call(Request::Peers), Peers)
+}
+
+async fn connected(n: &TestNode, other: &TestNode) -> bool {
+    peers(n)
+        .await
+        .iter()
+        .any(|p| p.peer_id == other.peer_id() && p.connected && p.member)
+}
+
+async fn invite(n: &TestNode, ttl_s: u64, uses: u32) -> String {
+    get!(n.call(Request::Invite { ttl_s, uses }), Invite).code
+}
+
+async fn publish(n: &TestNode, agent: &str, topic: &str, text: &str) -> u32 {
+    get!(
+        n.call(Request::Publish {
+            agent: agent.into(),
+            topic: topic.into(),
+            text: text.into(),
+            reply_to: None,
+        }),
+        Published
+    )
+    .peers_reached
+}
+
+async fn subscribe(n: &TestNode, agent: &str, topic: &str) {
+    let r = n
+        .call(Request::Subscribe {
+            agent: agent.into(),
+            topic: topic.into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Subscription { .. }), "{r:?}");
+}
+
+/// Publishes until the message reaches at least one peer (gossip meshes form in a moment).
+async fn publish_reaching(n: &TestNode, agent: &str, topic: &str, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 0;
+    loop {
+        if publish(n, agent, topic, &format!("{text} #{i}")).await > 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{topic} never reached a peer");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn history_texts(n: &TestNode, target: &str) -> Vec<String> {
+    get!(
+        n.call(Request::History {
+            agent: None,
+            target: Some(target.into()),
+            grep: None,
+            limit: 1000,
+        }),
+        History
+    )
+    .into_iter()
+    .map(|h| h.text)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_is_refused_listed_and_gets_nothing() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    let x = TestNode::start_alone("xeno").await;
+    a.dial(&b).await;
+    subscribe(&a, "user", "news").await;
+    subscribe(&b, "user", "news").await;
+    subscribe(&x, "user", "news").await;
+
+    // Dialing an outsider: reached, refused, explained.
+    let e = api_err(a.call(Request::Dial { addr: x.addr() }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(
+        e.message.contains("not a member") && e.message.contains("mesh invite"),
+        "{}",
+        e.message
+    );
+    let e = api_err(x.call(Request::Dial { addr: b.addr() }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+
+    // Both sides list the other as a nearby non-member, with the reason.
+    let seen = eventually("alpha to list xeno as an outsider, disconnected", || async {
+        peers(&a)
+            .await
+            .into_iter()
+            .find(|p| p.peer_id == x.peer_id() && !p.connected)
+    })
+    .await;
+    assert!(!seen.member, "{seen:?}");
+    assert!(seen.refused.as_deref().unwrap().contains("another mesh"), "{seen:?}");
+    assert_eq!(seen.name.as_deref(), Some("xeno"), "the name it claims is shown");
+    let st = get!(a.call(Request::Status), Status);
+    assert!(st.outsiders >= 1 && st.connected == 1, "{st:?}");
+
+    // A direct message from the outsider (addressed by PeerId) never arrives: it does not
+    // even know the node.
+    let to = format!("user@{}", a.peer_id());
+    let e = api_err(
+        x.call(Request::Send {
+            from: "user".into(),
+            to,
+            text: "let me in".into(),
+            reply_to: None,
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    // Meanwhile the members talk and publish.
+    let r = b.send("user", "user@alpha", "member mail").await;
+    assert_eq!(r.status, SendStatus::Delivered);
+    publish_reaching(&a, "user", "news", "for members").await;
+    eventually("beta to get alpha's topic message", || async {
+        history_texts(&b, "#news")
+            .await
+            .iter()
+            .any(|t| t.starts_with("for members"))
+            .then_some(())
+    })
+    .await;
+    // The outsider published too, and redials now and then; give it a few rounds.
+    publish(&x, "user", "news", "outsider news").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let inbox = a.inbox("user").await;
+    assert_eq!(
+        inbox.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["member mail"]
+    );
+    assert!(!history_texts(&a, "#news").await.iter().any(|t| t == "outsider news"));
+    assert!(!history_texts(&b, "#news").await.iter().any(|t| t == "outsider news"));
+    // The outsider received nothing: no topic message, no directory entry.
+    assert!(history_texts(&x, "#news").await.iter().all(|t| t == "outsider news"));
+    let agents = get!(x.call(Request::Agents), Agents);
+    assert!(agents.iter().all(|ag| ag.local), "{agents:?}");
+    let agents = get!(a.call(Request::Agents), Agents);
+    assert!(agents.iter().all(|ag| ag.node != x.peer_id()), "{agents:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_code_works_once_and_not_when_expired_or_altered() {
+    let a = TestNode::start_alone("alpha").await;
+    let b = TestNode::start_alone("beta").await;
+    let c = TestNode::start_alone("gamma").await;
+    a.register("alice").await;
+    let code = invite(&a, 600, 1).await;
+    assert!(code.starts_with("agentmesh:"), "{code}");
+
+    let j = get!(b.call(Request::Join { code: code.clone() }), Joined);
+    assert_eq!(j.inviter, a.peer_id());
+    assert_eq!(j.inviter_name, "alpha");
+    let mesh = get!(a.call(Request::Members), Members).mesh;
+    assert_eq!(j.mesh.id, mesh.id);
+    // Now members: connected (beta reconnects by itself) and talking.
+    eventually("beta to be admitted by alpha", || async {
+        connected(&a, &b).await.then_some(())
+    })
+    .await;
+    eventually("alpha's agents to be known on beta", || async {
+        get!(b.call(Request::Agents), Agents)
+            .iter()
+            .any(|ag| ag.address == "alice@alpha")
+            .then_some(())
+    })
+    .await;
+    let r = b.send("user", "alice@alpha", "hello from the new member").await;
+    assert_eq!(r.status, SendStatus::Delivered);
+    let members = get!(a.call(Request::Members), Members).members;
+    assert!(members.iter().any(|m| m.peer_id == b.peer_id()), "{members:?}");
+    let members = get!(b.call(Request::Members), Members).members;
+    assert!(members.iter().any(|m| m.peer_id == a.peer_id()), "{members:?}");
+
+    // The same code again: refused by the inviter, and gamma stays in its own mesh.
+    let before = get!(c.call(Request::Members), Members).mesh;
+    let e = api_err(c.call(Request::Join { code: code.clone() }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("already used"), "{}", e.message);
+    assert_eq!(get!(c.call(Request::Members), Members).mesh, before);
+
+    // An altered code: refused before anything is dialed.
+    let mut chars: Vec<char> = invite(&a, 600, 1).await.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'Q' { 'R' } else { 'Q' };
+    let altered: String = chars.into_iter().collect();
+    let e = api_err(c.call(Request::Join { code: altered }).await);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(
+        e.message.contains("altered") || e.message.contains("damaged"),
+        "{}",
+        e.message
+    );
+    let e = api_err(c.call(Request::Join { code: "hello".into() }).await);
+    assert!(e.message.contains("not an agentmesh join code"), "{}", e.message);
+
+    // An expired code.
+    let short = invite(&a, 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let e = api_err(c.call(Request::Join { code: short }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("expired"), "{}", e.message);
+    assert_eq!(get!(c.call(Request::Members), Members).mesh, before);
+
+    // A code for several nodes, used by gamma: it works, and the member count grows.
+    let multi = invite(&a, 600, 2).await;
+    get!(c.call(Request::Join { code: multi }), Joined);
+    eventually("gamma to be admitted", || async {
+        connected(&a, &c).await.then_some(())
+    })
+    .await;
+    let e = api_err(
+        a.call(Request::Join {
+            code: invite(&b, 600, 1).await,
+        })
+        .await,
+    );
+    assert!(e.message.contains("already a member"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_shut_out_and_members_who_missed_it_catch_up() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    let mut c = TestNode::start("gamma").await;
+    let mut d = TestNode::start("delta").await;
+    a.dial(&b).await;
+    a.dial(&c).await;
+    a.dial(&d).await;
+    c.dial(&b).await;
+    for n in [&a, &b, &c, &d] {
+        subscribe(n, "user", "news").await;
+    }
+    // delta is away while gamma is removed.
+    d.stop().await;
+
+    let removed = get!(a.call(Request::Remove { node: "gamma".into() }), Removed);
+    assert_eq!(removed.peer, c.peer_id());
+    assert_eq!(removed.epoch, 2);
+
+    // gamma is cut off from alpha and, once beta has the new key, from beta.
+    eventually("beta to take the new key", || async {
+        (get!(b.call(Request::Members), Members).mesh.epoch == 2).then_some(())
+    })
+    .await;
+    eventually("gamma to be disconnected everywhere", || async {
+        (!connected(&a, &c).await && !connected(&b, &c).await && !connected(&c, &a).await).then_some(())
+    })
+    .await;
+    let listed = peers(&a).await.into_iter().find(|p| p.peer_id == c.peer_id()).unwrap();
+    assert!(
+        !listed.member && listed.refused.as_deref().unwrap().contains("removed"),
+        "{listed:?}"
+    );
+
+    // gamma can no longer send to members...
+    let r = c.send("user", "user@beta", "still here?").await;
+    assert!(matches!(r.status, SendStatus::Queued { .. }), "{r:?}");
+    // ...nor read their topic traffic, while the members keep talking.
+    publish_reaching(&a, "user", "news", "after the removal").await;
+    eventually("beta to get the news", || async {
+        history_texts(&b, "#news")
+            .await
+            .iter()
+            .any(|t| t.starts_with("after the removal"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.send("user", "user@alpha", "members only").await.status,
+        SendStatus::Delivered
+    );
+
+    // Restarting does not help gamma: it holds the old key only.
+    c.restart().await;
+    let e = api_err(c.call(Request::Dial { addr: a.addr() }).await);
+    assert_eq!(e.code, ErrorCode::Denied, "{e:?}");
+    // Nor does a fresh identity with the old key (a node the roster does not know).
+    let imposter = TestNode::start("imposter").await; // holds the test mesh's first key
+    let e = api_err(imposter.call(Request::Dial { addr: a.addr() }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("outdated"), "{}", e.message);
+
+    // delta missed the removal: it comes back with the old key, is renewed, and reads on.
+    d.restart().await;
+    d.dial(&a).await;
+    eventually("delta to be renewed", || async {
+        (get!(d.call(Request::Members), Members).mesh.epoch == 2).then_some(())
+    })
+    .await;
+    publish_reaching(&a, "user", "news", "welcome back").await;
+    eventually("delta to get the news", || async {
+        history_texts(&d, "#news")
+            .await
+            .iter()
+            .any(|t| t.starts_with("welcome back"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !history_texts(&c, "#news")
+            .await
+            .iter()
+            .any(|t| t.starts_with("after the removal") || t.starts_with("welcome back")),
+        "gamma read traffic after its removal"
+    );
+    assert!(b.inbox("user").await.iter().all(|m| m.text != "still here?"));
+    // The renewed key survives delta's restart.
+    d.restart().await;
+    assert_eq!(get!(d.call(Request::Members), Members).mesh.epoch, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_admits_open_nodes_only() {
+    let open = format!("open = true\n{FAST_CONFIG}");
+    let a = TestNode::start_in("alpha", &open, None).await;
+    let b = TestNode::start_in("beta", &open, None).await;
+    let c = TestNode::start("gamma").await;
+    let st = get!(a.call(Request::Status), Status);
+    assert!(st.mesh.open, "{:?}", st.mesh);
+    // Two open nodes with nothing in common admit each other.
+    a.dial(&b).await;
+    assert_eq!(a.send("user", "user@beta", "lab").await.status, SendStatus::Delivered);
+    // A closed node and an open one do not.
+    let e = api_err(c.call(Request::Dial { addr: a.addr() }).await);
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("open mode"), "{}", e.message);
+    // Invites make no sense in open mode.
+    let e = api_err(a.call(Request::Invite { ttl_s: 60, uses: 1 }).await);
+    assert!(e.message.contains("open mode"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_serve_members_unless_told_to_serve_anyone() {
+    // A relay hands out the addresses it is reachable at: on loopback, declared ones.
+    let (p1, p2) = (common::free_port(), common::free_port());
+    let relay_cfg = format!("external = [\"/ip4/127.0.0.1/tcp/{p1}\"]\n[relay]\nserve = true\n{FAST_CONFIG}");
+    let members_relay = TestNode::start_full("relay", &relay_cfg, Some(test_mesh()), p1).await;
+    let anyone_cfg =
+        format!("external = [\"/ip4/127.0.0.1/tcp/{p2}\"]\n[relay]\nserve = true\nfor_anyone = true\n{FAST_CONFIG}");
+    let public_relay = TestNode::start_full("public", &anyone_cfg, None, p2).await;
+    // An outsider that wants slots on both.
+    let cfg = format!(
+        "[relay]\nnodes = [\"{}\", \"{}\"]\n{FAST_CONFIG}",
+        members_relay.addr(),
+        public_relay.addr()
+    );
+    let o = TestNode::start_in("outsider", &cfg, None).await;
+    let slots = eventually("a slot on the public relay", || async {
+        let st = get!(o.call(Request::Status), Status);
+        st.reach
+            .reservations
+            .iter()
+            .any(|r| r.relay == public_relay.peer_id() && r.accepted)
+            .then_some(st.reach.reservations)
+    })
+    .await;
+    assert!(
+        !slots.iter().any(|r| r.relay == members_relay.peer_id() && r.accepted),
+        "a members' relay gave an outsider a slot: {slots:?}"
+    );
+    // The public relay carries it but tells it nothing else.
+    let agents = get!(o.call(Request::Agents), Agents);
+    assert!(agents.iter().all(|a| a.local));
+    let st = get!(public_relay.call(Request::Status), Status);
+    assert!(st.mesh.relay_for_anyone && st.connected == 0, "{st:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = get!(o.call(Request::Status), Status);
+    assert!(
+        !st.reach
+            .reservations
+            .iter()
+            .any(|r| r.relay == members_relay.peer_id() && r.accepted),
+        "{:?}",
+        st.reach.reservations
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
+    // alpha's agents may send 60 a minute (bursts of 30). beta takes 1200 direct messages
+    // a minute from one node (bursts of 600) and 60 topic messages a minute from one
+    // publisher. The flooder's agents are not limited, and its sends do not wait for acks.
+    let limits = |extra: &str| format!("[limits]\n{extra}\n{FAST_CONFIG}");
+    let a = TestNode::start_with(
+        "alpha",
+        &limits("agent_sends_per_minute = 60\nmax_topic_message_bytes = 1000"),
+    )
+    .await;
+    let b = TestNode::start_with(
+        "beta",
+        &limits("peer_messages_per_minute = 1200\npeer_topic_messages_per_minute = 60"),
+    )
+    .await;
+    let f = TestNode::start_with(
+        "flooder",
+        "[limits]\nagent_sends_per_minute = 0\n[presence]\nheartbeat = \"300ms\"\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\nsend_wait = \"1ms\"\n",
+    )
+    .await;
+    a.dial(&b).await;
+    f.dial(&b).await;
+    b.register("bob").await;
+
+    // One agent floods: the burst goes through, then a clear error says when to retry.
+    let mut sent = 0;
+    let mut refused = None;
+    for i in 0..40 {
+        match a
+            .call(Request::Send {
+                from: "alice".into(),
+                to: "bob@beta".into(),
+                text: format!("flood {i}"),
+                reply_to: None,
+            })
+            .await
+        {
+            Ok(Response::Sent(_)) => sent += 1,
+            Err(ClientError::Api(e)) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = refused.expect("the flood was never limited");
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(
+        e.message.contains("agent_sends_per_minute") && e.message.contains("try again in"),
+        "{}",
+        e.message
+    );
+    assert_eq!(sent, 30, "the burst allowance");
+    // Another agent of the same node has its own allowance.
+    assert_eq!(
+        a.send("carol", "bob@beta", "not me").await.status,
+        SendStatus::Delivered
+    );
+
+    // Oversized topic message: refused with the limit named; nothing published.
+    let e = api_err(
+        a.call(Request::Publish {
+            agent: "carol".into(),
+            topic: "news".into(),
+            text: "x".repeat(1001),
+            reply_to: None,
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::TooLarge);
+    assert!(e.message.contains("max_topic_message_bytes"), "{}", e.message);
+    assert!(history_texts(&a, "#news").await.is_empty());
+
+    // A node floods beta with 800 messages: beta takes its burst, makes the rest wait, and
+    // ends up with every one of them, once and in order.
+    let mut watch = b.watch(&["bob"]).await;
+    let mut ids = Vec::new();
+    for i in 0..800 {
+        ids.push(f.send("dave", "bob@beta", &format!("burst {i}")).await.id);
+    }
+    let got = wait_messages(&mut watch, "bob", 800).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    let out = eventually("every flood message to be acknowledged", || async {
+        let out = get!(
+            f.call(Request::Outbox {
+                agent: Some("dave".into()),
+                delivered: true,
+                limit: 1000,
+            }),
+            Outbox
+        );
+        out.iter().all(|o| o.state == "delivered").then_some(out)
+    })
+    .await;
+    assert_eq!(out.len(), 800);
+    assert!(out.iter().any(|o| o.attempts > 0), "beta never made the flooder wait");
+
+    // A topic flood from one publisher: beta keeps its allowance and drops the rest, and
+    // stays up and responsive.
+    subscribe(&b, "bob", "firehose").await;
+    publish_reaching(&f, "dave", "firehose", "warm-up").await;
+    for i in 0..100 {
+        publish(&f, "dave", "firehose", &format!("drop {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kept = history_texts(&b, "#firehose").await;
+    assert!(
+        !kept.is_empty() && kept.len() <= 40,
+        "beta kept {} of 100+ topic messages",
+        kept.len()
+    );
+    assert_eq!(
+        b.send("bob", "dave@flooder", "still fine").await.status,
+        SendStatus::Delivered
+    );
+}
