@@ -467,38 +467,43 @@ pub async fn connect_or_spawn(
     client_name: &str,
 ) -> Result<crate::api::client::Client, DaemonError> {
     use crate::api::client::{Client, ClientError};
-    match Client::connect(home, client_name).await {
-        Ok(c) => return Ok(c),
-        Err(ClientError::NotRunning { .. }) => {}
-        Err(e) => return Err(DaemonError::Other(e.to_string())),
-    }
-    let args: Vec<OsString> = vec!["--home".into(), home.path().into(), "up".into()];
-    let (h, x) = (home.clone(), exe.to_path_buf());
-    let started = tokio::task::spawn_blocking(move || spawn_detached(&x, &args, &h))
-        .await
-        .map_err(|e| DaemonError::Other(e.to_string()))??;
-    if let Detached::Started(info) = &started {
-        tracing::info!(peer_id = %info.peer_id, pid = info.pid, "started a daemon");
-    }
-    // A daemon started by someone else may still be opening its socket.
+    // Connect; if nobody answers, start a daemon (or let a racing starter win) and try
+    // again. A daemon that just died (its lock still held for a moment, its socket
+    // resetting connections) is waited out the same way.
     let deadline = tokio::time::Instant::now() + START_RACE_WAIT;
     let mut step = Duration::from_millis(10);
+    let mut started: Option<Detached> = None;
+    let mut last_spawn = None;
     loop {
         match Client::connect(home, client_name).await {
             Ok(c) => return Ok(c),
-            Err(ClientError::NotRunning { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(step).await;
-                step = (step * 2).min(Duration::from_millis(200));
-            }
-            Err(e) => {
-                return Err(DaemonError::Other(format!(
-                    "a daemon was started ({}) but cannot be reached: {e}",
-                    match started {
-                        Detached::Started(i) => format!("pid {}", i.pid),
-                        Detached::AlreadyRunning(m) => m,
-                    }
-                )));
-            }
+            Err(ClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(DaemonError::Other(e.to_string())),
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DaemonError::Other(match started {
+                Some(Detached::Started(i)) => format!("a daemon was started (pid {}) but cannot be reached", i.pid),
+                Some(Detached::AlreadyRunning(m)) => format!("a daemon holds the home but does not answer: {m}"),
+                None => "no daemon could be started".into(),
+            }));
+        }
+        // Start one unless one was started here, or another starter won less than a second
+        // ago (it is opening its socket).
+        let recently = last_spawn.is_some_and(|t: tokio::time::Instant| t.elapsed() < Duration::from_secs(1));
+        if !matches!(started, Some(Detached::Started(_))) && !recently {
+            last_spawn = Some(tokio::time::Instant::now());
+            let args: Vec<OsString> = vec!["--home".into(), home.path().into(), "up".into()];
+            let (h, x) = (home.clone(), exe.to_path_buf());
+            let outcome = tokio::task::spawn_blocking(move || spawn_detached(&x, &args, &h))
+                .await
+                .map_err(|e| DaemonError::Other(e.to_string()))??;
+            if let Detached::Started(info) = &outcome {
+                tracing::info!(peer_id = %info.peer_id, pid = info.pid, "started a daemon");
+            }
+            started = Some(outcome);
+        }
+        // A daemon started by someone else may still be opening its socket.
+        tokio::time::sleep(step).await;
+        step = (step * 2).min(Duration::from_millis(200));
     }
 }

@@ -175,6 +175,10 @@ pub enum Refusal {
     /// One side is in open mode and the other is not.
     #[error("{0}")]
     OpenMismatch(String),
+    /// A proof for a newer key than the verifier's, and the prover did not renew the
+    /// verifier's key (so the verifier may have been removed).
+    #[error("proved with a newer mesh key this node was not given")]
+    Unverified,
 }
 
 /// What a verifier concluded about a proof.

@@ -239,7 +239,7 @@ impl Node {
                 format!(
                     "agent {agent} is sending faster than allowed ({} messages a minute, limits.agent_sends_per_minute in config.toml); try again in {:.1} s",
                     self.0.config.limits.agent_sends_per_minute,
-                    wait.as_secs_f64()
+                    wait.as_secs_f64().max(0.1)
                 ),
             )
         })

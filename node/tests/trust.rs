@@ -440,9 +440,18 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
         "[limits]\nagent_sends_per_minute = 0\n[presence]\nheartbeat = \"300ms\"\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\nsend_wait = \"1ms\"\n",
     )
     .await;
+    b.register("bob").await;
     a.dial(&b).await;
     f.dial(&b).await;
-    b.register("bob").await;
+    for n in [&a, &f] {
+        eventually("bob@beta to be known", || async {
+            get!(n.call(Request::Agents), Agents)
+                .iter()
+                .any(|ag| ag.address == "bob@beta")
+                .then_some(())
+        })
+        .await;
+    }
 
     // One agent floods: the burst goes through, then a clear error says when to retry.
     let mut sent = 0;

@@ -19,6 +19,10 @@ pub const TEST_USER: &str = "tester";
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const FAST_CONFIG: &str = r#"
+[limits]
+# These tests push hundreds of messages a second through one agent (crash tests); the
+# limits have tests of their own.
+agent_sends_per_minute = 0
 [presence]
 heartbeat = "300ms"
 [delivery]

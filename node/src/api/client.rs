@@ -158,12 +158,28 @@ impl Client {
             client: name.to_string(),
         };
         let bytes = postcard::to_allocvec(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        writer.send(Bytes::from(bytes)).await.map_err(|_| ClientError::Closed)?;
-        let answer = reader
-            .next()
-            .await
-            .ok_or(ClientError::Closed)?
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // A socket that accepts and then hangs up before the hello belongs to a daemon that
+        // is dying (killed, or stopping): as good as none running.
+        let gone = || ClientError::NotRunning {
+            home: home.to_path_buf(),
+            socket: socket.to_path_buf(),
+        };
+        writer.send(Bytes::from(bytes)).await.map_err(|_| gone())?;
+        let answer = match reader.next().await {
+            None => return Err(gone()),
+            Some(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(gone());
+            }
+            Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+            Some(Ok(a)) => a,
+        };
         let (node, max_frame) = match postcard::from_bytes::<ServerHello>(&answer) {
             Ok(ServerHello::Welcome { node, max_frame, .. }) => (node, max_frame as usize),
             Ok(ServerHello::Refused { reason }) => return Err(ClientError::Refused(reason)),

@@ -200,7 +200,7 @@ impl NetActor {
                 .swarm
                 .behaviour_mut()
                 .admit
-                .send_response(ch, AdmitResponse::Refused(Refusal::BadProof));
+                .send_response(ch, AdmitResponse::Refused(Refusal::Unverified));
         }
         tracing::info!(%peer, %reason, "not admitted");
         self.note_outsider(peer, reason);
@@ -257,7 +257,11 @@ impl NetActor {
             connected: true,
             last_seen_ms: 0,
         });
-        entry.reason = reason;
+        entry.reason = if self.adm.mesh.is_revoked(&peer) {
+            "removed from this mesh".into()
+        } else {
+            reason
+        };
         entry.last_seen_ms = now_ms();
         if claimed_name.is_some() {
             entry.claimed_name = claimed_name;
@@ -373,6 +377,11 @@ impl NetActor {
         let admitted = self.is_admitted(&peer);
         match request {
             AdmitRequest::Prove { node_name, proof } => {
+                let mut name: String = node_name.chars().take(wire::MAX_CLAIMED_NAME).collect();
+                name.retain(|c| !c.is_control());
+                if let Some(o) = self.adm.outsiders.get_mut(&peer) {
+                    o.claimed_name = Some(name.clone());
+                }
                 if let Some(p) = self.adm.pending.get_mut(&peer) {
                     p.requests += 1;
                     if p.requests > MAX_ADMIT_REQUESTS {
@@ -380,8 +389,6 @@ impl NetActor {
                         self.refuse(peer, "too many admission requests".into());
                         return;
                     }
-                    let mut name: String = node_name.chars().take(wire::MAX_CLAIMED_NAME).collect();
-                    name.retain(|c| !c.is_control());
                     p.claimed_name = Some(name);
                 }
                 if admitted {

@@ -1531,6 +1531,12 @@ pub fn path_of(a: &Multiaddr) -> Path {
         Some(Protocol::Ip6(ip)) if ip.is_loopback() || is_link_local_v6(a) || (ip.segments()[0] & 0xfe00) == 0xfc00 => {
             Path::Lan
         }
+        // A dialed name stays a name in the connection's address.
+        Some(Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h))
+            if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".local") =>
+        {
+            Path::Lan
+        }
         _ => Path::Internet,
     }
 }
@@ -1597,4 +1603,24 @@ fn transport_error_text(e: &libp2p::TransportError<std::io::Error>) -> String {
 /// Time a peer's announcement stays valid without a heartbeat.
 pub fn presence_timeout(heartbeat_ms: u64) -> Duration {
     Duration::from_millis(heartbeat_ms.saturating_mul(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_classified_by_address() {
+        let p = |s: &str| path_of(&s.parse().unwrap());
+        assert_eq!(p("/ip4/192.168.1.2/tcp/1"), Path::Lan);
+        assert_eq!(p("/ip4/127.0.0.1/tcp/1"), Path::Lan);
+        assert_eq!(p("/ip6/::1/tcp/1"), Path::Lan);
+        assert_eq!(p("/ip6/fd00::2/tcp/1"), Path::Lan);
+        assert_eq!(p("/dns4/localhost/tcp/1"), Path::Lan);
+        assert_eq!(p("/dns/printer.local/tcp/1"), Path::Lan);
+        assert_eq!(p("/ip4/5.0.0.10/tcp/1"), Path::Internet);
+        assert_eq!(p("/dns4/example.org/tcp/1"), Path::Internet);
+        let relayed = "/ip4/5.0.0.10/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
+        assert_eq!(p(relayed), Path::Relayed);
+    }
 }
