@@ -419,6 +419,14 @@ impl Node {
     /// `mesh peers`.
     pub async fn peers(&self) -> Result<Vec<PeerView>, ApiError> {
         let info = self.0.net.info().await.map_err(unavailable)?;
+        let members: std::collections::HashSet<PeerId> = self
+            .0
+            .store
+            .read(ops::members)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         let now = Instant::now();
         let dir = self.dir();
         let outsider = |p: &PeerId| info.outsiders.iter().any(|o| o.peer == *p);
@@ -449,8 +457,10 @@ impl Node {
                     last_seen_ms: (e.last_seen_ms > 0).then_some(e.last_seen_ms),
                     connections: conn.map(|c| c.connections.clone()).unwrap_or_default(),
                     remembered: info.pinned.contains(p),
-                    member: true,
-                    refused: None,
+                    // Known from an earlier mesh of this node (before a join or leave)?
+                    member: conn.is_some() || members.contains(p),
+                    refused: (conn.is_none() && !members.contains(p))
+                        .then(|| "not known as a member of this node's current mesh".to_string()),
                 }
             })
             .collect();
