@@ -124,6 +124,9 @@ pub struct UpArgs {
     /// mode, with no secret. Anyone on those networks can then reach your agents.
     #[arg(long, env = "MESH_OPEN")]
     pub open: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "MESH_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// An address this node is reachable at from the internet (repeatable), e.g. a VPS's
     /// public IP behind 1:1 NAT: /ip4/203.0.113.7/tcp/4001.
     #[arg(long, env = "MESH_EXTERNAL", value_delimiter = ',', value_name = "MULTIADDR")]

@@ -50,6 +50,9 @@ pub struct Config {
     /// Open mode (`mesh up --open`): admit any node that is also in open mode, with no
     /// secret. Only for trusted lab networks: anyone there can reach your agents.
     pub open: bool,
+    /// Serve Prometheus metrics on this address (`--metrics 127.0.0.1:9464`): `GET
+    /// /metrics`. Off by default.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Relay settings.
@@ -182,6 +185,7 @@ impl Default for Config {
             presence: Presence::default(),
             relay: Relay::default(),
             open: false,
+            metrics: None,
         }
     }
 }
@@ -251,6 +255,8 @@ pub struct Overrides {
     pub open: bool,
     /// `--relay-for-anyone` / `MESH_RELAY_FOR_ANYONE` (implies `--relay`).
     pub relay_for_anyone: bool,
+    /// `--metrics` / `MESH_METRICS`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Errors loading the configuration.
@@ -310,6 +316,9 @@ impl Config {
         }
         if overrides.open {
             cfg.open = true;
+        }
+        if overrides.metrics.is_some() {
+            cfg.metrics = overrides.metrics;
         }
         if overrides.relay_for_anyone {
             cfg.relay.serve = true;
@@ -417,6 +426,7 @@ mod tests {
             external: vec![],
             open: false,
             relay_for_anyone: false,
+            metrics: None,
         };
         let cfg = Config::load(&p, &ov).unwrap();
         assert_eq!(cfg.name.as_ref().unwrap().as_str(), "from-flag");

@@ -237,6 +237,7 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
     let more = full || take < batch.len();
     batch.truncate(take);
     let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+    let mut answered = 0;
     let request = DmRequest::Deliver(batch.iter().map(|e| e.msg.clone()).collect());
     let failure = match node.0.net.send_dm(peer, request).await {
         Ok(DmResponse::Outcomes(outcomes)) => {
@@ -246,6 +247,7 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
                 .filter_map(|(id, o)| by_id.get(&id).map(|seq| (*seq, o)))
                 .collect();
             let complete = pairs.len() == batch.len();
+            answered = pairs.len();
             let now = now_ms();
             match node.0.store.write("settle", move |t| ops::settle(t, pairs, now)).await {
                 Ok(settled) => node.emit_settled(&settled),
@@ -260,6 +262,9 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
         Ok(DmResponse::Unavailable(why)) => format!("recipient node unavailable: {why}"),
         Err(e) => e.to_string(),
     };
+    node.metrics()
+        .dm_retried
+        .inc_by(seqs.len().saturating_sub(answered) as u64);
     let why = failure.clone();
     if let Err(e) = node
         .0

@@ -27,6 +27,7 @@ use crate::home::{Home, HomeError};
 use crate::identity::{self, IdentityError};
 use crate::ids::{AgentName, NodeName};
 use crate::mesh::{Membership, MeshError};
+use crate::metrics::Metrics;
 use crate::net::{self, NetError};
 use crate::node::{COURIER_QUEUE, Node, Parts};
 use crate::store::{Store, StoreError};
@@ -101,6 +102,9 @@ pub struct ReadyInfo {
     pub home: PathBuf,
     /// Its process id.
     pub pid: u32,
+    /// Where it serves metrics, if it does.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A running daemon.
@@ -179,7 +183,8 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
 
-        let (swarm, listeners) = net::build(&keypair, &config, &mesh)?;
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let (swarm, listeners) = net::build(&keypair, &config, &mesh, &metrics)?;
         let cancel = CancellationToken::new();
         let (net, net_events, net_task) = net::spawn(
             swarm,
@@ -187,6 +192,7 @@ impl Daemon {
             &config,
             mesh.clone(),
             name.to_string(),
+            metrics.clone(),
             cancel.clone(),
         );
         let (courier_tx, courier_rx) = mpsc::channel(COURIER_QUEUE);
@@ -194,6 +200,7 @@ impl Daemon {
             peer_id,
             keypair: keypair.clone(),
             mesh,
+            metrics: metrics.clone(),
             name: name.clone(),
             home: home.clone(),
             config: config.clone(),
@@ -212,6 +219,27 @@ impl Daemon {
             "api",
             tokio::spawn(server::serve(listener, node.clone(), cancel.clone())),
         ));
+        let metrics_addr = match config.metrics {
+            Some(addr) => {
+                let n = node.clone();
+                let refresh = move || {
+                    let n = n.clone();
+                    async move { n.refresh_metrics().await }
+                };
+                match crate::metrics::serve(addr, metrics.clone(), refresh, cancel.clone()).await {
+                    Ok((local, task)) => {
+                        tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
+                        tasks.push(("metrics", task));
+                        Some(local)
+                    }
+                    Err(e) => {
+                        cancel.cancel();
+                        return Err(DaemonError::Other(format!("cannot serve metrics on {addr}: {e}")));
+                    }
+                }
+            }
+            None => None,
+        };
         let user = opts.user.unwrap_or_else(login_agent);
         if let Err(e) = node.start(user).await {
             cancel.cancel();
@@ -251,6 +279,7 @@ impl Daemon {
             listen,
             home: home.path().to_path_buf(),
             pid: std::process::id(),
+            metrics: metrics_addr,
         };
         tracing::info!(peer_id = %info.peer_id, name = %info.name, "node ready");
         Ok(Daemon {

@@ -14,6 +14,7 @@
 //! * [`directory`]: nodes, their agents, presence, address resolution.
 //! * [`store`]: redb tables and operations, one writer thread with grouped commits.
 //! * [`mesh`]: membership (the mesh secret), admission proofs, sealing, join codes.
+//! * [`metrics`]: counters and gauges, served in the Prometheus text format.
 //! * [`wire`]: peer-to-peer messages and the postcard codec.
 //! * [`api`]: local API types, server and client.
 //! * [`dnssd`]: DNS-SD advertisement and browsing.
@@ -35,6 +36,7 @@ pub mod home;
 pub mod identity;
 pub mod ids;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod ratelimit;

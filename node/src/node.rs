@@ -67,6 +67,7 @@ pub(crate) struct Parts {
     pub peer_id: PeerId,
     pub keypair: libp2p::identity::Keypair,
     pub mesh: Membership,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub name: NodeName,
     pub home: Home,
     pub config: Config,
@@ -80,6 +81,7 @@ pub(crate) struct Inner {
     owner_uid: u32,
     pub peer_id: PeerId,
     keypair: libp2p::identity::Keypair,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The membership as last persisted (the network actor holds the live copy).
     mesh: Mutex<Membership>,
     /// One join, leave or removal at a time.
@@ -156,6 +158,7 @@ impl Node {
             peer_id,
             keypair,
             mesh,
+            metrics,
             name,
             home,
             config,
@@ -172,6 +175,7 @@ impl Node {
             owner_uid,
             peer_id,
             keypair,
+            metrics,
             mesh: Mutex::new(mesh),
             mesh_ops: tokio::sync::Mutex::new(()),
             send_rate: Mutex::new(send_rate),
@@ -205,6 +209,51 @@ impl Node {
     /// The user owning this node's home; only they (and root) may use the local API.
     pub fn owner_uid(&self) -> u32 {
         self.0.owner_uid
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
+    }
+
+    /// Sets the metrics' state gauges (queue depths, peers by path) before a scrape.
+    pub async fn refresh_metrics(&self) {
+        use crate::metrics::{PathLabel, StateLabel};
+        let m = &self.0.metrics;
+        if let Ok(st) = self.0.store.read(ops::stats).await {
+            let set = |f: &prometheus_client::metrics::family::Family<
+                StateLabel,
+                prometheus_client::metrics::gauge::Gauge,
+            >,
+                       state: &'static str,
+                       v: u64| {
+                f.get_or_create(&StateLabel { state }).set(v as i64);
+            };
+            set(&m.outbox, "pending", st.pending);
+            set(&m.outbox, "settled", st.outbox.saturating_sub(st.pending));
+            set(&m.outbox, "topic_pending", st.topic_pending);
+            set(&m.inbox, "unread", st.unread);
+            set(&m.inbox, "read", st.inbox.saturating_sub(st.unread));
+            m.topic_messages.set(st.topic_messages as i64);
+        }
+        if let Ok(info) = self.0.net.info().await {
+            let mut paths = [0i64; 3];
+            for p in &info.peers {
+                let best = p.addrs.iter().map(crate::net::path_of).min_by_key(|x| *x as u8);
+                match best {
+                    Some(crate::net::Path::Lan) => paths[0] += 1,
+                    Some(crate::net::Path::Internet) => paths[1] += 1,
+                    Some(crate::net::Path::Relayed) => paths[2] += 1,
+                    None => {}
+                }
+            }
+            for (path, n) in ["lan", "internet", "relayed"].into_iter().zip(paths) {
+                m.peers.get_or_create(&PathLabel { path }).set(n);
+            }
+            m.outsiders.set(info.outsiders.len() as i64);
+        }
+        let online = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner()).len();
+        m.agents_online.set(online as i64);
     }
 
     /// The configuration in force.
@@ -1069,6 +1118,8 @@ impl Node {
                     })
                     .await?;
                 self.agent_created(created);
+                self.0.metrics.dm_sent.inc();
+                self.0.metrics.dm_delivered.inc();
                 self.emit(Event::Message(self.message_view(&inbox)));
                 Ok(SendReceipt {
                     id: out.msg.id,
@@ -1108,6 +1159,7 @@ impl Node {
                     })
                     .await?;
                 self.agent_created(created);
+                self.0.metrics.dm_sent.inc();
                 self.kick(peer);
                 let reception = {
                     let dir = self.dir();
@@ -1377,6 +1429,7 @@ impl Node {
             })
             .await?;
         self.agent_created(created);
+        self.0.metrics.topic_out.inc();
         let (rec, delivered) = recorded.ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
         for e in &delivered {
             self.emit(Event::Message(self.message_view(e)));
@@ -1858,6 +1911,7 @@ impl Node {
         messages: Vec<WireMessage>,
     ) {
         let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
+            self.0.metrics.dm_throttled.inc();
             let _ = self
                 .0
                 .net
@@ -1872,10 +1926,14 @@ impl Node {
             let mut r = self.0.peer_rate.lock().unwrap_or_else(|e| e.into_inner());
             r.take_up_to(&peer, messages.len() as u32, Instant::now())
         };
-        if let Ok(k) = limited {
+        if let Ok(k) = limited
+            && (k as usize) < messages.len()
+        {
+            self.0.metrics.dm_throttled.inc();
             messages.truncate(k as usize);
         }
         if let Err(wait) = limited {
+            self.0.metrics.dm_throttled.inc();
             drop(permit);
             tracing::info!(%peer, "a node sends faster than limits.peer_messages_per_minute; asking it to wait");
             let _ = self
@@ -1904,6 +1962,19 @@ impl Node {
                 .await;
             let response = match result {
                 Ok((outcomes, stored)) => {
+                    let m = &node.0.metrics;
+                    m.dm_received.inc_by(stored.len() as u64);
+                    for (_, o) in &outcomes {
+                        match o {
+                            crate::wire::Outcome::Duplicate => {
+                                m.dm_duplicates.inc();
+                            }
+                            crate::wire::Outcome::Rejected(_) => {
+                                m.dm_rejected.inc();
+                            }
+                            crate::wire::Outcome::Stored => {}
+                        }
+                    }
                     {
                         // The sending node vouches for its agents: a reply can go back at
                         // once, even before its next announcement says so.
@@ -1945,6 +2016,7 @@ impl Node {
                 .await
             {
                 Ok(Some((_, delivered))) => {
+                    node.0.metrics.topic_in.inc();
                     for e in &delivered {
                         node.emit(Event::Message(node.message_view(e)));
                     }
@@ -2010,6 +2082,11 @@ impl Node {
 
     pub(crate) fn emit_settled(&self, entries: &[OutboxEntry]) {
         for e in entries {
+            match e.state {
+                OutState::Delivered { .. } => self.0.metrics.dm_delivered.inc(),
+                OutState::Dead { .. } => self.0.metrics.dm_dead.inc(),
+                OutState::Pending => 0,
+            };
             if let Some(ev) = self.settled_event(e) {
                 self.emit(ev);
             }

@@ -476,3 +476,32 @@ async fn undelivered_messages_become_dead_letters_after_the_ttl() {
     let inbox = b.inbox("bob").await;
     assert_eq!(inbox.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["fresh"]);
 }
+
+/// Two nodes dialing each other at the same moment (from their listening ports, so the
+/// TCP handshakes can even merge into one connection both think they opened) end up
+/// connected and admitted both ways, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_connect_and_admit_both_ways() {
+    for round in 0..20 {
+        let a = TestNode::start("alpha").await;
+        let b = TestNode::start("beta").await;
+        let (ra, rb) = tokio::join!(
+            a.call(Request::Dial { addr: b.addr() }),
+            b.call(Request::Dial { addr: a.addr() })
+        );
+        assert!(
+            matches!(ra, Ok(Response::Dialed { peer }) if peer == b.peer_id()),
+            "round {round}: {ra:?}"
+        );
+        assert!(
+            matches!(rb, Ok(Response::Dialed { peer }) if peer == a.peer_id()),
+            "round {round}: {rb:?}"
+        );
+        // Admitted both ways: a direct message goes through at once.
+        assert_eq!(
+            a.send("user", "user@beta", "hi").await.status,
+            SendStatus::Delivered,
+            "round {round}"
+        );
+    }
+}

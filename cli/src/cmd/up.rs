@@ -37,6 +37,7 @@ fn overrides(a: &UpArgs) -> anyhow::Result<Overrides> {
         external,
         open: a.open,
         relay_for_anyone: a.relay_for_anyone,
+        metrics: a.metrics,
     })
 }
 
@@ -53,6 +54,9 @@ fn print_ready(ctx: &Ctx, info: &ReadyInfo, detached: bool) -> anyhow::Result<()
     println!("  home     {}", info.home.display());
     for a in &info.listen {
         println!("  listen   {a}/p2p/{}", info.peer_id);
+    }
+    if let Some(m) = info.metrics {
+        println!("  metrics  http://{m}/metrics");
     }
     if detached {
         println!("  pid      {}  (log: {})", info.pid, ctx.home.log_path().display());
@@ -85,6 +89,10 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         }
         if ov.open {
             args.push("--open".into());
+        }
+        if let Some(m) = ov.metrics {
+            args.push("--metrics".into());
+            args.push(m.to_string().into());
         }
         for e in &ov.external {
             args.push("--external".into());

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
             // anything else from it (no directory, messages or topics) without joining
             // its mesh.
             relay_for_anyone: true,
-            open: false,
+            ..Overrides::default()
         },
         user: None,
     };

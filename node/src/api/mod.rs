@@ -261,6 +261,40 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request's name, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status => "Status",
+            Request::Peers => "Peers",
+            Request::Agents => "Agents",
+            Request::Dial { .. } => "Dial",
+            Request::Forget { .. } => "Forget",
+            Request::Ping { .. } => "Ping",
+            Request::Addrs => "Addrs",
+            Request::Send { .. } => "Send",
+            Request::Inbox { .. } => "Inbox",
+            Request::MarkRead { .. } => "MarkRead",
+            Request::MarkNotified { .. } => "MarkNotified",
+            Request::Counts { .. } => "Counts",
+            Request::Subscribe { .. } => "Subscribe",
+            Request::Unsubscribe { .. } => "Unsubscribe",
+            Request::Topics => "Topics",
+            Request::Publish { .. } => "Publish",
+            Request::History { .. } => "History",
+            Request::Outbox { .. } => "Outbox",
+            Request::Register { .. } => "Register",
+            Request::Claim { .. } => "Claim",
+            Request::SetSummary { .. } => "SetSummary",
+            Request::Watch { .. } => "Watch",
+            Request::Invite { .. } => "Invite",
+            Request::Join { .. } => "Join",
+            Request::Members => "Members",
+            Request::Remove { .. } => "Remove",
+            Request::Leave => "Leave",
+            Request::Shutdown => "Shutdown",
+        }
+    }
+
     /// Whether doing this request twice has the same effect as once, so a client may send
     /// it again when the connection broke before the answer came. Sending and publishing
     /// are not (a second message), nor is an inbox read that marks messages read (the first
@@ -409,6 +443,24 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What happened and what to do.
     pub message: String,
+}
+
+impl ErrorCode {
+    /// The code's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BadRequest",
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::Ambiguous => "Ambiguous",
+            ErrorCode::TooLarge => "TooLarge",
+            ErrorCode::Unavailable => "Unavailable",
+            ErrorCode::Storage => "Storage",
+            ErrorCode::Busy => "Busy",
+            ErrorCode::RateLimited => "RateLimited",
+            ErrorCode::Denied => "Denied",
+            ErrorCode::Internal => "Internal",
+        }
+    }
 }
 
 impl ApiError {

@@ -297,7 +297,20 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
     }
 }
 
+/// Runs one request, counting it in the metrics.
 async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
+    let kind = request.kind();
+    let started = std::time::Instant::now();
+    let result = run(node, request).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    node.metrics().api_request(kind, outcome, started.elapsed());
+    result
+}
+
+async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
     Ok(match request {
         Request::Status => Response::Status(Box::new(node.status().await?)),
         Request::Peers => Response::Peers(node.peers().await?),

@@ -67,8 +67,6 @@ pub(super) struct Pending {
     /// A proof from a newer epoch than ours, kept until a grant lets us check it.
     held: Option<(Proof, ResponseChannel<AdmitResponse>)>,
     joins: u32,
-    /// Our proof was sent this many times more (after failures).
-    sent: u32,
 }
 
 pub(super) struct Denied {
@@ -144,7 +142,6 @@ impl NetActor {
                 requests: 0,
                 held: None,
                 joins: 0,
-                sent: 0,
             },
         );
         if self.adm.joining.contains_key(&peer) {
@@ -178,6 +175,7 @@ impl NetActor {
         self.adm.pending.remove(&peer);
         self.adm.denied.remove(&peer);
         self.adm.outsiders.remove(&peer);
+        crate::metrics::Metrics::count(&self.metrics.admissions, "admitted");
         self.swarm.behaviour_mut().admit(peer);
         tracing::debug!(%peer, "admitted");
         self.feed_kad(peer);
@@ -203,6 +201,7 @@ impl NetActor {
                 .send_response(ch, AdmitResponse::Refused(Refusal::Unverified));
         }
         tracing::info!(%peer, %reason, "not admitted");
+        crate::metrics::Metrics::count(&self.metrics.admissions, "refused");
         self.note_outsider(peer, reason);
         let backoff = self
             .adm
@@ -352,9 +351,11 @@ impl NetActor {
                 let was_proof = self.adm.out.remove(&request_id).is_some();
                 tracing::debug!(%peer, %error, "admission request failed");
                 if was_proof && !self.adm.joining.contains_key(&peer) {
-                    let retries = self.adm.pending.get_mut(&peer).map(|p| {
-                        p.sent += 1;
-                        p.sent
+                    // Counted per visit, not per pending admission: we may have admitted them
+                    // already while they still wait for our proof.
+                    let retries = self.peers.get_mut(&peer).map(|s| {
+                        s.proof_resends += 1;
+                        s.proof_resends
                     });
                     if self.swarm.is_connected(&peer) {
                         // Usually a duplicate connection closing under it: again on the

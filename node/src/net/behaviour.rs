@@ -112,11 +112,17 @@ fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
 /// Builds the swarm and starts listening. Listening on a configured address that fails is
 /// an error; a default address that fails (e.g. no IPv6) is logged and skipped. Returns
 /// the swarm and the number of listeners started.
-pub fn build(keypair: &Keypair, config: &Config, mesh: &Membership) -> Result<(Swarm<Behaviour>, usize), NetError> {
+pub fn build(
+    keypair: &Keypair,
+    config: &Config,
+    mesh: &Membership,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(Swarm<Behaviour>, usize), NetError> {
     let max_req = config.max_wire_request_bytes();
     // Sealing adds a few dozen bytes; the envelope a few hundred.
     let gossip_max = (config.limits.max_topic_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES + 1024);
     let relay_for_anyone = config.relay.for_anyone;
+    let mut registry = metrics.registry();
     let request_timeout = config.delivery.request_timeout;
     let mdns_on = config.libp2p_mdns();
     let relay_cfg = config.relay.clone();
@@ -133,6 +139,7 @@ pub fn build(keypair: &Keypair, config: &Config, mesh: &Membership) -> Result<(S
         .map_err(|e| NetError::Start(format!("cannot read the system DNS configuration: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Start(e.to_string()))?
+        .with_bandwidth_metrics(&mut registry)
         .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
             let gossip_config = gossipsub::ConfigBuilder::default()
@@ -219,6 +226,7 @@ pub fn build(keypair: &Keypair, config: &Config, mesh: &Membership) -> Result<(S
         .map_err(|e| NetError::Start(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
+    drop(registry);
 
     let (addrs, defaults) = config.listen_addrs();
     let mut listening = 0;

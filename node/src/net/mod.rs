@@ -46,6 +46,8 @@ pub const MAX_EARLY_HELLOS: usize = 256;
 pub const MAX_FOREIGN: usize = 1024;
 /// Most addresses remembered per peer.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
+/// How long two direct connections to one peer may both stay up before one is closed.
+pub const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
 /// Idle connections are closed after this long (presence traffic keeps mesh peers busy).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Ping interval; a ping that times out closes the connection.
@@ -501,6 +503,7 @@ pub struct Listening {
 struct Conn {
     addr: Multiaddr,
     dialed: bool,
+    since: std::time::Instant,
     /// The relay, for a relayed connection.
     via: Option<PeerId>,
 }
@@ -520,6 +523,8 @@ struct PeerState {
     identified: Option<(Vec<libp2p::StreamProtocol>, Vec<Multiaddr>)>,
     /// Hello requests sent again after failures.
     hello_retries: u32,
+    /// Our membership proof sent again after failures.
+    proof_resends: u32,
 }
 
 /// What a gossipsub topic of ours carries.
@@ -542,7 +547,7 @@ pub struct NetActor {
     addrs: HashMap<PeerId, VecDeque<Multiaddr>>,
     /// Peers that turned out not to be agentmesh nodes; not dialed again.
     foreign: HashSet<PeerId>,
-    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetError>>)>,
+    dials: HashMap<ConnectionId, ExplicitDial>,
     dm_out: HashMap<OutboundRequestId, oneshot::Sender<Result<DmResponse, NetError>>>,
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
     announcement: Option<Announcement>,
@@ -561,6 +566,7 @@ pub struct NetActor {
     /// Topic messages accepted per publishing node.
     topic_rate: RateLimiter<PeerId>,
     topic_rate_warned: Option<Instant>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts the actor on the current runtime. Returns its handle, its event stream and the
@@ -571,6 +577,7 @@ pub fn spawn(
     config: &Config,
     mesh: Membership,
     node_name: String,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) -> (NetHandle, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>) {
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -610,6 +617,7 @@ pub fn spawn(
         subscribed: HashSet::new(),
         topic_rate: RateLimiter::per_minute(config.limits.peer_topic_messages_per_minute),
         topic_rate_warned: None,
+        metrics,
     };
     actor.rebuild_topics();
     let task = tokio::spawn(actor.run(cancel));
@@ -650,6 +658,7 @@ impl NetActor {
                 _ = heartbeat.tick() => self.announce(),
                 _ = upkeep.tick() => {
                     self.admission_upkeep();
+                    self.close_duplicates();
                     self.maintain_reach();
                 }
                 _ = tokio::time::sleep_until(due) => self.maintain_reach(),
@@ -695,6 +704,43 @@ impl NetActor {
         }
         list.push_front(addr);
         list.truncate(MAX_ADDRS_PER_PEER);
+    }
+
+    /// A dial the user asked for: it goes ahead even if a background dial is under way
+    /// (the duplicate rule keeps one connection).
+    fn explicit_dial(&mut self, dial: ExplicitDial) {
+        let opts = match dial.peer {
+            Some(p) => {
+                let o = DialOpts::peer_id(p)
+                    .addresses(vec![dial.addr.clone()])
+                    .condition(PeerCondition::Always);
+                if dial.fresh_port {
+                    o.allocate_new_port().build()
+                } else {
+                    o.build()
+                }
+            }
+            None => {
+                let o = DialOpts::unknown_peer_id().address(dial.addr.clone());
+                if dial.fresh_port {
+                    o.allocate_new_port().build()
+                } else {
+                    o.build()
+                }
+            }
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, dial);
+            }
+            Err(e) => {
+                let _ = dial.reply.send(Err(NetError::Dial {
+                    addr: dial.addr.to_string(),
+                    why: dial_error_text(&e),
+                }));
+            }
+        }
     }
 
     fn dial_known(&mut self, peer: PeerId) {
@@ -816,27 +862,12 @@ impl NetActor {
                     let _ = reply.send(Ok(p));
                     return;
                 }
-                // An explicit dial goes ahead even if a background dial is under way; the
-                // duplicate rule keeps one connection.
-                let opts = match peer {
-                    Some(p) => DialOpts::peer_id(p)
-                        .addresses(vec![addr.clone()])
-                        .condition(PeerCondition::Always)
-                        .build(),
-                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
-                };
-                let id = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.dials.insert(id, (addr, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetError::Dial {
-                            addr: addr.to_string(),
-                            why: dial_error_text(&e),
-                        }));
-                    }
-                }
+                self.explicit_dial(ExplicitDial {
+                    addr,
+                    peer,
+                    reply,
+                    fresh_port: false,
+                });
             }
             Command::DialPeer { peer } => self.dial_known(peer),
             Command::AddAddrs {
@@ -1003,6 +1034,20 @@ impl NetActor {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        {
+            use libp2p::metrics::Recorder;
+            let m = &self.metrics.libp2p;
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
+                SwarmEvent::Behaviour(_) => {}
+                other => m.record(other),
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, listener_id } => {
                 tracing::info!(%address, "listening");
@@ -1076,15 +1121,67 @@ impl NetActor {
                 if let Some(p) = peer_id {
                     self.join_dial_failed(p, dial_error_text(&error));
                 }
-                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
-                    let _ = reply.send(Err(NetError::Dial {
-                        addr: addr.to_string(),
-                        why: dial_error_text(&error),
-                    }));
+                if let Some(mut dial) = self.dials.remove(&connection_id) {
+                    match dial.peer {
+                        // The other side dialed us meanwhile: that connection will do.
+                        Some(p) if self.swarm.is_connected(&p) => {
+                            let _ = dial.reply.send(Ok(p));
+                        }
+                        // Two nodes dialing each other from their listening ports at the
+                        // same moment can meet in one TCP connection that both think they
+                        // opened, and its handshake fails on both sides: once more, each
+                        // from a port of its own.
+                        Some(_) if !dial.fresh_port && matches!(error, libp2p::swarm::DialError::Transport(_)) => {
+                            tracing::debug!(addr = %dial.addr, "dial failed; once more from a fresh port");
+                            dial.fresh_port = true;
+                            self.explicit_dial(dial);
+                        }
+                        _ => {
+                            let _ = dial.reply.send(Err(NetError::Dial {
+                                addr: dial.addr.to_string(),
+                                why: dial_error_text(&error),
+                            }));
+                        }
+                    }
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Simultaneous dials leave two direct connections to one peer. Once both have been up
+    /// for [`DUPLICATE_GRACE`], both sides keep the one dialed by the smaller PeerId and
+    /// close the other, so they agree without talking. Not at once: a short-lived second
+    /// connection (an AutoNAT dial-back) must not take down the one carrying traffic.
+    fn close_duplicates(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let mut close = Vec::new();
+        for (peer, state) in &self.peers {
+            let direct = |d: bool| -> Vec<(ConnectionId, std::time::Instant)> {
+                state
+                    .connections
+                    .iter()
+                    .filter(|(_, c)| c.via.is_none() && c.dialed == d)
+                    .map(|(id, c)| (*id, c.since))
+                    .collect()
+            };
+            let (by_me, by_them) = (direct(true), direct(false));
+            if by_me.is_empty() || by_them.is_empty() {
+                continue;
+            }
+            if by_me
+                .iter()
+                .chain(&by_them)
+                .any(|(_, since)| since.elapsed() < DUPLICATE_GRACE)
+            {
+                continue;
+            }
+            tracing::debug!(%peer, "closing duplicate connections");
+            close.extend(if me < *peer { by_them } else { by_me }.into_iter().map(|(id, _)| id));
+        }
+        for id in close {
+            self.swarm.close_connection(id);
         }
     }
 
@@ -1098,13 +1195,12 @@ impl NetActor {
         };
         let via = relay_of(&addr);
         tracing::debug!(%peer, %addr, dialed, relayed = via.is_some(), "connection established");
-        if let Some((_, reply)) = self.dials.remove(&id) {
-            let _ = reply.send(Ok(peer));
+        if let Some(dial) = self.dials.remove(&id) {
+            let _ = dial.reply.send(Ok(peer));
         }
         if dialed {
             self.remember(peer, endpoint.get_remote_address().clone());
         }
-        let me = *self.swarm.local_peer_id();
         let state = self.peers.entry(peer).or_default();
         let first = state.connections.is_empty();
         state.connections.insert(
@@ -1112,6 +1208,7 @@ impl NetActor {
             Conn {
                 addr: addr.clone(),
                 dialed,
+                since: std::time::Instant::now(),
                 via,
             },
         );
@@ -1129,24 +1226,6 @@ impl NetActor {
             Vec::new()
         };
 
-        // Simultaneous dials leave two direct connections. Both sides keep the one dialed
-        // by the smaller PeerId and close the other, so they agree without talking.
-        let direct = |d: bool| -> Vec<ConnectionId> {
-            state
-                .connections
-                .iter()
-                .filter(|(_, c)| c.via.is_none() && c.dialed == d)
-                .map(|(c, _)| *c)
-                .collect()
-        };
-        let (by_me, by_them) = (direct(true), direct(false));
-        if !by_me.is_empty() && !by_them.is_empty() {
-            let close = if me < peer { by_them } else { by_me };
-            for c in close {
-                tracing::debug!(%peer, "closing duplicate connection");
-                self.swarm.close_connection(c);
-            }
-        }
         if !relayed.is_empty() {
             tracing::info!(%peer, "direct connection up; dropping the relayed one");
             let tx = self.self_tx.clone();
@@ -1275,7 +1354,14 @@ impl NetActor {
             } => {
                 let (acceptance, verdict) = match self.check_gossip(&message) {
                     Ok(ev) => (MessageAcceptance::Accept, Some(ev)),
-                    Err(a) => (a, None),
+                    Err(a) => {
+                        let reason = match a {
+                            MessageAcceptance::Reject => "rejected",
+                            _ => "ignored",
+                        };
+                        crate::metrics::Metrics::count(&self.metrics.topic_dropped, reason);
+                        (a, None)
+                    }
                 };
                 self.swarm
                     .behaviour_mut()
@@ -1566,6 +1652,15 @@ pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
         addr.pop();
     }
     addr
+}
+
+/// A dial the user asked for, answered when it connects or fails.
+struct ExplicitDial {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    reply: oneshot::Sender<Result<PeerId, NetError>>,
+    /// Retried from a new port (not the listening one).
+    fresh_port: bool,
 }
 
 fn dial_error_text(e: &libp2p::swarm::DialError) -> String {

@@ -478,13 +478,17 @@ impl NetActor {
     }
 
     pub(super) fn on_dcutr(&mut self, e: dcutr::Event) {
+        use crate::metrics::Metrics;
         self.reach.punch.attempts += 1;
+        Metrics::count(&self.metrics.hole_punches, "attempt");
         match e.result {
             Ok(_) => {
+                Metrics::count(&self.metrics.hole_punches, "success");
                 self.reach.punch.successes += 1;
                 tracing::info!(peer = %e.remote_peer_id, "hole punch succeeded: direct connection");
             }
             Err(err) => {
+                Metrics::count(&self.metrics.hole_punches, "failure");
                 self.reach.punch.failures += 1;
                 tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punch failed; staying relayed");
             }

@@ -1087,6 +1087,7 @@ pub fn stats(r: &ReadTransaction) -> Result<StoreStats, StoreError> {
         outbox: r.open_table(OUTBOX)?.len()?,
         pending: r.open_table(PENDING)?.len()?,
         topic_messages: r.open_table(TOPIC_LOG)?.len()?,
+        topic_pending: r.open_table(TOPIC_PENDING)?.len()?,
         peers: r.open_table(PEERS)?.len()?,
         file_bytes: 0,
     })

@@ -171,6 +171,8 @@ pub struct StoreStats {
     pub pending: u64,
     /// Topic messages stored.
     pub topic_messages: u64,
+    /// Local publications that reached no peer yet.
+    pub topic_pending: u64,
     /// Known peers.
     pub peers: u64,
     /// Size of the file in bytes.

@@ -1,0 +1,222 @@
+//! Real daemons (`mesh up` processes) in temporary homes, all members of one mesh, and
+//! API clients to them.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mesh_node::api::client::Client;
+use mesh_node::api::{AgentSpec, Event, Request, Response};
+use mesh_node::daemon::{ReadyInfo, ReadyLine};
+use mesh_node::home::Home;
+use mesh_node::mesh::Membership;
+use tokio::sync::mpsc;
+
+/// Settings for benchmark daemons: no rate limits (they are what is measured), LAN
+/// discovery off (explicit dials), everything else default.
+pub const CONFIG: &str = r#"
+[limits]
+agent_sends_per_minute = 0
+peer_messages_per_minute = 0
+peer_topic_messages_per_minute = 0
+"#;
+
+/// The `mesh` binary next to this one (`cargo build --release --workspace` builds both).
+pub fn mesh_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("mesh");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it next to this binary first (cargo build --release --workspace)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A daemon process; killed when dropped.
+pub struct Node {
+    pub child: Child,
+    pub info: ReadyInfo,
+    pub home: Home,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// `/ip4/127.0.0.1/tcp/<port>/p2p/<id>`.
+    pub fn addr(&self) -> String {
+        let a = self
+            .info
+            .listen
+            .iter()
+            .find(|a| a.to_string().contains("/tcp/"))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        format!("{a}/p2p/{}", self.info.peer_id)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.home, "mesh-bench").await?)
+    }
+}
+
+/// Homes for a run: one temp dir, one mesh.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub mesh: Membership,
+    pub bin: PathBuf,
+    n: usize,
+}
+
+impl Lab {
+    pub fn new() -> anyhow::Result<Lab> {
+        Ok(Lab {
+            dir: tempfile::tempdir()?,
+            mesh: Membership::generate(),
+            bin: mesh_bin()?,
+            n: 0,
+        })
+    }
+
+    /// A fresh home in the lab's mesh.
+    pub fn home(&mut self, extra_config: &str) -> anyhow::Result<Home> {
+        self.n += 1;
+        let home = Home::resolve(Some(self.dir.path().join(format!("h{}", self.n))))?;
+        home.create()?;
+        std::fs::write(home.config_path(), format!("{CONFIG}{extra_config}"))?;
+        self.mesh.save(&home.mesh_path())?;
+        Ok(home)
+    }
+
+    /// Starts `mesh up` on a new home, listening on 127.0.0.1.
+    pub fn node(&mut self, name: &str) -> anyhow::Result<Node> {
+        let home = self.home("")?;
+        start(
+            Command::new(&self.bin),
+            home,
+            name,
+            &["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        )
+    }
+}
+
+/// Runs `<cmd> --home H up --name N <args>` and waits for its ready line.
+pub fn start(mut cmd: Command, home: Home, name: &str, args: &[&str]) -> anyhow::Result<Node> {
+    let log = std::fs::File::create(home.path().join("bench-daemon.log"))?;
+    let mut child = cmd
+        .arg("--home")
+        .arg(home.path())
+        .args(["up", "--name", name])
+        .args(args)
+        .env("MESH_DAEMON_READY", "1")
+        .env("MESH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("spawning mesh up")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the daemon did not report ready")?;
+    match serde_json::from_str::<ReadyLine>(line.trim()) {
+        Ok(ReadyLine::Ready(info)) => Ok(Node { child, info, home }),
+        other => {
+            let _ = child.kill();
+            bail!("daemon failed to start: {other:?} {line}")
+        }
+    }
+}
+
+/// `a` dials `b`; returns once `b`'s agents are known to `a`.
+pub async fn connect(a: &Client, b: &Node) -> anyhow::Result<()> {
+    match a.call(Request::Dial { addr: b.addr() }).await? {
+        Response::Dialed { .. } => Ok(()),
+        other => bail!("dial: {other:?}"),
+    }
+}
+
+/// Creates agents `names` on the node behind `c`, attached (online) while `c` lives, and
+/// returns the stream of their events.
+pub async fn agents_online(c: &Client, names: &[String]) -> anyhow::Result<mpsc::Receiver<Event>> {
+    for n in names {
+        c.call(Request::Register {
+            agent: AgentSpec {
+                name: n.clone(),
+                kind: "other".into(),
+                push: true,
+                ..Default::default()
+            },
+            attach: true,
+        })
+        .await?;
+    }
+    Ok(c.watch(names.to_vec()).await?)
+}
+
+/// Waits until the node behind `c` knows `agent@node` (its announcement arrived).
+pub async fn wait_known(c: &Client, address: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Response::Agents(list) = c.call(Request::Agents).await?
+            && list.iter().any(|a| a.address == address)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{address} never became known");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CPU time (user + system) of a process, from /proc.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 (1-based); here 0-based after the state field.
+    let total = ticks(11) + ticks(12);
+    let hz = clock_ticks();
+    Ok(Duration::from_secs_f64(total as f64 / hz))
+}
+
+fn clock_ticks() -> f64 {
+    // Linux reports times in USER_HZ, which is 100 on every mainstream configuration.
+    100.0
+}
+
+/// Resident set size and its peak, in bytes, from /proc.
+pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok((kb("VmRSS:"), kb("VmHWM:")))
+}

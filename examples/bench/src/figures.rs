@@ -1,0 +1,625 @@
+//! The figures of `docs/benchmarks.md`, each measured against its target (and, where one
+//! exists, against the raw stack in the same run).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mesh_node::api::client::Client;
+use mesh_node::api::{Event, Request, Response};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::daemons::{self, Lab, Node, agents_online, connect, wait_known};
+use crate::mcp::Mcp;
+use crate::stats::{Row, Samples, ms};
+use crate::{Plan, raw};
+
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+/// Routes message events to whoever waits for that text, with the time they arrived.
+fn dispatch(mut events: mpsc::Receiver<Event>) -> (Waiters, Arc<std::sync::atomic::AtomicU64>) {
+    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (w, c) = (waiters.clone(), count.clone());
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            let at = Instant::now();
+            if let Event::Message(m) = e {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(tx) = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&m.text) {
+                    let _ = tx.send(at);
+                }
+            }
+        }
+    });
+    (waiters, count)
+}
+
+fn expect_sent(r: Response) -> anyhow::Result<()> {
+    match r {
+        Response::Sent(_) => Ok(()),
+        other => bail!("send: {other:?}"),
+    }
+}
+
+/// Two daemons, A and B, connected; clients to both.
+pub struct Pair {
+    pub a: Node,
+    pub b: Node,
+    pub ca: Client,
+}
+
+pub async fn pair(lab: &mut Lab) -> anyhow::Result<Pair> {
+    let a = lab.node("a")?;
+    let b = lab.node("b")?;
+    let ca = a.client().await?;
+    connect(&ca, &b).await?;
+    Ok(Pair { a, b, ca })
+}
+
+/// Figure 1 / 8: agent-to-agent latency through the local API of two daemons, `k` agent
+/// pairs at once, each doing sequential round trips: send call to recipient's event.
+pub async fn dm_latency(p: &Pair, tag: &str, k: usize, total: usize) -> anyhow::Result<Samples> {
+    let receivers: Vec<String> = (0..k).map(|i| format!("{tag}r{i}")).collect();
+    let rx_client = p.b.client().await?;
+    let events = agents_online(&rx_client, &receivers).await?;
+    let (waiters, _) = dispatch(events);
+    wait_known(&p.ca, &format!("{}@b", receivers[k - 1])).await?;
+    let per = total.div_ceil(k);
+    let clients = {
+        let mut v = Vec::new();
+        for _ in 0..k.div_ceil(32) {
+            v.push(p.a.client().await?);
+        }
+        Arc::new(v)
+    };
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let mut tasks = Vec::new();
+    for i in 0..k {
+        let (clients, waiters, samples) = (clients.clone(), waiters.clone(), samples.clone());
+        let to = format!("{tag}r{i}@b");
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = &clients[i % clients.len()];
+            for j in 0..per + 5 {
+                let text = format!("{tag}:{i}:{j}");
+                let (tx, rx) = oneshot::channel();
+                waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(text.clone(), tx);
+                let t0 = Instant::now();
+                let send = client.call(Request::Send {
+                    from: format!("{tag}s{i}"),
+                    to: to.clone(),
+                    text,
+                    reply_to: None,
+                });
+                let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
+                expect_sent(sent?)?;
+                let at = arrived.context("a message never arrived")??;
+                // The first few of each agent warm up.
+                if j >= 5 {
+                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(at - t0);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let s = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(s)
+}
+
+/// A breakdown of figure 1: the same, to an agent on the sending node (local API, one
+/// commit, the event), and a bare local API round trip (`Counts`).
+pub async fn local_latency(p: &Pair, n: usize) -> anyhow::Result<(Samples, Samples)> {
+    let rx = p.a.client().await?;
+    let events = agents_online(&rx, &["localsink".to_string()]).await?;
+    let (waiters, _) = dispatch(events);
+    let mut local = Samples::default();
+    for j in 0..n + n / 10 {
+        let text = format!("local:{j}");
+        let (tx, rx) = oneshot::channel();
+        waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(text.clone(), tx);
+        let t0 = Instant::now();
+        let send = p.ca.call(Request::Send {
+            from: "localsrc".into(),
+            to: "localsink".into(),
+            text,
+            reply_to: None,
+        });
+        let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
+        expect_sent(sent?)?;
+        let at = arrived.context("a message never arrived")??;
+        if j >= n / 10 {
+            local.push(at - t0);
+        }
+    }
+    let mut api = Samples::default();
+    for j in 0..n + n / 10 {
+        let t0 = Instant::now();
+        p.ca.call(Request::Counts {
+            agent: "localsink".into(),
+        })
+        .await?;
+        if j >= n / 10 {
+            api.push(t0.elapsed());
+        }
+    }
+    Ok((local, api))
+}
+
+/// Figure 3 / 8: durable messages per second, `k` sending agents, `in_flight` send calls
+/// outstanding, `total` messages, until the last one is in the recipient's inbox.
+pub async fn dm_throughput(p: &Pair, tag: &str, k: usize, in_flight: usize, total: usize) -> anyhow::Result<f64> {
+    let rx_client = p.b.client().await?;
+    let events = agents_online(&rx_client, &[format!("{tag}sink")]).await?;
+    let (_, received) = dispatch(events);
+    wait_known(&p.ca, &format!("{tag}sink@b")).await?;
+    let clients = {
+        let mut v = Vec::new();
+        for _ in 0..in_flight.div_ceil(48) {
+            v.push(p.a.client().await?);
+        }
+        Arc::new(v)
+    };
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let permit = slots.clone().acquire_owned().await?;
+        let clients = clients.clone();
+        let from = format!("{tag}s{}", n % k);
+        let to = format!("{tag}sink@b");
+        tasks.spawn(async move {
+            let r = clients[n % clients.len()]
+                .call(Request::Send {
+                    from,
+                    to,
+                    text: format!("{n} {}", "x".repeat(200)),
+                    reply_to: None,
+                })
+                .await;
+            drop(permit);
+            r
+        });
+        while let Some(done) = tasks.try_join_next() {
+            expect_sent(done??)?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        expect_sent(done??)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < total as u64 {
+        if Instant::now() > deadline {
+            bail!("not every message arrived");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Figure 2: tools/call `send` on one `mesh mcp` to `notifications/claude/channel` on
+/// another, through two daemons.
+pub async fn mcp_latency(lab: &Lab, p: &Pair, n: usize) -> anyhow::Result<Samples> {
+    let mut rx = Mcp::spawn(&lab.bin, p.b.home.path(), "bench-rx")?;
+    rx.initialize().await?;
+    let mut tx = Mcp::spawn(&lab.bin, p.a.home.path(), "bench-tx")?;
+    tx.initialize().await?;
+    // Any tool waits for the session to be attached; then the recipient must be known.
+    tx.tool("whoami", json!({})).await?;
+    rx.tool("whoami", json!({})).await?;
+    wait_known(&p.ca, "bench-rx@b").await?;
+    let mut samples = Samples::default();
+    for i in 0..n + n / 10 {
+        let t0 = Instant::now();
+        let id = tx
+            .request(
+                "tools/call",
+                json!({"name": "send", "arguments": {"to": "bench-rx@b", "text": format!("ping {i}")}}),
+            )
+            .await?;
+        let (at, push) = rx.notification("notifications/claude/channel").await?;
+        if push["params"]["content"] != format!("ping {i}") {
+            bail!("unexpected push {push}");
+        }
+        tx.response(id).await?;
+        if i >= n / 10 {
+            samples.push(at - t0);
+        }
+    }
+    Ok(samples)
+}
+
+/// Figure 4: one publisher, `n` nodes, a message every `every` for `dur`: delivery ratio,
+/// publish-to-receive latency.
+pub async fn fanout(lab: &mut Lab, n: usize, every: Duration, dur: Duration) -> anyhow::Result<(f64, Samples, usize)> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(lab.node(&format!("f{i}"))?);
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await?);
+    }
+    // Every node dials the publisher and two earlier nodes: a mesh, not a star.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for (i, client) in clients.iter().enumerate().skip(1) {
+        connect(client, &nodes[0]).await?;
+        for _ in 0..2.min(i - 1) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let j = 1 + (rng as usize) % (i - 1);
+            connect(client, &nodes[j]).await?;
+        }
+    }
+    // Subscribers on every node but the publisher, each with its own event stream.
+    let arrivals: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut watchers = Vec::new();
+    for node in nodes.iter().skip(1) {
+        let c = node.client().await?;
+        let mut ev = agents_online(&c, &["sub".to_string()]).await?;
+        c.call(Request::Subscribe {
+            agent: "sub".into(),
+            topic: "fanout".into(),
+        })
+        .await?;
+        let arrivals = arrivals.clone();
+        watchers.push(c);
+        tokio::spawn(async move {
+            while let Some(e) = ev.recv().await {
+                let at = Instant::now();
+                if let Event::Message(m) = e {
+                    arrivals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(m.text)
+                        .or_default()
+                        .push(at);
+                }
+            }
+        });
+    }
+    let publisher = &clients[0];
+    let publish = |text: String| Request::Publish {
+        agent: "pub".into(),
+        topic: "fanout".into(),
+        text,
+        reply_to: None,
+    };
+    // Warm up until the publisher reaches its direct subscribers and everyone got one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut w = 0;
+    loop {
+        let text = format!("warm-up {w}");
+        publisher.call(publish(text.clone())).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&text)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if got == n - 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the gossip mesh did not form: {got} of {} subscribers reached", n - 1);
+        }
+        w += 1;
+    }
+    let mut sent: Vec<(String, Instant)> = Vec::new();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut i = 0;
+    while start.elapsed() < dur {
+        tick.tick().await;
+        let text = format!("m{i}");
+        let t0 = Instant::now();
+        match publisher.call(publish(text.clone())).await? {
+            Response::Published(_) => {}
+            other => bail!("publish: {other:?}"),
+        }
+        sent.push((text, t0));
+        i += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+    let mut samples = Samples::default();
+    let mut delivered = 0usize;
+    for (text, t0) in &sent {
+        if let Some(v) = arrivals.get(text) {
+            delivered += v.len().min(n - 1);
+            for at in v {
+                samples.push(*at - *t0);
+            }
+        }
+    }
+    let expected = sent.len() * (n - 1);
+    drop(watchers);
+    Ok((delivered as f64 / expected as f64, samples, sent.len()))
+}
+
+/// Figure 5: a daemon with `peers` connected peers, idle for `dur`: CPU share and RSS.
+pub async fn idle(lab: &mut Lab, peers: usize, dur: Duration) -> anyhow::Result<(f64, u64, u64)> {
+    let center = lab.node("center")?;
+    let c = center.client().await?;
+    let mut others = Vec::new();
+    for i in 0..peers {
+        let o = lab.node(&format!("p{i}"))?;
+        connect(&c, &o).await?;
+        others.push(o);
+    }
+    drop(c);
+    // Let start-up work (announcements, DHT bootstrap) settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = center.pid();
+    let cpu0 = daemons::cpu_time(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(dur).await;
+    let cpu = daemons::cpu_time(pid)? - cpu0;
+    let share = cpu.as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    let (rss, peak) = daemons::rss(pid)?;
+    // Still connected to all of them?
+    let c = center.client().await?;
+    if let Response::Status(s) = c.call(Request::Status).await?
+        && s.connected as usize != peers
+    {
+        bail!("idle daemon lost peers: {} of {peers} connected", s.connected);
+    }
+    Ok((share, rss, peak))
+}
+
+/// Figure 6: `mesh send` as a whole process, and `mesh mcp` from spawn to initialize.
+pub async fn commands(lab: &Lab, p: &Pair, n: usize) -> anyhow::Result<(Samples, Samples)> {
+    let rx = p.b.client().await?;
+    let _ev = agents_online(&rx, &["cmdsink".to_string()]).await?;
+    wait_known(&p.ca, "cmdsink@b").await?;
+    let mut send = Samples::default();
+    for i in 0..n + 2 {
+        let (bin, home) = (lab.bin.clone(), p.a.home.path().to_path_buf());
+        let took = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let out = std::process::Command::new(&bin)
+                .arg("--home")
+                .arg(&home)
+                .args(["send", "cmdsink@b", &format!("cmd {i}")])
+                .output()?;
+            if !out.status.success() {
+                bail!("mesh send failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(t0.elapsed())
+        })
+        .await??;
+        if i >= 2 {
+            send.push(took);
+        }
+    }
+    let mut init = Samples::default();
+    for i in 0..n + 2 {
+        let t0 = Instant::now();
+        let mut m = Mcp::spawn(&lab.bin, p.a.home.path(), &format!("probe{i}"))?;
+        let at = m.initialize().await?;
+        if i >= 2 {
+            init.push(at - t0);
+        }
+    }
+    Ok((send, init))
+}
+
+/// Figure 7: LAN discovery in network namespaces, `trials` times: from starting a node to
+/// it having admitted a node already on the LAN (found by mDNS). None when not root.
+pub async fn discovery(lab: &mut Lab, trials: usize) -> anyhow::Result<Option<(Samples, Samples)>> {
+    let Some(mut net) = crate::netns::Lab::new("bench") else {
+        return Ok(None);
+    };
+    let seg = net.segment("sw", [10, 78, 1]);
+    let h1 = net.host("h1", &seg, 1);
+    let h2 = net.host("h2", &seg, 2);
+    let home = lab.home("")?;
+    let first = daemons::start(h1.command(&lab.bin), home, "first", &[])?;
+    let mut from_start = Samples::default();
+    let mut from_ready = Samples::default();
+    for i in 0..trials {
+        let home = lab.home("")?;
+        let t0 = Instant::now();
+        let node = daemons::start(h2.command(&lab.bin), home, &format!("new{i}"), &[])?;
+        let ready = Instant::now();
+        let c = node.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Response::Peers(list) = c.call(Request::Peers).await?
+                && list.iter().any(|p| p.peer_id == first.info.peer_id && p.connected)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("trial {i}: the node on the LAN was not found within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        from_start.push(t0.elapsed());
+        from_ready.push(ready.elapsed());
+        drop(c);
+        drop(node);
+    }
+    drop(first);
+    Ok(Some((from_start, from_ready)))
+}
+
+/// Runs everything the plan asks for.
+pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut lab = Lab::new()?;
+    let q = plan.quick;
+    let n_lat = if q { 100 } else { 2000 };
+
+    // The raw stack, measured first in this same run.
+    let raw_rt = raw::round_trips(n_lat, 32).await?;
+    let raw_tp = raw::throughput(64, 256, Duration::from_secs(if q { 1 } else { 3 })).await?;
+    let raw_p50 = ms(raw_rt.pct(50.0));
+    rows.push(
+        Row::new("0. raw libp2p request-response p50 (32 B)", raw_p50, "ms").note(format!(
+            "p99 {} ms, {} samples",
+            ms(raw_rt.pct(99.0)),
+            raw_rt.len()
+        )),
+    );
+    rows.push(Row::new(
+        "0. raw libp2p request-response, 64 in flight",
+        raw_tp.round(),
+        "req/s",
+    ));
+
+    let p = pair(&mut lab).await?;
+    if plan.wants(1) {
+        let s = dm_latency(&p, "l1", 1, n_lat).await?;
+        let (p50, p99) = (ms(s.pct(50.0)), ms(s.pct(99.0)));
+        rows.push(
+            Row::new("1. DM latency p50, agent to agent (2 daemons)", p50, "ms")
+                .baseline(raw_p50)
+                .target("<= 3x raw", p50 <= 3.0 * raw_p50)
+                .note(format!("{} samples", s.len())),
+        );
+        rows.push(
+            Row::new("1. DM latency p99", p99, "ms")
+                .baseline(ms(raw_rt.pct(99.0)))
+                .target("< 5 ms", p99 < 5.0),
+        );
+    }
+    if plan.wants(1) {
+        let (local, api) = local_latency(&p, n_lat).await?;
+        rows.push(
+            Row::new("1a. breakdown: send to a local agent p50", ms(local.pct(50.0)), "ms")
+                .note(format!("p99 {} ms (API, one commit, event)", ms(local.pct(99.0)))),
+        );
+        rows.push(
+            Row::new("1b. breakdown: local API round trip p50", ms(api.pct(50.0)), "ms")
+                .note(format!("p99 {} ms (Counts: a store read)", ms(api.pct(99.0)))),
+        );
+    }
+    if plan.wants(2) {
+        let s = mcp_latency(&lab, &p, if q { 50 } else { 500 }).await?;
+        let p50 = ms(s.pct(50.0));
+        rows.push(
+            Row::new("2. MCP send to channel push p50 (2 adapters)", p50, "ms")
+                .baseline(raw_p50)
+                .target("< 2 ms", p50 < 2.0)
+                .note(format!("p99 {} ms, {} samples", ms(s.pct(99.0)), s.len())),
+        );
+    }
+    if plan.wants(3) {
+        let total = if q { 2000 } else { 20_000 };
+        let tp = dm_throughput(&p, "t3", 1, 128, total).await?;
+        rows.push(
+            Row::new("3. durable DM throughput (128 in flight)", tp.round(), "msg/s")
+                .baseline(raw_tp.round())
+                .target(">= 0.5x raw", tp >= 0.5 * raw_tp)
+                .note(format!("{total} messages, committed both sides")),
+        );
+    }
+    if plan.wants(8) {
+        for k in [1usize, 10, 100] {
+            let s = dm_latency(&p, &format!("s{k}x"), k, if q { 200 } else { 2000 }).await?;
+            rows.push(
+                Row::new(
+                    &format!("8. DM latency p50, {k} agent pairs at once"),
+                    ms(s.pct(50.0)),
+                    "ms",
+                )
+                .baseline(raw_p50)
+                .note(format!("p99 {} ms", ms(s.pct(99.0)))),
+            );
+            let total = if q { 1000 } else { 10_000 };
+            let tp = dm_throughput(&p, &format!("s{k}t"), k, 128, total).await?;
+            rows.push(
+                Row::new(&format!("8. DM throughput, {k} sending agents"), tp.round(), "msg/s")
+                    .baseline(raw_tp.round()),
+            );
+        }
+    }
+    if plan.wants(6) {
+        let (send, init) = commands(&lab, &p, if q { 5 } else { 30 }).await?;
+        let (s50, i50) = (ms(send.pct(50.0)), ms(init.pct(50.0)));
+        rows.push(
+            Row::new("6. `mesh send` whole process p50", s50, "ms")
+                .target("15 ms", s50 <= 15.0)
+                .note(format!("p99 {} ms", ms(send.pct(99.0)))),
+        );
+        rows.push(
+            Row::new("6. `mesh mcp` spawn to initialize p50", i50, "ms")
+                .target("50 ms", i50 <= 50.0)
+                .note(format!("p99 {} ms", ms(init.pct(99.0)))),
+        );
+    }
+    drop(p);
+    if plan.wants(4) {
+        let (n, dur) = if q {
+            (10, Duration::from_secs(1))
+        } else {
+            (50, Duration::from_secs(10))
+        };
+        let (ratio, s, sent) = fanout(&mut lab, n, Duration::from_millis(10), dur).await?;
+        rows.push(
+            Row::new(
+                &format!("4. topic fan-out delivered, {n} nodes"),
+                (ratio * 10000.0).round() / 100.0,
+                "%",
+            )
+            .target("100%", ratio >= 1.0)
+            .note(format!("{sent} messages x {} subscribers", n - 1)),
+        );
+        let p99 = ms(s.pct(99.0));
+        rows.push(
+            Row::new("4. topic publish-to-receive p99", p99, "ms")
+                .target("< 100 ms", p99 < 100.0)
+                .note(format!("p50 {} ms", ms(s.pct(50.0)))),
+        );
+    }
+    if plan.wants(5) {
+        let dur = Duration::from_secs(if q { 5 } else { 60 });
+        let (cpu, rss, peak) = idle(&mut lab, 5, dur).await?;
+        let mib = rss as f64 / (1024.0 * 1024.0);
+        rows.push(
+            Row::new("5. idle daemon, 5 peers: RSS", (mib * 10.0).round() / 10.0, "MiB")
+                .target("< 20 MiB", mib < 20.0)
+                .note(format!("peak {:.1} MiB", peak as f64 / (1024.0 * 1024.0))),
+        );
+        rows.push(
+            Row::new("5. idle daemon, 5 peers: CPU", (cpu * 1000.0).round() / 1000.0, "%")
+                .target("< 0.5%", cpu < 0.5)
+                .note(format!("over {} s", dur.as_secs())),
+        );
+    }
+    if plan.wants(7) {
+        match discovery(&mut lab, if q { 3 } else { 20 }).await? {
+            Some((start, ready)) => {
+                let p99 = ms(start.pct(99.0));
+                rows.push(
+                    Row::new("7. LAN discovery, start to admitted peer p99", p99, "ms")
+                        .target("< 1 s", p99 < 1000.0)
+                        .note(format!(
+                            "p50 {} ms; from ready p50 {} / p99 {} ms; {} trials",
+                            ms(start.pct(50.0)),
+                            ms(ready.pct(50.0)),
+                            ms(ready.pct(99.0)),
+                            start.len()
+                        )),
+                );
+            }
+            None => rows.push(Row::new("7. LAN discovery", 0.0, "ms").note("skipped: needs root")),
+        }
+    }
+    Ok(rows)
+}
