@@ -83,6 +83,9 @@ struct Inner<B> {
     state: watch::Sender<State>,
     /// Bumped on every message that arrives for this agent (for `wait`).
     arrivals: watch::Sender<u64>,
+    /// Pushes whose "pushed" mark is not committed yet; tool calls wait for none, so a
+    /// result after a push always counts it as pushed.
+    marking: watch::Sender<u32>,
     started: Mutex<bool>,
 }
 
@@ -234,6 +237,7 @@ impl<B: Backend> MeshServer<B> {
                 git,
                 state: watch::channel(State::Starting).0,
                 arrivals: watch::channel(0).0,
+                marking: watch::channel(0).0,
                 started: Mutex::new(false),
             }),
             tool_router: Self::tool_router(),
@@ -330,6 +334,7 @@ impl<B: Backend> MeshServer<B> {
         F: FnOnce(Me) -> Fut,
         Fut: std::future::Future<Output = Result<String, String>>,
     {
+        let _ = self.inner.marking.subscribe().wait_for(|n| *n == 0).await;
         let me = match self.me().await {
             Ok(me) => me,
             Err(e) => return Ok(CallToolResult::error(text(e))),
@@ -376,22 +381,30 @@ async fn run_events<B: Backend>(
 }
 
 async fn push_message<B: Backend>(inner: &Arc<Inner<B>>, peer: &Peer<RoleServer>, m: &MessageView) {
-    // Marked first, so any tool result after the push already counts it as pushed. A push
-    // never makes a message read: a tool result still has to show it. If the push itself
-    // fails, the session is ending; the next one lists the message with include_pushed.
-    let _ = inner
-        .backend
-        .call(Request::MarkNotified {
-            agent: m.agent.clone(),
-            ids: vec![m.id],
-        })
-        .await;
+    // Marked as pushed while the push goes out, not before it (the mark is a durable write
+    // the model need not wait for); tool calls wait for the mark instead, so any tool
+    // result after the push counts it as pushed. A push never makes a message read: a tool
+    // result still has to show it. If the push itself fails, the session is ending; the
+    // next one lists the message with include_pushed.
+    inner.marking.send_modify(|n| *n += 1);
+    let mark = async {
+        let _ = inner
+            .backend
+            .call(Request::MarkNotified {
+                agent: m.agent.clone(),
+                ids: vec![m.id],
+            })
+            .await;
+        inner.marking.send_modify(|n| *n = n.saturating_sub(1));
+    };
     let params = serde_json::json!({
         "content": render::clean(&m.text),
         "meta": render::channel_meta(m),
     });
     let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
-    if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
+    let push = peer.send_notification(ServerNotification::CustomNotification(n));
+    let (_, pushed) = tokio::join!(mark, push);
+    if let Err(e) = pushed {
         tracing::debug!(error = %e, "push failed");
     }
 }

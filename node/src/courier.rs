@@ -212,7 +212,9 @@ async fn sweep(node: &Node) {
 async fn deliver(node: &Node, peer: PeerId) -> Outcome {
     let limit = node.config().limits.max_batch_messages;
     let ttl = node.config().delivery.ttl.as_millis() as u64;
-    let mut batch = match node.0.store.read(move |r| ops::pending_batch(r, &peer, limit)).await {
+    // On this thread: a bounded read of a few pages, not worth a hop to the blocking pool
+    // on the latency path of every message.
+    let mut batch = match node.0.store.read_now(|r| ops::pending_batch(r, &peer, limit)) {
         Ok(b) => b,
         Err(e) => return Outcome::Failed(e.to_string()),
     };

@@ -26,6 +26,8 @@ pub struct NodeEntry {
     pub last_seen_ms: u64,
     /// Connected now.
     pub connected: bool,
+    /// When its last connection closed, in this run.
+    pub disconnected_at: Option<Instant>,
     /// Addresses known for it.
     pub addrs: Vec<Multiaddr>,
 }
@@ -118,6 +120,9 @@ impl Directory {
         let e = self.nodes.entry(peer).or_default();
         e.connected = connected;
         e.last_seen_ms = now_ms;
+        if !connected {
+            e.disconnected_at = Some(Instant::now());
+        }
     }
 
     /// Adds addresses; true if any was new.
@@ -191,6 +196,21 @@ impl Directory {
             e.connected
                 || match (&e.announcement, e.heard_at) {
                     (Some(a), Some(h)) => now.duration_since(h) <= presence_timeout(a.heartbeat_ms),
+                    _ => false,
+                }
+        })
+    }
+
+    /// Whether a node is worth waiting for: connected, or announcing itself through the
+    /// mesh (lately, and since its last connection to us closed), so it is being reached.
+    pub fn reachable(&self, peer: &PeerId, now: Instant) -> bool {
+        self.nodes.get(peer).is_some_and(|e| {
+            e.connected
+                || match (&e.announcement, e.heard_at) {
+                    (Some(a), Some(h)) => {
+                        now.duration_since(h) <= presence_timeout(a.heartbeat_ms)
+                            && e.disconnected_at.is_none_or(|d| h > d)
+                    }
                     _ => false,
                 }
         })

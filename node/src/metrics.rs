@@ -303,7 +303,11 @@ where
                         refresh().await;
                         let body = metrics.encode_counters();
                         tracing::debug!(took = ?started.elapsed(), bytes = body.len(), "metrics scraped");
-                        http("200 OK", "text/plain; version=0.0.4; charset=utf-8", &body)
+                        http(
+                            "200 OK",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            &body,
+                        )
                     }
                     Ok(Ok(h)) if h.starts_with("GET ") => http("404 Not Found", "text/plain", "try /metrics\n"),
                     Ok(Ok(_)) => http("405 Method Not Allowed", "text/plain", "GET /metrics only\n"),

@@ -1172,7 +1172,11 @@ impl Node {
                         None => Reception::Offline,
                     }
                 };
-                let status = if self.0.net.is_connected(&peer) {
+                // Wait for the ack (up to `send_wait`) when the node is connected, or heard
+                // from through the mesh since we lost it (the courier is dialing it); not
+                // for a node that is away.
+                let reachable = self.0.net.is_connected(&peer) || self.dir().reachable(&peer, Instant::now());
+                let status = if reachable {
                     self.wait_outcome(&mut events, id).await
                 } else {
                     None
@@ -1436,11 +1440,19 @@ impl Node {
         }
         let reached = self.0.net.publish(topic.clone(), payload).await.map_err(unavailable)?;
         if reached > 0 {
-            let (t, seq) = (topic.clone(), rec.seq);
-            self.0
-                .store
-                .write("publish", move |tx| ops::topic_reached(tx, &t, seq, reached))
-                .await?;
+            // Not awaited: if it is lost in a crash the message is merely published again
+            // later, and receivers drop it by id.
+            let (t, seq, node) = (topic.clone(), rec.seq, self.clone());
+            tokio::spawn(async move {
+                if let Err(e) = node
+                    .0
+                    .store
+                    .write("publish", move |tx| ops::topic_reached(tx, &t, seq, reached))
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record that a topic message reached peers");
+                }
+            });
         }
         Ok(PublishReceipt {
             id: envelope.id,

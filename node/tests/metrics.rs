@@ -53,7 +53,7 @@ async fn a_scrape_shows_messages_peers_and_api_requests() {
     let resp = get(addr, "/metrics").await;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(
-        head.starts_with("HTTP/1.1 200 OK") && head.contains("text/plain"),
+        head.starts_with("HTTP/1.1 200 OK") && head.contains("application/openmetrics-text"),
         "{head}"
     );
     assert_eq!(value(body, "agentmesh_dm_sent_total"), Some(3.0), "{body}");

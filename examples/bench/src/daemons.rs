@@ -206,8 +206,20 @@ fn clock_ticks() -> f64 {
     100.0
 }
 
-/// Resident set size and its peak, in bytes, from /proc.
-pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
+/// Memory of a process, in bytes, from /proc.
+pub struct Memory {
+    /// Resident set size: private memory plus the mapped pages of the program file.
+    pub rss: u64,
+    /// Peak resident set size.
+    pub peak: u64,
+    /// Private (anonymous) resident memory: what this daemon costs beyond shared files.
+    pub anon: u64,
+    /// Resident pages of mapped files (the program's code, shared and evictable).
+    pub file: u64,
+}
+
+/// Memory of `pid`, from /proc.
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = |key: &str| {
         status
@@ -218,5 +230,10 @@ pub fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
             .unwrap_or(0)
             * 1024
     };
-    Ok((kb("VmRSS:"), kb("VmHWM:")))
+    Ok(Memory {
+        rss: kb("VmRSS:"),
+        peak: kb("VmHWM:"),
+        anon: kb("RssAnon:"),
+        file: kb("RssFile:"),
+    })
 }

@@ -526,15 +526,12 @@ impl NetActor {
         if !protocols.contains(&KAD_PROTOCOL) {
             return;
         }
-        let mut added = false;
+        // Kademlia bootstraps by itself while its table is small (and every 5 minutes); one
+        // more bootstrap per admitted member would flood a large mesh with queries.
         for a in &listen {
             if !is_link_local_v6(a) && (!is_loopback(a) || self.peer_is_local(&peer)) {
                 self.swarm.behaviour_mut().kad.inner().add_address(&peer, a.clone());
-                added = true;
             }
-        }
-        if added && self.reach.lookups.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.inner().bootstrap();
         }
     }
 
