@@ -303,6 +303,7 @@ fn send_many(home: &std::path::Path, from: &str, to: &str, range: std::ops::Rang
                     to: to.into(),
                     text: format!("m{i}"),
                     reply_to: None,
+                    id: None,
                 })
                 .await
                 .unwrap()

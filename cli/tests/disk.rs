@@ -62,6 +62,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
             to: common::TEST_USER.into(),
             text,
             reply_to: None,
+            id: None,
         };
         let mut stored = 0;
         let mut full = None;

@@ -174,6 +174,7 @@ async fn send(home: &Home, to: &str, text: &str) -> mesh_node::api::SendReceipt 
             to: to.into(),
             text: text.into(),
             reply_to: None,
+            id: None,
         })
         .await
         .unwrap()

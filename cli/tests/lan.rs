@@ -89,6 +89,7 @@ fn lan_nodes_discover_each_other_and_talk() {
                 to: "tester@h3".into(),
                 text: "over the LAN".into(),
                 reply_to: None,
+                id: None,
             }),
             Sent
         );
@@ -122,6 +123,7 @@ fn lan_nodes_discover_each_other_and_talk() {
                 topic: "lan".into(),
                 text: "hello LAN".into(),
                 reply_to: None,
+                id: None,
             }),
             Published
         );
@@ -244,6 +246,7 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
             topic: "lan".into(),
             text: text.into(),
             reply_to: None,
+            id: None,
         };
         get!(cx.call(publish("outsider says hi")), Published);
         let mine = get!(c1.call(publish("members only")), Published);
@@ -258,6 +261,7 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
                 to: format!("tester@{}", ids[0]),
                 text: "let me in".into(),
                 reply_to: None,
+                id: None,
             })
             .await
             .unwrap_err();
@@ -305,6 +309,7 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
                 to: "tester@m2".into(),
                 text: "a member now".into(),
                 reply_to: None,
+                id: None,
             }),
             Sent
         );

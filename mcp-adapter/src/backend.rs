@@ -69,7 +69,8 @@ impl DaemonBackend {
 impl Backend for DaemonBackend {
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         // A daemon that went away (restarted, crashed) is reconnected to, or started again,
-        // and the request is sent again when that cannot do it twice.
+        // and the request is sent again when that cannot do it twice (sends and publishes
+        // carry their message id, so the daemon recognises a repeat).
         let client = self.client().await?;
         let first = client.call(request.clone()).await;
         if matches!(first, Err(ClientError::NotSent | ClientError::Closed)) {
@@ -79,7 +80,7 @@ impl Backend for DaemonBackend {
             Err(ClientError::NotSent) => self.client().await?.call(request).await,
             Err(ClientError::Closed) if request.is_repeatable() => self.client().await?.call(request).await,
             Err(ClientError::Closed) => Err(ClientError::Unavailable(
-                "the connection to the agentmesh daemon broke before it answered; this may or may not have                  been done: check history before trying again"
+                "the connection to the agentmesh daemon broke before it answered; this may or may not have been done: check history before trying again"
                     .into(),
             )),
             other => other,

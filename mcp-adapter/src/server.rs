@@ -505,6 +505,7 @@ impl<B: Backend> MeshServer<B> {
                     to: args.to,
                     text: args.text,
                     reply_to,
+                    id: Some(mesh_node::ids::MessageId::new()),
                 })
                 .await?
             {
@@ -714,6 +715,7 @@ impl<B: Backend> MeshServer<B> {
                     topic: args.topic,
                     text: args.text,
                     reply_to,
+                    id: Some(mesh_node::ids::MessageId::new()),
                 })
                 .await?
             {

@@ -395,6 +395,12 @@ impl Config {
         }
     }
 
+    /// How often subscribed topics are caught up with each connected member (besides at
+    /// every new connection): six heartbeats, between 1 s and 10 min.
+    pub fn topic_sync_every(&self) -> Duration {
+        (self.presence.heartbeat * 6).clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+
     /// Largest postcard-encoded delivery request a peer may send us.
     pub fn max_wire_request_bytes(&self) -> usize {
         // Each message carries its text plus at most a few hundred bytes of envelope.

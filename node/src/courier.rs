@@ -22,6 +22,9 @@ use crate::node::Node;
 use crate::store::ops;
 use crate::wire::{DmRequest, DmResponse};
 
+/// Longest time between two looks for expired messages (more often with a short TTL).
+pub const SWEEP_MAX: Duration = Duration::from_secs(10);
+
 /// Most text bytes in one delivery request (at least one message is always sent).
 pub const MAX_BATCH_TEXT_BYTES: usize = 1024 * 1024;
 
@@ -53,7 +56,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
     let mut connected_rx = node.0.net.connected();
     let mut connected: Arc<BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
     let ttl = node.config().delivery.ttl;
-    let sweep_every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let sweep_every = (ttl / 10).clamp(Duration::from_secs(1), SWEEP_MAX);
     let mut next_sweep = Instant::now();
 
     // Everything pending from earlier runs.
@@ -157,7 +160,12 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
             _ = tokio::time::sleep_until(wake) => {},
         }
     }
-    tasks.shutdown().await;
+    // Stopping: no delivery starts any more; those in flight get their answers and are
+    // settled, so the recipient is not sent them again after the next start.
+    if !tasks.is_empty() {
+        tracing::debug!(count = tasks.len(), "finishing deliveries in flight");
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 fn start(

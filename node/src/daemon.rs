@@ -38,7 +38,13 @@ use crate::{courier, dnssd};
 pub const READY_ENV: &str = "MESH_DAEMON_READY";
 /// Longest wait for a detached daemon to report.
 pub const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for one task to stop at shutdown.
+/// Longest wait, at a clean stop, for work in flight (API requests, deliveries out and in)
+/// to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+/// Longest wait, at a clean stop, for the network to send its last answers and close its
+/// connections.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a task to end once told to.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a daemon could not start.
@@ -110,8 +116,16 @@ pub struct ReadyInfo {
 /// A running daemon.
 pub struct Daemon {
     node: Node,
+    /// Asks for a stop: new work is refused, work in flight finishes.
     cancel: CancellationToken,
+    /// Ends the network and core tasks at once (after the clean part of a stop, or when
+    /// the start fails).
+    hard: CancellationToken,
+    /// Tasks that finish their work in flight when `cancel` fires.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The network actor and the core loop: stopped last.
+    net_task: JoinHandle<()>,
+    core_task: JoinHandle<()>,
     dnssd: Option<dnssd::DnsSd>,
     info: ReadyInfo,
     socket: PathBuf,
@@ -186,6 +200,15 @@ impl Daemon {
         let metrics = std::sync::Arc::new(Metrics::new());
         let (swarm, listeners) = net::build(&keypair, &config, &mesh, &metrics)?;
         let cancel = CancellationToken::new();
+        let hard = CancellationToken::new();
+        // A start that fails part way stops everything it started.
+        let abort = {
+            let (c, h) = (cancel.clone(), hard.clone());
+            move || {
+                c.cancel();
+                h.cancel();
+            }
+        };
         let (net, net_events, net_task) = net::spawn(
             swarm,
             listeners,
@@ -193,9 +216,10 @@ impl Daemon {
             mesh.clone(),
             name.to_string(),
             metrics.clone(),
-            cancel.clone(),
+            hard.clone(),
         );
         let (courier_tx, courier_rx) = mpsc::channel(COURIER_QUEUE);
+        let (sync_tx, sync_rx) = mpsc::channel(crate::sync::SYNC_QUEUE);
         let node = Node::new(Parts {
             peer_id,
             keypair: keypair.clone(),
@@ -207,13 +231,18 @@ impl Daemon {
             store,
             net: net.clone(),
             courier: courier_tx,
+            sync: sync_tx,
             shutdown: cancel.clone(),
         });
-        let mut tasks = vec![("network", net_task)];
-        tasks.push(("core", tokio::spawn(node.clone().run_core(net_events, cancel.clone()))));
+        let core_task = tokio::spawn(node.clone().run_core(net_events, hard.clone()));
+        let mut tasks = Vec::new();
         tasks.push((
             "courier",
             tokio::spawn(courier::run(node.clone(), courier_rx, cancel.clone())),
+        ));
+        tasks.push((
+            "catch-up",
+            tokio::spawn(crate::sync::run(node.clone(), sync_rx, cancel.clone())),
         ));
         tasks.push((
             "api",
@@ -233,7 +262,7 @@ impl Daemon {
                         Some(local)
                     }
                     Err(e) => {
-                        cancel.cancel();
+                        abort();
                         return Err(DaemonError::Other(format!("cannot serve metrics on {addr}: {e}")));
                     }
                 }
@@ -242,7 +271,7 @@ impl Daemon {
         };
         let user = opts.user.unwrap_or_else(login_agent);
         if let Err(e) = node.start(user).await {
-            cancel.cancel();
+            abort();
             return Err(DaemonError::Other(format!("startup failed: {e}")));
         }
 
@@ -256,7 +285,7 @@ impl Daemon {
         let listen = match ready {
             Ok(Ok(l)) => l.addrs.clone(),
             _ => {
-                cancel.cancel();
+                abort();
                 return Err(DaemonError::Other(
                     "the network listeners did not come up within 10 s".into(),
                 ));
@@ -285,7 +314,10 @@ impl Daemon {
         Ok(Daemon {
             node,
             cancel,
+            hard,
             tasks,
+            net_task,
+            core_task,
             dnssd,
             info,
             socket: home.socket_path(),
@@ -315,12 +347,32 @@ impl Daemon {
         self.stop().await;
     }
 
-    /// Stops cleanly: no new work, in-flight writes committed, socket removed, lock released.
+    /// Stops cleanly, in order: no new work is taken (API requests, deliveries); what is in
+    /// flight finishes: API requests are answered, outgoing deliveries get their answers and
+    /// are settled, incoming ones are committed and answered; then the network sends its last
+    /// answers and closes every connection, the store commits what is queued, the socket is
+    /// removed and the lock released. Bounded by [`DRAIN_TIMEOUT`] and [`FLUSH_TIMEOUT`]:
+    /// what does not finish in time is done again after the next start (the sender retries,
+    /// the recipient drops the duplicate), never lost.
     pub async fn stop(self) {
+        let started = std::time::Instant::now();
         self.cancel.cancel();
-        for (name, task) in self.tasks {
-            if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(task = name, "task did not finish its work in time");
+                task.abort();
+            }
+        }
+        if !self.node.drain_inbound(deadline).await {
+            tracing::warn!("incoming deliveries still being stored at the deadline (their senders will retry)");
+        }
+        self.node.0.net.stop(FLUSH_TIMEOUT).await;
+        self.hard.cancel();
+        for (name, mut task) in [("network", self.net_task), ("core", self.core_task)] {
+            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
                 tracing::warn!(task = name, "task did not stop in time");
+                task.abort();
             }
         }
         if let Some(d) = self.dnssd {
@@ -329,7 +381,7 @@ impl Daemon {
         self.node.0.store.close().await;
         let _ = std::fs::remove_file(&self.socket);
         drop(self.node);
-        tracing::info!("daemon stopped");
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "daemon stopped");
     }
 }
 

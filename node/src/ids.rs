@@ -355,6 +355,18 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+        .saturating_add(CLOCK_AHEAD_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Moves the wall clock of every node in this process forward by `by` (simulated time for
+/// tests: days of a time to live pass in a moment). The daemon never calls it. Only the
+/// clock behind [`now_ms`] moves (message times, expiry); timers and backoffs run in real
+/// time.
+#[doc(hidden)]
+pub fn advance_clock_for_tests(by: std::time::Duration) {
+    CLOCK_AHEAD_MS.fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

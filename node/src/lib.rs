@@ -41,6 +41,7 @@ pub mod net;
 pub mod node;
 pub mod ratelimit;
 pub mod store;
+pub mod sync;
 pub mod wire;
 
 pub use libp2p::{Multiaddr, PeerId};

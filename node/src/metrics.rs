@@ -96,6 +96,8 @@ pub struct Metrics {
     pub topic_out: Counter,
     /// Topic messages from other nodes stored here.
     pub topic_in: Counter,
+    /// Topic messages fetched by catch-up (gossip had not brought them).
+    pub topic_synced: Counter,
     /// Topic messages from other nodes not taken, by reason.
     pub topic_dropped: Family<KindLabel, Counter>,
     /// Admission verdicts: `admitted`, `refused`.
@@ -118,6 +120,20 @@ pub struct Metrics {
     pub topic_messages: Gauge,
     /// Local agents with a live session (set at scrape time).
     pub agents_online: Gauge,
+    /// Items waiting in each internal queue (set at scrape time).
+    pub queue_depth: Family<QueueLabel, Gauge>,
+    /// Tasks alive in the daemon's runtime (set at scrape time).
+    pub tasks_alive: Gauge,
+    /// Open local API connections.
+    pub api_connections: Gauge,
+}
+
+/// An internal queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// `net_commands`, `net_events`, `store_writes`, `courier_kicks`, `sync_kicks`,
+    /// `events`, `inbound_in_flight`.
+    pub queue: &'static str,
 }
 
 impl Default for Metrics {
@@ -144,6 +160,7 @@ impl Metrics {
             dm_throttled: Counter::default(),
             topic_out: Counter::default(),
             topic_in: Counter::default(),
+            topic_synced: Counter::default(),
             topic_dropped: Family::default(),
             admissions: Family::default(),
             hole_punches: Family::default(),
@@ -155,6 +172,9 @@ impl Metrics {
             outsiders: Gauge::default(),
             topic_messages: Gauge::default(),
             agents_online: Gauge::default(),
+            queue_depth: Family::default(),
+            tasks_alive: Gauge::default(),
+            api_connections: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("agentmesh");
         r.register("dm_sent", "Direct messages sent by local agents", m.dm_sent.clone());
@@ -204,6 +224,11 @@ impl Metrics {
             m.topic_in.clone(),
         );
         r.register(
+            "topic_synced",
+            "Topic messages fetched by catch-up from their publisher (missed by gossip)",
+            m.topic_synced.clone(),
+        );
+        r.register(
             "topic_dropped",
             "Topic messages from other nodes not taken, by reason",
             m.topic_dropped.clone(),
@@ -229,6 +254,17 @@ impl Metrics {
             "agents_online",
             "Local agents with a live session",
             m.agents_online.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Items waiting in an internal queue (every queue is bounded)",
+            m.queue_depth.clone(),
+        );
+        r.register("tasks_alive", "Tasks alive in the daemon", m.tasks_alive.clone());
+        r.register(
+            "api_connections",
+            "Open local API connections",
+            m.api_connections.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m

@@ -38,6 +38,8 @@ pub const EVENT_BROADCAST: usize = 4096;
 pub const MAX_INBOUND_IN_FLIGHT: usize = 256;
 /// Kicks queued for the courier.
 pub const COURIER_QUEUE: usize = 1024;
+/// Topic catch-up requests from peers answered at once (more are told to ask again).
+pub const MAX_SYNC_SERVING: usize = 8;
 /// Longest `history` / `inbox` / `outbox` answer.
 pub const MAX_LIST: u32 = 10_000;
 /// Suffixes tried when a session's derived name is taken (`name-2` ... `name-99`).
@@ -74,6 +76,7 @@ pub(crate) struct Parts {
     pub store: Store,
     pub net: NetHandle,
     pub courier: mpsc::Sender<PeerId>,
+    pub sync: mpsc::Sender<PeerId>,
     pub shutdown: CancellationToken,
 }
 
@@ -98,6 +101,10 @@ pub(crate) struct Inner {
     claim_lock: tokio::sync::Mutex<()>,
     pub events: broadcast::Sender<Event>,
     pub courier: mpsc::Sender<PeerId>,
+    /// Kicks for topic catch-up with a peer.
+    sync: mpsc::Sender<PeerId>,
+    /// Catch-up requests being answered at once.
+    sync_serving: Arc<Semaphore>,
     announce: Notify,
     inbound: Arc<Semaphore>,
     started: Instant,
@@ -165,6 +172,7 @@ impl Node {
             store,
             net,
             courier,
+            sync,
             shutdown,
         } = parts;
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
@@ -190,6 +198,8 @@ impl Node {
             claim_lock: tokio::sync::Mutex::new(()),
             events,
             courier,
+            sync,
+            sync_serving: Arc::new(Semaphore::new(MAX_SYNC_SERVING)),
             announce: Notify::new(),
             inbound: Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT)),
             started: Instant::now(),
@@ -254,6 +264,24 @@ impl Node {
         }
         let online = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner()).len();
         m.agents_online.set(online as i64);
+        let (commands, events) = self.0.net.queue_depths();
+        let depth = |c: &mpsc::Sender<PeerId>| (c.max_capacity() - c.capacity()) as i64;
+        let inbound = MAX_INBOUND_IN_FLIGHT.saturating_sub(self.0.inbound.available_permits());
+        for (queue, n) in [
+            ("net_commands", commands as i64),
+            ("net_events", events as i64),
+            ("store_writes", self.0.store.queue_depth() as i64),
+            ("courier_kicks", depth(&self.0.courier)),
+            ("sync_kicks", depth(&self.0.sync)),
+            ("events", self.0.events.len() as i64),
+            ("inbound_in_flight", inbound as i64),
+        ] {
+            m.queue_depth
+                .get_or_create(&crate::metrics::QueueLabel { queue })
+                .set(n);
+        }
+        m.tasks_alive
+            .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
     }
 
     /// The configuration in force.
@@ -1081,13 +1109,15 @@ impl Node {
             .collect())
     }
 
-    /// `mesh send`.
+    /// `mesh send`. With a client-chosen `id`, a repeat of the same request (after a lost
+    /// connection or a daemon restart) answers with the first one's receipt.
     pub async fn send(
         &self,
         from: &str,
         to: &str,
         text: String,
         reply_to: Option<MessageId>,
+        id: Option<MessageId>,
     ) -> Result<SendReceipt, ApiError> {
         let from = AgentName::new(from)?;
         let addr: Address = to.parse()?;
@@ -1097,10 +1127,12 @@ impl Node {
         let locals = self.local_agent_names().await?;
         let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
         let now = now_ms();
+        let chosen = id.is_some();
+        let id = id.unwrap_or_default();
         match target {
             Target::Local(agent) => {
                 let msg = WireMessage {
-                    id: MessageId::new(),
+                    id,
                     from: from.clone(),
                     to: agent.clone(),
                     sent_at_ms: now,
@@ -1109,36 +1141,44 @@ impl Node {
                 };
                 let (me, my_name) = (self.0.peer_id, self.0.name.clone());
                 let f = from.clone();
-                let (created, (out, inbox)) = self
+                let stored = self
                     .0
                     .store
                     .write("send", move |t| {
+                        if chosen && let Some(prev) = ops::sent_before(t, &msg, &me)? {
+                            return Ok(Err(prev));
+                        }
                         let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
-                        Ok((created, ops::send_local(t, msg, me, Some(my_name), now)?))
+                        Ok(Ok((created, ops::send_local(t, msg, me, Some(my_name), now)?)))
                     })
                     .await?;
-                self.agent_created(created);
-                self.0.metrics.dm_sent.inc();
-                self.0.metrics.dm_delivered.inc();
-                self.emit(Event::Message(self.message_view(&inbox)));
+                let status = match stored {
+                    Ok((created, (_, inbox))) => {
+                        self.agent_created(created);
+                        self.0.metrics.dm_sent.inc();
+                        self.0.metrics.dm_delivered.inc();
+                        self.emit(Event::Message(self.message_view(&inbox)));
+                        SendStatus::Delivered
+                    }
+                    Err(prev) => settled_status(&prev.state).unwrap_or(SendStatus::Delivered),
+                };
                 Ok(SendReceipt {
-                    id: out.msg.id,
+                    id,
                     to: format!("{agent}@{}", self.0.name),
                     to_node: self.0.peer_id,
-                    status: SendStatus::Delivered,
+                    status,
                     reception: self.local_reception(&agent),
                 })
             }
             Target::Remote { peer, node_name, agent } => {
                 let msg = WireMessage {
-                    id: MessageId::new(),
+                    id,
                     from: from.clone(),
                     to: agent.clone(),
                     sent_at_ms: now,
                     reply_to,
                     text,
                 };
-                let id = msg.id;
                 let to_label = format!(
                     "{agent}@{}",
                     node_name
@@ -1149,18 +1189,27 @@ impl Node {
                 let mut events = self.0.events.subscribe();
                 let f = from.clone();
                 let nn = node_name.clone();
-                let created = self
+                let stored = self
                     .0
                     .store
                     .write("send", move |t| {
+                        if chosen && let Some(prev) = ops::sent_before(t, &msg, &peer)? {
+                            return Ok(Err(prev));
+                        }
                         let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
                         ops::enqueue(t, msg, peer, nn, now)?;
-                        Ok(created)
+                        Ok(Ok(created))
                     })
                     .await?;
-                self.agent_created(created);
-                self.0.metrics.dm_sent.inc();
-                self.kick(peer);
+                let settled = match stored {
+                    Ok(created) => {
+                        self.agent_created(created);
+                        self.0.metrics.dm_sent.inc();
+                        None
+                    }
+                    // A repeat: answer with what became of the first one.
+                    Err(prev) => settled_status(&prev.state),
+                };
                 let reception = {
                     let dir = self.dir();
                     let info = dir
@@ -1172,18 +1221,24 @@ impl Node {
                         None => Reception::Offline,
                     }
                 };
-                // Wait for the ack (up to `send_wait`) when the node is connected, or heard
-                // from through the mesh since we lost it (the courier is dialing it); not
-                // for a node that is away.
-                let reachable = self.0.net.is_connected(&peer) || self.dir().reachable(&peer, Instant::now());
-                let status = if reachable {
-                    self.wait_outcome(&mut events, id).await
-                } else {
-                    None
-                };
-                let status = match status {
+                let status = match settled {
                     Some(s) => s,
-                    None => self.outbox_status(id, &peer).await?,
+                    None => {
+                        self.kick(peer);
+                        // Wait for the ack (up to `send_wait`) when the node is connected, or
+                        // heard from through the mesh since we lost it (the courier is dialing
+                        // it); not for a node that is away.
+                        let reachable = self.0.net.is_connected(&peer) || self.dir().reachable(&peer, Instant::now());
+                        let status = if reachable {
+                            self.wait_outcome(&mut events, id).await
+                        } else {
+                            None
+                        };
+                        match status {
+                            Some(s) => s,
+                            None => self.outbox_status(id, &peer).await?,
+                        }
+                    }
                 };
                 Ok(SendReceipt {
                     id,
@@ -1398,13 +1453,15 @@ impl Node {
         Ok(by.into_values().collect())
     }
 
-    /// `mesh publish`.
+    /// `mesh publish`. With a client-chosen `id`, a repeat of the same request answers with
+    /// the first one's receipt (and hands the message to the gossip again).
     pub async fn publish(
         &self,
         agent: &str,
         topic: &str,
         text: String,
         reply_to: Option<MessageId>,
+        id: Option<MessageId>,
     ) -> Result<PublishReceipt, ApiError> {
         let agent = AgentName::new(agent)?;
         let topic = TopicName::parse_user(topic)?;
@@ -1412,34 +1469,49 @@ impl Node {
         self.check_reply_to(reply_to).await?;
         self.check_send_rate(&agent)?;
         let now = now_ms();
+        let chosen = id.is_some();
         let envelope = TopicEnvelope {
-            id: MessageId::new(),
+            id: id.unwrap_or_default(),
             topic: topic.clone(),
             from: agent.clone(),
             sent_at_ms: now,
             reply_to,
             text,
         };
-        let payload =
-            postcard::to_allocvec(&envelope).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let (me, my_name) = (self.0.peer_id, self.0.name.clone());
         let env = envelope.clone();
-        let (created, recorded) = self
+        let stored = self
             .0
             .store
             .write("publish", move |t| {
+                if chosen && let Some(prev) = ops::published_before(t, &env)? {
+                    return Ok(Err(prev));
+                }
                 let created = ops::ensure_agent_new(t, &agent, "human", now)?.1;
-                Ok((created, ops::record_topic(t, env, me, Some(my_name), true, 0, now)?))
+                Ok(Ok((
+                    created,
+                    ops::record_topic(t, env, me, Some(my_name), true, 0, now)?,
+                )))
             })
             .await?;
-        self.agent_created(created);
-        self.0.metrics.topic_out.inc();
-        let (rec, delivered) = recorded.ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
-        for e in &delivered {
-            self.emit(Event::Message(self.message_view(e)));
-        }
+        let (rec, delivered) = match stored {
+            Ok((created, recorded)) => {
+                self.agent_created(created);
+                self.0.metrics.topic_out.inc();
+                let (rec, delivered) =
+                    recorded.ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
+                for e in &delivered {
+                    self.emit(Event::Message(self.message_view(e)));
+                }
+                (rec, delivered.len() as u32)
+            }
+            // A repeat: the stored message goes out again (receivers keep one copy).
+            Err(prev) => (prev, 0),
+        };
+        let payload =
+            postcard::to_allocvec(&rec.envelope).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let reached = self.0.net.publish(topic.clone(), payload).await.map_err(unavailable)?;
-        if reached > 0 {
+        if reached > rec.reached {
             // Not awaited: if it is lost in a crash the message is merely published again
             // later, and receivers drop it by id.
             let (t, seq, node) = (topic.clone(), rec.seq, self.clone());
@@ -1455,10 +1527,10 @@ impl Node {
             });
         }
         Ok(PublishReceipt {
-            id: envelope.id,
+            id: rec.envelope.id,
             topic: topic.to_string(),
-            peers_reached: reached,
-            local_subscribers: delivered.len() as u32,
+            peers_reached: reached.max(rec.reached),
+            local_subscribers: delivered,
         })
     }
 
@@ -1743,6 +1815,17 @@ impl Node {
     }
 
     /// Reacts to the network until cancelled.
+    /// Waits until incoming deliveries and topic messages being stored are done (and their
+    /// answers handed to the network); false if `deadline` came first.
+    pub(crate) async fn drain_inbound(&self, deadline: tokio::time::Instant) -> bool {
+        let all = MAX_INBOUND_IN_FLIGHT as u32;
+        matches!(
+            tokio::time::timeout_at(deadline, self.0.inbound.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Reacts to the network until its events end (the network actor stopped) or `cancel`.
     pub(crate) async fn run_core(self, mut net_events: mpsc::Receiver<NetEvent>, cancel: CancellationToken) {
         loop {
             tokio::select! {
@@ -1847,6 +1930,7 @@ impl Node {
                 messages,
             } => self.on_inbound_dms(peer, request, messages).await,
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
+            NetEvent::SyncRequest { peer, request, body } => self.on_sync_request(peer, request, body),
             NetEvent::TopicSubscribed { peer: _, topic } => self.flush_topic(topic),
             NetEvent::ReachChanged => self.emit(Event::NetworkChanged),
             NetEvent::MembershipChanged(m) => {
@@ -1922,6 +2006,15 @@ impl Node {
         request: libp2p::request_response::InboundRequestId,
         messages: Vec<WireMessage>,
     ) {
+        if self.0.shutdown.is_cancelled() {
+            // Stopping: what is in flight finishes, nothing new is taken.
+            let _ = self
+                .0
+                .net
+                .respond_dm(request, DmResponse::Unavailable("the node is shutting down".into()))
+                .await;
+            return;
+        }
         let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
             self.0.metrics.dm_throttled.inc();
             let _ = self
@@ -2012,7 +2105,10 @@ impl Node {
 
     fn on_topic(&self, source: PeerId, envelope: TopicEnvelope) {
         let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
-            tracing::warn!(%source, "too many inbound messages in flight; dropping a topic message");
+            // Not lost: the catch-up with its publisher fetches it once there is room.
+            tracing::info!(%source, "too many inbound messages in flight; a topic message will be caught up later");
+            crate::metrics::Metrics::count(&self.0.metrics.topic_dropped, "busy");
+            let _ = self.0.sync.try_send(source);
             return;
         };
         let node = self.clone();
@@ -2034,8 +2130,119 @@ impl Node {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot store a topic message"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store a topic message; it will be caught up later");
+                    let _ = node.0.sync.try_send(source);
+                }
             }
+            drop(permit);
+        });
+    }
+
+    /// Stores topic messages caught up from their publisher `peer` (checked by the caller).
+    pub(crate) async fn store_synced(
+        &self,
+        peer: PeerId,
+        envelopes: Vec<TopicEnvelope>,
+        now: u64,
+    ) -> Result<(), store::StoreError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let name = self.dir().name_of(&peer);
+        let stored = self
+            .0
+            .store
+            .write("catch-up", move |t| {
+                let mut out = Vec::new();
+                for env in envelopes {
+                    if let Some(x) = ops::record_topic(t, env, peer, name.clone(), false, 0, now)? {
+                        out.push(x);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let m = &self.0.metrics;
+        for (_, delivered) in &stored {
+            m.topic_in.inc();
+            m.topic_synced.inc();
+            for e in delivered {
+                self.emit(Event::Message(self.message_view(e)));
+            }
+        }
+        if !stored.is_empty() {
+            tracing::info!(%peer, count = stored.len(), "caught up topic messages that gossip did not bring");
+        }
+        Ok(())
+    }
+
+    /// A peer asks what this node's agents published on a topic (see [`crate::sync`]).
+    fn on_sync_request(
+        &self,
+        peer: PeerId,
+        request: libp2p::request_response::InboundRequestId,
+        body: wire::SyncRequest,
+    ) {
+        use wire::{SyncRequest, SyncResponse};
+        let node = self.clone();
+        let Ok(permit) = self.0.sync_serving.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = node
+                    .0
+                    .net
+                    .respond_sync(request, SyncResponse::Unavailable("busy; ask again later".into()))
+                    .await;
+            });
+            return;
+        };
+        tokio::spawn(async move {
+            let response = match body {
+                SyncRequest::Digest {
+                    topic,
+                    log,
+                    after,
+                    since_ms,
+                } => {
+                    node.0
+                        .store
+                        .read(move |r| {
+                            let mine = ops::log_id(r)?;
+                            // Positions in another log (our store was replaced) mean nothing here.
+                            let after = if log == mine { after } else { 0 };
+                            let (ids, next, more) = ops::own_publications(
+                                r,
+                                &topic,
+                                after,
+                                since_ms,
+                                wire::MAX_SYNC_IDS,
+                                crate::sync::MAX_DIGEST_SCAN,
+                            )?;
+                            Ok(SyncResponse::Digest {
+                                log: mine,
+                                ids,
+                                next,
+                                more,
+                            })
+                        })
+                        .await
+                }
+                SyncRequest::Fetch { topic, mut ids } => {
+                    ids.truncate(wire::MAX_SYNC_IDS);
+                    node.0
+                        .store
+                        .read(move |r| {
+                            ops::own_publications_by_id(r, &topic, &ids, wire::SYNC_FETCH_TEXT_BYTES)
+                                .map(SyncResponse::Messages)
+                        })
+                        .await
+                }
+            };
+            let response = response.unwrap_or_else(|e| {
+                tracing::warn!(%peer, error = %e, "cannot answer a catch-up request");
+                SyncResponse::Unavailable(e.to_string())
+            });
+            let _ = node.0.net.respond_sync(request, response).await;
             drop(permit);
         });
     }
@@ -2108,6 +2315,15 @@ impl Node {
 
 fn unavailable(e: crate::net::NetError) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, e.to_string())
+}
+
+/// The answer for a message that is settled already (`None` while pending).
+fn settled_status(s: &OutState) -> Option<SendStatus> {
+    match s {
+        OutState::Pending => None,
+        OutState::Delivered { .. } => Some(SendStatus::Delivered),
+        OutState::Dead { reason, .. } => Some(SendStatus::Rejected { reason: reason.clone() }),
+    }
 }
 
 fn out_state(s: &OutState) -> String {

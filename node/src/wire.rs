@@ -8,6 +8,11 @@
 //!   per-message outcome once the recipient node has committed them.
 //! * `/agentmesh/hello/1` (request-response): exchange of [`Announcement`]s once a peer is
 //!   admitted, so its agents are known at once.
+//! * `/agentmesh/sync/1` (request-response): topic catch-up. A subscriber asks a node for
+//!   the ids of what its agents published on a topic since a position of its log
+//!   ([`SyncRequest::Digest`]), then fetches the messages it does not have
+//!   ([`SyncRequest::Fetch`]): what gossip missed while the subscriber was down, cut off, or
+//!   too busy is recovered from the publishing node itself.
 //! * gossipsub topic `agentmesh/2/d/<tag>`: periodic sealed [`Announcement`]s (presence).
 //! * gossipsub topics `agentmesh/2/t/<tag>`: sealed [`TopicEnvelope`]s.
 //!
@@ -36,6 +41,16 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/join/1
 pub const DM_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/dm/1");
 /// Hello (directory exchange) protocol.
 pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/hello/1");
+/// Topic catch-up protocol.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/sync/1");
+/// Largest catch-up request, in bytes.
+pub const MAX_SYNC_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest catch-up response, in bytes.
+pub const MAX_SYNC_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Most ids in one digest or fetch.
+pub const MAX_SYNC_IDS: usize = 1024;
+/// Text bytes a node packs into one fetch response (at least one message is sent).
+pub const SYNC_FETCH_TEXT_BYTES: usize = 1024 * 1024;
 /// Identify `protocol_version` of agentmesh nodes.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/agentmesh/2";
 /// Prefix of the gossipsub topic carrying node announcements.
@@ -265,6 +280,53 @@ pub struct TopicEnvelope {
     pub reply_to: Option<MessageId>,
     /// The text (UTF-8, untrusted).
     pub text: String,
+}
+
+/// Request on `/agentmesh/sync/1`. Answered only with publications of the answering node's
+/// own agents, so every message fetched is vouched for by the node it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Ids of what the answering node's agents published on `topic` at or after `since_ms`
+    /// (the asker's subscription start), later in its log than `after`.
+    Digest {
+        /// The topic.
+        topic: TopicName,
+        /// The log `after` refers to ([`SyncResponse::Digest::log`] of an earlier answer); a
+        /// different log (a new store) means "from the start".
+        log: u64,
+        /// Position in that log already covered (0: none).
+        after: u64,
+        /// Only messages sent at or after this time (ms since the epoch, the publisher's clock).
+        since_ms: u64,
+    },
+    /// These publications of the answering node on `topic` (ids from a digest).
+    Fetch {
+        /// The topic.
+        topic: TopicName,
+        /// The ids (at most [`MAX_SYNC_IDS`]).
+        ids: Vec<MessageId>,
+    },
+}
+
+/// Response on `/agentmesh/sync/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Answer to [`SyncRequest::Digest`].
+    Digest {
+        /// The answering node's log (changes only when its store is replaced).
+        log: u64,
+        /// Ids of its publications, in log order (at most [`MAX_SYNC_IDS`]).
+        ids: Vec<MessageId>,
+        /// The position covered by this answer: ask from here next time.
+        next: u64,
+        /// There is more after `next`.
+        more: bool,
+    },
+    /// Answer to [`SyncRequest::Fetch`]: the messages found, in the order asked (those not
+    /// found, or not fitting in [`SYNC_FETCH_TEXT_BYTES`], are left out).
+    Messages(Vec<TopicEnvelope>),
+    /// Not now (busy, shutting down, disk trouble); ask again later.
+    Unavailable(String),
 }
 
 /// A request-response codec: one postcard value per stream, length-prefixed with an

@@ -216,6 +216,7 @@ async fn gossip_republished_under_another_name_is_refused() {
         topic: "news".into(),
         text: text.into(),
         reply_to: None,
+        id: None,
     };
     get!(a.call(publish("from alpha")), Published);
     let captured = until(&mut evil, "alpha's topic message", |_, ev| match ev {

@@ -52,6 +52,7 @@ async fn direct_messages_arrive_once_in_send_order() {
             to: "alice@alpha".into(),
             text: "got it".into(),
             reply_to: Some(ids[0]),
+            id: None,
         }),
         Sent
     );
@@ -154,6 +155,7 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
             topic: "#build".into(),
             text: "early bird".into(),
             reply_to: None,
+            id: None,
         }),
         Published
     );
@@ -189,6 +191,7 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
                 topic: "build".into(),
                 text: "green".into(),
                 reply_to: None,
+                id: None,
             }),
             Published
         );
@@ -207,6 +210,7 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
             topic: "build".into(),
             text: "green".into(),
             reply_to: None,
+            id: None,
         }),
         Published
     );
@@ -315,6 +319,7 @@ async fn directory_follows_agents_coming_and_going() {
             to: "dup".into(),
             text: "x".into(),
             reply_to: None,
+            id: None,
         })
         .await,
     );
@@ -337,6 +342,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         to: to.into(),
         text,
         reply_to: None,
+        id: None,
     };
 
     let e = api_err(a.call(send("ghost", "hi".into())).await);
@@ -363,6 +369,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             to: "user@beta".into(),
             text: "hi".into(),
             reply_to: Some(mesh_node::ids::MessageId::new()),
+            id: None,
         })
         .await,
     );

@@ -46,6 +46,7 @@ async fn a_scrape_shows_messages_peers_and_api_requests() {
         topic: "news".into(),
         text: "hello".into(),
         reply_to: None,
+        id: None,
     })
     .await
     .unwrap();

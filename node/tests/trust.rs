@@ -57,6 +57,7 @@ async fn publish(n: &TestNode, agent: &str, topic: &str, text: &str) -> u32 {
             topic: topic.into(),
             text: text.into(),
             reply_to: None,
+            id: None,
         }),
         Published
     )
@@ -147,6 +148,7 @@ async fn an_outsider_is_refused_listed_and_gets_nothing() {
             to,
             text: "let me in".into(),
             reply_to: None,
+            id: None,
         })
         .await,
     );
@@ -463,6 +465,7 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
                 to: "bob@beta".into(),
                 text: format!("flood {i}"),
                 reply_to: None,
+                id: None,
             })
             .await
         {
@@ -495,6 +498,7 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
             topic: "news".into(),
             text: "x".repeat(1001),
             reply_to: None,
+            id: None,
         })
         .await,
     );

@@ -6,8 +6,9 @@ use mesh_node::api::Request;
 
 use super::{Ctx, NotRunning};
 
-/// How long `down` waits for the daemon to release its home.
-const WAIT: Duration = Duration::from_secs(15);
+/// How long `down` waits for the daemon to release its home (it first finishes the work
+/// in flight: `mesh_node::daemon::DRAIN_TIMEOUT` plus `FLUSH_TIMEOUT` at most).
+const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let client = match ctx.client().await {

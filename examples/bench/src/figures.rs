@@ -96,6 +96,7 @@ pub async fn dm_latency(p: &Pair, tag: &str, k: usize, total: usize) -> anyhow::
                     to: to.clone(),
                     text,
                     reply_to: None,
+                    id: None,
                 });
                 let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
                 expect_sent(sent?)?;
@@ -135,6 +136,7 @@ pub async fn local_latency(p: &Pair, n: usize) -> anyhow::Result<(Samples, Sampl
             to: "localsink".into(),
             text,
             reply_to: None,
+            id: None,
         });
         let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
         expect_sent(sent?)?;
@@ -215,6 +217,7 @@ pub async fn dm_throughput(p: &Pair, tag: &str, k: usize, in_flight: usize, tota
                     to,
                     text: format!("{n} {}", "x".repeat(200)),
                     reply_to: None,
+                    id: None,
                 })
                 .await;
             drop(permit);
@@ -335,6 +338,7 @@ pub async fn fanout(lab: &mut Lab, n: usize, every: Duration, dur: Duration) -> 
         topic: "fanout".into(),
         text,
         reply_to: None,
+        id: None,
     };
     // Warm up until the publisher reaches its direct subscribers and everyone got one.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             to: "bob@beta".into(),
             text: "hello bob".into(),
             reply_to: None,
+            id: None,
         })
         .await?
     {
@@ -124,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         to: "alice@alpha".into(),
         text: "hi alice".into(),
         reply_to: Some(m.id),
+        id: None,
     })
     .await?;
 
@@ -138,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             to: "bob@beta".into(),
             text: "are you back?".into(),
             reply_to: None,
+            id: None,
         })
         .await?
     {
@@ -182,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
             topic: "build".into(),
             text: "build is green".into(),
             reply_to: None,
+            id: None,
         })
         .await?
     {

@@ -17,7 +17,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -125,6 +125,11 @@ pub enum Request {
         text: String,
         /// The message answered.
         reply_to: Option<MessageId>,
+        /// The new message's id, chosen by the client (a fresh ULID) to make the request
+        /// safe to repeat: sending again with the same id and content answers with the
+        /// first send's receipt instead of sending a second message. `None`: the daemon
+        /// picks one (and a repeat is a new message).
+        id: Option<MessageId>,
     },
     /// Read an agent's inbox.
     Inbox {
@@ -184,6 +189,9 @@ pub enum Request {
         text: String,
         /// The message answered.
         reply_to: Option<MessageId>,
+        /// The new message's id, chosen by the client to make the request safe to repeat
+        /// (as for `Send`).
+        id: Option<MessageId>,
     },
     /// Message history.
     History {
@@ -297,11 +305,13 @@ impl Request {
 
     /// Whether doing this request twice has the same effect as once, so a client may send
     /// it again when the connection broke before the answer came. Sending and publishing
-    /// are not (a second message), nor is an inbox read that marks messages read (the first
-    /// may have marked what the second no longer shows).
+    /// are, when the client chose the message id (the daemon recognises the repeat); without
+    /// one a repeat is a second message. An inbox read that marks messages read is not (the
+    /// first may have marked what the second no longer shows).
     pub fn is_repeatable(&self) -> bool {
         match self {
-            Request::Send { .. } | Request::Publish { .. } | Request::Shutdown => false,
+            Request::Send { id, .. } | Request::Publish { id, .. } => id.is_some(),
+            Request::Shutdown => false,
             Request::Invite { .. } | Request::Join { .. } | Request::Remove { .. } | Request::Leave => false,
             Request::Inbox { mark_read, .. } => !mark_read,
             Request::Claim { .. } | Request::Register { attach: true, .. } | Request::Watch { .. } => false,
@@ -486,6 +496,7 @@ impl From<crate::store::StoreError> for ApiError {
         use crate::store::StoreError as S;
         let code = match &e {
             S::UnknownAgent(_) | S::UnknownMessage(_) => ErrorCode::NotFound,
+            S::IdTaken(_) => ErrorCode::BadRequest,
             S::Busy => ErrorCode::Busy,
             S::Closed => ErrorCode::Unavailable,
             _ => ErrorCode::Storage,

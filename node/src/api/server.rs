@@ -90,7 +90,10 @@ pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    conns.shutdown().await;
+    // Stopping: new clients are turned away at once; each connection answers the requests
+    // it has in flight, then closes.
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 fn unreachable_request<T>() -> Result<T, ApiError> {
@@ -147,6 +150,8 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
         return Err(reason);
     }
     reader.decoder_mut().set_max_frame_length(max_frame);
+    node.metrics().api_connections.inc();
+    let _counted = ConnectionCount(node.clone());
 
     // One writer task; everyone else queues frames for it.
     let (out, mut out_rx) = mpsc::channel::<ServerFrame>(CLIENT_QUEUE);
@@ -189,9 +194,13 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
     let mut requests: JoinSet<()> = JoinSet::new();
     let mut sessions: Vec<SessionGuard> = Vec::new();
     let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+    let mut stopping = false;
     let result = loop {
         tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
+            _ = cancel.cancelled() => {
+                stopping = true;
+                break Ok(());
+            }
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
             frame = reader.next() => {
                 let bytes = match frame {
@@ -270,11 +279,25 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
     if let Some(w) = watcher {
         w.abort();
     }
-    requests.shutdown().await;
+    if stopping {
+        // The daemon stops: requests in flight are answered first (bounded by the stop).
+        while requests.join_next().await.is_some() {}
+    } else {
+        requests.shutdown().await;
+    }
     drop(sessions);
     drop(out);
     let _ = write_task.await;
     result
+}
+
+/// Counts an open API connection until dropped.
+struct ConnectionCount(Node);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.metrics().api_connections.dec();
+    }
 }
 
 async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>, out: mpsc::Sender<ServerFrame>) {
@@ -336,7 +359,8 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             to,
             text,
             reply_to,
-        } => Response::Sent(node.send(&from, &to, text, reply_to).await?),
+            id,
+        } => Response::Sent(node.send(&from, &to, text, reply_to, id).await?),
         Request::Inbox {
             agent,
             all,
@@ -368,7 +392,8 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             topic,
             text,
             reply_to,
-        } => Response::Published(node.publish(&agent, &topic, text, reply_to).await?),
+            id,
+        } => Response::Published(node.publish(&agent, &topic, text, reply_to, id).await?),
         Request::History {
             agent,
             target,

@@ -545,6 +545,7 @@ impl NetActor {
         self.adm.mesh = mesh;
         self.adm.denied.clear();
         self.adm.outsiders.clear();
+        self.reach_forget_lost();
         self.rebuild_topics();
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for p in &peers {

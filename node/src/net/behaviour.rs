@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::mesh::Membership;
 use crate::wire::{
     self, AdmitRequest, AdmitResponse, Announcement, DmRequest, DmResponse, JoinRequest, JoinResponse, PostcardCodec,
+    SyncRequest, SyncResponse,
 };
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
@@ -32,6 +33,7 @@ pub(super) type HelloBehaviour = request_response::Behaviour<PostcardCodec<Annou
 pub(super) type PingBehaviour = request_response::Behaviour<PostcardCodec<u64, u64>>;
 pub(super) type AdmitBehaviour = request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>;
 pub(super) type JoinBehaviour = request_response::Behaviour<PostcardCodec<JoinRequest, JoinResponse>>;
+pub(super) type SyncBehaviour = request_response::Behaviour<PostcardCodec<SyncRequest, SyncResponse>>;
 
 /// Incoming connections being set up at once.
 pub const MAX_PENDING_INCOMING: u32 = 64;
@@ -58,6 +60,7 @@ mod composed {
         pub(in crate::net) gossipsub: Gate<gossipsub::Behaviour>,
         pub(in crate::net) dm: Gate<DmBehaviour>,
         pub(in crate::net) hello: Gate<HelloBehaviour>,
+        pub(in crate::net) sync: Gate<SyncBehaviour>,
         pub(in crate::net) probe: Gate<PingBehaviour>,
         pub(in crate::net) relay_client: relay::client::Behaviour,
         pub(in crate::net) relay_server: Toggle<Gate<relay::Behaviour>>,
@@ -73,6 +76,7 @@ mod composed {
             self.gossipsub.admit(peer);
             self.dm.admit(peer);
             self.hello.admit(peer);
+            self.sync.admit(peer);
             self.probe.admit(peer);
             if let Some(r) = self.relay_server.as_mut() {
                 r.admit(peer);
@@ -213,6 +217,11 @@ pub fn build(
                 hello: gate(request_response::Behaviour::with_codec(
                     PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES),
                     [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                )),
+                sync: gate(request_response::Behaviour::with_codec(
+                    PostcardCodec::new(wire::MAX_SYNC_REQUEST_BYTES, wire::MAX_SYNC_RESPONSE_BYTES),
+                    [(wire::SYNC_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
                 )),
                 probe: gate(request_response::Behaviour::with_codec(

@@ -34,7 +34,9 @@ use crate::config::Config;
 use crate::ids::{TopicName, now_ms};
 use crate::mesh::{Grant, Invite, Membership, OpenError};
 use crate::ratelimit::RateLimiter;
-use crate::wire::{self, Announcement, DirectoryGossip, DmRequest, DmResponse, JoinResponse, TopicEnvelope};
+use crate::wire::{
+    self, Announcement, DirectoryGossip, DmRequest, DmResponse, JoinResponse, SyncRequest, SyncResponse, TopicEnvelope,
+};
 
 /// Capacity of the command channel into the actor.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -145,6 +147,15 @@ pub enum NetEvent {
         request: InboundRequestId,
         /// The messages, in send order.
         messages: Vec<wire::WireMessage>,
+    },
+    /// A peer asks for topic catch-up; answer with [`NetHandle::respond_sync`].
+    SyncRequest {
+        /// The asking node (authenticated).
+        peer: PeerId,
+        /// Reply handle.
+        request: InboundRequestId,
+        /// What it asks.
+        body: SyncRequest,
     },
     /// A topic message from another node (signature verified, well formed).
     Topic {
@@ -291,6 +302,15 @@ enum Command {
         request: InboundRequestId,
         response: DmResponse,
     },
+    Sync {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
+    },
+    RespondSync {
+        request: InboundRequestId,
+        response: Box<SyncResponse>,
+    },
     Publish {
         topic: TopicName,
         data: Vec<u8>,
@@ -327,12 +347,18 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     CloseConnections(Vec<ConnectionId>),
+    Stop {
+        flush: Duration,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the network actor. Cheap to clone.
 #[derive(Clone)]
 pub struct NetHandle {
     tx: mpsc::Sender<Command>,
+    /// The actor's event queue, to read its depth (does not keep it open).
+    events: mpsc::WeakSender<NetEvent>,
     connected: watch::Receiver<Arc<BTreeSet<PeerId>>>,
     listening: watch::Receiver<Listening>,
     local_peer: PeerId,
@@ -343,6 +369,17 @@ impl NetHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Commands and events waiting in the actor's queues.
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let commands = self.tx.max_capacity() - self.tx.capacity();
+        let events = self
+            .events
+            .upgrade()
+            .map(|e| e.max_capacity() - e.capacity())
+            .unwrap_or(0);
+        (commands, events)
     }
 
     /// This node's PeerId.
@@ -384,6 +421,22 @@ impl NetHandle {
     pub async fn respond_dm(&self, request: InboundRequestId, response: DmResponse) -> Result<(), NetError> {
         self.tx
             .send(Command::RespondDm { request, response })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Sends a topic catch-up request and waits for the response.
+    pub async fn sync(&self, peer: PeerId, request: SyncRequest) -> Result<SyncResponse, NetError> {
+        self.call(|reply| Command::Sync { peer, request, reply }).await?
+    }
+
+    /// Answers a topic catch-up request.
+    pub async fn respond_sync(&self, request: InboundRequestId, response: SyncResponse) -> Result<(), NetError> {
+        self.tx
+            .send(Command::RespondSync {
+                request,
+                response: Box::new(response),
+            })
             .await
             .map_err(|_| NetError::Stopped)
     }
@@ -475,6 +528,15 @@ impl NetHandle {
         self.call(|reply| Command::Unpin { peer, reply }).await
     }
 
+    /// Stops the actor cleanly: answers already handed to it (deliveries committed here)
+    /// are sent, then every connection is closed, within `flush`. Returns once it stopped.
+    pub async fn stop(&self, flush: Duration) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop { flush, reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// The set of connected members, updated on every change.
     pub fn connected(&self) -> watch::Receiver<Arc<BTreeSet<PeerId>>> {
         self.connected.clone()
@@ -550,6 +612,13 @@ pub struct NetActor {
     dials: HashMap<ConnectionId, ExplicitDial>,
     dm_out: HashMap<OutboundRequestId, oneshot::Sender<Result<DmResponse, NetError>>>,
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
+    sync_out: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
+    sync_in: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
+    /// Delivery answers handed to the swarm and not yet sent (flushed before stopping).
+    dm_answering: HashSet<InboundRequestId>,
+    /// Stopping: no redials, answers flushed, then connections closed.
+    stopping: bool,
+    stop: Option<StopState>,
     announcement: Option<Announcement>,
     reach: reach::Reach,
     pings: HashMap<OutboundRequestId, (Instant, PingReply)>,
@@ -569,8 +638,17 @@ pub struct NetActor {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// A clean stop in progress.
+struct StopState {
+    /// Answers are flushed until then, then connections closed until `deadline`.
+    flush_until: Instant,
+    deadline: Instant,
+    closing: bool,
+    reply: Option<oneshot::Sender<()>>,
+}
+
 /// Starts the actor on the current runtime. Returns its handle, its event stream and the
-/// task handle (which ends when `cancel` fires).
+/// task handle (which ends after [`NetHandle::stop`], or at once when `cancel` fires).
 pub fn spawn(
     swarm: Swarm<Behaviour>,
     listeners: usize,
@@ -582,6 +660,7 @@ pub fn spawn(
 ) -> (NetHandle, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>) {
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let events_weak = events.downgrade();
     let (connected_tx, connected) = watch::channel(Arc::new(BTreeSet::new()));
     let (listening_tx, listening) = watch::channel(Listening::default());
     let local_peer = *swarm.local_peer_id();
@@ -608,6 +687,11 @@ pub fn spawn(
         dials: HashMap::new(),
         dm_out: HashMap::new(),
         dm_in: HashMap::new(),
+        sync_out: HashMap::new(),
+        sync_in: HashMap::new(),
+        dm_answering: HashSet::new(),
+        stopping: false,
+        stop: None,
         announcement: None,
         early_hellos: Vec::new(),
         heartbeat: config.presence.heartbeat,
@@ -624,6 +708,7 @@ pub fn spawn(
     (
         NetHandle {
             tx,
+            events: events_weak,
             connected,
             listening,
             local_peer,
@@ -643,11 +728,18 @@ impl NetActor {
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.start_reach();
         loop {
-            let due = self
-                .reach
-                .next_deadline()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + REACH_UPKEEP);
+            if self.stop_done() {
+                break;
+            }
+            let due = match &self.stop {
+                Some(st) if !st.closing => st.flush_until,
+                Some(st) => st.deadline,
+                None => self
+                    .reach
+                    .next_deadline()
+                    .unwrap_or_else(|| Instant::now() + REACH_UPKEEP),
+            };
+            let due = tokio::time::Instant::from_std(due);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = self.commands.recv() => match cmd {
@@ -655,16 +747,45 @@ impl NetActor {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = heartbeat.tick() => self.announce(),
-                _ = upkeep.tick() => {
+                _ = heartbeat.tick(), if !self.stopping => self.announce(),
+                _ = upkeep.tick(), if !self.stopping => {
                     self.admission_upkeep();
                     self.close_duplicates();
                     self.maintain_reach();
                 }
-                _ = tokio::time::sleep_until(due) => self.maintain_reach(),
+                _ = tokio::time::sleep_until(due) => {
+                    if !self.stopping {
+                        self.maintain_reach();
+                    }
+                }
             }
         }
+        if let Some(reply) = self.stop.as_mut().and_then(|s| s.reply.take()) {
+            let _ = reply.send(());
+        }
         tracing::debug!("network task stopped");
+    }
+
+    /// During a clean stop: flush the delivery answers, then close every connection; true
+    /// once both are done (or their time is up).
+    fn stop_done(&mut self) -> bool {
+        let Some(st) = self.stop.as_mut() else { return false };
+        let now = Instant::now();
+        if !st.closing && (self.dm_answering.is_empty() || now >= st.flush_until) {
+            if !self.dm_answering.is_empty() {
+                tracing::warn!(
+                    count = self.dm_answering.len(),
+                    "stopping with delivery answers unsent (their senders will retry)"
+                );
+            }
+            st.closing = true;
+            let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            tracing::debug!(peers = peers.len(), "closing connections");
+            for p in peers {
+                let _ = self.swarm.disconnect_peer_id(p);
+            }
+        }
+        st.closing && (self.swarm.connected_peers().next().is_none() || now >= st.deadline)
     }
 
     fn emit(&self, event: NetEvent) {
@@ -897,16 +1018,39 @@ impl NetActor {
                 self.dm_out.insert(id, reply);
             }
             Command::RespondDm { request, response } => {
-                if let Some(ch) = self.dm_in.remove(&request)
+                if let Some(ch) = self.dm_in.remove(&request) {
+                    match self.swarm.behaviour_mut().dm.inner().send_response(ch, response) {
+                        Ok(()) => {
+                            self.dm_answering.insert(request);
+                        }
+                        Err(_) => {
+                            tracing::debug!("delivery response not sent: connection gone (sender will retry)")
+                        }
+                    }
+                }
+            }
+            Command::Sync { peer, request, reply } => {
+                if !self.is_admitted(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.inner().send_request(&peer, request);
+                self.sync_out.insert(id, reply);
+            }
+            Command::RespondSync { request, response } => {
+                if let Some(ch) = self.sync_in.remove(&request)
                     && self
                         .swarm
                         .behaviour_mut()
-                        .dm
+                        .sync
                         .inner()
-                        .send_response(ch, response)
+                        .send_response(ch, *response)
                         .is_err()
                 {
-                    tracing::debug!("delivery response not sent: connection gone (sender will retry)");
+                    tracing::debug!("catch-up response not sent: connection gone");
                 }
             }
             Command::Publish { topic, data, reply } => {
@@ -990,6 +1134,16 @@ impl NetActor {
             Command::Pin(peer) => self.pin(peer),
             Command::Unpin { peer, reply } => {
                 let _ = reply.send(self.unpin(&peer));
+            }
+            Command::Stop { flush, reply } => {
+                self.stopping = true;
+                let now = Instant::now();
+                self.stop = Some(StopState {
+                    flush_until: now + flush / 2,
+                    deadline: now + flush,
+                    closing: false,
+                    reply: Some(reply),
+                });
             }
             Command::CloseConnections(ids) => {
                 for id in ids {
@@ -1108,6 +1262,9 @@ impl NetActor {
                     self.reach_on_disconnected(peer_id);
                     self.publish_connected();
                     if was_member {
+                        if !self.stopping && !self.adm.mesh.is_revoked(&peer_id) {
+                            self.reach_on_member_lost(peer_id);
+                        }
                         self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     }
                 }
@@ -1333,6 +1490,7 @@ impl NetActor {
             BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
             BehaviourEvent::Dm(e) => self.on_dm(e),
             BehaviourEvent::Hello(e) => self.on_hello(e),
+            BehaviourEvent::Sync(e) => self.on_sync(e),
             BehaviourEvent::Probe(e) => self.on_probe(e),
             BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
             BehaviourEvent::RelayServer(e) => self.on_relay_server(e),
@@ -1503,6 +1661,64 @@ impl NetActor {
             } => {
                 tracing::debug!(%peer, %error, "inbound delivery failed");
                 self.dm_in.remove(&request_id);
+                self.dm_answering.remove(&request_id);
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.dm_answering.remove(&request_id);
+            }
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    if !self.is_admitted(&peer) {
+                        tracing::warn!(%peer, "catch-up request from a peer that is not admitted; dropping");
+                        return;
+                    }
+                    self.sync_in.insert(request_id, channel);
+                    let ev = NetEvent::SyncRequest {
+                        peer,
+                        request: request_id,
+                        body: request,
+                    };
+                    if self.events.try_send(ev).is_err()
+                        && let Some(ch) = self.sync_in.remove(&request_id)
+                    {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .inner()
+                            .send_response(ch, SyncResponse::Unavailable("node is busy".into()));
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.sync_out.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.sync_out.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                self.sync_in.remove(&request_id);
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -24,6 +24,10 @@ pub const RESERVATION_RETRY_MAX: Duration = Duration::from_secs(60);
 pub const REDIAL_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between redials of a remembered peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// How long a member whose connection was lost (not closed on purpose) is redialed.
+pub const LOST_REDIAL_FOR: Duration = Duration::from_secs(3600);
+/// Longest wait between redials of a lost member.
+pub const LOST_REDIAL_MAX: Duration = Duration::from_secs(30);
 /// At most one DHT lookup per peer in this time.
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 /// A relayed connection is closed this long after a direct one to the same peer opened.
@@ -99,6 +103,14 @@ struct Pin {
     backoff: Duration,
 }
 
+/// A member whose last connection was lost (network trouble, its restart): redialed with
+/// backoff for a while, so a mesh heals by itself after a partition or an address change.
+struct Lost {
+    next: Instant,
+    backoff: Duration,
+    until: Instant,
+}
+
 /// State of the reachability machinery, owned by the network actor.
 pub(super) struct Reach {
     autonat_ok: u32,
@@ -109,6 +121,7 @@ pub(super) struct Reach {
     /// Peers that offer relaying (identify says so).
     relays: HashSet<PeerId>,
     pinned: HashMap<PeerId, Pin>,
+    lost: HashMap<PeerId, Lost>,
     lookups: HashMap<kad::QueryId, (PeerId, Vec<FindReply>)>,
     last_lookup: HashMap<PeerId, Instant>,
     pub(super) punch: PunchStats,
@@ -143,6 +156,7 @@ impl Reach {
             configured,
             relays: HashSet::new(),
             pinned: HashMap::new(),
+            lost: HashMap::new(),
             lookups: HashMap::new(),
             last_lookup: HashMap::new(),
             punch: PunchStats::default(),
@@ -157,8 +171,9 @@ impl Reach {
     /// When the reach machinery next needs to act.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let pins = self.pinned.values().filter_map(|p| p.next);
+        let lost = self.lost.values().map(|l| l.next);
         let retries = self.retry.values().map(|(t, _)| *t);
-        pins.chain(retries).min()
+        pins.chain(lost).chain(retries).min()
     }
 }
 
@@ -225,6 +240,7 @@ impl NetActor {
     /// A removed node: no more redials, no relay slot on it.
     pub(super) fn reach_forget(&mut self, peer: &PeerId) {
         self.reach.pinned.remove(peer);
+        self.reach.lost.remove(peer);
         self.reach.relays.remove(peer);
         if let Some(r) = self.reach.reservations.remove(peer) {
             self.swarm.remove_listener(r.listener);
@@ -266,10 +282,33 @@ impl NetActor {
     }
 
     pub(super) fn reach_on_connected(&mut self, peer: PeerId) {
+        self.reach.lost.remove(&peer);
         if let Some(p) = self.reach.pinned.get_mut(&peer) {
             p.next = None;
             p.backoff = REDIAL_MIN;
         }
+    }
+
+    /// The last connection to an admitted member closed without us closing it: keep trying
+    /// to get it back (pinned peers have their own redials).
+    pub(super) fn reach_on_member_lost(&mut self, peer: PeerId) {
+        if self.reach.pinned.contains_key(&peer) {
+            return;
+        }
+        let now = Instant::now();
+        self.reach.lost.insert(
+            peer,
+            Lost {
+                next: now + REDIAL_MIN,
+                backoff: REDIAL_MIN,
+                until: now + LOST_REDIAL_FOR,
+            },
+        );
+    }
+
+    /// Lost members are not redialed any more (the mesh was left or joined anew).
+    pub(super) fn reach_forget_lost(&mut self) {
+        self.reach.lost.clear();
     }
 
     pub(super) fn reach_on_disconnected(&mut self, peer: PeerId) {
@@ -300,6 +339,28 @@ impl NetActor {
                 p.backoff = (p.backoff * 2).min(REDIAL_MAX);
             }
             tracing::debug!(%peer, "redialing a remembered peer");
+            self.dial_known(peer);
+        }
+
+        // Redial lost members that are due, for a while.
+        self.reach.lost.retain(|_, l| l.until > now);
+        let due: Vec<PeerId> = self
+            .reach
+            .lost
+            .iter()
+            .filter(|(_, l)| l.next <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if self.swarm.is_connected(&peer) {
+                self.reach.lost.remove(&peer);
+                continue;
+            }
+            if let Some(l) = self.reach.lost.get_mut(&peer) {
+                l.backoff = (l.backoff * 2).min(LOST_REDIAL_MAX);
+                l.next = now + l.backoff;
+            }
+            tracing::debug!(%peer, "redialing a member whose connection was lost");
             self.dial_known(peer);
         }
 

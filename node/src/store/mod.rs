@@ -36,7 +36,8 @@ pub const MAX_GROUP: usize = 1024;
 pub(crate) mod tables {
     use super::TableDefinition;
 
-    /// `"schema"` → u32 LE, `"peer_id"` → PeerId bytes, `"seq"` → u64 LE.
+    /// `"schema"` → u32 LE, `"peer_id"` → PeerId bytes, `"seq"` → u64 LE, `"log"` → u64 LE
+    /// (random, chosen when the file is created: names this store's log to catch-up peers).
     pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
     /// agent name → `AgentRecord`.
     pub const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents-1");
@@ -68,6 +69,12 @@ pub(crate) mod tables {
     pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members-1");
     /// join code token → `InviteRecord`.
     pub const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites-1");
+    /// topic → when its first local subscription began (ms since the epoch): topic
+    /// catch-up asks for messages from then on.
+    pub const SUB_SINCE: TableDefinition<&str, u64> = TableDefinition::new("sub-since-1");
+    /// (peer id bytes, topic) → how far that node's publications on the topic were caught up
+    /// (`SyncCursor`).
+    pub const SYNC: TableDefinition<(&[u8], &str), &[u8]> = TableDefinition::new("sync-1");
 }
 
 /// Errors of the store. Cloneable, because one storage failure is reported to every job of
@@ -125,6 +132,11 @@ pub enum StoreError {
     /// No message with that id is stored here.
     #[error("no message with id {0} is stored on this node")]
     UnknownMessage(String),
+    /// A client-chosen message id already names another message.
+    #[error(
+        "message id {0} is already used by another message on this node; a repeated request must carry the same sender, recipient and text (a new message needs a fresh id)"
+    )]
+    IdTaken(String),
     /// A stored record could not be decoded.
     #[error("stored record in {table} could not be decoded: {message}")]
     Decode {
@@ -144,6 +156,10 @@ pub enum StoreError {
 fn storage_message(op: &str, message: &str, disk_full: bool) -> String {
     if disk_full {
         format!("cannot store ({op}): the disk is full; nothing was changed. Free some space and retry")
+    } else if message.contains("Read-only file system") || message.contains("os error 30") {
+        format!(
+            "cannot store ({op}): the file system holding the store is read-only; nothing was changed, and what is stored stays readable. Make it writable again (or restart the daemon once it is repaired) and retry"
+        )
     } else {
         format!("cannot store ({op}): {message}; nothing was changed")
     }
@@ -242,6 +258,11 @@ impl Shared {
             if matches!(&err, StoreError::Storage { disk_full: true, .. }) && !self.has_room() {
                 return Err(err);
             }
+            // Closing the handle would also lose reads if the file cannot be opened again
+            // (a file system gone read-only): reopen only once a write would work.
+            if !self.can_write() {
+                return Err(err);
+            }
             self.reopen(&err)?;
             *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
@@ -252,6 +273,20 @@ impl Shared {
                 self.current()
             }
         }
+    }
+
+    /// Whether the store's directory takes a small durable write now.
+    fn can_write(&self) -> bool {
+        use std::io::Write;
+        let probe = self.path.with_extension("probe");
+        let ok = std::fs::File::create(&probe)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; 4096])?;
+                f.sync_all()
+            })
+            .is_ok();
+        let _ = std::fs::remove_file(&probe);
+        ok
     }
 
     fn has_room(&self) -> bool {
@@ -329,26 +364,42 @@ impl Store {
     /// Opens (or creates) the store at `path` for the node `owner` and starts its writer
     /// thread. Refuses a damaged file, another node's file, or a file in use.
     pub fn open(path: &Path, owner: PeerId) -> Result<Self, StoreError> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(path.to_path_buf())),
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
-            {
-                return Err(StoreError::Locked(path.to_path_buf()));
-            }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if e.kind() != std::io::ErrorKind::InvalidData && e.kind() != std::io::ErrorKind::UnexpectedEof =>
-            {
-                return Err(StoreError::storage("open", redb::StorageError::Io(e)));
-            }
-            Err(e) => {
-                return Err(StoreError::Corrupt {
+        // A damaged file is refused before anything writes to it. First a read-only look:
+        // every record read and decoded. Then redb's page checksums (damage that still
+        // decodes, like a flipped bit in a text), on a scratch copy so the file itself is
+        // left exactly as it was if it is refused. A file not closed cleanly (a crash) can
+        // be read neither way: redb recovers it to its last commit when it is opened for
+        // writing, and both checks run then, before our first write.
+        let mut checked = false;
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            let look = std::panic::catch_unwind(|| redb::Builder::new().open_read_only(path)).map_err(|_| {
+                StoreError::Corrupt {
                     path: path.to_path_buf(),
-                    message: e.to_string(),
-                });
+                    message: "its structure is broken (the database library failed opening it)".into(),
+                }
+            })?;
+            match look {
+                Ok(ro) => {
+                    verify(&ro, path)?;
+                    drop(ro);
+                    checked = check_copy(path)?;
+                }
+                Err(redb::DatabaseError::RepairAborted) => {
+                    tracing::info!(path = %path.display(), "store was not closed cleanly; recovering it to its last commit");
+                }
+                Err(e) => return Err(open_error(path, e)),
             }
-        };
+        }
+        let mut db = std::panic::catch_unwind(|| Database::create(path))
+            .map_err(|_| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                message: "its structure is broken (the database library failed recovering it)".into(),
+            })?
+            .map_err(|e| open_error(path, e))?;
+        if !checked {
+            verify(&db, path)?;
+            check_integrity(&mut db, path)?;
+        }
         use std::os::unix::fs::PermissionsExt;
         // Messages are private: owner-only, whatever the umask.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -402,6 +453,13 @@ impl Store {
                 }
             }
         }
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            if meta.get("log")?.is_none() {
+                let log: u64 = rand::random::<u64>().max(1);
+                meta.insert("log", log.to_le_bytes().as_slice())?;
+            }
+        }
         // Create every table so readers never meet a missing one.
         txn.open_table(tables::AGENTS)?;
         txn.open_table(tables::INBOX)?;
@@ -418,6 +476,26 @@ impl Store {
         txn.open_table(tables::DIALED)?;
         txn.open_table(tables::MEMBERS)?;
         txn.open_table(tables::INVITES)?;
+        txn.open_table(tables::SYNC)?;
+        {
+            // Topics subscribed before catch-up existed are caught up from now on.
+            let subs = txn.open_table(tables::SUBS)?;
+            let mut since = txn.open_table(tables::SUB_SINCE)?;
+            let now = crate::ids::now_ms();
+            let mut topics: Vec<String> = Vec::new();
+            for row in subs.iter()? {
+                let (k, _) = row?;
+                let t = k.value().0.to_string();
+                if topics.last() != Some(&t) {
+                    topics.push(t);
+                }
+            }
+            for t in topics {
+                if since.get(t.as_str())?.is_none() {
+                    since.insert(t.as_str(), now)?;
+                }
+            }
+        }
         txn.commit()?;
 
         let shared = Arc::new(Shared {
@@ -438,6 +516,11 @@ impl Store {
                 disk_full: false,
             })?;
         Ok(Self { shared, writer: tx })
+    }
+
+    /// Write jobs waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.writer.max_capacity() - self.writer.capacity()
     }
 
     /// Path of the store file.
@@ -512,6 +595,148 @@ impl Store {
         let txn = db.begin_read()?;
         f(&txn)
     }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+        {
+            StoreError::Locked(path.to_path_buf())
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() != std::io::ErrorKind::InvalidData && e.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::storage("open", redb::StorageError::Io(e))
+        }
+        e => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Largest store checked on a scratch copy at start; a larger one is checked in place (its
+/// open marker is then set even when it is refused).
+pub const MAX_COPY_CHECK: u64 = 512 * 1024 * 1024;
+
+/// redb's own check (page checksums, structure) on a copy of the closed file at `path`, next
+/// to it. `Ok(false)` when no copy could be made (no room, too large): check in place.
+fn check_copy(path: &Path) -> Result<bool, StoreError> {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if len > MAX_COPY_CHECK {
+        return Ok(false);
+    }
+    let copy = path.with_extension("check");
+    let _ = std::fs::remove_file(&copy);
+    if let Err(e) = std::fs::copy(path, &copy) {
+        tracing::info!(error = %e, "no scratch copy of the store for its check; checking in place");
+        let _ = std::fs::remove_file(&copy);
+        return Ok(false);
+    }
+    let result = std::panic::catch_unwind(|| Database::open(&copy))
+        .map_err(|_| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: "its structure is broken (the database library failed opening it)".into(),
+        })
+        .and_then(|db| match db {
+            Ok(mut db) => check_integrity(&mut db, path),
+            Err(e) => Err(open_error(path, e)),
+        });
+    let _ = std::fs::remove_file(&copy);
+    result.map(|()| true)
+}
+
+fn check_integrity(db: &mut Database, path: &Path) -> Result<(), StoreError> {
+    let integrity = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity()));
+    match integrity {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => {
+            tracing::warn!(path = %path.display(), "store file had inconsistencies the database library repaired (its last commit is kept)");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: "its structure is broken (the database library failed checking it)".into(),
+        }),
+    }
+}
+
+/// Reads and decodes every record of every table: a damaged file shows here, at start,
+/// instead of as errors (or a crash inside redb) later. Proportional to the file's size
+/// (a few milliseconds per ten thousand messages).
+fn verify(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_tables(db)));
+    let message = match walk {
+        Ok(Ok(records)) => {
+            tracing::debug!(records, took_ms = started.elapsed().as_millis() as u64, "store checked");
+            return Ok(());
+        }
+        Ok(Err(e)) => e,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            format!("its structure is broken (the database library failed reading it: {what})")
+        }
+    };
+    Err(StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn verify_tables(db: &impl ReadableDatabase) -> Result<u64, String> {
+    use tables::*;
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let mut records = 0u64;
+    // Every row of a table is read (keys and values decoded by redb); with a type, each
+    // value is decoded as that record too.
+    macro_rules! walk {
+        ($table:expr, $name:literal $(, $ty:ty)?) => {{
+            match txn.open_table($table) {
+                Ok(t) => {
+                    for row in t.iter().map_err(|e| format!("{}: {e}", $name))? {
+                        let (_key, _value) = row.map_err(|e| format!("{}: {e}", $name))?;
+                        $(
+                            postcard::from_bytes::<$ty>(_value.value())
+                                .map_err(|e| format!("a record in {} cannot be read: {e}", $name))?;
+                        )?
+                        records += 1;
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(format!("{}: {e}", $name)),
+            }
+        }};
+    }
+    walk!(META, "meta-1");
+    walk!(AGENTS, "agents-1", AgentRecord);
+    walk!(INBOX, "inbox-1", InboxEntry);
+    walk!(UNREAD, "unread-1");
+    walk!(NOTIFIED, "notified-1");
+    walk!(RECEIVED, "received-1");
+    walk!(OUTBOX, "outbox-1", OutboxEntry);
+    walk!(PENDING, "pending-1");
+    walk!(OUTBOX_IDS, "outbox-ids-1");
+    walk!(SUBS, "subs-1");
+    walk!(TOPIC_LOG, "topic-log-1", TopicRecord);
+    walk!(TOPIC_PENDING, "topic-pending-1");
+    walk!(PEERS, "peers-1", PeerRecord);
+    walk!(DIALED, "dialed-1", Vec<libp2p::Multiaddr>);
+    walk!(MEMBERS, "members-1", MemberRecord);
+    walk!(INVITES, "invites-1", InviteRecord);
+    walk!(SUB_SINCE, "sub-since-1");
+    walk!(SYNC, "sync-1", SyncCursor);
+    Ok(records)
 }
 
 fn make_job<T, F>(op: &'static str, f: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)

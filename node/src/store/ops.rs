@@ -130,6 +130,68 @@ fn insert_outbox(txn: &WriteTransaction, e: &OutboxEntry) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Before a message with a client-chosen id is written: `None` if the id is free, the
+/// stored entry if this very message (same sender, recipient, text and reply) was sent
+/// already (a repeated request), [`StoreError::IdTaken`] if the id names something else.
+pub fn sent_before(
+    txn: &WriteTransaction,
+    msg: &WireMessage,
+    to_node: &PeerId,
+) -> Result<Option<OutboxEntry>, StoreError> {
+    let seq = txn.open_table(OUTBOX_IDS)?.get(msg.id.0.as_slice())?.map(|v| v.value());
+    let Some(seq) = seq else {
+        if txn.open_table(RECEIVED)?.get(msg.id.0.as_slice())?.is_some() {
+            return Err(StoreError::IdTaken(msg.id.to_string()));
+        }
+        return Ok(None);
+    };
+    let entry: OutboxEntry = {
+        let t = txn.open_table(OUTBOX)?;
+        let v = t.get(seq)?;
+        match v {
+            Some(v) => decode("outbox", v.value())?,
+            None => return Err(StoreError::IdTaken(msg.id.to_string())),
+        }
+    };
+    let same = entry.msg.from == msg.from
+        && entry.msg.to == msg.to
+        && entry.to_node == *to_node
+        && entry.msg.text == msg.text
+        && entry.msg.reply_to == msg.reply_to;
+    if same {
+        Ok(Some(entry))
+    } else {
+        Err(StoreError::IdTaken(msg.id.to_string()))
+    }
+}
+
+/// Like [`sent_before`] for a topic message: the stored record if this very publication
+/// (same agent, topic, text and reply) is stored already.
+pub fn published_before(txn: &WriteTransaction, env: &TopicEnvelope) -> Result<Option<TopicRecord>, StoreError> {
+    if txn.open_table(OUTBOX_IDS)?.get(env.id.0.as_slice())?.is_some() {
+        return Err(StoreError::IdTaken(env.id.to_string()));
+    }
+    let Some(seq) = txn.open_table(RECEIVED)?.get(env.id.0.as_slice())?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let rec: Option<TopicRecord> = {
+        let t = txn.open_table(TOPIC_LOG)?;
+        let v = t.get((env.topic.as_str(), seq))?;
+        v.map(|v| decode("topic-log", v.value())).transpose()?
+    };
+    match rec {
+        Some(r)
+            if r.local
+                && r.envelope.from == env.from
+                && r.envelope.text == env.text
+                && r.envelope.reply_to == env.reply_to =>
+        {
+            Ok(Some(r))
+        }
+        _ => Err(StoreError::IdTaken(env.id.to_string())),
+    }
+}
+
 /// Writes a message for a remote recipient to the outbox, pending delivery.
 pub fn enqueue(
     txn: &WriteTransaction,
@@ -606,18 +668,150 @@ pub fn subscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName) -
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
+    let mut since = txn.open_table(SUB_SINCE)?;
+    if since.get(topic.as_str())?.is_none() {
+        since.insert(topic.as_str(), crate::ids::now_ms())?;
+    }
     Ok(txn
         .open_table(SUBS)?
         .insert((topic.as_str(), agent.as_str()), ())?
         .is_none())
 }
 
-/// Unsubscribes; true if it was subscribed.
+/// Unsubscribes; true if it was subscribed. The last local subscriber leaving ends the
+/// topic's catch-up (a later subscription starts from its own time).
 pub fn unsubscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName) -> Result<bool, StoreError> {
-    Ok(txn
+    let was = txn
         .open_table(SUBS)?
         .remove((topic.as_str(), agent.as_str()))?
-        .is_some())
+        .is_some();
+    if !topic_has_subscribers(txn, topic)? {
+        txn.open_table(SUB_SINCE)?.remove(topic.as_str())?;
+    }
+    Ok(was)
+}
+
+/// Topics with local subscribers, each with the time its catch-up starts from.
+pub fn subscribed_topics(r: &ReadTransaction) -> Result<Vec<(TopicName, u64)>, StoreError> {
+    let t = r.open_table(SUB_SINCE)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        if let Ok(topic) = TopicName::new(k.value()) {
+            out.push((topic, v.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// This store's log id (see `SyncResponse::Digest`).
+pub fn log_id(r: &ReadTransaction) -> Result<u64, StoreError> {
+    let meta = r.open_table(META)?;
+    let v = meta.get("log")?;
+    Ok(v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0))
+}
+
+/// How far `peer`'s publications on `topic` were caught up.
+pub fn sync_cursor(r: &ReadTransaction, peer: &PeerId, topic: &TopicName) -> Result<SyncCursor, StoreError> {
+    let t = r.open_table(SYNC)?;
+    let key = peer.to_bytes();
+    let v = t.get((key.as_slice(), topic.as_str()))?;
+    match v {
+        Some(v) => decode("sync", v.value()),
+        None => Ok(SyncCursor::default()),
+    }
+}
+
+/// Records how far `peer`'s publications on `topic` were caught up.
+pub fn set_sync_cursor(
+    txn: &WriteTransaction,
+    peer: &PeerId,
+    topic: &TopicName,
+    cursor: SyncCursor,
+) -> Result<(), StoreError> {
+    let bytes = encode(&cursor)?;
+    let key = peer.to_bytes();
+    txn.open_table(SYNC)?
+        .insert((key.as_slice(), topic.as_str()), bytes.as_slice())?;
+    Ok(())
+}
+
+/// What a digest answer holds: ids, the position covered, and whether more follows.
+pub type Digest = (Vec<MessageId>, u64, bool);
+
+/// Ids of this node's own publications on `topic` sent at or after `since_ms`, later in the
+/// log than `after`: at most `max_ids`, scanning at most `max_scan` log entries.
+pub fn own_publications(
+    r: &ReadTransaction,
+    topic: &TopicName,
+    after: u64,
+    since_ms: u64,
+    max_ids: usize,
+    max_scan: usize,
+) -> Result<Digest, StoreError> {
+    let log = r.open_table(TOPIC_LOG)?;
+    let t = topic.as_str();
+    let mut ids = Vec::new();
+    let mut next = after;
+    let mut more = false;
+    for (scanned, row) in log.range((t, after.saturating_add(1))..=(t, u64::MAX))?.enumerate() {
+        if ids.len() >= max_ids || scanned >= max_scan {
+            more = true;
+            break;
+        }
+        let (k, v) = row?;
+        next = k.value().1;
+        let rec: TopicRecord = decode("topic-log", v.value())?;
+        if rec.local && rec.envelope.sent_at_ms >= since_ms {
+            ids.push(rec.envelope.id);
+        }
+    }
+    Ok((ids, next, more))
+}
+
+/// This node's own publications on `topic` with these ids, in the order asked, up to about
+/// `max_text` bytes of text (always at least one).
+pub fn own_publications_by_id(
+    r: &ReadTransaction,
+    topic: &TopicName,
+    ids: &[MessageId],
+    max_text: usize,
+) -> Result<Vec<TopicEnvelope>, StoreError> {
+    let received = r.open_table(RECEIVED)?;
+    let log = r.open_table(TOPIC_LOG)?;
+    let mut out: Vec<TopicEnvelope> = Vec::new();
+    let mut bytes = 0;
+    for id in ids {
+        let Some(seq) = received.get(id.0.as_slice())?.map(|v| v.value()) else {
+            continue;
+        };
+        let Some(v) = log.get((topic.as_str(), seq))? else {
+            continue;
+        };
+        let rec: TopicRecord = decode("topic-log", v.value())?;
+        if !rec.local || rec.envelope.id != *id {
+            continue;
+        }
+        if !out.is_empty() && bytes + rec.envelope.text.len() > max_text {
+            break;
+        }
+        bytes += rec.envelope.text.len();
+        out.push(rec.envelope);
+    }
+    Ok(out)
+}
+
+/// Of these ids, those not stored here.
+pub fn unknown_ids(r: &ReadTransaction, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
+    let received = r.open_table(RECEIVED)?;
+    let mut out = Vec::new();
+    for id in ids {
+        if received.get(id.0.as_slice())?.is_none() {
+            out.push(*id);
+        }
+    }
+    Ok(out)
 }
 
 /// All (topic, agent) subscriptions.

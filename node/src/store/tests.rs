@@ -367,3 +367,323 @@ async fn pushed_messages_are_unread_until_shown() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn a_client_chosen_id_is_one_message_or_refused() {
+    let me = PeerId::random();
+    let peer = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "alice").await;
+    let m = wire("alice", "bob", "hello");
+    let (m1, m2) = (m.clone(), m.clone());
+    let first = store
+        .write("send", move |t| {
+            assert!(ops::sent_before(t, &m1, &peer)?.is_none());
+            ops::enqueue(t, m1, peer, None, 1)
+        })
+        .await
+        .unwrap();
+    // The same message again is recognised...
+    let again = store
+        .write("send", move |t| ops::sent_before(t, &m2, &peer))
+        .await
+        .unwrap()
+        .expect("a repeat");
+    assert_eq!(again.seq, first.seq);
+    // ...anything else under its id is refused, before writing.
+    for other in [
+        WireMessage {
+            text: "other".into(),
+            ..m.clone()
+        },
+        WireMessage {
+            to: name("carol"),
+            ..m.clone()
+        },
+        WireMessage {
+            from: name("mallory"),
+            ..m.clone()
+        },
+    ] {
+        let err = store
+            .write("send", move |t| ops::sent_before(t, &other, &peer))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::IdTaken(_)), "{err}");
+    }
+    let m3 = m.clone();
+    let other_node = PeerId::random();
+    let err = store
+        .write("send", move |t| ops::sent_before(t, &m3, &other_node))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdTaken(_)));
+    // An id taken by a received message cannot be used to send, nor a sent one to publish.
+    let got = wire("bob", "alice", "in");
+    let gid = got.id;
+    store
+        .write("recv", move |t| ops::accept(t, peer, None, vec![got], 1000, 1))
+        .await
+        .unwrap();
+    let reuse = WireMessage {
+        id: gid,
+        ..wire("alice", "bob", "x")
+    };
+    let err = store
+        .write("send", move |t| ops::sent_before(t, &reuse, &peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdTaken(_)));
+    let env = TopicEnvelope {
+        id: m.id,
+        topic: TopicName::new("t").unwrap(),
+        from: name("alice"),
+        sent_at_ms: 1,
+        reply_to: None,
+        text: "hello".into(),
+    };
+    let err = store
+        .write("pub", move |t| ops::published_before(t, &env))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdTaken(_)));
+}
+
+fn envelope(topic: &str, from: &str, sent_at_ms: u64, text: &str) -> TopicEnvelope {
+    TopicEnvelope {
+        id: MessageId::new(),
+        topic: TopicName::new(topic).unwrap(),
+        from: name(from),
+        sent_at_ms,
+        reply_to: None,
+        text: text.into(),
+    }
+}
+
+#[tokio::test]
+async fn catch_up_serves_own_publications_after_a_position_and_since_a_time() {
+    let me = PeerId::random();
+    let other = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "alice").await;
+    // Interleaved: our publications on two topics, and someone else's on ours.
+    let mut mine = Vec::new();
+    for i in 0..10u64 {
+        let e = envelope("news", "alice", 100 + i, &format!("mine {i}"));
+        mine.push(e.id);
+        store
+            .write("pub", move |t| ops::record_topic(t, e, me, None, true, 1, 1))
+            .await
+            .unwrap();
+        let theirs = envelope("news", "zed", 100 + i, "theirs");
+        store
+            .write("recv", move |t| ops::record_topic(t, theirs, other, None, false, 0, 1))
+            .await
+            .unwrap();
+        let elsewhere = envelope("sport", "alice", 100 + i, "elsewhere");
+        store
+            .write("pub", move |t| ops::record_topic(t, elsewhere, me, None, true, 1, 1))
+            .await
+            .unwrap();
+    }
+    let news = TopicName::new("news").unwrap();
+    // Everything of ours on the topic, in order, and only that.
+    let t = news.clone();
+    let (ids, next, more) = store
+        .read(move |r| ops::own_publications(r, &t, 0, 0, 100, 1000))
+        .await
+        .unwrap();
+    assert_eq!(ids, mine);
+    assert!(!more);
+    // Nothing after the position it reported.
+    let t = news.clone();
+    let (ids, next2, more) = store
+        .read(move |r| ops::own_publications(r, &t, next, 0, 100, 1000))
+        .await
+        .unwrap();
+    assert!(ids.is_empty() && !more);
+    assert_eq!(next2, next);
+    // Pages: three ids at a time, then the rest; no id twice, none missed.
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let t = news.clone();
+        let (ids, next, more) = store
+            .read(move |r| ops::own_publications(r, &t, after, 0, 3, 1000))
+            .await
+            .unwrap();
+        assert!(ids.len() <= 3);
+        paged.extend(ids);
+        after = next;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(paged, mine);
+    // A scan limit stops early without skipping anything.
+    let t = news.clone();
+    let (ids, next, more) = store
+        .read(move |r| ops::own_publications(r, &t, 0, 0, 100, 4))
+        .await
+        .unwrap();
+    assert!(more && ids.len() == 2, "{ids:?}");
+    let t = news.clone();
+    let (rest, _, _) = store
+        .read(move |r| ops::own_publications(r, &t, next, 0, 100, 1000))
+        .await
+        .unwrap();
+    assert_eq!([ids, rest].concat(), mine);
+    // Since a time (the subscriber's subscription).
+    let t = news.clone();
+    let (ids, _, _) = store
+        .read(move |r| ops::own_publications(r, &t, 0, 105, 100, 1000))
+        .await
+        .unwrap();
+    assert_eq!(ids, mine[5..]);
+    // Fetch by id: ours on that topic only, in the order asked, within the text budget.
+    let (t, want) = (news.clone(), vec![mine[3], MessageId::new(), mine[1]]);
+    let got = store
+        .read(move |r| ops::own_publications_by_id(r, &t, &want, 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![mine[3], mine[1]]);
+    let (t, want) = (news.clone(), mine.clone());
+    let got = store
+        .read(move |r| ops::own_publications_by_id(r, &t, &want, 12))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "\"mine N\" is 6 bytes: two fit in 12");
+    let (t, want) = (TopicName::new("sport").unwrap(), vec![mine[0]]);
+    assert!(
+        store
+            .read(move |r| ops::own_publications_by_id(r, &t, &want, 1 << 20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Which of these ids are not stored here.
+    let fresh = MessageId::new();
+    let ids = vec![mine[0], fresh];
+    assert_eq!(
+        store.read(move |r| ops::unknown_ids(r, &ids)).await.unwrap(),
+        vec![fresh]
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_remember_when_they_began_and_cursors_persist() {
+    let me = PeerId::random();
+    let peer = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "alice").await;
+    with_agent(&store, "bob").await;
+    let t = TopicName::new("news").unwrap();
+    let (a, tt) = (name("alice"), t.clone());
+    store.write("sub", move |tx| ops::subscribe(tx, &a, &tt)).await.unwrap();
+    let since = store.read(ops::subscribed_topics).await.unwrap();
+    assert_eq!(since.len(), 1);
+    let began = since[0].1;
+    // A second subscriber does not move the start; the last one leaving ends it.
+    let (b, tt) = (name("bob"), t.clone());
+    store.write("sub", move |tx| ops::subscribe(tx, &b, &tt)).await.unwrap();
+    assert_eq!(store.read(ops::subscribed_topics).await.unwrap()[0].1, began);
+    let (a, tt) = (name("alice"), t.clone());
+    store
+        .write("unsub", move |tx| ops::unsubscribe(tx, &a, &tt))
+        .await
+        .unwrap();
+    assert_eq!(store.read(ops::subscribed_topics).await.unwrap().len(), 1);
+    let (b, tt) = (name("bob"), t.clone());
+    store
+        .write("unsub", move |tx| ops::unsubscribe(tx, &b, &tt))
+        .await
+        .unwrap();
+    assert!(store.read(ops::subscribed_topics).await.unwrap().is_empty());
+
+    let tt = t.clone();
+    assert_eq!(
+        store.read(move |r| ops::sync_cursor(r, &peer, &tt)).await.unwrap(),
+        SyncCursor::default()
+    );
+    let c = SyncCursor { log: 7, after: 42 };
+    let tt = t.clone();
+    store
+        .write("cursor", move |tx| ops::set_sync_cursor(tx, &peer, &tt, c))
+        .await
+        .unwrap();
+    let tt = t.clone();
+    assert_eq!(store.read(move |r| ops::sync_cursor(r, &peer, &tt)).await.unwrap(), c);
+    assert_ne!(store.read(ops::log_id).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_refused_at_open_and_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.redb");
+    let me = PeerId::random();
+    let marker = "find-this-record-in-the-file";
+    {
+        let store = Store::open(&path, me).unwrap();
+        with_agent(&store, "bob").await;
+        for i in 0..200 {
+            let m = wire("x", "bob", &format!("{marker} {i} {}", "z".repeat(100)));
+            store
+                .write("recv", move |t| {
+                    ops::accept(t, PeerId::random(), None, vec![m], 100_000, 1)
+                })
+                .await
+                .unwrap();
+        }
+        store.close().await;
+    }
+    // Closed and dropped: the file is complete and marked clean.
+    let good = std::fs::read(&path).unwrap();
+    // Records' bytes damaged (a bad sector, a stray write). The file keeps older copies
+    // of pages too (copy on write): every copy is damaged, so the live one is.
+    let spots: Vec<usize> = good
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!spots.is_empty(), "records in the file");
+    let mut bad = good.clone();
+    for &at in &spots {
+        for b in &mut bad[at..at + 8] {
+            *b ^= 0x5a;
+        }
+    }
+    let bad_path = tmp.path().join("bad.redb");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let err = Store::open(&bad_path, me).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("mv "), "says how to recover: {err}");
+    assert!(std::fs::read(&bad_path).unwrap() == bad, "left as it was");
+    assert!(
+        !bad_path.with_extension("check").exists(),
+        "no scratch copy left behind"
+    );
+    // Whole pages zeroed (structure, not just records).
+    let mut zeroed = good.clone();
+    for &at in &spots {
+        let page = at & !4095;
+        zeroed[page..(page + 4096).min(good.len())].fill(0);
+    }
+    std::fs::write(&bad_path, &zeroed).unwrap();
+    let err = Store::open(&bad_path, me).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(std::fs::read(&bad_path).unwrap() == zeroed, "left as it was");
+    // Truncated.
+    let cut = good[..good.len() / 2].to_vec();
+    std::fs::write(&bad_path, &cut).unwrap();
+    let err = Store::open(&bad_path, me).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(std::fs::read(&bad_path).unwrap() == cut, "left as it was");
+    // The intact file opens, with everything in it.
+    let store = Store::open(&path, me).unwrap();
+    let all = store
+        .read(|r| ops::peek_inbox(r, &name("bob"), q(1000, true, false)))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 200);
+}

@@ -213,3 +213,12 @@ pub enum InviteUse {
     /// Every allowed join was used.
     UsedUp,
 }
+
+/// How far a node's publications on a topic were caught up from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCursor {
+    /// That node's log the position refers to (see `SyncResponse::Digest`).
+    pub log: u64,
+    /// Position in it covered so far.
+    pub after: u64,
+}

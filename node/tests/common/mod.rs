@@ -156,6 +156,7 @@ impl TestNode {
                 to: to.into(),
                 text: text.into(),
                 reply_to: None,
+                id: None,
             })
             .await
             .expect("send")

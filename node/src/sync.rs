@@ -1,0 +1,247 @@
+//! Topic catch-up: what gossip did not bring, fetched from the node that published it.
+//!
+//! Gossip is best effort: a subscriber that was down, cut off, or too busy to take a
+//! message when it went by never sees it again from gossipsub. But every node keeps its own
+//! agents' publications in its topic log, so a subscriber asks each connected member, for
+//! every topic it subscribes to, for the ids of what that member published since the
+//! subscription began and since the position in the member's log it last covered
+//! (`/agentmesh/sync/1` `Digest`), then fetches the messages it does not have (`Fetch`) and
+//! stores them as if gossip had brought them (de-duplicated by id). The position is stored
+//! (`sync-1`) only after the messages it covers, so a crash repeats work, never skips it.
+//!
+//! When: at once when a member connects (after a restart, a partition, a new IP), when a
+//! topic message had to be dropped (busy, disk trouble), and every
+//! [`Config::topic_sync_every`](crate::config::Config::topic_sync_every) with every connected
+//! member. In steady state a round costs one digest per member and topic; a message gossip
+//! already brought costs 16 bytes of id, never a second copy.
+//!
+//! Only a node's own publications are served, so what is fetched is vouched for by the
+//! authenticated node it comes from, exactly as a gossip signature would.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::{MessageId, TopicName, now_ms};
+use crate::node::Node;
+use crate::store::{SyncCursor, ops};
+use crate::wire::{self, SyncRequest, SyncResponse};
+
+/// Members caught up with at once.
+pub const SYNC_PARALLEL: usize = 4;
+/// Digest pages per topic in one round with one member (the rest in the next round, soon).
+pub const MAX_PAGES_PER_ROUND: usize = 16;
+/// Ids fetched per request.
+pub const FETCH_CHUNK: usize = 64;
+/// Kicks queued for the syncer.
+pub const SYNC_QUEUE: usize = 1024;
+/// Wait before trying a member again after a failed round.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Log entries a node scans to answer one digest.
+pub const MAX_DIGEST_SCAN: usize = 8192;
+
+/// What one round with one member came to.
+enum Round {
+    /// Everything caught up.
+    Done,
+    /// Stopped at the page limit: another round is due at once.
+    More,
+}
+
+/// Runs until cancelled.
+pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: CancellationToken) {
+    let every = node.config().topic_sync_every();
+    let mut due: HashMap<PeerId, Instant> = HashMap::new();
+    let mut running: HashSet<PeerId> = HashSet::new();
+    let mut again: HashSet<PeerId> = HashSet::new();
+    let mut tasks: JoinSet<(PeerId, Result<Round, String>)> = JoinSet::new();
+    let mut connected_rx = node.0.net.connected();
+    let mut connected: Arc<std::collections::BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
+    for p in connected.iter() {
+        due.insert(*p, Instant::now());
+    }
+    loop {
+        let now = Instant::now();
+        let ready: Vec<PeerId> = due
+            .iter()
+            .filter(|(p, t)| **t <= now && !running.contains(*p))
+            .map(|(p, _)| *p)
+            .take(SYNC_PARALLEL.saturating_sub(running.len()))
+            .collect();
+        for p in ready {
+            due.remove(&p);
+            if !connected.contains(&p) {
+                continue;
+            }
+            running.insert(p);
+            let n = node.clone();
+            tasks.spawn(async move { (p, round(&n, p).await) });
+        }
+        let wake = due.values().min().copied().unwrap_or_else(|| now + every);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            kick = kicks.recv() => match kick {
+                Some(p) if running.contains(&p) => {
+                    again.insert(p);
+                }
+                Some(p) => {
+                    due.insert(p, Instant::now());
+                }
+                None => break,
+            },
+            changed = connected_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let new = connected_rx.borrow_and_update().clone();
+                for p in new.difference(&connected) {
+                    // A member (re)connected: whatever it published meanwhile, now.
+                    if running.contains(p) {
+                        again.insert(*p);
+                    } else {
+                        due.insert(*p, Instant::now());
+                    }
+                }
+                for p in connected.difference(&new) {
+                    due.remove(p);
+                    again.remove(p);
+                }
+                connected = new;
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let (peer, outcome) = match done {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "topic catch-up task failed");
+                        continue;
+                    }
+                };
+                running.remove(&peer);
+                if !connected.contains(&peer) {
+                    again.remove(&peer);
+                    continue;
+                }
+                let next = match outcome {
+                    Ok(Round::More) => Instant::now(),
+                    Ok(Round::Done) if again.remove(&peer) => Instant::now(),
+                    Ok(Round::Done) => Instant::now() + every,
+                    Err(why) => {
+                        tracing::debug!(%peer, %why, "topic catch-up failed; will retry");
+                        again.remove(&peer);
+                        Instant::now() + RETRY_AFTER.min(every)
+                    }
+                };
+                due.insert(peer, next);
+            },
+            _ = tokio::time::sleep_until(wake) => {},
+        }
+    }
+    tasks.shutdown().await;
+}
+
+/// One catch-up round with `peer`: every subscribed topic, up to the page limit each.
+async fn round(node: &Node, peer: PeerId) -> Result<Round, String> {
+    let topics = node
+        .0
+        .store
+        .read(ops::subscribed_topics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut outcome = Round::Done;
+    for (topic, since_ms) in topics {
+        if let Round::More = topic_round(node, peer, &topic, since_ms).await? {
+            outcome = Round::More;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64) -> Result<Round, String> {
+    let store = &node.0.store;
+    let (p, t) = (peer, topic.clone());
+    let mut cursor = store
+        .read(move |r| ops::sync_cursor(r, &p, &t))
+        .await
+        .map_err(|e| e.to_string())?;
+    for _ in 0..MAX_PAGES_PER_ROUND {
+        let request = SyncRequest::Digest {
+            topic: topic.clone(),
+            log: cursor.log,
+            after: cursor.after,
+            since_ms,
+        };
+        let (log, ids, next, more) = match node.0.net.sync(peer, request).await.map_err(|e| e.to_string())? {
+            SyncResponse::Digest { log, ids, next, more } => (log, ids, next, more),
+            SyncResponse::Unavailable(why) => return Err(format!("the node is unavailable: {why}")),
+            SyncResponse::Messages(_) => return Err("answered a digest with messages".into()),
+        };
+        if ids.len() > wire::MAX_SYNC_IDS {
+            return Err(format!("digest of {} ids (limit {})", ids.len(), wire::MAX_SYNC_IDS));
+        }
+        let missing = store
+            .read(move |r| ops::unknown_ids(r, &ids))
+            .await
+            .map_err(|e| e.to_string())?;
+        for chunk in missing.chunks(FETCH_CHUNK) {
+            fetch(node, peer, topic, chunk).await?;
+        }
+        cursor = SyncCursor { log, after: next };
+        let (p, t) = (peer, topic.clone());
+        store
+            .write("catch-up", move |tx| ops::set_sync_cursor(tx, &p, &t, cursor))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !more {
+            return Ok(Round::Done);
+        }
+    }
+    Ok(Round::More)
+}
+
+/// Fetches `ids` from `peer` (in as many answers as its size cap needs) and stores them.
+async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) -> Result<(), String> {
+    let mut want: Vec<MessageId> = ids.to_vec();
+    let max_text = node.config().limits.max_topic_message_bytes;
+    while !want.is_empty() {
+        let request = SyncRequest::Fetch {
+            topic: topic.clone(),
+            ids: want.clone(),
+        };
+        let got = match node.0.net.sync(peer, request).await.map_err(|e| e.to_string())? {
+            SyncResponse::Messages(m) => m,
+            SyncResponse::Unavailable(why) => return Err(format!("the node is unavailable: {why}")),
+            SyncResponse::Digest { .. } => return Err("answered a fetch with a digest".into()),
+        };
+        let asked: HashSet<MessageId> = want.iter().copied().collect();
+        let mut keep = Vec::new();
+        let mut answered = HashSet::new();
+        for env in got {
+            if !asked.contains(&env.id) || !answered.insert(env.id) {
+                continue;
+            }
+            // Checked as gossip is: right topic, not empty, within our limit. A message we
+            // refuse is not asked again (its id counts as answered).
+            if env.topic != *topic || env.text.trim().is_empty() || env.text.len() > max_text {
+                tracing::debug!(%peer, id = %env.id, "refusing a caught-up topic message");
+                crate::metrics::Metrics::count(&node.0.metrics.topic_dropped, "rejected");
+                continue;
+            }
+            keep.push(env);
+        }
+        if answered.is_empty() {
+            // Gone from its log (or never its own): nothing more to get.
+            return Ok(());
+        }
+        node.store_synced(peer, keep, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        want.retain(|id| !answered.contains(id));
+    }
+    Ok(())
+}
