@@ -244,10 +244,6 @@ impl Daemon {
             "catch-up",
             tokio::spawn(crate::sync::run(node.clone(), sync_rx, cancel.clone())),
         ));
-        tasks.push((
-            "api",
-            tokio::spawn(server::serve(listener, node.clone(), cancel.clone())),
-        ));
         let metrics_addr = match config.metrics {
             Some(addr) => {
                 let n = node.clone();
@@ -274,6 +270,12 @@ impl Daemon {
             abort();
             return Err(DaemonError::Other(format!("startup failed: {e}")));
         }
+        // Requests are served once the node knows what its store knows (agents, nodes,
+        // subscriptions); clients connecting earlier wait in the socket's backlog.
+        tasks.push((
+            "api",
+            tokio::spawn(server::serve(listener, node.clone(), cancel.clone())),
+        ));
 
         // Wait until every listener has reported its address.
         let mut listening = net.listening();

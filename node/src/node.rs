@@ -1814,7 +1814,6 @@ impl Node {
         Ok(())
     }
 
-    /// Reacts to the network until cancelled.
     /// Waits until incoming deliveries and topic messages being stored are done (and their
     /// answers handed to the network); false if `deadline` came first.
     pub(crate) async fn drain_inbound(&self, deadline: tokio::time::Instant) -> bool {

@@ -297,3 +297,102 @@ macro_rules! get {
         }
     };
 }
+
+/// The seed of a randomized test: `MESH_TEST_SEED` to replay one, else a fresh one. Printed
+/// either way, so a failure can be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var("MESH_TEST_SEED") {
+        Ok(s) => s.trim().parse().expect("MESH_TEST_SEED must be a number"),
+        Err(_) => rand::random::<u64>() >> 12,
+    };
+    eprintln!("{test}: seed {seed} (replay with MESH_TEST_SEED={seed})");
+    seed
+}
+
+/// `MESH_LONG_TESTS=1` runs the long variants of the reliability tests (more messages,
+/// more crashes, more load). `.ci/run --long` sets it.
+pub fn long_tests() -> bool {
+    std::env::var("MESH_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// A client of one home that rides out daemon crashes: a request that fails because the
+/// daemon went away (or is not back yet) is sent again on a new connection, until it is
+/// answered or `deadline` passes. Only for requests that are safe to repeat (sends and
+/// publishes carry their message id).
+pub struct Resilient {
+    pub home: mesh_node::home::Home,
+    client: Option<mesh_node::api::client::Client>,
+    /// Requests sent again after a broken connection or an unavailable daemon.
+    pub retries: u64,
+}
+
+impl Resilient {
+    pub fn new(home: &Path) -> Resilient {
+        Resilient {
+            home: mesh_node::home::Home::resolve(Some(home.to_path_buf())).expect("home"),
+            client: None,
+            retries: 0,
+        }
+    }
+
+    pub async fn call(
+        &mut self,
+        request: mesh_node::api::Request,
+        deadline: tokio::time::Instant,
+    ) -> mesh_node::api::Response {
+        use mesh_node::api::ErrorCode;
+        use mesh_node::api::client::{Client, ClientError};
+        assert!(
+            request.is_repeatable(),
+            "only repeatable requests are retried: {request:?}"
+        );
+        loop {
+            if tokio::time::Instant::now() > deadline {
+                panic!("no answer to {} before the deadline", request.kind());
+            }
+            let client = match &self.client {
+                Some(c) if !c.is_closed() => c.clone(),
+                _ => match Client::connect(&self.home, "resilient-test").await {
+                    Ok(c) => {
+                        self.client = Some(c.clone());
+                        c
+                    }
+                    Err(_) => {
+                        // Down, or starting: try again shortly.
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                        continue;
+                    }
+                },
+            };
+            match client.call(request.clone()).await {
+                Ok(r) => return r,
+                Err(ClientError::Closed | ClientError::NotSent) => {
+                    self.client = None;
+                }
+                Err(ClientError::Api(e)) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Busy) => {}
+                Err(e) => panic!("{} failed for good: {e}", request.kind()),
+            }
+            self.retries += 1;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// `GET /metrics` from a daemon started with `--metrics` (blocking, bounded).
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, CMD_TIMEOUT).expect("connect to metrics");
+    s.set_read_timeout(Some(CMD_TIMEOUT)).expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
+/// The value of the sample `series` (exact name and labels) in a scrape.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
