@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,8 +71,8 @@ impl Node {
     }
 }
 
-async fn register(home: &PathBuf, agent: &str) {
-    let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
+async fn register(home: &Path, agent: &str) {
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
     let c = Client::connect(&h, "test").await.unwrap();
     c.call(Request::Register {
         agent: AgentSpec {
@@ -164,12 +164,12 @@ async fn publish_stream(
 /// Waits until `check` holds on `home`, re-checking at every event and at least every
 /// second (connections come and go with the crashes).
 async fn wait_until(
-    home: &PathBuf,
+    home: &Path,
     what: &str,
     deadline: tokio::time::Instant,
     mut check: impl AsyncFnMut(&Client) -> Result<(), String>,
 ) {
-    let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
     let mut last = String::new();
     loop {
         if tokio::time::Instant::now() > deadline {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, Resilient, metric, runtime, scrape, start_daemon};
@@ -62,8 +62,8 @@ async fn send_all(home: PathBuf, n: usize) -> Vec<MessageId> {
 }
 
 /// Waits until bob has `ids` (exactly, in order) at `home`.
-async fn wait_bob(home: &PathBuf, ids: &[MessageId]) {
-    let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
+async fn wait_bob(home: &Path, ids: &[MessageId]) {
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
     let c = Client::connect(&h, "test").await.unwrap();
     let mut ev = c.watch(vec!["bob".into()]).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -94,8 +94,8 @@ async fn wait_bob(home: &PathBuf, ids: &[MessageId]) {
 }
 
 /// Waits until bob has at least `n` messages.
-async fn wait_some(home: &PathBuf, n: usize) {
-    let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
+async fn wait_some(home: &Path, n: usize) {
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
     let c = Client::connect(&h, "test").await.unwrap();
     let mut ev = c.watch(vec!["bob".into()]).await.unwrap();
     let mut seen = 0;
