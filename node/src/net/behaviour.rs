@@ -13,7 +13,7 @@ use libp2p::{
 };
 
 use super::gate::Gate;
-use super::{AGENT_VERSION, IDLE_CONNECTION_TIMEOUT, NetError, PING_INTERVAL};
+use super::{AGENT_VERSION, IDLE_CONNECTION_TIMEOUT, NetError};
 use crate::config::Config;
 use crate::mesh::Membership;
 use crate::wire::{
@@ -128,6 +128,7 @@ pub fn build(
     let relay_for_anyone = config.relay.for_anyone;
     let mut registry = metrics.registry();
     let request_timeout = config.delivery.request_timeout;
+    let (ping_every, ping_timeout) = super::ping_timing(config.presence.heartbeat);
     let mdns_on = config.libp2p_mdns();
     let relay_cfg = config.relay.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
@@ -192,11 +193,7 @@ pub fn build(
                         .with_agent_version(AGENT_VERSION.to_string())
                         .with_push_listen_addr_updates(true),
                 ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(PING_INTERVAL)
-                        .with_timeout(Duration::from_secs(10)),
-                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
                 mdns: mdns.into(),
                 admit: request_response::Behaviour::with_codec(
                     PostcardCodec::new(wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES),

@@ -52,8 +52,18 @@ pub const MAX_ADDRS_PER_PEER: usize = 16;
 pub const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
 /// Idle connections are closed after this long (presence traffic keeps mesh peers busy).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
-/// Ping interval; a ping that times out closes the connection.
+/// Longest ping interval. Pings go every presence heartbeat (at least every second); a
+/// connection whose pings fail twice in a row is closed, so a peer that vanished without
+/// closing (cable pulled, partition, new IP) is noticed within about four heartbeats.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Ping interval and timeout for a presence heartbeat.
+pub fn ping_timing(heartbeat: Duration) -> (Duration, Duration) {
+    (
+        heartbeat.clamp(Duration::from_secs(1), PING_INTERVAL),
+        (heartbeat * 2).clamp(Duration::from_secs(3), PING_INTERVAL),
+    )
+}
 /// Reachability upkeep interval.
 pub const REACH_UPKEEP: Duration = Duration::from_secs(2);
 /// Software version announced to peers.

@@ -1,0 +1,311 @@
+//! Partitions, for real: three hosts on a LAN in network namespaces (real mDNS), one cut
+//! off by dropping all its traffic while messages are sent to it and topic messages go by,
+//! then let back. Queued messages arrive once and in order, missed topic messages are
+//! caught up once, presence converges, the gossip mesh forms again. Then the same host
+//! gets a new IP address and is found again. Skips (with a message) unless root.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod netns;
+
+use std::time::Duration;
+
+use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
+use mesh_node::api::client::Client;
+use mesh_node::api::{AgentSpec, Request, Response};
+use mesh_node::ids::MessageId;
+use netns::{Host, Lab, sh};
+
+/// Longest wait for the network to settle (a dead connection is noticed by a failed ping:
+/// up to 20 s).
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Fast presence, and sends that do not wait long for an ack from a node that may be cut
+/// off.
+fn config() -> String {
+    FAST_CONFIG.replace("send_wait = \"3s\"", "send_wait = \"200ms\"")
+}
+
+fn start_on(host: &Host, home: &Home, name: &str) -> Daemon {
+    std::fs::write(home.path().join("config.toml"), config()).unwrap();
+    spawn_daemon(host.command(&common::mesh_bin()), &home.path(), &["--name", name])
+}
+
+async fn client(home: &Home) -> Client {
+    let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
+    Client::connect(&h, "partition-test").await.unwrap()
+}
+
+/// Waits until `check` holds on the node of `home`, looking again at every event of the
+/// node and every 250 ms.
+async fn until<T>(home: &Home, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
+    let started = std::time::Instant::now();
+    let c = &client(home).await;
+    let mut ev = client(home).await.watch(vec![]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if let Some(v) = check(c).await {
+            eprintln!("partition: {what}: {:.1} s", started.elapsed().as_secs_f64());
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        let _ = tokio::time::timeout(Duration::from_millis(250), ev.recv()).await;
+    }
+}
+
+/// The agents `c`'s node knows on node `node`.
+async fn known_agents(c: &Client, node: &str) -> Vec<String> {
+    get!(c.call(Request::Agents), Agents)
+        .into_iter()
+        .filter(|a| a.node_name == node && !a.local)
+        .map(|a| a.name)
+        .collect()
+}
+
+async fn node_online(c: &Client, node: &str) -> bool {
+    get!(c.call(Request::Peers), Peers)
+        .iter()
+        .any(|p| p.name.as_deref() == Some(node) && p.online)
+}
+
+async fn inbox_from(c: &Client, agent: &str, from: &str) -> Vec<MessageId> {
+    get!(
+        c.call(Request::Inbox {
+            agent: agent.into(),
+            all: true,
+            limit: 10_000,
+            mark_read: false,
+            skip_notified: false,
+        }),
+        Inbox
+    )
+    .into_iter()
+    .filter(|m| m.from_agent == from && m.topic.is_none())
+    .map(|m| m.id)
+    .collect()
+}
+
+async fn topic_ids(c: &Client, topic: &str) -> Vec<MessageId> {
+    get!(
+        c.call(Request::History {
+            agent: None,
+            target: Some(format!("#{topic}")),
+            grep: None,
+            limit: 10_000,
+        }),
+        History
+    )
+    .into_iter()
+    .map(|h| h.id)
+    .collect()
+}
+
+async fn send(c: &Client, from: &str, to: &str, text: &str) -> MessageId {
+    let id = MessageId::new();
+    let r = get!(
+        c.call(Request::Send {
+            from: from.into(),
+            to: to.into(),
+            text: text.into(),
+            reply_to: None,
+            id: Some(id),
+        }),
+        Sent
+    );
+    assert_eq!(r.id, id);
+    id
+}
+
+async fn publish(c: &Client, agent: &str, topic: &str, text: &str) -> (MessageId, u32) {
+    let p = get!(
+        c.call(Request::Publish {
+            agent: agent.into(),
+            topic: topic.into(),
+            text: text.into(),
+            reply_to: None,
+            id: None,
+        }),
+        Published
+    );
+    (p.id, p.peers_reached)
+}
+
+/// Cuts `host` off its LAN (every packet dropped, both ways, silently) or lets it back.
+fn cut(lab: &Lab, host: &Host, off: bool) {
+    if off {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            sh(&[
+                "ip", "netns", "exec", &host.ns, "iptables", "-A", chain, dir, "eth0", "-j", "DROP",
+            ]);
+        }
+    } else {
+        sh(&["ip", "netns", "exec", &host.ns, "iptables", "-F"]);
+    }
+    let _ = lab;
+}
+
+#[test]
+fn a_cut_off_node_gets_everything_once_after_the_partition_and_is_found_at_a_new_address() {
+    let Some(mut lab) = Lab::new("partition") else { return };
+    if std::process::Command::new("iptables").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: iptables is missing; .ci/run installs it");
+        return;
+    }
+    let seg = lab.segment("sw", [10, 78, 1]);
+    let hosts: Vec<Host> = (1..=3).map(|i| lab.host(&format!("h{i}"), &seg, i as u8)).collect();
+    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect();
+    let names = ["h1", "h2", "h3"];
+    let _daemons: Vec<Daemon> = hosts
+        .iter()
+        .zip(&homes)
+        .zip(names)
+        .map(|((h, home), n)| start_on(h, home, n))
+        .collect();
+    let rt = runtime();
+    rt.block_on(async {
+        let (c1, c2, c3) = (
+            client(&homes[0]).await,
+            client(&homes[1]).await,
+            client(&homes[2]).await,
+        );
+        c3.call(Request::Register {
+            agent: AgentSpec {
+                name: "carol".into(),
+                kind: "other".into(),
+                ..Default::default()
+            },
+            attach: false,
+        })
+        .await
+        .unwrap();
+        for (c, agent) in [(&c1, "alice"), (&c2, "bob"), (&c3, "carol")] {
+            c.call(Request::Subscribe {
+                agent: agent.into(),
+                topic: "ops".into(),
+            })
+            .await
+            .unwrap();
+        }
+        // Zero configuration: everyone finds everyone.
+        for (h, me) in homes.iter().zip(names) {
+            for other in names.iter().filter(|n| **n != me) {
+                until(h, &format!("{me} to see {other}"), async |c: &Client| {
+                    (!known_agents(c, other).await.is_empty()).then_some(())
+                })
+                .await;
+            }
+        }
+        until(&homes[0], "h1 to see carol", async |c: &Client| {
+            known_agents(c, "h3").await.contains(&"carol".to_string()).then_some(())
+        })
+        .await;
+
+        // h3 is cut off.
+        cut(&lab, &hosts[2], true);
+        let mut to_carol = Vec::new();
+        let mut to_bob = Vec::new();
+        let mut topics = Vec::new();
+        for i in 0..30 {
+            to_carol.push(send(&c1, "alice", "carol@h3", &format!("while cut off {i}")).await);
+            if i % 3 == 0 {
+                to_bob.push(send(&c1, "alice", "bob@h2", &format!("meanwhile {i}")).await);
+                topics.push(publish(&c1, "alice", "ops", &format!("ops update {i}")).await.0);
+            }
+        }
+        // The rest of the mesh carries on.
+        until(
+            &homes[1],
+            "bob to get alice's messages during the partition",
+            async |c: &Client| (inbox_from(c, "bob", "alice").await == to_bob).then_some(()),
+        )
+        .await;
+        until(
+            &homes[1],
+            "h2 to get the topic messages during the partition",
+            async |c: &Client| {
+                let have = topic_ids(c, "ops").await;
+                topics.iter().all(|id| have.contains(id)).then_some(())
+            },
+        )
+        .await;
+        // Everyone notices h3 is gone (its connections die on failed pings).
+        for (h, me) in homes.iter().zip(names).take(2) {
+            until(h, &format!("{me} to see h3 offline"), async |c: &Client| {
+                (!node_online(c, "h3").await).then_some(())
+            })
+            .await;
+        }
+        assert!(
+            inbox_from(&c3, "carol", "alice").await.is_empty(),
+            "nothing crossed the cut"
+        );
+
+        // Healed.
+        cut(&lab, &hosts[2], false);
+        let got = until(&homes[2], "carol to get every queued message", async |c: &Client| {
+            let got = inbox_from(c, "carol", "alice").await;
+            (got.len() >= to_carol.len()).then_some(got)
+        })
+        .await;
+        assert_eq!(got, to_carol, "exactly once, in send order");
+        let have = until(&homes[2], "h3 to catch up on the topic", async |c: &Client| {
+            let have = topic_ids(c, "ops").await;
+            topics.iter().all(|id| have.contains(id)).then_some(have)
+        })
+        .await;
+        for id in &topics {
+            assert_eq!(have.iter().filter(|x| *x == id).count(), 1, "caught up once");
+        }
+        // Presence converges: everyone sees everyone online again.
+        for (h, me) in homes.iter().zip(names) {
+            for other in names.iter().filter(|n| **n != me) {
+                until(h, &format!("{me} to see {other} online again"), async |c: &Client| {
+                    node_online(c, other).await.then_some(())
+                })
+                .await;
+            }
+        }
+        // The gossip mesh forms again: h3's topic messages reach both others by gossip.
+        let (last, _) = until(
+            &homes[2],
+            "h3's gossip to reach both subscribers",
+            async |c: &Client| {
+                let (id, reached) = publish(c, "carol", "ops", "back online").await;
+                (reached >= 2).then_some((id, reached))
+            },
+        )
+        .await;
+        for h in &homes[..2] {
+            until(h, "h3's topic message", async |c: &Client| {
+                topic_ids(c, "ops").await.contains(&last).then_some(())
+            })
+            .await;
+        }
+
+        // h3 moves to another address; mail for carol waits, then finds it there.
+        sh(&["ip", "-n", &hosts[2].ns, "addr", "del", "10.78.1.3/24", "dev", "eth0"]);
+        sh(&["ip", "-n", &hosts[2].ns, "addr", "add", "10.78.1.13/24", "dev", "eth0"]);
+        let mut moved = Vec::new();
+        for i in 0..10 {
+            moved.push(send(&c1, "alice", "carol@h3", &format!("after the move {i}")).await);
+        }
+        let got = until(&homes[2], "carol to get mail at the new address", async |c: &Client| {
+            let got = inbox_from(c, "carol", "alice").await;
+            (got.len() >= to_carol.len() + moved.len()).then_some(got)
+        })
+        .await;
+        assert_eq!(got[to_carol.len()..], moved[..], "exactly once, in send order");
+        until(&homes[0], "h1 to reach h3 at its new address", async |c: &Client| {
+            get!(c.call(Request::Peers), Peers)
+                .iter()
+                .any(|p| {
+                    p.name.as_deref() == Some("h3")
+                        && p.connections.iter().any(|x| x.addr.to_string().contains("10.78.1.13"))
+                })
+                .then_some(())
+        })
+        .await;
+        let _ = Response::Ok;
+    });
+}
