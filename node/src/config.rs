@@ -287,9 +287,9 @@ impl Config {
     /// Reads `path` if it exists (defaults otherwise) and applies `overrides` on top.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut cfg = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(source) => {
@@ -326,6 +326,11 @@ impl Config {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses the text of a `config.toml` (not yet validated: see [`Config::validate`]).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str::<Config>(text).map_err(|e| e.to_string())
     }
 
     /// Checks ranges that serde cannot express.

@@ -32,6 +32,7 @@ pub mod courier;
 pub mod daemon;
 pub mod directory;
 pub mod dnssd;
+pub mod fuzzing;
 pub mod home;
 pub mod identity;
 pub mod ids;

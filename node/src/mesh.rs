@@ -610,14 +610,27 @@ impl Membership {
                 mode,
             });
         }
-        let corrupt = |why: &str| MeshError::Corrupt {
-            path: path.to_path_buf(),
-            why: why.to_string(),
-        };
-        let body = bytes.strip_prefix(FILE_MAGIC).ok_or_else(|| corrupt("wrong header"))?;
-        let grant: Grant = postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))?;
-        grant.check().map_err(|e| corrupt(&e))?;
-        Ok(Some(Self { grant, open: false }))
+        Self::from_file_bytes(&bytes)
+            .map(Some)
+            .map_err(|why| MeshError::Corrupt {
+                path: path.to_path_buf(),
+                why,
+            })
+    }
+
+    /// The contents of a `mesh.key` file.
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut body = FILE_MAGIC.to_vec();
+        body.extend(postcard::to_allocvec(&self.grant).map_err(|e| e.to_string())?);
+        Ok(body)
+    }
+
+    /// Parses the contents of a `mesh.key` file.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let body = bytes.strip_prefix(FILE_MAGIC).ok_or("wrong header")?;
+        let grant: Grant = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        grant.check()?;
+        Ok(Self { grant, open: false })
     }
 
     /// Reads `mesh.key`, or starts a new mesh and writes it there.
@@ -640,8 +653,7 @@ impl Membership {
             path: path.to_path_buf(),
             source,
         };
-        let mut body = FILE_MAGIC.to_vec();
-        body.extend(postcard::to_allocvec(&self.grant).map_err(|e| io(std::io::Error::other(e.to_string())))?);
+        let body = self.to_file_bytes().map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = path.with_extension("key.tmp");
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()

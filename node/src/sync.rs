@@ -52,6 +52,9 @@ enum Round {
     Done,
     /// Stopped at the page limit: another round is due at once.
     More,
+    /// Stopped at the publisher's allowance (`limits.peer_topic_messages_per_minute`, as for
+    /// its gossip): another round once it has refilled.
+    Throttled(Duration),
 }
 
 /// Runs until cancelled.
@@ -129,6 +132,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 }
                 let next = match outcome {
                     Ok(Round::More) => Instant::now(),
+                    Ok(Round::Throttled(wait)) => Instant::now() + wait,
                     Ok(Round::Done) if again.remove(&peer) => Instant::now(),
                     Ok(Round::Done) => Instant::now() + every,
                     Err(why) => {
@@ -155,8 +159,10 @@ async fn round(node: &Node, peer: PeerId) -> Result<Round, String> {
         .map_err(|e| e.to_string())?;
     let mut outcome = Round::Done;
     for (topic, since_ms) in topics {
-        if let Round::More = topic_round(node, peer, &topic, since_ms).await? {
-            outcome = Round::More;
+        match topic_round(node, peer, &topic, since_ms).await? {
+            Round::Done => {}
+            Round::More => outcome = Round::More,
+            Round::Throttled(wait) => return Ok(Round::Throttled(wait)),
         }
     }
     Ok(outcome)
@@ -189,7 +195,20 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
             .await
             .map_err(|e| e.to_string())?;
         for chunk in missing.chunks(FETCH_CHUNK) {
-            fetch(node, peer, topic, chunk).await?;
+            // Within the publisher's allowance; the position is not moved past what was
+            // not fetched (the next round asks for the same page again).
+            let allowed = {
+                let mut rate = node.0.sync_rate.lock().unwrap_or_else(|e| e.into_inner());
+                rate.take_up_to(&peer, chunk.len() as u32, std::time::Instant::now())
+            };
+            match allowed {
+                Ok(n) if n as usize >= chunk.len() => fetch(node, peer, topic, chunk).await?,
+                Ok(n) => {
+                    fetch(node, peer, topic, &chunk[..n as usize]).await?;
+                    return Ok(Round::Throttled(RETRY_AFTER));
+                }
+                Err(wait) => return Ok(Round::Throttled(wait.max(Duration::from_millis(100)))),
+            }
         }
         cursor = SyncCursor { log, after: next };
         let (p, t) = (peer, topic.clone());

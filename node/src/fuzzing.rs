@@ -1,0 +1,514 @@
+//! Entry points of the fuzz targets (`node/fuzz`, run with cargo-fuzz), one per kind of
+//! bytes that reach a node from outside:
+//!
+//! * [`wire()`]: what peers send: every request-response protocol's frames (through the
+//!   codec, with its size limits), sealed and plain gossip payloads, key chains;
+//! * [`local_api`]: what a local client sends the daemon (length-delimited frames, hellos,
+//!   requests and the names in them), and what a daemon answers;
+//! * [`join_code`]: the text a user pastes into `mesh join`;
+//! * [`config_files`]: `config.toml` and `mesh.key` as found on disk.
+//!
+//! Each must return normally whatever it is given: decoding fails with an error, never a
+//! panic or an allocation beyond the limits; what decodes encodes back to the same value.
+//! `node/tests/fuzz_regressions.rs` runs the seed inputs and every input a fuzzer ever
+//! found (`node/fuzz/regressions/`) through them on each `cargo test`.
+//!
+//! ```
+//! mesh_node::fuzzing::wire(&[0, 3, 0xff, 0xff, 0xff]);
+//! mesh_node::fuzzing::join_code(b"agentmesh:not-a-code");
+//! ```
+
+use std::fmt::Debug;
+use std::sync::OnceLock;
+
+use bytes::BytesMut;
+use futures::executor::block_on;
+use libp2p::PeerId;
+use libp2p::request_response::Codec;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+
+use crate::api::{ClientFrame, ClientHello, HELLO_FRAME_LIMIT, Request, ServerFrame, ServerHello};
+use crate::config::Config;
+use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName};
+use crate::mesh::{Grant, Invite, Membership};
+use crate::wire::{self, PostcardCodec};
+
+/// Frame size limit used for the local API target (the daemon's default).
+const API_FRAME_LIMIT: usize = 1024 * 1024;
+/// Request limit used for the delivery protocol (the default config's).
+fn dm_request_limit() -> usize {
+    Config::default().max_wire_request_bytes()
+}
+
+/// A fixed mesh (so sealed seeds open in every run).
+fn mesh() -> &'static Membership {
+    static MESH: OnceLock<Membership> = OnceLock::new();
+    MESH.get_or_init(|| {
+        Membership::from_grant(Grant {
+            mesh_id: crate::mesh::MeshId([1; 16]),
+            name_key: [2; 32],
+            epochs: vec![crate::mesh::Epoch {
+                number: 1,
+                secret: [3; 32],
+                roster: Vec::new(),
+            }],
+            revoked: Default::default(),
+        })
+        .expect("a valid grant")
+    })
+}
+
+/// A fixed key: the publisher of sealed seeds and the signer of the join code seed.
+fn key() -> &'static libp2p::identity::Keypair {
+    static KEY: OnceLock<libp2p::identity::Keypair> = OnceLock::new();
+    KEY.get_or_init(|| libp2p::identity::Keypair::ed25519_from_bytes([4; 32]).expect("a valid key"))
+}
+
+fn source() -> &'static PeerId {
+    static PEER: OnceLock<PeerId> = OnceLock::new();
+    PEER.get_or_init(|| key().public().to_peer_id())
+}
+
+/// Decodes `bytes` as postcard; what decodes must encode and decode to the same value.
+fn postcard_round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) -> Option<T> {
+    let v: T = postcard::from_bytes(bytes).ok()?;
+    let again = postcard::to_allocvec(&v).expect("a decoded value encodes");
+    let back: T = postcard::from_bytes(&again).expect("an encoded value decodes");
+    assert_eq!(back, v, "postcard round trip");
+    Some(v)
+}
+
+/// Reads `bytes` as a request and as a response of a request-response protocol, as the
+/// network does (length prefix, size limits checked before reading), and writes back what
+/// it read.
+fn protocol<Req, Resp>(bytes: &[u8], max_req: usize, max_resp: usize) -> (Option<Req>, Option<Resp>)
+where
+    Req: Serialize + DeserializeOwned + PartialEq + Debug + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + PartialEq + Debug + Send + Sync + 'static,
+{
+    let mut codec = PostcardCodec::<Req, Resp>::new(max_req, max_resp);
+    let p = wire::DM_PROTOCOL;
+    let req = block_on(codec.read_request(&p, &mut futures::io::Cursor::new(bytes))).ok();
+    if let Some(r) = &req {
+        let mut out = futures::io::Cursor::new(Vec::new());
+        if block_on(codec.write_request(&p, &mut out, clone_via_postcard(r))).is_ok() {
+            let back = block_on(codec.read_request(&p, &mut futures::io::Cursor::new(out.into_inner())))
+                .expect("a written request reads back");
+            assert_eq!(&back, r, "request round trip");
+        }
+    }
+    let resp = block_on(codec.read_response(&p, &mut futures::io::Cursor::new(bytes))).ok();
+    if let Some(r) = &resp {
+        let mut out = futures::io::Cursor::new(Vec::new());
+        if block_on(codec.write_response(&p, &mut out, clone_via_postcard(r))).is_ok() {
+            let back = block_on(codec.read_response(&p, &mut futures::io::Cursor::new(out.into_inner())))
+                .expect("a written response reads back");
+            assert_eq!(&back, r, "response round trip");
+        }
+    }
+    (req, resp)
+}
+
+fn clone_via_postcard<T: Serialize + DeserializeOwned>(v: &T) -> T {
+    postcard::from_bytes(&postcard::to_allocvec(v).expect("encodes")).expect("decodes")
+}
+
+/// Bytes from a peer. The first byte picks what they are taken for.
+pub fn wire(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    match pick % 10 {
+        0 => {
+            let (req, _) =
+                protocol::<wire::DmRequest, wire::DmResponse>(bytes, dm_request_limit(), wire::MAX_DM_RESPONSE_BYTES);
+            if let Some(wire::DmRequest::Deliver(msgs)) = req {
+                // What the recipient checks before storing.
+                for m in &msgs {
+                    let _ = m.text.trim().is_empty();
+                    let _ = m.id.timestamp_ms();
+                }
+            }
+        }
+        1 => {
+            protocol::<wire::AdmitRequest, wire::AdmitResponse>(bytes, wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES);
+        }
+        2 => {
+            let (req, _) = protocol::<wire::JoinRequest, wire::JoinResponse>(bytes, 16 * 1024, wire::MAX_ADMIT_BYTES);
+            if let Some(r) = req {
+                let _ = r.invite.verify();
+            }
+        }
+        3 => {
+            let (a, b) = protocol::<wire::Announcement, wire::Announcement>(
+                bytes,
+                wire::MAX_ANNOUNCEMENT_BYTES,
+                wire::MAX_ANNOUNCEMENT_BYTES,
+            );
+            for a in a.iter().chain(b.iter()) {
+                let _ = a.check();
+            }
+        }
+        4 => {
+            protocol::<wire::SyncRequest, wire::SyncResponse>(
+                bytes,
+                wire::MAX_SYNC_REQUEST_BYTES,
+                wire::MAX_SYNC_RESPONSE_BYTES,
+            );
+        }
+        5 => {
+            protocol::<u64, u64>(bytes, 64, 64);
+        }
+        // Gossip as it arrives: sealed for the mesh, then decoded.
+        6 => {
+            let topic = wire::directory_topic(mesh()).hash();
+            if let Ok(plain) = mesh().open_sealed(topic.as_str(), source(), bytes)
+                && let Some(wire::DirectoryGossip::Announce(a)) = postcard_round_trip::<wire::DirectoryGossip>(&plain)
+            {
+                let _ = a.check();
+            }
+        }
+        7 => {
+            let topic = TopicName::new("fuzz").expect("topic");
+            let hash = wire::gossip_topic(mesh(), &topic).hash();
+            if let Ok(plain) = mesh().open_sealed(hash.as_str(), source(), bytes) {
+                postcard_round_trip::<wire::TopicEnvelope>(&plain);
+            }
+        }
+        // The payloads behind the seal (which a fuzzer cannot forge), decoded directly.
+        8 => {
+            if let Some(wire::DirectoryGossip::Announce(a)) = postcard_round_trip::<wire::DirectoryGossip>(bytes) {
+                let _ = a.check();
+            }
+            postcard_round_trip::<wire::TopicEnvelope>(bytes);
+        }
+        // A key chain handed over by a member (admission, rekey, join).
+        _ => {
+            if let Some(g) = postcard_round_trip::<Grant>(bytes) {
+                let _ = g.check();
+                if let Ok(m) = Membership::from_grant(g.clone()) {
+                    let _ = m.topic_tag("t");
+                }
+                let mut mine = mesh().clone();
+                let _ = mine.accept_grant(&g);
+            }
+        }
+    }
+}
+
+/// Bytes a local client sends the daemon (or a daemon its client). The first byte picks.
+pub fn local_api(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    match pick % 4 {
+        // A stream of frames, as the server reads them after the hello.
+        0 => {
+            let mut codec = LengthDelimitedCodec::builder()
+                .max_frame_length(API_FRAME_LIMIT)
+                .new_codec();
+            let mut buf = BytesMut::from(bytes);
+            while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                if let Ok(f) = postcard::from_bytes::<ClientFrame>(&frame) {
+                    request_names(&f.request);
+                    let again = postcard::to_allocvec(&f).expect("encodes");
+                    let back: ClientFrame = postcard::from_bytes(&again).expect("decodes");
+                    assert_eq!(format!("{back:?}"), format!("{f:?}"), "request round trip");
+                }
+            }
+        }
+        1 => {
+            let mut codec = LengthDelimitedCodec::builder()
+                .max_frame_length(HELLO_FRAME_LIMIT)
+                .new_codec();
+            let mut buf = BytesMut::from(bytes);
+            if let Ok(Some(frame)) = codec.decode(&mut buf) {
+                postcard_round_trip::<ClientHello>(&frame);
+            }
+        }
+        2 => {
+            if let Ok(f) = postcard::from_bytes::<ServerFrame>(bytes) {
+                let again = postcard::to_allocvec(&f).expect("encodes");
+                let back: ServerFrame = postcard::from_bytes(&again).expect("decodes");
+                assert_eq!(format!("{back:?}"), format!("{f:?}"), "answer round trip");
+            }
+        }
+        _ => {
+            postcard_round_trip::<ServerHello>(bytes);
+        }
+    }
+}
+
+/// Runs the parsers the daemon applies to the names and addresses in a request.
+fn request_names(r: &Request) {
+    let agent = |s: &str| {
+        let _ = AgentName::new(s);
+    };
+    let topic = |s: &str| {
+        let _ = TopicName::parse_user(s);
+    };
+    let address = |s: &str| {
+        let _ = s.parse::<Address>();
+    };
+    let node = |s: &str| {
+        let _ = s.parse::<PeerId>();
+        let _ = crate::net::parse_multiaddr(s);
+        let _ = NodeName::new(s.trim());
+    };
+    match r {
+        Request::Dial { addr } => {
+            let _ = crate::net::parse_multiaddr(addr);
+        }
+        Request::Forget { node: n } | Request::Ping { node: n } | Request::Remove { node: n } => node(n),
+        Request::Send { from, to, text, .. } => {
+            agent(from);
+            address(to);
+            let _ = text.trim().is_empty();
+        }
+        Request::Inbox { agent: a, .. }
+        | Request::MarkRead { agent: a, .. }
+        | Request::MarkNotified { agent: a, .. }
+        | Request::Counts { agent: a }
+        | Request::SetSummary { agent: a, .. } => agent(a),
+        Request::Subscribe { agent: a, topic: t } | Request::Unsubscribe { agent: a, topic: t } => {
+            agent(a);
+            topic(t);
+        }
+        Request::Publish { agent: a, topic: t, .. } => {
+            agent(a);
+            topic(t);
+        }
+        Request::History {
+            agent: a, target, grep, ..
+        } => {
+            if let Some(a) = a {
+                agent(a);
+            }
+            if let Some(t) = target {
+                address(t);
+                topic(t.trim_start_matches('#'));
+            }
+            let _ = grep.as_ref().map(|g| g.to_lowercase());
+        }
+        Request::Outbox { agent: Some(a), .. } => agent(a),
+        Request::Register { agent: spec, .. } | Request::Claim { agent: spec, .. } => {
+            agent(&spec.name);
+            let _ = crate::node::normalize_kind(&spec.kind);
+        }
+        Request::Watch { agents } => agents.iter().for_each(|a| agent(a)),
+        Request::Join { code } => {
+            let _ = Invite::decode(code);
+        }
+        _ => {}
+    }
+}
+
+/// Text pasted into `mesh join`.
+pub fn join_code(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(inv) = Invite::decode(&text) {
+        assert!(inv.verify(), "a decoded join code carries a good signature");
+        let again = Invite::decode(&inv.encode()).expect("an encoded join code decodes");
+        assert_eq!(again, inv, "join code round trip");
+    }
+}
+
+/// A file from the home: `config.toml` (first byte even) or `mesh.key` (odd).
+pub fn config_files(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    if pick % 2 == 0 {
+        let text = String::from_utf8_lossy(bytes);
+        if let Ok(cfg) = Config::parse(&text)
+            && cfg.validate().is_ok()
+        {
+            let _ = cfg.listen_addrs();
+            let _ = cfg.max_wire_request_bytes();
+            let _ = cfg.topic_sync_every();
+            let _ = crate::net::ping_timing(cfg.presence.heartbeat);
+        }
+    } else if let Ok(m) = Membership::from_file_bytes(bytes) {
+        let again = m.to_file_bytes().expect("encodes");
+        let back = Membership::from_file_bytes(&again).expect("a written key file reads back");
+        assert!(back.grant() == m.grant(), "key file round trip");
+    }
+}
+
+/// Valid inputs for each target, to start a fuzzer from (`node/fuzz/seeds/`): one of each
+/// message a node takes from outside, framed as it arrives.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    use crate::wire::*;
+    let mut out = Vec::new();
+    let frame = |v: Vec<u8>| {
+        let mut f = Vec::new();
+        let mut len = v.len() as u64;
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                f.push(b);
+                break;
+            }
+            f.push(b | 0x80);
+        }
+        f.extend(v);
+        f
+    };
+    let with = |pick: u8, body: Vec<u8>| [vec![pick], body].concat();
+    let msg = WireMessage {
+        id: MessageId([5; 16]),
+        from: AgentName::new("alice").expect("name"),
+        to: AgentName::new("bob").expect("name"),
+        sent_at_ms: 1_700_000_000_000,
+        reply_to: None,
+        text: "hello".into(),
+    };
+    let enc = |v: &dyn erased::Encode| v.encode();
+    out.push((
+        "wire",
+        "dm-deliver".into(),
+        with(0, frame(enc(&DmRequest::Deliver(vec![msg.clone()])))),
+    ));
+    out.push((
+        "wire",
+        "dm-outcomes".into(),
+        with(0, frame(enc(&DmResponse::Outcomes(vec![(msg.id, Outcome::Stored)])))),
+    ));
+    let announcement = Announcement {
+        node_name: NodeName::new("laptop").expect("name"),
+        version: "agentmesh/0.1.0".into(),
+        seq: 7,
+        heartbeat_ms: 10_000,
+        agents: vec![AgentInfo {
+            name: AgentName::new("alice").expect("name"),
+            kind: "claude-code".into(),
+            cwd: Some("/src".into()),
+            repo: None,
+            summary: Some("fixing the build".into()),
+            online: true,
+            push: true,
+            last_seen_ms: 1,
+        }],
+    };
+    out.push(("wire", "hello".into(), with(3, frame(enc(&announcement)))));
+    let topic = TopicName::new("fuzz").expect("topic");
+    out.push((
+        "wire",
+        "sync-digest".into(),
+        with(
+            4,
+            frame(enc(&SyncRequest::Digest {
+                topic: topic.clone(),
+                log: 1,
+                after: 2,
+                since_ms: 3,
+            })),
+        ),
+    ));
+    let env = TopicEnvelope {
+        id: MessageId([6; 16]),
+        topic: topic.clone(),
+        from: AgentName::new("alice").expect("name"),
+        sent_at_ms: 1,
+        reply_to: None,
+        text: "deploying".into(),
+    };
+    let plain = postcard::to_allocvec(&env).expect("encodes");
+    let hash = gossip_topic(mesh(), &topic).hash();
+    out.push((
+        "wire",
+        "gossip-topic-sealed".into(),
+        with(7, mesh().seal(hash.as_str(), source(), &plain)),
+    ));
+    out.push(("wire", "gossip-topic-plain".into(), with(8, plain)));
+    out.push((
+        "wire",
+        "grant".into(),
+        with(9, postcard::to_allocvec(&mesh().grant()).expect("encodes")),
+    ));
+    let api_frame = |f: &ClientFrame| {
+        let body = postcard::to_allocvec(f).expect("encodes");
+        [(body.len() as u32).to_be_bytes().to_vec(), body].concat()
+    };
+    out.push((
+        "local_api",
+        "send".into(),
+        with(
+            0,
+            api_frame(&ClientFrame {
+                id: 1,
+                request: Request::Send {
+                    from: "alice".into(),
+                    to: "bob@laptop".into(),
+                    text: "hi".into(),
+                    reply_to: None,
+                    id: Some(MessageId([7; 16])),
+                },
+            }),
+        ),
+    ));
+    out.push((
+        "local_api",
+        "history".into(),
+        with(
+            0,
+            api_frame(&ClientFrame {
+                id: 2,
+                request: Request::History {
+                    agent: Some("alice".into()),
+                    target: Some("#build".into()),
+                    grep: Some("green".into()),
+                    limit: 10,
+                },
+            }),
+        ),
+    ));
+    let hello = postcard::to_allocvec(&ClientHello {
+        magic: crate::api::MAGIC,
+        version: crate::api::API_VERSION,
+        client: "fuzz".into(),
+    })
+    .expect("encodes");
+    out.push((
+        "local_api",
+        "hello".into(),
+        with(1, [(hello.len() as u32).to_be_bytes().to_vec(), hello].concat()),
+    ));
+    let key = key();
+    let invite = Invite::sign(
+        crate::mesh::InviteBody {
+            mesh_id: mesh().id(),
+            inviter: key.public().to_peer_id(),
+            inviter_name: "laptop".into(),
+            addrs: vec!["/ip4/192.168.1.20/tcp/4001".parse().expect("addr")],
+            token: [7; 16],
+            expires_ms: 1_800_000_000_000,
+        },
+        key,
+    )
+    .expect("signs");
+    out.push(("join_code", "code".into(), invite.encode().into_bytes()));
+    let config = "name = \"laptop\"\nlisten = [\"/ip4/0.0.0.0/tcp/4001\"]\n[limits]\nmax_message_bytes = 1000\n[delivery]\nttl = \"2d\"\n[relay]\nserve = true\n";
+    out.push(("config_files", "config".into(), with(0, config.as_bytes().to_vec())));
+    out.push((
+        "config_files",
+        "mesh-key".into(),
+        with(1, mesh().to_file_bytes().expect("encodes")),
+    ));
+    out
+}
+
+mod erased {
+    /// Postcard encoding behind a trait object, for the seed list.
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            postcard::to_allocvec(self).expect("encodes")
+        }
+    }
+}
