@@ -378,6 +378,33 @@ impl Config {
         if self.presence.heartbeat < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("presence.heartbeat must be at least 100ms".into()));
         }
+        // Upper bounds: past them a value means nothing useful (peers refuse announcements
+        // with a heartbeat over an hour), and times that large overflow timer arithmetic.
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let too_long = [
+            ("presence.heartbeat", self.presence.heartbeat, HOUR, "1h"),
+            ("delivery.retry_max", d.retry_max, DAY, "1d"),
+            (
+                "delivery.send_wait",
+                d.send_wait,
+                10 * 60 * Duration::from_secs(1),
+                "10min",
+            ),
+            ("delivery.request_timeout", d.request_timeout, HOUR, "1h"),
+            ("delivery.ttl", d.ttl, 365 * DAY, "365d"),
+            (
+                "relay.max_circuit_duration",
+                self.relay.max_circuit_duration,
+                7 * DAY,
+                "7d",
+            ),
+        ];
+        for (name, value, max, text) in too_long {
+            if value > max {
+                return Err(ConfigError::Invalid(format!("{name} must be at most {text}")));
+            }
+        }
         Ok(())
     }
 
@@ -403,7 +430,10 @@ impl Config {
     /// How often subscribed topics are caught up with each connected member (besides at
     /// every new connection): six heartbeats, between 1 s and 10 min.
     pub fn topic_sync_every(&self) -> Duration {
-        (self.presence.heartbeat * 6).clamp(Duration::from_secs(1), Duration::from_secs(600))
+        self.presence
+            .heartbeat
+            .saturating_mul(6)
+            .clamp(Duration::from_secs(1), Duration::from_secs(600))
     }
 
     /// Largest postcard-encoded delivery request a peer may send us.
@@ -471,5 +501,30 @@ mod tests {
         std::fs::write(&p, "[relay]\nnodes = [\"/ip4/1.2.3.4/tcp/1\"]\n").unwrap();
         let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("/p2p/"), "{err}");
+        // Times too long to mean anything are refused (they used to overflow a timer and
+        // stop the daemon at start).
+        for (text, name) in [
+            (
+                "[presence]\nheartbeat = \"18000000000000000000s\"\n",
+                "presence.heartbeat",
+            ),
+            ("[delivery]\nretry_max = \"400d\"\n", "delivery.retry_max"),
+            ("[delivery]\nsend_wait = \"1h\"\n", "delivery.send_wait"),
+            ("[delivery]\nrequest_timeout = \"2h\"\n", "delivery.request_timeout"),
+            ("[delivery]\nttl = \"1000y\"\n", "delivery.ttl"),
+            (
+                "[relay]\nmax_circuit_duration = \"30d\"\n",
+                "relay.max_circuit_duration",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = Config::load(&p, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("at most"), "{text}: {err}");
+        }
+        std::fs::write(&p, "[presence]\nheartbeat = \"1h\"\n[delivery]\nttl = \"365d\"\n").unwrap();
+        assert!(
+            Config::load(&p, &Overrides::default()).is_ok(),
+            "the bounds themselves are allowed"
+        );
     }
 }

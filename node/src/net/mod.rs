@@ -61,7 +61,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub fn ping_timing(heartbeat: Duration) -> (Duration, Duration) {
     (
         heartbeat.clamp(Duration::from_secs(1), PING_INTERVAL),
-        (heartbeat * 2).clamp(Duration::from_secs(3), PING_INTERVAL),
+        heartbeat.saturating_mul(2).clamp(Duration::from_secs(3), PING_INTERVAL),
     )
 }
 /// Reachability upkeep interval.
