@@ -162,6 +162,10 @@ pub struct SendArgs {
     /// Id of the message this one answers.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
+    /// Id for the new message (a ULID; default: a fresh one). Running the command again
+    /// with the same id and text sends the message once: for scripts that retry.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +202,10 @@ pub struct PublishArgs {
     /// Id of the message this one answers.
     #[arg(long, value_name = "ID")]
     pub reply_to: Option<String>,
+    /// Id for the new message (a ULID; default: a fresh one). Running the command again
+    /// with the same id and text sends the message once: for scripts that retry.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -595,3 +595,63 @@ fn dial_by_dns_quic_and_ipv6_and_stay_connected_until_forgotten() {
         st.stdout
     );
 }
+
+#[test]
+fn a_command_repeated_with_its_id_sends_once() {
+    let (ha, hb) = (Home::new(), Home::new());
+    let _a = ha.start("alpha", 0);
+    let b = hb.start("beta", 0);
+    hb.run(&["subscribe", "--as", "bob", "news"]).ok();
+    ha.run(&["dial", &b.addr()]).ok();
+    let id = mesh_node::ids::MessageId::new().to_string();
+
+    // A script that retries: the same command twice is one message.
+    for _ in 0..2 {
+        let out = ha.run(&["--json", "send", "--as", "alice", "--id", &id, "bob@beta", "once"]);
+        out.ok();
+        assert_eq!(out.json()["id"], id.as_str());
+        assert_eq!(out.json()["status"], "Delivered");
+    }
+    let inbox = hb.run(&["--json", "inbox", "--all", "--as", "bob"]).json();
+    let got: Vec<&serde_json::Value> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == id.as_str())
+        .collect();
+    assert_eq!(got.len(), 1, "{inbox}");
+    let outbox = ha.run(&["--json", "outbox", "--all"]).json();
+    assert_eq!(
+        outbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"] == id.as_str())
+            .count(),
+        1
+    );
+
+    // The same id for another message is refused, and nothing is sent.
+    let out = ha.run(&["send", "--as", "alice", "--id", &id, "bob@beta", "something else"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("already used by another message"), "{}", out.stderr);
+    let out = ha.run(&["send", "--id", "not-an-id", "bob@beta", "x"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("invalid message id"), "{}", out.stderr);
+
+    // Publishing too.
+    let pid = mesh_node::ids::MessageId::new().to_string();
+    for _ in 0..2 {
+        ha.run(&["publish", "--as", "alice", "--id", &pid, "news", "headline"])
+            .ok();
+    }
+    let hist = ha.run(&["--json", "history", "#news"]).json();
+    assert_eq!(
+        hist.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"] == pid.as_str())
+            .count(),
+        1
+    );
+}

@@ -14,7 +14,7 @@ pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
         to: a.to.clone(),
         text,
         reply_to,
-        id: Some(mesh_node::ids::MessageId::new()),
+        id: Some(id_arg(&a.id)?.unwrap_or_default()),
     };
     let r = expect!(ctx.call(request).await?, Response::Sent(r) => r);
     if ctx.json {

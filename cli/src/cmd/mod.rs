@@ -23,6 +23,9 @@ use mesh_node::home::Home;
 
 use crate::cli::{Cli, Command};
 
+/// How long a repeatable request waits for a daemon that went away mid-request to be back.
+pub const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every command needs.
 pub struct Ctx {
     pub home: Home,
@@ -65,10 +68,43 @@ impl Ctx {
         }
     }
 
-    /// One request, one response.
+    /// One request, one response. A request that is safe to repeat (a send or publish
+    /// carries its message id) is sent again if the daemon went away before answering and
+    /// is back within [`REPEAT_WINDOW`] (restarted by a supervisor, say).
     pub async fn call(&self, request: Request) -> anyhow::Result<Response> {
         let client = self.client().await?;
-        Ok(client.call(request).await?)
+        let first = client.call(request.clone()).await;
+        let (Err(ClientError::Closed | ClientError::NotSent), true) = (&first, request.is_repeatable()) else {
+            return Ok(first.map_err(|e| self.explain(e, &request))?);
+        };
+        let deadline = tokio::time::Instant::now() + REPEAT_WINDOW;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match self.client().await {
+                Ok(c) => match c.call(request.clone()).await {
+                    Err(ClientError::Closed | ClientError::NotSent) => {}
+                    other => return Ok(other.map_err(|e| self.explain(e, &request))?),
+                },
+                Err(e) if e.downcast_ref::<NotRunning>().is_some() => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.explain(ClientError::Closed, &request));
+            }
+        }
+    }
+
+    /// An error of `request`, with what to do about a send whose outcome is unknown.
+    fn explain(&self, e: ClientError, request: &Request) -> anyhow::Error {
+        match (&e, request) {
+            (ClientError::Closed, Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. }) => {
+                anyhow::anyhow!(
+                    "the daemon went away before answering, and did not come back within {} s; message {id} may or may not have been stored. Once the daemon runs again, repeat the same command with --id {id}: it is sent once either way",
+                    REPEAT_WINDOW.as_secs()
+                )
+            }
+            _ => e.into(),
+        }
     }
 
     /// The local agent to act as.

@@ -69,7 +69,7 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<()> {
         topic: a.topic,
         text: text_arg(&a.text)?,
         reply_to: id_arg(&a.reply_to)?,
-        id: Some(mesh_node::ids::MessageId::new()),
+        id: Some(id_arg(&a.id)?.unwrap_or_default()),
     };
     let r = expect!(ctx.call(request).await?, Response::Published(r) => r);
     if ctx.json {
