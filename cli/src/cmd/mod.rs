@@ -75,7 +75,7 @@ impl Ctx {
         let client = self.client().await?;
         let first = client.call(request.clone()).await;
         let (Err(ClientError::Closed | ClientError::NotSent), true) = (&first, request.is_repeatable()) else {
-            return Ok(first.map_err(|e| self.explain(e, &request))?);
+            return first.map_err(|e| self.explain(e, &request));
         };
         let deadline = tokio::time::Instant::now() + REPEAT_WINDOW;
         loop {
@@ -83,7 +83,7 @@ impl Ctx {
             match self.client().await {
                 Ok(c) => match c.call(request.clone()).await {
                     Err(ClientError::Closed | ClientError::NotSent) => {}
-                    other => return Ok(other.map_err(|e| self.explain(e, &request))?),
+                    other => return other.map_err(|e| self.explain(e, &request)),
                 },
                 Err(e) if e.downcast_ref::<NotRunning>().is_some() => {}
                 Err(e) => return Err(e),
