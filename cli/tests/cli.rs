@@ -271,12 +271,35 @@ fn damaged_or_foreign_store_is_refused_and_left_alone() {
     // Another node's store with this node's identity.
     let other = Home::new();
     let d = other.start("other", 0);
+    let other_peer = d.info.peer_id;
+    assert_eq!(other.run(&["down"]).code, 0);
     drop(d);
     std::fs::remove_file(h.path().join("store.redb")).unwrap();
     std::fs::copy(other.path().join("store.redb"), h.path().join("store.redb")).unwrap();
     let out = h.run(&["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("belongs to node"), "{}", out.stderr);
+
+    // A real store, cut short (a copy interrupted, a disk that lost its tail).
+    let whole = std::fs::read(other.path().join("store.redb")).unwrap();
+    let cut = whole[..whole.len() / 2].to_vec();
+    std::fs::write(other.path().join("store.redb"), &cut).unwrap();
+    let out = other.run(&["up", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("damaged") && out.stderr.contains("mv "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        std::fs::read(other.path().join("store.redb")).unwrap() == cut,
+        "left as it was"
+    );
+    // The documented way out: move it aside; the node starts empty, same identity.
+    std::fs::rename(other.path().join("store.redb"), other.path().join("store.redb.broken")).unwrap();
+    let d = other.start("other", 0);
+    assert_eq!(d.info.peer_id, other_peer);
+    drop(d);
 
     // A bad config file names the problem.
     std::fs::write(h.path().join("config.toml"), "mdsn = false\n").unwrap();
