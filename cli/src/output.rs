@@ -1,17 +1,41 @@
 //! Human-readable output helpers. Peer text is untrusted: terminal control characters are
 //! replaced before it is printed.
 
+use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
+
+/// Writes one line to standard output. When the reader has gone away (`mesh inbox | head
+/// -1`), the command stops at once, quietly and successfully, before it does anything
+/// else: in particular before it marks as read messages nobody saw.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for command output: see [`line`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
 
 /// Prints a value as pretty JSON.
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    crate::outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// Prints a value as one JSON line (for streams).
 pub fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(v)?);
+    crate::outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
@@ -77,7 +101,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        crate::outln!("{}", s.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {

@@ -678,3 +678,51 @@ fn a_command_repeated_with_its_id_sends_once() {
         1
     );
 }
+
+#[test]
+fn an_inbox_cut_short_by_its_reader_marks_nothing_read() {
+    let h = Home::new();
+    let _d = h.start("solo", 0);
+    let user = common::TEST_USER;
+    let text = "a line long enough to fill a pipe buffer soon ".repeat(40);
+    for _ in 0..60 {
+        h.run(&["send", "--as", "a", user, &text]).ok();
+    }
+    // `mesh inbox | head -1`: the reader goes away after one line.
+    let mut child = std::process::Command::new(common::mesh_bin())
+        .arg("--home")
+        .arg(h.path())
+        .args(["inbox", "--as", user])
+        .env("USER", user)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.contains("from a@solo"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was marked read behind the reader's back: all 60 are still unread.
+    let unread = h.run(&["--json", "inbox", "--as", user]).json();
+    assert_eq!(unread.as_array().unwrap().len(), 60);
+    // And that read (written out whole) marked them.
+    assert_eq!(
+        h.run(&["--json", "inbox", "--as", user])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

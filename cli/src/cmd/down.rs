@@ -39,7 +39,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     if !ctx.json {
-        println!("stopped node {name}");
+        crate::outln!("stopped node {name}");
     } else {
         crate::output::json(&serde_json::json!({ "stopped": name }))?;
     }

@@ -18,12 +18,12 @@ pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
         return output::json(&rows);
     }
     if rows.is_empty() {
-        println!("no messages");
+        crate::outln!("no messages");
     }
     for h in &rows {
         let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
         let reply = h.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
-        println!(
+        crate::outln!(
             "{}  {}  {} -> {}{reply}{state}",
             output::time(h.at_ms),
             h.id,
@@ -31,7 +31,7 @@ pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
             output::clean(&h.to)
         );
         for line in output::clean(&h.text).lines() {
-            println!("    {line}");
+            crate::outln!("    {line}");
         }
     }
     Ok(())

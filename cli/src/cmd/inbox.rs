@@ -12,16 +12,40 @@ fn print(ctx: &Ctx, m: &MessageView) -> anyhow::Result<()> {
     }
     let via = m.topic.as_ref().map(|t| format!(" on #{t}")).unwrap_or_default();
     let reply = m.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
-    println!(
+    crate::outln!(
         "{}  {}  from {}{via}{reply}",
         m.id,
         output::time(m.received_at_ms),
         output::clean(&m.from)
     );
     for line in output::clean(&m.text).lines() {
-        println!("    {line}");
+        crate::outln!("    {line}");
     }
     Ok(())
+}
+
+/// Marks `list` read, once it has been written out (a reader that went away mid-way, as
+/// `mesh inbox | head -1` does, stops the command before this: nothing unseen is marked).
+async fn mark_shown(client: &mesh_node::api::client::Client, agent: &str, list: &[MessageView]) -> anyhow::Result<()> {
+    let ids: Vec<_> = list.iter().filter(|m| m.state != "read").map(|m| m.id).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let marked = client
+        .call(Request::MarkRead {
+            agent: agent.to_string(),
+            ids,
+        })
+        .await;
+    match marked {
+        Ok(_) => Ok(()),
+        // A full or read-only disk: shown, but not marked; they show again next time.
+        Err(mesh_node::api::client::ClientError::Api(e)) if e.code == mesh_node::api::ErrorCode::Storage => {
+            eprintln!("warning: these messages could not be marked read ({e}); they will show again");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
@@ -29,17 +53,21 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     if !a.follow {
         let list = expect!(
-            client.call(Request::Inbox { agent, all: a.all, limit: a.limit, mark_read: !a.all , skip_notified: false}).await?,
+            client.call(Request::Inbox { agent: agent.clone(), all: a.all, limit: a.limit, mark_read: false, skip_notified: false }).await?,
             Response::Inbox(l) => l
         );
         if ctx.json {
-            return output::json(&list);
+            output::json(&list)?;
+        } else {
+            if list.is_empty() {
+                crate::outln!("no {}messages", if a.all { "" } else { "unread " });
+            }
+            for m in &list {
+                print(ctx, m)?;
+            }
         }
-        if list.is_empty() {
-            println!("no {}messages", if a.all { "" } else { "unread " });
-        }
-        for m in &list {
-            print(ctx, m)?;
+        if !a.all {
+            mark_shown(&client, &agent, &list).await?;
         }
         return Ok(());
     }
@@ -62,7 +90,7 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     loop {
         if catch_up {
             let list = expect!(
-                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: true , skip_notified: false}).await?,
+                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: false, skip_notified: false }).await?,
                 Response::Inbox(l) => l
             );
             for m in &list {
@@ -70,6 +98,7 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
                     print(ctx, m)?;
                 }
             }
+            mark_shown(&client, &agent, &list).await?;
             catch_up = false;
         }
         let ev = tokio::select! {

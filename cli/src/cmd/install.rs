@@ -63,14 +63,14 @@ pub fn run(ctx: &Ctx, a: InstallArgs, add: bool) -> anyhow::Result<()> {
         path.display()
     );
     match change {
-        Change::Added => println!("Added the {what}:\n    {} {}", entry.command, entry.args.join(" ")),
-        Change::Updated => println!("Updated the {what}:\n    {} {}", entry.command, entry.args.join(" ")),
-        Change::Unchanged => println!("The {what} is already set up; nothing changed."),
-        Change::Removed => println!("Removed the {what}; everything else in the file is as it was."),
-        Change::Absent => println!("There is no {what}; nothing changed."),
+        Change::Added => crate::outln!("Added the {what}:\n    {} {}", entry.command, entry.args.join(" ")),
+        Change::Updated => crate::outln!("Updated the {what}:\n    {} {}", entry.command, entry.args.join(" ")),
+        Change::Unchanged => crate::outln!("The {what} is already set up; nothing changed."),
+        Change::Removed => crate::outln!("Removed the {what}; everything else in the file is as it was."),
+        Change::Absent => crate::outln!("There is no {what}; nothing changed."),
     }
     if add {
-        println!("\n{}", install::next_steps(client));
+        crate::outln!("\n{}", install::next_steps(client));
     }
     Ok(())
 }

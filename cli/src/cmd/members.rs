@@ -32,7 +32,7 @@ pub async fn invite(ctx: &Ctx, a: InviteArgs) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&v);
     }
-    println!("{}", v.code);
+    crate::outln!("{}", v.code);
     eprintln!(
         "\nJoin code for mesh {}: valid until {}, for {} join{}. On the other node run:\n  mesh join {}\n\
          Treat it like a password until it is used: whoever holds it can join.",
@@ -52,14 +52,14 @@ pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&v);
     }
-    println!(
+    crate::outln!(
         "joined mesh {} through {} ({}); left mesh {}",
         v.mesh.id,
         output::clean(&v.inviter_name),
         v.inviter,
         v.left
     );
-    println!("members appear in `{} members` as they connect", ctx.mesh());
+    crate::outln!("members appear in `{} members` as they connect", ctx.mesh());
     Ok(())
 }
 
@@ -68,7 +68,7 @@ pub async fn members(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&v);
     }
-    println!("{}", mesh_line(&v.mesh));
+    crate::outln!("{}", mesh_line(&v.mesh));
     let rows = v
         .members
         .iter()
@@ -96,7 +96,7 @@ pub async fn remove(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&v);
     }
-    println!(
+    crate::outln!(
         "removed {}{} from the mesh; new key generation {} handed to {} connected member{} (the others get it when they next connect)",
         v.peer,
         v.name
@@ -115,7 +115,7 @@ pub async fn leave(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&v);
     }
-    println!(
+    crate::outln!(
         "left the mesh; this node is now alone in a new mesh {} (invite others: {} invite)",
         v.id,
         ctx.mesh()

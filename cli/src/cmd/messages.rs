@@ -21,8 +21,8 @@ pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
         output::json(&r)?;
     } else {
         match &r.status {
-            SendStatus::Delivered => println!("{}  delivered to {}", r.id, r.to),
-            SendStatus::Queued { reason } => println!("{}  queued for {}: {reason}", r.id, r.to),
+            SendStatus::Delivered => crate::outln!("{}  delivered to {}", r.id, r.to),
+            SendStatus::Queued { reason } => crate::outln!("{}  queued for {}: {reason}", r.id, r.to),
             SendStatus::Rejected { .. } => {}
         }
     }
@@ -41,7 +41,7 @@ pub async fn outbox(ctx: &Ctx, a: OutboxArgs) -> anyhow::Result<()> {
         return output::json(&list);
     }
     if list.is_empty() {
-        println!("outbox empty: nothing pending, no dead letters");
+        crate::outln!("outbox empty: nothing pending, no dead letters");
         return Ok(());
     }
     let rows = list

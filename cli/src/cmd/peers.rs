@@ -11,7 +11,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
         return output::json(&peers);
     }
     if peers.is_empty() {
-        println!(
+        crate::outln!(
             "no other nodes known yet (LAN nodes appear by themselves; to bring one into this mesh: {} invite)",
             ctx.mesh()
         );
@@ -19,7 +19,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let (members, outsiders): (Vec<_>, Vec<_>) = peers.iter().partition(|p| p.member);
     if members.is_empty() {
-        println!("no other members known yet (invite a node: {} invite)", ctx.mesh());
+        crate::outln!("no other members known yet (invite a node: {} invite)", ctx.mesh());
     } else {
         let rows = members
             .iter()
@@ -53,7 +53,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     if !outsiders.is_empty() {
-        println!("\nnearby, not members of this mesh (nothing of theirs reaches your agents):");
+        crate::outln!("\nnearby, not members of this mesh (nothing of theirs reaches your agents):");
         let rows = outsiders
             .iter()
             .map(|p| {
@@ -69,7 +69,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
             })
             .collect();
         output::table(&["NAME", "PEER ID", "STATE", "NOT ADMITTED BECAUSE"], rows);
-        println!(
+        crate::outln!(
             "to bring one in: `{} invite` here, then `mesh join <code>` on that node",
             ctx.mesh()
         );
@@ -87,9 +87,9 @@ pub async fn dial(ctx: &Ctx, addr: &str, forget: bool) -> anyhow::Result<()> {
             return output::json(&serde_json::json!({ "peer_id": peer.to_string(), "forgotten": was }));
         }
         if was {
-            println!("{peer} forgotten: it will not be redialed");
+            crate::outln!("{peer} forgotten: it will not be redialed");
         } else {
-            println!("{peer} was not remembered");
+            crate::outln!("{peer} was not remembered");
         }
         return Ok(());
     }
@@ -99,7 +99,7 @@ pub async fn dial(ctx: &Ctx, addr: &str, forget: bool) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&serde_json::json!({ "peer_id": peer.to_string() }));
     }
-    println!(
+    crate::outln!(
         "connected to {peer} (kept connected; `{} dial --forget {peer}` to stop)",
         ctx.mesh()
     );
@@ -124,14 +124,14 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
                 "peer_id": peer.to_string(), "rtt_us": rtt_us, "path": conn.describe(), "connection": conn
             }))?;
         } else {
-            println!("{peer}: time={:.2} ms, {}", rtt_us as f64 / 1000.0, conn.describe());
+            crate::outln!("{peer}: time={:.2} ms, {}", rtt_us as f64 / 1000.0, conn.describe());
         }
     }
     if !ctx.json && rtts.len() > 1 {
         let min = rtts.iter().min().copied().unwrap_or(0) as f64 / 1000.0;
         let max = rtts.iter().max().copied().unwrap_or(0) as f64 / 1000.0;
         let avg = rtts.iter().sum::<u64>() as f64 / rtts.len() as f64 / 1000.0;
-        println!(
+        crate::outln!(
             "{} round trips: min {min:.2} / avg {avg:.2} / max {max:.2} ms",
             rtts.len()
         );
@@ -146,9 +146,9 @@ pub async fn addr(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let section = |title: &str, list: &[String]| {
         if !list.is_empty() {
-            println!("{title}");
+            crate::outln!("{title}");
             for x in list {
-                println!("  {x}");
+                crate::outln!("  {x}");
             }
         }
     };
@@ -160,11 +160,11 @@ pub async fn addr(ctx: &Ctx) -> anyhow::Result<()> {
     );
     section("on this local network only:", &a.lan);
     if a.public.is_empty() && a.relayed.is_empty() {
-        println!(
+        crate::outln!(
             "\nNo internet-reachable address yet. Behind NAT, this node becomes reachable through a relay: dial a \
              node that runs `mesh up --relay` (or set relay.nodes in config.toml)."
         );
     }
-    println!("\nThe other person runs: mesh dial <one of these>");
+    crate::outln!("\nThe other person runs: mesh dial <one of these>");
     Ok(())
 }

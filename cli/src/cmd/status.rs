@@ -10,33 +10,35 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&s);
     }
-    println!("node     {}  {}  ({})", s.node.name, s.node.peer_id, s.node.version);
+    crate::outln!("node     {}  {}  ({})", s.node.name, s.node.peer_id, s.node.version);
     if s.mesh.open {
-        println!("mesh     !!! OPEN MODE: any node started with --open on a network this node reaches is admitted");
-        println!("         !!! without a secret and can message your agents. Use only on a trusted lab network.");
+        crate::outln!(
+            "mesh     !!! OPEN MODE: any node started with --open on a network this node reaches is admitted"
+        );
+        crate::outln!("         !!! without a secret and can message your agents. Use only on a trusted lab network.");
     } else {
-        println!("mesh     {}", super::members::status_line(&s.mesh));
+        crate::outln!("mesh     {}", super::members::status_line(&s.mesh));
     }
     if s.mesh.relay_for_anyone {
-        println!("         relaying for anyone (--relay-for-anyone); non-members get nothing else");
+        crate::outln!("         relaying for anyone (--relay-for-anyone); non-members get nothing else");
     }
     if s.outsiders > 0 {
-        println!(
+        crate::outln!(
             "         {} node{} nearby not admitted (see {} peers)",
             s.outsiders,
             if s.outsiders == 1 { "" } else { "s" },
             ctx.mesh()
         );
     }
-    println!("home     {}", s.home);
+    crate::outln!("home     {}", s.home);
     for (i, a) in s.listen.iter().enumerate() {
-        println!(
+        crate::outln!(
             "{}{a}/p2p/{}",
             if i == 0 { "listen   " } else { "         " },
             s.node.peer_id
         );
     }
-    println!(
+    crate::outln!(
         "lan      {}",
         if s.mdns {
             "discovery on (mDNS, DNS-SD)"
@@ -44,12 +46,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "discovery off (--no-mdns)"
         }
     );
-    println!(
+    crate::outln!(
         "peers    {} connected ({} LAN, {} internet, {} relayed), {} known, {} remembered",
-        s.connected, s.connected_lan, s.connected_internet, s.connected_relayed, s.known, s.remembered
+        s.connected,
+        s.connected_lan,
+        s.connected_internet,
+        s.connected_relayed,
+        s.known,
+        s.remembered
     );
     let r = &s.reach;
-    println!(
+    crate::outln!(
         "nat      {}",
         match r.nat {
             mesh_node::net::NatStatus::Public => "public: reachable from the internet",
@@ -58,22 +65,24 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         }
     );
     for (i, a) in r.external.iter().enumerate() {
-        println!("{}{a}", if i == 0 { "external " } else { "         " });
+        crate::outln!("{}{a}", if i == 0 { "external " } else { "         " });
     }
     for res in &r.reservations {
-        println!(
+        crate::outln!(
             "relay    slot on {}: {}{}",
             res.relay,
             if res.accepted { "held" } else { "requested" },
             res.addr.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
         );
     }
-    println!(
+    crate::outln!(
         "punch    {} hole punches: {} direct, {} stayed relayed",
-        r.punch.attempts, r.punch.successes, r.punch.failures
+        r.punch.attempts,
+        r.punch.successes,
+        r.punch.failures
     );
     if r.relay_serving {
-        println!(
+        crate::outln!(
             "serving  relay for {}: {} relayed connections now",
             if s.mesh.relay_for_anyone { "anyone" } else { "members" },
             r.relay_circuits
@@ -97,7 +106,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             )
         })
         .collect();
-    println!(
+    crate::outln!(
         "agents   {}",
         if agents.is_empty() {
             "none".into()
@@ -110,7 +119,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .iter()
         .map(|t| format!("#{} ({})", t.topic, t.subscribers.join(", ")))
         .collect();
-    println!(
+    crate::outln!(
         "topics   {}",
         if topics.is_empty() {
             "none".into()
@@ -119,7 +128,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         }
     );
     let st = &s.store;
-    println!(
+    crate::outln!(
         "store    {} inbox ({} unread), {} outbox ({} pending), {} topic messages, {} peers, {}",
         st.inbox,
         st.unread,
@@ -129,7 +138,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         st.peers,
         output::size(st.file_bytes)
     );
-    println!(
+    crate::outln!(
         "uptime   {}",
         humantime::format_duration(std::time::Duration::from_secs(s.uptime_s))
     );

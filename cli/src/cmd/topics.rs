@@ -27,10 +27,10 @@ pub async fn subscribe(ctx: &Ctx, a: TopicArgs, on: bool) -> anyhow::Result<()> 
         );
     }
     match (on, changed) {
-        (true, true) => println!("{agent} subscribed to #{topic}"),
-        (true, false) => println!("{agent} was already subscribed to #{topic}"),
-        (false, true) => println!("{agent} unsubscribed from #{topic}"),
-        (false, false) => println!("{agent} was not subscribed to #{topic}"),
+        (true, true) => crate::outln!("{agent} subscribed to #{topic}"),
+        (true, false) => crate::outln!("{agent} was already subscribed to #{topic}"),
+        (false, true) => crate::outln!("{agent} unsubscribed from #{topic}"),
+        (false, false) => crate::outln!("{agent} was not subscribed to #{topic}"),
     }
     Ok(())
 }
@@ -41,7 +41,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
         return output::json(&topics);
     }
     if topics.is_empty() {
-        println!("no topics yet ({} subscribe <topic>)", ctx.mesh());
+        crate::outln!("no topics yet ({} subscribe <topic>)", ctx.mesh());
         return Ok(());
     }
     let rows = topics
@@ -81,14 +81,17 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<()> {
         String::new()
     };
     if r.peers_reached > 0 {
-        println!(
+        crate::outln!(
             "{}  published on #{}: reached {} peer(s){local}",
-            r.id, r.topic, r.peers_reached
+            r.id,
+            r.topic,
+            r.peers_reached
         );
     } else {
-        println!(
+        crate::outln!(
             "{}  stored on #{}: no subscribers reached yet{local} (it is sent when a node subscribes)",
-            r.id, r.topic
+            r.id,
+            r.topic
         );
     }
     Ok(())

@@ -45,22 +45,22 @@ fn print_ready(ctx: &Ctx, info: &ReadyInfo, detached: bool) -> anyhow::Result<()
     if ctx.json {
         return output::json(info);
     }
-    println!(
+    crate::outln!(
         "agentmesh node {} is {}",
         info.name,
         if detached { "running in the background" } else { "up" }
     );
-    println!("  peer id  {}", info.peer_id);
-    println!("  home     {}", info.home.display());
+    crate::outln!("  peer id  {}", info.peer_id);
+    crate::outln!("  home     {}", info.home.display());
     for a in &info.listen {
-        println!("  listen   {a}/p2p/{}", info.peer_id);
+        crate::outln!("  listen   {a}/p2p/{}", info.peer_id);
     }
     if let Some(m) = info.metrics {
-        println!("  metrics  http://{m}/metrics");
+        crate::outln!("  metrics  http://{m}/metrics");
     }
     if detached {
-        println!("  pid      {}  (log: {})", info.pid, ctx.home.log_path().display());
-        println!("stop it with: {} down", ctx.mesh());
+        crate::outln!("  pid      {}  (log: {})", info.pid, ctx.home.log_path().display());
+        crate::outln!("stop it with: {} down", ctx.mesh());
     }
     Ok(())
 }
