@@ -19,7 +19,7 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` for command output: see [`line`].
+/// `println!` for command output: see [`line()`].
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
