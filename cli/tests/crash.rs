@@ -318,24 +318,22 @@ fn crashes_of_both_daemons_lose_and_duplicate_nothing() {
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(if long { 600 } else { 180 });
         // Every direct message exactly once, in send order.
-        wait_until(&b.home, "alice's messages at bob", deadline, async |c: &Client| {
-            let got = inbox_ids(c, "bob", "alice").await?;
-            if got.len() < ab.len() {
-                return Err(format!("{} of {}", got.len(), ab.len()));
-            }
-            assert_eq!(got, ab, "alice → bob: exactly once, in send order");
-            Ok(())
-        })
-        .await;
-        wait_until(&a.home, "carol's messages at dave", deadline, async |c: &Client| {
-            let got = inbox_ids(c, "dave", "carol").await?;
-            if got.len() < ba.len() {
-                return Err(format!("{} of {}", got.len(), ba.len()));
-            }
-            assert_eq!(got, ba, "carol → dave: exactly once, in send order");
-            Ok(())
-        })
-        .await;
+        for (home, agent, from, sent) in [(&b.home, "bob", "alice", &ab), (&a.home, "dave", "carol", &ba)] {
+            wait_until(
+                home,
+                &format!("{from}'s messages at {agent}"),
+                deadline,
+                async |c: &Client| {
+                    let got = inbox_ids(c, agent, from).await?;
+                    if got.len() < sent.len() {
+                        return Err(format!("{} of {}", got.len(), sent.len()));
+                    }
+                    assert_eq!(&got, sent, "{from} → {agent}: exactly once, in send order");
+                    Ok(())
+                },
+            )
+            .await;
+        }
         // Every topic message in beta's history (and bob's inbox) exactly once.
         wait_until(&b.home, "the topic history at beta", deadline, async |c: &Client| {
             let h = match c

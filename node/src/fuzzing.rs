@@ -337,26 +337,29 @@ pub fn config_files(data: &[u8]) {
     }
 }
 
+/// `v` as a peer writes it on a request-response stream (through the real codec).
+fn framed<T: Serialize + DeserializeOwned + Send + Sync + 'static>(v: &T) -> Vec<u8> {
+    let mut codec = PostcardCodec::<T, T>::new(usize::MAX, usize::MAX);
+    let mut out = futures::io::Cursor::new(Vec::new());
+    block_on(codec.write_request(&wire::DM_PROTOCOL, &mut out, clone_via_postcard(v))).expect("encodes");
+    out.into_inner()
+}
+
+/// A local API frame as a client writes it.
+fn api_framed(body: &[u8]) -> Vec<u8> {
+    use tokio_util::codec::Encoder;
+    let mut out = BytesMut::new();
+    LengthDelimitedCodec::new()
+        .encode(bytes::Bytes::copy_from_slice(body), &mut out)
+        .expect("frames");
+    out.to_vec()
+}
+
 /// Valid inputs for each target, to start a fuzzer from (`node/fuzz/seeds/`): one of each
 /// message a node takes from outside, framed as it arrives.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     use crate::wire::*;
     let mut out = Vec::new();
-    let frame = |v: Vec<u8>| {
-        let mut f = Vec::new();
-        let mut len = v.len() as u64;
-        loop {
-            let b = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                f.push(b);
-                break;
-            }
-            f.push(b | 0x80);
-        }
-        f.extend(v);
-        f
-    };
     let with = |pick: u8, body: Vec<u8>| [vec![pick], body].concat();
     let msg = WireMessage {
         id: MessageId([5; 16]),
@@ -366,16 +369,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         reply_to: None,
         text: "hello".into(),
     };
-    let enc = |v: &dyn erased::Encode| v.encode();
     out.push((
         "wire",
         "dm-deliver".into(),
-        with(0, frame(enc(&DmRequest::Deliver(vec![msg.clone()])))),
+        with(0, framed(&DmRequest::Deliver(vec![msg.clone()]))),
     ));
     out.push((
         "wire",
         "dm-outcomes".into(),
-        with(0, frame(enc(&DmResponse::Outcomes(vec![(msg.id, Outcome::Stored)])))),
+        with(0, framed(&DmResponse::Outcomes(vec![(msg.id, Outcome::Stored)]))),
     ));
     let announcement = Announcement {
         node_name: NodeName::new("laptop").expect("name"),
@@ -393,19 +395,19 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             last_seen_ms: 1,
         }],
     };
-    out.push(("wire", "hello".into(), with(3, frame(enc(&announcement)))));
+    out.push(("wire", "hello".into(), with(3, framed(&announcement))));
     let topic = TopicName::new("fuzz").expect("topic");
     out.push((
         "wire",
         "sync-digest".into(),
         with(
             4,
-            frame(enc(&SyncRequest::Digest {
+            framed(&SyncRequest::Digest {
                 topic: topic.clone(),
                 log: 1,
                 after: 2,
                 since_ms: 3,
-            })),
+            }),
         ),
     ));
     let env = TopicEnvelope {
@@ -429,10 +431,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "grant".into(),
         with(9, postcard::to_allocvec(&mesh().grant()).expect("encodes")),
     ));
-    let api_frame = |f: &ClientFrame| {
-        let body = postcard::to_allocvec(f).expect("encodes");
-        [(body.len() as u32).to_be_bytes().to_vec(), body].concat()
-    };
+    let api_frame = |f: &ClientFrame| api_framed(&postcard::to_allocvec(f).expect("encodes"));
     out.push((
         "local_api",
         "send".into(),
@@ -472,11 +471,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         client: "fuzz".into(),
     })
     .expect("encodes");
-    out.push((
-        "local_api",
-        "hello".into(),
-        with(1, [(hello.len() as u32).to_be_bytes().to_vec(), hello].concat()),
-    ));
+    out.push(("local_api", "hello".into(), with(1, api_framed(&hello))));
     let key = key();
     let invite = Invite::sign(
         crate::mesh::InviteBody {
@@ -499,16 +494,4 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         with(1, mesh().to_file_bytes().expect("encodes")),
     ));
     out
-}
-
-mod erased {
-    /// Postcard encoding behind a trait object, for the seed list.
-    pub trait Encode {
-        fn encode(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Vec<u8> {
-            postcard::to_allocvec(self).expect("encodes")
-        }
-    }
 }

@@ -52,9 +52,10 @@ pub const MAX_ADDRS_PER_PEER: usize = 16;
 pub const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
 /// Idle connections are closed after this long (presence traffic keeps mesh peers busy).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest ping interval. Pings go every presence heartbeat (at least every second); a
-/// connection whose pings fail twice in a row is closed, so a peer that vanished without
-/// closing (cable pulled, partition, new IP) is noticed within about four heartbeats.
+/// Longest ping interval. Pings go every presence heartbeat (at least every second) with a
+/// timeout of two heartbeats (3 to 10 s); a connection whose pings fail twice in a row is
+/// closed, so a peer that vanished without closing (cable pulled, partition, new IP) is
+/// noticed within about six heartbeats (20-40 s with the default heartbeat).
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Ping interval and timeout for a presence heartbeat.

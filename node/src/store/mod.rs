@@ -372,12 +372,8 @@ impl Store {
         // writing, and both checks run then, before our first write.
         let mut checked = false;
         if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            let look = std::panic::catch_unwind(|| redb::Builder::new().open_read_only(path)).map_err(|_| {
-                StoreError::Corrupt {
-                    path: path.to_path_buf(),
-                    message: "its structure is broken (the database library failed opening it)".into(),
-                }
-            })?;
+            let look = std::panic::catch_unwind(|| redb::Builder::new().open_read_only(path))
+                .map_err(|_| broken(path, "opening"))?;
             match look {
                 Ok(ro) => {
                     verify(&ro, path)?;
@@ -391,10 +387,7 @@ impl Store {
             }
         }
         let mut db = std::panic::catch_unwind(|| Database::create(path))
-            .map_err(|_| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                message: "its structure is broken (the database library failed recovering it)".into(),
-            })?
+            .map_err(|_| broken(path, "recovering"))?
             .map_err(|e| open_error(path, e))?;
         if !checked {
             verify(&db, path)?;
@@ -597,6 +590,14 @@ impl Store {
     }
 }
 
+/// A file whose structure made the database library panic while `doing` it.
+fn broken(path: &Path, doing: &str) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("its structure is broken (the database library failed {doing} it)"),
+    }
+}
+
 fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
@@ -636,10 +637,7 @@ fn check_copy(path: &Path) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let result = std::panic::catch_unwind(|| Database::open(&copy))
-        .map_err(|_| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            message: "its structure is broken (the database library failed opening it)".into(),
-        })
+        .map_err(|_| broken(path, "opening"))
         .and_then(|db| match db {
             Ok(mut db) => check_integrity(&mut db, path),
             Err(e) => Err(open_error(path, e)),
@@ -660,10 +658,7 @@ fn check_integrity(db: &mut Database, path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         }),
-        Err(_) => Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            message: "its structure is broken (the database library failed checking it)".into(),
-        }),
+        Err(_) => Err(broken(path, "checking")),
     }
 }
 
