@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestNode, WAIT, wait_event};
 use mesh_node::api::client::ClientError;
 use mesh_node::api::{ErrorCode, Event, HistoryView, Request, Response, SendStatus};
@@ -131,12 +133,12 @@ async fn a_repeated_send_or_publish_with_its_id_is_one_message() {
     assert_eq!(b.inbox("bob").await.iter().filter(|m| m.id == pid).count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
-    // Alpha publishes; gamma is always there (so gossip reaches someone and nothing is
-    // held back for later); beta is down while most of it goes by.
+/// Alpha publishes; gamma is always there (so gossip reaches someone and nothing is held
+/// back for later); beta (started with `beta_config`) is down while `n` messages go by, and
+/// must get each of them once, from alpha's log, within `wait` of its restart.
+async fn missed_topic_messages_are_caught_up(beta_config: &str, n: usize, wait: Duration) {
     let a = TestNode::start("alpha").await;
-    let mut b = TestNode::start("beta").await;
+    let mut b = TestNode::start_with("beta", beta_config).await;
     let c = TestNode::start("gamma").await;
     a.dial(&b).await;
     a.dial(&c).await;
@@ -149,7 +151,6 @@ async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
         .await
         .unwrap();
     }
-    // Published before dave subscribes (below): not for him.
     let mut wc = c.watch(&["carol"]).await;
     let mut reached = 0;
     let mut before = Vec::new();
@@ -167,7 +168,7 @@ async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
 
     b.stop().await;
     let mut missed = Vec::new();
-    for i in 0..30 {
+    for i in 0..n {
         let p = get!(
             a.call(publish_req("alice", "news", &format!("while beta was down {i}"), None)),
             Published
@@ -186,7 +187,7 @@ async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
     b.restart().await;
     // Beta gets every message it missed, once, from alpha's log.
     let mut wb = b.watch(&["bob"]).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let h = topic_history(&b, "news").await;
         if missed.iter().all(|id| h.iter().any(|x| x.id == *id)) {
@@ -195,8 +196,10 @@ async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
             }
             break;
         }
-        match tokio::time::timeout_at(deadline, wb.rx.recv()).await {
-            Ok(Some(_)) => {}
+        // Catch-up held back by an allowance raises no event when it resumes: look again
+        // at least every second.
+        match tokio::time::timeout(Duration::from_secs(1), wb.rx.recv()).await {
+            _ if tokio::time::Instant::now() < deadline => {}
             _ => panic!(
                 "beta caught up only {} of {}",
                 missed.iter().filter(|id| h.iter().any(|x| x.id == **id)).count(),
@@ -213,6 +216,19 @@ async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
     for id in &missed {
         assert_eq!(inbox.iter().filter(|m| m.id == *id).count(), 1, "one inbox entry each");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_was_down_catches_up_from_the_publisher() {
+    missed_topic_messages_are_caught_up(common::FAST_CONFIG, 30, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_held_to_the_publishers_allowance_still_gets_everything() {
+    // 60 topic messages a minute from one publisher, in bursts of 30: 40 missed ones take a
+    // first round and then about ten seconds of refills, and none is skipped on the way.
+    let config = format!("[limits]\npeer_topic_messages_per_minute = 60\n{}", common::FAST_CONFIG);
+    missed_topic_messages_are_caught_up(&config, 40, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
