@@ -726,3 +726,90 @@ fn an_inbox_cut_short_by_its_reader_marks_nothing_read() {
         0
     );
 }
+
+/// A stand-in daemon on a home's socket: answers the hello, reads one request per
+/// connection, and either hangs up without answering (the first `drop_first` connections)
+/// or answers it as sent. Returns the message ids it was asked to send, in order.
+fn flaky_daemon(home: &std::path::Path, drop_first: usize, conns: usize) -> std::thread::JoinHandle<Vec<String>> {
+    use mesh_node::api::{ClientFrame, NodeIdentity, Reception, SendReceipt, SendStatus, ServerFrame, ServerHello};
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(home).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(home.join("mesh.sock")).unwrap();
+    std::thread::spawn(move || {
+        let read_frame = |s: &mut std::os::unix::net::UnixStream| -> Option<Vec<u8>> {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).ok()?;
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut body).ok()?;
+            Some(body)
+        };
+        let write_frame = |s: &mut std::os::unix::net::UnixStream, body: Vec<u8>| {
+            let _ = s.write_all(&(body.len() as u32).to_be_bytes());
+            let _ = s.write_all(&body);
+        };
+        let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let mut ids = Vec::new();
+        for n in 0..conns {
+            let Ok((mut s, _)) = listener.accept() else { break };
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let Some(_hello) = read_frame(&mut s) else { continue };
+            let welcome = ServerHello::Welcome {
+                version: mesh_node::api::API_VERSION,
+                node: NodeIdentity {
+                    peer_id: peer,
+                    name: "flaky".into(),
+                    version: "test".into(),
+                },
+                max_frame: 1 << 20,
+            };
+            write_frame(&mut s, postcard::to_allocvec(&welcome).unwrap());
+            let Some(req) = read_frame(&mut s) else { continue };
+            let frame: ClientFrame = postcard::from_bytes(&req).unwrap();
+            let mesh_node::api::Request::Send { id: Some(id), .. } = frame.request else {
+                panic!("expected a send with an id: {:?}", frame.request)
+            };
+            ids.push(id.to_string());
+            if n < drop_first {
+                continue; // hang up: the client cannot know whether it was done
+            }
+            let answer = ServerFrame::Reply {
+                id: frame.id,
+                result: Ok(mesh_node::api::Response::Sent(SendReceipt {
+                    id,
+                    to: "bob@flaky".into(),
+                    to_node: peer,
+                    status: SendStatus::Delivered,
+                    reception: Reception::Offline,
+                })),
+            };
+            write_frame(&mut s, postcard::to_allocvec(&answer).unwrap());
+        }
+        ids
+    })
+}
+
+#[test]
+fn a_send_whose_daemon_hangs_up_is_repeated_with_its_id_or_explained() {
+    // The daemon goes away mid-request and is back: the CLI sends the same request again
+    // (same id, so the daemon would recognise it), and succeeds.
+    let h = Home::new();
+    let daemon = flaky_daemon(&h.path(), 1, 2);
+    let out = h.run(&["send", "bob@flaky", "hello"]);
+    out.ok();
+    let ids = daemon.join().unwrap();
+    assert_eq!(ids.len(), 2, "asked twice");
+    assert_eq!(ids[0], ids[1], "with the same message id");
+    assert!(out.stdout.contains(&ids[0]), "{}", out.stdout);
+
+    // It never comes back: the CLI gives up after a while and says how to repeat safely.
+    let h = Home::new();
+    let daemon = flaky_daemon(&h.path(), 1, 1);
+    let out = h.run(&["send", "bob@flaky", "hello"]);
+    assert_eq!(out.code, 1);
+    let ids = daemon.join().unwrap();
+    assert!(
+        out.stderr.contains("may or may not have been stored") && out.stderr.contains(&format!("--id {}", ids[0])),
+        "{}",
+        out.stderr
+    );
+}

@@ -62,6 +62,9 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
     let every = node.config().topic_sync_every();
     let mut due: HashMap<PeerId, Instant> = HashMap::new();
     let mut running: HashSet<PeerId> = HashSet::new();
+    // Task id → peer, so a round that failed outright (a panic) does not leave its peer
+    // marked running, never caught up again.
+    let mut task_peer: HashMap<tokio::task::Id, PeerId> = HashMap::new();
     let mut again: HashSet<PeerId> = HashSet::new();
     let mut tasks: JoinSet<(PeerId, Result<Round, String>)> = JoinSet::new();
     let mut connected_rx = node.0.net.connected();
@@ -84,7 +87,8 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
             }
             running.insert(p);
             let n = node.clone();
-            tasks.spawn(async move { (p, round(&n, p).await) });
+            let handle = tasks.spawn(async move { (p, round(&n, p).await) });
+            task_peer.insert(handle.id(), p);
         }
         let wake = due.values().min().copied().unwrap_or_else(|| now + every);
         tokio::select! {
@@ -117,12 +121,18 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 }
                 connected = new;
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let (peer, outcome) = match done {
-                    Ok(x) => x,
+                    Ok((id, x)) => {
+                        task_peer.remove(&id);
+                        x
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "topic catch-up task failed");
-                        continue;
+                        match task_peer.remove(&e.id()) {
+                            Some(p) => (p, Err(e.to_string())),
+                            None => continue,
+                        }
                     }
                 };
                 running.remove(&peer);

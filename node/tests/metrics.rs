@@ -73,6 +73,22 @@ async fn a_scrape_shows_messages_peers_and_api_requests() {
             || body.contains("agentmesh_api_request_seconds_bucket{request=\"Send\""),
         "latency histogram"
     );
+    // Internal state: the test's own API connection is open, every queue is bounded and
+    // idle between requests, tasks are counted.
+    assert!(value(body, "agentmesh_api_connections").unwrap_or(0.0) >= 1.0, "{body}");
+    for q in [
+        "net_commands",
+        "net_events",
+        "store_writes",
+        "courier_kicks",
+        "sync_kicks",
+        "inbound_in_flight",
+    ] {
+        let series = format!("agentmesh_queue_depth{{queue=\"{q}\"}}");
+        assert!(value(body, &series).is_some(), "{series} missing");
+    }
+    assert!(value(body, "agentmesh_tasks_alive").unwrap_or(0.0) > 0.0, "{body}");
+    assert_eq!(value(body, "agentmesh_topic_synced_total"), Some(0.0));
     // libp2p's own.
     assert!(body.contains("libp2p_swarm_connections_established_total"), "{body}");
     assert!(body.contains("libp2p_bandwidth_bytes_total"), "{body}");
