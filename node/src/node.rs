@@ -1401,7 +1401,7 @@ impl Node {
             .store
             .write("subscribe", move |tx| {
                 let created = ops::ensure_agent_new(tx, &agent, "human", now)?.1;
-                Ok((created, ops::subscribe(tx, &agent, &t)?))
+                Ok((created, ops::subscribe(tx, &agent, &t, now)?))
             })
             .await?;
         self.agent_created(created);

@@ -664,13 +664,13 @@ pub fn unread_counts(r: &ReadTransaction, agent: &str) -> Result<(u64, u64), Sto
 // ---------------------------------------------------------------- topics
 
 /// Subscribes `agent` to `topic`; true if it was not subscribed.
-pub fn subscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName) -> Result<bool, StoreError> {
+pub fn subscribe(txn: &WriteTransaction, agent: &AgentName, topic: &TopicName, now: u64) -> Result<bool, StoreError> {
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
     let mut since = txn.open_table(SUB_SINCE)?;
     if since.get(topic.as_str())?.is_none() {
-        since.insert(topic.as_str(), crate::ids::now_ms())?;
+        since.insert(topic.as_str(), now)?;
     }
     Ok(txn
         .open_table(SUBS)?

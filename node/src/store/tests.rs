@@ -222,7 +222,12 @@ async fn topic_messages_reach_subscribers_once() {
     let topic = TopicName::new("build").unwrap();
     for a in ["alice", "bob"] {
         let (a, t) = (name(a), topic.clone());
-        assert!(store.write("sub", move |tx| ops::subscribe(tx, &a, &t)).await.unwrap());
+        assert!(
+            store
+                .write("sub", move |tx| ops::subscribe(tx, &a, &t, 1))
+                .await
+                .unwrap()
+        );
     }
     let env = TopicEnvelope {
         id: MessageId::new(),
@@ -579,13 +584,20 @@ async fn subscriptions_remember_when_they_began_and_cursors_persist() {
     with_agent(&store, "bob").await;
     let t = TopicName::new("news").unwrap();
     let (a, tt) = (name("alice"), t.clone());
-    store.write("sub", move |tx| ops::subscribe(tx, &a, &tt)).await.unwrap();
+    store
+        .write("sub", move |tx| ops::subscribe(tx, &a, &tt, 5))
+        .await
+        .unwrap();
     let since = store.read(ops::subscribed_topics).await.unwrap();
     assert_eq!(since.len(), 1);
     let began = since[0].1;
+    assert_eq!(began, 5, "when the first subscriber came");
     // A second subscriber does not move the start; the last one leaving ends it.
     let (b, tt) = (name("bob"), t.clone());
-    store.write("sub", move |tx| ops::subscribe(tx, &b, &tt)).await.unwrap();
+    store
+        .write("sub", move |tx| ops::subscribe(tx, &b, &tt, 9))
+        .await
+        .unwrap();
     assert_eq!(store.read(ops::subscribed_topics).await.unwrap()[0].1, began);
     let (a, tt) = (name("alice"), t.clone());
     store
