@@ -136,8 +136,9 @@ pub struct Limits {
     /// Direct messages accepted from one peer node per minute (more are answered "busy",
     /// and the sender retries later); bursts of half that are allowed.
     pub peer_messages_per_minute: u32,
-    /// Topic messages accepted from one publishing node per minute (more are dropped);
-    /// bursts of half that are allowed.
+    /// Topic messages accepted from one publishing node per minute, by gossip and catch-up
+    /// together; bursts of half that are allowed. More gossip is dropped, to be caught up
+    /// later within the allowance.
     pub peer_topic_messages_per_minute: u32,
 }
 

@@ -91,8 +91,6 @@ pub(crate) struct Inner {
     mesh_ops: tokio::sync::Mutex<()>,
     send_rate: Mutex<RateLimiter<AgentName>>,
     peer_rate: Mutex<RateLimiter<PeerId>>,
-    /// Topic messages caught up from one publisher (the same allowance as its gossip).
-    pub(crate) sync_rate: Mutex<RateLimiter<PeerId>>,
     pub name: NodeName,
     pub home: Home,
     pub config: Config,
@@ -181,7 +179,6 @@ impl Node {
         let owner_uid = std::fs::metadata(home.path()).map(|m| m.uid()).unwrap_or(0);
         let send_rate = RateLimiter::per_minute(config.limits.agent_sends_per_minute);
         let peer_rate = RateLimiter::per_minute(config.limits.peer_messages_per_minute);
-        let sync_rate = RateLimiter::per_minute(config.limits.peer_topic_messages_per_minute);
         Node(Arc::new(Inner {
             owner_uid,
             peer_id,
@@ -191,7 +188,6 @@ impl Node {
             mesh_ops: tokio::sync::Mutex::new(()),
             send_rate: Mutex::new(send_rate),
             peer_rate: Mutex::new(peer_rate),
-            sync_rate: Mutex::new(sync_rate),
             name,
             home,
             config,

@@ -208,7 +208,7 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
             // Within the publisher's allowance; the position is not moved past what was
             // not fetched (the next round asks for the same page again).
             let allowed = {
-                let mut rate = node.0.sync_rate.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rate = node.0.net.topic_rate().lock().unwrap_or_else(|e| e.into_inner());
                 rate.take_up_to(&peer, chunk.len() as u32, std::time::Instant::now())
             };
             match allowed {

@@ -373,9 +373,20 @@ pub struct NetHandle {
     connected: watch::Receiver<Arc<BTreeSet<PeerId>>>,
     listening: watch::Receiver<Listening>,
     local_peer: PeerId,
+    /// Topic messages taken per publishing node: by gossip here and by catch-up, one
+    /// allowance for both.
+    topic_rate: SharedTopicRate,
 }
 
+/// One publisher allowance (`limits.peer_topic_messages_per_minute`) per node.
+pub(crate) type SharedTopicRate = Arc<std::sync::Mutex<RateLimiter<PeerId>>>;
+
 impl NetHandle {
+    /// The allowance of topic messages per publishing node, shared by gossip and catch-up.
+    pub(crate) fn topic_rate(&self) -> &SharedTopicRate {
+        &self.topic_rate
+    }
+
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
@@ -643,8 +654,8 @@ pub struct NetActor {
     topics: HashMap<TopicHash, (IdentTopic, TopicKind)>,
     /// User topics this node is subscribed to.
     subscribed: HashSet<TopicName>,
-    /// Topic messages accepted per publishing node.
-    topic_rate: RateLimiter<PeerId>,
+    /// Topic messages accepted per publishing node (shared with catch-up).
+    topic_rate: SharedTopicRate,
     topic_rate_warned: Option<Instant>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -675,6 +686,9 @@ pub fn spawn(
     let (connected_tx, connected) = watch::channel(Arc::new(BTreeSet::new()));
     let (listening_tx, listening) = watch::channel(Listening::default());
     let local_peer = *swarm.local_peer_id();
+    let topic_rate = Arc::new(std::sync::Mutex::new(RateLimiter::per_minute(
+        config.limits.peer_topic_messages_per_minute,
+    )));
     let listeners_expected = listeners;
     let mut actor = NetActor {
         swarm,
@@ -710,7 +724,7 @@ pub fn spawn(
         adm: admit::Admission::new(mesh, node_name),
         topics: HashMap::new(),
         subscribed: HashSet::new(),
-        topic_rate: RateLimiter::per_minute(config.limits.peer_topic_messages_per_minute),
+        topic_rate: topic_rate.clone(),
         topic_rate_warned: None,
         metrics,
     };
@@ -723,6 +737,7 @@ pub fn spawn(
             connected,
             listening,
             local_peer,
+            topic_rate,
         },
         events_rx,
         task,
@@ -1597,7 +1612,11 @@ impl NetActor {
                     return Err(MessageAcceptance::Reject);
                 }
                 if source != *self.swarm.local_peer_id()
-                    && let Err(wait) = self.topic_rate.take(&source, 1, Instant::now())
+                    && let Err(wait) =
+                        self.topic_rate
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take(&source, 1, Instant::now())
                 {
                     let quiet = self
                         .topic_rate_warned
