@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, WAIT, wait_event, wait_messages};
+use common::{TestNode, WAIT, eventually, wait_event, wait_messages};
 use mesh_node::api::{Event, Request, SendStatus};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -62,6 +62,20 @@ async fn offline_for_days_gets_everything_within_the_ttl_and_dead_letters_past_i
         }
     }
     assert_eq!(got, ids, "everything, once, in order");
+    // ...and the sender knows (it learns from the recipient's answers, or from a repeat the
+    // recipient answers again if an answer was lost).
+    eventually("the sender to see every message delivered", || async {
+        let out = get!(
+            a.call(Request::Outbox {
+                agent: None,
+                delivered: true,
+                limit: 100,
+            }),
+            Outbox
+        );
+        (out.len() == 20 && out.iter().all(|e| e.state == "delivered")).then_some(())
+    })
+    .await;
 
     // Away again; this time for more than the time to live.
     b.stop().await;
@@ -82,7 +96,7 @@ async fn offline_for_days_gets_everything_within_the_ttl_and_dead_letters_past_i
     dead.sort();
     let mut want = late.clone();
     want.sort();
-    assert_eq!(dead, want);
+    assert_eq!(dead, want, "the dead letters are the late messages, each once");
     let outbox = get!(
         a.call(Request::Outbox {
             agent: None,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FAST_CONFIG, TestNode, WAIT, test_mesh, wait_messages};
+use common::{FAST_CONFIG, TestNode, WAIT, eventually, test_mesh, wait_messages};
 use mesh_node::api::client::ClientError;
 use mesh_node::api::{ApiError, ErrorCode, PeerView, Request, Response, SendStatus};
 
@@ -16,22 +16,6 @@ fn api_err(r: Result<Response, ClientError>) -> ApiError {
     match r {
         Err(ClientError::Api(e)) => e,
         other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or panics after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
