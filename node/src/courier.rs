@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::now_ms;
 use crate::node::Node;
+use crate::peer_tasks::PeerTasks;
 use crate::store::ops;
 use crate::wire::{DmRequest, DmResponse};
 
@@ -52,7 +52,9 @@ fn backoff(node: &Node, failures: u32) -> Duration {
 /// Runs until cancelled.
 pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: CancellationToken) {
     let mut peers: HashMap<PeerId, PeerDelivery> = HashMap::new();
-    let mut tasks: JoinSet<(PeerId, Outcome)> = JoinSet::new();
+    // A delivery that fails outright (a panic) still hands back its peer, whose mail is
+    // then retried like after any failure rather than left in flight for good.
+    let mut tasks: PeerTasks<Outcome> = PeerTasks::new();
     let mut connected_rx = node.0.net.connected();
     let mut connected: Arc<BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
     let ttl = node.config().delivery.ttl;
@@ -121,14 +123,11 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 }
                 connected = new;
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let (peer, outcome) = match done {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!(error = %e, "delivery task failed");
-                        continue;
-                    }
-                };
+            Some((peer, done)) = tasks.join_next(), if !tasks.is_empty() => {
+                let outcome = done.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "delivery task failed");
+                    Outcome::Failed(e.to_string())
+                });
                 let s = peers.entry(peer).or_default();
                 s.in_flight = false;
                 match outcome {
@@ -171,7 +170,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
 fn start(
     node: &Node,
     peers: &mut HashMap<PeerId, PeerDelivery>,
-    tasks: &mut JoinSet<(PeerId, Outcome)>,
+    tasks: &mut PeerTasks<Outcome>,
     connected: &BTreeSet<PeerId>,
     peer: PeerId,
 ) {
@@ -191,7 +190,7 @@ fn start(
     s.again = false;
     s.retry_at = None;
     let node = node.clone();
-    tasks.spawn(async move { (peer, deliver(&node, peer).await) });
+    tasks.spawn(peer, async move { deliver(&node, peer).await });
 }
 
 async fn sweep(node: &Node) {

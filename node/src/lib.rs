@@ -40,6 +40,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod node;
+mod peer_tasks;
 pub mod ratelimit;
 pub mod store;
 pub mod sync;

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{MessageId, TopicName, now_ms};
 use crate::node::Node;
+use crate::peer_tasks::PeerTasks;
 use crate::store::{SyncCursor, ops};
 use crate::wire::{self, SyncRequest, SyncResponse};
 
@@ -62,11 +62,10 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
     let every = node.config().topic_sync_every();
     let mut due: HashMap<PeerId, Instant> = HashMap::new();
     let mut running: HashSet<PeerId> = HashSet::new();
-    // Task id → peer, so a round that failed outright (a panic) does not leave its peer
-    // marked running, never caught up again.
-    let mut task_peer: HashMap<tokio::task::Id, PeerId> = HashMap::new();
     let mut again: HashSet<PeerId> = HashSet::new();
-    let mut tasks: JoinSet<(PeerId, Result<Round, String>)> = JoinSet::new();
+    // A round that fails outright (a panic) still hands back its peer, so the peer is not
+    // left marked running, never caught up again.
+    let mut tasks: PeerTasks<Result<Round, String>> = PeerTasks::new();
     let mut connected_rx = node.0.net.connected();
     let mut connected: Arc<std::collections::BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
     for p in connected.iter() {
@@ -87,8 +86,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
             }
             running.insert(p);
             let n = node.clone();
-            let handle = tasks.spawn(async move { (p, round(&n, p).await) });
-            task_peer.insert(handle.id(), p);
+            tasks.spawn(p, async move { round(&n, p).await });
         }
         let wake = due.values().min().copied().unwrap_or_else(|| now + every);
         tokio::select! {
@@ -121,20 +119,11 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 }
                 connected = new;
             },
-            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let (peer, outcome) = match done {
-                    Ok((id, x)) => {
-                        task_peer.remove(&id);
-                        x
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "topic catch-up task failed");
-                        match task_peer.remove(&e.id()) {
-                            Some(p) => (p, Err(e.to_string())),
-                            None => continue,
-                        }
-                    }
-                };
+            Some((peer, done)) = tasks.join_next(), if !tasks.is_empty() => {
+                let outcome = done.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "topic catch-up task failed");
+                    Err(e.to_string())
+                });
                 running.remove(&peer);
                 if !connected.contains(&peer) {
                     again.remove(&peer);
