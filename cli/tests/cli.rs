@@ -5,7 +5,6 @@
 mod common;
 
 use common::{Home, runtime};
-use mesh_node::api::client::Client;
 use mesh_node::api::{Event, Request, Response};
 
 #[test]
@@ -186,8 +185,7 @@ fn two_daemons_talk_through_the_cli() {
     // Delivery is asynchronous: follow beta's inbox until the message shows up.
     let rt = runtime();
     rt.block_on(async {
-        let home = mesh_node::home::Home::resolve(Some(hb.path())).unwrap();
-        let c = Client::connect(&home, "test").await.unwrap();
+        let c = common::client(&hb.path()).await;
         let mut ev = c.watch(vec![user.clone()]).await.unwrap();
         let have = match c
             .call(Request::History {
@@ -316,8 +314,7 @@ fn damaged_or_foreign_store_is_refused_and_left_alone() {
 fn send_many(home: &std::path::Path, from: &str, to: &str, range: std::ops::Range<usize>) -> Vec<String> {
     let rt = runtime();
     rt.block_on(async {
-        let home = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-        let c = Client::connect(&home, "test").await.unwrap();
+        let c = common::client(home).await;
         let mut ids = Vec::new();
         for i in range {
             match c
@@ -342,42 +339,8 @@ fn send_many(home: &std::path::Path, from: &str, to: &str, range: std::ops::Rang
 /// Waits (on events) until `agent` on `home` has `n` messages from `from`, then returns
 /// all its direct messages' ids in inbox order.
 fn wait_inbox(home: &std::path::Path, agent: &str, from: &str, n: usize) -> Vec<String> {
-    let rt = runtime();
-    rt.block_on(async {
-        let home = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-        let c = Client::connect(&home, "test").await.unwrap();
-        let mut ev = c.watch(vec![agent.into()]).await.unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let all = get!(
-                c.call(Request::Inbox {
-                    agent: agent.into(),
-                    all: true,
-                    limit: 10_000,
-                    mark_read: false,
-                    skip_notified: false,
-                }),
-                Inbox
-            );
-            let ids: Vec<String> = all
-                .iter()
-                .filter(|m| m.from_agent == from)
-                .map(|m| m.id.to_string())
-                .collect();
-            if ids.len() >= n {
-                return ids;
-            }
-            // Wait for the next arrival.
-            loop {
-                match tokio::time::timeout_at(deadline, ev.recv()).await {
-                    Ok(Some(Event::Message(_))) | Ok(Some(Event::Lagged { .. })) => break,
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("daemon went away"),
-                    Err(_) => panic!("only {} of {n} messages arrived", ids.len()),
-                }
-            }
-        }
-    })
+    let ids = runtime().block_on(common::wait_direct(home, agent, from, n));
+    ids.iter().map(|id| id.to_string()).collect()
 }
 
 #[test]
@@ -405,8 +368,7 @@ fn sender_killed_after_send_delivers_exactly_once_after_restart() {
     // And the sender knows they were delivered.
     let rt = runtime();
     rt.block_on(async {
-        let home = mesh_node::home::Home::resolve(Some(ha.path())).unwrap();
-        let c = Client::connect(&home, "test").await.unwrap();
+        let c = common::client(&ha.path()).await;
         let mut ev = c.watch(vec!["alice".into()]).await.unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -572,8 +534,7 @@ fn dial_by_dns_quic_and_ipv6_and_stay_connected_until_forgotten() {
     let b = common::start_daemon(&hb.path(), "beta", tcp4.parse().unwrap(), &[]);
     let rt = runtime();
     rt.block_on(async {
-        let home = mesh_node::home::Home::resolve(Some(ha.path())).unwrap();
-        let c = Client::connect(&home, "test").await.unwrap();
+        let c = common::client(&ha.path()).await;
         let mut ev = c.watch(vec![]).await.unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {

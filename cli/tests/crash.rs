@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, FAST_CONFIG, Home, Resilient, long_tests, runtime, start_daemon, test_seed};
+use common::{Daemon, FAST_CONFIG, Home, Resilient, long_tests, runtime, start_daemon, test_seed, wait_until};
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Event, Request, Response};
+use mesh_node::api::{AgentSpec, Request, Response};
 use mesh_node::ids::MessageId;
 use rand::{Rng, SeedableRng};
 
@@ -72,8 +72,7 @@ impl Node {
 }
 
 async fn register(home: &Path, agent: &str) {
-    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-    let c = Client::connect(&h, "test").await.unwrap();
+    let c = common::client(home).await;
     c.call(Request::Register {
         agent: AgentSpec {
             name: agent.into(),
@@ -161,59 +160,14 @@ async fn publish_stream(
     ids
 }
 
-/// Waits until `check` holds on `home`, re-checking at every event and at least every
-/// second (connections come and go with the crashes).
-async fn wait_until(
-    home: &Path,
-    what: &str,
-    deadline: tokio::time::Instant,
-    mut check: impl AsyncFnMut(&Client) -> Result<(), String>,
-) {
-    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-    let mut last = String::new();
-    loop {
-        if tokio::time::Instant::now() > deadline {
-            panic!("{what}: not reached before the deadline: {last}");
-        }
-        let Ok(c) = Client::connect(&h, "test").await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(mut ev) = c.watch(vec![]).await else { continue };
-        loop {
-            match check(&c).await {
-                Ok(()) => return,
-                Err(e) => last = e,
-            }
-            if tokio::time::Instant::now() > deadline {
-                break;
-            }
-            match tokio::time::timeout(Duration::from_secs(1), ev.recv()).await {
-                Ok(Some(Event::Lagged { .. }) | Some(_)) | Err(_) => {}
-                Ok(None) => break,
-            }
-        }
-    }
-}
-
 async fn inbox_ids(c: &Client, agent: &str, from: &str) -> Result<Vec<MessageId>, String> {
-    match c
-        .call(Request::Inbox {
-            agent: agent.into(),
-            all: true,
-            limit: 100_000,
-            mark_read: false,
-            skip_notified: false,
-        })
+    Ok(common::whole_inbox(c, agent)
         .await
-    {
-        Ok(Response::Inbox(l)) => Ok(l
-            .into_iter()
-            .filter(|m| m.from_agent == from && m.topic.is_none())
-            .map(|m| m.id)
-            .collect()),
-        other => Err(format!("{other:?}")),
-    }
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|m| m.from_agent == from && m.topic.is_none())
+        .map(|m| m.id)
+        .collect())
 }
 
 #[test]
@@ -229,8 +183,7 @@ fn crashes_of_both_daemons_lose_and_duplicate_nothing() {
     rt.block_on(async {
         register(&a.home, "dave").await;
         register(&b.home, "bob").await;
-        let h = mesh_node::home::Home::resolve(Some(b.home.clone())).unwrap();
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&b.home).await;
         c.call(Request::Subscribe {
             agent: "bob".into(),
             topic: "news".into(),
@@ -363,18 +316,8 @@ fn crashes_of_both_daemons_lose_and_duplicate_nothing() {
             Ok(())
         })
         .await;
-        let h = mesh_node::home::Home::resolve(Some(b.home.clone())).unwrap();
-        let c = Client::connect(&h, "test").await.unwrap();
-        let inbox = get!(
-            c.call(Request::Inbox {
-                agent: "bob".into(),
-                all: true,
-                limit: 100_000,
-                mark_read: false,
-                skip_notified: false,
-            }),
-            Inbox
-        );
+        let c = common::client(&b.home).await;
+        let inbox = common::whole_inbox(&c, "bob").await.unwrap();
         for id in &news {
             assert_eq!(
                 inbox.iter().filter(|m| m.id == *id).count(),

@@ -59,8 +59,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
 
     let rt = runtime();
     rt.block_on(async {
-        let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&home).await;
         let big = "y".repeat(150_000);
         let send = |text: String| Request::Send {
             from: "a".into(),
@@ -121,16 +120,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
             Response::Sent(_) => {}
             other => panic!("{other:?}"),
         }
-        let all = get!(
-            c.call(Request::Inbox {
-                agent: common::TEST_USER.into(),
-                all: true,
-                limit: 100,
-                mark_read: false,
-                skip_notified: false,
-            }),
-            Inbox
-        );
+        let all = common::whole_inbox(&c, common::TEST_USER).await.unwrap();
         assert_eq!(all.len(), stored + 1, "nothing lost, nothing duplicated");
     });
     let _ = CMD_TIMEOUT;
@@ -225,19 +215,12 @@ fn send_req(text: &str) -> Request {
 }
 
 async fn all_mail(c: &Client) -> Vec<(String, String)> {
-    get!(
-        c.call(Request::Inbox {
-            agent: common::TEST_USER.into(),
-            all: true,
-            limit: 1000,
-            mark_read: false,
-            skip_notified: false,
-        }),
-        Inbox
-    )
-    .into_iter()
-    .map(|m| (m.id.to_string(), m.text))
-    .collect()
+    common::whole_inbox(c, common::TEST_USER)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id.to_string(), m.text))
+        .collect()
 }
 
 #[test]
@@ -252,9 +235,8 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
     std::fs::create_dir(&home).unwrap();
     let d = start_daemon(&home, "ro", 0, &[]);
     let rt = runtime();
-    let h = mesh_node::home::Home::resolve(Some(home.clone())).unwrap();
     let before = rt.block_on(async {
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&home).await;
         for i in 0..20 {
             assert!(matches!(
                 c.call(send_req(&format!("kept {i}"))).await.unwrap(),
@@ -267,7 +249,7 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
 
     fs.fail();
     rt.block_on(async {
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&home).await;
         for _ in 0..2 {
             match c.call(send_req("refused")).await {
                 Err(ClientError::Api(e)) => {
@@ -306,7 +288,7 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
     fs.repair();
     let _d = start_daemon(&home, "ro", 0, &[]);
     rt.block_on(async {
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&home).await;
         assert_eq!(all_mail(&c).await, before, "nothing stored was damaged");
         assert!(matches!(c.call(send_req("after")).await.unwrap(), Response::Sent(_)));
     });

@@ -95,8 +95,7 @@ fn world(tag: &str, nat_a: Nat, nat_b: Nat) -> Option<World> {
 }
 
 async fn client(home: &Home) -> Client {
-    let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
-    Client::connect(&h, "internet-test").await.unwrap()
+    common::client(&home.path()).await
 }
 
 async fn status(c: &Client) -> StatusView {

@@ -21,8 +21,7 @@ fn start_on(host: &Host, home: &Home, name: &str) -> Daemon {
 }
 
 async fn client(home: &Home) -> Client {
-    let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
-    Client::connect(&h, "lan-test").await.unwrap()
+    common::client(&home.path()).await
 }
 
 /// Waits until the node at `home` knows agents on every node in `names`.

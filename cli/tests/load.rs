@@ -10,13 +10,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, FAST_CONFIG, Home, long_tests, metric, runtime, scrape, start_daemon, test_seed};
-use mesh_node::api::client::Client;
 use mesh_node::api::{AgentSpec, Request, Response};
 use mesh_node::ids::MessageId;
 use rand::{Rng, SeedableRng};
@@ -63,11 +62,6 @@ fn gauge(d: &Daemon, series: &str) -> i64 {
     metric(&scrape(d.info.metrics.unwrap()), series).unwrap_or_else(|| panic!("no {series}")) as i64
 }
 
-async fn connect(home: &Path) -> Client {
-    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-    Client::connect(&h, "load-test").await.unwrap()
-}
-
 #[test]
 fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
     let seed = test_seed("load");
@@ -90,7 +84,7 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
     // Agents, and a topic watcher on every node.
     rt.block_on(async {
         for (n, p) in paths.iter().enumerate() {
-            let c = connect(p).await;
+            let c = common::client(p).await;
             for i in 0..AGENTS_PER_NODE {
                 c.call(Request::Register {
                     agent: AgentSpec {
@@ -159,7 +153,7 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
                 let (p, me) = (p.clone(), agent(n, i));
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((n * 100 + i) as u64));
                 tasks.push(tokio::spawn(async move {
-                    let c = connect(&p).await;
+                    let c = common::client(&p).await;
                     let mut out: HashMap<(String, String), Vec<MessageId>> = HashMap::new();
                     for k in 0..per_agent {
                         let (m, j) = loop {
@@ -188,7 +182,7 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
             // Topic traffic on the side.
             let p = p.clone();
             tasks.push(tokio::spawn(async move {
-                let c = connect(&p).await;
+                let c = common::client(&p).await;
                 for k in 0..n_topic_per_node {
                     let r = c
                         .call(Request::Publish {
@@ -216,26 +210,13 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(if long_tests() { 1200 } else { 300 });
         for (n, p) in paths.iter().enumerate() {
-            let c = connect(p).await;
+            let c = common::client(p).await;
             let mut ev = c.watch(vec![]).await.unwrap();
             for i in 0..AGENTS_PER_NODE {
                 let me = agent(n, i);
                 let expected: usize = sent.iter().filter(|((_, to), _)| *to == me).map(|(_, v)| v.len()).sum();
                 loop {
-                    let inbox = match c
-                        .call(Request::Inbox {
-                            agent: me.clone(),
-                            all: true,
-                            limit: 10_000,
-                            mark_read: false,
-                            skip_notified: false,
-                        })
-                        .await
-                        .unwrap()
-                    {
-                        Response::Inbox(l) => l,
-                        other => panic!("{other:?}"),
-                    };
+                    let inbox = common::whole_inbox(&c, &me).await.unwrap();
                     if inbox.len() >= expected {
                         assert_eq!(inbox.len(), expected, "{me}: nothing doubled");
                         for ((from, to), ids) in sent.iter().filter(|((_, to), _)| *to == me) {

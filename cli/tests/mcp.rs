@@ -225,8 +225,7 @@ fn two_nodes() -> (Home, Home) {
 fn wait_reception(home: &Home, address: &str, reception: &str) {
     let rt = common::runtime();
     rt.block_on(async {
-        let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
-        let c = mesh_node::api::client::Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&home.path()).await;
         let mut ev = c.watch(vec![]).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {

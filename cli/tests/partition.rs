@@ -33,25 +33,20 @@ fn start_on(host: &Host, home: &Home, name: &str) -> Daemon {
 }
 
 async fn client(home: &Home) -> Client {
-    let h = mesh_node::home::Home::resolve(Some(home.path())).unwrap();
-    Client::connect(&h, "partition-test").await.unwrap()
+    common::client(&home.path()).await
 }
 
-/// Waits until `check` holds on the node of `home`, looking again at every event of the
-/// node and every 250 ms.
+/// Waits (up to [`SETTLE`]) until `check` holds on the node of `home`, and says how long
+/// that took.
 async fn until<T>(home: &Home, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
     let started = std::time::Instant::now();
-    let c = &client(home).await;
-    let mut ev = client(home).await.watch(vec![]).await.unwrap();
     let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        if let Some(v) = check(c).await {
-            eprintln!("partition: {what}: {:.1} s", started.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        let _ = tokio::time::timeout(Duration::from_millis(250), ev.recv()).await;
-    }
+    let v = common::wait_until(&home.path(), what, deadline, async |c: &Client| {
+        check(c).await.ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    eprintln!("partition: {what}: {:.1} s", started.elapsed().as_secs_f64());
+    v
 }
 
 /// The agents `c`'s node knows on node `node`.
@@ -76,20 +71,13 @@ async fn node_connected(c: &Client, node: &str) -> bool {
 }
 
 async fn inbox_from(c: &Client, agent: &str, from: &str) -> Vec<MessageId> {
-    get!(
-        c.call(Request::Inbox {
-            agent: agent.into(),
-            all: true,
-            limit: 10_000,
-            mark_read: false,
-            skip_notified: false,
-        }),
-        Inbox
-    )
-    .into_iter()
-    .filter(|m| m.from_agent == from && m.topic.is_none())
-    .map(|m| m.id)
-    .collect()
+    common::whole_inbox(c, agent)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.from_agent == from && m.topic.is_none())
+        .map(|m| m.id)
+        .collect()
 }
 
 async fn topic_ids(c: &Client, topic: &str) -> Vec<MessageId> {

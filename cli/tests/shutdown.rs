@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, Resilient, metric, runtime, scrape, start_daemon};
-use mesh_node::api::client::Client;
 use mesh_node::api::{AgentSpec, Event, Request, Response};
 use mesh_node::ids::MessageId;
 
@@ -63,40 +62,13 @@ async fn send_all(home: PathBuf, n: usize) -> Vec<MessageId> {
 
 /// Waits until bob has `ids` (exactly, in order) at `home`.
 async fn wait_bob(home: &Path, ids: &[MessageId]) {
-    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-    let c = Client::connect(&h, "test").await.unwrap();
-    let mut ev = c.watch(vec!["bob".into()]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = get!(
-            c.call(Request::Inbox {
-                agent: "bob".into(),
-                all: true,
-                limit: 100_000,
-                mark_read: false,
-                skip_notified: false,
-            }),
-            Inbox
-        );
-        if all.len() >= ids.len() {
-            assert_eq!(
-                all.iter().map(|m| m.id).collect::<Vec<_>>(),
-                ids,
-                "exactly once, in order"
-            );
-            return;
-        }
-        match tokio::time::timeout_at(deadline, ev.recv()).await {
-            Ok(Some(_)) => {}
-            _ => panic!("only {} of {} arrived", all.len(), ids.len()),
-        }
-    }
+    let all = common::wait_direct(home, "bob", "alice", ids.len()).await;
+    assert_eq!(all, ids, "exactly once, in order");
 }
 
 /// Waits until bob has at least `n` messages.
 async fn wait_some(home: &Path, n: usize) {
-    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).unwrap();
-    let c = Client::connect(&h, "test").await.unwrap();
+    let c = common::client(home).await;
     let mut ev = c.watch(vec!["bob".into()]).await.unwrap();
     let mut seen = 0;
     while seen < n {
@@ -116,8 +88,7 @@ fn mesh_down_and_sigterm_mid_stream_finish_in_flight_work_and_resume_after_resta
     let (a_port, b_port) = (a.port(), b.port());
     let rt = runtime();
     rt.block_on(async {
-        let h = mesh_node::home::Home::resolve(Some(hb.path())).unwrap();
-        let c = Client::connect(&h, "test").await.unwrap();
+        let c = common::client(&hb.path()).await;
         c.call(Request::Register {
             agent: AgentSpec {
                 name: "bob".into(),

@@ -396,3 +396,97 @@ pub fn metric(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A local API client for the daemon of `home`.
+pub async fn client(home: &Path) -> mesh_node::api::client::Client {
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).expect("home");
+    mesh_node::api::client::Client::connect(&h, "test")
+        .await
+        .expect("connect to the daemon")
+}
+
+/// Everything in `agent`'s inbox, read or not, oldest first, marking nothing read.
+pub async fn whole_inbox(
+    c: &mesh_node::api::client::Client,
+    agent: &str,
+) -> Result<Vec<mesh_node::api::MessageView>, mesh_node::api::client::ClientError> {
+    let r = c
+        .call(mesh_node::api::Request::Inbox {
+            agent: agent.into(),
+            all: true,
+            limit: 100_000,
+            mark_read: false,
+            skip_notified: false,
+        })
+        .await?;
+    match r {
+        mesh_node::api::Response::Inbox(l) => Ok(l),
+        other => panic!("an inbox request answered {other:?}"),
+    }
+}
+
+/// Waits (on events, 60 s at most) until `agent` at `home` has at least `n` direct messages
+/// from the agent named `from`, then returns the ids of all of them in inbox order.
+pub async fn wait_direct(home: &Path, agent: &str, from: &str, n: usize) -> Vec<mesh_node::ids::MessageId> {
+    use mesh_node::api::Event;
+    let c = client(home).await;
+    let mut ev = c.watch(vec![agent.into()]).await.expect("watch");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: Vec<_> = whole_inbox(&c, agent)
+            .await
+            .expect("inbox")
+            .into_iter()
+            .filter(|m| m.from_agent == from && m.topic.is_none())
+            .map(|m| m.id)
+            .collect();
+        if ids.len() >= n {
+            return ids;
+        }
+        // Wait for the next arrival.
+        loop {
+            match tokio::time::timeout_at(deadline, ev.recv()).await {
+                Ok(Some(Event::Message(_) | Event::Lagged { .. })) => break,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the daemon went away"),
+                Err(_) => panic!("only {} of {n} messages arrived", ids.len()),
+            }
+        }
+    }
+}
+
+/// Waits until `check` holds (`Ok`) on the daemon of `home`, looking again at every event of
+/// the daemon and at least every 250 ms; connects again whenever the daemon went away (so it
+/// serves tests that kill daemons too). Panics at `deadline`, with the last `Err`.
+pub async fn wait_until<T>(
+    home: &Path,
+    what: &str,
+    deadline: tokio::time::Instant,
+    mut check: impl AsyncFnMut(&mesh_node::api::client::Client) -> Result<T, String>,
+) -> T {
+    let h = mesh_node::home::Home::resolve(Some(home.to_path_buf())).expect("home");
+    let mut last = String::new();
+    loop {
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: not reached before the deadline: {last}");
+        }
+        let Ok(c) = mesh_node::api::client::Client::connect(&h, "test").await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(mut ev) = c.watch(vec![]).await else { continue };
+        loop {
+            match check(&c).await {
+                Ok(v) => return v,
+                Err(e) => last = e,
+            }
+            if tokio::time::Instant::now() > deadline {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(250), ev.recv()).await {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => break,
+            }
+        }
+    }
+}

@@ -632,9 +632,9 @@ pub struct NetActor {
     /// Peers that turned out not to be agentmesh nodes; not dialed again.
     foreign: HashSet<PeerId>,
     dials: HashMap<ConnectionId, ExplicitDial>,
-    dm_out: HashMap<OutboundRequestId, oneshot::Sender<Result<DmResponse, NetError>>>,
+    dm_out: HashMap<OutboundRequestId, Waiting<DmResponse>>,
     dm_in: HashMap<InboundRequestId, ResponseChannel<DmResponse>>,
-    sync_out: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
+    sync_out: HashMap<OutboundRequestId, Waiting<SyncResponse>>,
     sync_in: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
     /// Delivery answers handed to the swarm and not yet sent (flushed before stopping).
     dm_answering: HashSet<InboundRequestId>,
@@ -658,6 +658,21 @@ pub struct NetActor {
     topic_rate: SharedTopicRate,
     topic_rate_warned: Option<Instant>,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The caller waiting for the answer to one of our requests.
+type Waiting<R> = oneshot::Sender<Result<R, NetError>>;
+
+/// Hands the answer to an outbound request (or why there is none) to its caller, if it is
+/// still waiting.
+fn hand_over<R>(
+    waiting: &mut HashMap<OutboundRequestId, Waiting<R>>,
+    id: OutboundRequestId,
+    result: Result<R, NetError>,
+) {
+    if let Some(reply) = waiting.remove(&id) {
+        let _ = reply.send(result);
+    }
 }
 
 /// A clean stop in progress.
@@ -1665,9 +1680,7 @@ impl NetActor {
                     }
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.dm_out.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
+                    hand_over(&mut self.dm_out, request_id, Ok(response));
                 }
             },
             request_response::Event::OutboundFailure {
@@ -1676,12 +1689,8 @@ impl NetActor {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.dm_out.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        why: error.to_string(),
-                    }));
-                }
+                let why = error.to_string();
+                hand_over(&mut self.dm_out, request_id, Err(NetError::Request { peer, why }));
             }
             request_response::Event::InboundFailure {
                 request_id,
@@ -1729,9 +1738,7 @@ impl NetActor {
                     }
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.sync_out.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
+                    hand_over(&mut self.sync_out, request_id, Ok(response));
                 }
             },
             request_response::Event::OutboundFailure {
@@ -1740,12 +1747,8 @@ impl NetActor {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.sync_out.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        why: error.to_string(),
-                    }));
-                }
+                let why = error.to_string();
+                hand_over(&mut self.sync_out, request_id, Err(NetError::Request { peer, why }));
             }
             request_response::Event::InboundFailure { request_id, .. } => {
                 self.sync_in.remove(&request_id);
