@@ -82,6 +82,7 @@ async fn a_scrape_shows_messages_peers_and_api_requests() {
         "store_writes",
         "courier_kicks",
         "sync_kicks",
+        "events",
         "inbound_in_flight",
     ] {
         let series = format!("agentmesh_queue_depth{{queue=\"{q}\"}}");
