@@ -545,9 +545,9 @@ impl NetActor {
         self.adm.mesh = mesh;
         self.adm.denied.clear();
         self.adm.outsiders.clear();
-        self.reach_forget_lost();
         self.rebuild_topics();
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        self.reach_forget_lost(&peers);
         for p in &peers {
             let _ = self.swarm.disconnect_peer_id(*p);
         }

@@ -122,6 +122,9 @@ pub(super) struct Reach {
     relays: HashSet<PeerId>,
     pinned: HashMap<PeerId, Pin>,
     lost: HashMap<PeerId, Lost>,
+    /// Peers whose connections this node is closing itself after joining or leaving a mesh:
+    /// their loss is not a reason to redial them.
+    forgotten: HashSet<PeerId>,
     lookups: HashMap<kad::QueryId, (PeerId, Vec<FindReply>)>,
     last_lookup: HashMap<PeerId, Instant>,
     pub(super) punch: PunchStats,
@@ -157,6 +160,7 @@ impl Reach {
             relays: HashSet::new(),
             pinned: HashMap::new(),
             lost: HashMap::new(),
+            forgotten: HashSet::new(),
             lookups: HashMap::new(),
             last_lookup: HashMap::new(),
             punch: PunchStats::default(),
@@ -282,7 +286,9 @@ impl NetActor {
     }
 
     pub(super) fn reach_on_connected(&mut self, peer: PeerId) {
-        self.reach.lost.remove(&peer);
+        // A lost member stays in `lost` (with its backoff) until a redial finds it still
+        // connected: one that drops again at once is not redialed ever faster.
+        self.reach.forgotten.remove(&peer);
         if let Some(p) = self.reach.pinned.get_mut(&peer) {
             p.next = None;
             p.backoff = REDIAL_MIN;
@@ -292,23 +298,23 @@ impl NetActor {
     /// The last connection to an admitted member closed without us closing it: keep trying
     /// to get it back (pinned peers have their own redials).
     pub(super) fn reach_on_member_lost(&mut self, peer: PeerId) {
-        if self.reach.pinned.contains_key(&peer) {
+        if self.reach.forgotten.remove(&peer) || self.reach.pinned.contains_key(&peer) {
             return;
         }
         let now = Instant::now();
-        self.reach.lost.insert(
-            peer,
-            Lost {
-                next: now + REDIAL_MIN,
-                backoff: REDIAL_MIN,
-                until: now + LOST_REDIAL_FOR,
-            },
-        );
+        // Lost again before a redial found it connected: the backoff and the hour go on.
+        self.reach.lost.entry(peer).or_insert(Lost {
+            next: now + REDIAL_MIN,
+            backoff: REDIAL_MIN,
+            until: now + LOST_REDIAL_FOR,
+        });
     }
 
-    /// Lost members are not redialed any more (the mesh was left or joined anew).
-    pub(super) fn reach_forget_lost(&mut self) {
+    /// Lost members are not redialed any more, nor are `closing`, whose connections this
+    /// node is about to close (the mesh was left or joined anew).
+    pub(super) fn reach_forget_lost(&mut self, closing: &[PeerId]) {
         self.reach.lost.clear();
+        self.reach.forgotten = closing.iter().copied().collect();
     }
 
     pub(super) fn reach_on_disconnected(&mut self, peer: PeerId) {
