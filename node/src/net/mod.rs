@@ -67,6 +67,10 @@ pub fn ping_timing(heartbeat: Duration) -> (Duration, Duration) {
 }
 /// Reachability upkeep interval.
 pub const REACH_UPKEEP: Duration = Duration::from_secs(2);
+/// During a clean stop, connections stay open this long after the last delivery answer
+/// went out, so the sender reads it before the connection closes (a sender whose
+/// connection closes first retries, and the batch arrives twice).
+pub const ANSWER_LINGER: Duration = Duration::from_millis(250);
 /// Software version announced to peers.
 pub const AGENT_VERSION: &str = concat!("agentmesh/", env!("CARGO_PKG_VERSION"));
 
@@ -638,6 +642,8 @@ pub struct NetActor {
     sync_in: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
     /// Delivery answers handed to the swarm and not yet sent (flushed before stopping).
     dm_answering: HashSet<InboundRequestId>,
+    /// When the last delivery answer went out.
+    last_answer: Option<Instant>,
     /// Stopping: no redials, answers flushed, then connections closed.
     stopping: bool,
     stop: Option<StopState>,
@@ -730,6 +736,7 @@ pub fn spawn(
         sync_out: HashMap::new(),
         sync_in: HashMap::new(),
         dm_answering: HashSet::new(),
+        last_answer: None,
         stopping: false,
         stop: None,
         announcement: None,
@@ -773,7 +780,10 @@ impl NetActor {
                 break;
             }
             let due = match &self.stop {
-                Some(st) if !st.closing => st.flush_until,
+                Some(st) if !st.closing => match self.last_answer {
+                    Some(t) if self.dm_answering.is_empty() => (t + ANSWER_LINGER).min(st.flush_until),
+                    _ => st.flush_until,
+                },
                 Some(st) => st.deadline,
                 None => self
                     .reach
@@ -810,9 +820,10 @@ impl NetActor {
     /// During a clean stop: flush the delivery answers, then close every connection; true
     /// once both are done (or their time is up).
     fn stop_done(&mut self) -> bool {
-        let Some(st) = self.stop.as_mut() else { return false };
         let now = Instant::now();
-        if !st.closing && (self.dm_answering.is_empty() || now >= st.flush_until) {
+        let answered = self.dm_answering.is_empty() && self.answers_read_by(now);
+        let Some(st) = self.stop.as_mut() else { return false };
+        if !st.closing && (answered || now >= st.flush_until) {
             if !self.dm_answering.is_empty() {
                 tracing::warn!(
                     count = self.dm_answering.len(),
@@ -827,6 +838,11 @@ impl NetActor {
             }
         }
         st.closing && (self.swarm.connected_peers().next().is_none() || now >= st.deadline)
+    }
+
+    /// Whether the last delivery answer has had [`ANSWER_LINGER`] to reach its sender.
+    fn answers_read_by(&self, now: Instant) -> bool {
+        self.last_answer.is_none_or(|t| now >= t + ANSWER_LINGER)
     }
 
     fn emit(&self, event: NetEvent) {
@@ -1704,6 +1720,7 @@ impl NetActor {
             }
             request_response::Event::ResponseSent { request_id, .. } => {
                 self.dm_answering.remove(&request_id);
+                self.last_answer = Some(Instant::now());
             }
         }
     }
