@@ -76,14 +76,24 @@ impl Backend for DaemonBackend {
         if matches!(first, Err(ClientError::NotSent | ClientError::Closed)) {
             self.forget(&client).await;
         }
-        match first {
-            Err(ClientError::NotSent) => self.client().await?.call(request).await,
-            Err(ClientError::Closed) if request.is_repeatable() => self.client().await?.call(request).await,
+        let answer = match first {
+            Err(ClientError::NotSent) => self.client().await?.call(request.clone()).await,
+            Err(ClientError::Closed) if request.is_repeatable() => self.client().await?.call(request.clone()).await,
             Err(ClientError::Closed) => Err(ClientError::Unavailable(
                 "the connection to the agentmesh daemon broke before it answered; this may or may not have been done: check history before trying again"
                     .into(),
             )),
             other => other,
+        };
+        match (answer, &request) {
+            // Gone again: the agent must not send a second copy under a new id unknowingly.
+            (
+                Err(ClientError::NotSent | ClientError::Closed),
+                Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. },
+            ) => Err(ClientError::Unavailable(format!(
+                "the agentmesh daemon went away twice before answering; message {id} may or may not have been sent: check the history tool for it before sending it again"
+            ))),
+            (answer, _) => answer,
         }
     }
 

@@ -110,12 +110,7 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
             Some(Event::Message(m)) if m.agent == agent => {
                 if seen.insert(m.id) {
                     print(ctx, &m)?;
-                    client
-                        .call(Request::MarkRead {
-                            agent: agent.clone(),
-                            ids: vec![m.id],
-                        })
-                        .await?;
+                    mark_shown(&client, &agent, std::slice::from_ref(&m)).await?;
                 }
             }
             Some(Event::Lagged { .. }) => catch_up = true,

@@ -86,7 +86,13 @@ impl Ctx {
                     other => return other.map_err(|e| self.explain(e, &request)),
                 },
                 Err(e) if e.downcast_ref::<NotRunning>().is_some() => {}
-                Err(e) => return Err(e),
+                // Back, but not usable (another version, say): still say how to repeat.
+                Err(e) => {
+                    return Err(match repeat_advice(&request) {
+                        Some(advice) => e.context(advice),
+                        None => e,
+                    });
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(self.explain(ClientError::Closed, &request));
@@ -96,13 +102,11 @@ impl Ctx {
 
     /// An error of `request`, with what to do about a send whose outcome is unknown.
     fn explain(&self, e: ClientError, request: &Request) -> anyhow::Error {
-        match (&e, request) {
-            (ClientError::Closed, Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. }) => {
-                anyhow::anyhow!(
-                    "the daemon went away before answering, and did not come back within {} s; message {id} may or may not have been stored. Once the daemon runs again, repeat the same command with --id {id}: it is sent once either way",
-                    REPEAT_WINDOW.as_secs()
-                )
-            }
+        match (&e, repeat_advice(request)) {
+            (ClientError::Closed, Some(advice)) => anyhow::anyhow!(
+                "the daemon went away before answering, and did not come back within {} s; {advice}",
+                REPEAT_WINDOW.as_secs()
+            ),
             _ => e.into(),
         }
     }
@@ -112,6 +116,16 @@ impl Ctx {
         given
             .clone()
             .unwrap_or_else(|| mesh_node::daemon::login_agent().to_string())
+    }
+}
+
+/// What to do about a send or publish whose outcome is unknown.
+fn repeat_advice(request: &Request) -> Option<String> {
+    match request {
+        Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. } => Some(format!(
+            "message {id} may or may not have been stored. Once the daemon runs again, repeat the same command with --id {id}: it is sent once either way"
+        )),
+        _ => None,
     }
 }
 
