@@ -308,6 +308,17 @@ impl Node {
     }
 
     /// Takes one send from `agent`'s allowance.
+    /// The send allowance, not charged for a request naming a message that exists already:
+    /// a repeat (answered with the first receipt) or an id taken (refused) sends nothing.
+    fn check_send_rate_unless_known(&self, agent: &AgentName, id: Option<MessageId>) -> Result<(), ApiError> {
+        if let Some(id) = id
+            && self.0.store.read_now(move |r| ops::id_known(r, &id))?
+        {
+            return Ok(());
+        }
+        self.check_send_rate(agent)
+    }
+
     fn check_send_rate(&self, agent: &AgentName) -> Result<(), ApiError> {
         let mut r = self.0.send_rate.lock().unwrap_or_else(|e| e.into_inner());
         r.take(agent, 1, Instant::now()).map_err(|wait| {
@@ -1123,7 +1134,7 @@ impl Node {
         let addr: Address = to.parse()?;
         self.check_text(&text, false)?;
         self.check_reply_to(reply_to).await?;
-        self.check_send_rate(&from)?;
+        self.check_send_rate_unless_known(&from, id)?;
         let locals = self.local_agent_names().await?;
         let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
         let now = now_ms();
@@ -1254,7 +1265,13 @@ impl Node {
     async fn wait_outcome(&self, events: &mut broadcast::Receiver<Event>, id: MessageId) -> Option<SendStatus> {
         let deadline = tokio::time::Instant::now() + self.0.config.delivery.send_wait;
         loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
+            // A stop answers at once: the courier is finishing, not starting deliveries, and
+            // the client is better told "queued" now than cut off at the drain deadline.
+            let next = tokio::select! {
+                _ = self.0.shutdown.cancelled() => return None,
+                next = tokio::time::timeout_at(deadline, events.recv()) => next,
+            };
+            match next {
                 Err(_) => return None,
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => return None,
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
@@ -1467,7 +1484,7 @@ impl Node {
         let topic = TopicName::parse_user(topic)?;
         self.check_text(&text, true)?;
         self.check_reply_to(reply_to).await?;
-        self.check_send_rate(&agent)?;
+        self.check_send_rate_unless_known(&agent, id)?;
         let now = now_ms();
         let chosen = id.is_some();
         let envelope = TopicEnvelope {

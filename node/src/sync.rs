@@ -43,6 +43,9 @@ pub const FETCH_CHUNK: usize = 64;
 pub const SYNC_QUEUE: usize = 1024;
 /// Wait before trying a member again after a failed round.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Publications are asked for from this long before the subscription began: the time is
+/// compared with the publisher's clock, which may be behind ours.
+pub const SINCE_MARGIN: Duration = Duration::from_secs(120);
 /// Log entries a node scans to answer one digest.
 pub const MAX_DIGEST_SCAN: usize = 8192;
 
@@ -63,6 +66,8 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
     let mut due: HashMap<PeerId, Instant> = HashMap::new();
     let mut running: HashSet<PeerId> = HashSet::new();
     let mut again: HashSet<PeerId> = HashSet::new();
+    // Rounds failed in a row per member (it is asked less and less often).
+    let mut failures: HashMap<PeerId, u32> = HashMap::new();
     // A round that fails outright (a panic) still hands back its peer, so the peer is not
     // left marked running, never caught up again.
     let mut tasks: PeerTasks<Result<Round, String>> = PeerTasks::new();
@@ -88,7 +93,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
             let n = node.clone();
             tasks.spawn(p, async move { round(&n, p).await });
         }
-        let wake = due.values().min().copied().unwrap_or_else(|| now + every);
+        let wake = next_wake(&due, running.len(), now, every);
         tokio::select! {
             _ = cancel.cancelled() => break,
             kick = kicks.recv() => match kick {
@@ -116,6 +121,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 for p in connected.difference(&new) {
                     due.remove(p);
                     again.remove(p);
+                    failures.remove(p);
                 }
                 connected = new;
             },
@@ -127,7 +133,11 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 running.remove(&peer);
                 if !connected.contains(&peer) {
                     again.remove(&peer);
+                    failures.remove(&peer);
                     continue;
+                }
+                if outcome.is_ok() {
+                    failures.remove(&peer);
                 }
                 let next = match outcome {
                     Ok(Round::More) => Instant::now(),
@@ -135,9 +145,12 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                     Ok(Round::Done) if again.remove(&peer) => Instant::now(),
                     Ok(Round::Done) => Instant::now() + every,
                     Err(why) => {
-                        tracing::debug!(%peer, %why, "topic catch-up failed; will retry");
+                        let failed = failures.entry(peer).or_default();
+                        *failed += 1;
+                        let wait = retry_wait(*failed, every);
+                        tracing::debug!(%peer, %why, ?wait, "topic catch-up failed; will retry");
                         again.remove(&peer);
-                        Instant::now() + RETRY_AFTER.min(every)
+                        Instant::now() + wait
                     }
                 };
                 due.insert(peer, next);
@@ -146,6 +159,23 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
         }
     }
     tasks.shutdown().await;
+}
+
+/// When the scheduler looks again by itself: at the earliest due round if a slot is free
+/// (with every slot taken, a round ending wakes it; a due time already past must not).
+fn next_wake(due: &HashMap<PeerId, Instant>, running: usize, now: Instant, every: Duration) -> Instant {
+    let idle = now + every;
+    if running >= SYNC_PARALLEL {
+        return idle;
+    }
+    due.values().min().copied().unwrap_or(idle)
+}
+
+/// How long after `failures` failed rounds in a row a member is asked again: from
+/// [`RETRY_AFTER`] doubling up to the regular interval.
+fn retry_wait(failures: u32, every: Duration) -> Duration {
+    let first = RETRY_AFTER.min(every);
+    first.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(every)
 }
 
 /// One catch-up round with `peer`: every subscribed topic, up to the page limit each.
@@ -179,7 +209,7 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
             topic: topic.clone(),
             log: cursor.log,
             after: cursor.after,
-            since_ms,
+            since_ms: since_ms.saturating_sub(SINCE_MARGIN.as_millis() as u64),
         };
         let (log, ids, next, more) = match node.0.net.sync(peer, request).await.map_err(|e| e.to_string())? {
             SyncResponse::Digest { log, ids, next, more } => (log, ids, next, more),
@@ -262,4 +292,31 @@ async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) 
         want.retain(|id| !answered.contains(id));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_every_slot_taken_the_scheduler_waits_for_a_round_to_end() {
+        let now = Instant::now();
+        let every = Duration::from_secs(60);
+        let due: HashMap<PeerId, Instant> = (0..3).map(|_| (PeerId::random(), now)).collect();
+        // Slots free: the due rounds start now.
+        assert_eq!(next_wake(&due, SYNC_PARALLEL - 1, now, every), now);
+        // Every slot taken: no wake-up for rounds that cannot start (a busy loop).
+        assert_eq!(next_wake(&due, SYNC_PARALLEL, now, every), now + every);
+        assert_eq!(next_wake(&HashMap::new(), 0, now, every), now + every);
+    }
+
+    #[test]
+    fn failed_rounds_back_off_up_to_the_regular_interval() {
+        let every = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=8).map(|n| retry_wait(n, every).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_wait(u32::MAX, every), every);
+        // A short interval caps the first wait too.
+        assert_eq!(retry_wait(1, Duration::from_secs(1)), Duration::from_secs(1));
+    }
 }

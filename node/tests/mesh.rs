@@ -104,16 +104,7 @@ async fn offline_recipient_gets_everything_once_in_order() {
         }
     }
     assert_eq!(got, ids);
-    let mut all = get!(
-        b.call(Request::Inbox {
-            agent: "bob".into(),
-            all: true,
-            limit: 100,
-            mark_read: false,
-            skip_notified: false,
-        }),
-        Inbox
-    );
+    let mut all = b.whole_inbox("bob").await;
     all.retain(|m| m.from_agent == "alice");
     assert_eq!(
         all.iter().map(|m| m.id).collect::<Vec<_>>(),

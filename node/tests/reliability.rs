@@ -133,6 +133,41 @@ async fn a_repeated_send_or_publish_with_its_id_is_one_message() {
     assert_eq!(b.inbox("bob").await.iter().filter(|m| m.id == pid).count(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_answered_even_when_the_send_allowance_is_used_up() {
+    // Two sends a minute (a burst of one): the first send and publish use the allowance.
+    let a = TestNode::start_with(
+        "alpha",
+        &format!("[limits]\nagent_sends_per_minute = 2\n{}", common::FAST_CONFIG),
+    )
+    .await;
+    a.register("ann").await;
+    let (id, pid) = (MessageId::new(), MessageId::new());
+    let first = get!(a.call(send_req("alice", "ann", "once", id)), Sent);
+    // A new message is over the allowance...
+    match a.call(send_req("alice", "ann", "new", MessageId::new())).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.code, ErrorCode::RateLimited),
+        other => panic!("{other:?}"),
+    }
+    // ...a repeat of the one sent is not a new message: it gets its receipt.
+    let again = get!(a.call(send_req("alice", "ann", "once", id)), Sent);
+    assert_eq!((again.id, again.status), (first.id, first.status));
+    assert_eq!(a.inbox("ann").await.len(), 1);
+    // The same for a publish (carol has an allowance of her own).
+    let p1 = get!(a.call(publish_req("carol", "news", "headline", Some(pid))), Published);
+    match a.call(publish_req("carol", "news", "another", None)).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.code, ErrorCode::RateLimited),
+        other => panic!("{other:?}"),
+    }
+    let p2 = get!(a.call(publish_req("carol", "news", "headline", Some(pid))), Published);
+    assert_eq!(p1.id, p2.id);
+    // An id taken by another message is refused as such, not as over the allowance.
+    match a.call(send_req("alice", "ann", "other text", id)).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Alpha publishes; gamma is always there (so gossip reaches someone and nothing is held
 /// back for later); beta (started with `beta_config`) is down while `n` messages go by, and
 /// must get each of them once, from alpha's log, within `wait` of its restart.
@@ -284,16 +319,7 @@ request_timeout = "30s"
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     let mut wb = b.watch(&["bob"]).await;
     loop {
-        let all = get!(
-            b.call(Request::Inbox {
-                agent: "bob".into(),
-                all: true,
-                limit: 10_000,
-                mark_read: false,
-                skip_notified: false,
-            }),
-            Inbox
-        );
+        let all = b.whole_inbox("bob").await;
         if all.len() >= ids.len() {
             assert_eq!(
                 all.iter().map(|m| m.id).collect::<Vec<_>>(),

@@ -130,6 +130,12 @@ fn insert_outbox(txn: &WriteTransaction, e: &OutboxEntry) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Whether `id` names a message this store already has (sent, published or received).
+pub fn id_known(r: &ReadTransaction, id: &MessageId) -> Result<bool, StoreError> {
+    Ok(r.open_table(OUTBOX_IDS)?.get(id.0.as_slice())?.is_some()
+        || r.open_table(RECEIVED)?.get(id.0.as_slice())?.is_some())
+}
+
 /// Before a message with a client-chosen id is written: `None` if the id is free, the
 /// stored entry if this very message (same sender, recipient, text and reply) was sent
 /// already (a repeated request), [`StoreError::IdTaken`] if the id names something else.
@@ -752,6 +758,18 @@ pub fn own_publications(
 ) -> Result<Digest, StoreError> {
     let log = r.open_table(TOPIC_LOG)?;
     let t = topic.as_str();
+    // A position past the end of this log was taken in what this log was before (a store
+    // restored from a backup counts again from an earlier point): start over.
+    let last = log
+        .range((t, 0)..=(t, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
+    let after = if last.is_some_and(|last| after > last) {
+        0
+    } else {
+        after
+    };
     let mut ids = Vec::new();
     let mut next = after;
     let mut more = false;

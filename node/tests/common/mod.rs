@@ -166,6 +166,25 @@ impl TestNode {
         }
     }
 
+    /// Everything in `agent`'s inbox, read or not, marking nothing read.
+    pub async fn whole_inbox(&self, agent: &str) -> Vec<MessageView> {
+        match self
+            .call(Request::Inbox {
+                agent: agent.into(),
+                all: true,
+                limit: 100_000,
+                mark_read: false,
+                skip_notified: false,
+            })
+            .await
+            .expect("inbox")
+        {
+            Response::Inbox(l) => l,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The unread messages of `agent`, marking them read.
     pub async fn inbox(&self, agent: &str) -> Vec<MessageView> {
         match self
             .call(Request::Inbox {
