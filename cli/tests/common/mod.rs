@@ -364,7 +364,10 @@ impl Resilient {
                     }
                 },
             };
-            match client.call(request.clone()).await {
+            let Ok(answer) = tokio::time::timeout_at(deadline, client.call(request.clone())).await else {
+                panic!("no answer to {} before the deadline", request.kind());
+            };
+            match answer {
                 Ok(r) => return r,
                 Err(ClientError::Closed | ClientError::NotSent) => {
                     self.client = None;
@@ -474,11 +477,15 @@ pub async fn wait_until<T>(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(mut ev) = c.watch(vec![]).await else { continue };
+        let Ok(mut ev) = c.watch(vec![]).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         loop {
-            match check(&c).await {
-                Ok(v) => return v,
-                Err(e) => last = e,
+            match tokio::time::timeout_at(deadline, check(&c)).await {
+                Ok(Ok(v)) => return v,
+                Ok(Err(e)) => last = e,
+                Err(_) => panic!("{what}: a check did not finish before the deadline: {last}"),
             }
             if tokio::time::Instant::now() > deadline {
                 break;
