@@ -1286,10 +1286,9 @@ impl Node {
 
     async fn outbox_status(&self, id: MessageId, peer: &PeerId) -> Result<SendStatus, ApiError> {
         let e = self.0.store.read(move |r| ops::outbox_by_id(r, &id)).await?;
-        Ok(match e.map(|e| e.state) {
-            Some(OutState::Delivered { .. }) => SendStatus::Delivered,
-            Some(OutState::Dead { reason, .. }) => SendStatus::Rejected { reason },
-            _ => SendStatus::Queued {
+        Ok(match e.and_then(|e| settled_status(&e.state)) {
+            Some(settled) => settled,
+            None => SendStatus::Queued {
                 reason: if self.0.net.is_connected(peer) {
                     "the recipient node is connected; waiting for its acknowledgement".into()
                 } else {

@@ -275,7 +275,7 @@ async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) 
             }
             // Checked as gossip is: right topic, not empty, within our limit. A message we
             // refuse is not asked again (its id counts as answered).
-            if env.topic != *topic || env.text.trim().is_empty() || env.text.len() > max_text {
+            if !env.acceptable(topic, max_text) {
                 tracing::debug!(%peer, id = %env.id, "refusing a caught-up topic message");
                 crate::metrics::Metrics::count(&node.0.metrics.topic_dropped, "rejected");
                 continue;

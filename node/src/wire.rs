@@ -282,6 +282,14 @@ pub struct TopicEnvelope {
     pub text: String,
 }
 
+impl TopicEnvelope {
+    /// Whether a message from another node may be taken, by gossip or by catch-up: on the
+    /// `topic` it came for, not empty, at most `max_text` bytes.
+    pub fn acceptable(&self, topic: &TopicName, max_text: usize) -> bool {
+        self.topic == *topic && !self.text.trim().is_empty() && self.text.len() <= max_text
+    }
+}
+
 /// Request on `/agentmesh/sync/1`. Answered only with publications of the answering node's
 /// own agents, so every message fetched is vouched for by the node it comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

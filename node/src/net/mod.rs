@@ -1638,7 +1638,7 @@ impl NetActor {
             }
             TopicKind::User(topic) => {
                 let envelope: TopicEnvelope = postcard::from_bytes(&plain).map_err(|_| MessageAcceptance::Reject)?;
-                if envelope.topic != topic || envelope.text.len() > self.max_text || envelope.text.trim().is_empty() {
+                if !envelope.acceptable(&topic, self.max_text) {
                     tracing::debug!(%source, "rejecting malformed topic message");
                     return Err(MessageAcceptance::Reject);
                 }
