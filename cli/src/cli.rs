@@ -92,6 +92,10 @@ pub enum Command {
     Install(InstallArgs),
     /// Remove agentmesh from an agent client's MCP configuration.
     Uninstall(InstallArgs),
+    /// Run by the hooks and the plugin that `mesh install` sets up (not by hand): shows a
+    /// session's new mail to its model, or waits for mail and wakes the idle session.
+    #[command(hide = true)]
+    Hook(HookArgs),
     /// Print shell completions.
     Completions {
         /// Shell to generate for.
@@ -131,6 +135,10 @@ pub struct UpArgs {
     /// public IP behind 1:1 NAT: /ip4/203.0.113.7/tcp/4001.
     #[arg(long, env = "MESH_EXTERNAL", value_delimiter = ',', value_name = "MULTIADDR")]
     pub external: Vec<String>,
+    /// Forget the settings saved by earlier `mesh up`s (name, listen, no-mdns, relay,
+    /// open, metrics, external) before applying the ones given now.
+    #[arg(long)]
+    pub reset: bool,
 }
 
 #[derive(Args, Debug)]
@@ -275,4 +283,41 @@ pub struct InstallArgs {
     /// Write this file instead of the client's usual one.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+}
+
+/// The client a hook runs in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookClient {
+    /// Claude Code.
+    ClaudeCode,
+    /// Codex CLI.
+    Codex,
+    /// OpenCode (its plugin).
+    Opencode,
+}
+
+/// What a hook does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Print the session's unread mail as context for the model (and mark it read).
+    Context,
+    /// Wait for mail, print it on stderr and exit 2 (Claude Code `asyncRewake`).
+    Wake,
+    /// Hold the session's waker and write each batch of new mail as a JSON line; `ok` or
+    /// `no` on stdin says whether it was shown (the OpenCode plugin).
+    Follow,
+}
+
+#[derive(Args, Debug)]
+pub struct HookArgs {
+    /// The agent client running the hook.
+    #[arg(value_enum)]
+    pub client: HookClient,
+    /// What to do.
+    #[arg(value_enum)]
+    pub action: HookAction,
+    /// With `wake`: give up (exit 0) after this many seconds without mail; keep it below
+    /// the hook's own timeout.
+    #[arg(long, default_value_t = 35_000)]
+    pub max_wait_s: u64,
 }

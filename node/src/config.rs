@@ -239,8 +239,10 @@ pub fn default_listen() -> Vec<Multiaddr> {
     .collect()
 }
 
-/// Values from the command line and environment, applied over the file.
-#[derive(Clone, Debug, Default)]
+/// Values from the command line and environment, applied over the file. `mesh up` saves
+/// them in the home ([`crate::settings`]) for every later start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Overrides {
     /// `--name` / `MESH_NAME`.
     pub name: Option<NodeName>,

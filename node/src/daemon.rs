@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, NetError};
 use crate::node::{COURIER_QUEUE, Node, Parts};
 use crate::store::{Store, StoreError};
-use crate::{courier, dnssd};
+use crate::{courier, dnssd, settings};
 
 /// Environment variable telling `mesh up` to report readiness on stdout as one JSON line
 /// (set by [`spawn_detached`]).
@@ -71,6 +71,12 @@ pub enum DaemonError {
     /// Networking problem.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// Saved settings problem.
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    /// The node was stopped with `mesh down`: only `mesh up` starts it again.
+    #[error("the agentmesh node was stopped with `mesh down`; run `mesh up` (or `mesh up --detach`) to start it again")]
+    StoppedByUser,
     /// A daemon already runs on this home.
     #[error("a daemon is already running for home {home}{}; stop it with: mesh down", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     AlreadyRunning {
@@ -179,7 +185,9 @@ impl Daemon {
         let home = opts.home;
         home.create()?;
         let lock = take_lock(&home)?;
-        let config = Config::load(&home.config_path(), &opts.overrides)?;
+        // What `mesh up` was told before holds for every start, also an adapter's.
+        let overrides = settings::merged(&opts.overrides, &settings::load(&home)?);
+        let config = Config::load(&home.config_path(), &overrides)?;
         let keypair = identity::load_or_create(&home.identity_path())?;
         let peer_id = keypair.public().to_peer_id();
         let mesh = if config.open {
@@ -466,8 +474,34 @@ pub enum Detached {
     AlreadyRunning(String),
 }
 
-/// Starts `exe args...` (which must be `mesh ... up ...` without `--detach`) as a daemon in
-/// its own process group, logging to `<home>/daemon.log`, and waits until it reports ready.
+/// Makes `cmd` start a daemon that belongs to nobody: the process spawned starts a session
+/// of its own (no terminal, its own process group, so Ctrl-C and a client that kills its
+/// server's process group do not reach it), forks, and exits, so that the daemon is not a
+/// descendant of the caller either (a client that kills its MCP server's whole process
+/// tree, as OpenCode does, leaves it running).
+#[allow(unsafe_code)]
+fn detach(cmd: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, fork,
+    // _exit), and nothing is allocated. The intermediate process exits at once with
+    // `_exit` (no destructors, no atexit handlers); the grandchild goes on to exec, so
+    // std's exec-error pipe (close-on-exec) still reports a failed exec to the caller.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => Ok(()),
+                _ => libc::_exit(0),
+            }
+        });
+    }
+}
+
+/// Starts `exe args...` (which must be `mesh ... up ...` without `--detach`) as a daemon
+/// that outlives its starter (see `detach`), logging to `<home>/daemon.log`, and waits
+/// until it reports ready.
 pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Detached, DaemonError> {
     home.create()?;
     let log_path = home.log_path();
@@ -483,11 +517,12 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    // Its own process group: Ctrl-C in the terminal that started it does not reach it.
-    cmd.process_group(0);
+    detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| DaemonError::Other(format!("cannot start {}: {e}", exe.display())))?;
+    // The process spawned only forks the daemon and exits (see `detach`): reap it.
+    let _ = child.wait();
     let stdout = child
         .stdout
         .take()
@@ -507,16 +542,9 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
     })?;
     match serde_json::from_str::<ReadyLine>(line.trim()) {
         Ok(ReadyLine::Ready(info)) => Ok(Detached::Started(info)),
-        Ok(ReadyLine::AlreadyRunning(msg)) => {
-            let _ = child.wait();
-            Ok(Detached::AlreadyRunning(msg))
-        }
-        Ok(ReadyLine::Failed(msg)) => {
-            let _ = child.wait();
-            Err(DaemonError::Other(msg))
-        }
+        Ok(ReadyLine::AlreadyRunning(msg)) => Ok(Detached::AlreadyRunning(msg)),
+        Ok(ReadyLine::Failed(msg)) => Err(DaemonError::Other(msg)),
         Err(_) => {
-            let status = child.wait().ok();
             let tail = std::fs::read_to_string(&log_path)
                 .map(|s| {
                     s.lines()
@@ -530,8 +558,7 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
                 })
                 .unwrap_or_default();
             Err(DaemonError::Other(format!(
-                "the daemon exited before it was ready ({}); last log lines:\n{tail}",
-                status.map(|s| s.to_string()).unwrap_or_else(|| "unknown status".into())
+                "the daemon exited before it was ready; last log lines:\n{tail}"
             )))
         }
     }
@@ -542,7 +569,7 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
 pub const START_RACE_WAIT: Duration = Duration::from_secs(15);
 
 /// Connects to the daemon of `home`, starting one (`exe --home <home> up`, detached) if none
-/// runs. Two callers racing end up on the same daemon: the loser's start reports "already
+/// runs, unless the node was stopped with `mesh down` ([`DaemonError::StoppedByUser`]). Two callers racing end up on the same daemon: the loser's start reports "already
 /// running" and it connects to the winner once its socket answers.
 pub async fn connect_or_spawn(
     home: &Home,
@@ -562,6 +589,10 @@ pub async fn connect_or_spawn(
             Ok(c) => return Ok(c),
             Err(ClientError::NotRunning { .. }) => {}
             Err(e) => return Err(DaemonError::Other(e.to_string())),
+        }
+        // Stopped with `mesh down`: the user's word holds until `mesh up`.
+        if settings::StopMark::is_set(home) {
+            return Err(DaemonError::StoppedByUser);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(DaemonError::Other(match started {

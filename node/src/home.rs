@@ -8,10 +8,12 @@
 //! <home>/mesh.sock      local API socket, mode 0600
 //! <home>/daemon.lock    held (flock) by the running daemon
 //! <home>/daemon.log     log of a detached daemon
+//! <home>/settings.toml  node settings given to `mesh up`, used by every later start
+//! <home>/stopped        present after `mesh down`: adapters do not start the node
 //! ```
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the default home directory.
@@ -138,6 +140,40 @@ impl Home {
     pub fn log_path(&self) -> PathBuf {
         self.root.join("daemon.log")
     }
+    /// `settings.toml`: what `mesh up` was told (see [`crate::settings`]).
+    pub fn settings_path(&self) -> PathBuf {
+        self.root.join("settings.toml")
+    }
+    /// `stopped`: the mark `mesh down` leaves (see [`crate::settings::StopMark`]).
+    pub fn stopped_path(&self) -> PathBuf {
+        self.root.join("stopped")
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a temporary file beside it, synced,
+/// renamed over `path`, and the directory synced, so a crash leaves the old file or the
+/// new one, never half of one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! The node's long-term Ed25519 identity (its libp2p PeerId), kept in `identity.key`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
@@ -70,19 +69,8 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, IdentityError> {
             let bytes = key
                 .to_protobuf_encoding()
                 .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-            // Write to a temporary file and rename, so a crash never leaves a half key.
-            let tmp = path.with_extension("key.tmp");
-            let _ = fs::remove_file(&tmp);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            drop(f);
-            fs::rename(&tmp, path).map_err(io)?;
+            // Written atomically, so a crash never leaves a half key.
+            crate::home::write_private(path, &bytes).map_err(io)?;
             Ok(key)
         }
         Err(e) => Err(io(e)),

@@ -19,6 +19,7 @@
 //! * [`api`]: local API types, server and client.
 //! * [`dnssd`]: DNS-SD advertisement and browsing.
 //! * [`config`], [`home`], [`identity`], [`ids`]: settings, paths, keys, names.
+//! * [`settings`]: what `mesh up` was told, kept for every later start; the `mesh down` mark.
 //!
 //! ```
 //! use mesh_node::ids::Address;
@@ -42,6 +43,7 @@ pub mod net;
 pub mod node;
 mod peer_tasks;
 pub mod ratelimit;
+pub mod settings;
 pub mod store;
 pub mod sync;
 pub mod wire;

@@ -23,8 +23,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit as _, Payload};
@@ -654,23 +653,7 @@ impl Membership {
             source,
         };
         let body = self.to_file_bytes().map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("key.tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&body).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
+        crate::home::write_private(path, &body).map_err(io)?;
         Ok(())
     }
 }

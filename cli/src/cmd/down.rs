@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use mesh_node::api::Request;
+use mesh_node::settings;
 
 use super::{Ctx, NotRunning};
 
@@ -11,10 +12,18 @@ use super::{Ctx, NotRunning};
 const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    // First the mark, so that no MCP adapter starts the node again once it is gone: it
+    // stays down until `mesh up`.
+    if ctx.home.path().exists() {
+        settings::StopMark::set(&ctx.home)?;
+    }
     let client = match ctx.client().await {
         Ok(c) => c,
         Err(e) if e.downcast_ref::<NotRunning>().is_some() => {
-            eprintln!("no agentmesh daemon is running for home {}", ctx.home.path().display());
+            eprintln!(
+                "no agentmesh daemon is running for home {}; it stays down until `mesh up`",
+                ctx.home.path().display()
+            );
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -39,7 +48,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     if !ctx.json {
-        crate::outln!("stopped node {name}");
+        crate::outln!("stopped node {name}; it stays down until `mesh up` (agents' adapters will not restart it)");
     } else {
         crate::output::json(&serde_json::json!({ "stopped": name }))?;
     }

@@ -4,6 +4,7 @@ use anyhow::Context;
 use mesh_node::config::Overrides;
 use mesh_node::daemon::{self, DaemonError, DaemonOptions, Detached, ReadyInfo, ReadyLine};
 use mesh_node::ids::NodeName;
+use mesh_node::settings;
 
 use super::Ctx;
 use crate::cli::UpArgs;
@@ -65,8 +66,30 @@ fn print_ready(ctx: &Ctx, info: &ReadyInfo, detached: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// The settings this start uses: the ones given now over the ones saved before (unless
+/// `--reset`), saved for every later start, also one an MCP adapter makes. A daemon spawned
+/// by a starter (`--detach`, an adapter) saves nothing: its starter decided.
+fn remember(ctx: &Ctx, given: Overrides, reset: bool) -> anyhow::Result<Overrides> {
+    let home = &ctx.home;
+    home.create()?;
+    let saved = if reset {
+        Overrides::default()
+    } else {
+        settings::load(home)?
+    };
+    let both = settings::merged(&given, &saved);
+    if reset || both != saved {
+        settings::save(home, &both)?;
+    }
+    // The user starts the node: adapters may start it again from now on.
+    settings::StopMark::clear(home)?;
+    Ok(both)
+}
+
 pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
-    let ov = overrides(&a)?;
+    let given = overrides(&a)?;
+    let spawned = std::env::var_os(daemon::READY_ENV).is_some();
+    let ov = if spawned { given } else { remember(ctx, given, a.reset)? };
     if a.detach {
         let exe = std::env::current_exe().context("cannot find the mesh executable")?;
         let mut args: Vec<std::ffi::OsString> = vec!["--home".into(), ctx.home.path().into(), "up".into()];
@@ -106,7 +129,7 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         };
     }
 
-    let report = std::env::var_os(daemon::READY_ENV).is_some();
+    let report = spawned;
     let opts = DaemonOptions {
         home: ctx.home.clone(),
         overrides: ov,
