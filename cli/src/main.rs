@@ -44,7 +44,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cmd::exit_code(&e);
-            eprintln!("error: {e:#}");
+            if e.downcast_ref::<cmd::ExitWith>().is_none() {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(code)
         }
     }

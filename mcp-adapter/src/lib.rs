@@ -10,7 +10,14 @@
 //! * [`backend`]: the [`backend::Backend`] trait and the daemon-backed implementation.
 //! * [`session`]: client kind, directory, git repository, derived agent name.
 //! * [`render`]: how results read to a model.
-//! * [`install`]: `mesh install` / `mesh uninstall` for Claude Code, Codex and OpenCode.
+//! * [`install`]: `mesh install` / `mesh uninstall` for Claude Code, Codex and OpenCode:
+//!   the MCP server entry and each client's wake path (hooks, plugin).
+//! * [`wake`]: mail for a session from outside its MCP connection (`mesh hook`): finding the
+//!   session's agent, showing its mail as context, waking an idle client.
+//!
+//! Both MCP eras are served: the `initialize` handshake and the stateless 2026-07-28
+//! revision (`server/discover`, client info in each request's `_meta`). The session
+//! attaches on the first request that names the client, of either kind.
 //!
 //! ```
 //! assert_eq!(mesh_mcp::session::client_kind("claude-code"), "claude-code");
@@ -22,6 +29,7 @@ pub mod install;
 pub mod render;
 pub mod server;
 pub mod session;
+pub mod wake;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -29,8 +29,9 @@ pub fn clean(s: &str) -> String {
 /// How an agent receives, in words.
 pub fn reception(r: Reception) -> &'static str {
     match r {
-        Reception::Push => "online, messages pushed to it at once",
-        Reception::Poll => "online, reads messages when it checks (poll only)",
+        Reception::Push => "online, messages pushed into its session at once",
+        Reception::Woken => "online, its session is woken by new mail (hook or plugin)",
+        Reception::Poll => "online, sees messages at its next tool call or turn",
         Reception::Offline => "offline, messages are queued for it",
     }
 }
@@ -152,9 +153,14 @@ pub fn send_receipt(r: &SendReceipt) -> String {
     };
     let how = match (&r.status, r.reception) {
         (SendStatus::Rejected { .. }, _) => String::new(),
-        (_, Reception::Push) => " The recipient is online and gets it pushed at once.".to_string(),
+        (_, Reception::Push) => " The recipient's session gets it pushed at once.".to_string(),
+        (_, Reception::Woken) => {
+            " The recipient's session is idle-woken with it by its hook or plugin (it sees it within seconds)."
+                .to_string()
+        }
         (_, Reception::Poll) => {
-            " The recipient is online but reads messages only when it checks its inbox.".to_string()
+            " The recipient is online but is not woken by new mail: it will see the message at its next tool call or turn."
+                .to_string()
         }
         (_, Reception::Offline) => {
             " The recipient has no live session: it will find the message in its inbox when it is back.".to_string()

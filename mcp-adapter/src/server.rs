@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{AgentSpec, AgentView, Event, MessageView, Request, Response};
+use mesh_node::api::{AgentSpec, AgentView, Event, MessageView, Reception, Request, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, CustomNotification, Implementation, InitializeRequestParams, InitializeResult,
-    ServerCapabilities, ServerConfig, ServerNotification,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomNotification,
+    DiscoverResult, Implementation, InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ServerCapabilities, ServerConfig, ServerNotification,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -20,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::Backend;
 use crate::render;
-use crate::session::{self, GitInfo};
+use crate::session::{self, Era, GitInfo, Push};
 
 /// The method Claude Code shows to the model as a `<channel>` event.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
@@ -30,6 +32,10 @@ pub const CHANNEL_CAPABILITY: &str = "claude/channel";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest `wait`.
 pub const MAX_WAIT_S: u64 = 600;
+/// Longest `wait` for Codex, whose tool calls time out after 60 s unless the server's
+/// `tool_timeout_sec` says otherwise (`mesh install codex` sets it, but a hand-made entry
+/// may not).
+pub const CODEX_MAX_WAIT_S: u64 = 50;
 /// Longest pause between reconnection attempts after the daemon went away.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
@@ -66,7 +72,8 @@ pub struct SessionConfig {
 struct Me {
     agent: String,
     address: String,
-    push: bool,
+    /// The client's kind (`claude-code`, `codex`, ...).
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug)]
@@ -244,9 +251,35 @@ impl<B: Backend> MeshServer<B> {
         }
     }
 
+    /// Attaches the session on the first request that tells who the client is: `initialize`
+    /// in the handshake era, any request in the stateless era (its `_meta` carries the
+    /// client info). `server/discover` is a probe and attaches nothing.
+    fn attach_from(&self, context: &RequestContext<RoleServer>) {
+        if *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()) {
+            return;
+        }
+        let (name, era, push) = match context.peer.peer_info() {
+            // Handshake era (normally attached in `initialize` already).
+            Some(init) => (
+                init.client_info.name.clone(),
+                Era::Initialize,
+                session::push_policy(&init.client_info.name, Era::Initialize, &init.capabilities),
+            ),
+            None => {
+                let name = context.meta.client_info().map(|c| c.name).unwrap_or_default();
+                let caps = context.meta.client_capabilities().unwrap_or_default();
+                let push = session::push_policy(&name, Era::Stateless, &caps);
+                (name, Era::Stateless, push)
+            }
+        };
+        let kind = session::client_kind(&name);
+        tracing::info!(client = %name, kind, ?era, ?push, "MCP session starting");
+        self.start_session(kind, push, context.peer.clone());
+    }
+
     /// Claims the agent and keeps it attached (reconnecting after daemon restarts), pushing
-    /// arriving messages to the client. Runs until the service ends.
-    fn start_session(&self, kind: &'static str, peer: Peer<RoleServer>) {
+    /// arriving messages to the client as `push` says. Runs until the service ends.
+    fn start_session(&self, kind: &'static str, push: Push, peer: Peer<RoleServer>) {
         {
             let mut started = self.inner.started.lock().unwrap_or_else(|e| e.into_inner());
             if *started {
@@ -257,7 +290,6 @@ impl<B: Backend> MeshServer<B> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let cfg = &inner.config;
-            let push = session::kind_supports_push(kind);
             let mut name = cfg
                 .explicit_name
                 .clone()
@@ -272,7 +304,8 @@ impl<B: Backend> MeshServer<B> {
                     repo: inner.git.root.as_ref().map(|r| r.display().to_string()),
                     branch: inner.git.branch.clone(),
                     summary: None,
-                    push,
+                    // Only a push the client confirmed counts (see `Push`).
+                    push: push == Push::Confirmed,
                     pid: cfg.client_pid,
                 };
                 match inner.backend.attach(spec, exact).await {
@@ -285,7 +318,7 @@ impl<B: Backend> MeshServer<B> {
                         inner.state.send_replace(State::Ready(Me {
                             agent: view.name.clone(),
                             address: view.address.clone(),
-                            push,
+                            kind,
                         }));
                         run_events(&inner, &peer, events, &view, push).await;
                         tracing::warn!("lost the connection to the daemon; reconnecting");
@@ -361,14 +394,14 @@ async fn run_events<B: Backend>(
     peer: &Peer<RoleServer>,
     mut events: mpsc::Receiver<Event>,
     view: &AgentView,
-    push: bool,
+    push: Push,
 ) {
     while let Some(ev) = events.recv().await {
         match ev {
             Event::Message(m) if m.agent == view.name => {
                 inner.arrivals.send_modify(|n| *n += 1);
-                if push {
-                    push_message(inner, peer, &m).await;
+                if push != Push::Never {
+                    push_message(inner, peer, &m, push == Push::Confirmed).await;
                 }
             }
             Event::Lagged { .. } => inner.arrivals.send_modify(|n| *n += 1),
@@ -380,14 +413,21 @@ async fn run_events<B: Backend>(
     }
 }
 
-async fn push_message<B: Backend>(inner: &Arc<Inner<B>>, peer: &Peer<RoleServer>, m: &MessageView) {
-    // Marked as pushed while the push goes out, not before it (the mark is a durable write
-    // the model need not wait for); tool calls wait for the mark instead, so any tool
-    // result after the push counts it as pushed. A push never makes a message read: a tool
-    // result still has to show it. If the push itself fails, the session is ending; the
-    // next one lists the message with include_pushed.
-    inner.marking.send_modify(|n| *n += 1);
+async fn push_message<B: Backend>(inner: &Arc<Inner<B>>, peer: &Peer<RoleServer>, m: &MessageView, confirmed: bool) {
+    // A push the client did not confirm it shows changes nothing: the message stays new, so
+    // the next tool result, hook or plugin shows it (the model may see it twice, never
+    // zero times). A confirmed one is marked as pushed while the push goes out, not before
+    // it (the mark is a durable write the model need not wait for); tool calls wait for the
+    // mark instead, so any tool result after the push counts it as pushed. A push never
+    // makes a message read: a tool result still has to show it. If the push itself fails,
+    // the session is ending; the next one lists the message with include_pushed.
+    if confirmed {
+        inner.marking.send_modify(|n| *n += 1);
+    }
     let mark = async {
+        if !confirmed {
+            return;
+        }
         let _ = inner
             .backend
             .call(Request::MarkNotified {
@@ -425,10 +465,24 @@ impl<B: Backend> MeshServer<B> {
                 "You are {} (agent {} on node {}, PeerId {}).\n",
                 me.address, me.agent, status.node.name, status.node.peer_id
             );
-            s.push_str(if me.push {
-                "Messages to you are pushed into this conversation as <channel> events (if this client shows them) and kept in your inbox.\n"
-            } else {
-                "This client does not show pushed messages: check inbox, or block for new mail with wait.\n"
+            // As the daemon measures it (pushes registered, a hook or plugin waiting).
+            let reception = match self.call(Request::Agents).await? {
+                Response::Agents(all) => all
+                    .into_iter()
+                    .find(|a| a.local && a.name == me.agent)
+                    .map(|a| a.reception),
+                _ => None,
+            };
+            s.push_str(match reception {
+                Some(Reception::Push) => {
+                    "New messages are pushed into this conversation as <channel> events, and kept in your inbox.\n"
+                }
+                Some(Reception::Woken) => {
+                    "New messages wake this session through its agentmesh hook or plugin, which shows them to you.\n"
+                }
+                _ => {
+                    "New messages are not pushed to this session: each tool result says when there is unread mail; read it with inbox, or block for new mail with wait.\n"
+                }
             });
             s.push_str(&format!(
                 "Mesh reach: {} node{} connected ({} on the local network, {} over the internet, {} through a relay), {} known; LAN discovery {}.",
@@ -457,7 +511,7 @@ impl<B: Backend> MeshServer<B> {
 
     /// Agents you can message.
     #[tool(
-        description = "List agents you can message, with their address, kind (claude-code, codex, opencode, human, ...), what they work on, and how they receive right now: pushed at once, only when they check (poll only), or offline (messages are queued until they return)."
+        description = "List agents you can message, with their address, kind (claude-code, codex, opencode, human, ...), what they work on, and how they receive right now: pushed at once, woken by their hook or plugin, at their next tool call, or offline (messages are queued until they return)."
     )]
     async fn list_agents(&self, Parameters(args): Parameters<ListAgentsArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
@@ -559,11 +613,16 @@ impl<B: Backend> MeshServer<B> {
 
     /// Block until mail arrives.
     #[tool(
-        description = "Wait until a new message arrives for you, or until timeout_s seconds (at most 600) pass. Returns who wrote (then call inbox to read it), or that nothing came. Use it when you are idle and expect an answer; other tools keep working while you wait."
+        description = "Wait until a new message arrives for you, or until timeout_s seconds (at most 600; 50 in Codex) pass. Returns who wrote (then call inbox to read it), or that nothing came. Use it when you are idle and expect an answer; other tools keep working while you wait."
     )]
     async fn wait(&self, Parameters(args): Parameters<WaitArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            let timeout = Duration::from_secs(args.timeout_s.clamp(1, MAX_WAIT_S));
+            let max = if me.kind == "codex" {
+                CODEX_MAX_WAIT_S
+            } else {
+                MAX_WAIT_S
+            };
+            let timeout = Duration::from_secs(args.timeout_s.clamp(1, max));
             let mut arrivals = self.inner.arrivals.subscribe();
             arrivals.borrow_and_update();
             let unread = self.peek_new(&me.agent).await?;
@@ -817,15 +876,51 @@ impl<B: Backend> ServerHandler for MeshServer<B> {
         info
     }
 
+    /// The revisions offered depend on the client (see `session::offered_versions`): Claude
+    /// Code is steered to the `initialize` handshake, the only era in which it registers
+    /// channel notifications.
+    async fn discover(&self, context: RequestContext<RoleServer>) -> Result<DiscoverResult, McpError> {
+        let client = context.meta.client_info().map(|c| c.name).unwrap_or_default();
+        let versions = session::offered_versions(session::client_kind(&client));
+        tracing::debug!(%client, ?versions, "server/discover");
+        Ok(DiscoverResult::from_server_info(versions, self.get_info()))
+    }
+
     async fn initialize(
         &self,
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
-        let kind = session::client_kind(&request.client_info.name);
-        tracing::info!(client = %request.client_info.name, kind, "MCP session starting");
         context.peer.set_peer_info(request.clone());
-        self.start_session(kind, context.peer.clone());
+        self.attach_from(&context);
         self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        self.attach_from(&context);
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let mut list = ListToolsResult::with_all_items(self.tool_router.list_all());
+        if modern {
+            list.ttl_ms = Some(0);
+            list.cache_scope = Some(CacheScope::Public);
+        }
+        Ok(list)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        self.attach_from(&context);
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
     }
 }

@@ -19,9 +19,58 @@ pub fn client_kind(client_name: &str) -> &'static str {
     }
 }
 
-/// Whether a client of this kind shows `notifications/claude/channel` pushes to its model.
-pub fn kind_supports_push(kind: &str) -> bool {
-    kind == "claude-code"
+/// How an MCP connection was set up, which decides whether the server can reach the client
+/// unasked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    /// The `initialize` handshake (revisions up to 2025-11-25): one session per connection;
+    /// the server may send notifications at any time.
+    Initialize,
+    /// The stateless revision 2026-07-28: no handshake, the client info and capabilities
+    /// come in each request's `_meta`; no unsolicited notifications on stdio.
+    Stateless,
+}
+
+/// The protocol revisions `server/discover` offers a client of `kind`. Claude Code takes
+/// the stateless revision when it is offered, and registers channel notifications only on
+/// a connection that used the `initialize` handshake; so it is offered only the revisions
+/// that have one, and falls back to `initialize`. Every other client is offered all.
+pub fn offered_versions(kind: &str) -> Vec<rmcp::model::ProtocolVersion> {
+    use rmcp::model::ProtocolVersion;
+    ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .filter(|v| kind != "claude-code" || v.has_initialize())
+        .cloned()
+        .collect()
+}
+
+/// What the adapter does with a message that arrives for its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Nothing: the client cannot be reached unasked (stateless era, or a client that
+    /// drops custom notifications). Tool results, hooks and plugins show the mail.
+    Never,
+    /// Send `notifications/claude/channel`, but count nothing as shown: Claude Code on a
+    /// handshake-era connection shows the push only if channels are enabled for this server
+    /// (a launch flag, an allowlist, its own feature gate), and it tells the server nothing
+    /// about that. So the message stays new, and the hook or a tool result shows it too.
+    Attempt,
+    /// Send it and count it as shown (marked `notified`): the client itself declared the
+    /// `claude/channel` capability, i.e. that it registered for the notifications.
+    Confirmed,
+}
+
+/// How to push to a client named `client_name` on a connection of `era` that declared
+/// `capabilities`.
+pub fn push_policy(client_name: &str, era: Era, capabilities: &rmcp::model::ClientCapabilities) -> Push {
+    if client_kind(client_name) != "claude-code" || era != Era::Initialize {
+        return Push::Never;
+    }
+    let declared = capabilities
+        .experimental
+        .as_ref()
+        .is_some_and(|e| e.contains_key(crate::server::CHANNEL_CAPABILITY));
+    if declared { Push::Confirmed } else { Push::Attempt }
 }
 
 /// The git repository around a directory.
@@ -93,8 +142,37 @@ mod tests {
         assert_eq!(client_kind("codex-mcp-client"), "codex");
         assert_eq!(client_kind("opencode"), "opencode");
         assert_eq!(client_kind("cursor"), "other");
-        assert!(kind_supports_push("claude-code"));
-        assert!(!kind_supports_push("codex"));
+    }
+
+    #[test]
+    fn push_only_where_it_can_be_shown_and_counted_only_when_confirmed() {
+        use rmcp::model::ClientCapabilities;
+        let plain = ClientCapabilities::default();
+        let mut declared = ClientCapabilities::default();
+        declared.experimental = Some(
+            [(crate::server::CHANNEL_CAPABILITY.to_string(), serde_json::Map::new())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(push_policy("claude-code", Era::Initialize, &plain), Push::Attempt);
+        assert_eq!(push_policy("claude-code", Era::Initialize, &declared), Push::Confirmed);
+        assert_eq!(push_policy("claude-code", Era::Stateless, &declared), Push::Never);
+        assert_eq!(push_policy("codex-mcp-client", Era::Initialize, &declared), Push::Never);
+        assert_eq!(push_policy("opencode", Era::Initialize, &plain), Push::Never);
+    }
+
+    #[test]
+    fn claude_code_is_offered_only_handshake_revisions() {
+        let claude = offered_versions("claude-code");
+        assert!(
+            !claude.is_empty() && claude.iter().all(|v| v.has_initialize()),
+            "{claude:?}"
+        );
+        let others = offered_versions("codex");
+        assert!(
+            others.contains(&rmcp::model::ProtocolVersion::V_2026_07_28),
+            "{others:?}"
+        );
     }
 
     #[test]

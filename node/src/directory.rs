@@ -13,7 +13,7 @@ use crate::api::{ApiError, ErrorCode, Reception};
 use crate::ids::{Address, AgentName, NodeName, NodeRef};
 use crate::net::{MAX_ADDRS_PER_PEER, presence_timeout};
 use crate::store::PeerRecord;
-use crate::wire::{AgentInfo, Announcement};
+use crate::wire::{self, AgentInfo, Announcement};
 
 /// What the directory knows of one node.
 #[derive(Clone, Debug, Default)]
@@ -184,7 +184,7 @@ impl Directory {
                 repo: None,
                 summary: None,
                 online: false,
-                push: false,
+                delivery: Default::default(),
                 last_seen_ms: now_ms,
             });
         }
@@ -220,10 +220,12 @@ impl Directory {
     pub fn reception(&self, peer: &PeerId, agent: &AgentInfo, now: Instant) -> Reception {
         if !agent.online || !self.online(peer, now) {
             Reception::Offline
-        } else if agent.push {
-            Reception::Push
         } else {
-            Reception::Poll
+            match agent.delivery {
+                wire::Delivery::Push => Reception::Push,
+                wire::Delivery::Woken => Reception::Woken,
+                wire::Delivery::Poll => Reception::Poll,
+            }
         }
     }
 
@@ -435,7 +437,7 @@ mod tests {
                     repo: None,
                     summary: None,
                     online: true,
-                    push: false,
+                    delivery: Default::default(),
                     last_seen_ms: 0,
                 })
                 .collect(),

@@ -391,7 +391,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             repo: None,
             summary: Some("fixing the build".into()),
             online: true,
-            push: true,
+            delivery: crate::wire::Delivery::Push,
             last_seen_ms: 1,
         }],
     };

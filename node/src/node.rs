@@ -57,10 +57,13 @@ pub const MAX_INVITE_USES: u32 = 100;
 /// Longest wait, after a dial, for the peer's membership verdict.
 pub const ADMIT_WAIT: Duration = Duration::from_secs(12);
 
+/// The live holds on a local agent: attached MCP/API sessions (some receiving pushes), and
+/// wakers (a hook or plugin blocked on its mail, ready to wake the client).
 #[derive(Default)]
 struct Session {
     attached: u32,
     push: u32,
+    wakers: u32,
     pid: Option<u32>,
 }
 
@@ -115,22 +118,58 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node(pub(crate) Arc<Inner>);
 
-/// Keeps an agent online while alive (one per attached API connection).
+/// What a [`SessionGuard`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// An attached session (receiving pushes or not).
+    Session { push: bool },
+    /// A waker: a hook or plugin that wakes the agent's client when mail arrives.
+    Waker,
+}
+
+/// Keeps an agent online while alive (one per attached API connection, and one per waker).
 pub struct SessionGuard {
     node: Node,
     agent: AgentName,
-    push: bool,
+    hold: Hold,
+}
+
+impl Session {
+    /// How the agent receives now: pushed into a session, woken by a waker, or read when an
+    /// attached session next looks.
+    fn reception(&self) -> Reception {
+        if self.push > 0 {
+            Reception::Push
+        } else if self.wakers > 0 {
+            Reception::Woken
+        } else {
+            Reception::Poll
+        }
+    }
+
+    fn delivery(&self) -> wire::Delivery {
+        match self.reception() {
+            Reception::Push => wire::Delivery::Push,
+            Reception::Woken => wire::Delivery::Woken,
+            Reception::Poll | Reception::Offline => wire::Delivery::Poll,
+        }
+    }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut sessions = self.node.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = sessions.get_mut(&self.agent) {
-            s.attached = s.attached.saturating_sub(1);
-            if self.push {
-                s.push = s.push.saturating_sub(1);
+            match self.hold {
+                Hold::Session { push } => {
+                    s.attached = s.attached.saturating_sub(1);
+                    if push {
+                        s.push = s.push.saturating_sub(1);
+                    }
+                }
+                Hold::Waker => s.wakers = s.wakers.saturating_sub(1),
             }
-            if s.attached == 0 {
+            if s.attached == 0 && s.wakers == 0 {
                 sessions.remove(&self.agent);
             }
         }
@@ -394,11 +433,7 @@ impl Node {
 
     fn local_reception(&self, agent: &AgentName) -> Reception {
         let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(agent) {
-            Some(s) if s.push > 0 => Reception::Push,
-            Some(_) => Reception::Poll,
-            None => Reception::Offline,
-        }
+        sessions.get(agent).map_or(Reception::Offline, Session::reception)
     }
 
     // ------------------------------------------------------------------ announcements
@@ -420,7 +455,7 @@ impl Node {
                 let s = sessions.get(&r.name);
                 AgentInfo {
                     online: s.is_some(),
-                    push: s.is_some_and(|s| s.push > 0),
+                    delivery: s.map(Session::delivery).unwrap_or_default(),
                     name: r.name,
                     kind: r.kind,
                     cwd: r.cwd.filter(|c| c.len() <= wire::MAX_PATH_BYTES),
@@ -1365,9 +1400,14 @@ impl Node {
             base
         } else {
             let agents = self.0.store.read(ops::agents).await?;
+            // Held by an attached session (a waker alone keeps the name for its session).
             let live: Vec<AgentName> = {
                 let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                sessions.keys().cloned().collect()
+                sessions
+                    .iter()
+                    .filter(|(_, s)| s.attached > 0)
+                    .map(|(n, _)| n.clone())
+                    .collect()
             };
             let mut chosen = None;
             for i in 1..=MAX_NAME_SUFFIX {
@@ -1740,11 +1780,43 @@ impl Node {
             SessionGuard {
                 node: self.clone(),
                 agent: name.clone(),
-                push: spec.push,
+                hold: Hold::Session { push: spec.push },
             }
         });
         self.0.announce.notify_one();
         Ok((self.local_view(&rec).await?, guard))
+    }
+
+    /// Makes the caller a waker of local agent `agent` (a hook or plugin that wakes the
+    /// agent's client when mail arrives) for as long as the guard lives: the agent counts as
+    /// [`Reception::Woken`] meanwhile. One waker per agent: a second is refused with `Busy`
+    /// (the first one does the job).
+    pub async fn hold_waker(&self, agent: &str) -> Result<SessionGuard, ApiError> {
+        let name = AgentName::new(agent)?;
+        let agents = self.0.store.read(ops::agents).await?;
+        if !agents.iter().any(|a| a.name == name) {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no local agent named {name}"),
+            ));
+        }
+        {
+            let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let s = sessions.entry(name.clone()).or_default();
+            if s.wakers > 0 {
+                return Err(ApiError::new(
+                    ErrorCode::Busy,
+                    format!("a waker already waits for mail to {name}"),
+                ));
+            }
+            s.wakers += 1;
+        }
+        self.0.announce.notify_one();
+        Ok(SessionGuard {
+            node: self.clone(),
+            agent: name,
+            hold: Hold::Waker,
+        })
     }
 
     /// Sets or clears an agent's summary.

@@ -199,6 +199,19 @@ pub enum DmResponse {
     Unavailable(String),
 }
 
+/// How an online agent receives messages. Encoded as the variant index 0, 1, 2: the first
+/// two are the bytes of the boolean `push` (false, true) that nodes before it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Its session reads mail when it next looks (a tool call, a turn).
+    #[default]
+    Poll,
+    /// Pushed into its session at once (Claude Code channels).
+    Push,
+    /// A hook or plugin wakes its idle session with the mail.
+    Woken,
+}
+
 /// What an agent is, as announced to the mesh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -214,8 +227,8 @@ pub struct AgentInfo {
     pub summary: Option<String>,
     /// A session is attached to it right now.
     pub online: bool,
-    /// How it receives messages while online: pushed into the session, or only when it polls.
-    pub push: bool,
+    /// How it receives messages while online.
+    pub delivery: Delivery,
     /// Last time it was active (ms since the epoch, the hosting node's clock).
     pub last_seen_ms: u64,
 }

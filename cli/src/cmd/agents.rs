@@ -9,7 +9,8 @@ use crate::{expect, output};
 pub fn reception(r: Reception) -> &'static str {
     match r {
         Reception::Push => "online (push)",
-        Reception::Poll => "online (polls)",
+        Reception::Woken => "online (woken by hook)",
+        Reception::Poll => "online (at next tool call)",
         Reception::Offline => "offline (mail queued)",
     }
 }

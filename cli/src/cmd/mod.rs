@@ -4,6 +4,7 @@ mod agents;
 mod completions;
 mod down;
 mod history;
+mod hook;
 mod inbox;
 mod install;
 mod mcp;
@@ -31,6 +32,18 @@ pub struct Ctx {
     pub home: Home,
     pub json: bool,
     pub home_flag: Option<String>,
+}
+
+/// End the process with this exit code, saying nothing more (a hook's answer to its client).
+#[derive(Debug)]
+pub struct ExitWith(pub u8);
+
+impl std::error::Error for ExitWith {}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
 }
 
 /// The daemon is not running.
@@ -185,13 +198,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(a) => mcp::run(&ctx, a).await,
         Command::Install(a) => install::run(&ctx, a, true),
         Command::Uninstall(a) => install::run(&ctx, a, false),
+        Command::Hook(a) => hook::run(&ctx, a).await,
         Command::Completions { shell } => completions::run(shell),
     }
 }
 
 /// Exit code for an error: 3 when no daemon runs, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<NotRunning>().is_some() { 3 } else { 1 }
+    if let Some(ExitWith(code)) = e.downcast_ref::<ExitWith>() {
+        *code
+    } else if e.downcast_ref::<NotRunning>().is_some() {
+        3
+    } else {
+        1
+    }
 }
 
 /// Unwraps the expected response variant.

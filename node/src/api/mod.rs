@@ -17,7 +17,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -264,6 +264,13 @@ pub enum Request {
     },
     /// Leave the mesh: this node starts a new mesh of its own.
     Leave,
+    /// Make this connection a waker of a local agent: a hook or plugin that wakes the
+    /// agent's client when mail arrives. While the connection lives the agent counts as
+    /// [`Reception::Woken`]; one waker per agent (a second is refused with `Busy`).
+    Waker {
+        /// The local agent.
+        agent: String,
+    },
     /// Stop the daemon cleanly.
     Shutdown,
 }
@@ -299,6 +306,7 @@ impl Request {
             Request::Members => "Members",
             Request::Remove { .. } => "Remove",
             Request::Leave => "Leave",
+            Request::Waker { .. } => "Waker",
             Request::Shutdown => "Shutdown",
         }
     }
@@ -314,7 +322,10 @@ impl Request {
             Request::Shutdown => false,
             Request::Invite { .. } | Request::Join { .. } | Request::Remove { .. } | Request::Leave => false,
             Request::Inbox { mark_read, .. } => !mark_read,
-            Request::Claim { .. } | Request::Register { attach: true, .. } | Request::Watch { .. } => false,
+            Request::Claim { .. }
+            | Request::Register { attach: true, .. }
+            | Request::Watch { .. }
+            | Request::Waker { .. } => false,
             _ => true,
         }
     }
@@ -689,6 +700,9 @@ pub enum Reception {
     Poll,
     /// No live session: mail is queued in its inbox.
     Offline,
+    /// A hook or plugin wakes its session when mail arrives (Claude Code's `asyncRewake`
+    /// hook, the OpenCode plugin), with the mail's text.
+    Woken,
 }
 
 /// An agent anywhere on the mesh.

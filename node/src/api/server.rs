@@ -243,6 +243,18 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                             break Ok(());
                         }
                     }
+                    Request::Waker { agent } => {
+                        let result = match node.hold_waker(&agent).await {
+                            Ok(guard) => {
+                                sessions.push(guard);
+                                Ok(Response::Ok)
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if out.send(ServerFrame::Reply { id, result }).await.is_err() {
+                            break Ok(());
+                        }
+                    }
                     Request::Watch { agents } => {
                         if let Some(w) = watcher.take() {
                             w.abort();
@@ -411,7 +423,11 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Members => Response::Members(node.members().await?),
         Request::Remove { node: target } => Response::Removed(node.remove(&target).await?),
         Request::Leave => Response::Left(node.leave().await?),
-        Request::Register { .. } | Request::Claim { .. } | Request::Watch { .. } | Request::Shutdown => {
+        Request::Register { .. }
+        | Request::Claim { .. }
+        | Request::Watch { .. }
+        | Request::Waker { .. }
+        | Request::Shutdown => {
             return Err(ApiError::new(ErrorCode::Internal, "handled by the connection"));
         }
     })
