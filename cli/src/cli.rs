@@ -280,9 +280,16 @@ pub struct InstallArgs {
     /// User-wide or this project only.
     #[arg(long, value_enum, default_value_t = Scope::User)]
     pub scope: Scope,
-    /// Write this file instead of the client's usual one.
+    /// Write this file instead of the client's usual one (the MCP server entry).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Only the MCP server entry: no hooks or plugin (the session then sees mail only at
+    /// its tool calls, and is never woken).
+    #[arg(long)]
+    pub no_wake: bool,
+    /// The Codex binary used to trust the hooks (default: `codex` on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub codex_bin: Option<std::path::PathBuf>,
 }
 
 /// The client a hook runs in.
@@ -301,11 +308,16 @@ pub enum HookClient {
 pub enum HookAction {
     /// Print the session's unread mail as context for the model (and mark it read).
     Context,
-    /// Wait for mail, print it on stderr and exit 2 (Claude Code `asyncRewake`).
+    /// Claude Code (`asyncRewake`): wait for mail, print it on stderr and exit 2. Codex:
+    /// start a detached waker that queues mail as a turn (`codex queue`). OpenCode: as
+    /// `follow`.
     Wake,
     /// Hold the session's waker and write each batch of new mail as a JSON line; `ok` or
     /// `no` on stdin says whether it was shown (the OpenCode plugin).
     Follow,
+    /// The detached Codex waker that `codex wake` starts: queue new mail as a turn with
+    /// `codex queue`.
+    CodexQueue,
 }
 
 #[derive(Args, Debug)]
@@ -320,4 +332,13 @@ pub struct HookArgs {
     /// the hook's own timeout.
     #[arg(long, default_value_t = 35_000)]
     pub max_wait_s: u64,
+    /// With `codex-queue`: the Codex thread to queue mail on.
+    #[arg(long)]
+    pub thread: Option<String>,
+    /// With `codex-queue`: the process ancestry of the hook that started it (comma-separated).
+    #[arg(long)]
+    pub pids: Option<String>,
+    /// With `codex-queue`: the session's directory.
+    #[arg(long)]
+    pub cwd: Option<String>,
 }

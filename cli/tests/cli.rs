@@ -429,12 +429,17 @@ fn recipient_killed_mid_stream_loses_and_duplicates_nothing() {
 fn install_and_uninstall_round_trip_on_existing_configs() {
     let h = Home::new();
     let dir = tempfile::tempdir().unwrap();
+    // A HOME of its own: nothing touches this user's real client settings.
+    let user_home = dir.path().join("user");
+    let run = |args: &[&str]| common::run_in_env(&h.path(), args, None, &[("HOME", user_home.as_os_str())]);
     let json = dir.path().join("claude.json");
     let original = "{\n  // keep this comment\n  \"mcpServers\": {\n    \"other\": { \"command\": \"x\" }\n  },\n  \"theme\": \"dark\"\n}\n";
     std::fs::write(&json, original).unwrap();
-    let out = h.run(&["--json", "install", "claude-code", "--config", json.to_str().unwrap()]);
+    // Only the MCP entry (--no-wake): the hooks would go to this user's own settings.
+    let cfg = json.to_str().unwrap();
+    let out = run(&["--json", "install", "claude-code", "--no-wake", "--config", cfg]);
     out.ok();
-    assert_eq!(out.json()["change"], "added");
+    assert_eq!(out.json()["files"][0]["change"], "added");
     let text = std::fs::read_to_string(&json).unwrap();
     assert!(
         text.contains("// keep this comment") && text.contains("\"other\"") && text.contains("\"agentmesh\""),
@@ -446,9 +451,9 @@ fn install_and_uninstall_round_trip_on_existing_configs() {
         "{text}"
     );
     assert!(text.contains(h.path().to_str().unwrap()), "{text}");
-    let again = h.run(&["--json", "install", "claude-code", "--config", json.to_str().unwrap()]);
-    assert_eq!(again.json()["change"], "unchanged");
-    let human = h.run(&["install", "claude-code", "--config", json.to_str().unwrap()]);
+    let again = run(&["--json", "install", "claude-code", "--no-wake", "--config", cfg]);
+    assert_eq!(again.json()["files"][0]["change"], "unchanged");
+    let human = run(&["install", "claude-code", "--no-wake", "--config", cfg]);
     assert!(
         human
             .stdout
@@ -456,8 +461,8 @@ fn install_and_uninstall_round_trip_on_existing_configs() {
         "{}",
         human.stdout
     );
-    let un = h.run(&["--json", "uninstall", "claude-code", "--config", json.to_str().unwrap()]);
-    assert_eq!(un.json()["change"], "removed");
+    let un = run(&["--json", "uninstall", "claude-code", "--config", cfg]);
+    assert_eq!(un.json()["files"][0]["change"], "removed");
     let back = std::fs::read_to_string(&json).unwrap();
     assert!(
         back.contains("// keep this comment") && back.contains("\"other\"") && !back.contains("agentmesh"),
@@ -466,15 +471,15 @@ fn install_and_uninstall_round_trip_on_existing_configs() {
 
     let toml = dir.path().join("config.toml");
     std::fs::write(&toml, "# codex\n[mcp_servers.docs]\ncommand = \"d\" # mine\n").unwrap();
-    h.run(&["install", "codex", "--config", toml.to_str().unwrap()]).ok();
+    run(&["install", "codex", "--no-wake", "--config", toml.to_str().unwrap()]).ok();
     let t = std::fs::read_to_string(&toml).unwrap();
     assert!(t.contains("# mine") && t.contains("[mcp_servers.agentmesh]"), "{t}");
-    h.run(&["uninstall", "codex", "--config", toml.to_str().unwrap()]).ok();
+    run(&["uninstall", "codex", "--config", toml.to_str().unwrap()]).ok();
     assert!(!std::fs::read_to_string(&toml).unwrap().contains("agentmesh"));
 
     // A broken file is reported and left alone.
     std::fs::write(&json, "{ broken").unwrap();
-    let e = h.run(&["install", "claude-code", "--config", json.to_str().unwrap()]);
+    let e = run(&["install", "claude-code", "--no-wake", "--config", cfg]);
     assert_eq!(e.code, 1);
     assert!(e.stderr.contains("not valid JSON"), "{}", e.stderr);
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "{ broken");

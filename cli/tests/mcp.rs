@@ -85,7 +85,8 @@ fn every_tool_and_error_path_over_stdio() {
 
     let who = m.ok("whoami", json!({}));
     assert!(who.contains("You are claude-code.webapp@"), "{who}");
-    assert!(who.contains("pushed"), "{who}");
+    // Claude Code does not say whether it registered channel notifications: not push.
+    assert!(who.contains("not pushed to this session"), "{who}");
 
     m.ok("set_summary", json!({ "text": "refactoring the login page" }));
     let agents = m.ok("list_agents", json!({ "scope": "machine" }));
@@ -114,7 +115,7 @@ fn every_tool_and_error_path_over_stdio() {
     let id = inbox[0]["id"].as_str().unwrap().to_string();
     home.run(&["send", "--reply-to", &id, "claude-code.webapp", "yes, at noon"])
         .ok();
-    // It was pushed at once, with the sender and ids in the meta.
+    // It is pushed at once (channels may be on), with the sender and ids in the meta.
     let push = m.wait_notification("notifications/claude/channel", Duration::from_secs(20));
     assert_eq!(push["params"]["content"], "yes, at noon");
     let meta = &push["params"]["meta"];
@@ -131,19 +132,14 @@ fn every_tool_and_error_path_over_stdio() {
     );
     let push_id = meta["message_id"].as_str().unwrap().to_string();
 
-    // Pushed is not read: the notice says so, plain inbox does not repeat it as new, and
-    // include_pushed shows it once.
+    // But nothing counts it as shown, since the client never confirmed it shows pushes:
+    // the notice calls it unread and the plain inbox shows it, once.
     let (text, _) = m.tool("topics", json!({}));
-    assert!(text.contains("1 message pushed to you"), "{text}");
+    assert!(text.contains("You have 1 unread message"), "{text}");
     let plain = m.ok("inbox", json!({}));
-    assert!(plain.contains("No unread messages"), "{plain}");
-    let all = m.ok("inbox", json!({ "include_pushed": true }));
-    assert!(all.contains(&push_id) && all.contains("yes, at noon"), "{all}");
-    assert!(
-        all.contains("not as instructions") && all.contains("already pushed to you"),
-        "{all}"
-    );
-    assert!(all.contains(&format!("in reply to {id}")), "{all}");
+    assert!(plain.contains(&push_id) && plain.contains("yes, at noon"), "{plain}");
+    assert!(plain.contains("not as instructions"), "{plain}");
+    assert!(plain.contains(&format!("in reply to {id}")), "{plain}");
     let again = m.ok("inbox", json!({ "include_pushed": true }));
     assert!(again.contains("No unread messages"), "shown once: {again}");
     assert!(
@@ -249,7 +245,9 @@ fn two_sessions_on_two_nodes_push_wait_and_read_once() {
     let (ha, hb) = two_nodes();
     let (_ta, da) = project("frontend", false);
     let (_tb, db) = project("backend", false);
-    let mut claude = Mcp::start(&ha.path(), &da, "claude-code", &[]);
+    // This Claude declares that it registered for channel pushes: they count as shown.
+    let channel = json!({ "experimental": { "claude/channel": {} } });
+    let mut claude = Mcp::start_with(&ha.path(), &da, "claude-code", channel, &[]);
     let mut codex = Mcp::start(&hb.path(), &db, "codex-mcp-client", &[]);
     let claude_addr = claude
         .ok("whoami", json!({}))
@@ -259,7 +257,7 @@ fn two_sessions_on_two_nodes_push_wait_and_read_once() {
         .trim_end_matches('.')
         .to_string();
     let codex_who = codex.ok("whoami", json!({}));
-    assert!(codex_who.contains("does not show pushed messages"), "{codex_who}");
+    assert!(codex_who.contains("not pushed to this session"), "{codex_who}");
     let codex_addr = codex_who
         .split_whitespace()
         .nth(2)
@@ -271,7 +269,10 @@ fn two_sessions_on_two_nodes_push_wait_and_read_once() {
     wait_reception(&ha, &codex_addr, "Poll");
     wait_reception(&hb, &claude_addr, "Push");
     let list = claude.ok("list_agents", json!({}));
-    assert!(list.contains(&codex_addr) && list.contains("poll only"), "{list}");
+    assert!(
+        list.contains(&codex_addr) && list.contains("at its next tool call"),
+        "{list}"
+    );
 
     // Codex waits; Claude writes during the wait; the wait returns; inbox shows it once.
     let wait_id = codex.send_request(
@@ -285,7 +286,7 @@ fn two_sessions_on_two_nodes_push_wait_and_read_once() {
         json!({ "to": codex_addr, "text": "can you bump the API version?" }),
     );
     assert!(
-        sent.contains("delivered") && sent.contains("poll only") || sent.contains("only when it checks"),
+        sent.contains("delivered") && sent.contains("not woken by new mail") && sent.contains("next tool call"),
         "{sent}"
     );
     let waited = codex.response(wait_id);
@@ -510,7 +511,98 @@ fn a_dead_client_takes_its_agent_offline() {
     ));
     let mut m = Mcp::spawn(cmd, &dir, "claude-code");
     assert!(m.ok("whoami", json!({})).contains("orphan-agent@"));
-    wait_reception(&home, &format!("orphan-agent@{}", node_name(&home)), "Push");
+    wait_reception(&home, &format!("orphan-agent@{}", node_name(&home)), "Poll");
     m.child.kill().unwrap(); // SIGKILL the shell: the adapter is orphaned
     wait_reception(&home, &format!("orphan-agent@{}", node_name(&home)), "Offline");
+}
+
+/// The `_meta` every request of the stateless revision carries.
+fn stateless_meta(client: &str) -> serde_json::Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": { "name": client, "version": "9.9.9" },
+        "io.modelcontextprotocol/clientCapabilities": { "roots": { "listChanged": true } }
+    })
+}
+
+#[test]
+fn both_mcp_eras_attach_on_the_first_request_and_claude_code_is_steered_to_initialize() {
+    let home = Home::isolated();
+    home.run(&["up", "--detach"]).ok();
+    let (_t, dir) = project("eras", false);
+    let mesh = || {
+        let mut cmd = std::process::Command::new(common::mesh_bin());
+        cmd.arg("--home").arg(home.path()).arg("mcp");
+        cmd
+    };
+
+    // Claude Code probes server/discover first: it is offered only revisions that have the
+    // initialize handshake, the only era in which it registers channel pushes.
+    let mut claude = Mcp::spawn_raw(mesh(), &dir, "claude-code");
+    let d = claude.request("server/discover", json!({ "_meta": stateless_meta("claude-code") }));
+    let versions: Vec<&str> = d["result"]["supportedVersions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{d}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        !versions.is_empty() && !versions.contains(&"2026-07-28"),
+        "{versions:?}"
+    );
+    assert_eq!(d["result"]["capabilities"]["experimental"]["claude/channel"], json!({}));
+    // A discover probe attaches nothing.
+    let agents = home.run(&["--json", "agents"]).json();
+    assert!(
+        !agents.to_string().contains("claude-code.eras"),
+        "no agent before a real request: {agents}"
+    );
+    // It falls back to initialize on the same connection, as Claude Code does.
+    let init = claude.request(
+        "initialize",
+        json!({ "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "claude-code", "version": "2.1.332" } }),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
+    claude.notify("notifications/initialized", json!({}));
+    assert!(claude.ok("whoami", json!({})).contains("claude-code.eras@"));
+
+    // Another client takes the stateless revision: no initialize at all.
+    let mut other = Mcp::spawn_raw(mesh(), &dir, "stateless");
+    let d = other.request("server/discover", json!({ "_meta": stateless_meta("some-editor") }));
+    assert!(
+        d["result"]["supportedVersions"].to_string().contains("2026-07-28"),
+        "{d}"
+    );
+    let list = other.request("tools/list", json!({ "_meta": stateless_meta("some-editor") }));
+    let tools = list["result"]["tools"].as_array().unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(tools.len(), TOOLS.len(), "{list}");
+    // The session attached on that first request: the agent is on the mesh, named after
+    // the client in the request's _meta.
+    wait_reception(&home, &format!("other.eras@{}", node_name(&home)), "Poll");
+    let who = other.request(
+        "tools/call",
+        json!({ "name": "whoami", "arguments": {}, "_meta": stateless_meta("some-editor") }),
+    );
+    let text = who["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{who}"));
+    assert!(text.contains("You are other.eras@"), "{text}");
+    // Mail works, and there is no push on a stateless connection.
+    home.run(&["send", "other.eras", "hello stateless"]).ok();
+    let inbox = other.request(
+        "tools/call",
+        json!({ "name": "inbox", "arguments": {}, "_meta": stateless_meta("some-editor") }),
+    );
+    assert!(inbox.to_string().contains("hello stateless"), "{inbox}");
+    assert!(other.notifications.is_empty(), "{:?}", other.notifications);
+    // A request without the required _meta, and an unknown method, get JSON-RPC errors in
+    // both eras.
+    let bad = other.request("tools/list", json!({}));
+    assert!(bad.get("error").is_some(), "{bad}");
+    let unknown = other.request("no/such/method", json!({ "_meta": stateless_meta("some-editor") }));
+    assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+    let unknown = claude.request("no/such/method", json!({}));
+    assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+    let unadvertised = claude.request("resources/list", json!({}));
+    assert!(unadvertised.get("error").is_some(), "{unadvertised}");
 }

@@ -123,14 +123,18 @@ async fn agents(client: &Client) -> Result<Vec<AgentView>, WakeError> {
     }
 }
 
-/// Finds the session's agent (see the module docs), looking for up to `wait` while the
-/// session is still attaching.
-pub async fn find_agent(client: &Client, input: &HookInput, wait: Duration) -> Result<Option<AgentView>, WakeError> {
-    let ancestry = ancestors();
+/// Finds the session's agent among the clients in `ancestry` (see the module docs),
+/// looking for up to `wait` while the session is still attaching.
+pub async fn find_agent(
+    client: &Client,
+    ancestry: &[u32],
+    cwd: Option<&str>,
+    wait: Duration,
+) -> Result<Option<AgentView>, WakeError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut step = Duration::from_millis(50);
     loop {
-        if let Some(a) = pick_agent(&agents(client).await?, &ancestry, input.cwd.as_deref()) {
+        if let Some(a) = pick_agent(&agents(client).await?, ancestry, cwd) {
             return Ok(Some(a));
         }
         if tokio::time::Instant::now() + step > deadline {

@@ -480,7 +480,7 @@ pub enum Detached {
 /// descendant of the caller either (a client that kills its MCP server's whole process
 /// tree, as OpenCode does, leaves it running).
 #[allow(unsafe_code)]
-fn detach(cmd: &mut Command) {
+pub fn detach(cmd: &mut Command) {
     // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, fork,
     // _exit), and nothing is allocated. The intermediate process exits at once with
     // `_exit` (no destructors, no atexit handlers); the grandchild goes on to exec, so

@@ -19,10 +19,13 @@ const STDIN_MAX: u64 = 1024 * 1024;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: &Ctx, a: HookArgs) -> anyhow::Result<()> {
-    let outcome = match a.action {
-        HookAction::Context => context(ctx, a.client).await,
-        HookAction::Wake => wake_once(ctx, Duration::from_secs(a.max_wait_s)).await,
-        HookAction::Follow => follow(ctx).await,
+    let max = Duration::from_secs(a.max_wait_s);
+    let outcome = match (a.action, a.client) {
+        (HookAction::Context, client) => context(ctx, client).await,
+        (HookAction::Wake, HookClient::ClaudeCode) => wake_once(ctx, max).await,
+        (HookAction::Wake, HookClient::Codex) => start_codex_waker(ctx, &a),
+        (HookAction::Wake, HookClient::Opencode) | (HookAction::Follow, _) => follow(ctx).await,
+        (HookAction::CodexQueue, _) => codex_queue(ctx, &a, max).await,
     };
     match outcome {
         Ok(code) if code == 0 => Ok(()),
@@ -57,7 +60,9 @@ async fn context(ctx: &Ctx, client_kind: HookClient) -> anyhow::Result<u8> {
     let Some(client) = connect(ctx).await? else {
         return Ok(0);
     };
-    let Some(agent) = wake::find_agent(&client, &input, wake::CONTEXT_FIND_WAIT).await? else {
+    let ancestry = wake::ancestors();
+    let cwd = input.cwd.as_deref();
+    let Some(agent) = wake::find_agent(&client, &ancestry, cwd, wake::CONTEXT_FIND_WAIT).await? else {
         return Ok(0);
     };
     let Some(text) = wake::take_mail(&client, &agent).await? else {
@@ -86,7 +91,9 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
     let Some(client) = connect(ctx).await? else {
         return Ok(0);
     };
-    let Some(agent) = wake::find_agent(&client, &input, wake::WAKE_FIND_WAIT).await? else {
+    let ancestry = wake::ancestors();
+    let cwd = input.cwd.as_deref();
+    let Some(agent) = wake::find_agent(&client, &ancestry, cwd, wake::WAKE_FIND_WAIT).await? else {
         return Ok(0);
     };
     drop(client);
@@ -115,10 +122,8 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
 /// `{"agent", "count", "text"}`. The plugin injects `text` into the session and answers
 /// `ok` (marked read) or `no` (offered again with the next mail) on stdin.
 async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
-    let input = HookInput {
-        cwd: std::env::current_dir().ok().map(|d| d.display().to_string()),
-        ..HookInput::default()
-    };
+    let cwd = std::env::current_dir().ok().map(|d| d.display().to_string());
+    let ancestry = wake::ancestors();
     let (acks_tx, mut acks) = tokio::sync::mpsc::channel::<bool>(4);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -140,7 +145,7 @@ async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
             pause = (pause * 2).min(wake::RECONNECT_WAIT / 10);
             continue;
         };
-        let Some(agent) = wake::find_agent(&client, &input, wake::WAKE_FIND_WAIT).await? else {
+        let Some(agent) = wake::find_agent(&client, &ancestry, cwd.as_deref(), wake::WAKE_FIND_WAIT).await? else {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(wake::RECONNECT_WAIT / 10);
             continue;
@@ -184,5 +189,92 @@ async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
                 Err(Quiet::DaemonGone | Quiet::Taken) => break,
             }
         }
+    }
+}
+
+/// Codex's Stop and SessionStart hooks: Codex waits for its hooks, so the waiting is done by
+/// a detached `mesh hook codex codex-queue` that outlives this one (started once per turn;
+/// one already waiting for the agent makes the new one end at once). It is given this
+/// hook's thread id and process ancestry, since it is not a descendant of Codex.
+fn start_codex_waker(ctx: &Ctx, a: &HookArgs) -> anyhow::Result<u8> {
+    let input = read_input();
+    let Some(thread) = input.session_id.filter(|t| !t.is_empty()) else {
+        return Ok(0);
+    };
+    let pids = wake::ancestors()
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--home")
+        .arg(ctx.home.path())
+        .args(["hook", "codex", "codex-queue", "--thread", &thread, "--pids", &pids])
+        .arg("--max-wait-s")
+        .arg(a.max_wait_s.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(cwd) = &input.cwd {
+        cmd.arg("--cwd").arg(cwd);
+    }
+    mesh_node::daemon::detach(&mut cmd);
+    let mut child = cmd.spawn()?;
+    // The spawned process forks the waker and exits at once.
+    let _ = child.wait();
+    Ok(0)
+}
+
+/// The detached Codex waker: waits for mail to the agent of the Codex process among
+/// `--pids`, then queues it as a user turn on the thread with `codex queue` (a new turn at
+/// once if the thread is idle, the next one if it is busy), and marks it read once Codex
+/// took it.
+async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u8> {
+    let (Some(thread), Some(pids)) = (&a.thread, &a.pids) else {
+        anyhow::bail!("codex-queue needs --thread and --pids");
+    };
+    let ancestry: Vec<u32> = pids.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+    let Some(client) = connect(ctx).await? else {
+        return Ok(0);
+    };
+    let Some(agent) = wake::find_agent(&client, &ancestry, a.cwd.as_deref(), wake::WAKE_FIND_WAIT).await? else {
+        return Ok(0);
+    };
+    drop(client);
+    let codex = agent
+        .pid
+        .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        .filter(|exe| exe.file_name().is_some_and(|n| n.to_string_lossy().contains("codex")))
+        .unwrap_or_else(|| "codex".into());
+    let mut waker = match Waker::hold(&ctx.home, agent).await? {
+        Ok(w) => w,
+        Err(_) => return Ok(0),
+    };
+    let Ok(list) = waker.next(max).await? else { return Ok(0) };
+    let n = wake::fitting(&list);
+    let ids = list[..n].iter().map(|m| m.id).collect();
+    let text = wake::render_mail(waker.agent(), &list[..n], n < list.len());
+    let status = tokio::process::Command::new(&codex)
+        .args(["queue", "--thread", thread, "--message", &text])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), status).await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => {
+            wake::mark_read(waker.client(), &waker.agent().name, ids).await?;
+            Ok(0)
+        }
+        // Left unread: the next turn's hooks or a tool result show it.
+        Ok(Ok(o)) => anyhow::bail!(
+            "{} queue failed ({}): {}",
+            codex.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Ok(Err(e)) => anyhow::bail!("cannot run {}: {e}", codex.display()),
+        Err(_) => anyhow::bail!("{} queue did not finish within 30 s", codex.display()),
     }
 }

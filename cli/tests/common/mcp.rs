@@ -27,12 +27,22 @@ impl Mcp {
     /// `mesh --home <home> mcp [args]` in directory `cwd`, as client `client_name`
     /// (initialize is done).
     pub fn start(home: &Path, cwd: &Path, client_name: &str, args: &[&str]) -> Mcp {
-        let mut cmd = Command::new(super::mesh_bin());
-        cmd.arg("--home").arg(home).arg("mcp").args(args);
-        Self::spawn(cmd, cwd, client_name)
+        Self::start_with(home, cwd, client_name, json!({}), args)
     }
 
-    pub fn spawn(mut cmd: Command, cwd: &Path, client_name: &str) -> Mcp {
+    /// [`Mcp::start`] declaring these client `capabilities` in `initialize`.
+    pub fn start_with(home: &Path, cwd: &Path, client_name: &str, capabilities: Value, args: &[&str]) -> Mcp {
+        let mut cmd = Command::new(super::mesh_bin());
+        cmd.arg("--home").arg(home).arg("mcp").args(args);
+        Self::spawn_with(cmd, cwd, client_name, capabilities)
+    }
+
+    pub fn spawn(cmd: Command, cwd: &Path, client_name: &str) -> Mcp {
+        Self::spawn_with(cmd, cwd, client_name, json!({}))
+    }
+
+    /// `mesh mcp` started with no handshake (for the stateless revision).
+    pub fn spawn_raw(mut cmd: Command, cwd: &Path, client_name: &str) -> Mcp {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,19 +71,23 @@ impl Mcp {
             }
         });
         let stdin = child.stdin.take();
-        let mut m = Mcp {
+        Mcp {
             child,
             stdin,
             lines: rx,
             notifications: VecDeque::new(),
             stash: Vec::new(),
             next_id: 1,
-        };
+        }
+    }
+
+    pub fn spawn_with(cmd: Command, cwd: &Path, client_name: &str, capabilities: Value) -> Mcp {
+        let mut m = Self::spawn_raw(cmd, cwd, client_name);
         let init = m.request(
             "initialize",
             json!({
                 "protocolVersion": "2025-06-18",
-                "capabilities": {},
+                "capabilities": capabilities,
                 "clientInfo": { "name": client_name, "version": "1.0.0" }
             }),
         );

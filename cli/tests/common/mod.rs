@@ -143,10 +143,16 @@ impl Out {
 }
 
 pub fn run_in(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    run_in_env(home, args, stdin, &[])
+}
+
+/// [`run_in`] with more environment variables (a `HOME` of the test's own, say).
+pub fn run_in_env(home: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &std::ffi::OsStr)]) -> Out {
     let mut cmd = Command::new(mesh_bin());
     cmd.arg("--home")
         .arg(home)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env_remove("MESH_DAEMON_READY")
         .env("USER", TEST_USER)
         .stdout(Stdio::piped())
