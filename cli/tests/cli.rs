@@ -779,3 +779,224 @@ fn a_send_whose_daemon_hangs_up_is_repeated_with_its_id_or_explained() {
         out.stderr
     );
 }
+
+/// Every process below `pid` (by parent links in /proc), as a client that "kills its MCP
+/// server's process tree" finds them.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+            parents.push((p, ppid));
+        }
+    }
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (c, pp) in &parents {
+            if *pp == p && !out.contains(c) {
+                out.push(*c);
+                frontier.push(*c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_daemon_belongs_to_the_user_settings_stick_and_mesh_down_stays_down() {
+    let h = Home::isolated();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().to_path_buf();
+    // Settings given to `mesh up` are kept in the home.
+    h.run(&["up", "--detach", "--name", "keeper", "--no-mdns"]).ok();
+    let saved = std::fs::read_to_string(h.path().join("settings.toml")).unwrap();
+    assert!(
+        saved.contains("name = \"keeper\"") && saved.contains("no_mdns = true"),
+        "{saved}"
+    );
+    // A daemon that dies (not `mesh down`) is started again by the next session, with them.
+    let pid = std::fs::read_to_string(h.path().join("daemon.lock")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    let mut session = common::mcp::Mcp::start(&h.path(), &work, "opencode", &[]);
+    let who = session.ok("whoami", serde_json::json!({}));
+    assert!(
+        who.contains("on node keeper"),
+        "the adapter's daemon kept the name: {who}"
+    );
+    let st = h.run(&["--json", "status"]).json();
+    assert_eq!(st["node"]["name"], "keeper");
+    assert_eq!(st["mdns"], false);
+    let daemon_pid: u32 = std::fs::read_to_string(h.path().join("daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The client kills its server's whole process tree (as OpenCode does on exit): the
+    // daemon is not in it, and keeps running.
+    let adapter = session.child.id();
+    let tree = descendants(adapter);
+    assert!(
+        !tree.contains(&daemon_pid),
+        "the daemon is not below the adapter: {tree:?}"
+    );
+    for p in tree.iter().chain([&adapter]) {
+        let _ = std::process::Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    let _ = session.child.wait();
+    h.run(&["status"]).ok();
+    assert!(
+        std::path::Path::new(&format!("/proc/{daemon_pid}")).exists(),
+        "the same daemon still runs"
+    );
+
+    // `mesh down` stays down: a session reports it at once instead of restarting the node.
+    h.run(&["down"]).ok();
+    assert!(h.path().join("stopped").exists());
+    let started = std::time::Instant::now();
+    let mut session = common::mcp::Mcp::start(&h.path(), &work, "opencode", &[]);
+    let (text, is_err) = session.tool("whoami", serde_json::json!({}));
+    assert!(
+        is_err && text.contains("stopped with `mesh down`") && text.contains("mesh up"),
+        "{text}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "said at once");
+    assert_eq!(h.run(&["status"]).code, 3, "no daemon was started");
+    // `mesh up` lifts it, with the saved settings, and the session attaches by itself.
+    h.run(&["up", "--detach"]).ok();
+    assert!(!h.path().join("stopped").exists());
+    assert_eq!(h.run(&["--json", "status"]).json()["node"]["name"], "keeper");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (text, is_err) = session.tool("whoami", serde_json::json!({}));
+        if !is_err {
+            assert!(text.contains("on node keeper"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never came back: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // `--reset` forgets the saved settings.
+    h.run(&["down"]).ok();
+    h.run(&["up", "--detach", "--reset"]).ok();
+    assert!(!h.path().join("settings.toml").exists());
+    assert_ne!(h.run(&["--json", "status"]).json()["node"]["name"], "keeper");
+}
+
+#[test]
+fn install_sets_up_each_clients_wake_path_and_uninstall_takes_only_it_away() {
+    let h = Home::new();
+    let user = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("HOME", user.path().as_os_str()),
+        // No Codex here: the hooks are written, and the user is told how to trust them.
+        ("PATH", std::ffi::OsStr::new("/usr/bin:/bin")),
+    ];
+    let run = |args: &[&str]| common::run_in_env(&h.path(), args, None, &env);
+    let exe = common::mesh_bin().canonicalize().unwrap();
+
+    // Claude Code: the MCP entry, and hooks beside the user's own.
+    let settings = user.path().join(".claude/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    let mine = serde_json::json!({
+        "model": "opus",
+        "hooks": { "Stop": [{ "hooks": [{ "type": "command", "command": "notify-send done" }] }] }
+    });
+    std::fs::write(&settings, serde_json::to_string_pretty(&mine).unwrap()).unwrap();
+    let out = run(&["--json", "install", "claude-code"]);
+    out.ok();
+    let files = out.json()["files"].clone();
+    assert_eq!(files[0]["change"], "added", "{files}");
+    assert_eq!(files[1]["change"], "added", "{files}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(v["model"], "opus");
+    let cmds = |event: &str| -> Vec<serde_json::Value> {
+        v["hooks"][event]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["hooks"].as_array().unwrap().clone())
+            .collect()
+    };
+    let stop = cmds("Stop");
+    assert_eq!(stop[0]["command"], "notify-send done", "the user's hook stays first");
+    let wake = &stop[1];
+    assert!(
+        wake["command"].as_str().unwrap().ends_with("hook claude-code wake"),
+        "{wake}"
+    );
+    assert!(wake["command"].as_str().unwrap().contains(exe.to_str().unwrap()));
+    assert!(
+        wake["command"].as_str().unwrap().contains(h.path().to_str().unwrap()),
+        "its home"
+    );
+    assert_eq!(wake["asyncRewake"], true);
+    assert!(wake["timeout"].as_u64().unwrap() >= 3600);
+    let start = cmds("SessionStart");
+    assert!(start.iter().any(|c| c["asyncRewake"] == true));
+    assert!(
+        start
+            .iter()
+            .any(|c| c["command"].as_str().unwrap().ends_with("hook claude-code context"))
+    );
+    for event in ["UserPromptSubmit", "PostToolUse"] {
+        assert!(
+            cmds(event)[0]["command"]
+                .as_str()
+                .unwrap()
+                .ends_with("hook claude-code context")
+        );
+    }
+    let mcp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(user.path().join(".claude.json")).unwrap()).unwrap();
+    assert_eq!(mcp["mcpServers"]["agentmesh"]["command"], exe.to_str().unwrap());
+    assert_eq!(
+        run(&["--json", "install", "claude-code"]).json()["files"][1]["change"],
+        "unchanged"
+    );
+    run(&["uninstall", "claude-code"]).ok();
+    let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(back, mine, "uninstall leaves exactly the user's settings");
+
+    // Codex: the MCP entry with a tool timeout above `wait`, hooks.json, and how to trust.
+    let out = run(&["install", "codex"]);
+    out.ok();
+    assert!(out.stdout.contains("/hooks"), "{}", out.stdout);
+    let config = std::fs::read_to_string(user.path().join(".codex/config.toml")).unwrap();
+    assert!(config.contains("tool_timeout_sec = 660"), "{config}");
+    let hooks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(user.path().join(".codex/hooks.json")).unwrap()).unwrap();
+    let stop = hooks["hooks"]["Stop"][0]["hooks"][0]["command"].as_str().unwrap();
+    assert!(stop.ends_with("hook codex wake"), "{stop}");
+    assert!(hooks["hooks"]["Stop"][0]["hooks"][0].get("asyncRewake").is_none());
+    run(&["uninstall", "codex"]).ok();
+    let hooks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(user.path().join(".codex/hooks.json")).unwrap()).unwrap();
+    assert!(!hooks.to_string().contains("hook codex"), "{hooks}");
+
+    // OpenCode: the plugin, running this binary with this home.
+    run(&["install", "opencode"]).ok();
+    let plugin = user.path().join(".config/opencode/plugin/agentmesh.js");
+    let js = std::fs::read_to_string(&plugin).unwrap();
+    assert!(
+        js.contains(&serde_json::to_string(exe.to_str().unwrap()).unwrap()),
+        "{js}"
+    );
+    assert!(js.contains("\"follow\"") && !js.contains("__MESH_ARGV__"));
+    run(&["uninstall", "opencode"]).ok();
+    assert!(!plugin.exists());
+}

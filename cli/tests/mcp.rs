@@ -7,8 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Home;
 use common::mcp::Mcp;
+use common::{Home, node_name, wait_reception};
 use serde_json::json;
 
 const TOOLS: [&str; 13] = [
@@ -217,29 +217,6 @@ fn two_nodes() -> (Home, Home) {
     (a, b)
 }
 
-/// Waits until `home`'s node lists `address` with `reception` (on the node's events).
-fn wait_reception(home: &Home, address: &str, reception: &str) {
-    let rt = common::runtime();
-    rt.block_on(async {
-        let c = common::client(&home.path()).await;
-        let mut ev = c.watch(vec![]).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let mesh_node::api::Response::Agents(list) = c.call(mesh_node::api::Request::Agents).await.unwrap()
-                && list
-                    .iter()
-                    .any(|a| a.address == address && format!("{:?}", a.reception) == reception)
-            {
-                return;
-            }
-            match tokio::time::timeout_at(deadline, ev.recv()).await {
-                Ok(Some(_)) => {}
-                _ => panic!("{address} never showed as {reception} on {:?}", home.path()),
-            }
-        }
-    });
-}
-
 #[test]
 fn two_sessions_on_two_nodes_push_wait_and_read_once() {
     let (ha, hb) = two_nodes();
@@ -443,13 +420,6 @@ fn restarts_of_adapter_and_daemon_lose_and_duplicate_nothing() {
         "{inbox}"
     );
     assert!(!inbox.contains("message one") && !inbox.contains("message two"));
-}
-
-fn node_name(home: &Home) -> String {
-    home.run(&["--json", "status"]).json()["node"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

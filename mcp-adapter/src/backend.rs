@@ -60,7 +60,10 @@ impl DaemonBackend {
         let c =
             mesh_node::daemon::connect_or_spawn(&self.home, &self.exe, concat!("mesh-mcp/", env!("CARGO_PKG_VERSION")))
                 .await
-                .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+                .map_err(|e| match e {
+                    mesh_node::daemon::DaemonError::StoppedByUser => ClientError::StoppedByUser,
+                    e => ClientError::Unavailable(e.to_string()),
+                })?;
         *slot = Some(c.clone());
         Ok(c)
     }

@@ -81,6 +81,8 @@ enum State {
     Starting,
     Ready(Me),
     Failed(String),
+    /// The user stopped the node with `mesh down`: said at once, not waited out.
+    Stopped(String),
 }
 
 struct Inner<B> {
@@ -324,6 +326,15 @@ impl<B: Backend> MeshServer<B> {
                         tracing::warn!("lost the connection to the daemon; reconnecting");
                         inner.state.send_replace(State::Starting);
                     }
+                    Err(ClientError::StoppedByUser) => {
+                        // Not restarted behind the user's back; attached again after `mesh up`.
+                        let msg = ClientError::StoppedByUser.to_string();
+                        if !matches!(*inner.state.borrow(), State::Stopped(_)) {
+                            tracing::info!("the node was stopped with `mesh down`; waiting for `mesh up`");
+                        }
+                        inner.state.send_replace(State::Stopped(msg));
+                        tokio::time::sleep(RECONNECT_MAX).await;
+                    }
                     Err(e) => {
                         let msg = client_error(e);
                         tracing::warn!(error = %msg, "cannot attach to the mesh; retrying");
@@ -341,10 +352,11 @@ impl<B: Backend> MeshServer<B> {
 
     async fn me(&self) -> Result<Me, String> {
         let mut rx = self.inner.state.subscribe();
-        let wait = rx.wait_for(|s| matches!(s, State::Ready(_)));
+        let wait = rx.wait_for(|s| matches!(s, State::Ready(_) | State::Stopped(_)));
         match tokio::time::timeout(READY_TIMEOUT, wait).await {
             Ok(Ok(s)) => match &*s {
                 State::Ready(me) => Ok(me.clone()),
+                State::Stopped(why) => Err(why.clone()),
                 _ => Err("session not ready".into()),
             },
             _ => Err(match &*self.inner.state.borrow() {

@@ -160,7 +160,12 @@ async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
         };
         pause = Duration::from_millis(200);
         loop {
-            match waker.next(Duration::from_secs(3600)).await? {
+            // The plugin ending (its OpenCode exits) closes our stdin: end with it.
+            let next = tokio::select! {
+                next = waker.next(Duration::from_secs(3600)) => next?,
+                () = closed(&mut acks) => return Ok(0),
+            };
+            match next {
                 Ok(list) => {
                     let n = wake::fitting(&list);
                     let ids: Vec<_> = list[..n].iter().map(|m| m.id).collect();
@@ -277,4 +282,9 @@ async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u
         Ok(Err(e)) => anyhow::bail!("cannot run {}: {e}", codex.display()),
         Err(_) => anyhow::bail!("{} queue did not finish within 30 s", codex.display()),
     }
+}
+
+/// Resolves once the plugin closed our stdin (answers that come unasked are dropped).
+async fn closed(acks: &mut tokio::sync::mpsc::Receiver<bool>) {
+    while acks.recv().await.is_some() {}
 }

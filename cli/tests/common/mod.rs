@@ -503,3 +503,34 @@ pub async fn wait_until<T>(
         }
     }
 }
+
+/// Waits until `home`'s node lists `address` with `reception` (on the node's events).
+pub fn wait_reception(home: &Home, address: &str, reception: &str) {
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&home.path()).await;
+        let mut ev = c.watch(vec![]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let mesh_node::api::Response::Agents(list) = c.call(mesh_node::api::Request::Agents).await.unwrap()
+                && list
+                    .iter()
+                    .any(|a| a.address == address && format!("{:?}", a.reception) == reception)
+            {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, ev.recv()).await {
+                Ok(Some(_)) => {}
+                _ => panic!("{address} never showed as {reception} on {:?}", home.path()),
+            }
+        }
+    });
+}
+
+/// The node's name.
+pub fn node_name(home: &Home) -> String {
+    home.run(&["--json", "status"]).json()["node"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

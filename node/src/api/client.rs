@@ -74,6 +74,9 @@ pub enum ClientError {
     /// No daemon could be started or reached.
     #[error("the agentmesh daemon is not available: {0}")]
     Unavailable(String),
+    /// The node was stopped with `mesh down`, so it is not started again on demand.
+    #[error("the agentmesh node was stopped with `mesh down`; run `mesh up` to start it again")]
+    StoppedByUser,
 }
 
 type Pending = HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>;
