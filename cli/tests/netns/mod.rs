@@ -79,6 +79,16 @@ pub fn sh(args: &[&str]) {
     );
 }
 
+/// Skips a test with a message, or fails it under CI.
+#[track_caller]
+pub fn skip<T>(tag: &str, why: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{tag}: {why} (CI=true: this test must run, not skip)");
+    }
+    eprintln!("SKIPPED: {tag}: {why}");
+    None
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -92,10 +102,11 @@ fn is_root() -> bool {
 
 impl Lab {
     /// A new lab named `tag`, or `None` (with a message) if this machine cannot host one.
+    /// Under CI (`CI=true`) a lab that cannot be built fails the test instead: a suite
+    /// that passes by skipping proves nothing.
     pub fn new(tag: &str) -> Option<Lab> {
         if !is_root() {
-            eprintln!("SKIPPED: {tag}: network-namespace tests need root (run as root or with sudo)");
-            return None;
+            return skip(tag, "network-namespace tests need root (run as root or with sudo)");
         }
         if Command::new("ip")
             .arg("-V")
@@ -103,8 +114,7 @@ impl Lab {
             .map(|o| !o.status.success())
             .unwrap_or(true)
         {
-            eprintln!("SKIPPED: {tag}: the `ip` command (iproute2) is missing; .ci/run installs it");
-            return None;
+            return skip(tag, "the `ip` command (iproute2) is missing; .ci/run installs it");
         }
         let prefix = format!("am{}-{tag}", std::process::id());
         Some(Lab {
@@ -120,6 +130,11 @@ impl Lab {
         self.namespaces.push(ns.clone());
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// A namespace with only a loopback interface: a machine with no network at all.
+    pub fn offline(&mut self, name: &str) -> String {
+        self.add_ns(name)
     }
 
     /// A segment `10.<a>.<b>.0/24` (subnet `[10, a, b]`).
