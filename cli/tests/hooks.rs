@@ -247,7 +247,7 @@ fn opencode_follow_offers_mail_until_the_plugin_says_it_was_shown() {
     let me = format!("opencode.plugged@{}", node_name(&home));
     let mut follow = hook(&home, &dir, &["opencode", "follow"]).spawn().unwrap();
     let mut acks = follow.stdin.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let stdout = follow.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {

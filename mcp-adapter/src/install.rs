@@ -768,7 +768,6 @@ pub fn trust_codex_hooks(codex: &Path, cwd: &Path) -> Result<usize, String> {
         }
         Ok(n)
     })();
-    drop(call);
     drop(stdin);
     let _ = child.kill();
     let _ = child.wait();

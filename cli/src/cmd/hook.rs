@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, a: HookArgs) -> anyhow::Result<()> {
         (HookAction::CodexQueue, _) => codex_queue(ctx, &a, max).await,
     };
     match outcome {
-        Ok(code) if code == 0 => Ok(()),
+        Ok(0) => Ok(()),
         Ok(code) => Err(ExitWith(code).into()),
         Err(e) => {
             // Said on stderr (the client logs it), never a failed hook.
@@ -112,7 +112,7 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
             stderr.flush()?;
             Ok(2)
         }
-        Err(Quiet::DaemonGone) if StopMark::is_set(&ctx.home) => Ok(0),
+        // Another waker has it, the session ended, the node is down or stopped: quiet.
         Err(_) => Ok(0),
     }
 }
