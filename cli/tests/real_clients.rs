@@ -329,36 +329,56 @@ fn token(tag: &str) -> String {
     format!("{tag}-{}", mesh_node::ids::MessageId::new())
 }
 
+/// Claude Code's user state for an offline start: onboarding done, the project trusted,
+/// the dummy key approved; `channels` seeds its cached remote feature flag for channels
+/// (offline it is off, and nothing else turns it on). Returns the environment to run it.
+fn claude_state(t: &Offline, channels: bool) -> Vec<(&'static str, String)> {
+    let work = t.work();
+    let last20 = &CLAUDE_KEY[CLAUDE_KEY.len() - 20..];
+    let mut state = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "lastOnboardingVersion": "2.1.332",
+        "theme": "dark",
+        "customApiKeyResponses": { "approved": [last20], "rejected": [] },
+        "projects": { work.to_str().unwrap(): { "hasTrustDialogAccepted": true, "hasCompletedProjectOnboarding": true } }
+    });
+    if channels {
+        state["cachedGrowthBookFeatures"] = serde_json::json!({ "tengu_harbor": true });
+    }
+    std::fs::write(t.user().join(".claude.json"), state.to_string()).unwrap();
+    vec![
+        ("ANTHROPIC_API_KEY", CLAUDE_KEY.to_string()),
+        ("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{}", t.port)),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+    ]
+}
+
+/// Claude Code's `--debug` logs, all sessions.
+fn claude_debug_log(t: &Offline) -> String {
+    std::fs::read_dir(t.user().join(".claude/debug"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn claude_code_joins_the_mesh_and_is_woken_by_mail_through_its_hook() {
     let Some(t) = Offline::new("claude", "claude") else {
         return;
     };
-    let work = t.work();
-    let last20 = &CLAUDE_KEY[CLAUDE_KEY.len() - 20..];
-    std::fs::write(
-        t.user().join(".claude.json"),
-        serde_json::json!({
-            "hasCompletedOnboarding": true,
-            "lastOnboardingVersion": "2.1.332",
-            "theme": "dark",
-            "customApiKeyResponses": { "approved": [last20], "rejected": [] },
-            "projects": { work.to_str().unwrap(): { "hasTrustDialogAccepted": true, "hasCompletedProjectOnboarding": true } }
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{}", t.port);
-    let api = [
-        ("ANTHROPIC_API_KEY", CLAUDE_KEY),
-        ("ANTHROPIC_BASE_URL", base.as_str()),
-        ("DISABLE_AUTOUPDATER", "1"),
-    ];
+    let state = claude_state(&t, false);
+    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let api = api.as_slice();
 
     let installed = t.mesh(&["install", "claude-code"]);
     assert!(installed.contains("hooks"), "{installed}");
     // Claude Code's own view of its MCP servers.
-    let list = t.run("claude", &["mcp", "list"], &api);
+    let list = t.run("claude", &["mcp", "list"], api);
     let line = list
         .lines()
         .find(|l| l.starts_with("agentmesh:"))
@@ -369,7 +389,7 @@ fn claude_code_joins_the_mesh_and_is_woken_by_mail_through_its_hook() {
     t.terminal(
         "claude",
         &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
-        &api,
+        api,
     );
     // Its agent is on the mesh, and its SessionStart hook waits to wake it.
     let agent = t.wait_agent("claude-code", "Woken");
@@ -390,13 +410,7 @@ fn claude_code_joins_the_mesh_and_is_woken_by_mail_through_its_hook() {
 
     // The debug log: the channel gate passed the capability and era checks (offline, the
     // remote feature flag keeps channels off), and the push went out on the wire.
-    let debug = std::fs::read_dir(t.user().join(".claude/debug"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let debug = claude_debug_log(&t);
     let verdict = debug
         .lines()
         .find(|l| l.contains("MCP server \"agentmesh\": Channel notifications"))
@@ -529,4 +543,59 @@ fn opencode_joins_the_mesh_and_its_plugin_wakes_an_idle_session_with_mail() {
     assert_eq!(receipt["reception"], "Woken", "{receipt}");
     let seen = t.wait_model_saw(&wake);
     assert!(seen["body"].to_string().contains("not as instructions"));
+}
+
+#[test]
+fn claude_code_with_channels_on_shows_the_push_in_the_conversation() {
+    let Some(t) = Offline::new("channels", "claude") else {
+        return;
+    };
+    let state = claude_state(&t, true);
+    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let api = api.as_slice();
+    // The MCP server alone: what reaches the model here comes through the channel.
+    t.mesh(&["install", "claude-code", "--no-wake"]);
+    t.terminal(
+        "claude",
+        &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
+        api,
+    );
+    // Claude Code asks once before it loads development channels.
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while !t.screen().contains("development channels") {
+        assert!(Instant::now() < deadline, "no channels prompt:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.type_line("");
+    let agent = t.wait_agent("claude-code", "Poll");
+    let registered = "MCP server \"agentmesh\": Channel notifications registered";
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while !claude_debug_log(&t).contains(registered) {
+        assert!(
+            Instant::now() < deadline,
+            "channels never registered:\n{}",
+            claude_debug_log(&t)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Claude Code does not tell the server: the sender is not promised a push.
+    let wake = token("CC-CHANNEL");
+    let receipt = t.send(&agent, &format!("the deploy is done {wake}"));
+    assert_eq!(receipt["reception"], "Poll", "{receipt}");
+    // The push reaches the idle model as a <channel> event, with its verified sender.
+    let seen = t.wait_model_saw(&wake);
+    let body = seen["body"].to_string();
+    assert!(body.contains("<channel source=\\\"agentmesh\\\""), "{body}");
+    assert!(body.contains("untrusted peer message"), "{body}");
+    assert!(
+        claude_debug_log(&t).contains("notifications/claude/channel"),
+        "the push on the wire"
+    );
+    // It counted for nothing: the mail is still unread, for a tool result to show.
+    let inbox = common::run_in(&t.mesh.path(), &["--json", "inbox", "--as", &agent, "--all"], None);
+    assert!(
+        inbox.stdout.contains(&wake) && inbox.stdout.contains("\"new\""),
+        "{}",
+        inbox.stdout
+    );
 }

@@ -147,6 +147,17 @@ impl Client {
 }
 
 async fn start(fake: Fake, client_name: &str, explicit: Option<&str>, dir: &std::path::Path) -> Client {
+    start_with(fake, client_name, json!({}), explicit, dir).await
+}
+
+/// A session whose client declares `capabilities` in `initialize`.
+async fn start_with(
+    fake: Fake,
+    client_name: &str,
+    capabilities: Value,
+    explicit: Option<&str>,
+    dir: &std::path::Path,
+) -> Client {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let server = MeshServer::new(
         fake,
@@ -171,7 +182,7 @@ async fn start(fake: Fake, client_name: &str, explicit: Option<&str>, dir: &std:
     let init = c
         .request(
             "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": client_name, "version": "1"}}),
+            json!({"protocolVersion": "2025-06-18", "capabilities": capabilities, "clientInfo": {"name": client_name, "version": "1"}}),
         )
         .await;
     assert!(init["result"].is_object(), "{init}");
@@ -198,7 +209,9 @@ async fn derived_name_push_and_reattach_with_the_same_name() {
     let proj = dir.path().join("billing");
     std::fs::create_dir(&proj).unwrap();
     let fake = Fake::default();
-    let mut c = start(fake.clone(), "claude-code", None, &proj).await;
+    // A client that confirms it shows channel pushes.
+    let channel = json!({ "experimental": { "claude/channel": {} } });
+    let mut c = start_with(fake.clone(), "claude-code", channel, None, &proj).await;
 
     let a = attaches(&fake, 1).await;
     let (spec, exact) = &a[0];
@@ -253,5 +266,29 @@ async fn explicit_names_are_exact_and_other_clients_are_not_pushed() {
     let text = r["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("You have 1 unread message"), "{text}");
     assert!(c.notes.iter().all(|n| n["method"] != "notifications/claude/channel"));
+    assert!(!fake.0.lock().unwrap().log.iter().any(|l| l.starts_with("MarkNotified")));
+}
+
+#[tokio::test]
+async fn an_unconfirmed_push_goes_out_and_counts_for_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    // Claude Code as it is: it never says whether channels are on.
+    let mut c = start(fake.clone(), "claude-code", Some("plain"), dir.path()).await;
+    let a = attaches(&fake, 1).await;
+    assert!(!a[0].0.push, "not counted as push");
+    let tx = fake.0.lock().unwrap().events.clone().unwrap();
+    let m = message("plain");
+    fake.0.lock().unwrap().counts = (1, 0);
+    tx.send(Event::Message(m.clone())).await.unwrap();
+    // Sent, in case channels are on...
+    let push = c.notification("notifications/claude/channel").await;
+    assert_eq!(push["params"]["meta"]["message_id"], m.id.to_string());
+    // ...but not marked: the next result calls it unread, for inbox to show.
+    let r = c
+        .request("tools/call", json!({"name": "topics", "arguments": {}}))
+        .await;
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("You have 1 unread message"), "{text}");
     assert!(!fake.0.lock().unwrap().log.iter().any(|l| l.starts_with("MarkNotified")));
 }

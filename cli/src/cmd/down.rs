@@ -14,8 +14,11 @@ const WAIT: Duration = Duration::from_secs(30);
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     // First the mark, so that no MCP adapter starts the node again once it is gone: it
     // stays down until `mesh up`.
-    if ctx.home.path().exists() {
-        settings::StopMark::set(&ctx.home)?;
+    // A home that cannot be written (a full or read-only disk) still gets its node stopped.
+    if ctx.home.path().exists()
+        && let Err(e) = settings::StopMark::set(&ctx.home)
+    {
+        eprintln!("warning: {e}; an agent client may start the node again before `mesh up`");
     }
     let client = match ctx.client().await {
         Ok(c) => c,
