@@ -36,16 +36,21 @@ fn hook(home: &Home, cwd: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs a hook to its end with `input` on stdin (bounded).
-fn run_hook(home: &Home, cwd: &Path, args: &[&str], input: &serde_json::Value) -> common::Out {
-    let mut child = hook(home, cwd, args).spawn().unwrap();
+/// Starts a hook with `input` on its stdin (then closed, as the clients do).
+fn spawn_hook(mut cmd: Command, input: &serde_json::Value) -> std::process::Child {
+    let mut child = cmd.spawn().unwrap();
     child
         .stdin
         .take()
         .unwrap()
         .write_all(input.to_string().as_bytes())
         .unwrap();
-    finish(child, Duration::from_secs(30))
+    child
+}
+
+/// Runs a hook to its end with `input` on stdin (bounded).
+fn run_hook(home: &Home, cwd: &Path, args: &[&str], input: &serde_json::Value) -> common::Out {
+    finish(spawn_hook(hook(home, cwd, args), input), Duration::from_secs(30))
 }
 
 fn finish(mut child: std::process::Child, within: Duration) -> common::Out {
@@ -123,13 +128,7 @@ fn claude_code_hooks_show_mail_once_and_wake_an_idle_session_with_it() {
 
     // The waker: while it waits, the agent counts as woken, and senders are told so.
     wait_reception(&home, &me, "Poll");
-    let mut waker = hook(&home, &dir, &["claude-code", "wake"]).spawn().unwrap();
-    waker
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input("Stop").to_string().as_bytes())
-        .unwrap();
+    let waker = spawn_hook(hook(&home, &dir, &["claude-code", "wake"]), &input("Stop"));
     wait_reception(&home, &me, "Woken");
     // A second waker for the same session leaves at once: one does the job.
     let second = run_hook(&home, &dir, &["claude-code", "wake"], &input("SessionStart"));
@@ -145,18 +144,14 @@ fn claude_code_hooks_show_mail_once_and_wake_an_idle_session_with_it() {
     // The waker gone, the agent is back to being read at its next tool call.
     wait_reception(&home, &me, "Poll");
 
-    // A session that ends takes its waker with it (no process left behind).
-    let mut waker = hook(&home, &dir, &["claude-code", "wake"]).spawn().unwrap();
-    waker
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input("Stop").to_string().as_bytes())
-        .unwrap();
+    // A waker alone keeps the agent reachable (woken) after its MCP session ended; once
+    // the waker ends too (a client ends its hooks with it, and a waker whose client died
+    // ends by itself), the agent is offline.
+    let mut waker = spawn_hook(hook(&home, &dir, &["claude-code", "wake"]), &input("Stop"));
     wait_reception(&home, &me, "Woken");
     drop(session);
-    // The client (this test process) still lives, so the waker stays: kill it as the
-    // client does when its session ends.
+    std::thread::sleep(Duration::from_millis(500));
+    wait_reception(&home, &me, "Woken");
     let _ = waker.kill();
     let _ = waker.wait();
     wait_reception(&home, &me, "Offline");
@@ -199,18 +194,8 @@ fn codex_waker_queues_new_mail_as_a_turn_on_its_thread() {
     let started = Instant::now();
     let mut cmd = hook(&home, &dir, &["codex", "wake"]);
     cmd.env("PATH", &path);
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            json!({ "session_id": "thread-7", "cwd": dir, "hook_event_name": "Stop", "stop_hook_active": false })
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = finish(child, Duration::from_secs(10));
+    let stop = json!({ "session_id": "thread-7", "cwd": dir, "hook_event_name": "Stop", "stop_hook_active": false });
+    let out = finish(spawn_hook(cmd, &stop), Duration::from_secs(10));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),

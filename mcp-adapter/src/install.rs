@@ -408,70 +408,37 @@ pub const WAKE_HOOK_TIMEOUT_S: u64 = 36_000;
 /// waker armed at the start of the session and at the end of every turn (when the session
 /// goes idle). OpenCode has a plugin instead ([`OPENCODE_PLUGIN`]).
 pub fn hooks(client: Client) -> &'static [HookSpec] {
+    const fn context(event: &'static str) -> HookSpec {
+        HookSpec {
+            event,
+            action: "context",
+            rewake: false,
+            timeout_s: 10,
+        }
+    }
+    // Claude Code runs a waking hook in the background (`asyncRewake`); Codex waits for
+    // every hook, so its `wake` only starts a detached waker and returns.
+    const fn wake(event: &'static str, rewake: bool) -> HookSpec {
+        HookSpec {
+            event,
+            action: "wake",
+            rewake,
+            timeout_s: if rewake { WAKE_HOOK_TIMEOUT_S } else { 10 },
+        }
+    }
     const CLAUDE: &[HookSpec] = &[
-        HookSpec {
-            event: "SessionStart",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "SessionStart",
-            action: "wake",
-            rewake: true,
-            timeout_s: WAKE_HOOK_TIMEOUT_S,
-        },
-        HookSpec {
-            event: "UserPromptSubmit",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "PostToolUse",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "Stop",
-            action: "wake",
-            rewake: true,
-            timeout_s: WAKE_HOOK_TIMEOUT_S,
-        },
+        context("SessionStart"),
+        wake("SessionStart", true),
+        context("UserPromptSubmit"),
+        context("PostToolUse"),
+        wake("Stop", true),
     ];
-    // Codex waits for every hook: its `wake` only starts a detached waker and returns.
     const CODEX: &[HookSpec] = &[
-        HookSpec {
-            event: "SessionStart",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "SessionStart",
-            action: "wake",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "UserPromptSubmit",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "PostToolUse",
-            action: "context",
-            rewake: false,
-            timeout_s: 10,
-        },
-        HookSpec {
-            event: "Stop",
-            action: "wake",
-            rewake: false,
-            timeout_s: 10,
-        },
+        context("SessionStart"),
+        wake("SessionStart", false),
+        context("UserPromptSubmit"),
+        context("PostToolUse"),
+        wake("Stop", false),
     ];
     match client {
         Client::ClaudeCode => CLAUDE,
