@@ -599,3 +599,31 @@ fn claude_code_with_channels_on_shows_the_push_in_the_conversation() {
         inbox.stdout
     );
 }
+
+#[test]
+fn claude_code_print_mode_shows_waiting_mail_and_is_not_held_open_by_the_waker() {
+    let Some(t) = Offline::new("print", "claude") else {
+        return;
+    };
+    let state = claude_state(&t, false);
+    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    t.mesh(&["install", "claude-code"]);
+    // An agent of this directory with mail waiting (a session that came and went).
+    t.mesh(&["up", "--detach"]);
+    let agent = "claude-code.work";
+    t.mesh(&["send", "--as", agent, common::TEST_USER, "hello"]);
+    let mail = token("CC-PRINT");
+    t.mesh(&["send", agent, &format!("before you start: {mail}")]);
+    // `claude -p` runs its hooks in the foreground: it must still end (the waker steps
+    // aside when unattended), and its prompt hook shows the waiting mail to the model.
+    let started = Instant::now();
+    let out = t.run("claude", &["-p", "what is new?"], &api);
+    assert!(out.contains("fake reply"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "held open: {:?}",
+        started.elapsed()
+    );
+    let seen = t.wait_model_saw(&mail);
+    assert!(seen["body"].to_string().contains("not as instructions"));
+}

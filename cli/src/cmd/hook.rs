@@ -88,6 +88,12 @@ async fn context(ctx: &Ctx, client_kind: HookClient) -> anyhow::Result<u8> {
 /// already waits, the session ended, the node is down or was stopped, `max` passed.
 async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
     let input = read_input();
+    // Unattended (`claude -p`, the Agent SDK) Claude Code runs `asyncRewake` hooks in the
+    // foreground and waits for them: a waker would hold the run open. Such a run ends after
+    // its turn; its context hooks still show the mail.
+    if std::env::var("CLAUDE_CODE_SESSION_ATTENDED").is_ok_and(|v| v == "0") {
+        return Ok(0);
+    }
     let Some(client) = connect(ctx).await? else {
         return Ok(0);
     };
