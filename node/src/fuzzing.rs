@@ -271,6 +271,7 @@ fn request_names(r: &Request) {
         | Request::MarkRead { agent: a, .. }
         | Request::MarkNotified { agent: a, .. }
         | Request::Counts { agent: a }
+        | Request::Waker { agent: a }
         | Request::SetSummary { agent: a, .. } => agent(a),
         Request::Subscribe { agent: a, topic: t } | Request::Unsubscribe { agent: a, topic: t } => {
             agent(a);
