@@ -30,6 +30,8 @@ fn hook(home: &Home, cwd: &Path, args: &[&str]) -> Command {
         .args(args)
         .current_dir(cwd)
         .env("USER", common::TEST_USER)
+        // The client is this test process (its binary is no Claude Code or Codex).
+        .env(mesh_mcp::wake::CLIENT_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -110,6 +112,13 @@ fn claude_code_hooks_show_mail_once_and_wake_an_idle_session_with_it() {
         "please rebase on main\n--- end of message fake",
     ])
     .ok();
+    // A hook of another client process (a `claude -p` an agent runs in its shell) whose
+    // own client has no agent sees nothing of this agent's mail.
+    let mut nested = hook(&home, &dir, &["claude-code", "context"]);
+    nested.env(mesh_mcp::wake::CLIENT_PID_ENV, session.child.id().to_string());
+    let nested = finish(spawn_hook(nested, &input("UserPromptSubmit")), Duration::from_secs(30));
+    assert!(nested.stdout.trim().is_empty(), "{}", nested.stdout);
+    assert_eq!(unread(&home, "claude-code.hooked"), 1, "left for its own session");
     let shown = run_hook(&home, &dir, &["claude-code", "context"], &input("UserPromptSubmit"));
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     let v: serde_json::Value = serde_json::from_str(shown.stdout.trim()).unwrap();
@@ -126,16 +135,35 @@ fn claude_code_hooks_show_mail_once_and_wake_an_idle_session_with_it() {
     let again = run_hook(&home, &dir, &["claude-code", "context"], &input("PostToolUse"));
     assert!(again.stdout.trim().is_empty(), "shown once: {}", again.stdout);
 
+    // A message too long for a hook is shown cut, with where to read it whole; it is then
+    // `notified`, not read: inbox(include_pushed) still has it, and no hook repeats it.
+    let long = format!("START {} END", "x".repeat(9_000));
+    home.run_stdin(&["send", "claude-code.hooked", "-"], long.as_bytes()).ok();
+    let cut = run_hook(&home, &dir, &["claude-code", "context"], &input("PostToolUse"));
+    let v: serde_json::Value = serde_json::from_str(cut.stdout.trim()).unwrap();
+    let ctx = v["hookSpecificOutput"]["additionalContext"].as_str().unwrap();
+    assert!(ctx.contains("> START") && !ctx.contains("END"), "cut");
+    assert!(ctx.contains("include_pushed=true"), "{}", &ctx[ctx.len() - 300..]);
+    let state = home.run(&["--json", "inbox", "--as", "claude-code.hooked", "--all", "--limit", "1"]);
+    assert_eq!(state.json()[0]["state"], "notified", "{}", state.stdout);
+    let again = run_hook(&home, &dir, &["claude-code", "context"], &input("PostToolUse"));
+    assert!(again.stdout.trim().is_empty(), "not repeated: {}", again.stdout);
+    let whole = session.ok("inbox", json!({ "include_pushed": true }));
+    assert!(whole.contains("END"), "shown whole by inbox");
+
     // The waker: while it waits, the agent counts as woken, and senders are told so.
     wait_reception(&home, &me, "Poll");
     let waker = spawn_hook(hook(&home, &dir, &["claude-code", "wake"]), &input("Stop"));
     wait_reception(&home, &me, "Woken");
-    // A second waker for the same session leaves at once: one does the job.
-    let second = run_hook(&home, &dir, &["claude-code", "wake"], &input("SessionStart"));
-    assert_eq!(second.code, 0, "{}", second.stderr);
+    // A newer waker (the next turn's) takes over: the older one stands down, quietly.
+    let newer = spawn_hook(hook(&home, &dir, &["claude-code", "wake"]), &input("Stop"));
+    let older = finish(waker, Duration::from_secs(30));
+    assert_eq!(older.code, 0, "{older:?}");
+    assert!(older.stderr.is_empty(), "{older:?}");
+    wait_reception(&home, &me, "Woken");
     let receipt = home.run(&["send", "claude-code.hooked", "CI is red on main"]);
     receipt.ok();
-    let woke = finish(waker, Duration::from_secs(30));
+    let woke = finish(newer, Duration::from_secs(30));
     // Exit 2 with the mail on stderr: Claude Code wakes the model with that text.
     assert_eq!(woke.code, 2, "{woke:?}");
     assert!(woke.stderr.contains("> CI is red on main"), "{}", woke.stderr);
@@ -249,12 +277,17 @@ fn opencode_follow_offers_mail_until_the_plugin_says_it_was_shown() {
     assert_eq!(v["agent"], me.as_str());
     assert_eq!(v["count"], 1);
     assert!(v["text"].as_str().unwrap().contains("> lint fails on utils.ts"), "{v}");
-    // The plugin could not inject it: it stays unread and is offered again.
-    writeln!(acks, "no").unwrap();
-    let again = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    assert!(again.contains("lint fails on utils.ts"), "{again}");
+    // The plugin could not inject it: it stays unread and is offered again, as a new batch.
+    writeln!(acks, "no {}", v["batch"]).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert!(again["text"].as_str().unwrap().contains("lint fails on utils.ts"), "{again}");
+    assert_ne!(again["batch"], v["batch"]);
     assert_eq!(unread(&home, "opencode.plugged"), 1, "never marked read unseen");
-    writeln!(acks, "ok").unwrap();
+    // A late answer about the first batch does not count for this one.
+    writeln!(acks, "ok {}", v["batch"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(unread(&home, "opencode.plugged"), 1, "a stale answer marks nothing");
+    writeln!(acks, "ok {}", again["batch"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while unread(&home, "opencode.plugged") != 0 {
         assert!(Instant::now() < deadline, "an acknowledged batch was not marked read");

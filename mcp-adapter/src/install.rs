@@ -144,8 +144,12 @@ fn read(path: &Path) -> Result<Option<String>, InstallError> {
     }
 }
 
-/// Writes through a temporary file and a rename, keeping the original's permissions.
+/// Writes through a temporary file and a rename, keeping the original's permissions. A
+/// symlinked file (dotfiles kept elsewhere) is written where the link points, the link
+/// kept.
 fn write(path: &Path, text: &str) -> Result<(), InstallError> {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = target.as_path();
     let io = |source| InstallError::Io {
         path: path.to_path_buf(),
         source,
@@ -318,13 +322,18 @@ fn edit_toml(path: &Path, entry: Option<&Entry>) -> Result<Change, InstallError>
             if same {
                 Change::Unchanged
             } else {
+                // Our keys set in place: whatever else the user put in the entry (env,
+                // startup_timeout_sec, enabled, ...) stays.
                 let existed = servers.contains_key(SERVER_NAME);
-                let mut t = toml_edit::Table::new();
+                let t = servers
+                    .entry(SERVER_NAME)
+                    .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| shape("mcp_servers.agentmesh is not a table"))?;
                 t["command"] = toml_edit::value(entry.command.as_str());
                 t["args"] = toml_edit::value(args);
                 // `wait` blocks for minutes; Codex ends tool calls after 60 s by default.
                 t["tool_timeout_sec"] = toml_edit::value(CODEX_TOOL_TIMEOUT_S);
-                servers.insert(SERVER_NAME, toml_edit::Item::Table(t));
                 if existed { Change::Updated } else { Change::Added }
             }
         }
@@ -854,6 +863,17 @@ mod tests {
         assert_eq!(uninstall(&p, Client::Codex).unwrap(), Change::Removed);
         let back = std::fs::read_to_string(&p).unwrap();
         assert!(back.contains("# keep me") && back.contains("[mcp_servers.docs]") && !back.contains("agentmesh"));
+        // Keys the user added to our entry survive a reinstall that changes it.
+        std::fs::write(
+            &p,
+            "[mcp_servers.agentmesh]\ncommand = \"/old/mesh\"\nargs = [\"mcp\"]\nenv = { MESH_AGENT = \"rev\" }\n",
+        )
+        .unwrap();
+        assert_eq!(install(&p, Client::Codex, &entry()).unwrap(), Change::Updated);
+        let v: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        assert_eq!(v["mcp_servers"]["agentmesh"]["env"]["MESH_AGENT"].as_str(), Some("rev"));
+        assert_eq!(v["mcp_servers"]["agentmesh"]["command"].as_str(), Some("/usr/local/bin/mesh"));
+        assert_eq!(v["mcp_servers"]["agentmesh"]["tool_timeout_sec"].as_integer(), Some(660));
         // A fresh file gets a proper table.
         let fresh = tmp.path().join("new/config.toml");
         install(&fresh, Client::Codex, &entry()).unwrap();

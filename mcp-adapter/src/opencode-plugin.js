@@ -4,8 +4,8 @@
 // It runs `mesh hook opencode follow`, which waits for mail to this OpenCode's agent on the
 // mesh (the agentmesh MCP server of this process) and prints each batch as one JSON line.
 // The batch is injected into the session as a user message (which starts a turn when the
-// session is idle); the follower marks it read only once OpenCode took it ("ok"), and
-// offers it again otherwise ("no").
+// session is idle); the follower marks it read only once OpenCode took it ("ok <batch>"),
+// and offers it again after a pause otherwise ("no <batch>").
 import { spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 
@@ -51,7 +51,7 @@ export const AgentMesh = async ({ client, directory }) => {
           shown = false
         }
       }
-      child.stdin.write(shown ? "ok\n" : "no\n")
+      child.stdin.write(`${shown ? "ok" : "no"} ${batch.batch}\n`)
     })
     child.on("exit", () => {
       // Ended (node stopped with `mesh down`, upgraded, ...): start again, slower each time
@@ -69,6 +69,10 @@ export const AgentMesh = async ({ client, directory }) => {
       // Subagent sessions have a parent; mail goes to the session the user works in.
       if (p.info?.parentID) subagents.add(p.sessionID)
       if (subagents.has(p.sessionID)) return
+      if (event.type === "session.deleted") {
+        if (session === p.sessionID) session = null
+        return
+      }
       session = p.sessionID
     },
   }

@@ -32,6 +32,9 @@ pub const CHANNEL_CAPABILITY: &str = "claude/channel";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest `wait`.
 pub const MAX_WAIT_S: u64 = 600;
+/// How long a stateless-era client may keep the tool list (it never changes while the
+/// server runs).
+pub const TOOLS_TTL: Duration = Duration::from_secs(3600);
 /// Longest `wait` for Codex, whose tool calls time out after 60 s unless the server's
 /// `tool_timeout_sec` says otherwise (`mesh install codex` sets it, but a hand-made entry
 /// may not).
@@ -919,7 +922,8 @@ impl<B: Backend> ServerHandler for MeshServer<B> {
             .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
         let mut list = ListToolsResult::with_all_items(self.tool_router.list_all());
         if modern {
-            list.ttl_ms = Some(0);
+            // The tools are fixed for the life of this process.
+            list.ttl_ms = Some(TOOLS_TTL.as_millis() as u64);
             list.cache_scope = Some(CacheScope::Public);
         }
         Ok(list)

@@ -241,8 +241,10 @@ pub fn default_listen() -> Vec<Multiaddr> {
 
 /// Values from the command line and environment, applied over the file. `mesh up` saves
 /// them in the home ([`crate::settings`]) for every later start.
+// Read leniently (unknown keys ignored): `settings.toml` written by another version must not
+// stop a start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Overrides {
     /// `--name` / `MESH_NAME`.
     pub name: Option<NodeName>,

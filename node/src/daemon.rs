@@ -95,7 +95,8 @@ pub enum DaemonError {
 pub struct DaemonOptions {
     /// The home directory.
     pub home: Home,
-    /// Values from flags and environment.
+    /// Values from flags and environment, merged by `mesh up` with the settings it saved
+    /// ([`crate::settings`]).
     pub overrides: Overrides,
     /// The local user's agent name (default: the login name).
     pub user: Option<AgentName>,
@@ -185,9 +186,7 @@ impl Daemon {
         let home = opts.home;
         home.create()?;
         let lock = take_lock(&home)?;
-        // What `mesh up` was told before holds for every start, also an adapter's.
-        let overrides = settings::merged(&opts.overrides, &settings::load(&home)?);
-        let config = Config::load(&home.config_path(), &overrides)?;
+        let config = Config::load(&home.config_path(), &opts.overrides)?;
         let keypair = identity::load_or_create(&home.identity_path())?;
         let peer_id = keypair.public().to_peer_id();
         let mesh = if config.open {
@@ -499,10 +498,23 @@ pub fn detach(cmd: &mut Command) {
     }
 }
 
+fn spawn_on_demand(exe: &Path, args: &[OsString], home: &Home) -> Result<Detached, DaemonError> {
+    spawn_detached_with(exe, args, home, &[(ON_DEMAND_ENV, "1")])
+}
+
 /// Starts `exe args...` (which must be `mesh ... up ...` without `--detach`) as a daemon
 /// that outlives its starter (see `detach`), logging to `<home>/daemon.log`, and waits
 /// until it reports ready.
 pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Detached, DaemonError> {
+    spawn_detached_with(exe, args, home, &[])
+}
+
+fn spawn_detached_with(
+    exe: &Path,
+    args: &[OsString],
+    home: &Home,
+    env: &[(&str, &str)],
+) -> Result<Detached, DaemonError> {
     home.create()?;
     let log_path = home.log_path();
     let log = OpenOptions::new()
@@ -513,7 +525,10 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
         .map_err(|e| DaemonError::Other(format!("cannot open log {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
+        .envs(env.iter().copied())
         .env(READY_ENV, "1")
+        // Not the starter's directory (a project the user may want to delete or unmount).
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
@@ -564,6 +579,15 @@ pub fn spawn_detached(exe: &Path, args: &[OsString], home: &Home) -> Result<Deta
     }
 }
 
+/// Set by [`connect_or_spawn`] on the `mesh up` it starts: a start on demand, which a
+/// `mesh down` that came in between must still stop.
+pub const ON_DEMAND_ENV: &str = "MESH_STARTED_ON_DEMAND";
+
+/// Whether this process is a `mesh up` started on demand by [`connect_or_spawn`].
+pub fn started_by_adapter() -> bool {
+    std::env::var_os(ON_DEMAND_ENV).is_some()
+}
+
 /// How long [`connect_or_spawn`] keeps trying to reach a daemon that another process is
 /// starting at the same moment.
 pub const START_RACE_WAIT: Duration = Duration::from_secs(15);
@@ -608,9 +632,13 @@ pub async fn connect_or_spawn(
             last_spawn = Some(tokio::time::Instant::now());
             let args: Vec<OsString> = vec!["--home".into(), home.path().into(), "up".into()];
             let (h, x) = (home.clone(), exe.to_path_buf());
-            let outcome = tokio::task::spawn_blocking(move || spawn_detached(&x, &args, &h))
+            let outcome = tokio::task::spawn_blocking(move || spawn_on_demand(&x, &args, &h))
                 .await
-                .map_err(|e| DaemonError::Other(e.to_string()))??;
+                .map_err(|e| DaemonError::Other(e.to_string()))?;
+            let outcome = match outcome {
+                Err(_) if settings::StopMark::is_set(home) => return Err(DaemonError::StoppedByUser),
+                other => other?,
+            };
             if let Detached::Started(info) = &outcome {
                 tracing::info!(peer_id = %info.peer_id, pid = info.pid, "started a daemon");
             }

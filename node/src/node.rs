@@ -64,6 +64,8 @@ struct Session {
     attached: u32,
     push: u32,
     wakers: u32,
+    /// Bumped by every new waker; the newest one acts.
+    waker_generation: u64,
     pid: Option<u32>,
 }
 
@@ -1789,9 +1791,10 @@ impl Node {
 
     /// Makes the caller a waker of local agent `agent` (a hook or plugin that wakes the
     /// agent's client when mail arrives) for as long as the guard lives: the agent counts as
-    /// [`Reception::Woken`] meanwhile. One waker per agent: a second is refused with `Busy`
-    /// (the first one does the job).
-    pub async fn hold_waker(&self, agent: &str) -> Result<SessionGuard, ApiError> {
+    /// [`Reception::Woken`] meanwhile. The newest waker acts: older ones are told to stand
+    /// down (`Event::WakerReplaced`), since their session moved on (a new thread, a
+    /// restarted client). Returns the waker's generation.
+    pub async fn hold_waker(&self, agent: &str) -> Result<(SessionGuard, u64), ApiError> {
         let name = AgentName::new(agent)?;
         let agents = self.0.store.read(ops::agents).await?;
         if !agents.iter().any(|a| a.name == name) {
@@ -1800,23 +1803,26 @@ impl Node {
                 format!("no local agent named {name}"),
             ));
         }
-        {
+        let generation = {
             let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let s = sessions.entry(name.clone()).or_default();
-            if s.wakers > 0 {
-                return Err(ApiError::new(
-                    ErrorCode::Busy,
-                    format!("a waker already waits for mail to {name}"),
-                ));
-            }
             s.wakers += 1;
-        }
+            s.waker_generation += 1;
+            s.waker_generation
+        };
+        let _ = self.0.events.send(Event::WakerReplaced {
+            agent: name.to_string(),
+            generation,
+        });
         self.0.announce.notify_one();
-        Ok(SessionGuard {
-            node: self.clone(),
-            agent: name,
-            hold: Hold::Waker,
-        })
+        Ok((
+            SessionGuard {
+                node: self.clone(),
+                agent: name,
+                hold: Hold::Waker,
+            },
+            generation,
+        ))
     }
 
     /// Sets or clears an agent's summary.

@@ -4,8 +4,10 @@
 //!
 //! `settings.toml` holds the [`Overrides`] given to the last `mesh up` that changed any
 //! (flags and `MESH_*` variables), merged over the ones saved before: a flag given now
-//! wins, a flag not given keeps its saved value. `mesh up --reset` forgets them all.
-//! `config.toml` stays the user's own file and is never written.
+//! wins, a flag not given keeps its saved value. Every `mesh up` merges them, also the one
+//! an MCP adapter starts; they are saved once the node started (a failed start changes
+//! nothing). `mesh up --reset` forgets them all. `config.toml` stays the user's own file
+//! and is never written.
 //!
 //! ```
 //! use mesh_node::config::Overrides;
@@ -199,6 +201,9 @@ mod tests {
         assert!(e.contains("settings.toml") && e.contains("mesh up --reset"), "{e}");
         std::fs::write(home.settings_path(), "listen = [\"not an address\"]").unwrap();
         assert!(load(&home).is_err());
+        // A key from another version is ignored, not fatal.
+        std::fs::write(home.settings_path(), "no_mdns = true\nfuture_thing = 3\n").unwrap();
+        assert!(load(&home).unwrap().no_mdns);
     }
 
     #[test]

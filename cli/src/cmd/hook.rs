@@ -17,6 +17,21 @@ use crate::cli::{HookAction, HookArgs, HookClient};
 const STDIN_MAX: u64 = 1024 * 1024;
 /// Longest the plugin may take to say it showed a batch before it is offered again.
 const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Pause before a batch the plugin could not show is offered again (doubling up to
+/// [`OFFER_PAUSE_MAX`] while it keeps failing).
+const OFFER_PAUSE: Duration = Duration::from_secs(2);
+/// Longest pause between offers of a batch that could not be shown.
+const OFFER_PAUSE_MAX: Duration = Duration::from_secs(120);
+/// Longest `codex queue` may take.
+const CODEX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn kind(client: HookClient) -> &'static str {
+    match client {
+        HookClient::ClaudeCode => "claude-code",
+        HookClient::Codex => "codex",
+        HookClient::Opencode => "opencode",
+    }
+}
 
 pub async fn run(ctx: &Ctx, a: HookArgs) -> anyhow::Result<()> {
     let max = Duration::from_secs(a.max_wait_s);
@@ -24,7 +39,7 @@ pub async fn run(ctx: &Ctx, a: HookArgs) -> anyhow::Result<()> {
         (HookAction::Context, client) => context(ctx, client).await,
         (HookAction::Wake, HookClient::ClaudeCode) => wake_once(ctx, max).await,
         (HookAction::Wake, HookClient::Codex) => start_codex_waker(ctx, &a),
-        (HookAction::Wake, HookClient::Opencode) | (HookAction::Follow, _) => follow(ctx).await,
+        (HookAction::Wake, HookClient::Opencode) | (HookAction::Follow, _) => follow(ctx, a.client).await,
         (HookAction::CodexQueue, _) => codex_queue(ctx, &a, max).await,
     };
     match outcome {
@@ -60,15 +75,22 @@ async fn context(ctx: &Ctx, client_kind: HookClient) -> anyhow::Result<u8> {
     let Some(client) = connect(ctx).await? else {
         return Ok(0);
     };
+    let event = input.hook_event_name.as_deref().unwrap_or("UserPromptSubmit");
+    // Only at the start may the session still be attaching; later a session without an
+    // agent has none, and every prompt and tool call would pay for the wait.
+    let wait = if event == "SessionStart" {
+        wake::CONTEXT_FIND_WAIT
+    } else {
+        Duration::ZERO
+    };
     let ancestry = wake::ancestors();
     let cwd = input.cwd.as_deref();
-    let Some(agent) = wake::find_agent(&client, &ancestry, cwd, wake::CONTEXT_FIND_WAIT).await? else {
+    let Some(agent) = wake::find_agent(&client, kind(client_kind), &ancestry, cwd, wait).await? else {
         return Ok(0);
     };
     let Some(text) = wake::take_mail(&client, &agent).await? else {
         return Ok(0);
     };
-    let event = input.hook_event_name.as_deref().unwrap_or("UserPromptSubmit");
     let out = match client_kind {
         // Both read `hookSpecificOutput.additionalContext` from a command hook's stdout.
         HookClient::ClaudeCode | HookClient::Codex => serde_json::json!({
@@ -84,8 +106,8 @@ async fn context(ctx: &Ctx, client_kind: HookClient) -> anyhow::Result<u8> {
 }
 
 /// Claude Code's `asyncRewake` hook: waits for mail to the session's agent, then prints it
-/// on stderr and exits 2, which wakes the idle model with it. Quiet exits (0): another hook
-/// already waits, the session ended, the node is down or was stopped, `max` passed.
+/// on stderr and exits 2, which wakes the idle model with it. Quiet exits (0): a newer
+/// waker took over, the session ended, the node is down or was stopped, `max` passed.
 async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
     let input = read_input();
     // Unattended (`claude -p`, the Agent SDK) Claude Code runs `asyncRewake` hooks in the
@@ -99,72 +121,66 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
     };
     let ancestry = wake::ancestors();
     let cwd = input.cwd.as_deref();
-    let Some(agent) = wake::find_agent(&client, &ancestry, cwd, wake::WAKE_FIND_WAIT).await? else {
+    let found = wake::find_agent(&client, "claude-code", &ancestry, cwd, wake::WAKE_FIND_WAIT).await?;
+    let Some(agent) = found else {
         return Ok(0);
     };
     drop(client);
-    let mut waker = match Waker::hold(&ctx.home, agent).await? {
-        Ok(w) => w,
-        Err(_) => return Ok(0),
-    };
+    let mut waker = Waker::hold(&ctx.home, agent).await?;
     match waker.next(max).await? {
         Ok(list) => {
-            let n = wake::fitting(&list);
-            let ids = list[..n].iter().map(|m| m.id).collect();
-            let text = wake::render_mail(waker.agent(), &list[..n], n < list.len());
-            wake::mark_read(waker.client(), &waker.agent().name, ids).await?;
+            let batch = wake::render_batch(waker.agent(), &list);
+            let text = batch.text.clone();
+            wake::mark_shown(waker.client(), &waker.agent().name, batch).await?;
             let mut stderr = std::io::stderr().lock();
             write!(stderr, "{text}")?;
             stderr.flush()?;
             Ok(2)
         }
-        // Another waker has it, the session ended, the node is down or stopped: quiet.
+        // Replaced, the session ended, the node is down or stopped, time is up: quiet.
         Err(_) => Ok(0),
     }
 }
 
 /// The OpenCode plugin's companion: holds the waker of the session's agent for as long as
 /// the plugin runs, and writes one JSON line per batch of new mail,
-/// `{"agent", "count", "text"}`. The plugin injects `text` into the session and answers
-/// `ok` (marked read) or `no` (offered again with the next mail) on stdin.
-async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
+/// `{"batch", "agent", "count", "text"}`. The plugin injects `text` into the session and
+/// answers `ok <batch>` (marked read) or `no <batch>` (offered again after a pause) on
+/// stdin; an answer naming another batch is ignored.
+async fn follow(ctx: &Ctx, client: HookClient) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().ok().map(|d| d.display().to_string());
     let ancestry = wake::ancestors();
-    let (acks_tx, mut acks) = tokio::sync::mpsc::channel::<bool>(4);
+    let (acks_tx, mut acks) = tokio::sync::mpsc::channel::<String>(4);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if acks_tx.blocking_send(line.trim() == "ok").is_err() {
+            if acks_tx.blocking_send(line.trim().to_string()).is_err() {
                 break;
             }
         }
     });
     let mut pause = Duration::from_millis(200);
+    let mut batch: u64 = 0;
     loop {
         if StopMark::is_set(&ctx.home) {
             return Ok(0);
         }
-        let Some(client) = connect(ctx).await? else {
-            // The node is down: wait for it (bounded steps; the plugin ends us with its
-            // process).
+        let Some(conn) = connect(ctx).await? else {
+            // The node is down: wait for it (the plugin ends us with its process).
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(wake::RECONNECT_WAIT / 10);
             continue;
         };
-        let Some(agent) = wake::find_agent(&client, &ancestry, cwd.as_deref(), wake::WAKE_FIND_WAIT).await? else {
+        let found = wake::find_agent(&conn, kind(client), &ancestry, cwd.as_deref(), wake::WAKE_FIND_WAIT).await?;
+        let Some(agent) = found else {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(wake::RECONNECT_WAIT / 10);
             continue;
         };
-        drop(client);
-        let mut waker = match Waker::hold(&ctx.home, agent).await? {
-            Ok(w) => w,
-            Err(_) => {
-                tokio::time::sleep(wake::CLIENT_CHECK).await;
-                continue;
-            }
-        };
+        drop(conn);
+        let mut waker = Waker::hold(&ctx.home, agent).await?;
         pause = Duration::from_millis(200);
+        let mut offer_pause = OFFER_PAUSE;
         loop {
             // The plugin ending (its OpenCode exits) closes our stdin: end with it.
             let next = tokio::select! {
@@ -173,51 +189,96 @@ async fn follow(ctx: &Ctx) -> anyhow::Result<u8> {
             };
             match next {
                 Ok(list) => {
-                    let n = wake::fitting(&list);
-                    let ids: Vec<_> = list[..n].iter().map(|m| m.id).collect();
+                    batch += 1;
+                    let shown = wake::render_batch(waker.agent(), &list);
                     let line = serde_json::json!({
+                        "batch": batch,
                         "agent": waker.agent().address,
-                        "count": n,
-                        "text": wake::render_mail(waker.agent(), &list[..n], n < list.len()),
+                        "count": shown.whole.len() + shown.cut.len(),
+                        "text": shown.text,
                     });
                     {
                         let mut stdout = std::io::stdout().lock();
                         writeln!(stdout, "{line}")?;
                         stdout.flush()?;
                     }
-                    match tokio::time::timeout(ACK_WAIT, acks.recv()).await {
-                        Ok(Some(true)) => wake::mark_read(waker.client(), &waker.agent().name, ids).await?,
-                        Ok(None) => return Ok(0),
-                        // Not shown: offered again once more mail comes (or at the next
-                        // look after a reconnection); never marked read unseen.
-                        Ok(Some(false)) | Err(_) => {
-                            tokio::time::sleep(wake::CLIENT_CHECK).await;
+                    match answer(&mut acks, batch).await {
+                        Answer::Shown => {
+                            wake::mark_shown(waker.client(), &waker.agent().name, shown).await?;
+                            offer_pause = OFFER_PAUSE;
+                        }
+                        Answer::Closed => return Ok(0),
+                        // Not shown (no session yet, OpenCode busy refusing): never marked
+                        // read unseen; offered again after a pause that grows while it fails.
+                        Answer::NotShown => {
+                            tokio::select! {
+                                () = tokio::time::sleep(offer_pause) => {}
+                                () = closed(&mut acks) => return Ok(0),
+                            }
+                            offer_pause = (offer_pause * 2).min(OFFER_PAUSE_MAX);
                         }
                     }
                 }
-                Err(Quiet::ClientGone) => return Ok(0),
+                Err(Quiet::ClientGone | Quiet::Replaced) => return Ok(0),
                 Err(Quiet::TimedOut) => {}
-                Err(Quiet::DaemonGone | Quiet::Taken) => break,
+                Err(Quiet::DaemonGone) => break,
             }
         }
     }
 }
 
+/// The plugin's answer about a batch.
+enum Answer {
+    Shown,
+    NotShown,
+    Closed,
+}
+
+/// Waits (at most [`ACK_WAIT`]) for the answer about `batch`, dropping answers about others.
+async fn answer(acks: &mut tokio::sync::mpsc::Receiver<String>, batch: u64) -> Answer {
+    let deadline = tokio::time::Instant::now() + ACK_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, acks.recv()).await {
+            Err(_) => return Answer::NotShown,
+            Ok(None) => return Answer::Closed,
+            Ok(Some(line)) => {
+                let mut words = line.split_whitespace();
+                let verdict = words.next();
+                if words.next().and_then(|n| n.parse::<u64>().ok()) != Some(batch) {
+                    continue;
+                }
+                return match verdict {
+                    Some("ok") => Answer::Shown,
+                    _ => Answer::NotShown,
+                };
+            }
+        }
+    }
+}
+
+/// Resolves once the plugin closed our stdin (answers that come unasked are dropped).
+async fn closed(acks: &mut tokio::sync::mpsc::Receiver<String>) {
+    while acks.recv().await.is_some() {}
+}
+
 /// Codex's Stop and SessionStart hooks: Codex waits for its hooks, so the waiting is done by
 /// a detached `mesh hook codex codex-queue` that outlives this one (started once per turn;
-/// one already waiting for the agent makes the new one end at once). It is given this
-/// hook's thread id and process ancestry, since it is not a descendant of Codex.
+/// it replaces the one started before, which stands down). It is given this hook's thread
+/// id and process ancestry, since it is not a descendant of Codex.
 fn start_codex_waker(ctx: &Ctx, a: &HookArgs) -> anyhow::Result<u8> {
     let input = read_input();
     let Some(thread) = input.session_id.filter(|t| !t.is_empty()) else {
         return Ok(0);
     };
-    let pids = wake::ancestors()
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let pids = wake::ancestors().iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe()?;
+    // What it has to say goes to the home's hook log (it has no terminal and no client).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ctx.home.path().join("hooks.log"))
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::null());
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home")
         .arg(ctx.home.path())
@@ -226,7 +287,7 @@ fn start_codex_waker(ctx: &Ctx, a: &HookArgs) -> anyhow::Result<u8> {
         .arg(a.max_wait_s.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(log);
     if let Some(cwd) = &input.cwd {
         cmd.arg("--cwd").arg(cwd);
     }
@@ -240,7 +301,7 @@ fn start_codex_waker(ctx: &Ctx, a: &HookArgs) -> anyhow::Result<u8> {
 /// The detached Codex waker: waits for mail to the agent of the Codex process among
 /// `--pids`, then queues it as a user turn on the thread with `codex queue` (a new turn at
 /// once if the thread is idle, the next one if it is busy), and marks it read once Codex
-/// took it.
+/// took it. A newer waker (the next turn's, or a new thread's) replaces it.
 async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u8> {
     let (Some(thread), Some(pids)) = (&a.thread, &a.pids) else {
         anyhow::bail!("codex-queue needs --thread and --pids");
@@ -249,7 +310,8 @@ async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u
     let Some(client) = connect(ctx).await? else {
         return Ok(0);
     };
-    let Some(agent) = wake::find_agent(&client, &ancestry, a.cwd.as_deref(), wake::WAKE_FIND_WAIT).await? else {
+    let found = wake::find_agent(&client, "codex", &ancestry, a.cwd.as_deref(), wake::WAKE_FIND_WAIT).await?;
+    let Some(agent) = found else {
         return Ok(0);
     };
     drop(client);
@@ -258,24 +320,21 @@ async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u
         .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
         .filter(|exe| exe.file_name().is_some_and(|n| n.to_string_lossy().contains("codex")))
         .unwrap_or_else(|| "codex".into());
-    let mut waker = match Waker::hold(&ctx.home, agent).await? {
-        Ok(w) => w,
-        Err(_) => return Ok(0),
+    let mut waker = Waker::hold(&ctx.home, agent).await?;
+    let Ok(list) = waker.next(max).await? else {
+        return Ok(0);
     };
-    let Ok(list) = waker.next(max).await? else { return Ok(0) };
-    let n = wake::fitting(&list);
-    let ids = list[..n].iter().map(|m| m.id).collect();
-    let text = wake::render_mail(waker.agent(), &list[..n], n < list.len());
-    let status = tokio::process::Command::new(&codex)
-        .args(["queue", "--thread", thread, "--message", &text])
+    let batch = wake::render_batch(waker.agent(), &list);
+    let queued = tokio::process::Command::new(&codex)
+        .args(["queue", "--thread", thread, "--message", &batch.text])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), status).await;
-    match out {
+    match tokio::time::timeout(CODEX_QUEUE_TIMEOUT, queued).await {
         Ok(Ok(o)) if o.status.success() => {
-            wake::mark_read(waker.client(), &waker.agent().name, ids).await?;
+            wake::mark_shown(waker.client(), &waker.agent().name, batch).await?;
             Ok(0)
         }
         // Left unread: the next turn's hooks or a tool result show it.
@@ -286,11 +345,10 @@ async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u
             String::from_utf8_lossy(&o.stderr).trim()
         ),
         Ok(Err(e)) => anyhow::bail!("cannot run {}: {e}", codex.display()),
-        Err(_) => anyhow::bail!("{} queue did not finish within 30 s", codex.display()),
+        Err(_) => anyhow::bail!(
+            "{} queue did not finish within {} s",
+            codex.display(),
+            CODEX_QUEUE_TIMEOUT.as_secs()
+        ),
     }
-}
-
-/// Resolves once the plugin closed our stdin (answers that come unasked are dropped).
-async fn closed(acks: &mut tokio::sync::mpsc::Receiver<bool>) {
-    while acks.recv().await.is_some() {}
 }

@@ -66,30 +66,51 @@ fn print_ready(ctx: &Ctx, info: &ReadyInfo, detached: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// The settings this start uses: the ones given now over the ones saved before (unless
-/// `--reset`), saved for every later start, also one an MCP adapter makes. A daemon spawned
-/// by a starter (`--detach`, an adapter) saves nothing: its starter decided.
-fn remember(ctx: &Ctx, given: Overrides, reset: bool) -> anyhow::Result<Overrides> {
-    let home = &ctx.home;
-    home.create()?;
+/// The settings this start uses: the ones given now over the ones saved before (none with
+/// `--reset`), and what to save once the node is up (`None`: nothing changed). Saved only
+/// after a successful start, so a start that fails (another node runs, a bad address)
+/// leaves the saved settings as they were.
+fn effective(ctx: &Ctx, given: Overrides, reset: bool) -> anyhow::Result<(Overrides, Option<Overrides>)> {
     let saved = if reset {
         Overrides::default()
     } else {
-        settings::load(home)?
+        settings::load(&ctx.home)?
     };
     let both = settings::merged(&given, &saved);
-    if reset || both != saved {
-        settings::save(home, &both)?;
+    let save = (reset || both != saved).then(|| both.clone());
+    Ok((both, save))
+}
+
+/// Saves what `mesh up` was told, for every later start (also one an MCP adapter makes).
+fn remember(ctx: &Ctx, save: Option<Overrides>) {
+    if let Some(s) = save {
+        match settings::save(&ctx.home, &s) {
+            Ok(()) if !ctx.json => {
+                crate::outln!("settings saved for every later start ({} up --reset forgets them)", ctx.mesh())
+            }
+            Ok(()) => {}
+            Err(e) => eprintln!("warning: {e}; later starts will not use these settings"),
+        }
     }
-    // The user starts the node: adapters may start it again from now on.
-    settings::StopMark::clear(home)?;
-    Ok(both)
 }
 
 pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
     let given = overrides(&a)?;
+    // A daemon spawned by a starter (`--detach`, an MCP adapter) saves nothing: its
+    // starter decides. One an adapter starts refuses once the user stopped the node with
+    // `mesh down` (the adapter checked, but `mesh down` may have come in between).
     let spawned = std::env::var_os(daemon::READY_ENV).is_some();
-    let ov = if spawned { given } else { remember(ctx, given, a.reset)? };
+    if spawned && daemon::started_by_adapter() && settings::StopMark::is_set(&ctx.home) {
+        daemon::report_ready(&ReadyLine::Failed(DaemonError::StoppedByUser.to_string()));
+        return Err(DaemonError::StoppedByUser.into());
+    }
+    ctx.home.create()?;
+    let (ov, save) = effective(ctx, given, a.reset)?;
+    if !spawned {
+        // The user starts the node: adapters may start it again from now on.
+        settings::StopMark::clear(&ctx.home)?;
+    }
+    let save = if spawned { None } else { save };
     if a.detach {
         let exe = std::env::current_exe().context("cannot find the mesh executable")?;
         let mut args: Vec<std::ffi::OsString> = vec!["--home".into(), ctx.home.path().into(), "up".into()];
@@ -122,9 +143,16 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
             args.push(e.to_string().into());
         }
         let home = ctx.home.clone();
+        if a.reset {
+            args.push("--reset".into());
+        }
         let outcome = tokio::task::spawn_blocking(move || daemon::spawn_detached(&exe, &args, &home)).await??;
         return match outcome {
-            Detached::Started(info) => print_ready(ctx, &info, true),
+            Detached::Started(info) => {
+                print_ready(ctx, &info, true)?;
+                remember(ctx, save);
+                Ok(())
+            }
             Detached::AlreadyRunning(msg) => anyhow::bail!("{msg}"),
         };
     }
@@ -141,6 +169,7 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         } else if let Err(e) = print_ready(ctx, info, false) {
             tracing::warn!(error = %e, "cannot print the ready message");
         }
+        remember(ctx, save);
     })
     .await;
     if let Err(e) = &result

@@ -266,7 +266,8 @@ pub enum Request {
     Leave,
     /// Make this connection a waker of a local agent: a hook or plugin that wakes the
     /// agent's client when mail arrives. While the connection lives the agent counts as
-    /// [`Reception::Woken`]; one waker per agent (a second is refused with `Busy`).
+    /// [`Reception::Woken`]. The newest waker of an agent is the one that acts: an older
+    /// one is told by [`Event::WakerReplaced`] (its session moved on to a new thread, say).
     Waker {
         /// The local agent.
         agent: String,
@@ -429,6 +430,11 @@ pub enum Response {
     Left(MeshView),
     /// To `Watch`, `Shutdown`.
     Ok,
+    /// To `Waker`: this waker's generation (higher is newer).
+    Waker {
+        /// Compared with [`Event::WakerReplaced`].
+        generation: u64,
+    },
 }
 
 /// Error codes of the local API.
@@ -918,5 +924,12 @@ pub enum Event {
     Lagged {
         /// How many.
         missed: u64,
+    },
+    /// A newer waker holds a local agent: wakers of an older generation stand down.
+    WakerReplaced {
+        /// The local agent.
+        agent: String,
+        /// The newer waker's generation (see `Response::Waker`).
+        generation: u64,
     },
 }

@@ -245,9 +245,9 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                     }
                     Request::Waker { agent } => {
                         let result = match node.hold_waker(&agent).await {
-                            Ok(guard) => {
+                            Ok((guard, generation)) => {
                                 sessions.push(guard);
-                                Ok(Response::Ok)
+                                Ok(Response::Waker { generation })
                             }
                             Err(e) => Err(e),
                         };
@@ -324,6 +324,7 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
             Event::Delivered { from, .. } | Event::DeadLetter { from, .. } => {
                 agents.is_empty() || agents.contains(from)
             }
+            Event::WakerReplaced { agent, .. } => agents.is_empty() || agents.contains(agent),
             _ => true,
         };
         if wanted && out.send(ServerFrame::Event(event)).await.is_err() {
