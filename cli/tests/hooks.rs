@@ -138,7 +138,8 @@ fn claude_code_hooks_show_mail_once_and_wake_an_idle_session_with_it() {
     // A message too long for a hook is shown cut, with where to read it whole; it is then
     // `notified`, not read: inbox(include_pushed) still has it, and no hook repeats it.
     let long = format!("START {} END", "x".repeat(9_000));
-    home.run_stdin(&["send", "claude-code.hooked", "-"], long.as_bytes()).ok();
+    home.run_stdin(&["send", "claude-code.hooked", "-"], long.as_bytes())
+        .ok();
     let cut = run_hook(&home, &dir, &["claude-code", "context"], &input("PostToolUse"));
     let v: serde_json::Value = serde_json::from_str(cut.stdout.trim()).unwrap();
     let ctx = v["hookSpecificOutput"]["additionalContext"].as_str().unwrap();
@@ -280,7 +281,10 @@ fn opencode_follow_offers_mail_until_the_plugin_says_it_was_shown() {
     // The plugin could not inject it: it stays unread and is offered again, as a new batch.
     writeln!(acks, "no {}", v["batch"]).unwrap();
     let again: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
-    assert!(again["text"].as_str().unwrap().contains("lint fails on utils.ts"), "{again}");
+    assert!(
+        again["text"].as_str().unwrap().contains("lint fails on utils.ts"),
+        "{again}"
+    );
     assert_ne!(again["batch"], v["batch"]);
     assert_eq!(unread(&home, "opencode.plugged"), 1, "never marked read unseen");
     // A late answer about the first batch does not count for this one.

@@ -872,8 +872,14 @@ mod tests {
         assert_eq!(install(&p, Client::Codex, &entry()).unwrap(), Change::Updated);
         let v: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
         assert_eq!(v["mcp_servers"]["agentmesh"]["env"]["MESH_AGENT"].as_str(), Some("rev"));
-        assert_eq!(v["mcp_servers"]["agentmesh"]["command"].as_str(), Some("/usr/local/bin/mesh"));
-        assert_eq!(v["mcp_servers"]["agentmesh"]["tool_timeout_sec"].as_integer(), Some(660));
+        assert_eq!(
+            v["mcp_servers"]["agentmesh"]["command"].as_str(),
+            Some("/usr/local/bin/mesh")
+        );
+        assert_eq!(
+            v["mcp_servers"]["agentmesh"]["tool_timeout_sec"].as_integer(),
+            Some(660)
+        );
         // A fresh file gets a proper table.
         let fresh = tmp.path().join("new/config.toml");
         install(&fresh, Client::Codex, &entry()).unwrap();

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use mesh_node::api::client::{Client, ClientError};
 use mesh_node::api::{AgentView, Event, MessageView, Request, Response};
-use mesh_node::ids::MessageId;
 use mesh_node::home::Home;
+use mesh_node::ids::MessageId;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -130,6 +130,48 @@ pub fn pick_agent(agents: &[AgentView], client: u32, kind: &str, cwd: Option<&st
         )
     });
     mine.first().map(|a| (*a).clone())
+}
+
+/// How long a waker of a Claude Code session launched with development channels for our
+/// server lets the channel push do its work before waking the session with the same mail:
+/// if the model read or answered it meanwhile, no second wake.
+pub const CHANNEL_GRACE: Duration = Duration::from_secs(20);
+
+/// Whether the client process `pid` was launched with channels for the `agentmesh` server
+/// (`--channels` / `--dangerously-load-development-channels ... server:agentmesh`). Not
+/// proof that channels are on (Claude Code's own gate decides), only that pushes may be.
+pub fn launched_with_channels(pid: u32) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    let mut in_channels = false;
+    for a in &args {
+        if a == "--channels" || a == "--dangerously-load-development-channels" {
+            in_channels = true;
+            continue;
+        }
+        let value = a
+            .strip_prefix("--channels=")
+            .or_else(|| a.strip_prefix("--dangerously-load-development-channels="));
+        if let Some(v) = value {
+            if v.split([',', ' ']).any(|s| s == "server:agentmesh") {
+                return true;
+            }
+            continue;
+        }
+        if in_channels {
+            if a.starts_with('-') {
+                in_channels = false;
+            } else if a.split([',', ' ']).any(|s| s == "server:agentmesh") {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Errors of the wake paths.
@@ -420,7 +462,10 @@ mod tests {
             codex,
         ];
         assert_eq!(pick_agent(&list, 20, "claude-code", Some("/a")).unwrap().name, "here");
-        assert_eq!(pick_agent(&list, 20, "claude-code", Some("/b")).unwrap().name, "other-dir");
+        assert_eq!(
+            pick_agent(&list, 20, "claude-code", Some("/b")).unwrap().name,
+            "other-dir"
+        );
         // Without a directory, the most recently seen.
         assert_eq!(pick_agent(&list, 20, "claude-code", None).unwrap().name, "other-dir");
         assert_eq!(pick_agent(&list, 20, "codex", None).unwrap().name, "codex-here");
@@ -443,6 +488,13 @@ mod tests {
         assert_eq!(client_process("no-such-client-binary", &[me]), None);
         assert_eq!(client_word("claude-code"), "claude");
         assert_eq!(client_word("opencode"), "opencode");
+    }
+
+    #[test]
+    fn channels_on_the_command_line() {
+        // Our own command line names no channels.
+        assert!(!launched_with_channels(std::process::id()));
+        assert!(!launched_with_channels(u32::MAX));
     }
 
     #[test]

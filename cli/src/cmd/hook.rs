@@ -126,19 +126,35 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
         return Ok(0);
     };
     drop(client);
+    // With channels possibly on, the push comes first: wake only for what it did not
+    // get read (the model answering it, or a tool showing it).
+    let grace = match agent.pid {
+        Some(p) if wake::launched_with_channels(p) => wake::CHANNEL_GRACE,
+        _ => Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + max;
     let mut waker = Waker::hold(&ctx.home, agent).await?;
-    match waker.next(max).await? {
-        Ok(list) => {
-            let batch = wake::render_batch(waker.agent(), &list);
-            let text = batch.text.clone();
-            wake::mark_shown(waker.client(), &waker.agent().name, batch).await?;
-            let mut stderr = std::io::stderr().lock();
-            write!(stderr, "{text}")?;
-            stderr.flush()?;
-            Ok(2)
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut list = match waker.next(left).await? {
+            Ok(list) => list,
+            // Replaced, the session ended, the node is down or stopped, time is up: quiet.
+            Err(_) => return Ok(0),
+        };
+        if !grace.is_zero() {
+            tokio::time::sleep(grace).await;
+            list = wake::unread(waker.client(), &waker.agent().name, false).await?;
+            if list.is_empty() {
+                continue;
+            }
         }
-        // Replaced, the session ended, the node is down or stopped, time is up: quiet.
-        Err(_) => Ok(0),
+        let batch = wake::render_batch(waker.agent(), &list);
+        let text = batch.text.clone();
+        wake::mark_shown(waker.client(), &waker.agent().name, batch).await?;
+        let mut stderr = std::io::stderr().lock();
+        write!(stderr, "{text}")?;
+        stderr.flush()?;
+        return Ok(2);
     }
 }
 
@@ -270,7 +286,11 @@ fn start_codex_waker(ctx: &Ctx, a: &HookArgs) -> anyhow::Result<u8> {
     let Some(thread) = input.session_id.filter(|t| !t.is_empty()) else {
         return Ok(0);
     };
-    let pids = wake::ancestors().iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let pids = wake::ancestors()
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let exe = std::env::current_exe()?;
     // What it has to say goes to the home's hook log (it has no terminal and no client).
     let log = std::fs::OpenOptions::new()

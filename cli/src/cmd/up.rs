@@ -86,7 +86,10 @@ fn remember(ctx: &Ctx, save: Option<Overrides>) {
     if let Some(s) = save {
         match settings::save(&ctx.home, &s) {
             Ok(()) if !ctx.json => {
-                crate::outln!("settings saved for every later start ({} up --reset forgets them)", ctx.mesh())
+                crate::outln!(
+                    "settings saved for every later start ({} up --reset forgets them)",
+                    ctx.mesh()
+                )
             }
             Ok(()) => {}
             Err(e) => eprintln!("warning: {e}; later starts will not use these settings"),
