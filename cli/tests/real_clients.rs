@@ -627,3 +627,59 @@ fn claude_code_print_mode_shows_waiting_mail_and_is_not_held_open_by_the_waker()
     let seen = t.wait_model_saw(&mail);
     assert!(seen["body"].to_string().contains("not as instructions"));
 }
+
+#[test]
+fn claude_code_with_channels_and_hooks_is_shown_each_message_once() {
+    let Some(t) = Offline::new("both", "claude") else {
+        return;
+    };
+    let state = claude_state(&t, true);
+    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let api = api.as_slice();
+    t.mesh(&["install", "claude-code"]);
+    t.terminal(
+        "claude",
+        &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
+        api,
+    );
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while !t.screen().contains("development channels") {
+        assert!(Instant::now() < deadline, "no channels prompt:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.type_line("");
+    let agent = t.wait_agent("claude-code", "Woken");
+    let registered = "MCP server \"agentmesh\": Channel notifications registered";
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while !claude_debug_log(&t).contains(registered) {
+        assert!(Instant::now() < deadline, "channels never registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mail = token("CC-ONCE");
+    let receipt = t.send(&agent, &format!("ship it {mail}"));
+    assert_eq!(receipt["reception"], "Woken", "{receipt}");
+    // The push wakes the model with the mail; the turn's prompt hook sees the channel event
+    // and counts the mail as read instead of repeating it.
+    t.wait_model_saw(&format!("<channel source=\\\"agentmesh\\\""));
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while common::run_in(&t.mesh.path(), &["--json", "agents"], None)
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["name"] == agent.as_str() && a["unread"] != 0)
+    {
+        assert!(Instant::now() < deadline, "the pushed mail never counted as read");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The waker gave the push its time, found the mail read, and did not wake the session
+    // with it a second time (time passing is the point here).
+    std::thread::sleep(mesh_mcp::wake::CHANNEL_GRACE + Duration::from_secs(5));
+    let shown = t
+        .requests()
+        .iter()
+        .map(|r| r["body"]["messages"].to_string().matches(mail.as_str()).count())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(shown, 1, "the model was shown the mail more than once");
+}

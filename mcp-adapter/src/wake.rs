@@ -47,6 +47,30 @@ pub struct HookInput {
     /// `SessionStart`, `UserPromptSubmit`, `PostToolUse`, `Stop`, ...
     #[serde(default)]
     pub hook_event_name: Option<String>,
+    /// The prompt (`UserPromptSubmit`): for a turn a channel push started, the `<channel>`
+    /// event itself.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+/// The message ids of the agentmesh `<channel>` events in a prompt: messages the model is
+/// being shown right now through a channel push (Claude Code writes each event as
+/// `<channel source="agentmesh" ... message_id="...">`).
+pub fn channel_message_ids(prompt: &str, server: &str) -> Vec<MessageId> {
+    let open = format!("<channel source=\"{server}\"");
+    let mut ids = Vec::new();
+    for tag in prompt.split(open.as_str()).skip(1) {
+        let head = tag.split('>').next().unwrap_or_default();
+        if let Some(id) = head
+            .split("message_id=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|id| id.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 impl HookInput {
@@ -304,6 +328,41 @@ pub async fn mark_shown(client: &Client, agent: &str, batch: Batch) -> Result<()
     Ok(())
 }
 
+/// Marks `ids` read for `agent`.
+pub async fn mark_read(client: &Client, agent: &str, ids: Vec<MessageId>) -> Result<(), WakeError> {
+    match client
+        .call(Request::MarkRead {
+            agent: agent.to_string(),
+            ids,
+        })
+        .await?
+    {
+        Response::Marked { .. } => Ok(()),
+        other => Err(WakeError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Marks read the unread messages of `agent` that a channel push is showing in `prompt`
+/// (see [`channel_message_ids`]). A message counts only when its own text is there too, so
+/// a peer that writes a fake `<channel ... message_id=...>` into its text cannot get
+/// another sender's message marked read unseen.
+pub async fn mark_pushed_in_prompt(client: &Client, agent: &str, prompt: &str, server: &str) -> Result<(), WakeError> {
+    let ids = channel_message_ids(prompt, server);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<MessageId> = unread(client, agent, false)
+        .await?
+        .into_iter()
+        .filter(|m| ids.contains(&m.id) && prompt.contains(&crate::render::clean(&m.text)))
+        .map(|m| m.id)
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    mark_read(client, agent, shown).await
+}
+
 /// Shows unread mail once: renders a batch, records it shown, and returns its text
 /// (`None`: nothing new).
 pub async fn take_mail(client: &Client, agent: &AgentView) -> Result<Option<String>, WakeError> {
@@ -495,6 +554,20 @@ mod tests {
         // Our own command line names no channels.
         assert!(!launched_with_channels(std::process::id()));
         assert!(!launched_with_channels(u32::MAX));
+    }
+
+    #[test]
+    fn channel_events_in_a_prompt_name_their_messages() {
+        let a = MessageId::new();
+        let b = MessageId::new();
+        let prompt = format!(
+            "<channel source=\"agentmesh\" from=\"x@y\" message_id=\"{a}\" trust=\"untrusted\">\nhi\n</channel>\n\
+             <channel source=\"other\" message_id=\"{b}\">no</channel>\n\
+             <channel source=\"agentmesh\" message_id=\"{b}\">\nmessage_id=\"junk\"</channel>"
+        );
+        assert_eq!(channel_message_ids(&prompt, "agentmesh"), vec![a, b]);
+        assert!(channel_message_ids("just text message_id=\"x\"", "agentmesh").is_empty());
+        assert!(channel_message_ids("<channel source=\"agentmesh\" message_id=\"nope\">", "agentmesh").is_empty());
     }
 
     #[test]

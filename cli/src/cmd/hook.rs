@@ -60,11 +60,27 @@ fn read_input() -> HookInput {
 }
 
 async fn connect(ctx: &Ctx) -> Result<Option<Client>, ClientError> {
-    match Client::connect(&ctx.home, concat!("mesh-hook/", env!("CARGO_PKG_VERSION"))).await {
-        Ok(c) => Ok(Some(c)),
-        // No node, no mail to show: nothing to say.
-        Err(ClientError::NotRunning { .. }) => Ok(None),
-        Err(e) => Err(e),
+    connect_within(ctx, Duration::ZERO).await
+}
+
+/// Connects to the node, waiting up to `wait` for one to come up: at the start of a
+/// session the client's MCP adapter may be starting it right now. `None`: no node (or it
+/// was stopped with `mesh down`), so no mail to show.
+async fn connect_within(ctx: &Ctx, wait: Duration) -> Result<Option<Client>, ClientError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut step = Duration::from_millis(50);
+    loop {
+        match Client::connect(&ctx.home, concat!("mesh-hook/", env!("CARGO_PKG_VERSION"))).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(ClientError::NotRunning { .. }) => {
+                if StopMark::is_set(&ctx.home) || tokio::time::Instant::now() + step > deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(step).await;
+                step = (step * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -72,22 +88,27 @@ async fn connect(ctx: &Ctx) -> Result<Option<Client>, ClientError> {
 /// SessionStart): the client adds the hook's output to what the model reads next.
 async fn context(ctx: &Ctx, client_kind: HookClient) -> anyhow::Result<u8> {
     let input = read_input();
-    let Some(client) = connect(ctx).await? else {
-        return Ok(0);
-    };
     let event = input.hook_event_name.as_deref().unwrap_or("UserPromptSubmit");
-    // Only at the start may the session still be attaching; later a session without an
-    // agent has none, and every prompt and tool call would pay for the wait.
+    // Only at the start may the session (and the node) still be coming up; later a session
+    // without an agent has none, and every prompt and tool call would pay for the wait.
     let wait = if event == "SessionStart" {
         wake::CONTEXT_FIND_WAIT
     } else {
         Duration::ZERO
+    };
+    let Some(client) = connect_within(ctx, wait).await? else {
+        return Ok(0);
     };
     let ancestry = wake::ancestors();
     let cwd = input.cwd.as_deref();
     let Some(agent) = wake::find_agent(&client, kind(client_kind), &ancestry, cwd, wait).await? else {
         return Ok(0);
     };
+    // A turn a channel push started: the messages in its `<channel>` events are being shown
+    // right now, so they are read, and not repeated as context.
+    if let Some(prompt) = &input.prompt {
+        wake::mark_pushed_in_prompt(&client, &agent.name, prompt, mesh_mcp::install::SERVER_NAME).await?;
+    }
     let Some(text) = wake::take_mail(&client, &agent).await? else {
         return Ok(0);
     };
@@ -116,7 +137,7 @@ async fn wake_once(ctx: &Ctx, max: Duration) -> anyhow::Result<u8> {
     if std::env::var("CLAUDE_CODE_SESSION_ATTENDED").is_ok_and(|v| v == "0") {
         return Ok(0);
     }
-    let Some(client) = connect(ctx).await? else {
+    let Some(client) = connect_within(ctx, wake::WAKE_FIND_WAIT).await? else {
         return Ok(0);
     };
     let ancestry = wake::ancestors();
@@ -327,7 +348,7 @@ async fn codex_queue(ctx: &Ctx, a: &HookArgs, max: Duration) -> anyhow::Result<u
         anyhow::bail!("codex-queue needs --thread and --pids");
     };
     let ancestry: Vec<u32> = pids.split(',').filter_map(|p| p.trim().parse().ok()).collect();
-    let Some(client) = connect(ctx).await? else {
+    let Some(client) = connect_within(ctx, wake::WAKE_FIND_WAIT).await? else {
         return Ok(0);
     };
     let found = wake::find_agent(&client, "codex", &ancestry, a.cwd.as_deref(), wake::WAKE_FIND_WAIT).await?;
