@@ -660,7 +660,7 @@ fn claude_code_with_channels_and_hooks_is_shown_each_message_once() {
     assert_eq!(receipt["reception"], "Woken", "{receipt}");
     // The push wakes the model with the mail; the turn's prompt hook sees the channel event
     // and counts the mail as read instead of repeating it.
-    t.wait_model_saw(&format!("<channel source=\\\"agentmesh\\\""));
+    t.wait_model_saw("<channel source=\\\"agentmesh\\\"");
     let deadline = Instant::now() + CLIENT_WAIT;
     while common::run_in(&t.mesh.path(), &["--json", "agents"], None)
         .json()
