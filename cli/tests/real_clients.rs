@@ -1,6 +1,6 @@
 //! The real agent clients, as users run them: Claude Code, Codex and OpenCode installed
-//! from npm at the versions pinned in `cli/tests/clients/package.json` (`.ci/run` runs
-//! `npm ci` there), each started offline in a network namespace with only loopback, with
+//! from npm at the versions pinned in `cli/tests/clients/package.json` (`.ci/run` installs
+//! them there), each started offline in a network namespace with only loopback, with
 //! a dummy API key and a fake model API on loopback (`clients/fake_model_api.py`), no
 //! account. For each: `mesh install`, the client's own `mcp list` shows the server, a real
 //! session starts the real `mesh mcp` and its agent appears on the mesh; mail sent to the
@@ -9,7 +9,7 @@
 //!
 //! Needs root (namespaces) and tmux (the interactive clients run in it); skipped with a
 //! message without them or without the clients, and failed instead under CI (`CI=true`).
-//! Run by hand: `npm ci --prefix cli/tests/clients && cargo test -p mesh-cli --test
+//! Run by hand: `npm install --prefix cli/tests/clients --no-save && cargo test -p mesh-cli --test
 //! real_clients -- --nocapture`; `MESH_TEST_KEEP=1` keeps the homes (client logs, debug
 //! logs, the fake API's request log) for a post-mortem.
 
@@ -59,7 +59,7 @@ impl Offline {
             return netns::skip(
                 tag,
                 &format!(
-                    "{} is not installed; run: npm ci --prefix {}",
+                    "{} is not installed; run: npm install --no-save --prefix {}",
                     exe.display(),
                     clients_dir().display()
                 ),
@@ -227,6 +227,11 @@ impl Offline {
             assert!(ok.success());
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Closes the terminal: the client gets a hangup, as when its window is closed.
+    fn close_terminal(&self) {
+        let _ = Command::new("tmux").args(["-L", &self.tmux, "kill-server"]).status();
     }
 
     /// What the terminal shows.
@@ -543,6 +548,21 @@ fn opencode_joins_the_mesh_and_its_plugin_wakes_an_idle_session_with_mail() {
     assert_eq!(receipt["reception"], "Woken", "{receipt}");
     let seen = t.wait_model_saw(&wake);
     assert!(seen["body"].to_string().contains("not as instructions"));
+
+    // OpenCode exits (its terminal goes away) and takes its MCP server's process tree with
+    // it: the agent goes offline, the node it started keeps running.
+    let daemon: u32 = std::fs::read_to_string(t.mesh.path().join("daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    t.close_terminal();
+    t.wait_agent("opencode", "Offline");
+    assert!(
+        Path::new(&format!("/proc/{daemon}")).exists(),
+        "the node survived its client"
+    );
+    common::run_in(&t.mesh.path(), &["status"], None).ok();
 }
 
 #[test]
