@@ -350,7 +350,17 @@ fn claude_state(t: &Offline, channels: bool) -> Vec<(&'static str, String)> {
     if channels {
         state["cachedGrowthBookFeatures"] = serde_json::json!({ "tengu_harbor": true });
     }
-    std::fs::write(t.user().join(".claude.json"), state.to_string()).unwrap();
+    // Merged into what is there (`mesh install` may have written the MCP server entry).
+    let path = t.user().join(".claude.json");
+    if let Some(serde_json::Value::Object(had)) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+    {
+        for (k, v) in had {
+            state.as_object_mut().unwrap().entry(k).or_insert(v);
+        }
+    }
+    std::fs::write(&path, state.to_string()).unwrap();
     vec![
         ("ANTHROPIC_API_KEY", CLAUDE_KEY.to_string()),
         ("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{}", t.port)),
@@ -570,34 +580,10 @@ fn claude_code_with_channels_on_shows_the_push_in_the_conversation() {
     let Some(t) = Offline::new("channels", "claude") else {
         return;
     };
-    let state = claude_state(&t, true);
-    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let api = api.as_slice();
     // The MCP server alone: what reaches the model here comes through the channel.
     t.mesh(&["install", "claude-code", "--no-wake"]);
-    t.terminal(
-        "claude",
-        &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
-        api,
-    );
-    // Claude Code asks once before it loads development channels.
-    let deadline = Instant::now() + CLIENT_WAIT;
-    while !t.screen().contains("development channels") {
-        assert!(Instant::now() < deadline, "no channels prompt:\n{}", t.screen());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    t.type_line("");
+    start_claude_with_channels(&t);
     let agent = t.wait_agent("claude-code", "Poll");
-    let registered = "MCP server \"agentmesh\": Channel notifications registered";
-    let deadline = Instant::now() + CLIENT_WAIT;
-    while !claude_debug_log(&t).contains(registered) {
-        assert!(
-            Instant::now() < deadline,
-            "channels never registered:\n{}",
-            claude_debug_log(&t)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     // Claude Code does not tell the server: the sender is not promised a push.
     let wake = token("CC-CHANNEL");
     let receipt = t.send(&agent, &format!("the deploy is done {wake}"));
@@ -653,28 +639,9 @@ fn claude_code_with_channels_and_hooks_is_shown_each_message_once() {
     let Some(t) = Offline::new("both", "claude") else {
         return;
     };
-    let state = claude_state(&t, true);
-    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let api = api.as_slice();
     t.mesh(&["install", "claude-code"]);
-    t.terminal(
-        "claude",
-        &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
-        api,
-    );
-    let deadline = Instant::now() + CLIENT_WAIT;
-    while !t.screen().contains("development channels") {
-        assert!(Instant::now() < deadline, "no channels prompt:\n{}", t.screen());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    t.type_line("");
+    start_claude_with_channels(&t);
     let agent = t.wait_agent("claude-code", "Woken");
-    let registered = "MCP server \"agentmesh\": Channel notifications registered";
-    let deadline = Instant::now() + CLIENT_WAIT;
-    while !claude_debug_log(&t).contains(registered) {
-        assert!(Instant::now() < deadline, "channels never registered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let mail = token("CC-ONCE");
     let receipt = t.send(&agent, &format!("ship it {mail}"));
     assert_eq!(receipt["reception"], "Woken", "{receipt}");
@@ -702,4 +669,32 @@ fn claude_code_with_channels_and_hooks_is_shown_each_message_once() {
         .max()
         .unwrap_or(0);
     assert_eq!(shown, 1, "the model was shown the mail more than once");
+}
+
+/// Starts an interactive Claude Code with channels on (its feature flag seeded) and the
+/// development channel of our server, accepts its one-time warning, and waits until its
+/// debug log says our channel registered.
+fn start_claude_with_channels(t: &Offline) {
+    let state = claude_state(t, true);
+    let api: Vec<(&str, &str)> = state.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    t.terminal(
+        "claude",
+        &["--debug", "--dangerously-load-development-channels", "server:agentmesh"],
+        &api,
+    );
+    let deadline = Instant::now() + CLIENT_WAIT;
+    while !t.screen().contains("development channels") {
+        assert!(Instant::now() < deadline, "no channels prompt:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.type_line("");
+    let registered = "MCP server \"agentmesh\": Channel notifications registered";
+    while !claude_debug_log(t).contains(registered) {
+        assert!(
+            Instant::now() < deadline,
+            "channels never registered:\n{}",
+            claude_debug_log(t)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
