@@ -1000,3 +1000,57 @@ fn install_sets_up_each_clients_wake_path_and_uninstall_takes_only_it_away() {
     run(&["uninstall", "opencode"]).ok();
     assert!(!plugin.exists());
 }
+
+fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn a_home_with_planted_links_or_of_another_user_is_refused_and_nothing_is_written() {
+    if !running_as_root() {
+        // Root is who a planted link would hurt, and only root can hand a home to another
+        // user here.
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true: this test must run as root"
+        );
+        eprintln!("SKIPPED: the home ownership test needs root");
+        return;
+    }
+    let h = Home::new();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let up = ["up", "--detach", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    // A link planted as the lock or the log: refused, and the file it names untouched.
+    for planted in [
+        "daemon.lock",
+        "daemon.log",
+        "identity.key",
+        "store.redb",
+        "settings.toml",
+    ] {
+        let link = h.path().join(planted);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let out = h.run(&up);
+        assert_eq!(out.code, 1, "{planted}: {out:?}");
+        assert!(
+            out.stderr.contains(planted) && out.stderr.contains("symbolic link"),
+            "{planted}: {}",
+            out.stderr
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "{planted}");
+        std::fs::remove_file(&link).unwrap();
+    }
+    // A home that belongs to someone else: refused before anything is written in it.
+    let nobody = 65534;
+    std::os::unix::fs::chown(h.path(), Some(nobody), Some(nobody)).unwrap();
+    let out = h.run(&up);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("belongs to uid 65534"), "{}", out.stderr);
+    assert!(!h.path().join("daemon.lock").exists(), "nothing written");
+    std::os::unix::fs::chown(h.path(), Some(0), Some(0)).unwrap();
+    // Its own again: it starts.
+    h.run(&up).ok();
+    h.run(&["down"]).ok();
+}

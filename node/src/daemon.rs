@@ -147,6 +147,7 @@ fn take_lock(home: &Home) -> Result<File, DaemonError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| DaemonError::Other(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
@@ -185,6 +186,7 @@ impl Daemon {
     pub async fn start(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
         let home = opts.home;
         home.create()?;
+        home.check_files()?;
         let lock = take_lock(&home)?;
         let config = Config::load(&home.config_path(), &opts.overrides)?;
         let keypair = identity::load_or_create(&home.identity_path())?;
@@ -516,11 +518,13 @@ fn spawn_detached_with(
     env: &[(&str, &str)],
 ) -> Result<Detached, DaemonError> {
     home.create()?;
+    home.check_files()?;
     let log_path = home.log_path();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log_path)
         .map_err(|e| DaemonError::Other(format!("cannot open log {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);

@@ -13,7 +13,7 @@
 //! ```
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the default home directory.
@@ -45,6 +45,15 @@ pub enum HomeError {
         path: PathBuf,
         /// Length of the socket path.
         len: usize,
+    },
+    /// The directory, or a file in it, is not this user's own, or is a symbolic link where
+    /// none may be: another user could make the daemon write where they choose.
+    #[error("refusing {path}: {why}")]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        why: String,
     },
 }
 
@@ -102,8 +111,69 @@ impl Home {
                 "exists and is not a directory",
             )));
         }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(HomeError::Unsafe {
+                path: self.root.clone(),
+                why: format!(
+                    "the home directory belongs to uid {}, not to uid {me} running agentmesh; use a home of your own (--home DIR)",
+                    meta.uid()
+                ),
+            });
+        }
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the files the daemon opens in the home before it opens any: each that exists
+    /// must belong to the user running it, and the ones it writes or holds secrets in
+    /// (lock, log, keys, store, saved settings, the stop mark) must not be symbolic links,
+    /// so that nobody else's link makes it write, truncate or read a file of their choice.
+    /// (The lock and the log are opened with `O_NOFOLLOW` as well.)
+    pub fn check_files(&self) -> Result<(), HomeError> {
+        let me = rustix::process::geteuid().as_raw();
+        let strict = [
+            self.lock_path(),
+            self.log_path(),
+            self.identity_path(),
+            self.mesh_path(),
+            self.store_path(),
+            self.settings_path(),
+            self.stopped_path(),
+        ];
+        for path in strict.iter().chain([&self.config_path()]) {
+            let link = match fs::symlink_metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(HomeError::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            };
+            let unsafe_file = |why: String| HomeError::Unsafe {
+                path: path.clone(),
+                why,
+            };
+            if link.file_type().is_symlink() && strict.contains(path) {
+                return Err(unsafe_file(
+                    "it is a symbolic link, and agentmesh does not follow links for its own files; replace it with the file itself".into(),
+                ));
+            }
+            // config.toml may be a link (kept with dotfiles); what it names must be ours.
+            let meta = fs::metadata(path).map_err(|source| HomeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if meta.uid() != me || link.uid() != me {
+                return Err(unsafe_file(format!(
+                    "it belongs to uid {}, not to uid {me} running agentmesh",
+                    if meta.uid() != me { meta.uid() } else { link.uid() }
+                )));
+            }
         }
         Ok(())
     }
@@ -188,6 +258,25 @@ mod tests {
         let mode = fs::metadata(home.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         assert!(home.socket_path().ends_with("mesh.sock"));
+    }
+
+    #[test]
+    fn refuses_links_to_its_own_files_and_foreign_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(tmp.path().join("h"))).unwrap();
+        home.create().unwrap();
+        home.check_files().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, home.lock_path()).unwrap();
+        let e = home.check_files().unwrap_err().to_string();
+        assert!(e.contains("daemon.lock") && e.contains("symbolic link"), "{e}");
+        fs::remove_file(home.lock_path()).unwrap();
+        // A linked config.toml is fine when what it names is ours.
+        fs::write(tmp.path().join("cfg"), b"").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("cfg"), home.config_path()).unwrap();
+        home.check_files().unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

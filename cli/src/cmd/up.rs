@@ -108,6 +108,8 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
         return Err(DaemonError::StoppedByUser.into());
     }
     ctx.home.create()?;
+    // Before anything in the home is read (a linked settings.toml would be read as us).
+    ctx.home.check_files()?;
     let (ov, save) = effective(ctx, given, a.reset)?;
     if !spawned {
         // The user starts the node: adapters may start it again from now on.
