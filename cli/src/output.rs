@@ -39,18 +39,15 @@ pub fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces control characters (escape sequences, carriage returns, ...) with U+FFFD so
-/// peer text cannot drive the terminal. Newlines and tabs are kept.
+/// Peer text of several lines (a message body) made safe for the terminal: see
+/// [`mesh_node::text::block`].
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect()
+    mesh_node::text::block(s)
+}
+
+/// One line of peer text (a name, a summary, a path): see [`mesh_node::text::field`].
+pub fn field(s: &str) -> String {
+    mesh_node::text::field(s, mesh_node::text::FIELD_MAX)
 }
 
 /// `2026-11-21T10:25:03Z`.

@@ -454,7 +454,7 @@ async fn push_message<B: Backend>(inner: &Arc<Inner<B>>, peer: &Peer<RoleServer>
         inner.marking.send_modify(|n| *n = n.saturating_sub(1));
     };
     let params = serde_json::json!({
-        "content": render::clean(&m.text),
+        "content": render::channel_content(&m.text),
         "meta": render::channel_meta(m),
     });
     let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
@@ -869,7 +869,7 @@ fn summarize(list: &[MessageView], lead: &str) -> String {
         s.push_str(&format!(
             "- {} from {}{topic} at {}\n",
             m.id,
-            render::clean(&m.from),
+            render::field(&m.from),
             render::time(m.sent_at_ms)
         ));
     }

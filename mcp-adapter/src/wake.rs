@@ -354,7 +354,7 @@ pub async fn mark_pushed_in_prompt(client: &Client, agent: &str, prompt: &str, s
     let shown: Vec<MessageId> = unread(client, agent, false)
         .await?
         .into_iter()
-        .filter(|m| ids.contains(&m.id) && prompt.contains(&crate::render::clean(&m.text)))
+        .filter(|m| ids.contains(&m.id) && prompt.contains(&crate::render::channel_content(&m.text)))
         .map(|m| m.id)
         .collect();
     if shown.is_empty() {

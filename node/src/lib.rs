@@ -19,6 +19,7 @@
 //! * [`api`]: local API types, server and client.
 //! * [`dnssd`]: DNS-SD advertisement and browsing.
 //! * [`config`], [`home`], [`identity`], [`ids`]: settings, paths, keys, names.
+//! * [`text`]: peer-supplied text made safe to show (one cleaner for the CLI and the adapter).
 //! * [`settings`]: what `mesh up` was told, kept for every later start; the `mesh down` mark.
 //!
 //! ```
@@ -46,6 +47,7 @@ pub mod ratelimit;
 pub mod settings;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod wire;
 
 pub use libp2p::{Multiaddr, PeerId};

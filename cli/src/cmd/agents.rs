@@ -31,8 +31,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 where_.push_str(s);
             }
             vec![
-                output::clean(&a.address),
-                a.kind.clone(),
+                output::field(&a.address),
+                output::field(&a.kind),
                 format!(
                     "{}{}",
                     reception(a.reception),
@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     }
                 ),
                 output::ago(a.last_seen_ms),
-                output::clean(&where_),
+                output::field(&where_),
             ]
         })
         .collect();

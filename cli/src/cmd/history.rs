@@ -27,8 +27,8 @@ pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
             "{}  {}  {} -> {}{reply}{state}",
             output::time(h.at_ms),
             h.id,
-            output::clean(&h.from),
-            output::clean(&h.to)
+            output::field(&h.from),
+            output::field(&h.to)
         );
         for line in output::clean(&h.text).lines() {
             crate::outln!("    {line}");

@@ -16,7 +16,7 @@ fn print(ctx: &Ctx, m: &MessageView) -> anyhow::Result<()> {
         "{}  {}  from {}{via}{reply}",
         m.id,
         output::time(m.received_at_ms),
-        output::clean(&m.from)
+        output::field(&m.from)
     );
     for line in output::clean(&m.text).lines() {
         crate::outln!("    {line}");

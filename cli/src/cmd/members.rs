@@ -55,7 +55,7 @@ pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
     crate::outln!(
         "joined mesh {} through {} ({}); left mesh {}",
         v.mesh.id,
-        output::clean(&v.inviter_name),
+        output::field(&v.inviter_name),
         v.inviter,
         v.left
     );
@@ -101,7 +101,7 @@ pub async fn remove(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
         v.peer,
         v.name
             .as_deref()
-            .map(|n| format!(" ({})", output::clean(n)))
+            .map(|n| format!(" ({})", output::field(n)))
             .unwrap_or_default(),
         v.epoch,
         v.rekeyed,

@@ -54,10 +54,10 @@ pub async fn outbox(ctx: &Ctx, a: OutboxArgs) -> anyhow::Result<()> {
             vec![
                 e.id.to_string(),
                 output::time(e.created_ms),
-                format!("{} -> {}", e.from, output::clean(&e.to)),
+                format!("{} -> {}", e.from, output::field(&e.to)),
                 state,
-                output::clean(e.reason.as_deref().unwrap_or("")),
-                output::clean(&e.text.chars().take(60).collect::<String>()),
+                output::field(e.reason.as_deref().unwrap_or("")),
+                mesh_node::text::field(&e.text, 60),
             ]
         })
         .collect();

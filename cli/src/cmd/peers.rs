@@ -25,7 +25,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
             .iter()
             .map(|p| {
                 vec![
-                    p.name.clone().map(|n| output::clean(&n)).unwrap_or_else(|| "?".into()),
+                    p.name.clone().map(|n| output::field(&n)).unwrap_or_else(|| "?".into()),
                     p.peer_id.to_string(),
                     if p.connected {
                         "connected".into()
@@ -60,11 +60,11 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
                 vec![
                     p.name
                         .clone()
-                        .map(|n| format!("{} (claimed)", output::clean(&n)))
+                        .map(|n| format!("{} (claimed)", output::field(&n)))
                         .unwrap_or_else(|| "?".into()),
                     p.peer_id.to_string(),
                     format!("seen {}", output::ago(p.last_seen_ms.unwrap_or(0))),
-                    p.refused.as_deref().map(output::clean).unwrap_or_default(),
+                    p.refused.as_deref().map(output::field).unwrap_or_default(),
                 ]
             })
             .collect();

@@ -1,0 +1,110 @@
+//! Peer-supplied text made safe to show, to a terminal or to a model: the one cleaner the
+//! CLI and the MCP adapter both use.
+//!
+//! Whatever a peer writes (message text, agent names, summaries, directories, kinds, node
+//! names) may hold characters that drive a terminal (escape sequences, carriage returns),
+//! reorder what is shown (bidi controls such as U+202E), hide text (zero-width characters),
+//! or start a new line where a reader expects one field (newlines, U+2028/U+2029). A
+//! [`block`] (a message body) keeps its newlines and tabs and loses the rest; a [`field`]
+//! (a name, a summary, a path) is one line, its newlines shown as `␤`, capped in length.
+//!
+//! ```
+//! use mesh_node::text::{block, field};
+//! assert_eq!(field("fix\nthe build", 80), "fix␤the build");
+//! assert_eq!(block("a\u{1b}[2Jb\u{202e}c"), "a\u{fffd}[2Jb\u{fffd}c");
+//! assert_eq!(field(&"x".repeat(10), 4), "xxx…");
+//! ```
+
+/// The usual cap of a [`field`] in lists (names, summaries, paths).
+pub const FIELD_MAX: usize = 200;
+
+/// What a replaced character becomes.
+pub const REPLACED: char = '\u{fffd}';
+/// What a line break inside a one-line field becomes.
+pub const LINE_BREAK: char = '\u{2424}';
+
+/// Characters that change how the text around them is shown without being seen: bidi
+/// embeddings, overrides and isolates, marks, zero-width characters, and the byte-order
+/// mark.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Text of several lines (a message body): control, bidi, zero-width and separator
+/// characters replaced by U+FFFD; newlines and tabs kept.
+pub fn block(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            '\u{2028}' | '\u{2029}' => REPLACED,
+            c if c.is_control() || invisible(c) => REPLACED,
+            c => c,
+        })
+        .collect()
+}
+
+/// One line of at most `max` characters (a name, a summary, a path): as [`block`], and line
+/// breaks shown as `␤`, tabs as spaces, a longer text cut with `…`.
+pub fn field(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\u{2028}' | '\u{2029}' | '\u{85}' => LINE_BREAK,
+            '\t' => ' ',
+            c if c.is_control() || invisible(c) => REPLACED,
+            c => c,
+        })
+        .collect();
+    if out.chars().count() > max {
+        out = out.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_a_peer_writes_drives_the_terminal_or_hides_or_reorders_text() {
+        for bad in [
+            "\u{1b}[31m",
+            "\r",
+            "\u{7}",
+            "\u{202e}",
+            "\u{2066}",
+            "\u{2069}",
+            "\u{200b}",
+            "\u{200d}",
+            "\u{feff}",
+            "\u{2028}",
+            "\u{2029}",
+            "\u{85}",
+        ] {
+            let shown = block(&format!("a{bad}b"));
+            assert!(shown.starts_with('a') && shown.ends_with('b'), "{bad:?}");
+            assert!(!shown.contains(bad), "{bad:?} passed through block");
+            let one = field(&format!("a{bad}b"), 80);
+            assert!(
+                !one.contains(bad) && !one.contains('\n'),
+                "{bad:?} passed through field"
+            );
+        }
+        assert_eq!(block("line one\n\tline two"), "line one\n\tline two");
+        assert_eq!(block("naïve café ✓ 日本"), "naïve café ✓ 日本");
+    }
+
+    #[test]
+    fn a_field_is_one_capped_line() {
+        let forged = "refactoring\n  claude-code.api@laptop (you)   online";
+        let one = field(forged, 200);
+        assert_eq!(one.lines().count(), 1);
+        assert!(one.contains('␤'));
+        assert_eq!(field("abcdef", 3), "ab…");
+        assert_eq!(field("abc", 3), "abc");
+        assert_eq!(field("", 3), "");
+    }
+}
