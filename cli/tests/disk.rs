@@ -33,7 +33,7 @@ fn is_root() -> bool {
 #[test]
 fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
     if !is_root() {
-        eprintln!("SKIPPED: full_disk test needs root to mount a tmpfs");
+        common::skip("the full-disk test needs root to mount a tmpfs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -160,7 +160,7 @@ impl Ext4 {
         drop(f);
         let img = image.to_str().unwrap();
         if !sh(&["mkfs.ext4", "-q", "-F", img]) {
-            eprintln!("SKIPPED: mkfs.ext4 is missing (package e2fsprogs)");
+            common::skip("mkfs.ext4 is missing (package e2fsprogs; .ci/run installs it)");
             return None;
         }
         let fs = Ext4 { image, mnt };
@@ -235,7 +235,7 @@ async fn all_mail(c: &Client) -> Vec<(String, String)> {
 #[test]
 fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
     if !is_root() {
-        eprintln!("SKIPPED: the read-only test needs root to mount a file system");
+        common::skip("the read-only test needs root to mount a file system");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -309,7 +309,7 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
 #[test]
 fn a_read_only_home_is_refused_at_start_with_a_clear_message() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root to mount a read-only file system");
+        common::skip("the read-only home test needs root to mount a read-only file system");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -150,7 +150,7 @@ fn cut(lab: &Lab, host: &Host, off: bool) {
 fn a_cut_off_node_gets_everything_once_after_the_partition_and_is_found_at_a_new_address() {
     let Some(mut lab) = Lab::new("partition") else { return };
     if std::process::Command::new("iptables").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: iptables is missing; .ci/run installs it");
+        common::skip("iptables is missing; .ci/run installs it");
         return;
     }
     let seg = lab.segment("sw", [10, 78, 1]);
