@@ -554,6 +554,44 @@ mod tests {
         // Our own command line names no channels.
         assert!(!launched_with_channels(std::process::id()));
         assert!(!launched_with_channels(u32::MAX));
+        // A process launched the ways Claude Code takes the flag (the arguments after
+        // `sh -c CMD NAME` are only carried, as a client's would be).
+        let launched = |args: &[&str]| {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", "sleep 10; :", "claude"])
+                .args(args)
+                .spawn()
+                .unwrap();
+            // Until the child has exec'd, /proc shows our own command line.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            for _ in 0..200 {
+                if std::fs::read(&cmdline).is_ok_and(|c| c.windows(5).any(|w| w == b"sleep")) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let seen = launched_with_channels(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            seen
+        };
+        assert!(launched(&[
+            "--dangerously-load-development-channels",
+            "server:agentmesh"
+        ]));
+        assert!(launched(&[
+            "--debug",
+            "--channels",
+            "plugin:x,server:agentmesh",
+            "--verbose"
+        ]));
+        assert!(launched(&["--dangerously-load-development-channels=server:agentmesh"]));
+        assert!(!launched(&["--dangerously-load-development-channels", "server:other"]));
+        assert!(
+            !launched(&["--channels", "--debug", "server:agentmesh"]),
+            "not the flag's value"
+        );
+        assert!(!launched(&["server:agentmesh"]));
     }
 
     #[test]
