@@ -191,10 +191,13 @@ impl Offline {
     fn terminal(&self, program: &str, args: &[&str], extra: &[(&str, &str)]) {
         let c = self.command(program, args, extra);
         let mut line: Vec<String> = vec![c.get_program().to_string_lossy().to_string()];
-        line.extend(c.get_args().map(|a| shell_word(&a.to_string_lossy())));
+        line.extend(
+            c.get_args()
+                .map(|a| mesh_mcp::install::shell_word(&a.to_string_lossy())),
+        );
         let script = format!(
             "cd {} && exec {}",
-            shell_word(&self.work().to_string_lossy()),
+            mesh_mcp::install::shell_word(&self.work().to_string_lossy()),
             line.join(" ")
         );
         let ok = Command::new("tmux")
@@ -318,14 +321,6 @@ impl Drop for Offline {
         let _ = self.api.wait();
         // Then `lab` (dropped last) kills what still runs in the namespace: the daemon,
         // Codex's app-server.
-    }
-}
-
-fn shell_word(w: &str) -> String {
-    if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
