@@ -207,7 +207,7 @@ impl Daemon {
             .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
 
         let metrics = std::sync::Arc::new(Metrics::new());
-        let (swarm, listeners) = net::build(&keypair, &config, &mesh, &metrics)?;
+        let (swarm, listeners, guard) = net::build(&keypair, &config, &mesh, &metrics)?;
         let cancel = CancellationToken::new();
         let hard = CancellationToken::new();
         // A start that fails part way stops everything it started.
@@ -221,6 +221,7 @@ impl Daemon {
         let (net, net_events, net_task) = net::spawn(
             swarm,
             listeners,
+            guard,
             &config,
             mesh.clone(),
             name.to_string(),

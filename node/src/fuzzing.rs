@@ -133,10 +133,18 @@ pub fn wire(data: &[u8]) {
             }
         }
         1 => {
-            protocol::<wire::AdmitRequest, wire::AdmitResponse>(bytes, wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES);
+            protocol::<wire::AdmitRequest, wire::AdmitResponse>(
+                bytes,
+                wire::MAX_ADMIT_REQUEST_BYTES,
+                wire::MAX_GRANT_BYTES,
+            );
         }
         2 => {
-            let (req, _) = protocol::<wire::JoinRequest, wire::JoinResponse>(bytes, 16 * 1024, wire::MAX_ADMIT_BYTES);
+            let (req, _) = protocol::<wire::JoinRequest, wire::JoinResponse>(
+                bytes,
+                wire::MAX_JOIN_REQUEST_BYTES,
+                wire::MAX_GRANT_BYTES,
+            );
             if let Some(r) = req {
                 let _ = r.invite.verify();
             }

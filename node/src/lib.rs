@@ -36,6 +36,8 @@ pub mod directory;
 pub mod dnssd;
 pub mod fuzzing;
 pub mod home;
+#[doc(hidden)]
+pub mod hostile;
 pub mod identity;
 pub mod ids;
 pub mod mesh;

@@ -150,12 +150,13 @@ pub struct Proof {
     pub mac: [u8; 32],
 }
 
-/// Why a proof was refused.
+/// Why a proof was refused. A fixed vocabulary (no free text): a refusal is also what an
+/// outsider says to us, and it is shown to users and agents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
-    /// The prover belongs to another mesh.
-    #[error("member of another mesh ({0})")]
-    OtherMesh(String),
+    /// The prover belongs to another mesh (the first bytes of its id).
+    #[error("member of another mesh ({})", hex(.0))]
+    OtherMesh([u8; 4]),
     /// The MAC does not verify: the prover does not hold the secret (or replayed a proof).
     #[error("invalid membership proof")]
     BadProof,
@@ -171,9 +172,9 @@ pub enum Refusal {
     /// Same epoch number, different secret: two members rotated the key at once.
     #[error("holds a different key for the same generation (two removals at once?); invite it again")]
     Conflict,
-    /// One side is in open mode and the other is not.
-    #[error("{0}")]
-    OpenMismatch(String),
+    /// One side is in open mode and the other is not: `true` when the prover is.
+    #[error("{}", if *.0 { "a node in open mode (this node is not)" } else { "not in open mode (this node is)" })]
+    OpenMismatch(bool),
     /// A proof for a newer key than the verifier's, and the prover did not renew the
     /// verifier's key (so the verifier may have been removed).
     #[error("proved with a newer mesh key this node was not given")]
@@ -411,12 +412,14 @@ impl Membership {
     pub fn verify(&self, proof: &Proof, prover: &PeerId, verifier: &PeerId) -> Verdict {
         if proof.mesh_id != self.grant.mesh_id {
             let open_id = Membership::open().id();
+            let mut short = [0u8; 4];
+            short.copy_from_slice(&proof.mesh_id.0[..4]);
             return Verdict::Refused(if proof.mesh_id == open_id {
-                Refusal::OpenMismatch("a node in open mode (this node is not)".into())
+                Refusal::OpenMismatch(true)
             } else if self.open {
-                Refusal::OpenMismatch("not in open mode (this node is)".into())
+                Refusal::OpenMismatch(false)
             } else {
-                Refusal::OtherMesh(proof.mesh_id.short())
+                Refusal::OtherMesh(short)
             });
         }
         if self.is_revoked(prover) {

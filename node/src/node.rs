@@ -30,7 +30,7 @@ use crate::ratelimit::RateLimiter;
 use crate::store::{
     self, AgentRecord, Channel, InboxEntry, InviteRecord, InviteUse, OutState, OutboxEntry, ReadState, Store, ops,
 };
-use crate::wire::{self, AgentInfo, Announcement, DmResponse, JoinResponse, TopicEnvelope, WireMessage};
+use crate::wire::{self, AgentInfo, Announcement, DmResponse, JoinRefusal, JoinResponse, TopicEnvelope, WireMessage};
 
 /// Capacity of the event broadcast to API watchers.
 pub const EVENT_BROADCAST: usize = 4096;
@@ -2054,9 +2054,9 @@ impl Node {
         tokio::spawn(async move {
             let mesh = node.mesh().clone();
             let response = if !invite.verify() || invite.body.inviter != node.0.peer_id {
-                JoinResponse::Refused("this join code was not made by this node (or was altered)".into())
+                JoinResponse::Refused(JoinRefusal::NotOurs)
             } else if invite.body.mesh_id != mesh.id() {
-                JoinResponse::Refused("this join code is for a mesh this node has left".into())
+                JoinResponse::Refused(JoinRefusal::LeftMesh)
             } else {
                 let (now, token) = (now_ms(), invite.body.token);
                 let name = Some(crate::ids::sanitize_text(&node_name)).filter(|n| !n.is_empty());
@@ -2076,17 +2076,13 @@ impl Node {
                         tracing::info!(%peer, name = %node_name, uses_left = left, "a node joined the mesh");
                         JoinResponse::Granted(mesh.grant())
                     }
-                    Ok(InviteUse::Unknown) => JoinResponse::Refused(
-                        "this join code is unknown to the inviting node (made before it changed meshes?)".into(),
-                    ),
-                    Ok(InviteUse::Expired(at)) => JoinResponse::Refused(format!(
-                        "this join code expired {} ago; ask for a new one (mesh invite)",
-                        crate::ids::human_duration(Duration::from_millis(now.saturating_sub(at)))
-                    )),
-                    Ok(InviteUse::UsedUp) => {
-                        JoinResponse::Refused("this join code was already used; ask for a new one (mesh invite)".into())
+                    Ok(InviteUse::Unknown) => JoinResponse::Refused(JoinRefusal::Unknown),
+                    Ok(InviteUse::Expired(at)) => JoinResponse::Refused(JoinRefusal::Expired(at)),
+                    Ok(InviteUse::UsedUp) => JoinResponse::Refused(JoinRefusal::Used),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot record a join");
+                        JoinResponse::Refused(JoinRefusal::Storage)
                     }
-                    Err(e) => JoinResponse::Refused(format!("the inviting node cannot record the join: {e}")),
                 }
             };
             let _ = node.0.net.respond_join(request, response).await;

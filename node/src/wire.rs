@@ -1,9 +1,13 @@
 //! What nodes say to each other. Specified in `docs/PROTOCOL.md`; keep the two in step.
 //!
-//! * `/agentmesh/admit/1` (request-response): membership proofs when a connection opens,
-//!   and new mesh keys pushed to members ([`AdmitRequest`]). Nothing else runs with a
-//!   peer until it has proved membership (see [`crate::net::gate`]).
-//! * `/agentmesh/join/1` (request-response): a join code's token traded for membership.
+//! * `/agentmesh/admit/2` (request-response): membership proofs when a connection opens
+//!   ([`AdmitRequest`]). Nothing else runs with a peer until it has proved membership (see
+//!   [`crate::net::gate`]). Open to anyone, so its requests are at most
+//!   [`MAX_ADMIT_REQUEST_BYTES`].
+//! * `/agentmesh/join/2` (request-response): a join code's token traded for membership;
+//!   requests at most [`MAX_JOIN_REQUEST_BYTES`].
+//! * `/agentmesh/rekey/1` (request-response, members only): a newer mesh key chain pushed
+//!   to members after a removal.
 //! * `/agentmesh/dm/1` (request-response): batches of direct messages, answered with a
 //!   per-message outcome once the recipient node has committed them.
 //! * `/agentmesh/hello/1` (request-response): exchange of [`Announcement`]s once a peer is
@@ -34,9 +38,11 @@ use crate::ids::{AgentName, MessageId, NodeName, TopicName};
 use crate::mesh::{Grant, Invite, Membership, Proof, Refusal};
 
 /// Admission protocol.
-pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/admit/1");
+pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/admit/2");
 /// Join protocol.
-pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/join/1");
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/join/2");
+/// Key-chain renewal between members.
+pub const REKEY_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/rekey/1");
 /// Direct-message protocol.
 pub const DM_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/dm/1");
 /// Hello (directory exchange) protocol.
@@ -65,8 +71,14 @@ pub const MAX_AGENTS_PER_NODE: usize = 512;
 pub const MAX_PATH_BYTES: usize = 1024;
 /// Largest delivery response (outcomes only), in bytes.
 pub const MAX_DM_RESPONSE_BYTES: usize = 256 * 1024;
-/// Largest admission or join message (a grant carries the key chain), in bytes.
-pub const MAX_ADMIT_BYTES: usize = 512 * 1024;
+/// Largest admission request (a name and a proof), in bytes: anyone may send one.
+pub const MAX_ADMIT_REQUEST_BYTES: usize = 1024;
+/// Largest join request (a join code and a name), in bytes: anyone may send one.
+pub const MAX_JOIN_REQUEST_BYTES: usize = 4096;
+/// Largest key chain ([`Grant`]) on the wire, in bytes: epochs with their rosters and the
+/// removed nodes. Read only as the answer to a request of ours (our proof, our join) or
+/// from a member.
+pub const MAX_GRANT_BYTES: usize = 512 * 1024;
 /// Longest node name carried before admission.
 pub const MAX_CLAIMED_NAME: usize = 64;
 
@@ -99,8 +111,6 @@ pub enum AdmitRequest {
         /// The proof, bound to both PeerIds.
         proof: Proof,
     },
-    /// A newer key chain (after a removal), from an admitted member.
-    Rekey(Grant),
 }
 
 /// Response on `/agentmesh/admit/1`.
@@ -110,8 +120,6 @@ pub enum AdmitResponse {
     Admitted(Option<Grant>),
     /// Proof refused: the connection closes.
     Refused(Refusal),
-    /// A rekey was taken (or was not news).
-    Rekeyed,
 }
 
 /// Request on `/agentmesh/join/1`: a join code, sent over the Noise channel to the
@@ -124,13 +132,43 @@ pub struct JoinRequest {
     pub node_name: String,
 }
 
-/// Response on `/agentmesh/join/1`.
+/// Response on `/agentmesh/join/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinResponse {
     /// Membership: the key chain.
     Granted(Grant),
     /// Refused, with the reason for the joining user.
-    Refused(String),
+    Refused(JoinRefusal),
+}
+
+/// Why an inviter refused a join: a fixed vocabulary, so an inviter cannot put text of its
+/// choosing in front of the joining user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JoinRefusal {
+    /// The code was not made by the node it names, or was altered.
+    #[error("this join code was not made by this node (or was altered)")]
+    NotOurs,
+    /// The inviter left the mesh the code is for.
+    #[error("this join code is for a mesh the inviting node has left")]
+    LeftMesh,
+    /// The inviter has no record of the code.
+    #[error("the inviting node does not know this join code (made before it was reset?)")]
+    Unknown,
+    /// Expired (ms since the epoch, the inviter's clock).
+    #[error("this join code expired; ask for a new one (mesh invite)")]
+    Expired(u64),
+    /// Already used up.
+    #[error("this join code was already used; ask for a new one (mesh invite)")]
+    Used,
+    /// The inviter could not record the join (its disk).
+    #[error("the inviting node cannot record the join (a storage error on its side); try again")]
+    Storage,
+    /// The inviter runs in open mode: there is nothing to join.
+    #[error("that node is in open mode: start yours with --open instead of joining")]
+    OpenMode,
+    /// Too many attempts on one connection.
+    #[error("too many join attempts")]
+    TooManyAttempts,
 }
 
 /// One direct message as it travels between nodes. The sending node is not in it: the
@@ -350,12 +388,69 @@ pub enum SyncResponse {
     Unavailable(String),
 }
 
+/// Bytes that frames being read may hold at once across many streams (see
+/// [`PostcardCodec::with_budget`]): a frame's reader takes a share of the budget for each
+/// chunk before reading it, and gives it back once the frame is decoded. Readers wait
+/// while the budget is spent, so memory held by partly read frames stays under it however
+/// many streams are open.
+#[derive(Clone, Debug)]
+pub struct InboundBudget {
+    kib: std::sync::Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl InboundBudget {
+    /// A budget of `bytes` (rounded up to KiB).
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        Self {
+            kib: std::sync::Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Bytes held by frames being read now.
+    pub fn in_use(&self) -> usize {
+        (self.total_kib as usize - self.kib.available_permits()) * 1024
+    }
+
+    fn reserve(&self) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            held: None,
+        }
+    }
+}
+
+/// A frame's share of an [`InboundBudget`]; given back when dropped.
+struct Reservation {
+    budget: InboundBudget,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    async fn grow(&mut self, bytes: usize) {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.budget.total_kib);
+        // The semaphore is never closed.
+        if let Ok(p) = self.budget.kib.clone().acquire_many_owned(kib).await {
+            match self.held.as_mut() {
+                Some(h) => h.merge(p),
+                None => self.held = Some(p),
+            }
+        }
+    }
+}
+
 /// A request-response codec: one postcard value per stream, length-prefixed with an
-/// unsigned varint, with a maximum size for each direction checked before reading.
+/// unsigned varint, with a maximum size for each direction checked before reading, read in
+/// chunks as the bytes arrive (optionally within an [`InboundBudget`]).
 #[derive(Debug)]
 pub struct PostcardCodec<Req, Resp> {
     max_request: usize,
     max_response: usize,
+    budget: Option<InboundBudget>,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
@@ -364,6 +459,7 @@ impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
         Self {
             max_request: self.max_request,
             max_response: self.max_response,
+            budget: self.budget.clone(),
             _types: PhantomData,
         }
     }
@@ -375,12 +471,26 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
         Self {
             max_request,
             max_response,
+            budget: None,
             _types: PhantomData,
         }
     }
+
+    /// Frames read by this codec (and its clones) share `budget`.
+    pub fn with_budget(mut self, budget: InboundBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send, V: DeserializeOwned>(io: &mut T, max: usize) -> io::Result<V> {
+/// Bytes read from a stream at a time (and the unit of the inbound budget).
+const READ_CHUNK: usize = 64 * 1024;
+
+async fn read_frame<T: AsyncRead + Unpin + Send, V: DeserializeOwned>(
+    io: &mut T,
+    max: usize,
+    budget: Option<&InboundBudget>,
+) -> io::Result<V> {
     let mut len: u64 = 0;
     for shift in (0..64).step_by(7) {
         let mut b = [0u8; 1];
@@ -399,8 +509,20 @@ async fn read_frame<T: AsyncRead + Unpin + Send, V: DeserializeOwned>(io: &mut T
             format!("frame of {len} bytes exceeds the limit of {max}"),
         ));
     }
-    let mut buf = vec![0u8; len as usize];
-    io.read_exact(&mut buf).await?;
+    // Grown as bytes arrive: a peer declaring a large frame and sending nothing costs
+    // nothing, and one sending it costs what it sent.
+    let len = len as usize;
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    let mut budget = budget.map(|b| b.reserve());
+    while buf.len() < len {
+        let chunk = (len - buf.len()).min(READ_CHUNK);
+        if let Some(b) = budget.as_mut() {
+            b.grow(chunk).await;
+        }
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        io.read_exact(&mut buf[start..]).await?;
+    }
     postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
 }
 
@@ -441,14 +563,14 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request).await
+        read_frame(io, self.max_request, self.budget.as_ref()).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_response).await
+        read_frame(io, self.max_response, self.budget.as_ref()).await
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>

@@ -49,7 +49,7 @@ fn attacker() -> Swarm<Evil> {
                     key.public(),
                 )),
                 admit: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES),
+                    PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
                     [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default(),
                 ),

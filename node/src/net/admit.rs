@@ -7,12 +7,15 @@
 //! for a while. Exceptions keep a connection without admitting it: a relay we use or
 //! serve for anyone, and a join in progress.
 //!
-//! Also here: key rotation pushed between members (`Rekey`), and the join protocol.
+//! Also here: key rotation pushed between members (`/agentmesh/rekey/1`), and the join
+//! protocol.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -21,7 +24,7 @@ use tokio::sync::oneshot;
 use super::{Command, NetActor, NetError, NetEvent, strip_p2p};
 use crate::ids::now_ms;
 use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Verdict};
-use crate::wire::{self, AdmitRequest, AdmitResponse, JoinRequest, JoinResponse};
+use crate::wire::{self, AdmitRequest, AdmitResponse, JoinRefusal, JoinRequest, JoinResponse};
 
 /// Longest wait for a new peer's membership proof.
 pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +44,11 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_PROOF_SENDS: u32 = 3;
 /// Join attempts accepted from one peer per visit.
 pub const MAX_JOIN_ATTEMPTS: u32 = 3;
+/// Connections of peers not admitted (yet) kept at once; past it the oldest of the
+/// busiest address is closed (see [`NetActor::bound_unadmitted`]).
+pub const MAX_UNADMITTED: usize = 32;
+/// Connections of peers not admitted (yet) kept at once from one IP address.
+pub const MAX_UNADMITTED_PER_IP: usize = 8;
 
 /// A node seen nearby that is not a member of this mesh.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -172,6 +180,9 @@ impl NetActor {
         }
         state.admitted = true;
         let first = state.connections.values().next().map(|c| (c.addr.clone(), c.dialed));
+        for c in state.connections.values().filter(|c| !c.dialed) {
+            self.guard.open(&c.addr);
+        }
         self.adm.pending.remove(&peer);
         self.adm.denied.remove(&peer);
         self.adm.outsiders.remove(&peer);
@@ -226,6 +237,55 @@ impl NetActor {
                 tokio::time::sleep(REFUSED_GRACE).await;
                 let _ = tx.send(Command::DropOutsider(peer)).await;
             });
+        }
+    }
+
+    /// Keeps the connections of peers that are not admitted within [`MAX_UNADMITTED`] and
+    /// [`MAX_UNADMITTED_PER_IP`] by closing the oldest connection of the busiest address.
+    /// The newest connection, the one just opened, is never the one closed: a member or a
+    /// joiner arriving during a flood gets its ten seconds to prove itself, while the flood
+    /// makes room by evicting itself. Kept outsiders (relays, joins) do not count.
+    pub(super) fn bound_unadmitted(&mut self, newest: ConnectionId) {
+        loop {
+            let mut conns: Vec<(ConnectionId, Option<IpAddr>, Instant)> = Vec::new();
+            for (peer, state) in &self.peers {
+                if state.admitted || self.keeps_outsider(peer) {
+                    continue;
+                }
+                conns.extend(
+                    state
+                        .connections
+                        .iter()
+                        .map(|(id, c)| (*id, super::guard::ip_of(&c.addr), c.since)),
+                );
+            }
+            let mut per_ip: HashMap<Option<IpAddr>, usize> = HashMap::new();
+            for (_, ip, _) in &conns {
+                *per_ip.entry(*ip).or_default() += 1;
+            }
+            let newest_ip = conns.iter().find(|(id, _, _)| *id == newest).map(|(_, ip, _)| *ip);
+            let victim_ip = match newest_ip {
+                Some(ip) if per_ip.get(&ip).copied().unwrap_or(0) > MAX_UNADMITTED_PER_IP => ip,
+                _ if conns.len() > MAX_UNADMITTED => match per_ip.iter().max_by_key(|(_, n)| **n) {
+                    Some((ip, _)) => *ip,
+                    None => return,
+                },
+                _ => return,
+            };
+            let Some((victim, _, _)) = conns
+                .iter()
+                .filter(|(id, ip, _)| *ip == victim_ip && *id != newest)
+                .min_by_key(|(_, _, since)| *since)
+                .copied()
+            else {
+                return;
+            };
+            tracing::debug!(?victim_ip, "too many connections not admitted: closing the oldest");
+            crate::metrics::Metrics::count(&self.metrics.admissions, "evicted");
+            for state in self.peers.values_mut() {
+                state.connections.remove(&victim);
+            }
+            self.swarm.close_connection(victim);
         }
     }
 
@@ -403,22 +463,26 @@ impl NetActor {
                 }
                 self.judge(peer, proof, channel);
             }
-            AdmitRequest::Rekey(grant) => {
-                if !admitted {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .admit
-                        .send_response(channel, AdmitResponse::Refused(Refusal::BadProof));
-                    return;
+        }
+    }
+
+    /// A newer key chain pushed by a member (`/agentmesh/rekey/1`, gated: members only).
+    pub(super) fn on_rekey(&mut self, event: request_response::Event<Grant, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
+                let _ = self.swarm.behaviour_mut().rekey.inner().send_response(channel, ());
+                if self.is_admitted(&peer) {
+                    self.take_grant(peer, &request);
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .admit
-                    .send_response(channel, AdmitResponse::Rekeyed);
-                self.take_grant(peer, &grant);
             }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "could not pass the mesh key on");
+            }
+            _ => {}
         }
     }
 
@@ -464,7 +528,7 @@ impl NetActor {
     fn on_admit_response(&mut self, peer: PeerId, response: AdmitResponse) {
         match response {
             AdmitResponse::Admitted(Some(grant)) => self.take_grant(peer, &grant),
-            AdmitResponse::Admitted(None) | AdmitResponse::Rekeyed => {}
+            AdmitResponse::Admitted(None) => {}
             AdmitResponse::Refused(r) => {
                 if !self.is_admitted(&peer) {
                     self.refuse(peer, format!("refused us: {r}"));
@@ -522,10 +586,7 @@ impl NetActor {
             .map(|(p, _)| *p)
             .collect();
         for p in members {
-            self.swarm
-                .behaviour_mut()
-                .admit
-                .send_request(&p, AdmitRequest::Rekey(grant.clone()));
+            self.swarm.behaviour_mut().rekey.inner().send_request(&p, grant.clone());
         }
         self.emit(NetEvent::MembershipChanged(Box::new(self.adm.mesh.clone())));
     }
@@ -653,15 +714,15 @@ impl NetActor {
                     });
                     if self.adm.mesh.is_open() || attempts.unwrap_or(0) > MAX_JOIN_ATTEMPTS {
                         let why = if self.adm.mesh.is_open() {
-                            "that node is in open mode: start yours with --open instead of joining"
+                            JoinRefusal::OpenMode
                         } else {
-                            "too many join attempts"
+                            JoinRefusal::TooManyAttempts
                         };
                         let _ = self
                             .swarm
                             .behaviour_mut()
                             .join
-                            .send_response(channel, JoinResponse::Refused(why.into()));
+                            .send_response(channel, JoinResponse::Refused(why));
                         return;
                     }
                     self.adm.join_in.insert(request_id, (peer, channel));
@@ -677,7 +738,10 @@ impl NetActor {
                     if let Some(j) = self.adm.joining.remove(&peer) {
                         let result = match response {
                             JoinResponse::Granted(g) => Ok(g),
-                            JoinResponse::Refused(why) => Err(NetError::Request { peer, why }),
+                            JoinResponse::Refused(why) => Err(NetError::Request {
+                                peer,
+                                why: join_refusal_text(&why),
+                            }),
                         };
                         let _ = j.reply.send(result);
                     }
@@ -718,5 +782,16 @@ impl NetActor {
         } else if !self.is_admitted(&peer) {
             self.refuse(peer, "tried to join with an invalid code".into());
         }
+    }
+}
+
+/// An inviter's refusal as the joining user reads it.
+fn join_refusal_text(why: &JoinRefusal) -> String {
+    match why {
+        JoinRefusal::Expired(at) => format!(
+            "this join code expired {} ago; ask for a new one (mesh invite)",
+            crate::ids::human_duration(Duration::from_millis(now_ms().saturating_sub(*at)))
+        ),
+        other => other.to_string(),
     }
 }

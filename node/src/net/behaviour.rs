@@ -9,16 +9,18 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping,
-    relay, tcp, yamux,
+    relay, yamux,
 };
 
 use super::gate::Gate;
+use super::guard::{self, Guard};
 use super::{AGENT_VERSION, IDLE_CONNECTION_TIMEOUT, NetError};
 use crate::config::Config;
+use crate::mesh::Grant;
 use crate::mesh::Membership;
 use crate::wire::{
-    self, AdmitRequest, AdmitResponse, Announcement, DmRequest, DmResponse, JoinRequest, JoinResponse, PostcardCodec,
-    SyncRequest, SyncResponse,
+    self, AdmitRequest, AdmitResponse, Announcement, DmRequest, DmResponse, InboundBudget, JoinRequest, JoinResponse,
+    PostcardCodec, SyncRequest, SyncResponse,
 };
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
@@ -34,13 +36,29 @@ pub(super) type PingBehaviour = request_response::Behaviour<PostcardCodec<u64, u
 pub(super) type AdmitBehaviour = request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>;
 pub(super) type JoinBehaviour = request_response::Behaviour<PostcardCodec<JoinRequest, JoinResponse>>;
 pub(super) type SyncBehaviour = request_response::Behaviour<PostcardCodec<SyncRequest, SyncResponse>>;
+pub(super) type RekeyBehaviour = request_response::Behaviour<PostcardCodec<Grant, ()>>;
 
-/// Incoming connections being set up at once.
-pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Incoming connections being set up at once (all transports; TCP handshakes are also
+/// bounded, oldest first, by [`guard::MAX_HANDSHAKES`]).
+pub const MAX_PENDING_INCOMING: u32 = 256;
 /// Established incoming connections.
 pub const MAX_INCOMING: u32 = 512;
 /// Connections to one peer.
 pub const MAX_PER_PEER: u32 = 8;
+/// Admission or join requests one connection may have in progress at once; more streams
+/// are refused unread.
+pub const MAX_OPEN_STREAMS_PER_CONNECTION: usize = 2;
+/// Requests of one members-only protocol one connection may have in progress at once.
+pub const MAX_MEMBER_STREAMS_PER_CONNECTION: usize = 4;
+/// Streams of one connection in protocol negotiation at once.
+pub const MAX_NEGOTIATING_STREAMS: usize = 16;
+/// Bytes of members' frames (direct messages, catch-up, announcements, key chains) being
+/// read at once, across all peers and streams.
+pub const MEMBER_INBOUND_BUDGET: usize = 64 * 1024 * 1024;
+/// QUIC flow-control window of a connection (what a peer can have in flight to us).
+pub const QUIC_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// QUIC flow-control window of a stream.
+pub const QUIC_STREAM_WINDOW: u32 = 512 * 1024;
 
 #[allow(missing_docs)]
 mod composed {
@@ -61,6 +79,7 @@ mod composed {
         pub(in crate::net) dm: Gate<DmBehaviour>,
         pub(in crate::net) hello: Gate<HelloBehaviour>,
         pub(in crate::net) sync: Gate<SyncBehaviour>,
+        pub(in crate::net) rekey: Gate<RekeyBehaviour>,
         pub(in crate::net) probe: Gate<PingBehaviour>,
         pub(in crate::net) relay_client: relay::client::Behaviour,
         pub(in crate::net) relay_server: Toggle<Gate<relay::Behaviour>>,
@@ -77,6 +96,7 @@ mod composed {
             self.dm.admit(peer);
             self.hello.admit(peer);
             self.sync.admit(peer);
+            self.rekey.admit(peer);
             self.probe.admit(peer);
             if let Some(r) = self.relay_server.as_mut() {
                 r.admit(peer);
@@ -115,13 +135,16 @@ fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
 
 /// Builds the swarm and starts listening. Listening on a configured address that fails is
 /// an error; a default address that fails (e.g. no IPv6) is logged and skipped. Returns
-/// the swarm and the number of listeners started.
+/// the swarm, the number of listeners started, and the door of its TCP transport.
 pub fn build(
     keypair: &Keypair,
     config: &Config,
     mesh: &Membership,
     metrics: &crate::metrics::Metrics,
-) -> Result<(Swarm<Behaviour>, usize), NetError> {
+) -> Result<(Swarm<Behaviour>, usize, Guard), NetError> {
+    let budget = InboundBudget::new(MEMBER_INBOUND_BUDGET);
+    let guard = Guard::new(config.relay.serve && config.relay.for_anyone);
+    let door = guard.clone();
     let max_req = config.max_wire_request_bytes();
     // Sealing adds a few dozen bytes; the envelope a few hundred.
     let gossip_max = (config.limits.max_topic_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES + 1024);
@@ -133,13 +156,16 @@ pub fn build(
     let relay_cfg = config.relay.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::new().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_quic_config(|mut c| {
+            c.max_connection_data = QUIC_CONNECTION_WINDOW;
+            c.max_stream_data = QUIC_STREAM_WINDOW;
+            c.max_concurrent_stream_limit = guard::MAX_STREAMS_PER_CONNECTION as u32;
+            c
+        })
+        .with_other_transport(|key| {
+            guard::tcp_transport(key, door).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        })
         .map_err(|e| NetError::Start(e.to_string()))?
-        .with_quic()
         .with_dns()
         .map_err(|e| NetError::Start(format!("cannot read the system DNS configuration: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -176,7 +202,10 @@ pub fn build(
             } else {
                 None
             };
-            let rr = request_response::Config::default().with_request_timeout(request_timeout);
+            let rr = request_response::Config::default()
+                .with_request_timeout(request_timeout)
+                .with_max_concurrent_streams(MAX_MEMBER_STREAMS_PER_CONNECTION);
+            let open = rr.clone().with_max_concurrent_streams(MAX_OPEN_STREAMS_PER_CONNECTION);
             let mut kad =
                 kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
             // Every node answers lookups: the mesh is small and its members' relayed
@@ -196,29 +225,36 @@ pub fn build(
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
                 mdns: mdns.into(),
                 admit: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ADMIT_BYTES, wire::MAX_ADMIT_BYTES),
+                    PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
                     [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
+                    open.clone(),
                 ),
                 join: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(16 * 1024, wire::MAX_ADMIT_BYTES),
+                    PostcardCodec::new(wire::MAX_JOIN_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
                     [(wire::JOIN_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
+                    open,
                 ),
                 gossipsub: gate(gossipsub),
                 dm: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES),
+                    PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES).with_budget(budget.clone()),
                     [(wire::DM_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
                 )),
                 hello: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES),
+                    PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES)
+                        .with_budget(budget.clone()),
                     [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
                 )),
                 sync: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_SYNC_REQUEST_BYTES, wire::MAX_SYNC_RESPONSE_BYTES),
+                    PostcardCodec::new(wire::MAX_SYNC_REQUEST_BYTES, wire::MAX_SYNC_RESPONSE_BYTES)
+                        .with_budget(budget.clone()),
                     [(wire::SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    rr.clone(),
+                )),
+                rekey: gate(request_response::Behaviour::with_codec(
+                    PostcardCodec::new(wire::MAX_GRANT_BYTES, 16).with_budget(budget),
+                    [(wire::REKEY_PROTOCOL, ProtocolSupport::Full)],
                     rr.clone(),
                 )),
                 probe: gate(request_response::Behaviour::with_codec(
@@ -238,7 +274,10 @@ pub fn build(
             })
         })
         .map_err(|e| NetError::Start(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_STREAMS)
+        })
         .build();
     drop(registry);
 
@@ -262,5 +301,5 @@ pub fn build(
         .inner()
         .subscribe(&wire::directory_topic(mesh))
         .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
-    Ok((swarm, listening))
+    Ok((swarm, listening, guard))
 }

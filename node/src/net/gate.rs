@@ -25,7 +25,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 
 /// Streams held per connection while the peer is not admitted; more are dropped.
-pub const MAX_HELD_STREAMS: usize = 16;
+pub const MAX_HELD_STREAMS: usize = 4;
 
 /// A behaviour whose protocols run only with admitted peers (see the module docs).
 pub struct Gate<B> {

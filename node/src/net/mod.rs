@@ -9,6 +9,7 @@
 mod admit;
 mod behaviour;
 pub mod gate;
+pub mod guard;
 mod reach;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -625,6 +626,8 @@ enum TopicKind {
 /// The actor's state.
 pub struct NetActor {
     swarm: Swarm<Behaviour>,
+    /// The TCP transport's door: opened for each admitted inbound connection.
+    guard: guard::Guard,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     connected_tx: watch::Sender<Arc<BTreeSet<PeerId>>>,
@@ -692,9 +695,11 @@ struct StopState {
 
 /// Starts the actor on the current runtime. Returns its handle, its event stream and the
 /// task handle (which ends after [`NetHandle::stop`], or at once when `cancel` fires).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     swarm: Swarm<Behaviour>,
     listeners: usize,
+    guard: guard::Guard,
     config: &Config,
     mesh: Membership,
     node_name: String,
@@ -713,6 +718,7 @@ pub fn spawn(
     let listeners_expected = listeners;
     let mut actor = NetActor {
         swarm,
+        guard,
         self_tx: tx.clone(),
         reach: reach::Reach::new(
             &config.relay.nodes,
@@ -1450,6 +1456,13 @@ impl NetActor {
             self.reach_changed();
         }
         self.reach_on_connected(peer);
+        if self.is_admitted(&peer) {
+            if !dialed {
+                self.guard.open(&addr);
+            }
+        } else {
+            self.bound_unadmitted(id);
+        }
         if first {
             // Nothing but identify, ping and the relay runs until the peer proves membership.
             self.begin_admission(peer);
@@ -1548,6 +1561,7 @@ impl NetActor {
             BehaviourEvent::Dm(e) => self.on_dm(e),
             BehaviourEvent::Hello(e) => self.on_hello(e),
             BehaviourEvent::Sync(e) => self.on_sync(e),
+            BehaviourEvent::Rekey(e) => self.on_rekey(e),
             BehaviourEvent::Probe(e) => self.on_probe(e),
             BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
             BehaviourEvent::RelayServer(e) => self.on_relay_server(e),
