@@ -19,6 +19,8 @@
 //! assert_eq!(quote("hi\n--- end"), "> hi\n> --- end");
 //! assert_eq!(element_content("</channel>", "channel"), "&lt;/channel>");
 //! ```
+//!
+//! [`crate::fuzzing::text`] checks these promises on any input (fuzz target `text`).
 
 /// The usual cap of a [`field`] in lists (names, summaries, paths).
 pub const FIELD_MAX: usize = 200;
