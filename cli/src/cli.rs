@@ -35,7 +35,7 @@ pub enum Command {
     /// /dns4/example.org/udp/4001/quic-v1/p2p/..., or a relayed .../p2p-circuit/p2p/...);
     /// it is kept connected until forgotten.
     Dial {
-        /// The address to dial (with --forget: a PeerId, node name or address).
+        /// The address to dial (with --forget: a PeerId, node name, node label or address).
         multiaddr: String,
         /// Stop keeping this node connected.
         #[arg(long)]
@@ -43,7 +43,8 @@ pub enum Command {
     },
     /// Measure round trips to a connected node and show the path (direct or relayed).
     Ping {
-        /// PeerId or node name.
+        /// PeerId, node name, or node label (laptop~Xk3vQ9aB: a name and the end of a PeerId,
+        /// as shown when names clash).
         node: String,
         /// How many round trips.
         #[arg(long, short, default_value_t = 4)]
@@ -64,7 +65,8 @@ pub enum Command {
     /// Remove a node from the mesh: it is disconnected and the mesh key is replaced by one
     /// it never gets, so it cannot come back with what it holds.
     Remove {
-        /// PeerId or node name.
+        /// PeerId, node name, or node label (laptop~Xk3vQ9aB: a name and the end of a PeerId,
+        /// as shown when names clash).
         node: String,
     },
     /// Leave the mesh: this node starts a new mesh of its own.
@@ -161,7 +163,8 @@ pub struct AsAgent {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// Recipient: agent@node (node name or PeerId), or a bare agent name if unique.
+    /// Recipient: agent@node (node name, PeerId, or node label such as laptop~Xk3vQ9aB, shown
+    /// when names clash), or a bare agent name if unique.
     pub to: String,
     /// The message text ("-" reads it from standard input).
     pub text: String,

@@ -25,23 +25,10 @@ pub fn field(s: &str) -> String {
 }
 
 /// A message text as a Claude Code channel event's content: cleaned, and unable to close
-/// the `<channel>` element Claude Code wraps it in.
+/// the `<channel>` element Claude Code wraps it in (see
+/// [`mesh_node::text::element_content`]).
 pub fn channel_content(text: &str) -> String {
-    let cleaned = clean(text);
-    let mut out = String::with_capacity(cleaned.len());
-    let mut rest = cleaned.as_str();
-    while let Some(i) = rest.find("</") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        if after.len() >= 7 && after[..7].eq_ignore_ascii_case("channel") {
-            out.push_str("&lt;/");
-        } else {
-            out.push_str("</");
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
+    mesh_node::text::element_content(text, "channel")
 }
 
 /// How an agent receives, in words.
@@ -76,13 +63,9 @@ pub fn message(m: &MessageView) -> String {
 }
 
 /// Peer text, cleaned, every line prefixed with `> `: whatever it contains, it cannot
-/// look like the header or footer of another message.
+/// look like the header or footer of another message (see [`mesh_node::text::quote`]).
 pub fn quote(text: &str) -> String {
-    clean(text)
-        .split('\n')
-        .map(|l| format!("> {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    mesh_node::text::quote(text)
 }
 
 /// A list of messages with the untrusted-input label.
@@ -412,6 +395,8 @@ mod tests {
             "{content}"
         );
         assert_eq!(channel_content("a </b> c"), "a </b> c");
+        // A multi-byte character where "channel" would end.
+        assert_eq!(channel_content("</chann\u{20ac}l"), "</chann\u{20ac}l");
     }
 
     #[test]

@@ -158,7 +158,9 @@ pub struct ListAgentsArgs {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct SendArgs {
     /// The recipient's address, "agent@node" (e.g. "claude-code.api@laptop"), or just the
-    /// agent name when only one agent on the mesh has it. list_agents shows addresses.
+    /// agent name when only one agent on the mesh has it. list_agents shows addresses; a
+    /// node whose name another node also has is written with the end of its PeerId
+    /// ("claude-code.api@laptop~Xk3vQ9aB"): use the address exactly as shown.
     pub to: String,
     /// The message. Plain text; say what you need and what you already know.
     pub text: String,

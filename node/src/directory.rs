@@ -10,7 +10,7 @@ use std::time::Instant;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::api::{ApiError, ErrorCode, Reception};
-use crate::ids::{Address, AgentName, NodeName, NodeRef};
+use crate::ids::{Address, AgentName, LABEL_SEPARATOR, NodeName, NodeRef, PeerSuffix};
 use crate::net::{MAX_ADDRS_PER_PEER, presence_timeout};
 use crate::store::PeerRecord;
 use crate::wire::{self, AgentInfo, Announcement};
@@ -243,11 +243,141 @@ impl Directory {
             })
     }
 
+    /// How this node labels `peer`, known as `name` (the name a message arrived under, or
+    /// else its announced one): the name alone while no other known node has a name that
+    /// could be taken for it, else `name~suffix` (the end of its PeerId, see
+    /// [`PeerSuffix`]); `…suffix` when no name is known. A remote node named like this one
+    /// (`my_name`) always carries the suffix, so it never reads like this node's own agents,
+    /// which keep the plain name. Every label but the nameless one is also an address.
+    pub fn label(&self, peer: &PeerId, name: Option<&NodeName>, my_name: &NodeName) -> String {
+        if *peer == self.me {
+            return my_name.to_string();
+        }
+        match name.cloned().or_else(|| self.name_of(peer)) {
+            Some(n) if self.name_is_shared(peer, &n, my_name) => {
+                format!("{n}{LABEL_SEPARATOR}{}", PeerSuffix::of(peer))
+            }
+            Some(n) => n.to_string(),
+            None => crate::node::short_peer(peer),
+        }
+    }
+
+    /// Whether a name `peer` goes by could be taken for this node's or another known node's.
+    fn name_is_shared(&self, peer: &PeerId, name: &NodeName, my_name: &NodeName) -> bool {
+        names_clash(name, my_name)
+            || self
+                .nodes
+                .iter()
+                .any(|(p, e)| p != peer && e.announcement.as_ref().is_some_and(|a| names_clash(name, &a.node_name)))
+    }
+
+    /// `agent@label` for each node, with the whole PeerId where two labels are still the
+    /// same (a suffix collision, which takes a search for such a key).
+    fn addresses(&self, agent: &AgentName, nodes: &[PeerId], my_name: &NodeName) -> Vec<String> {
+        let labels: Vec<String> = nodes.iter().map(|p| self.label(p, None, my_name)).collect();
+        nodes
+            .iter()
+            .zip(&labels)
+            .map(|(p, l)| {
+                if labels.iter().filter(|x| *x == l).count() > 1 {
+                    format!("{agent}@{p}")
+                } else {
+                    format!("{agent}@{l}")
+                }
+            })
+            .collect()
+    }
+
+    /// The remote nodes named exactly `name`, in PeerId order.
+    pub fn named(&self, name: &NodeName) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| e.announcement.as_ref().is_some_and(|a| &a.node_name == name))
+            .map(|(p, _)| *p)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The node a user means (for `mesh ping`, `mesh remove`, `mesh dial --forget`): this
+    /// node's PeerId for this node. A plain name equal to this node's name means this node;
+    /// a name several remote nodes share is refused with their labels; a label
+    /// `name~suffix` means the node whose PeerId ends with the suffix, if it has that name.
+    pub fn node(&self, node: &NodeRef, my_name: &NodeName) -> Result<PeerId, ApiError> {
+        match node {
+            NodeRef::Peer(p) => Ok(*p),
+            NodeRef::Name(n) if n == my_name => Ok(self.me),
+            NodeRef::Name(n) => match self.named(n).as_slice() {
+                [p] => Ok(*p),
+                [] => Err(ApiError::not_found(format!(
+                    "no node named {n:?} is known (see mesh peers)"
+                ))),
+                many => {
+                    let labels: Vec<String> = many.iter().map(|p| self.label(p, None, my_name)).collect();
+                    Err(ApiError::new(
+                        ErrorCode::Ambiguous,
+                        format!("several nodes are named {n:?}; use one of: {}", labels.join(", ")),
+                    ))
+                }
+            },
+            NodeRef::Labelled(n, suffix) => self.labelled(n, suffix, my_name),
+        }
+    }
+
+    /// The node whose PeerId ends with `suffix`, checked to be named `name`.
+    fn labelled(&self, name: &NodeName, suffix: &PeerSuffix, my_name: &NodeName) -> Result<PeerId, ApiError> {
+        let mut hits: Vec<PeerId> = self.nodes.keys().copied().filter(|p| suffix.matches(p)).collect();
+        if suffix.matches(&self.me) {
+            hits.push(self.me);
+        }
+        hits.sort();
+        match hits.as_slice() {
+            [] => Err(ApiError::not_found(format!(
+                "no known node has a PeerId ending in {suffix} (see mesh peers)"
+            ))),
+            [p] => {
+                let actual = if *p == self.me {
+                    Some(my_name.clone())
+                } else {
+                    self.name_of(p)
+                };
+                if actual.as_ref() == Some(name) {
+                    Ok(*p)
+                } else {
+                    Err(ApiError::not_found(match actual {
+                        Some(a) => format!(
+                            "the node whose PeerId ends in {suffix} is named {a:?}, not {name:?}: write {a}{LABEL_SEPARATOR}{suffix}"
+                        ),
+                        None => format!(
+                            "the node whose PeerId ends in {suffix} has not said its name yet: write its PeerId {p}"
+                        ),
+                    }))
+                }
+            }
+            many => Err(ApiError::new(
+                ErrorCode::Ambiguous,
+                format!(
+                    "several known nodes have PeerIds ending in {suffix}; use the whole PeerId: {}",
+                    many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+
     /// Resolves a user-written address. `my_name` and `local` describe this node.
+    ///
+    /// A node name equal to `my_name` means this node, never a remote namesake; a name
+    /// several remote nodes share means the one of them that hosts the agent, if exactly
+    /// one does, and is refused otherwise with the labels that tell them apart; a label
+    /// `name~suffix` means the one node whose PeerId ends with the suffix (see
+    /// [`Directory::node`]).
     pub fn resolve(&self, addr: &Address, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
-        let label = |p: &PeerId| match self.name_of(p) {
-            Some(n) => format!("{n} ({p})"),
-            None => p.to_string(),
+        let hosts = |p: &PeerId| {
+            self.nodes[p]
+                .announcement
+                .as_ref()
+                .is_some_and(|a| a.agents.iter().any(|x| x.name == addr.agent))
         };
         let remote_agent = |peer: &PeerId, agent: &AgentName| -> Result<Target, ApiError> {
             let entry = self.nodes.get(peer).ok_or_else(|| {
@@ -262,8 +392,8 @@ impl Directory {
                 Some(a) => {
                     let names: Vec<&str> = a.agents.iter().map(|x| x.name.as_str()).collect();
                     Err(ApiError::not_found(format!(
-                        "no agent {agent:?} on node {}; its agents: {}",
-                        label(peer),
+                        "no agent {agent:?} on node {} ({peer}); its agents: {}",
+                        self.label(peer, None, my_name),
                         if names.is_empty() {
                             "none".to_string()
                         } else {
@@ -281,140 +411,104 @@ impl Directory {
         };
         let local_agent = |agent: &AgentName| -> Result<Target, ApiError> {
             if local.contains(agent) {
-                Ok(Target::Local(agent.clone()))
-            } else {
-                let names: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
-                Err(ApiError::not_found(format!(
-                    "no agent {agent:?} on this node ({my_name}); its agents: {}",
-                    names.join(", ")
-                )))
+                return Ok(Target::Local(agent.clone()));
             }
+            let names: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
+            let mut message = format!(
+                "no agent {agent:?} on this node ({my_name}); its agents: {}",
+                names.join(", ")
+            );
+            // A remote namesake hosting it is not this node: say how to reach it.
+            let namesakes: Vec<PeerId> = self.named(my_name).into_iter().filter(|p| hosts(p)).collect();
+            if !namesakes.is_empty() {
+                message.push_str(&format!(
+                    "; another node is named {my_name:?} too: {}",
+                    self.addresses(agent, &namesakes, my_name).join(", ")
+                ));
+            }
+            Err(ApiError::not_found(message))
         };
         match &addr.node {
-            Some(NodeRef::Peer(p)) if *p == self.me => local_agent(&addr.agent),
-            Some(NodeRef::Peer(p)) => remote_agent(p, &addr.agent),
-            Some(NodeRef::Name(n)) => {
-                let mut candidates: Vec<Option<PeerId>> = Vec::new();
-                if n == my_name {
-                    candidates.push(None);
-                }
-                for (p, e) in &self.nodes {
-                    if e.announcement.as_ref().is_some_and(|a| &a.node_name == n) {
-                        candidates.push(Some(*p));
-                    }
-                }
+            Some(NodeRef::Name(n)) if n != my_name => {
+                let mut candidates = self.named(n);
                 // Prefer the nodes that host the agent, when the name is shared.
-                if candidates.len() > 1 {
-                    let hosting: Vec<Option<PeerId>> = candidates
-                        .iter()
-                        .copied()
-                        .filter(|c| match c {
-                            None => local.contains(&addr.agent),
-                            Some(p) => self.nodes[p]
-                                .announcement
-                                .as_ref()
-                                .is_some_and(|a| a.agents.iter().any(|x| x.name == addr.agent)),
-                        })
-                        .collect();
-                    if !hosting.is_empty() {
-                        candidates = hosting;
-                    }
+                if candidates.len() > 1 && candidates.iter().any(hosts) {
+                    candidates.retain(hosts);
                 }
                 match candidates.as_slice() {
                     [] => {
                         let mut known: Vec<String> = self
                             .nodes
-                            .values()
-                            .filter_map(|e| e.announcement.as_ref().map(|a| a.node_name.to_string()))
+                            .iter()
+                            .filter(|(_, e)| e.announcement.is_some())
+                            .map(|(p, _)| self.label(p, None, my_name))
                             .collect();
-                        known.push(format!("{my_name} (this node)"));
                         known.sort();
-                        known.dedup();
+                        known.push(format!("{my_name} (this node)"));
                         Err(ApiError::not_found(format!(
                             "no node named {n:?} is known; known nodes: {}",
                             known.join(", ")
                         )))
                     }
-                    [None] => local_agent(&addr.agent),
-                    [Some(p)] => remote_agent(p, &addr.agent),
-                    many => {
-                        let list: Vec<String> = many
-                            .iter()
-                            .map(|c| match c {
-                                None => format!("{}@{}", addr.agent, self.me),
-                                Some(p) => format!("{}@{p}", addr.agent),
-                            })
-                            .collect();
-                        Err(ApiError::new(
-                            ErrorCode::Ambiguous,
-                            format!("several nodes are named {n:?}; use one of: {}", list.join(", ")),
-                        ))
-                    }
+                    [p] => remote_agent(p, &addr.agent),
+                    many => Err(ApiError::new(
+                        ErrorCode::Ambiguous,
+                        format!(
+                            "several nodes are named {n:?}; use one of: {}",
+                            self.addresses(&addr.agent, many, my_name).join(", ")
+                        ),
+                    )),
                 }
             }
+            Some(node) => match self.node(node, my_name)? {
+                p if p == self.me => local_agent(&addr.agent),
+                p => remote_agent(&p, &addr.agent),
+            },
             None => {
-                let mut found: Vec<Target> = Vec::new();
+                let mut found: Vec<PeerId> = self.nodes.keys().copied().filter(hosts).collect();
+                found.sort();
                 if local.contains(&addr.agent) {
-                    found.push(Target::Local(addr.agent.clone()));
+                    found.insert(0, self.me);
                 }
-                let mut remote: Vec<(&PeerId, &Announcement)> = self
-                    .nodes
-                    .iter()
-                    .filter_map(|(p, e)| e.announcement.as_ref().map(|a| (p, a)))
-                    .filter(|(_, a)| a.agents.iter().any(|x| x.name == addr.agent))
-                    .collect();
-                remote.sort_by_key(|(p, _)| **p);
-                for (p, a) in remote {
-                    found.push(Target::Remote {
-                        peer: *p,
-                        node_name: Some(a.node_name.clone()),
-                        agent: addr.agent.clone(),
-                    });
-                }
-                match found.len() {
-                    0 => Err(ApiError::not_found(format!(
+                match found.as_slice() {
+                    [] => Err(ApiError::not_found(format!(
                         "no agent named {:?} is known on the mesh (see mesh agents)",
                         addr.agent
                     ))),
-                    1 => Ok(found.remove(0)),
-                    _ => {
-                        // Node names may collide too: fall back to PeerIds where they do.
-                        let names: Vec<String> = found
-                            .iter()
-                            .map(|t| match t {
-                                Target::Local(_) => my_name.to_string(),
-                                Target::Remote { node_name, peer, .. } => {
-                                    node_name.as_ref().map(|n| n.to_string()).unwrap_or(peer.to_string())
-                                }
-                            })
-                            .collect();
-                        let list: Vec<String> = found
-                            .iter()
-                            .zip(&names)
-                            .map(|(t, n)| {
-                                let unique = names.iter().filter(|x| *x == n).count() == 1;
-                                let node = match t {
-                                    Target::Local(_) if !unique => self.me.to_string(),
-                                    Target::Remote { peer, .. } if !unique => peer.to_string(),
-                                    _ => n.clone(),
-                                };
-                                format!("{}@{node}", addr.agent)
-                            })
-                            .collect();
-                        Err(ApiError::new(
-                            ErrorCode::Ambiguous,
-                            format!(
-                                "{} agents are named {:?}; say which: {}",
-                                found.len(),
-                                addr.agent,
-                                list.join(", ")
-                            ),
-                        ))
-                    }
+                    [p] if *p == self.me => Ok(Target::Local(addr.agent.clone())),
+                    [p] => remote_agent(p, &addr.agent),
+                    many => Err(ApiError::new(
+                        ErrorCode::Ambiguous,
+                        format!(
+                            "{} agents are named {:?}; say which: {}",
+                            many.len(),
+                            addr.agent,
+                            self.addresses(&addr.agent, many, my_name).join(", ")
+                        ),
+                    )),
                 }
             }
         }
     }
+}
+
+/// Whether two node names could be taken for each other on a screen: the same but for
+/// ASCII case and the look-alikes `0`/`o`, `1`/`i`/`l`, `rn`/`m` and `vv`/`w`.
+pub fn names_clash(a: &NodeName, b: &NodeName) -> bool {
+    fn look(n: &NodeName) -> String {
+        n.as_str()
+            .to_ascii_lowercase()
+            .replace("rn", "m")
+            .replace("vv", "w")
+            .chars()
+            .map(|c| match c {
+                '0' => 'o',
+                '1' | 'i' => 'l',
+                c => c,
+            })
+            .collect()
+    }
+    look(a) == look(b)
 }
 
 #[cfg(test)]
@@ -493,6 +587,12 @@ mod tests {
         );
     }
 
+    /// `name~<last 8 characters of the PeerId>`, written out independently of the code.
+    fn labelled(name: &str, p: &PeerId) -> String {
+        let s = p.to_string();
+        format!("{name}~{}", &s[s.len() - 8..])
+    }
+
     #[test]
     fn same_node_names_are_told_apart_by_peer_id() {
         let me = PeerId::random();
@@ -504,9 +604,148 @@ mod tests {
         let my = NodeName::new("here").unwrap();
         let err = d.resolve(&a("bob@box"), &my, &[]).unwrap_err();
         assert_eq!(err.code, ErrorCode::Ambiguous);
-        assert!(err.message.contains(&p1.to_string()) && err.message.contains(&p2.to_string()));
+        let (at1, at2) = (
+            format!("bob@{}", labelled("box", &p1)),
+            format!("bob@{}", labelled("box", &p2)),
+        );
+        assert!(
+            err.message.contains(&at1) && err.message.contains(&at2),
+            "{}",
+            err.message
+        );
         let err = d.resolve(&a("bob"), &my, &[]).unwrap_err();
-        assert!(err.message.contains(&p1.to_string()), "{}", err.message);
+        assert!(
+            err.message.contains(&at1) && err.message.contains(&at2),
+            "{}",
+            err.message
+        );
+        // Each label resolves to its own node.
+        assert!(matches!(d.resolve(&a(&at1), &my, &[]).unwrap(), Target::Remote { peer, .. } if peer == p1));
+        assert!(matches!(d.resolve(&a(&at2), &my, &[]).unwrap(), Target::Remote { peer, .. } if peer == p2));
+        // The node a user means, for ping, forget and remove.
+        let node = |s: &str| d.node(&s.parse().unwrap(), &my);
+        assert_eq!(node(&labelled("box", &p1)).unwrap(), p1);
+        assert_eq!(node("box").unwrap_err().code, ErrorCode::Ambiguous);
+        assert_eq!(node("here").unwrap(), me);
+    }
+
+    #[test]
+    fn labels_tell_namesakes_apart_and_never_read_like_this_node() {
+        let me = PeerId::random();
+        let (twin, p1, p2, solo, quiet) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let mut d = Directory::new(me);
+        let now = Instant::now();
+        let my = NodeName::new("alpha").unwrap();
+        d.update(twin, ann("alpha", &["user"], 1), now, 0);
+        d.update(p1, ann("box", &[], 1), now, 0);
+        d.update(p2, ann("box", &[], 1), now, 0);
+        d.update(solo, ann("desk", &[], 1), now, 0);
+        d.set_connected(quiet, true, 0);
+        let label = |p: &PeerId| d.label(p, None, &my);
+
+        assert_eq!(label(&me), "alpha", "this node keeps its plain name");
+        assert_eq!(label(&twin), labelled("alpha", &twin));
+        assert_eq!(label(&p1), labelled("box", &p1));
+        assert_eq!(label(&p2), labelled("box", &p2));
+        assert_ne!(label(&p1), label(&p2));
+        assert_eq!(label(&solo), "desk", "a unique name needs nothing more");
+        assert_eq!(label(&quiet), crate::node::short_peer(&quiet));
+        // The name a message arrived under counts, and clashes like any other.
+        let old = NodeName::new("alpha").unwrap();
+        assert_eq!(d.label(&solo, Some(&old), &my), labelled("alpha", &solo));
+        // Names that read alike on a screen clash too.
+        for lookalike in ["Alpha", "ALPHA", "a1pha", "alpHa"] {
+            let n = NodeName::new(lookalike).unwrap();
+            assert_eq!(d.label(&solo, Some(&n), &my), labelled(lookalike, &solo), "{lookalike}");
+        }
+        for distinct in ["alpha2", "alp", "beta"] {
+            let n = NodeName::new(distinct).unwrap();
+            assert_eq!(d.label(&solo, Some(&n), &my), distinct);
+        }
+        assert!(names_clash(
+            &NodeName::new("rnodem").unwrap(),
+            &NodeName::new("modem").unwrap()
+        ));
+        assert!(names_clash(
+            &NodeName::new("vvork0").unwrap(),
+            &NodeName::new("Work0").unwrap()
+        ));
+    }
+
+    #[test]
+    fn this_nodes_name_never_resolves_to_a_namesake() {
+        let me = PeerId::random();
+        let twin = PeerId::random();
+        let mut d = Directory::new(me);
+        d.update(twin, ann("alpha", &["user", "bob"], 1), Instant::now(), 0);
+        let my = NodeName::new("alpha").unwrap();
+        let local = vec![AgentName::new("user").unwrap()];
+        let twin_label = labelled("alpha", &twin);
+
+        assert_eq!(
+            d.resolve(&a("user@alpha"), &my, &local).unwrap(),
+            Target::Local(AgentName::new("user").unwrap())
+        );
+        // Only the twin hosts bob: the plain name still means this node, and the error says
+        // how to reach the twin.
+        let err = d.resolve(&a("bob@alpha"), &my, &local).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.contains(&format!("bob@{twin_label}")), "{}", err.message);
+        assert!(
+            matches!(d.resolve(&a(&format!("bob@{twin_label}")), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == twin)
+        );
+        assert!(
+            matches!(d.resolve(&a(&format!("user@{twin_label}")), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == twin)
+        );
+        // This node's own label resolves here.
+        assert_eq!(
+            d.resolve(&a(&format!("user@{}", labelled("alpha", &me))), &my, &local)
+                .unwrap(),
+            Target::Local(AgentName::new("user").unwrap())
+        );
+        // A bare agent name both hold: refused, with labels that differ.
+        let err = d.resolve(&a("user"), &my, &local).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Ambiguous);
+        assert!(
+            err.message.contains("user@alpha,") && err.message.contains(&format!("user@{twin_label}")),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_suffix_is_checked_against_peer_ids_not_names() {
+        let me = PeerId::random();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut d = Directory::new(me);
+        d.update(p, ann("box", &["bob"], 1), Instant::now(), 0);
+        d.update(q, ann("desk", &["bob"], 1), Instant::now(), 0);
+        let my = NodeName::new("here").unwrap();
+        // Plain-labelled nodes answer to their label with a suffix as well.
+        assert!(
+            matches!(d.resolve(&a(&format!("bob@{}", labelled("box", &p))), &my, &[]).unwrap(), Target::Remote { peer, .. } if peer == p)
+        );
+        // q's suffix with p's name: refused, naming q's real label.
+        let err = d
+            .resolve(&a(&format!("bob@{}", labelled("box", &q))), &my, &[])
+            .unwrap_err();
+        assert!(
+            err.message.contains("\"desk\"") && err.message.contains(&labelled("desk", &q)),
+            "{}",
+            err.message
+        );
+        // A suffix no known node has.
+        let stranger = PeerId::random();
+        let err = d
+            .resolve(&a(&format!("bob@{}", labelled("box", &stranger))), &my, &[])
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
     }
 
     #[test]

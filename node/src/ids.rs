@@ -129,10 +129,15 @@ fn check_name(what: &'static str, s: &str, extra: &[char]) -> Result<(), Invalid
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(c)))
     {
         let allowed: String = extra.iter().collect();
+        let reserved = match bad {
+            LABEL_SEPARATOR => "; '~' is reserved: it sets a PeerId apart from a node name",
+            '@' => "; '@' is reserved: it sets an agent apart from its node",
+            _ => "",
+        };
         return Err(InvalidName::new(
             what,
             s,
-            format!("character {bad:?} is not allowed (use letters, digits, '.', '_', '-'{allowed})"),
+            format!("character {bad:?} is not allowed (use letters, digits, '.', '_', '-'{allowed}){reserved}"),
         ));
     }
     Ok(())
@@ -269,13 +274,96 @@ fn sanitize(s: &str) -> String {
     cleaned
 }
 
-/// The node half of an address: a name or a PeerId.
+/// What separates a node name from the end of its PeerId in a node label
+/// (`laptop~Xk3vQ9aB`). No name may contain it, so no name reads like another node's label.
+pub const LABEL_SEPARATOR: char = '~';
+
+/// How many characters of a PeerId a label shows (the last ones: the first are the same
+/// for every Ed25519 key).
+pub const PEER_SUFFIX_LEN: usize = 8;
+
+/// The end of a PeerId, as a label shows it after [`LABEL_SEPARATOR`]: at least
+/// [`PEER_SUFFIX_LEN`] base58 characters. It tells apart nodes that share a name; which
+/// node it means is decided by comparing it with PeerIds, never with names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerSuffix(String);
+
+/// The base58 alphabet PeerIds are written in.
+const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Longest suffix accepted: a whole PeerId fits.
+const MAX_PEER_SUFFIX_LEN: usize = 128;
+
+impl PeerSuffix {
+    /// The suffix a label shows for `peer`.
+    pub fn of(peer: &PeerId) -> Self {
+        let s = peer.to_string();
+        Self(s[s.len().saturating_sub(PEER_SUFFIX_LEN)..].to_string())
+    }
+
+    /// Validates a suffix as a user writes it.
+    pub fn new(s: impl Into<String>) -> Result<Self, InvalidName> {
+        let s = s.into();
+        let what = "PeerId suffix";
+        if s.len() < PEER_SUFFIX_LEN || s.len() > MAX_PEER_SUFFIX_LEN {
+            return Err(InvalidName::new(
+                what,
+                &s,
+                format!("write the last {PEER_SUFFIX_LEN} (or more) characters of the node's PeerId"),
+            ));
+        }
+        if let Some(bad) = s.chars().find(|c| !BASE58.contains(*c)) {
+            return Err(InvalidName::new(
+                what,
+                &s,
+                format!("character {bad:?} is not in a PeerId (base58: no 0, O, I or l)"),
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    /// Whether `peer`'s PeerId ends with this suffix.
+    pub fn matches(&self, peer: &PeerId) -> bool {
+        peer.to_string().ends_with(&self.0)
+    }
+
+    /// The suffix as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for PeerSuffix {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<PeerSuffix> for String {
+    fn from(s: PeerSuffix) -> Self {
+        s.0
+    }
+}
+
+/// The node half of an address: a name, a label (a name and the end of a PeerId), or a
+/// PeerId.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRef {
     /// A node by its PeerId (unambiguous).
     Peer(PeerId),
     /// A node by its human name (may match several nodes).
     Name(NodeName),
+    /// A node by its label `name~suffix`, as shown when names clash: the node whose PeerId
+    /// ends with the suffix, if it has that name.
+    Labelled(NodeName, PeerSuffix),
 }
 
 impl fmt::Display for NodeRef {
@@ -283,11 +371,29 @@ impl fmt::Display for NodeRef {
         match self {
             NodeRef::Peer(p) => write!(f, "{p}"),
             NodeRef::Name(n) => write!(f, "{n}"),
+            NodeRef::Labelled(n, s) => write!(f, "{n}{LABEL_SEPARATOR}{s}"),
         }
     }
 }
 
-/// A mesh address as a user writes it: `agent@node` or a bare `agent`.
+impl FromStr for NodeRef {
+    type Err = InvalidName;
+
+    /// A PeerId, `name~suffix` or a name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(p) = s.parse::<PeerId>() {
+            return Ok(NodeRef::Peer(p));
+        }
+        match s.split_once(LABEL_SEPARATOR) {
+            Some((name, suffix)) => Ok(NodeRef::Labelled(NodeName::new(name)?, PeerSuffix::new(suffix)?)),
+            None => Ok(NodeRef::Name(NodeName::new(s)?)),
+        }
+    }
+}
+
+/// A mesh address as a user writes it: `agent@node` (`node`: a name, a label
+/// `name~suffix` or a PeerId) or a bare `agent`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     /// The agent's name on its node.
@@ -310,10 +416,7 @@ impl FromStr for Address {
                 if node.is_empty() {
                     return Err(InvalidName::new("address", s, "nothing after '@' (write agent@node)"));
                 }
-                let node = match node.parse::<PeerId>() {
-                    Ok(p) => NodeRef::Peer(p),
-                    Err(_) => NodeRef::Name(NodeName::new(node)?),
-                };
+                let node = node.parse::<NodeRef>()?;
                 Ok(Address {
                     agent: AgentName::new(agent)?,
                     node: Some(node),
@@ -418,5 +521,34 @@ mod tests {
         assert_eq!(a.node, None);
         assert!("bob@".parse::<Address>().is_err());
         assert!("@x".parse::<Address>().is_err());
+    }
+
+    #[test]
+    fn labels_parse_and_no_name_reads_like_one() {
+        let p = PeerId::random();
+        let suffix = PeerSuffix::of(&p);
+        assert_eq!(suffix.as_str().len(), PEER_SUFFIX_LEN);
+        assert!(p.to_string().ends_with(suffix.as_str()) && suffix.matches(&p));
+        assert!(!suffix.matches(&PeerId::random()));
+        let a: Address = format!("bob@laptop~{suffix}").parse().unwrap();
+        let want = NodeRef::Labelled(NodeName::new("laptop").unwrap(), suffix.clone());
+        assert_eq!(a.node, Some(want.clone()));
+        assert_eq!(a.to_string(), format!("bob@laptop~{suffix}"));
+        assert_eq!(want.to_string().parse::<NodeRef>().unwrap(), want);
+        // A whole PeerId after the separator is a (long) suffix too.
+        assert!(PeerSuffix::new(p.to_string()).unwrap().matches(&p));
+        for bad in [
+            "bob@laptop~",
+            "bob@laptop~abc",
+            "bob@laptop~0OIl0OIl",
+            "bob@~abcdefgh",
+            "bob@a~b~cdefghij",
+        ] {
+            assert!(bad.parse::<Address>().is_err(), "{bad}");
+        }
+        // The separator is in no name: a node cannot name itself like another's label.
+        let e = NodeName::new(format!("laptop~{suffix}")).unwrap_err();
+        assert!(e.why.contains("'~' is reserved"), "{e}");
+        assert!(AgentName::new("bob~x").is_err());
     }
 }

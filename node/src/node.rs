@@ -383,14 +383,9 @@ impl Node {
         let _ = self.0.events.send(e);
     }
 
+    /// How a node is labelled in what users and agents read: see [`Directory::label`].
     fn node_label(&self, peer: &PeerId, known: Option<&NodeName>) -> String {
-        if *peer == self.0.peer_id {
-            return self.0.name.to_string();
-        }
-        match known.cloned().or_else(|| self.dir().name_of(peer)) {
-            Some(n) => n.to_string(),
-            None => short_peer(peer),
-        }
+        self.dir().label(peer, known, &self.0.name)
     }
 
     pub(crate) fn message_view(&self, e: &InboxEntry) -> MessageView {
@@ -401,10 +396,7 @@ impl Node {
                 self.dir().name_of(&e.from.node)
             }
         });
-        let label = node_name
-            .as_ref()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| short_peer(&e.from.node));
+        let label = self.node_label(&e.from.node, node_name.as_ref());
         MessageView {
             id: e.id,
             agent: e.agent.to_string(),
@@ -626,8 +618,9 @@ impl Node {
             .filter_map(|(p, e)| e.announcement.as_ref().map(|a| (p, a)))
             .flat_map(|(p, a)| {
                 let dir = &dir;
+                let label = dir.label(p, Some(&a.node_name), &self.0.name);
                 a.agents.iter().map(move |ag| AgentView {
-                    address: format!("{}@{}", ag.name, a.node_name),
+                    address: format!("{}@{label}", ag.name),
                     name: ag.name.to_string(),
                     node_name: a.node_name.to_string(),
                     node: *p,
@@ -724,7 +717,8 @@ impl Node {
         Ok(peer)
     }
 
-    /// The node a user means: a PeerId, an address ending in `/p2p/<id>`, or a node name.
+    /// The node a user means: a PeerId, an address ending in `/p2p/<id>`, a node name or a
+    /// label `name~suffix` (see [`Directory::node`]).
     fn resolve_node(&self, text: &str) -> Result<PeerId, ApiError> {
         let t = text.trim();
         if let Ok(p) = t.parse::<PeerId>() {
@@ -737,31 +731,35 @@ impl Node {
                 _ => Err(ApiError::bad(format!("{t} does not end with /p2p/<PeerId>"))),
             };
         }
-        let name = NodeName::new(t)?;
-        let dir = self.dir();
-        let matches: Vec<PeerId> = dir
-            .nodes()
-            .filter(|(_, e)| e.announcement.as_ref().is_some_and(|a| a.node_name == name))
-            .map(|(p, _)| *p)
-            .collect();
-        match matches.as_slice() {
-            [p] => Ok(*p),
-            [] => Err(ApiError::not_found(format!(
-                "no node named {t:?} is known (see mesh peers)"
-            ))),
-            many => Err(ApiError::new(
-                ErrorCode::Ambiguous,
-                format!(
-                    "several nodes are named {t:?}: {}",
-                    many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            )),
+        self.dir().node(&t.parse()?, &self.0.name)
+    }
+
+    /// `peer`, unless it is this node: then an error saying so (and `advice`), with the
+    /// labels of the other nodes named like this one, which the user may have meant.
+    fn other_node(&self, peer: PeerId, advice: &str) -> Result<PeerId, ApiError> {
+        if peer != self.0.peer_id {
+            return Ok(peer);
         }
+        let mut message = format!("that is this node{advice}");
+        let dir = self.dir();
+        let namesakes: Vec<String> = dir
+            .named(&self.0.name)
+            .iter()
+            .map(|p| dir.label(p, None, &self.0.name))
+            .collect();
+        if !namesakes.is_empty() {
+            message.push_str(&format!(
+                "; other nodes named {:?}: {}",
+                self.0.name.as_str(),
+                namesakes.join(", ")
+            ));
+        }
+        Err(ApiError::bad(message))
     }
 
     /// `mesh dial --forget`.
     pub async fn forget(&self, node: &str) -> Result<(PeerId, bool), ApiError> {
-        let peer = self.resolve_node(node)?;
+        let peer = self.other_node(self.resolve_node(node)?, "")?;
         let was_stored = self
             .0
             .store
@@ -773,7 +771,7 @@ impl Node {
 
     /// `mesh ping`: one round trip, and the connection it used.
     pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::net::ConnectionView), ApiError> {
-        let peer = self.resolve_node(node)?;
+        let peer = self.other_node(self.resolve_node(node)?, "")?;
         if !self.0.net.is_connected(&peer) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -1052,9 +1050,7 @@ impl Node {
                 }
             }
         };
-        if peer == self.0.peer_id {
-            return Err(ApiError::bad("that is this node; to leave the mesh use: mesh leave"));
-        }
+        let peer = self.other_node(peer, "; to leave the mesh use: mesh leave")?;
         let name = self.dir().name_of(&peer).map(|n| n.to_string()).or_else(|| {
             records
                 .iter()
@@ -1227,13 +1223,7 @@ impl Node {
                     reply_to,
                     text,
                 };
-                let to_label = format!(
-                    "{agent}@{}",
-                    node_name
-                        .as_ref()
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| short_peer(&peer))
-                );
+                let to_label = format!("{agent}@{}", self.node_label(&peer, node_name.as_ref()));
                 let mut events = self.0.events.subscribe();
                 let f = from.clone();
                 let nn = node_name.clone();

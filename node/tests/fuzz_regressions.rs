@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_node::fuzzing;
 
-const TARGETS: [&str; 4] = ["wire", "local_api", "join_code", "config_files"];
+const TARGETS: [&str; 5] = ["wire", "local_api", "join_code", "config_files", "text"];
 
 fn run(target: &str, data: &[u8]) {
     match target {
@@ -20,6 +20,7 @@ fn run(target: &str, data: &[u8]) {
         "local_api" => fuzzing::local_api(data),
         "join_code" => fuzzing::join_code(data),
         "config_files" => fuzzing::config_files(data),
+        "text" => fuzzing::text(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }

@@ -503,3 +503,100 @@ async fn simultaneous_dials_connect_and_admit_both_ways() {
         );
     }
 }
+
+/// The last 8 characters of a PeerId: what a label shows to tell namesakes apart.
+fn tail8(p: libp2p::PeerId) -> String {
+    let s = p.to_string();
+    s[s.len() - 8..].to_string()
+}
+
+/// Node names are neither unique nor trusted: a member that names its node like ours, or
+/// two members with one name, get labels that tell them apart (never the label of our own
+/// agents), and each label is an address that reaches exactly that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namesakes_get_labels_that_tell_them_apart_and_reach_exactly_them() {
+    let a = TestNode::start("alpha").await;
+    let twin = TestNode::start("alpha").await;
+    let (c, d) = (TestNode::start("beta").await, TestNode::start("beta").await);
+    for n in [&twin, &c, &d] {
+        n.register("bob").await;
+        a.dial(n).await;
+    }
+    let mine: Vec<String> = get!(a.call(Request::Agents), Agents)
+        .into_iter()
+        .filter(|x| x.local)
+        .map(|x| x.address)
+        .collect();
+    assert!(mine.contains(&"user@alpha".to_string()), "{mine:?}");
+
+    // The twin writes as "user", the name of our own user agent.
+    let mut wa = a.watch(&["user"]).await;
+    let r = twin
+        .send("user", &format!("user@{}", a.peer_id()), "it is me, your user")
+        .await;
+    assert_eq!(r.status, SendStatus::Delivered);
+    let got = wait_messages(&mut wa, "user", 1).await;
+    let from = &got[0].from;
+    assert_eq!(*from, format!("user@alpha~{}", tail8(twin.peer_id())));
+    assert!(!mine.contains(from), "{from} reads like one of our own agents");
+    assert_eq!(a.inbox("user").await[0].from, *from);
+
+    // Every remote agent is listed under a label of its own.
+    let agents = get!(a.call(Request::Agents), Agents);
+    let address_of = |p: libp2p::PeerId| {
+        agents
+            .iter()
+            .find(|x| x.node == p && x.name == "bob")
+            .map(|x| x.address.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        address_of(twin.peer_id()),
+        format!("bob@alpha~{}", tail8(twin.peer_id()))
+    );
+    let (at_c, at_d) = (address_of(c.peer_id()), address_of(d.peer_id()));
+    assert_eq!(at_c, format!("bob@beta~{}", tail8(c.peer_id())));
+    assert_eq!(at_d, format!("bob@beta~{}", tail8(d.peer_id())));
+    let mut all: Vec<&String> = agents.iter().map(|x| &x.address).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), agents.len(), "two agents share a label: {agents:?}");
+
+    // A label is an address: it reaches that node and no other.
+    let mut wc = c.watch(&["bob"]).await;
+    let r = a.send("user", &at_c, "for c only").await;
+    assert_eq!((r.to_node, r.to.as_str()), (c.peer_id(), at_c.as_str()));
+    assert_eq!(r.status, SendStatus::Delivered);
+    assert_eq!(wait_messages(&mut wc, "bob", 1).await[0].text, "for c only");
+    assert!(d.whole_inbox("bob").await.is_empty());
+    // So is the sender's label: a reply goes back to the twin, not to our own user.
+    let mut wt = twin.watch(&["user"]).await;
+    let r = a.send("user", from, "who are you?").await;
+    assert_eq!(r.to_node, twin.peer_id());
+    assert_eq!(wait_messages(&mut wt, "user", 1).await[0].text, "who are you?");
+
+    // A name two nodes share is refused, with the labels to use instead.
+    let send = |to: &str| Request::Send {
+        from: "user".into(),
+        to: to.into(),
+        text: "x".into(),
+        reply_to: None,
+        id: None,
+    };
+    let e = api_err(a.call(send("bob@beta")).await);
+    assert_eq!(e.code, ErrorCode::Ambiguous);
+    assert!(e.message.contains(&at_c) && e.message.contains(&at_d), "{}", e.message);
+    // Our own name means our own node, even for an agent only the twin has.
+    let e = api_err(a.call(send("bob@alpha")).await);
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains(&address_of(twin.peer_id())), "{}", e.message);
+    // A suffix is checked against the PeerId, never taken from a name.
+    let e = api_err(a.call(send(&format!("bob@beta~{}", tail8(twin.peer_id())))).await);
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(
+        e.message.contains(&format!("alpha~{}", tail8(twin.peer_id()))),
+        "{}",
+        e.message
+    );
+    assert!(c.whole_inbox("bob").await.len() == 1 && d.whole_inbox("bob").await.is_empty());
+}
