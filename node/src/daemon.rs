@@ -197,7 +197,13 @@ impl Daemon {
             );
             Membership::open()
         } else {
-            Membership::load_or_create(&home.mesh_path())?
+            let mut mesh = Membership::load_or_create(&home.mesh_path())?;
+            // A node is a member of its own mesh (a founder lists itself; a joiner is
+            // listed by its inviter already).
+            if mesh.add_member(peer_id) {
+                mesh.save(&home.mesh_path())?;
+            }
+            mesh
         };
         let store = open_store(&home.store_path(), peer_id).await?;
         let listener = server::bind(&home.socket_path())?;

@@ -48,16 +48,20 @@ fn dm_request_limit() -> usize {
 fn mesh() -> &'static Membership {
     static MESH: OnceLock<Membership> = OnceLock::new();
     MESH.get_or_init(|| {
-        Membership::from_grant(Grant {
-            mesh_id: crate::mesh::MeshId([1; 16]),
-            name_key: [2; 32],
-            epochs: vec![crate::mesh::Epoch {
-                number: 1,
-                secret: [3; 32],
-                roster: Vec::new(),
-            }],
-            revoked: Default::default(),
-        })
+        Membership::from_grant(
+            Grant {
+                mesh_id: crate::mesh::MeshId([1; 16]),
+                name_key: [2; 32],
+                epochs: vec![crate::mesh::Epoch {
+                    number: 1,
+                    secret: [3; 32],
+                    roster: Vec::new(),
+                }],
+                revoked: Default::default(),
+                members: Default::default(),
+            },
+            None,
+        )
         .expect("a valid grant")
     })
 }
@@ -198,7 +202,7 @@ pub fn wire(data: &[u8]) {
         _ => {
             if let Some(g) = postcard_round_trip::<Grant>(bytes) {
                 let _ = g.check();
-                if let Ok(m) = Membership::from_grant(g.clone()) {
+                if let Ok(m) = Membership::from_grant(g.clone(), None) {
                     let _ = m.topic_tag("t");
                 }
                 let mut mine = mesh().clone();

@@ -8,6 +8,11 @@
 //! * **Admission proof**: `HMAC-SHA256(secret, "agentmesh-admit-v1" ‖ mesh id ‖ epoch ‖
 //!   prover ‖ verifier)`. Both PeerIds come from the Noise handshake, so a proof shown to
 //!   one node is worthless to anyone else.
+//! * **Members are PeerIds**: the secret alone admits nobody. A proof counts only from a
+//!   PeerId this node knows as a member ([`Grant::members`]: learned from a join it
+//!   granted, from a member's chain, or when a founding member vouched for it), or from one
+//!   carrying a [`Voucher`]: its inviter's signature, checked against a known member. So a
+//!   copy of `mesh.key` used under another identity is refused.
 //! * **Epochs**: a proof for an older epoch is accepted only from a node listed in the
 //!   next epoch's *roster* (the members when the key was rotated) and never from a
 //!   revoked node; such a node is handed the current chain (a [`Grant`]). So a removed
@@ -43,6 +48,8 @@ pub const MAX_EPOCHS: usize = 8;
 pub const MAX_ROSTER: usize = 1024;
 /// Most revoked nodes remembered.
 pub const MAX_REVOKED: usize = 1024;
+/// Most members known by PeerId.
+pub const MAX_MEMBERS: usize = 1024;
 /// Most addresses carried in a join code.
 pub const MAX_INVITE_ADDRS: usize = 8;
 /// Prefix of a join code.
@@ -50,7 +57,10 @@ pub const INVITE_PREFIX: &str = "agentmesh:";
 /// Largest join code accepted, in characters.
 pub const MAX_INVITE_CHARS: usize = 4096;
 
-const FILE_MAGIC: &[u8; 8] = b"AMMESH\x00\x01";
+/// `mesh.key` before members were known by PeerId (a bare grant without them).
+const FILE_MAGIC_V1: &[u8; 8] = b"AMMESH\x00\x01";
+const FILE_MAGIC: &[u8; 8] = b"AMMESH\x00\x02";
+const VOUCHER_LABEL: &[u8] = b"agentmesh-member-v1";
 const ADMIT_LABEL: &[u8] = b"agentmesh-admit-v1";
 const COMMIT_LABEL: &[u8] = b"agentmesh-epoch-commit-v1";
 const SEAL_LABEL: &[u8] = b"agentmesh-gossip-v1";
@@ -108,6 +118,8 @@ pub struct Grant {
     pub epochs: Vec<Epoch>,
     /// Nodes removed from the mesh.
     pub revoked: BTreeSet<PeerId>,
+    /// The nodes known as members (never revoked ones).
+    pub members: BTreeSet<PeerId>,
 }
 
 impl std::fmt::Debug for Grant {
@@ -116,6 +128,7 @@ impl std::fmt::Debug for Grant {
             .field("mesh_id", &self.mesh_id.short())
             .field("epochs", &self.epochs)
             .field("revoked", &self.revoked.len())
+            .field("members", &self.members.len())
             .finish()
     }
 }
@@ -129,8 +142,11 @@ impl Grant {
         if self.epochs.windows(2).any(|w| w[1].number != w[0].number + 1) {
             return Err("epochs are not consecutive".into());
         }
-        if self.epochs.iter().any(|e| e.roster.len() > MAX_ROSTER) || self.revoked.len() > MAX_REVOKED {
-            return Err("roster or revocation list too long".into());
+        if self.epochs.iter().any(|e| e.roster.len() > MAX_ROSTER)
+            || self.revoked.len() > MAX_REVOKED
+            || self.members.len() > MAX_MEMBERS
+        {
+            return Err("roster, member or revocation list too long".into());
         }
         Ok(())
     }
@@ -179,6 +195,43 @@ pub enum Refusal {
     /// verifier's key (so the verifier may have been removed).
     #[error("proved with a newer mesh key this node was not given")]
     Unverified,
+    /// A valid proof from a PeerId no member admitted (a copied mesh key).
+    #[error("holds the mesh key but was never admitted by a member (a copied key?)")]
+    NotAMember,
+}
+
+/// A member's word that a node joined through it: the inviter's signature over the mesh
+/// id and the new member's PeerId. A node shows it with its proofs, so that members who
+/// have not heard of it yet can check it against a member they know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voucher {
+    /// The member that admitted it (its key signs).
+    pub inviter: PeerId,
+    /// Signature over `"agentmesh-member-v1" ‖ mesh id ‖ member PeerId`.
+    pub signature: Vec<u8>,
+}
+
+fn voucher_bytes(mesh: &MeshId, member: &PeerId) -> Vec<u8> {
+    let mut b = VOUCHER_LABEL.to_vec();
+    b.extend_from_slice(&mesh.0);
+    b.extend_from_slice(&member.to_bytes());
+    b
+}
+
+impl Voucher {
+    /// `inviter` vouches that `member` belongs to `mesh`.
+    pub fn sign(mesh: &MeshId, member: &PeerId, inviter: &Keypair) -> Result<Self, String> {
+        Ok(Self {
+            inviter: inviter.public().to_peer_id(),
+            signature: inviter.sign(&voucher_bytes(mesh, member)).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Whether it is a valid voucher for `member` in `mesh` (by whoever it names).
+    pub fn verify(&self, mesh: &MeshId, member: &PeerId) -> bool {
+        self.signature.len() <= 128
+            && public_key_of(&self.inviter).is_some_and(|k| k.verify(&voucher_bytes(mesh, member), &self.signature))
+    }
 }
 
 /// What a verifier concluded about a proof.
@@ -225,6 +278,29 @@ struct Sealed {
 pub struct Membership {
     grant: Grant,
     open: bool,
+    /// This node's voucher from the member that admitted it (none for a founder).
+    voucher: Option<Voucher>,
+    /// Read from a `mesh.key` written before members were known by PeerId: valid proofs
+    /// from unknown PeerIds are still taken (and the PeerIds learned) until the next key
+    /// rotation, which lists the members.
+    adopting: bool,
+}
+
+/// `mesh.key`: the chain and this node's own voucher.
+#[derive(Serialize, Deserialize)]
+struct MeshFile {
+    grant: Grant,
+    voucher: Option<Voucher>,
+    adopting: bool,
+}
+
+/// `mesh.key` before members were known by PeerId.
+#[derive(Deserialize)]
+struct GrantV1 {
+    mesh_id: MeshId,
+    name_key: [u8; 32],
+    epochs: Vec<Epoch>,
+    revoked: BTreeSet<PeerId>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -232,6 +308,8 @@ impl std::fmt::Debug for Membership {
         f.debug_struct("Membership")
             .field("grant", &self.grant)
             .field("open", &self.open)
+            .field("vouched", &self.voucher.as_ref().map(|v| v.inviter))
+            .field("adopting", &self.adopting)
             .finish()
     }
 }
@@ -320,8 +398,11 @@ impl Membership {
                     roster: Vec::new(),
                 }],
                 revoked: BTreeSet::new(),
+                members: BTreeSet::new(),
             },
             open: false,
+            voucher: None,
+            adopting: false,
         }
     }
 
@@ -346,15 +427,82 @@ impl Membership {
                     roster: Vec::new(),
                 }],
                 revoked: BTreeSet::new(),
+                members: BTreeSet::new(),
             },
             open: true,
+            voucher: None,
+            adopting: false,
         }
     }
 
-    /// Membership from a grant received when joining.
-    pub fn from_grant(grant: Grant) -> Result<Self, String> {
+    /// Membership from a grant received when joining, with the inviter's voucher.
+    pub fn from_grant(grant: Grant, voucher: Option<Voucher>) -> Result<Self, String> {
         grant.check()?;
-        Ok(Self { grant, open: false })
+        Ok(Self {
+            grant,
+            open: false,
+            voucher,
+            adopting: false,
+        })
+    }
+
+    /// This node's voucher, shown with its proofs.
+    pub fn voucher(&self) -> Option<&Voucher> {
+        self.voucher.as_ref()
+    }
+
+    /// The nodes known as members.
+    pub fn members(&self) -> &BTreeSet<PeerId> {
+        &self.grant.members
+    }
+
+    /// Whether `peer` is known as a member (always, in the open mesh).
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.open || (self.grant.members.contains(peer) && !self.is_revoked(peer))
+    }
+
+    /// Records `peer` as a member (this node at start, a node whose join it granted, one
+    /// that proved with a valid voucher). Returns whether anything changed; a revoked node,
+    /// the open mesh and a full list change nothing.
+    pub fn add_member(&mut self, peer: PeerId) -> bool {
+        if self.open || self.is_revoked(&peer) || self.grant.members.len() >= MAX_MEMBERS {
+            return false;
+        }
+        self.grant.members.insert(peer)
+    }
+
+    /// Whether `voucher` shows that `peer` was admitted by a member this node knows.
+    pub fn vouched(&self, peer: &PeerId, voucher: Option<&Voucher>) -> bool {
+        voucher.is_some_and(|v| {
+            v.inviter != *peer
+                && self.is_member(&v.inviter)
+                && !self.is_revoked(peer)
+                && v.verify(&self.grant.mesh_id, peer)
+        })
+    }
+
+    /// Makes the node whose identity is (or will be) at `identity_path` a member of this
+    /// mesh ahead of its first start, as `mesh join` would: creates the identity if there
+    /// is none, and writes `mesh_path` with `founder`'s voucher for it. For meshes made
+    /// ahead of time (provisioning, tests, benchmarks); `founder` must be a member.
+    pub fn provision(&self, identity_path: &Path, mesh_path: &Path, founder: &Keypair) -> Result<PeerId, String> {
+        let key = crate::identity::load_or_create(identity_path).map_err(|e| e.to_string())?;
+        let peer = key.public().to_peer_id();
+        self.vouched_for(&peer, founder)?
+            .save(mesh_path)
+            .map_err(|e| e.to_string())?;
+        Ok(peer)
+    }
+
+    /// Gives this node a voucher signed by `inviter` (which must be a member of this mesh)
+    /// and records both as members: how a mesh made ahead of time (provisioning, tests,
+    /// benchmarks) stands in for `mesh join`.
+    pub fn vouched_for(&self, member: &PeerId, inviter: &Keypair) -> Result<Self, String> {
+        let mut m = self.clone();
+        m.voucher = Some(Voucher::sign(&self.grant.mesh_id, member, inviter)?);
+        m.add_member(inviter.public().to_peer_id());
+        m.add_member(*member);
+        Ok(m)
     }
 
     /// Whether this is the open mesh.
@@ -408,8 +556,10 @@ impl Membership {
         }
     }
 
-    /// Checks a proof `prover` (authenticated by the transport) showed this node.
-    pub fn verify(&self, proof: &Proof, prover: &PeerId, verifier: &PeerId) -> Verdict {
+    /// Checks a proof `prover` (authenticated by the transport) showed this node, with the
+    /// voucher it showed. A [`Verdict::Member`] from a PeerId not yet known as a member is
+    /// for the caller to record ([`Membership::add_member`]).
+    pub fn verify(&self, proof: &Proof, voucher: Option<&Voucher>, prover: &PeerId, verifier: &PeerId) -> Verdict {
         if proof.mesh_id != self.grant.mesh_id {
             let open_id = Membership::open().id();
             let mut short = [0u8; 4];
@@ -440,7 +590,11 @@ impl Membership {
             return Verdict::Refused(Refusal::BadProof);
         }
         if epoch.number == current {
-            return Verdict::Member;
+            return if self.open || self.is_member(prover) || self.vouched(prover, voucher) || self.adopting {
+                Verdict::Member
+            } else {
+                Verdict::Refused(Refusal::NotAMember)
+            };
         }
         if self.carried_over(prover, epoch.number) {
             Verdict::Stale
@@ -484,13 +638,32 @@ impl Membership {
                 changed = true;
             }
         }
+        let revoked = self.grant.revoked.clone();
+        let before = self.grant.members.len();
+        self.grant.members.retain(|p| !revoked.contains(p));
+        changed |= self.grant.members.len() != before;
+        for p in &g.members {
+            changed |= self.add_member(*p);
+        }
+        if theirs_last > ours.number {
+            // A rotation lists the members: whatever a legacy key file let in is settled.
+            self.adopting = false;
+        }
         Ok(changed)
     }
 
-    /// Removes `peer`: a new epoch whose secret it never gets. `members` are the nodes
-    /// to carry over (they may renew with the old secret).
-    pub fn rotate(&mut self, peer: PeerId, members: impl IntoIterator<Item = PeerId>) {
+    /// Removes `peer`: a new epoch whose secret it never gets. The known members are
+    /// carried over (they may renew with the old secret); `others` too, only while a legacy
+    /// key file is being adopted (nodes this one met as members before they were listed).
+    pub fn rotate(&mut self, peer: PeerId, others: impl IntoIterator<Item = PeerId>) {
+        let members: Vec<PeerId> = if self.adopting {
+            self.grant.members.iter().copied().chain(others).collect()
+        } else {
+            self.grant.members.iter().copied().collect()
+        };
+        self.adopting = false;
         self.grant.revoked.insert(peer);
+        self.grant.members.remove(&peer);
         while self.grant.revoked.len() > MAX_REVOKED {
             // Forget the oldest-sorted entry; a long-gone node matters least.
             let first = self.grant.revoked.iter().next().copied();
@@ -505,6 +678,7 @@ impl Membership {
             .into_iter()
             .collect();
         roster.truncate(MAX_ROSTER);
+        self.grant.members = roster.iter().copied().collect();
         let number = self.current().number + 1;
         self.grant.epochs.push(Epoch {
             number,
@@ -623,16 +797,44 @@ impl Membership {
     /// The contents of a `mesh.key` file.
     pub fn to_file_bytes(&self) -> Result<Vec<u8>, String> {
         let mut body = FILE_MAGIC.to_vec();
-        body.extend(postcard::to_allocvec(&self.grant).map_err(|e| e.to_string())?);
+        let file = MeshFile {
+            grant: self.grant.clone(),
+            voucher: self.voucher.clone(),
+            adopting: self.adopting,
+        };
+        body.extend(postcard::to_allocvec(&file).map_err(|e| e.to_string())?);
         Ok(body)
     }
 
-    /// Parses the contents of a `mesh.key` file.
+    /// Parses the contents of a `mesh.key` file (also the format before members were
+    /// known by PeerId, which is adopted: see [`Membership::rotate`]).
     pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if let Some(body) = bytes.strip_prefix(FILE_MAGIC_V1) {
+            let g: GrantV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            let grant = Grant {
+                mesh_id: g.mesh_id,
+                name_key: g.name_key,
+                epochs: g.epochs,
+                revoked: g.revoked,
+                members: BTreeSet::new(),
+            };
+            grant.check()?;
+            return Ok(Self {
+                grant,
+                open: false,
+                voucher: None,
+                adopting: true,
+            });
+        }
         let body = bytes.strip_prefix(FILE_MAGIC).ok_or("wrong header")?;
-        let grant: Grant = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-        grant.check()?;
-        Ok(Self { grant, open: false })
+        let file: MeshFile = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        file.grant.check()?;
+        Ok(Self {
+            grant: file.grant,
+            open: false,
+            voucher: file.voucher,
+            adopting: file.adopting,
+        })
     }
 
     /// Reads `mesh.key`, or starts a new mesh and writes it there.
@@ -778,53 +980,136 @@ mod tests {
 
     #[test]
     fn proofs_bind_both_nodes() {
-        let m = Membership::generate();
+        let mut m = Membership::generate();
         let (a, b, x) = (peer(), peer(), peer());
+        m.add_member(a);
         let p = m.prove(&a, &b);
-        assert_eq!(m.verify(&p, &a, &b), Verdict::Member);
+        assert_eq!(m.verify(&p, None, &a, &b), Verdict::Member);
         // Shown to another verifier, or claimed by another prover: refused.
-        assert_eq!(m.verify(&p, &a, &x), Verdict::Refused(Refusal::BadProof));
-        assert_eq!(m.verify(&p, &x, &b), Verdict::Refused(Refusal::BadProof));
+        assert_eq!(m.verify(&p, None, &a, &x), Verdict::Refused(Refusal::BadProof));
+        assert_eq!(m.verify(&p, None, &x, &b), Verdict::Refused(Refusal::BadProof));
         // Another mesh's proof: refused as such.
         let other = Membership::generate();
         assert!(matches!(
-            m.verify(&other.prove(&a, &b), &a, &b),
+            m.verify(&other.prove(&a, &b), None, &a, &b),
             Verdict::Refused(Refusal::OtherMesh(_))
         ));
         // A forged MAC with the right commitment: refused.
         let mut forged = p.clone();
         forged.mac[0] ^= 1;
-        assert_eq!(m.verify(&forged, &a, &b), Verdict::Refused(Refusal::BadProof));
+        assert_eq!(m.verify(&forged, None, &a, &b), Verdict::Refused(Refusal::BadProof));
     }
 
     #[test]
     fn rotation_shuts_out_the_removed_node_but_renews_stale_members() {
         let mut m = Membership::generate();
         let (a, b, stale, removed, newcomer) = (peer(), peer(), peer(), peer(), peer());
+        for p in [a, b, stale, removed] {
+            m.add_member(p);
+        }
         let old = m.clone();
-        m.rotate(removed, [a, b, stale, removed]);
+        m.rotate(removed, []);
+        assert!(!m.is_member(&removed) && m.is_member(&stale));
         assert_eq!(m.current().number, 2);
         assert!(!m.current().roster.contains(&removed));
         // A member that missed the rotation proves with the old key: admitted, renewed.
-        assert_eq!(m.verify(&old.prove(&stale, &a), &stale, &a), Verdict::Stale);
+        assert_eq!(m.verify(&old.prove(&stale, &a), None, &stale, &a), Verdict::Stale);
         // The removed node with the old key: refused, under its own name or a new one.
         assert_eq!(
-            m.verify(&old.prove(&removed, &a), &removed, &a),
+            m.verify(&old.prove(&removed, &a), None, &removed, &a),
             Verdict::Refused(Refusal::Revoked)
         );
         assert_eq!(
-            m.verify(&old.prove(&newcomer, &a), &newcomer, &a),
+            m.verify(&old.prove(&newcomer, &a), None, &newcomer, &a),
             Verdict::Refused(Refusal::NotInRoster)
         );
         // The stale member verifying a current proof: it is behind, not refused.
-        assert_eq!(old.verify(&m.prove(&a, &stale), &a, &stale), Verdict::Ahead);
+        assert_eq!(old.verify(&m.prove(&a, &stale), None, &a, &stale), Verdict::Ahead);
         // After taking the grant it verifies.
         let mut renewed = old.clone();
         assert!(renewed.accept_grant(&m.grant()).unwrap());
-        assert_eq!(renewed.verify(&m.prove(&a, &stale), &a, &stale), Verdict::Member);
+        assert_eq!(renewed.verify(&m.prove(&a, &stale), None, &a, &stale), Verdict::Member);
         assert!(renewed.is_revoked(&removed));
         // Taking it again changes nothing.
         assert!(!renewed.accept_grant(&m.grant()).unwrap());
+    }
+
+    #[test]
+    fn a_copied_key_admits_nobody_but_a_members_voucher_does() {
+        let founder = Keypair::generate_ed25519();
+        let mut m = Membership::generate();
+        m.add_member(founder.public().to_peer_id());
+        let (verifier, thief) = (peer(), peer());
+        // Issue 12, finding 5: any PeerId holding a copy of the key was admitted.
+        let copy = m.clone();
+        assert_eq!(
+            m.verify(&copy.prove(&thief, &verifier), None, &thief, &verifier),
+            Verdict::Refused(Refusal::NotAMember)
+        );
+        // A node the founder admitted shows its voucher: a member, though not listed yet.
+        let joiner = Keypair::generate_ed25519();
+        let j = joiner.public().to_peer_id();
+        let joined = m.vouched_for(&j, &founder).unwrap();
+        let v = joined.voucher().cloned();
+        assert_eq!(
+            m.verify(&joined.prove(&j, &verifier), v.as_ref(), &j, &verifier),
+            Verdict::Member
+        );
+        // The same voucher under another identity, one it signed itself, or one from a
+        // stranger: refused.
+        assert_eq!(
+            m.verify(&copy.prove(&thief, &verifier), v.as_ref(), &thief, &verifier),
+            Verdict::Refused(Refusal::NotAMember)
+        );
+        let own = Voucher::sign(&m.id(), &thief, &Keypair::generate_ed25519()).unwrap();
+        assert_eq!(
+            m.verify(&copy.prove(&thief, &verifier), Some(&own), &thief, &verifier),
+            Verdict::Refused(Refusal::NotAMember)
+        );
+        // A removal lists the members: the thief is not carried over, whoever it met.
+        let mut after = m.clone();
+        after.add_member(j);
+        after.rotate(peer(), [thief]);
+        assert!(!after.current().roster.contains(&thief) && after.current().roster.contains(&j));
+        assert_eq!(
+            after.verify(&copy.prove(&thief, &verifier), None, &thief, &verifier),
+            Verdict::Refused(Refusal::NotInRoster)
+        );
+        // Members learned from a member's chain are members; revoked ones are not.
+        let mut other = copy.clone();
+        assert!(other.accept_grant(&after.grant()).unwrap());
+        assert!(other.is_member(&j) && !other.is_member(&thief));
+    }
+
+    #[test]
+    fn a_key_file_from_before_member_lists_is_adopted_until_the_next_rotation() {
+        let m = Membership::generate();
+        let (a, b) = (peer(), peer());
+        // The v1 file: the bare grant (without members).
+        let mut v1 = FILE_MAGIC_V1.to_vec();
+        v1.extend(
+            postcard::to_allocvec(&(
+                m.id(),
+                m.grant.name_key,
+                m.grant.epochs.clone(),
+                BTreeSet::<PeerId>::new(),
+            ))
+            .unwrap(),
+        );
+        let mut old = Membership::from_file_bytes(&v1).unwrap();
+        assert_eq!(old.id(), m.id());
+        // Trust on first use until a rotation lists the members.
+        assert_eq!(old.verify(&m.prove(&a, &b), None, &a, &b), Verdict::Member);
+        old.add_member(a);
+        let again = Membership::from_file_bytes(&old.to_file_bytes().unwrap()).unwrap();
+        assert_eq!(again, old, "saved in the new format, still adopting");
+        old.rotate(peer(), [b]);
+        let (c, d) = (peer(), peer());
+        assert_eq!(
+            old.verify(&old.prove(&c, &d), None, &c, &d),
+            Verdict::Refused(Refusal::NotAMember)
+        );
+        assert!(old.is_member(&a) && old.is_member(&b));
     }
 
     #[test]
@@ -836,7 +1121,7 @@ mod tests {
         let mut z = x.clone();
         assert!(z.accept_grant(&y.grant()).is_err());
         assert_eq!(
-            x.verify(&y.prove(&peer(), &peer()), &peer(), &peer()),
+            x.verify(&y.prove(&peer(), &peer()), None, &peer(), &peer()),
             Verdict::Refused(Refusal::Conflict)
         );
         assert!(z.accept_grant(&Membership::generate().grant()).is_err());
@@ -854,15 +1139,16 @@ mod tests {
         }
         assert_eq!(m.grant().epochs.len(), MAX_EPOCHS);
         assert_eq!(
-            m.verify(&first.prove(&a, &a), &a, &a),
+            m.verify(&first.prove(&a, &a), None, &a, &a),
             Verdict::Refused(Refusal::TooOld)
         );
     }
 
     #[test]
     fn sealed_payloads_open_only_for_the_mesh_source_and_topic() {
-        let m = Membership::generate();
+        let mut m = Membership::generate();
         let (src, other) = (peer(), peer());
+        m.add_member(src);
         let sealed = m.seal("t/abc", &src, b"hello");
         assert_eq!(m.open_sealed("t/abc", &src, &sealed).unwrap(), b"hello");
         assert_eq!(m.open_sealed("t/abc", &other, &sealed), Err(OpenError::Forged));
@@ -878,7 +1164,7 @@ mod tests {
         assert_eq!(m.open_sealed("t/abc", &src, &tampered), Err(OpenError::Forged));
         // After a rotation: old-key payloads open only from carried-over members.
         let mut next = m.clone();
-        next.rotate(other, [src]);
+        next.rotate(other, []);
         assert_eq!(next.open_sealed("t/abc", &src, &sealed).unwrap(), b"hello");
         let from_removed = m.seal("t/abc", &other, b"x");
         assert_eq!(
@@ -898,14 +1184,17 @@ mod tests {
         let (a, b) = (peer(), peer());
         let open = Membership::open();
         assert_eq!(open, Membership::open());
-        assert_eq!(open.verify(&Membership::open().prove(&a, &b), &a, &b), Verdict::Member);
+        assert_eq!(
+            open.verify(&Membership::open().prove(&a, &b), None, &a, &b),
+            Verdict::Member
+        );
         let closed = Membership::generate();
         assert!(matches!(
-            closed.verify(&open.prove(&a, &b), &a, &b),
+            closed.verify(&open.prove(&a, &b), None, &a, &b),
             Verdict::Refused(Refusal::OpenMismatch(_))
         ));
         assert!(matches!(
-            open.verify(&closed.prove(&a, &b), &a, &b),
+            open.verify(&closed.prove(&a, &b), None, &a, &b),
             Verdict::Refused(Refusal::OpenMismatch(_))
         ));
     }

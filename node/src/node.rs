@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::directory::{Directory, Target, Update};
 use crate::home::Home;
 use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName, now_ms};
-use crate::mesh::{Invite, InviteBody, Membership};
+use crate::mesh::{Invite, InviteBody, Membership, Voucher};
 use crate::net::{AGENT_VERSION, NetEvent, NetHandle};
 use crate::ratelimit::RateLimiter;
 use crate::store::{
@@ -943,7 +943,7 @@ impl Node {
         let inviter_name = crate::ids::sanitize_text(&invite.body.inviter_name);
         let addrs = invite.body.addrs.clone();
         let wait = crate::net::ADMIT_TIMEOUT * 3 + Duration::from_secs(5);
-        let grant = tokio::time::timeout(wait, self.0.net.join(invite.clone()))
+        let (grant, voucher) = tokio::time::timeout(wait, self.0.net.join(invite.clone()))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the join did not finish in time"))?
             .map_err(|e| match e {
@@ -962,12 +962,19 @@ impl Node {
                 "the inviting node answered with another mesh than its code names; not joining",
             ));
         }
-        let mesh = Membership::from_grant(grant).map_err(|e| {
+        if voucher.inviter != inviter || !voucher.verify(&grant.mesh_id, &self.0.peer_id) {
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                "the inviting node's voucher for this node does not check out; not joining",
+            ));
+        }
+        let mut mesh = Membership::from_grant(grant, Some(voucher)).map_err(|e| {
             ApiError::new(
                 ErrorCode::Denied,
                 format!("the inviting node sent a malformed key: {e}"),
             )
         })?;
+        mesh.add_member(self.0.peer_id);
         mesh.save(&self.0.home.mesh_path())
             .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
         let name = Some(inviter_name.clone());
@@ -1103,7 +1110,8 @@ impl Node {
     pub async fn leave(&self) -> Result<MeshView, ApiError> {
         self.refuse_in_open_mode("mesh leave")?;
         let _one = self.0.mesh_ops.lock().await;
-        let mesh = Membership::generate();
+        let mut mesh = Membership::generate();
+        mesh.add_member(self.0.peer_id);
         mesh.save(&self.0.home.mesh_path())
             .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
         self.0.store.write("leave", ops::reset_mesh).await?;
@@ -2064,7 +2072,16 @@ impl Node {
                 match used {
                     Ok(InviteUse::Accepted(left)) => {
                         tracing::info!(%peer, name = %node_name, uses_left = left, "a node joined the mesh");
-                        JoinResponse::Granted(mesh.grant())
+                        // The network actor records it as a member when the answer goes out.
+                        let mut joined = mesh.clone();
+                        joined.add_member(peer);
+                        match Voucher::sign(&mesh.id(), &peer, &node.0.keypair) {
+                            Ok(v) => JoinResponse::Granted(Box::new(joined.grant()), v),
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot sign a voucher");
+                                JoinResponse::Refused(JoinRefusal::Storage)
+                            }
+                        }
                     }
                     Ok(InviteUse::Unknown) => JoinResponse::Refused(JoinRefusal::Unknown),
                     Ok(InviteUse::Expired(at)) => JoinResponse::Refused(JoinRefusal::Expired(at)),

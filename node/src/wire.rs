@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{AgentName, MessageId, NodeName, TopicName};
-use crate::mesh::{Grant, Invite, Membership, Proof, Refusal};
+use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Voucher};
 
 /// Admission protocol.
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/admit/2");
@@ -110,6 +110,8 @@ pub enum AdmitRequest {
         node_name: String,
         /// The proof, bound to both PeerIds.
         proof: Proof,
+        /// The sender's voucher from the member that admitted it (none for a founder).
+        voucher: Option<Voucher>,
     },
 }
 
@@ -135,8 +137,9 @@ pub struct JoinRequest {
 /// Response on `/agentmesh/join/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinResponse {
-    /// Membership: the key chain.
-    Granted(Grant),
+    /// Membership: the key chain (listing the joiner among the members) and the
+    /// inviter's voucher for the joiner.
+    Granted(Box<Grant>, Voucher),
     /// Refused, with the reason for the joining user.
     Refused(JoinRefusal),
 }

@@ -7,14 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, WAIT, test_mesh};
+use common::{TestNode, WAIT, founder, test_mesh};
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, Swarm, gossipsub, identify, noise, tcp, yamux};
 use mesh_node::api::{Request, Response};
 use mesh_node::ids::{AgentName, MessageId, TopicName, now_ms};
-use mesh_node::mesh::{Refusal, Verdict};
+use mesh_node::mesh::{Refusal, Verdict, Voucher};
 use mesh_node::wire::{self, AdmitRequest, AdmitResponse, PostcardCodec, TopicEnvelope};
 
 #[derive(NetworkBehaviour)]
@@ -106,7 +106,9 @@ async fn a_captured_admission_proof_is_worthless_elsewhere() {
     })
     .await;
     // It is a genuine proof, but only for the attacker's eyes.
-    assert_eq!(test_mesh().verify(&captured, &b.peer_id(), &me), Verdict::Member);
+    let mut knows_beta = test_mesh().clone();
+    knows_beta.add_member(b.peer_id());
+    assert_eq!(knows_beta.verify(&captured, None, &b.peer_id(), &me), Verdict::Member);
 
     // Shown to alpha, claiming beta's name: refused, and the attacker is cut off.
     evil.dial(addr(&a)).unwrap();
@@ -117,6 +119,7 @@ async fn a_captured_admission_proof_is_worthless_elsewhere() {
                 AdmitRequest::Prove {
                     node_name: "beta".into(),
                     proof: captured.clone(),
+                    voucher: None,
                 },
             );
             None
@@ -182,6 +185,8 @@ async fn gossip_republished_under_another_name_is_refused() {
                     AdmitRequest::Prove {
                         node_name: "mallory".into(),
                         proof,
+                        // Admitted by a member: the founder vouches for it.
+                        voucher: Some(Voucher::sign(&mesh.id(), &me, founder()).unwrap()),
                     },
                 );
             }

@@ -547,3 +547,57 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
         SendStatus::Delivered
     );
 }
+
+/// Issue 12, finding 5: any PeerId holding a copy of `mesh.key` used to be admitted and
+/// recorded as a member; after `mesh remove` of the node it was copied from, it was even
+/// carried over into the new key. Membership is per PeerId now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_mesh_key_under_another_identity_is_refused_before_and_after_a_removal() {
+    let a = TestNode::start("alpha").await;
+    let b = TestNode::start("beta").await;
+    a.dial(&b).await;
+    // The thief copies beta's key file into a home of its own (its own identity).
+    let mut x = TestNode::start_alone("thief").await;
+    x.stop().await;
+    std::fs::copy(b.home.mesh_path(), x.home.mesh_path()).unwrap();
+    x.restart().await;
+
+    // (The thief's own dial may report success: it admits alpha, a member it knows.)
+    let _ = x.call(Request::Dial { addr: a.addr() }).await;
+    let seen = eventually("alpha to list the thief as refused", || async {
+        peers(&a)
+            .await
+            .into_iter()
+            .find(|p| p.peer_id == x.peer_id() && p.refused.is_some())
+    })
+    .await;
+    assert!(!seen.member, "{seen:?}");
+    assert!(
+        seen.refused.as_deref().unwrap().contains("never admitted by a member"),
+        "{seen:?}"
+    );
+    let members = get!(a.call(Request::Members), Members);
+    assert!(members.members.iter().all(|m| m.peer_id != x.peer_id()), "{members:?}");
+
+    // beta is removed: the new key goes to alpha's members, not to the thief, which is
+    // refused again when it comes back.
+    get!(a.call(Request::Remove { node: "beta".into() }), Removed);
+    let _ = x.call(Request::Dial { addr: a.addr() }).await;
+    eventually("alpha to refuse the thief again", || async {
+        peers(&a)
+            .await
+            .into_iter()
+            .find(|p| p.peer_id == x.peer_id() && !p.member && !p.connected && p.refused.is_some())
+    })
+    .await;
+    let thief_epoch = get!(x.call(Request::Members), Members).mesh.epoch;
+    assert_eq!(thief_epoch, 1, "the thief never got the new key");
+    let members = get!(a.call(Request::Members), Members);
+    assert!(
+        members
+            .members
+            .iter()
+            .all(|m| m.peer_id != x.peer_id() && m.peer_id != b.peer_id()),
+        "{members:?}"
+    );
+}

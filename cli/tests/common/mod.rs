@@ -40,7 +40,18 @@ pub fn mesh_bin() -> PathBuf {
 /// would), so nodes admit each other; [`Home::alone`] makes an outsider.
 pub fn test_mesh() -> &'static mesh_node::mesh::Membership {
     static MESH: std::sync::OnceLock<mesh_node::mesh::Membership> = std::sync::OnceLock::new();
-    MESH.get_or_init(mesh_node::mesh::Membership::generate)
+    MESH.get_or_init(|| {
+        let mut m = mesh_node::mesh::Membership::generate();
+        m.add_member(founder().public().to_peer_id());
+        m
+    })
+}
+
+/// The founding member of the test mesh: it vouches for every home given the mesh, as an
+/// inviter does in `mesh join`.
+pub fn founder() -> &'static libp2p::identity::Keypair {
+    static KEY: std::sync::OnceLock<libp2p::identity::Keypair> = std::sync::OnceLock::new();
+    KEY.get_or_init(libp2p::identity::Keypair::generate_ed25519)
 }
 
 /// A home directory in a temp dir, with the fast test config, in the test mesh.
@@ -51,7 +62,9 @@ pub struct Home {
 impl Home {
     pub fn new() -> Home {
         let h = Home::alone();
-        test_mesh().save(&h.path().join("mesh.key")).expect("mesh key");
+        test_mesh()
+            .provision(&h.path().join("identity.key"), &h.path().join("mesh.key"), founder())
+            .expect("mesh key");
         h
     }
 

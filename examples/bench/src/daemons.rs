@@ -76,15 +76,21 @@ impl Node {
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub mesh: Membership,
+    /// The mesh's founding member: vouches for every home, as an inviter would.
+    founder: libp2p::identity::Keypair,
     pub bin: PathBuf,
     n: usize,
 }
 
 impl Lab {
     pub fn new() -> anyhow::Result<Lab> {
+        let founder = libp2p::identity::Keypair::generate_ed25519();
+        let mut mesh = Membership::generate();
+        mesh.add_member(founder.public().to_peer_id());
         Ok(Lab {
             dir: tempfile::tempdir()?,
-            mesh: Membership::generate(),
+            mesh,
+            founder,
             bin: mesh_bin()?,
             n: 0,
         })
@@ -96,7 +102,9 @@ impl Lab {
         let home = Home::resolve(Some(self.dir.path().join(format!("h{}", self.n))))?;
         home.create()?;
         std::fs::write(home.config_path(), format!("{CONFIG}{extra_config}"))?;
-        self.mesh.save(&home.mesh_path())?;
+        self.mesh
+            .provision(&home.identity_path(), &home.mesh_path(), &self.founder)
+            .map_err(anyhow::Error::msg)?;
         Ok(home)
     }
 

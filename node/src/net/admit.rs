@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::{Command, NetActor, NetError, NetEvent, strip_p2p};
 use crate::ids::now_ms;
-use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Verdict};
+use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Verdict, Voucher};
 use crate::wire::{self, AdmitRequest, AdmitResponse, JoinRefusal, JoinRequest, JoinResponse};
 
 /// Longest wait for a new peer's membership proof.
@@ -73,7 +73,10 @@ pub(super) struct Pending {
     claimed_name: Option<String>,
     requests: u32,
     /// A proof from a newer epoch than ours, kept until a grant lets us check it.
-    held: Option<(Proof, ResponseChannel<AdmitResponse>)>,
+    held: Option<(Proof, Option<Voucher>, ResponseChannel<AdmitResponse>)>,
+    /// A key chain it answered our proof with before we knew it as a member: taken if it
+    /// turns out to be one (its voucher arrives with its own proof).
+    grant: Option<Grant>,
     joins: u32,
 }
 
@@ -87,7 +90,7 @@ pub(super) struct JoinWait {
     node_name: String,
     deadline: Instant,
     sent: bool,
-    reply: oneshot::Sender<Result<Grant, NetError>>,
+    reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
 }
 
 /// Admission state, owned by the network actor.
@@ -149,6 +152,7 @@ impl NetActor {
                 claimed_name: None,
                 requests: 0,
                 held: None,
+                grant: None,
                 joins: 0,
             },
         );
@@ -165,6 +169,7 @@ impl NetActor {
         let req = AdmitRequest::Prove {
             node_name: self.adm.node_name.clone(),
             proof: self.adm.mesh.prove(&me, &peer),
+            voucher: self.adm.mesh.voucher().cloned(),
         };
         let id = self.swarm.behaviour_mut().admit.send_request(&peer, req);
         self.adm.out.insert(id, peer);
@@ -203,7 +208,7 @@ impl NetActor {
     /// A peer is not (or no longer) one of us.
     pub(super) fn refuse(&mut self, peer: PeerId, reason: String) {
         if let Some(p) = self.adm.pending.get_mut(&peer)
-            && let Some((_, ch)) = p.held.take()
+            && let Some((_, _, ch)) = p.held.take()
         {
             let _ = self
                 .swarm
@@ -437,7 +442,11 @@ impl NetActor {
     fn on_admit_request(&mut self, peer: PeerId, request: AdmitRequest, channel: ResponseChannel<AdmitResponse>) {
         let admitted = self.is_admitted(&peer);
         match request {
-            AdmitRequest::Prove { node_name, proof } => {
+            AdmitRequest::Prove {
+                node_name,
+                proof,
+                voucher,
+            } => {
                 let mut name: String = node_name.chars().take(wire::MAX_CLAIMED_NAME).collect();
                 name.retain(|c| !c.is_control());
                 if let Some(o) = self.adm.outsiders.get_mut(&peer) {
@@ -461,8 +470,26 @@ impl NetActor {
                         .send_response(channel, AdmitResponse::Admitted(None));
                     return;
                 }
-                self.judge(peer, proof, channel);
+                if self.adm.mesh.vouched(&peer, voucher.as_ref()) {
+                    self.learned_member(peer);
+                }
+                self.judge(peer, proof, voucher, channel);
             }
+        }
+    }
+
+    /// `peer` is a member (it showed a member's voucher, or a valid proof while a legacy
+    /// key file is adopted): record it (the node persists it), and take the key chain it
+    /// may have sent before we knew.
+    fn learned_member(&mut self, peer: PeerId) {
+        if self.adm.mesh.add_member(peer) {
+            tracing::debug!(%peer, "learned a member");
+            self.emit(NetEvent::MembershipChanged(Box::new(self.adm.mesh.clone())));
+        }
+        if self.adm.mesh.is_member(&peer)
+            && let Some(g) = self.adm.pending.get_mut(&peer).and_then(|p| p.grant.take())
+        {
+            self.take_grant(peer, &g);
         }
     }
 
@@ -486,10 +513,11 @@ impl NetActor {
         }
     }
 
-    fn judge(&mut self, peer: PeerId, proof: Proof, channel: ResponseChannel<AdmitResponse>) {
+    fn judge(&mut self, peer: PeerId, proof: Proof, voucher: Option<Voucher>, channel: ResponseChannel<AdmitResponse>) {
         let me = *self.swarm.local_peer_id();
-        match self.adm.mesh.verify(&proof, &peer, &me) {
+        match self.adm.mesh.verify(&proof, voucher.as_ref(), &peer, &me) {
             Verdict::Member => {
+                self.learned_member(peer);
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -499,6 +527,7 @@ impl NetActor {
             }
             Verdict::Stale => {
                 tracing::info!(%peer, "member with an outdated mesh key: handing it the current one");
+                self.learned_member(peer);
                 let grant = self.adm.mesh.grant();
                 let _ = self
                     .swarm
@@ -510,7 +539,7 @@ impl NetActor {
             Verdict::Ahead => {
                 // Its key is newer: it will hand it to us when it checks our proof.
                 match self.adm.pending.get_mut(&peer) {
-                    Some(p) => p.held = Some((proof, channel)),
+                    Some(p) => p.held = Some((proof, voucher, channel)),
                     None => drop(channel),
                 }
             }
@@ -527,7 +556,13 @@ impl NetActor {
 
     fn on_admit_response(&mut self, peer: PeerId, response: AdmitResponse) {
         match response {
-            AdmitResponse::Admitted(Some(grant)) => self.take_grant(peer, &grant),
+            // Key chains are taken only from members: a copied key is not one.
+            AdmitResponse::Admitted(Some(grant)) if self.adm.mesh.is_member(&peer) => self.take_grant(peer, &grant),
+            AdmitResponse::Admitted(Some(grant)) => {
+                if let Some(p) = self.adm.pending.get_mut(&peer) {
+                    p.grant = Some(grant);
+                }
+            }
             AdmitResponse::Admitted(None) => {}
             AdmitResponse::Refused(r) => {
                 if !self.is_admitted(&peer) {
@@ -569,14 +604,14 @@ impl NetActor {
             self.refuse(p, "removed from this mesh".into());
             let _ = self.swarm.disconnect_peer_id(p);
         }
-        let held: Vec<(PeerId, Proof, ResponseChannel<AdmitResponse>)> = self
+        let held: Vec<(PeerId, Proof, Option<Voucher>, ResponseChannel<AdmitResponse>)> = self
             .adm
             .pending
             .iter_mut()
-            .filter_map(|(p, st)| st.held.take().map(|(proof, ch)| (*p, proof, ch)))
+            .filter_map(|(p, st)| st.held.take().map(|(proof, v, ch)| (*p, proof, v, ch)))
             .collect();
-        for (peer, proof, ch) in held {
-            self.judge(peer, proof, ch);
+        for (peer, proof, voucher, ch) in held {
+            self.judge(peer, proof, voucher, ch);
         }
         let grant = self.adm.mesh.grant();
         let members: Vec<PeerId> = self
@@ -625,7 +660,7 @@ impl NetActor {
     // ------------------------------------------------------------------ joining
 
     /// Starts a join: dial the inviter, hand it the code.
-    pub(super) fn start_join(&mut self, invite: Invite, reply: oneshot::Sender<Result<Grant, NetError>>) {
+    pub(super) fn start_join(&mut self, invite: Invite, reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>) {
         let inviter = invite.body.inviter;
         if inviter == *self.swarm.local_peer_id() {
             let _ = reply.send(Err(NetError::Request {
@@ -737,7 +772,7 @@ impl NetActor {
                     self.adm.join_out.remove(&request_id);
                     if let Some(j) = self.adm.joining.remove(&peer) {
                         let result = match response {
-                            JoinResponse::Granted(g) => Ok(g),
+                            JoinResponse::Granted(g, v) => Ok((*g, v)),
                             JoinResponse::Refused(why) => Err(NetError::Request {
                                 peer,
                                 why: join_refusal_text(&why),
@@ -773,12 +808,15 @@ impl NetActor {
         let Some((peer, ch)) = self.adm.join_in.remove(&request) else {
             return;
         };
-        let granted = matches!(response, JoinResponse::Granted(_));
+        let granted = matches!(response, JoinResponse::Granted(..));
         let _ = self.swarm.behaviour_mut().join.send_response(ch, response);
         if granted {
-            // It comes back as a member in a moment.
+            // It comes back as a member in a moment; the members hear of it now.
             self.adm.denied.remove(&peer);
             self.adm.outsiders.remove(&peer);
+            if self.adm.mesh.add_member(peer) {
+                self.membership_changed(None);
+            }
         } else if !self.is_admitted(&peer) {
             self.refuse(peer, "tried to join with an invalid code".into());
         }

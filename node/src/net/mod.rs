@@ -33,7 +33,7 @@ pub use reach::{NatStatus, PunchStats, ReachInfo, ReservationInfo};
 
 use crate::config::Config;
 use crate::ids::{TopicName, now_ms};
-use crate::mesh::{Grant, Invite, Membership, OpenError};
+use crate::mesh::{Grant, Invite, Membership, OpenError, Voucher};
 use crate::ratelimit::RateLimiter;
 use crate::wire::{
     self, Announcement, DirectoryGossip, DmRequest, DmResponse, JoinResponse, SyncRequest, SyncResponse, TopicEnvelope,
@@ -340,7 +340,7 @@ enum Command {
     },
     Join {
         invite: Box<Invite>,
-        reply: oneshot::Sender<Result<Grant, NetError>>,
+        reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
     },
     RespondJoin {
         request: InboundRequestId,
@@ -503,7 +503,7 @@ impl NetHandle {
     }
 
     /// Dials the inviter of a join code and trades the code for membership.
-    pub async fn join(&self, invite: Invite) -> Result<Grant, NetError> {
+    pub async fn join(&self, invite: Invite) -> Result<(Grant, Voucher), NetError> {
         self.call(|reply| Command::Join {
             invite: Box::new(invite),
             reply,

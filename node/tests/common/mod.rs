@@ -32,10 +32,21 @@ pub fn init_logs() {
     }
 }
 
+/// The founding member of the test mesh: it vouches for every node given the mesh, as an
+/// inviter does in `mesh join`.
+pub fn founder() -> &'static libp2p::identity::Keypair {
+    static KEY: std::sync::OnceLock<libp2p::identity::Keypair> = std::sync::OnceLock::new();
+    KEY.get_or_init(libp2p::identity::Keypair::generate_ed25519)
+}
+
 /// The mesh shared by the nodes of this test binary.
 pub fn test_mesh() -> &'static Membership {
     static MESH: std::sync::OnceLock<Membership> = std::sync::OnceLock::new();
-    MESH.get_or_init(Membership::generate)
+    MESH.get_or_init(|| {
+        let mut m = Membership::generate();
+        m.add_member(founder().public().to_peer_id());
+        m
+    })
 }
 
 /// Upper bound for anything a test waits for.
@@ -88,7 +99,8 @@ impl TestNode {
         home.create().expect("create home");
         std::fs::write(home.config_path(), config).expect("config");
         if let Some(m) = mesh {
-            m.save(&home.mesh_path()).expect("mesh key");
+            m.provision(&home.identity_path(), &home.mesh_path(), founder())
+                .expect("mesh key");
         }
         let (daemon, port) = launch(&home, name, port).await;
         let client = connect(&home).await;
