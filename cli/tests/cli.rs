@@ -193,11 +193,15 @@ fn two_daemons_talk_through_the_cli() {
                 target: Some("#ops".into()),
                 grep: None,
                 limit: 10,
+                before: None,
+                after: None,
+                forward: false,
+                max_bytes: None,
             })
             .await
             .unwrap()
         {
-            Response::History(h) => h.iter().any(|x| x.id.to_string() == pid),
+            Response::History(h) => h.entries.iter().any(|x| x.id.to_string() == pid),
             _ => false,
         };
         if !have {

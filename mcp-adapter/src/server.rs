@@ -616,10 +616,12 @@ impl<B: Backend> MeshServer<B> {
                     limit: args.limit.unwrap_or(20).clamp(1, 500),
                     mark_read: true,
                     skip_notified: !args.include_pushed,
+                    after: None,
+                    max_bytes: None,
                 })
                 .await?
             {
-                Response::Inbox(l) => l,
+                Response::Inbox(page) => page.messages,
                 other => return Err(format!("unexpected answer {other:?}")),
             };
             Ok(render::messages(&list))
@@ -688,10 +690,14 @@ impl<B: Backend> MeshServer<B> {
                     target,
                     grep: args.grep,
                     limit: args.limit.unwrap_or(30).clamp(1, 500),
+                    before: None,
+                    after: None,
+                    forward: false,
+                    max_bytes: None,
                 })
                 .await?
             {
-                Response::History(h) => h,
+                Response::History(page) => page.entries,
                 other => return Err(format!("unexpected answer {other:?}")),
             };
             Ok(render::history(&rows))
@@ -841,10 +847,12 @@ impl<B: Backend> MeshServer<B> {
                 limit: 50,
                 mark_read: false,
                 skip_notified,
+                after: None,
+                max_bytes: None,
             })
             .await?
         {
-            Response::Inbox(l) => Ok(l),
+            Response::Inbox(page) => Ok(page.messages),
             other => Err(format!("unexpected answer {other:?}")),
         }
     }

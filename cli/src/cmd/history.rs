@@ -12,8 +12,12 @@ pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
         target: a.target,
         grep: a.grep,
         limit: a.limit,
+        before: None,
+        after: None,
+        forward: false,
+        max_bytes: None,
     };
-    let rows = expect!(ctx.call(request).await?, Response::History(h) => h);
+    let rows = expect!(ctx.call(request).await?, Response::History(page) => page.entries);
     if ctx.json {
         return output::json(&rows);
     }

@@ -53,8 +53,8 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     if !a.follow {
         let list = expect!(
-            client.call(Request::Inbox { agent: agent.clone(), all: a.all, limit: a.limit, mark_read: false, skip_notified: false }).await?,
-            Response::Inbox(l) => l
+            client.call(Request::Inbox { agent: agent.clone(), all: a.all, limit: a.limit, mark_read: false, skip_notified: false, after: None, max_bytes: None }).await?,
+            Response::Inbox(page) => page.messages
         );
         if ctx.json {
             output::json(&list)?;
@@ -90,8 +90,8 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     loop {
         if catch_up {
             let list = expect!(
-                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: false, skip_notified: false }).await?,
-                Response::Inbox(l) => l
+                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: false, skip_notified: false, after: None, max_bytes: None }).await?,
+                Response::Inbox(page) => page.messages
             );
             for m in &list {
                 if seen.insert(m.id) {
