@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryPage, HistoryView, InboxPage, InviteView, JoinView,
     MemberView, MembersView, MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception,
-    RemovedView, SendReceipt, SendStatus, StatusView, TopicView, page::PageBudget,
+    RemovedView, SendReceipt, SendStatus, StatusView, TopicView,
+    page::{PageBudget, PageFill},
 };
 use crate::config::Config;
 use crate::directory::{Directory, Target, Update};
@@ -1359,7 +1360,7 @@ impl Node {
                 node.fill_inbox(budget, |admit| ops::take_inbox(t, &a, q, admit))
             })
             .await;
-        let (page, refused) = match taken {
+        let (page, fill) = match taken {
             Ok(p) => p,
             // Mail stays readable when the disk is full: shown without being marked read
             // (it shows again later; nothing is lost).
@@ -1373,16 +1374,13 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        if let (true, Some((id, size))) = (page.entries.is_empty(), refused) {
-            return Err(budget.too_large(&format!("message {id}"), size));
-        }
         let next = page
             .entries
             .last()
             .filter(|_| page.remaining > 0)
             .map(|e| crate::api::page::inbox_cursor(e.seq));
         Ok(InboxPage {
-            messages: page.entries.iter().map(|e| self.message_view(e)).collect(),
+            messages: fill.finish()?,
             remaining: page.remaining,
             next,
         })
@@ -1393,22 +1391,15 @@ impl Node {
     }
 
     /// Runs `op` with an admission test that takes entries while their views fit `budget`;
-    /// returns its page, and the first entry if it was refused (it fits no frame).
+    /// returns its page and the views of the entries it holds.
     fn fill_inbox<P>(
         &self,
-        mut budget: PageBudget,
+        budget: PageBudget,
         op: impl FnOnce(ops::Admit<'_, InboxEntry>) -> Result<P, store::StoreError>,
-    ) -> Result<(P, Option<(MessageId, usize)>), store::StoreError> {
-        let mut refused = None;
-        let page = op(&mut |e: &InboxEntry| {
-            let size = crate::api::page::encoded_len(&self.message_view(e));
-            let admitted = budget.admit(size);
-            if !admitted && budget.taken() == 0 {
-                refused = Some((e.id, size));
-            }
-            admitted
-        })?;
-        Ok((page, refused))
+    ) -> Result<(P, PageFill<MessageView>), store::StoreError> {
+        let mut fill = PageFill::new(budget);
+        let page = op(&mut |e: &InboxEntry| fill.offer(e.id, self.message_view(e)))?;
+        Ok((page, fill))
     }
 
     /// Moves unread messages to `notified` (pushed to a session) or `read` (shown).
@@ -1690,32 +1681,22 @@ impl Node {
                 };
             }
         }
-        let mut budget = self.page_budget(max_bytes);
+        let budget = self.page_budget(max_bytes);
         let node = self.clone();
-        let (page, refused) = self
+        let (page, fill) = self
             .0
             .store
             .read(move |r| {
-                let mut refused = None;
-                let page = ops::history(r, &filter, &mut |row| {
-                    let size = crate::api::page::encoded_len(&node.history_view(row));
-                    let admitted = budget.admit(size);
-                    if !admitted && budget.taken() == 0 {
-                        refused = Some((row.id(), size));
-                    }
-                    admitted
-                })?;
-                Ok((page, refused))
+                let mut fill = PageFill::new(budget);
+                let page = ops::history(r, &filter, &mut |row| fill.offer(row.id(), node.history_view(row)))?;
+                Ok((page, fill))
             })
             .await?;
-        if let (true, Some((id, size))) = (page.rows.is_empty(), refused) {
-            return Err(budget.too_large(&format!("message {id}"), size));
-        }
         let cursor = |row: Option<&store::HistoryRow>| row.map(|r| crate::api::page::history_cursor(r.seq()));
         Ok(HistoryPage {
             older: cursor(page.rows.first()).filter(|_| page.older),
             newer: cursor(page.rows.last()).filter(|_| page.newer),
-            entries: page.rows.iter().map(|row| self.history_view(row)).collect(),
+            entries: fill.finish()?,
         })
     }
 

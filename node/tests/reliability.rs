@@ -447,3 +447,37 @@ async fn inbox_reads_come_in_pages_that_fit_and_mark_only_what_they_return() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_frame_holds_any_more_is_refused_by_name_and_stays_unread() {
+    // Stored under the default limits; the daemon then restarts with smaller ones.
+    let mut n = TestNode::start("alpha").await;
+    n.register("bob").await;
+    let big = n.send("ann", "bob", &"x".repeat(60_000)).await.id;
+    n.stop().await;
+    let small = format!(
+        "[limits]\nmax_message_bytes = 8192\nmax_topic_message_bytes = 8192\nmax_api_frame_bytes = 12288\n{}",
+        common::FAST_CONFIG
+    );
+    std::fs::write(n.home.config_path(), small).unwrap();
+    n.restart().await;
+    let e = n
+        .call(Request::Inbox {
+            agent: "bob".into(),
+            all: false,
+            limit: 10,
+            mark_read: true,
+            skip_notified: false,
+            after: None,
+            max_bytes: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::TooLarge
+            && a.message.contains(&big.to_string())
+            && a.message.contains("max_api_frame_bytes")),
+        "{e}"
+    );
+    assert_eq!(unread(&n, "bob").await, 1, "nothing was marked read");
+}

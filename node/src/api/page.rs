@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::{ApiError, ErrorCode};
+use crate::ids::MessageId;
 
 /// Bytes of a frame kept for everything around a page's entries: the reply's id and tags,
 /// the list's length, the counts and the cursors.
@@ -59,17 +60,54 @@ impl PageBudget {
     pub fn taken(&self) -> usize {
         self.taken
     }
+}
 
-    /// The error for a first entry of `size` bytes that no frame holds (possible only for
-    /// an entry stored while the limits were larger).
-    pub fn too_large(&self, what: &str, size: usize) -> ApiError {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "{what} is {size} bytes encoded, more than one answer of the local API holds ({} bytes); raise limits.max_api_frame_bytes in the daemon's config.toml to read it",
-                self.frame + PAGE_SLACK
-            ),
-        )
+/// The views of a page being filled: each entry's view is built once, measured, and kept
+/// if it fits, so the answer carries exactly what was measured.
+#[derive(Debug)]
+pub struct PageFill<V> {
+    budget: PageBudget,
+    views: Vec<V>,
+    /// The first entry, when no frame holds it: its message id and encoded size.
+    refused: Option<(MessageId, usize)>,
+}
+
+impl<V: Serialize> PageFill<V> {
+    /// An empty page filled within `budget`.
+    pub fn new(budget: PageBudget) -> Self {
+        Self {
+            budget,
+            views: Vec::new(),
+            refused: None,
+        }
+    }
+
+    /// Takes the view of message `id` if it fits; `false` ends the page before it.
+    pub fn offer(&mut self, id: MessageId, view: V) -> bool {
+        let size = encoded_len(&view);
+        if self.budget.admit(size) {
+            self.views.push(view);
+            return true;
+        }
+        if self.budget.taken() == 0 {
+            self.refused = Some((id, size));
+        }
+        false
+    }
+
+    /// The views taken, in order; `TooLarge` when the first entry fits no frame (possible
+    /// only for a message stored while the limits were larger).
+    pub fn finish(self) -> Result<Vec<V>, ApiError> {
+        match self.refused {
+            Some((id, size)) if self.views.is_empty() => Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "message {id} is {size} bytes encoded, more than one answer of the local API holds ({} bytes); raise limits.max_api_frame_bytes in the daemon's config.toml to read it",
+                    self.budget.frame + PAGE_SLACK
+                ),
+            )),
+            _ => Ok(self.views),
+        }
     }
 }
 
@@ -124,6 +162,24 @@ mod tests {
         assert_eq!(b.taken(), 2);
         let mut b = PageBudget::new(1 << 20, None, 2);
         assert!(b.admit(1) && b.admit(1) && !b.admit(1), "at most max_entries");
+    }
+
+    #[test]
+    fn a_fill_keeps_what_fits_and_names_a_first_entry_no_frame_holds() {
+        let (a, b) = (MessageId::new(), MessageId::new());
+        let mut fill = PageFill::new(PageBudget::new(PAGE_SLACK + 20, None, 10));
+        assert!(fill.offer(a, "x".repeat(10)));
+        assert!(!fill.offer(b, "y".repeat(10)), "11 + 11 bytes do not fit 20");
+        assert_eq!(fill.finish().unwrap(), ["x".repeat(10)]);
+        let mut fill = PageFill::new(PageBudget::new(PAGE_SLACK + 20, None, 10));
+        assert!(!fill.offer(a, "z".repeat(30)));
+        let e = fill.finish().unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert!(
+            e.message.contains(&a.to_string()) && e.message.contains("31 bytes"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
