@@ -189,7 +189,7 @@ pub struct InboxArgs {
     /// Keep running and print new messages as they arrive.
     #[arg(long, short)]
     pub follow: bool,
-    /// Show at most this many.
+    /// Show at most this many (read from the daemon a page at a time).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
 }
@@ -226,12 +226,17 @@ pub struct HistoryArgs {
     /// Only this local agent's messages.
     #[arg(long = "as", value_name = "AGENT")]
     pub agent: Option<String>,
-    /// Show at most this many (the newest).
+    /// Show at most this many (the newest), oldest first. Any number: they are read from
+    /// the daemon a page at a time, and with --json written out as they come.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     /// Only messages whose text contains this (case-insensitive).
     #[arg(long)]
     pub grep: Option<String>,
+    /// Only messages older than this position: the cursor a previous `mesh history` gave
+    /// when older messages were left out.
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -8,8 +8,13 @@ use std::time::{Duration, UNIX_EPOCH};
 /// -1`), the command stops at once, quietly and successfully, before it does anything
 /// else: in particular before it marks as read messages nobody saw.
 pub fn line(args: std::fmt::Arguments<'_>) {
+    put(format_args!("{args}\n"));
+}
+
+/// Writes to standard output as it is (no line break added); see [`line()`].
+pub fn put(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
-    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    let written = out.write_fmt(args);
     if let Err(e) = written.and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
@@ -31,6 +36,38 @@ macro_rules! outln {
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     crate::outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// A JSON array printed element by element as the elements come (a list of any length in
+/// bounded memory), laid out as [`json`] lays out a whole list.
+#[derive(Default)]
+pub struct JsonArray {
+    started: bool,
+}
+
+impl JsonArray {
+    /// Prints one more element.
+    pub fn push<T: serde::Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        let piece = self.piece(v)?;
+        put(format_args!("{piece}"));
+        Ok(())
+    }
+
+    /// Closes the array.
+    pub fn finish(self) {
+        line(format_args!("{}", self.end()));
+    }
+
+    fn piece<T: serde::Serialize>(&mut self, v: &T) -> anyhow::Result<String> {
+        let item = serde_json::to_string_pretty(v)?.replace('\n', "\n  ");
+        let open = if self.started { "," } else { "[" };
+        self.started = true;
+        Ok(format!("{open}\n  {item}"))
+    }
+
+    fn end(&self) -> &'static str {
+        if self.started { "\n]" } else { "[]" }
+    }
 }
 
 /// Prints a value as one JSON line (for streams).
@@ -117,6 +154,23 @@ pub fn size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_streamed_array_reads_like_a_whole_one() {
+        let items = [
+            serde_json::json!({"a": 1, "b": ["x\ny", {"c": null}]}),
+            serde_json::json!({}),
+        ];
+        for n in 0..=items.len() {
+            let mut array = super::JsonArray::default();
+            let mut streamed = String::new();
+            for v in &items[..n] {
+                streamed.push_str(&array.piece(v).unwrap());
+            }
+            streamed.push_str(array.end());
+            assert_eq!(streamed, serde_json::to_string_pretty(&items[..n]).unwrap());
+        }
+    }
+
     #[test]
     fn control_characters_are_neutralised() {
         assert_eq!(super::clean("a\x1b[31mred\r\nb\tc"), "a\u{fffd}[31mred\u{fffd}\nb\tc");

@@ -193,11 +193,15 @@ fn two_daemons_talk_through_the_cli() {
                 target: Some("#ops".into()),
                 grep: None,
                 limit: 10,
+                before: None,
+                after: None,
+                forward: false,
+                max_bytes: None,
             })
             .await
             .unwrap()
         {
-            Response::History(h) => h.iter().any(|x| x.id.to_string() == pid),
+            Response::History(h) => h.entries.iter().any(|x| x.id.to_string() == pid),
             _ => false,
         };
         if !have {
@@ -1049,4 +1053,105 @@ fn a_home_with_planted_links_or_of_another_user_is_refused_and_nothing_is_writte
     // Its own again: it starts.
     h.run(&up).ok();
     h.run(&["down"]).ok();
+}
+
+#[test]
+fn history_and_inbox_larger_than_one_api_frame_come_out_whole() {
+    let h = Home::new();
+    let _d = h.start("solo", 0);
+    let user = common::TEST_USER;
+    // Twenty 60 KB messages from a to the user: 1.2 MB received and 1.2 MB sent, more
+    // than one 1 MiB API frame holds.
+    let texts: Vec<String> = (0..20).map(|i| format!("{i:02} {}", "y".repeat(60_000))).collect();
+    let ids: Vec<String> = runtime().block_on(async {
+        let c = common::client(&h.path()).await;
+        let mut ids = Vec::new();
+        for t in &texts {
+            match c
+                .call(Request::Send {
+                    from: "a".into(),
+                    to: user.into(),
+                    text: t.clone(),
+                    reply_to: None,
+                    id: None,
+                })
+                .await
+                .unwrap()
+            {
+                Response::Sent(r) => ids.push(r.id.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        ids
+    });
+
+    // The export has every entry (each message once sent, once received), oldest first.
+    let out = h.run(&["--json", "history", "--limit", "1000"]);
+    out.ok();
+    let rows = out.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 40, "every entry of the history");
+    for (i, id) in ids.iter().enumerate() {
+        let mine: Vec<_> = rows.iter().filter(|r| r["id"] == id.as_str()).collect();
+        assert_eq!(mine.len(), 2, "message {i} sent and received");
+        assert!(mine.iter().all(|r| r["text"] == texts[i].as_str()), "message {i} whole");
+    }
+    let order: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let mut sorted = order.clone();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "oldest first");
+
+    // The newest 25, still oldest first, across pages; and what came before them.
+    let out = h.run(&["--json", "history", "--limit", "25"]);
+    out.ok();
+    let newest = out.json();
+    assert_eq!(newest.as_array().unwrap()[..], rows[15..]);
+    let cursor = out
+        .stderr
+        .split("--before ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cursor for the older ones: {}", out.stderr))
+        .trim()
+        .to_string();
+    let older = h.run(&["--json", "history", "--limit", "1000", "--before", &cursor]);
+    older.ok();
+    assert_eq!(older.json().as_array().unwrap()[..], rows[..15]);
+    assert!(!older.stderr.contains("--before"), "nothing older: {}", older.stderr);
+    let human = h.run(&["history", "--limit", "3"]);
+    human.ok();
+    assert_eq!(human.stdout.matches(" -> ").count(), 3, "{}", human.stdout);
+    assert!(
+        human.stdout.contains("(older messages: add --before h"),
+        "{}",
+        human.stdout
+    );
+    let bad = h.run(&["history", "--before", "yesterday"]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains("bad history cursor \"yesterday\""),
+        "{}",
+        bad.stderr
+    );
+
+    // The inbox shows all twenty once, and marks them read; past --limit it says what is
+    // left.
+    let first = h.run(&["--json", "inbox", "--as", user, "--limit", "2"]);
+    first.ok();
+    assert_eq!(first.json().as_array().unwrap().len(), 2);
+    assert!(first.stderr.contains("18 more unread messages"), "{}", first.stderr);
+    let inbox = h.run(&["--json", "inbox", "--as", user]);
+    inbox.ok();
+    let shown: Vec<String> = inbox
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shown, ids[2..]);
+    assert!(!inbox.stderr.contains("more unread"), "{}", inbox.stderr);
+    let again = h.run(&["--json", "inbox", "--as", user]);
+    assert_eq!(again.json().as_array().unwrap().len(), 0);
+    let all = h.run(&["--json", "inbox", "--all", "--as", user, "--limit", "1000"]);
+    assert_eq!(all.json().as_array().unwrap().len(), 20, "every message, read now");
 }

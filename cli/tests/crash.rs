@@ -289,17 +289,9 @@ fn crashes_of_both_daemons_lose_and_duplicate_nothing() {
         }
         // Every topic message in beta's history (and bob's inbox) exactly once.
         wait_until(&b.home, "the topic history at beta", deadline, async |c: &Client| {
-            let h = match c
-                .call(Request::History {
-                    agent: None,
-                    target: Some("#news".into()),
-                    grep: None,
-                    limit: 100_000,
-                })
-                .await
-            {
-                Ok(Response::History(h)) => h,
-                other => return Err(format!("{other:?}")),
+            let h = match common::whole_history(c, "#news").await {
+                Ok(h) => h,
+                Err(e) => return Err(format!("{e}")),
             };
             let have = news.iter().filter(|id| h.iter().any(|x| x.id == **id)).count();
             if have < news.len() {

@@ -96,16 +96,7 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
         }
         // The daemon is up and what was stored is readable.
         assert!(matches!(c.call(Request::Status).await.unwrap(), Response::Status(_)));
-        let inbox = get!(
-            c.call(Request::Inbox {
-                agent: common::TEST_USER.into(),
-                all: false,
-                limit: 100,
-                mark_read: true,
-                skip_notified: false,
-            }),
-            Inbox
-        );
+        let inbox = common::inbox_pages(&c, common::TEST_USER, false, true).await.unwrap();
         assert_eq!(inbox.len(), stored);
 
         // Space comes back: it works again without a restart.
@@ -278,16 +269,7 @@ fn a_file_system_gone_read_only_gives_clear_errors_and_damages_nothing() {
         // Still up, and what was stored is readable (unread mail is listed without being
         // marked read).
         assert!(matches!(c.call(Request::Status).await.unwrap(), Response::Status(_)));
-        let unread = get!(
-            c.call(Request::Inbox {
-                agent: common::TEST_USER.into(),
-                all: false,
-                limit: 100,
-                mark_read: true,
-                skip_notified: false,
-            }),
-            Inbox
-        );
+        let unread = common::inbox_pages(&c, common::TEST_USER, false, true).await.unwrap();
         assert_eq!(unread.len(), 20);
     });
     // It stops cleanly even so.

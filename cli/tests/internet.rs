@@ -190,20 +190,7 @@ async fn wait_inbox(home: &Home, agent: &str, texts: &[String]) {
     wait_until(home, &format!("{} messages for {agent}", want.len()), |c| {
         let (agent, want) = (agent.clone(), want.clone());
         async move {
-            let got = match c
-                .call(Request::Inbox {
-                    agent,
-                    all: true,
-                    limit: 10_000,
-                    mark_read: false,
-                    skip_notified: false,
-                })
-                .await
-                .unwrap()
-            {
-                Response::Inbox(l) => l,
-                other => panic!("{other:?}"),
-            };
+            let got = common::whole_inbox(&c, &agent).await.unwrap();
             let got: Vec<String> = got
                 .into_iter()
                 .filter(|m| m.from_agent == "alice")

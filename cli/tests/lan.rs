@@ -181,15 +181,7 @@ where
 }
 
 async fn history(c: &Client, target: &str) -> Vec<mesh_node::api::HistoryView> {
-    get!(
-        c.call(Request::History {
-            agent: None,
-            target: Some(target.into()),
-            grep: None,
-            limit: 1000,
-        }),
-        History
-    )
+    common::whole_history(c, target).await.expect("history")
 }
 
 #[test]
@@ -282,9 +274,12 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
                     limit: 100,
                     mark_read: false,
                     skip_notified: false,
+                    after: None,
+                    max_bytes: None,
                 }),
                 Inbox
-            );
+            )
+            .messages;
             assert!(inbox.iter().all(|m| m.from_node != dx.info.peer_id), "{inbox:?}");
         }
         assert!(

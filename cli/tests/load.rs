@@ -250,19 +250,7 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
             }
             // The topic: every node's announcements, once each, at every watcher.
             loop {
-                let h = match c
-                    .call(Request::History {
-                        agent: None,
-                        target: Some("#load".into()),
-                        grep: None,
-                        limit: 100_000,
-                    })
-                    .await
-                    .unwrap()
-                {
-                    Response::History(h) => h,
-                    other => panic!("{other:?}"),
-                };
+                let h = common::whole_history(&c, "#load").await.unwrap();
                 let want = NODES.len() * n_topic_per_node;
                 if h.len() >= want {
                     let mut ids: Vec<MessageId> = h.iter().map(|x| x.id).collect();

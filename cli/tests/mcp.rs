@@ -576,3 +576,92 @@ fn both_mcp_eras_attach_on_the_first_request_and_claude_code_is_steered_to_initi
     let unadvertised = claude.request("resources/list", json!({}));
     assert!(unadvertised.get("error").is_some(), "{unadvertised}");
 }
+
+#[test]
+fn an_inbox_of_large_messages_is_shown_a_page_at_a_time_and_nothing_is_lost() {
+    let home = Home::isolated();
+    let (_t, dir) = project("bigmail", false);
+    // Codex gets no pushes: every message stays new until a tool result shows it.
+    let mut m = Mcp::start(&home.path(), &dir, "codex-mcp-client", &[]);
+    let who = m.ok("whoami", json!({}));
+    let address = who.split_whitespace().nth(2).unwrap().trim_end_matches('.').to_string();
+    let agent = address.split('@').next().unwrap().to_string();
+    // Twenty 60 KB messages: more than one API frame, and more than a client shows the
+    // model in one tool result.
+    let texts: Vec<String> = (0..20).map(|i| format!("{i:02} {}", "z".repeat(60_000))).collect();
+    let ids: Vec<String> = common::runtime().block_on(async {
+        let c = common::client(&home.path()).await;
+        let mut ids = Vec::new();
+        for t in &texts {
+            match c
+                .call(mesh_node::api::Request::Send {
+                    from: common::TEST_USER.into(),
+                    to: agent.clone(),
+                    text: t.clone(),
+                    reply_to: None,
+                    id: None,
+                })
+                .await
+                .unwrap()
+            {
+                mesh_node::api::Response::Sent(r) => ids.push(r.id.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        ids
+    });
+
+    let mut seen: Vec<String> = Vec::new();
+    for call in 0.. {
+        assert!(call <= ids.len(), "the inbox never emptied");
+        let (text, is_err) = m.tool("inbox", json!({}));
+        let head: String = text.chars().take(300).collect();
+        assert!(!is_err, "inbox failed: {head}");
+        let page: Vec<String> = text
+            .split("--- message ")
+            .skip(1)
+            .map(|s| s.split_whitespace().next().unwrap().to_string())
+            .collect();
+        if page.is_empty() {
+            assert!(text.contains("No unread messages"), "{head}");
+            break;
+        }
+        for id in &page {
+            let i = ids.iter().position(|x| x == id).unwrap();
+            assert!(text.contains(&texts[i]), "message {i} shown whole");
+        }
+        seen.extend(page);
+        let left = ids.len() - seen.len();
+        if left > 0 {
+            assert!(
+                text.contains(&format!("{left} more waiting")) && text.contains("call inbox again"),
+                "says what is left: {head}"
+            );
+        } else {
+            assert!(!text.contains("more waiting"), "{head}");
+        }
+    }
+    assert_eq!(seen, ids, "every message shown once, in order");
+
+    // History goes back a result at a time, each saying where the older ones start.
+    let mut back: Vec<String> = Vec::new();
+    let mut args = json!({ "with": common::TEST_USER });
+    for call in 0.. {
+        assert!(call <= ids.len(), "history never reached the oldest");
+        let text = m.ok("history", args.clone());
+        let page: Vec<String> = text
+            .split("\n--- ")
+            .skip(1)
+            .map(|s| s.split_whitespace().next().unwrap().to_string())
+            .collect();
+        assert!(!page.is_empty(), "{}", text.chars().take(300).collect::<String>());
+        back.splice(0..0, page);
+        match text.split("before=\"").nth(1) {
+            Some(rest) => args["before"] = json!(rest.split('"').next().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(back, ids, "every message once, oldest first");
+    let (e, is_err) = m.tool("history", json!({ "before": "last week" }));
+    assert!(is_err && e.contains("bad history cursor"), "{e}");
+}

@@ -81,18 +81,12 @@ async fn inbox_from(c: &Client, agent: &str, from: &str) -> Vec<MessageId> {
 }
 
 async fn topic_ids(c: &Client, topic: &str) -> Vec<MessageId> {
-    get!(
-        c.call(Request::History {
-            agent: None,
-            target: Some(format!("#{topic}")),
-            grep: None,
-            limit: 10_000,
-        }),
-        History
-    )
-    .into_iter()
-    .map(|h| h.id)
-    .collect()
+    common::whole_history(c, &format!("#{topic}"))
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.id)
+        .collect()
 }
 
 /// A request that must be answered within [`common::CMD_TIMEOUT`].

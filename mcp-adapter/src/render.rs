@@ -68,8 +68,8 @@ pub fn quote(text: &str) -> String {
     mesh_node::text::quote(text)
 }
 
-/// A list of messages with the untrusted-input label.
-pub fn messages(list: &[MessageView]) -> String {
+/// A page of messages with the untrusted-input label; `remaining` more wait after it.
+pub fn messages(list: &[MessageView], remaining: u64) -> String {
     if list.is_empty() {
         return "No unread messages.".to_string();
     }
@@ -86,6 +86,12 @@ pub fn messages(list: &[MessageView]) -> String {
         list.last().map(|m| m.from.as_str()).unwrap_or_default(),
         list.last().map(|m| m.id.to_string()).unwrap_or_default()
     ));
+    if remaining > 0 {
+        out.push_str(&format!(
+            "\n\n{remaining} more waiting (not shown, still unread): call inbox again to read {}.",
+            if remaining == 1 { "it" } else { "them" }
+        ));
+    }
     out
 }
 
@@ -306,9 +312,15 @@ fn topics_lines(list: &[TopicView], me: &str) -> String {
     out
 }
 
-/// History lines.
-pub fn history(list: &[HistoryView]) -> String {
-    history_lines(list).trim_end().to_string()
+/// History lines; `older` is the cursor to the older matches left out, if any.
+pub fn history(list: &[HistoryView], older: Option<&str>) -> String {
+    let mut out = history_lines(list).trim_end().to_string();
+    if let Some(cursor) = older {
+        out.push_str(&format!(
+            "\n\nOlder messages match too: call history again with before=\"{cursor}\" (and the same with, topic and grep) to see them."
+        ));
+    }
+    out
 }
 
 fn history_lines(list: &[HistoryView]) -> String {
@@ -411,6 +423,29 @@ mod tests {
         let text = message(&m);
         assert!(!text.contains('\x1b'));
         assert!(text.contains("verified") && text.contains("end of message"));
+    }
+
+    #[test]
+    fn a_page_says_what_is_left_and_where_older_history_starts() {
+        let page = messages(&[msg()], 3);
+        assert!(page.contains("1 message (oldest first; now marked read)"), "{page}");
+        assert!(page.ends_with("3 more waiting (not shown, still unread): call inbox again to read them."));
+        assert!(!messages(&[msg()], 0).contains("more waiting"));
+        let h = HistoryView {
+            id: MessageId::new(),
+            kind: "in".into(),
+            from: "bob@laptop".into(),
+            to: "me@here".into(),
+            text: "hi".into(),
+            at_ms: 0,
+            reply_to: None,
+            state: None,
+        };
+        let text = history(std::slice::from_ref(&h), Some("h42"));
+        assert!(
+            text.ends_with("call history again with before=\"h42\" (and the same with, topic and grep) to see them.")
+        );
+        assert!(!history(&[h], None).contains("before="));
     }
 
     #[test]

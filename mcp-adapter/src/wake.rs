@@ -253,10 +253,12 @@ pub async fn unread(client: &Client, agent: &str, mark: bool) -> Result<Vec<Mess
             limit: HOOK_BATCH,
             mark_read: mark,
             skip_notified: true,
+            after: None,
+            max_bytes: None,
         })
         .await?
     {
-        Response::Inbox(l) => Ok(l),
+        Response::Inbox(page) => Ok(page.messages),
         other => Err(WakeError::Unexpected(format!("{other:?}"))),
     }
 }

@@ -284,8 +284,11 @@ fn request_names(r: &Request) {
             address(to);
             let _ = text.trim().is_empty();
         }
-        Request::Inbox { agent: a, .. }
-        | Request::MarkRead { agent: a, .. }
+        Request::Inbox { agent: a, after, .. } => {
+            agent(a);
+            let _ = after.as_deref().map(crate::api::page::parse_inbox_cursor);
+        }
+        Request::MarkRead { agent: a, .. }
         | Request::MarkNotified { agent: a, .. }
         | Request::Counts { agent: a }
         | Request::Waker { agent: a }
@@ -299,8 +302,16 @@ fn request_names(r: &Request) {
             topic(t);
         }
         Request::History {
-            agent: a, target, grep, ..
+            agent: a,
+            target,
+            grep,
+            before,
+            after,
+            ..
         } => {
+            for c in [before, after].into_iter().flatten() {
+                let _ = crate::api::page::parse_history_cursor(c);
+            }
             if let Some(a) = a {
                 agent(a);
             }
@@ -571,6 +582,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                     target: Some("#build".into()),
                     grep: Some("green".into()),
                     limit: 10,
+                    before: Some(crate::api::page::history_cursor(42)),
+                    after: None,
+                    forward: true,
+                    max_bytes: Some(40_000),
                 },
             }),
         ),

@@ -16,9 +16,10 @@ use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryView, InviteView, JoinView, MemberView, MembersView,
-    MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception, RemovedView, SendReceipt,
-    SendStatus, StatusView, TopicView,
+    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryPage, HistoryView, InboxPage, InviteView, JoinView,
+    MemberView, MembersView, MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception,
+    RemovedView, SendReceipt, SendStatus, StatusView, TopicView,
+    page::{PageBudget, PageFill},
 };
 use crate::config::Config;
 use crate::directory::{Directory, Target, Update};
@@ -1336,34 +1337,67 @@ impl Node {
         })
     }
 
-    /// `mesh inbox`.
+    /// `mesh inbox`: one page of `agent`'s inbox (see [`Request::Inbox`]), filled up to
+    /// `max_bytes` and what one API frame holds. With `q.mark_read`, exactly the returned
+    /// messages are marked read, in the store write that selects them.
+    ///
+    /// [`Request::Inbox`]: crate::api::Request::Inbox
     pub async fn inbox(
         &self,
         agent: &str,
-        all: bool,
-        limit: u32,
-        mark_read: bool,
-        skip_notified: bool,
-    ) -> Result<Vec<MessageView>, ApiError> {
+        q: store::InboxQuery,
+        max_bytes: Option<u32>,
+    ) -> Result<InboxPage, ApiError> {
         let agent = AgentName::new(agent)?;
-        let q = store::InboxQuery {
-            limit: limit.clamp(1, MAX_LIST) as usize,
-            all,
-            skip_notified,
-            mark_read,
-        };
-        let a = agent.clone();
-        let entries = match self.0.store.write("inbox", move |t| ops::take_inbox(t, &a, q)).await {
-            Ok(e) => e,
+        let budget = self.page_budget(max_bytes);
+        let (node, a) = (self.clone(), agent.clone());
+        let taken = self
+            .0
+            .store
+            .write("inbox", move |t| {
+                node.fill_inbox(budget, |admit| ops::take_inbox(t, &a, q, admit))
+            })
+            .await;
+        let (page, fill) = match taken {
+            Ok(p) => p,
             // Mail stays readable when the disk is full: shown without being marked read
             // (it shows again later; nothing is lost).
             Err(e) if e.is_storage() => {
                 tracing::warn!(error = %e, "cannot mark messages read; listing them unchanged");
-                self.0.store.read(move |r| ops::peek_inbox(r, &agent, q)).await?
+                let node = self.clone();
+                self.0
+                    .store
+                    .read(move |r| node.fill_inbox(budget, |admit| ops::peek_inbox(r, &agent, q, admit)))
+                    .await?
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(entries.iter().map(|e| self.message_view(e)).collect())
+        let next = page
+            .entries
+            .last()
+            .filter(|_| page.remaining > 0)
+            .map(|e| crate::api::page::inbox_cursor(e.seq));
+        Ok(InboxPage {
+            messages: fill.finish()?,
+            remaining: page.remaining,
+            next,
+        })
+    }
+
+    fn page_budget(&self, max_bytes: Option<u32>) -> PageBudget {
+        PageBudget::new(self.0.config.limits.max_api_frame_bytes, max_bytes, MAX_LIST as usize)
+    }
+
+    /// Runs `op` with an admission test that takes entries while their views fit `budget`;
+    /// returns its page and the views of the entries it holds.
+    fn fill_inbox<P>(
+        &self,
+        budget: PageBudget,
+        op: impl FnOnce(ops::Admit<'_, InboxEntry>) -> Result<P, store::StoreError>,
+    ) -> Result<(P, PageFill<MessageView>), store::StoreError> {
+        let mut fill = PageFill::new(budget);
+        let page = op(&mut |e: &InboxEntry| fill.offer(e.id, self.message_view(e)))?;
+        Ok((page, fill))
     }
 
     /// Moves unread messages to `notified` (pushed to a session) or `read` (shown).
@@ -1590,21 +1624,20 @@ impl Node {
         })
     }
 
-    /// `mesh history`.
+    /// `mesh history`: one page (see [`Request::History`]) of the history matching
+    /// `filter` (its position, order and text fields), of `agent` and with `target` (an
+    /// agent address or `#topic`), filled up to `max_bytes` and what one API frame holds.
+    ///
+    /// [`Request::History`]: crate::api::Request::History
     pub async fn history(
         &self,
         agent: Option<&str>,
         target: Option<&str>,
-        grep: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<HistoryView>, ApiError> {
-        let agent = agent.map(AgentName::new).transpose()?;
-        let mut filter = ops::HistoryFilter {
-            agent,
-            grep: grep.filter(|g| !g.is_empty()),
-            limit: limit.clamp(1, MAX_LIST) as usize,
-            ..Default::default()
-        };
+        mut filter: ops::HistoryFilter,
+        max_bytes: Option<u32>,
+    ) -> Result<HistoryPage, ApiError> {
+        filter.agent = agent.map(AgentName::new).transpose()?;
+        filter.grep = filter.grep.filter(|g| !g.is_empty());
         if let Some(t) = target.map(str::trim).filter(|t| !t.is_empty()) {
             if let Some(topic) = t.strip_prefix('#') {
                 filter.topic = Some(TopicName::new(topic)?);
@@ -1646,21 +1679,36 @@ impl Node {
                 };
             }
         }
-        let rows = self.0.store.read(move |r| ops::history(r, &filter)).await?;
-        Ok(rows.into_iter().map(|row| self.history_view(row)).collect())
+        let budget = self.page_budget(max_bytes);
+        let node = self.clone();
+        let (page, fill) = self
+            .0
+            .store
+            .read(move |r| {
+                let mut fill = PageFill::new(budget);
+                let page = ops::history(r, &filter, &mut |row| fill.offer(row.id(), node.history_view(row)))?;
+                Ok((page, fill))
+            })
+            .await?;
+        let cursor = |row: Option<&store::HistoryRow>| row.map(|r| crate::api::page::history_cursor(r.seq()));
+        Ok(HistoryPage {
+            older: cursor(page.rows.first()).filter(|_| page.older),
+            newer: cursor(page.rows.last()).filter(|_| page.newer),
+            entries: fill.finish()?,
+        })
     }
 
-    fn history_view(&self, row: store::HistoryRow) -> HistoryView {
+    fn history_view(&self, row: &store::HistoryRow) -> HistoryView {
         let at_ms = row.at_ms();
         match row {
             store::HistoryRow::Received(e) => {
-                let v = self.message_view(&e);
+                let v = self.message_view(e);
                 HistoryView {
                     id: e.id,
                     kind: "in".into(),
                     from: v.from,
                     to: format!("{}@{}", e.agent, self.0.name),
-                    text: e.text,
+                    text: v.text,
                     at_ms,
                     reply_to: e.reply_to,
                     state: None,
@@ -1670,7 +1718,7 @@ impl Node {
                 id: e.msg.id,
                 kind: "out".into(),
                 from: format!("{}@{}", e.msg.from, self.0.name),
-                to: self.outbox_to(&e),
+                to: self.outbox_to(e),
                 text: e.msg.text.clone(),
                 at_ms,
                 reply_to: e.msg.reply_to,
@@ -1685,7 +1733,7 @@ impl Node {
                     self.node_label(&r.from_node, r.from_node_name.as_ref())
                 ),
                 to: format!("#{}", r.envelope.topic),
-                text: r.envelope.text,
+                text: r.envelope.text.clone(),
                 at_ms,
                 reply_to: r.envelope.reply_to,
                 state: r.local.then(|| {

@@ -259,9 +259,14 @@ async fn gossip_republished_under_another_name_is_refused() {
                 target: Some("#news".into()),
                 grep: None,
                 limit: 100,
+                before: None,
+                after: None,
+                forward: false,
+                max_bytes: None,
             }),
             History
-        );
+        )
+        .entries;
         if h.iter().any(|m| m.text == "from mallory") {
             break h;
         }

@@ -220,9 +220,14 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
             target: Some("#build".into()),
             grep: Some("green".into()),
             limit: 1000,
+            before: None,
+            after: None,
+            forward: false,
+            max_bytes: None,
         }),
         History
-    );
+    )
+    .entries;
     let mut hist_ids: Vec<_> = h.iter().map(|x| x.id).collect();
     hist_ids.dedup();
     assert_eq!(hist_ids.len(), h.len(), "no duplicates in history");
@@ -379,10 +384,27 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             limit: 10,
             mark_read: true,
             skip_notified: false,
+            after: None,
+            max_bytes: None,
         })
         .await,
     );
     assert_eq!(e.code, ErrorCode::NotFound);
+    let e = api_err(
+        a.call(Request::History {
+            agent: None,
+            target: None,
+            grep: None,
+            limit: 10,
+            before: Some("yesterday".into()),
+            after: None,
+            forward: false,
+            max_bytes: None,
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("bad history cursor \"yesterday\""), "{}", e.message);
     // Larger than the local API frame limit: refused by the client before sending.
     let e = api_err(a.call(send("user@beta", "x".repeat(2 * 1024 * 1024))).await);
     assert_eq!(e.code, ErrorCode::TooLarge);
@@ -403,6 +425,36 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     assert!(b.inbox("user").await.is_empty());
     // The daemon is still fine.
     assert_eq!(a.send("alice", "user@beta", "fine").await.status, SendStatus::Delivered);
+
+    // A client of another API version is told which versions meet, and what to do.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::UnixStream::connect(a.home.socket_path()).await.unwrap();
+    let hello = postcard::to_allocvec(&mesh_node::api::ClientHello {
+        magic: mesh_node::api::MAGIC,
+        version: mesh_node::api::API_VERSION - 1,
+        client: "old".into(),
+    })
+    .unwrap();
+    raw.write_all(&(hello.len() as u32).to_be_bytes()).await.unwrap();
+    raw.write_all(&hello).await.unwrap();
+    let mut len = [0u8; 4];
+    tokio::time::timeout(common::WAIT, raw.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    raw.read_exact(&mut body).await.unwrap();
+    match postcard::from_bytes(&body).unwrap() {
+        mesh_node::api::ServerHello::Refused { reason } => assert!(
+            reason.contains(&format!(
+                "version {}, the client {}",
+                mesh_node::api::API_VERSION,
+                mesh_node::api::API_VERSION - 1
+            )) && reason.contains("mesh down"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

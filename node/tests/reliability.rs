@@ -40,9 +40,14 @@ async fn topic_history(n: &TestNode, topic: &str) -> Vec<HistoryView> {
             target: Some(format!("#{topic}")),
             grep: None,
             limit: 10_000,
+            before: None,
+            after: None,
+            forward: false,
+            max_bytes: None,
         }),
         History
     )
+    .entries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +342,142 @@ request_timeout = "30s"
     // connections: the restarted beta was sent no message twice.
     let dups = b.daemon.as_ref().unwrap().node().metrics().dm_duplicates.get();
     assert_eq!(dups, 0, "messages delivered twice after a clean stop");
+}
+
+/// Unread counts of `agent` (never pushed + pushed).
+async fn unread(n: &TestNode, agent: &str) -> u64 {
+    match n.call(Request::Counts { agent: agent.into() }).await.unwrap() {
+        Response::Counts { new, notified } => new + notified,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_reads_come_in_pages_that_fit_and_mark_only_what_they_return() {
+    // Twenty 60 KB messages: 1.2 MB, more than one 1 MiB API frame holds.
+    let n = TestNode::start("alpha").await;
+    n.register("bob").await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let text = format!("{i:02} {}", "x".repeat(60_000));
+        sent.push(n.send("ann", "bob", &text).await.id);
+    }
+    let frame = mesh_node::config::Limits::default().max_api_frame_bytes;
+    let fits = |response: &Response| {
+        let size = postcard::to_allocvec(&mesh_node::api::ServerFrame::Reply {
+            id: u64::MAX,
+            result: Ok(response.clone()),
+        })
+        .unwrap()
+        .len();
+        assert!(size <= frame, "an answer of {size} bytes, over the frame ({frame})");
+    };
+    let read = |after: Option<String>, mark_read: bool| Request::Inbox {
+        agent: "bob".into(),
+        all: false,
+        limit: 100,
+        mark_read,
+        skip_notified: false,
+        after,
+        max_bytes: None,
+    };
+
+    // Looking without marking pages through everything with the cursor.
+    let mut peeked = Vec::new();
+    let mut after = None;
+    loop {
+        let answer = n.call(read(after.take(), false)).await.unwrap();
+        fits(&answer);
+        let Response::Inbox(page) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(!page.messages.is_empty());
+        peeked.extend(page.messages.iter().map(|m| m.id));
+        assert_eq!(page.remaining, (sent.len() - peeked.len()) as u64);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(peeked, sent, "every message once, in order");
+    assert_eq!(unread(&n, "bob").await, 20, "looking marks nothing");
+
+    // Reading with marking: each answer fits, and marks exactly what it returns.
+    let mut shown = Vec::new();
+    for call in 0.. {
+        assert!(call < 40, "the inbox never emptied");
+        let answer = n.call(read(None, true)).await;
+        let left = unread(&n, "bob").await;
+        let page = match &answer {
+            Ok(r @ Response::Inbox(page)) => {
+                fits(r);
+                page.clone()
+            }
+            other => panic!("the inbox answered {other:?}; unread now: {left}"),
+        };
+        if page.messages.is_empty() {
+            assert_eq!((page.remaining, page.next), (0, None));
+            break;
+        }
+        assert!(page.messages.len() < sent.len(), "one answer cannot hold them all");
+        shown.extend(page.messages.iter().map(|m| m.id));
+        assert_eq!(left, (sent.len() - shown.len()) as u64, "after {} shown", shown.len());
+        assert_eq!(page.remaining, left, "the page says how many wait");
+    }
+    assert_eq!(shown, sent, "every message once, in order");
+
+    // A page asked to stay small still holds one message; a made-up cursor is refused.
+    let small = get!(
+        n.call(Request::Inbox {
+            agent: "bob".into(),
+            all: true,
+            limit: 100,
+            mark_read: false,
+            skip_notified: false,
+            after: None,
+            max_bytes: Some(1),
+        }),
+        Inbox
+    );
+    assert_eq!(small.messages.iter().map(|m| m.id).collect::<Vec<_>>(), sent[..1]);
+    assert_eq!(small.remaining, 19);
+    let e = n.call(read(Some("h12".into()), false)).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::BadRequest && a.message.contains("bad inbox cursor")),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_frame_holds_any_more_is_refused_by_name_and_stays_unread() {
+    // Stored under the default limits; the daemon then restarts with smaller ones.
+    let mut n = TestNode::start("alpha").await;
+    n.register("bob").await;
+    let big = n.send("ann", "bob", &"x".repeat(60_000)).await.id;
+    n.stop().await;
+    let small = format!(
+        "[limits]\nmax_message_bytes = 8192\nmax_topic_message_bytes = 8192\nmax_api_frame_bytes = 12288\n{}",
+        common::FAST_CONFIG
+    );
+    std::fs::write(n.home.config_path(), small).unwrap();
+    n.restart().await;
+    let e = n
+        .call(Request::Inbox {
+            agent: "bob".into(),
+            all: false,
+            limit: 10,
+            mark_read: true,
+            skip_notified: false,
+            after: None,
+            max_bytes: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api(a) if a.code == ErrorCode::TooLarge
+            && a.message.contains(&big.to_string())
+            && a.message.contains("max_api_frame_bytes")),
+        "{e}"
+    );
+    assert_eq!(unread(&n, "bob").await, 1, "nothing was marked read");
 }

@@ -80,9 +80,14 @@ async fn history_texts(n: &TestNode, target: &str) -> Vec<String> {
             target: Some(target.into()),
             grep: None,
             limit: 1000,
+            before: None,
+            after: None,
+            forward: false,
+            max_bytes: None,
         }),
         History
     )
+    .entries
     .into_iter()
     .map(|h| h.text)
     .collect()

@@ -1,37 +1,74 @@
 //! `mesh history`.
 
-use mesh_node::api::{Request, Response};
+use mesh_node::api::{HistoryView, Request, Response};
 
 use super::Ctx;
 use crate::cli::HistoryArgs;
 use crate::{expect, output};
 
+fn print(h: &HistoryView) {
+    let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
+    let reply = h.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
+    crate::outln!(
+        "{}  {}  {} -> {}{reply}{state}",
+        output::time(h.at_ms),
+        h.id,
+        output::field(&h.from),
+        output::field(&h.to)
+    );
+    for line in output::clean(&h.text).lines() {
+        crate::outln!("    {line}");
+    }
+}
+
+/// Reads the newest `--limit` entries oldest first, a page at a time, and writes each page
+/// out as it comes: an export of any size holds one page in memory.
 pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
-    let request = Request::History {
-        agent: a.agent,
-        target: a.target,
-        grep: a.grep,
-        limit: a.limit,
-    };
-    let rows = expect!(ctx.call(request).await?, Response::History(h) => h);
-    if ctx.json {
-        return output::json(&rows);
+    let mut json = ctx.json.then(output::JsonArray::default);
+    let mut wanted = a.limit.max(1);
+    let mut shown = 0u64;
+    let mut after = None;
+    let mut older = None;
+    loop {
+        let first = after.is_none();
+        let request = Request::History {
+            agent: a.agent.clone(),
+            target: a.target.clone(),
+            grep: a.grep.clone(),
+            limit: wanted,
+            before: a.before.clone(),
+            after: after.take(),
+            forward: true,
+            max_bytes: None,
+        };
+        let page = expect!(ctx.call(request).await?, Response::History(page) => page);
+        if first {
+            older = page.older;
+        }
+        for h in &page.entries {
+            match json.as_mut() {
+                Some(array) => array.push(h)?,
+                None => print(h),
+            }
+        }
+        shown += page.entries.len() as u64;
+        wanted = wanted.saturating_sub(page.entries.len() as u32);
+        match page.newer {
+            Some(newer) if wanted > 0 && !page.entries.is_empty() => after = Some(newer),
+            _ => break,
+        }
     }
-    if rows.is_empty() {
-        crate::outln!("no messages");
+    match json {
+        Some(array) => array.finish(),
+        None if shown == 0 => crate::outln!("no messages"),
+        None => {}
     }
-    for h in &rows {
-        let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
-        let reply = h.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
-        crate::outln!(
-            "{}  {}  {} -> {}{reply}{state}",
-            output::time(h.at_ms),
-            h.id,
-            output::field(&h.from),
-            output::field(&h.to)
-        );
-        for line in output::clean(&h.text).lines() {
-            crate::outln!("    {line}");
+    if let Some(cursor) = older {
+        let hint = format!("older messages: add --before {cursor}");
+        if ctx.json {
+            eprintln!("{hint}");
+        } else {
+            crate::outln!("({hint})");
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! `mesh inbox`.
 
-use mesh_node::api::{AgentSpec, Event, MessageView, Request, Response};
+use mesh_node::api::{AgentSpec, Event, InboxPage, MessageView, Request, Response};
 
 use super::Ctx;
 use crate::cli::InboxArgs;
@@ -48,26 +48,73 @@ async fn mark_shown(client: &mesh_node::api::client::Client, agent: &str, list: 
     }
 }
 
+/// One page of `agent`'s inbox, read without marking (the caller marks what it printed).
+async fn page(
+    client: &mesh_node::api::client::Client,
+    agent: &str,
+    all: bool,
+    limit: u32,
+    after: Option<String>,
+) -> anyhow::Result<InboxPage> {
+    Ok(expect!(
+        client
+            .call(Request::Inbox {
+                agent: agent.to_string(),
+                all,
+                limit,
+                mark_read: false,
+                skip_notified: false,
+                after,
+                max_bytes: None,
+            })
+            .await?,
+        Response::Inbox(page) => page
+    ))
+}
+
 pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     let agent = ctx.agent(&a.who.agent);
     let client = ctx.client().await?;
     if !a.follow {
-        let list = expect!(
-            client.call(Request::Inbox { agent: agent.clone(), all: a.all, limit: a.limit, mark_read: false, skip_notified: false }).await?,
-            Response::Inbox(l) => l
-        );
-        if ctx.json {
-            output::json(&list)?;
-        } else {
-            if list.is_empty() {
-                crate::outln!("no {}messages", if a.all { "" } else { "unread " });
+        // Page by page: each is written out, then (unread ones) marked read, so a reader
+        // that goes away leaves unread what it did not get.
+        let mut json = ctx.json.then(output::JsonArray::default);
+        let mut wanted = a.limit.max(1);
+        let (mut shown, mut after) = (0u64, None);
+        let remaining = loop {
+            let page = page(&client, &agent, a.all, wanted, after.take()).await?;
+            for m in &page.messages {
+                match json.as_mut() {
+                    Some(array) => array.push(m)?,
+                    None => print(ctx, m)?,
+                }
             }
-            for m in &list {
-                print(ctx, m)?;
+            if !a.all {
+                mark_shown(&client, &agent, &page.messages).await?;
             }
+            shown += page.messages.len() as u64;
+            wanted = wanted.saturating_sub(page.messages.len() as u32);
+            match page.next {
+                Some(next) if wanted > 0 && !page.messages.is_empty() => after = Some(next),
+                _ => break page.remaining,
+            }
+        };
+        match json {
+            Some(array) => array.finish(),
+            None if shown == 0 => crate::outln!("no {}messages", if a.all { "" } else { "unread " }),
+            None => {}
         }
-        if !a.all {
-            mark_shown(&client, &agent, &list).await?;
+        if remaining > 0 && !a.all {
+            let hint = format!(
+                "{remaining} more unread message{} (over --limit): run `{} inbox` again to read on",
+                if remaining == 1 { "" } else { "s" },
+                ctx.mesh()
+            );
+            if ctx.json {
+                eprintln!("{hint}");
+            } else {
+                crate::outln!("({hint})");
+            }
         }
         return Ok(());
     }
@@ -89,16 +136,20 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     let mut catch_up = true;
     loop {
         if catch_up {
-            let list = expect!(
-                client.call(Request::Inbox { agent: agent.clone(), all: false, limit: 10_000, mark_read: false, skip_notified: false }).await?,
-                Response::Inbox(l) => l
-            );
-            for m in &list {
-                if seen.insert(m.id) {
-                    print(ctx, m)?;
+            let mut after = None;
+            loop {
+                let page = page(&client, &agent, false, u32::MAX, after.take()).await?;
+                for m in &page.messages {
+                    if seen.insert(m.id) {
+                        print(ctx, m)?;
+                    }
+                }
+                mark_shown(&client, &agent, &page.messages).await?;
+                match page.next {
+                    Some(next) if !page.messages.is_empty() => after = Some(next),
+                    _ => break,
                 }
             }
-            mark_shown(&client, &agent, &list).await?;
             catch_up = false;
         }
         let ev = tokio::select! {

@@ -432,18 +432,72 @@ pub async fn whole_inbox(
     c: &mesh_node::api::client::Client,
     agent: &str,
 ) -> Result<Vec<mesh_node::api::MessageView>, mesh_node::api::client::ClientError> {
-    let r = c
-        .call(mesh_node::api::Request::Inbox {
-            agent: agent.into(),
-            all: true,
-            limit: 100_000,
-            mark_read: false,
-            skip_notified: false,
-        })
-        .await?;
-    match r {
-        mesh_node::api::Response::Inbox(l) => Ok(l),
-        other => panic!("an inbox request answered {other:?}"),
+    inbox_pages(c, agent, true, false).await
+}
+
+/// `agent`'s inbox (unread messages, or `all`), oldest first, page by page (following the
+/// cursor, so that pages that cannot be marked read are not read again).
+pub async fn inbox_pages(
+    c: &mesh_node::api::client::Client,
+    agent: &str,
+    all: bool,
+    mark_read: bool,
+) -> Result<Vec<mesh_node::api::MessageView>, mesh_node::api::client::ClientError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let r = c
+            .call(mesh_node::api::Request::Inbox {
+                agent: agent.into(),
+                all,
+                limit: u32::MAX,
+                mark_read,
+                skip_notified: false,
+                after: after.take(),
+                max_bytes: None,
+            })
+            .await?;
+        let page = match r {
+            mesh_node::api::Response::Inbox(p) => p,
+            other => panic!("an inbox request answered {other:?}"),
+        };
+        out.extend(page.messages);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Every history entry of `target` (an agent or `#topic`), oldest first, page by page.
+pub async fn whole_history(
+    c: &mesh_node::api::client::Client,
+    target: &str,
+) -> Result<Vec<mesh_node::api::HistoryView>, mesh_node::api::client::ClientError> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let r = c
+            .call(mesh_node::api::Request::History {
+                agent: None,
+                target: Some(target.into()),
+                grep: None,
+                limit: u32::MAX,
+                before: before.take(),
+                after: None,
+                forward: false,
+                max_bytes: None,
+            })
+            .await?;
+        let page = match r {
+            mesh_node::api::Response::History(p) => p,
+            other => panic!("a history request answered {other:?}"),
+        };
+        out.splice(0..0, page.entries);
+        match page.older {
+            Some(older) => before = Some(older),
+            None => return Ok(out),
+        }
     }
 }
 

@@ -159,10 +159,12 @@ async fn main() -> anyhow::Result<()> {
             limit: 10,
             mark_read: true,
             skip_notified: false,
+            after: None,
+            max_bytes: None,
         })
         .await?
     {
-        Response::Inbox(l) => l,
+        Response::Inbox(page) => page.messages,
         other => bail!("unexpected {other:?}"),
     };
     let back = match inbox.into_iter().find(|m| m.id == queued.id) {

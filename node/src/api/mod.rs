@@ -8,6 +8,7 @@
 //! `Event`s once the client asked to [`Request::Watch`]. See `docs/PROTOCOL.md`.
 
 pub mod client;
+pub mod page;
 pub mod server;
 
 use libp2p::{Multiaddr, PeerId};
@@ -17,7 +18,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 3;
+pub const API_VERSION: u32 = 4;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -131,18 +132,26 @@ pub enum Request {
         /// picks one (and a repeat is a new message).
         id: Option<MessageId>,
     },
-    /// Read an agent's inbox.
+    /// Read an agent's inbox, one page at a time: an answer holds what fits one frame
+    /// (and `max_bytes`), at least one message; [`InboxPage`] says how many remain and
+    /// where the next page starts.
     Inbox {
         /// The local agent.
         agent: String,
         /// All messages (the newest `limit`), not only unread ones.
         all: bool,
-        /// At most this many.
+        /// At most this many (over all pages).
         limit: u32,
-        /// Mark returned messages read.
+        /// Mark read exactly the messages returned (in the step that selects them).
         mark_read: bool,
         /// Leave out unread messages already pushed to a session (`notified`).
         skip_notified: bool,
+        /// Continue after this position: the `next` of an earlier answer. The messages
+        /// after it, oldest first (with `all`, the oldest `limit` of them).
+        after: Option<String>,
+        /// Fill the page up to this many encoded bytes only (a page still holds one
+        /// message, if one fits a frame). `None`: as much as a frame holds.
+        max_bytes: Option<u32>,
     },
     /// Mark messages read.
     MarkRead {
@@ -193,7 +202,9 @@ pub enum Request {
         /// (as for `Send`).
         id: Option<MessageId>,
     },
-    /// Message history.
+    /// Message history, in the order this node recorded it, one page at a time: an answer
+    /// holds what fits one frame (and `max_bytes`), at least one entry; [`HistoryPage`]
+    /// says whether older or newer entries remain, and where they start.
     History {
         /// Only this local agent's messages.
         agent: Option<String>,
@@ -201,8 +212,20 @@ pub enum Request {
         target: Option<String>,
         /// Only texts containing this.
         grep: Option<String>,
-        /// At most this many (the newest).
+        /// At most this many: the newest `limit` between `after` and `before` (with
+        /// `forward` and `after`: the oldest `limit` after `after`).
         limit: u32,
+        /// Only entries older than this position (the `older` of an earlier answer).
+        before: Option<String>,
+        /// Only entries newer than this position (the `newer` of an earlier answer).
+        after: Option<String>,
+        /// Read forward in time: the page starts at the oldest entry of the selection, and
+        /// the rest is read with `after` = the answer's `newer`. Else the page ends at the
+        /// newest, and older entries are read with `before` = the answer's `older`.
+        forward: bool,
+        /// Fill the page up to this many encoded bytes only (a page still holds one
+        /// entry, if one fits a frame). `None`: as much as a frame holds.
+        max_bytes: Option<u32>,
     },
     /// Sent messages not yet delivered, and dead letters.
     Outbox {
@@ -388,7 +411,7 @@ pub enum Response {
     /// To `Send`.
     Sent(SendReceipt),
     /// To `Inbox`.
-    Inbox(Vec<MessageView>),
+    Inbox(InboxPage),
     /// To `MarkRead` / `MarkNotified`.
     Marked {
         /// Entries that changed state.
@@ -413,7 +436,7 @@ pub enum Response {
     /// To `Publish`.
     Published(PublishReceipt),
     /// To `History`.
-    History(Vec<HistoryView>),
+    History(HistoryPage),
     /// To `Outbox`.
     Outbox(Vec<OutboxView>),
     /// To `Register` / `SetSummary`.
@@ -803,6 +826,18 @@ pub struct MessageView {
     pub state: String,
 }
 
+/// A page of an inbox: the answer to [`Request::Inbox`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InboxPage {
+    /// The messages, oldest first.
+    pub messages: Vec<MessageView>,
+    /// Messages matching the request after these, not in this page (unread ones; with
+    /// `all`, any). With `mark_read`, asking again without `after` returns them.
+    pub remaining: u64,
+    /// Where the next page starts: pass it as `after`. `None` when nothing remains.
+    pub next: Option<String>,
+}
+
 /// A topic known here.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopicView {
@@ -849,6 +884,19 @@ pub struct HistoryView {
     pub reply_to: Option<MessageId>,
     /// For sent messages: `pending`, `delivered`, `dead: reason`.
     pub state: Option<String>,
+}
+
+/// A page of history: the answer to [`Request::History`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The entries, oldest first.
+    pub entries: Vec<HistoryView>,
+    /// Older entries match too (after the request's `after`): pass this as `before` to
+    /// read them. `None` when there are none.
+    pub older: Option<String>,
+    /// Newer entries match too (before the request's `before`): pass this as `after`, with
+    /// `forward`, to read them. `None` when there are none.
+    pub newer: Option<String>,
 }
 
 /// A sent message.

@@ -380,7 +380,18 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             limit,
             mark_read,
             skip_notified,
-        } => Response::Inbox(node.inbox(&agent, all, limit, mark_read, skip_notified).await?),
+            after,
+            max_bytes,
+        } => {
+            let q = crate::store::InboxQuery {
+                limit: limit.max(1) as usize,
+                all,
+                skip_notified,
+                mark_read,
+                after: after.as_deref().map(super::page::parse_inbox_cursor).transpose()?,
+            };
+            Response::Inbox(node.inbox(&agent, q, max_bytes).await?)
+        }
         Request::MarkRead { agent, ids } => Response::Marked {
             count: node.mark(&agent, ids, crate::store::ReadState::Read).await?,
         },
@@ -412,7 +423,25 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             target,
             grep,
             limit,
-        } => Response::History(node.history(agent.as_deref(), target.as_deref(), grep, limit).await?),
+            before,
+            after,
+            forward,
+            max_bytes,
+        } => {
+            let cursor = |c: Option<String>| c.as_deref().map(super::page::parse_history_cursor).transpose();
+            let filter = crate::store::HistoryFilter {
+                grep,
+                limit: limit.max(1) as usize,
+                before: cursor(before)?,
+                after: cursor(after)?,
+                forward,
+                ..Default::default()
+            };
+            Response::History(
+                node.history(agent.as_deref(), target.as_deref(), filter, max_bytes)
+                    .await?,
+            )
+        }
         Request::Outbox {
             agent,
             delivered,

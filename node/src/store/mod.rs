@@ -23,7 +23,7 @@ use libp2p::PeerId;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-pub use ops::{HistoryFilter, HistoryRow, InboxQuery, Settled};
+pub use ops::{HistoryFilter, HistoryPage, HistoryRow, InboxPage, InboxQuery, Settled};
 pub use types::*;
 
 /// Schema version written in the `meta-1` table.

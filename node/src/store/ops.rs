@@ -503,44 +503,81 @@ pub fn message_known(r: &ReadTransaction, id: &MessageId) -> Result<bool, StoreE
 
 // ---------------------------------------------------------------- inboxes
 
+/// Decides, entry by entry, whether an entry still goes into the page being filled (the
+/// API frame budget); `false` ends the page before that entry.
+pub type Admit<'a, T> = &'a mut dyn FnMut(&T) -> bool;
+
 fn collect_inbox(
     inbox: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     unread: &impl ReadableTable<(&'static str, u64), ()>,
+    notified: &impl ReadableTable<(&'static str, u64), ()>,
     a: &str,
     q: &InboxQuery,
-) -> Result<Vec<InboxEntry>, StoreError> {
-    let limit = q.limit;
-    let mut entries: Vec<InboxEntry> = Vec::new();
+    admit: Admit<'_, InboxEntry>,
+) -> Result<InboxPage, StoreError> {
+    let limit = q.limit.max(1);
+    let mut page = InboxPage::default();
+    // Once the page is full, what follows is only counted.
+    let mut full = false;
     if q.all {
-        for row in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev() {
-            let (_, v) = row?;
-            entries.push(decode("inbox", v.value())?);
-            if entries.len() >= limit {
-                break;
-            }
-        }
-        entries.reverse();
-    } else {
-        for row in unread.range((a, 0u64)..=(a, u64::MAX))? {
-            let (k, _) = row?;
-            if let Some(v) = inbox.get((a, k.value().1))? {
-                let e: InboxEntry = decode("inbox", v.value())?;
-                if !(q.skip_notified && e.state == ReadState::Notified) {
-                    entries.push(e);
+        let start = match q.after {
+            Some(after) => after.saturating_add(1),
+            // The newest `limit`: the page starts at the oldest of them.
+            None => {
+                let mut start = 0;
+                for (n, row) in inbox.range((a, 0u64)..=(a, u64::MAX))?.rev().enumerate() {
+                    let (k, _) = row?;
+                    start = k.value().1;
+                    if n + 1 >= limit {
+                        break;
+                    }
                 }
+                start
             }
-            if entries.len() >= limit {
-                break;
+        };
+        for row in inbox.range((a, start)..=(a, u64::MAX))? {
+            let (_, v) = row?;
+            if !full {
+                let e: InboxEntry = decode("inbox", v.value())?;
+                if page.entries.len() < limit && admit(&e) {
+                    page.entries.push(e);
+                    continue;
+                }
+                full = true;
+            }
+            page.remaining += 1;
+        }
+    } else {
+        let start = q.after.map_or(0, |after| after.saturating_add(1));
+        for row in unread.range((a, start)..=(a, u64::MAX))? {
+            let (k, _) = row?;
+            let seq = k.value().1;
+            if full {
+                if !(q.skip_notified && notified.get((a, seq))?.is_some()) {
+                    page.remaining += 1;
+                }
+                continue;
+            }
+            let Some(v) = inbox.get((a, seq))? else { continue };
+            let e: InboxEntry = decode("inbox", v.value())?;
+            if q.skip_notified && e.state == ReadState::Notified {
+                continue;
+            }
+            if page.entries.len() < limit && admit(&e) {
+                page.entries.push(e);
+            } else {
+                full = true;
+                page.remaining += 1;
             }
         }
     }
-    Ok(entries)
+    Ok(page)
 }
 
 /// What [`take_inbox`] returns.
 #[derive(Clone, Copy, Debug)]
 pub struct InboxQuery {
-    /// At most this many entries.
+    /// At most this many entries (the page may hold fewer: see [`take_inbox`]).
     pub limit: usize,
     /// The newest `limit` entries in any state (else: unread ones, oldest first).
     pub all: bool,
@@ -548,38 +585,65 @@ pub struct InboxQuery {
     pub skip_notified: bool,
     /// Mark the returned entries read.
     pub mark_read: bool,
+    /// Continue after this entry (its `seq`): the entries after it, oldest first (with
+    /// `all`, the oldest `limit` of them).
+    pub after: Option<u64>,
+}
+
+/// A page of an inbox.
+#[derive(Clone, Debug, Default)]
+pub struct InboxPage {
+    /// The entries, oldest first.
+    pub entries: Vec<InboxEntry>,
+    /// Entries matching the query after the last of these (unread ones; with `all`, any).
+    pub remaining: u64,
 }
 
 /// Inbox entries of `agent`, oldest first: the unread ones (`all == false`) or the last
-/// `limit` of all. With `mark_read`, returned entries become `Read` in the same step.
-pub fn take_inbox(txn: &WriteTransaction, agent: &AgentName, q: InboxQuery) -> Result<Vec<InboxEntry>, StoreError> {
+/// `limit` of all, from `q.after` on. The page ends at `limit` entries or at the first
+/// entry `admit` refuses, whichever comes first. With `mark_read`, exactly the returned
+/// entries become `Read`, in the same transaction.
+pub fn take_inbox(
+    txn: &WriteTransaction,
+    agent: &AgentName,
+    q: InboxQuery,
+    admit: Admit<'_, InboxEntry>,
+) -> Result<InboxPage, StoreError> {
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
-    let entries = {
+    let page = {
         let inbox = txn.open_table(INBOX)?;
         let unread = txn.open_table(UNREAD)?;
-        collect_inbox(&inbox, &unread, agent.as_str(), &q)?
+        let notified = txn.open_table(NOTIFIED)?;
+        collect_inbox(&inbox, &unread, &notified, agent.as_str(), &q, admit)?
     };
     if q.mark_read {
-        let seqs: Vec<u64> = entries
+        let seqs: Vec<u64> = page
+            .entries
             .iter()
             .filter(|e| e.state != ReadState::Read)
             .map(|e| e.seq)
             .collect();
         set_state(txn, agent, &seqs, ReadState::Read)?;
     }
-    Ok(entries)
+    Ok(page)
 }
 
 /// Like [`take_inbox`] without marking anything (works when the disk is full).
-pub fn peek_inbox(r: &ReadTransaction, agent: &AgentName, q: InboxQuery) -> Result<Vec<InboxEntry>, StoreError> {
+pub fn peek_inbox(
+    r: &ReadTransaction,
+    agent: &AgentName,
+    q: InboxQuery,
+    admit: Admit<'_, InboxEntry>,
+) -> Result<InboxPage, StoreError> {
     if r.open_table(AGENTS)?.get(agent.as_str())?.is_none() {
         return Err(StoreError::UnknownAgent(agent.to_string()));
     }
     let inbox = r.open_table(INBOX)?;
     let unread = r.open_table(UNREAD)?;
-    collect_inbox(&inbox, &unread, agent.as_str(), &q)
+    let notified = r.open_table(NOTIFIED)?;
+    collect_inbox(&inbox, &unread, &notified, agent.as_str(), &q, admit)
 }
 
 /// Sets the read state of inbox entries (a `Read` entry never goes back).
@@ -1170,8 +1234,16 @@ pub struct HistoryFilter {
     pub topic: Option<TopicName>,
     /// Only texts containing this (case-insensitive).
     pub grep: Option<String>,
-    /// At most this many, the newest.
+    /// At most this many rows: the newest `limit` between `after` and `before` (with
+    /// `forward` and `after`, the oldest `limit` after it).
     pub limit: usize,
+    /// Only rows recorded after this position (a row's `seq`).
+    pub after: Option<u64>,
+    /// Only rows recorded before this position.
+    pub before: Option<u64>,
+    /// Read forward in time: the page starts at the oldest row of the selection and more
+    /// is read with `after`; else it ends at the newest, and more is read with `before`.
+    pub forward: bool,
 }
 
 /// One history line.
@@ -1186,7 +1258,7 @@ pub enum HistoryRow {
 }
 
 impl HistoryRow {
-    /// Local time of the row, for ordering.
+    /// Local time of the row.
     pub fn at_ms(&self) -> u64 {
         match self {
             HistoryRow::Received(e) => e.received_at_ms,
@@ -1194,7 +1266,19 @@ impl HistoryRow {
             HistoryRow::Topic(r) => r.received_at_ms,
         }
     }
-    fn seq(&self) -> u64 {
+
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        match self {
+            HistoryRow::Received(e) => e.id,
+            HistoryRow::Sent(e) => e.msg.id,
+            HistoryRow::Topic(r) => r.envelope.id,
+        }
+    }
+
+    /// The row's position: the store sequence number it was recorded under (unique, never
+    /// reused, in the order the rows were recorded).
+    pub fn seq(&self) -> u64 {
         match self {
             HistoryRow::Received(e) => e.seq,
             HistoryRow::Sent(e) => e.seq,
@@ -1203,12 +1287,125 @@ impl HistoryRow {
     }
 }
 
-/// Messages matching `f`, oldest first (the newest `f.limit`).
-pub fn history(r: &ReadTransaction, f: &HistoryFilter) -> Result<Vec<HistoryRow>, StoreError> {
+/// A page of history.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    /// The rows, oldest first.
+    pub rows: Vec<HistoryRow>,
+    /// Matching rows exist before the first of these (and after the filter's `after`).
+    pub older: bool,
+    /// Matching rows exist after the last of these (and before the filter's `before`).
+    pub newer: bool,
+}
+
+/// The table a history row comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Inbox,
+    Outbox,
+    Topic,
+}
+
+/// A stored row's value, not decoded yet.
+type Raw<'t> = redb::AccessGuard<'t, &'static [u8]>;
+
+type Rows<'t> = Box<dyn Iterator<Item = Result<(u64, Raw<'t>), StoreError>> + 't>;
+
+/// The rows of several tables (each in `seq` order) merged in `seq` order, newest first
+/// when `back`.
+struct Merge<'t> {
+    heads: Vec<(Source, std::iter::Peekable<Rows<'t>>)>,
+    back: bool,
+}
+
+impl<'t> Merge<'t> {
+    fn next(&mut self) -> Result<Option<(Source, Raw<'t>)>, StoreError> {
+        let back = self.back;
+        let mut best: Option<(usize, u64)> = None;
+        for (i, (_, rows)) in self.heads.iter_mut().enumerate() {
+            let seq = match rows.peek() {
+                None => continue,
+                Some(Ok((seq, _))) => *seq,
+                Some(Err(_)) => match rows.next() {
+                    Some(Err(e)) => return Err(e),
+                    _ => continue,
+                },
+            };
+            if best.is_none_or(|(_, b)| if back { seq > b } else { seq < b }) {
+                best = Some((i, seq));
+            }
+        }
+        let Some((source, rows)) = best.and_then(|(i, _)| self.heads.get_mut(i)) else {
+            return Ok(None);
+        };
+        match rows.next() {
+            Some(Ok((_, v))) => Ok(Some((*source, v))),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The distinct names keying a table by (name, seq).
+fn key_names<V: redb::Value + 'static>(
+    t: &impl ReadableTable<(&'static str, u64), V>,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut next = t.first()?.map(|(k, _)| k.value().0.to_string());
+    while let Some(name) = next.take() {
+        for row in t.range((name.as_str(), u64::MAX)..)? {
+            let (k, _) = row?;
+            if k.value().0 != name {
+                next = Some(k.value().0.to_string());
+                break;
+            }
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
+/// The rows of `names` in a table keyed by (name, seq), with `seq` in `lo..=hi`.
+fn named_rows<'t>(
+    t: &'t redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    names: &[String],
+    (lo, hi): (u64, u64),
+    back: bool,
+    source: Source,
+) -> Result<Vec<(Source, std::iter::Peekable<Rows<'t>>)>, StoreError> {
+    let mut out = Vec::new();
+    for name in names {
+        let range = t.range((name.as_str(), lo)..=(name.as_str(), hi))?;
+        let rows = range.map(|row| {
+            let (k, v) = row?;
+            Ok((k.value().1, v))
+        });
+        let rows: Rows<'t> = if back { Box::new(rows.rev()) } else { Box::new(rows) };
+        out.push((source, rows.peekable()));
+    }
+    Ok(out)
+}
+
+/// One page of the messages matching `f`, oldest first: see [`HistoryFilter`]. Rows are in
+/// the order this node recorded them. The page ends at `f.limit` rows or before the first
+/// row `admit` refuses.
+pub fn history(
+    r: &ReadTransaction,
+    f: &HistoryFilter,
+    admit: Admit<'_, HistoryRow>,
+) -> Result<HistoryPage, StoreError> {
     let grep = f.grep.as_ref().map(|g| g.to_lowercase());
     let text_ok = |t: &str| grep.as_ref().is_none_or(|g| t.to_lowercase().contains(g));
     let limit = f.limit.max(1);
-    let mut rows = Vec::new();
+    let lo = f.after.map_or(0, |a| a.saturating_add(1));
+    let hi = match f.before {
+        Some(0) => return Ok(HistoryPage::default()),
+        Some(b) => b - 1,
+        None => u64::MAX,
+    };
+    if lo > hi {
+        return Ok(HistoryPage::default());
+    }
 
     let subscribed: Vec<TopicName> = match &f.agent {
         Some(a) => subscriptions(r)?
@@ -1218,76 +1415,104 @@ pub fn history(r: &ReadTransaction, f: &HistoryFilter) -> Result<Vec<HistoryRow>
             .collect(),
         None => Vec::new(),
     };
-
-    if f.with.is_none() {
-        let log = r.open_table(TOPIC_LOG)?;
-        let mut n = 0;
-        let iter = match &f.topic {
-            Some(t) => log.range((t.as_str(), 0u64)..=(t.as_str(), u64::MAX))?,
-            None => log.iter()?,
-        };
-        let mut found = Vec::new();
-        for row in iter.rev() {
-            let (_, v) = row?;
-            let rec: TopicRecord = decode("topic-log", v.value())?;
-            if let Some(a) = &f.agent
-                && !(subscribed.contains(&rec.envelope.topic) || (rec.local && &rec.envelope.from == a))
-            {
-                continue;
+    let with_ok = |agent: &AgentName, node: &PeerId| match &f.with {
+        None => true,
+        Some((a, p)) => a == agent && p.as_ref().is_none_or(|p| p == node),
+    };
+    let matching = |source: Source, bytes: &[u8]| -> Result<Option<HistoryRow>, StoreError> {
+        Ok(match source {
+            Source::Topic => {
+                let rec: TopicRecord = decode("topic-log", bytes)?;
+                let theirs = f.agent.as_ref().is_some_and(|a| {
+                    !(subscribed.contains(&rec.envelope.topic) || (rec.local && &rec.envelope.from == a))
+                });
+                (!theirs && text_ok(&rec.envelope.text)).then_some(HistoryRow::Topic(rec))
             }
-            if text_ok(&rec.envelope.text) {
-                found.push(HistoryRow::Topic(rec));
-                n += 1;
-                if n >= limit && f.topic.is_some() {
-                    break;
+            Source::Inbox => {
+                let e: InboxEntry = decode("inbox", bytes)?;
+                (e.channel == Channel::Direct && with_ok(&e.from.agent, &e.from.node) && text_ok(&e.text))
+                    .then_some(HistoryRow::Received(e))
+            }
+            Source::Outbox => {
+                let e: OutboxEntry = decode("outbox", bytes)?;
+                let theirs = f.agent.as_ref().is_some_and(|a| a != &e.msg.from);
+                (!theirs && with_ok(&e.msg.to, &e.to_node) && text_ok(&e.msg.text)).then_some(HistoryRow::Sent(e))
+            }
+        })
+    };
+
+    let log = r.open_table(TOPIC_LOG)?;
+    let inbox = r.open_table(INBOX)?;
+    let outbox = r.open_table(OUTBOX)?;
+    let topics: Vec<String> = match (&f.with, &f.topic) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(t)) => vec![t.to_string()],
+        (None, None) => key_names(&log)?,
+    };
+    let agents: Vec<String> = match (&f.topic, &f.agent) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(a)) => vec![a.to_string()],
+        (None, None) => key_names(&inbox)?,
+    };
+    let walk = |(lo, hi): (u64, u64), back: bool| -> Result<Merge<'_>, StoreError> {
+        let mut heads = named_rows(&log, &topics, (lo, hi), back, Source::Topic)?;
+        heads.extend(named_rows(&inbox, &agents, (lo, hi), back, Source::Inbox)?);
+        if f.topic.is_none() {
+            let rows = outbox.range(lo..=hi)?.map(|row| {
+                let (k, v) = row?;
+                Ok((k.value(), v))
+            });
+            let rows: Rows<'_> = if back { Box::new(rows.rev()) } else { Box::new(rows) };
+            heads.push((Source::Outbox, rows.peekable()));
+        }
+        Ok(Merge { heads, back })
+    };
+    let next_match = |m: &mut Merge<'_>| -> Result<Option<HistoryRow>, StoreError> {
+        while let Some((source, v)) = m.next()? {
+            if let Some(row) = matching(source, v.value())? {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    };
+
+    let mut page = HistoryPage::default();
+    if f.forward {
+        let start = match f.after {
+            Some(_) => lo,
+            // The newest `limit`: the page starts at the oldest of them.
+            None => {
+                let mut m = walk((lo, hi), true)?;
+                let (mut start, mut n) = (lo, 0);
+                while n < limit {
+                    let Some(row) = next_match(&mut m)? else { break };
+                    start = row.seq();
+                    n += 1;
                 }
+                page.older = n == limit && next_match(&mut m)?.is_some();
+                start
             }
-        }
-        rows.extend(found);
-    }
-
-    if f.topic.is_none() {
-        let with_ok = |agent: &AgentName, node: &PeerId| match &f.with {
-            None => true,
-            Some((a, p)) => a == agent && p.as_ref().is_none_or(|p| p == node),
         };
-        // Received direct messages.
-        let inbox = r.open_table(INBOX)?;
-        let iter = match &f.agent {
-            Some(a) => inbox.range((a.as_str(), 0u64)..=(a.as_str(), u64::MAX))?,
-            None => inbox.iter()?,
-        };
-        for row in iter.rev() {
-            let (_, v) = row?;
-            let e: InboxEntry = decode("inbox", v.value())?;
-            if e.channel == Channel::Direct && with_ok(&e.from.agent, &e.from.node) && text_ok(&e.text) {
-                rows.push(HistoryRow::Received(e));
+        let mut m = walk((start, hi), false)?;
+        while let Some(row) = next_match(&mut m)? {
+            if page.rows.len() >= limit || !admit(&row) {
+                page.newer = true;
+                break;
             }
+            page.rows.push(row);
         }
-        // Sent direct messages.
-        let outbox = r.open_table(OUTBOX)?;
-        let mut n = 0;
-        for row in outbox.iter()?.rev() {
-            let (_, v) = row?;
-            let e: OutboxEntry = decode("outbox", v.value())?;
-            if f.agent.as_ref().is_some_and(|a| a != &e.msg.from) {
-                continue;
+    } else {
+        let mut m = walk((lo, hi), true)?;
+        while let Some(row) = next_match(&mut m)? {
+            if page.rows.len() >= limit || !admit(&row) {
+                page.older = true;
+                break;
             }
-            if with_ok(&e.msg.to, &e.to_node) && text_ok(&e.msg.text) {
-                rows.push(HistoryRow::Sent(e));
-                n += 1;
-                if n >= limit {
-                    break;
-                }
-            }
+            page.rows.push(row);
         }
+        page.rows.reverse();
     }
-
-    rows.sort_by_key(|r| (r.at_ms(), r.seq()));
-    if rows.len() > limit {
-        rows.drain(..rows.len() - limit);
-    }
-    Ok(rows)
+    Ok(page)
 }
 
 /// Record counts.

@@ -178,39 +178,41 @@ impl TestNode {
         }
     }
 
-    /// Everything in `agent`'s inbox, read or not, marking nothing read.
+    /// Everything in `agent`'s inbox, read or not, marking nothing read (page by page).
     pub async fn whole_inbox(&self, agent: &str) -> Vec<MessageView> {
-        match self
-            .call(Request::Inbox {
-                agent: agent.into(),
-                all: true,
-                limit: 100_000,
-                mark_read: false,
-                skip_notified: false,
-            })
-            .await
-            .expect("inbox")
-        {
-            Response::Inbox(l) => l,
-            other => panic!("unexpected {other:?}"),
-        }
+        self.inbox_pages(agent, true, false).await
     }
 
-    /// The unread messages of `agent`, marking them read.
+    /// The unread messages of `agent`, marking them read (page by page).
     pub async fn inbox(&self, agent: &str) -> Vec<MessageView> {
-        match self
-            .call(Request::Inbox {
-                agent: agent.into(),
-                all: false,
-                limit: 10_000,
-                mark_read: true,
-                skip_notified: false,
-            })
-            .await
-            .expect("inbox")
-        {
-            Response::Inbox(l) => l,
-            other => panic!("unexpected {other:?}"),
+        self.inbox_pages(agent, false, true).await
+    }
+
+    async fn inbox_pages(&self, agent: &str, all: bool, mark_read: bool) -> Vec<MessageView> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = match self
+                .call(Request::Inbox {
+                    agent: agent.into(),
+                    all,
+                    limit: u32::MAX,
+                    mark_read,
+                    skip_notified: false,
+                    after: after.take(),
+                    max_bytes: None,
+                })
+                .await
+                .expect("inbox")
+            {
+                Response::Inbox(p) => p,
+                other => panic!("unexpected {other:?}"),
+            };
+            out.extend(page.messages);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return out,
+            }
         }
     }
 
