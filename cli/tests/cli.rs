@@ -1031,6 +1031,8 @@ fn a_home_with_planted_links_or_of_another_user_is_refused_and_nothing_is_writte
         "settings.toml",
     ] {
         let link = h.path().join(planted);
+        // (The test home has an identity already: the link takes its place.)
+        let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         let out = h.run(&up);
         assert_eq!(out.code, 1, "{planted}: {out:?}");

@@ -339,6 +339,25 @@ fn crashes_of_both_daemons_lose_and_duplicate_nothing() {
             })
             .await;
         }
+        // Settled: nothing more can arrive. Read the inboxes again: still exactly once (a
+        // delivery repeated while the outboxes settled would show here).
+        for (home, agent, from, sent) in [(&b.home, "bob", "alice", &ab), (&a.home, "dave", "carol", &ba)] {
+            let c = common::client(home).await;
+            let got = inbox_ids(&c, agent, from).await.unwrap();
+            assert_eq!(
+                &got, sent,
+                "{from} → {agent} after settling: exactly once, in send order"
+            );
+        }
+        let c = common::client(&b.home).await;
+        let inbox = common::whole_inbox(&c, "bob").await.unwrap();
+        for id in &news {
+            assert_eq!(
+                inbox.iter().filter(|m| m.id == *id).count(),
+                1,
+                "one inbox entry per topic message after settling"
+            );
+        }
     });
     eprintln!(
         "crash: converged {:.1} s after the start",

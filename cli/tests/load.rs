@@ -303,6 +303,23 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
         }
         assert_eq!(left, 0, "{name}: outbox drained");
     }
+    // Settled: every inbox read again, still exactly once and in order (a delivery repeated
+    // while the outboxes settled would show here).
+    rt.block_on(async {
+        for (n, p) in paths.iter().enumerate() {
+            let c = common::client(p).await;
+            for i in 0..AGENTS_PER_NODE {
+                let me = agent(n, i);
+                let inbox = common::whole_inbox(&c, &me).await.unwrap();
+                let expected: usize = sent.iter().filter(|((_, to), _)| *to == me).map(|(_, v)| v.len()).sum();
+                assert_eq!(inbox.len(), expected, "{me} after settling: nothing doubled");
+                for ((from, to), ids) in sent.iter().filter(|((_, to), _)| *to == me) {
+                    let got: Vec<MessageId> = inbox.iter().filter(|m| &m.from_agent == from).map(|m| m.id).collect();
+                    assert_eq!(&got, ids, "{from} → {to} after settling: exactly once, in order");
+                }
+            }
+        }
+    });
     for ((d, name), before) in daemons.iter().zip(NODES).zip(&tasks_before) {
         let mut now = gauge(d, "agentmesh_tasks_alive");
         for _ in 0..50 {

@@ -210,8 +210,9 @@ fn every_tool_and_error_path_over_stdio() {
 /// Two nodes on loopback, connected; returns their homes (daemons started by adapters).
 fn two_nodes() -> (Home, Home) {
     let (a, b) = (Home::isolated(), Home::isolated());
-    for h in [&a, &b] {
-        h.run(&["up", "--detach"]).ok();
+    // Named apart: two nodes named alike (both after this host) are told apart by labels.
+    for (h, name) in [(&a, "alpha"), (&b, "beta")] {
+        h.run(&["up", "--detach", "--name", name]).ok();
     }
     b.run(&["dial", &node_addr(&a)]).ok();
     (a, b)

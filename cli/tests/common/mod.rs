@@ -611,3 +611,31 @@ pub fn skip(why: &str) {
     }
     eprintln!("SKIPPED: {why}");
 }
+
+/// Waits (up to `deadline`) until the node behind `c` has nothing left to deliver: every
+/// message it sent is delivered or dead. Snapshot checks read the inboxes again after
+/// this, so that a delivery repeated while the senders settled would show.
+pub async fn outbox_settled(c: &mesh_node::api::client::Client, deadline: tokio::time::Instant) {
+    loop {
+        let r = c
+            .call(mesh_node::api::Request::Outbox {
+                agent: None,
+                delivered: false,
+                limit: 100_000,
+            })
+            .await;
+        match r {
+            Ok(mesh_node::api::Response::Outbox(l)) if l.is_empty() => return,
+            Ok(mesh_node::api::Response::Outbox(l)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} messages still not settled: {:?}",
+                    l.len(),
+                    l.first().map(|e| &e.state)
+                );
+            }
+            other => panic!("outbox: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

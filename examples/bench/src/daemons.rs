@@ -108,6 +108,21 @@ impl Lab {
         Ok(home)
     }
 
+    /// Starts `mesh up` on a new home of a mesh of its own (not the lab's: a node that
+    /// can join it), listening on 127.0.0.1.
+    pub fn outsider(&mut self, name: &str) -> anyhow::Result<Node> {
+        self.n += 1;
+        let home = Home::resolve(Some(self.dir.path().join(format!("h{}", self.n))))?;
+        home.create()?;
+        std::fs::write(home.config_path(), CONFIG)?;
+        start(
+            Command::new(&self.bin),
+            home,
+            name,
+            &["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        )
+    }
+
     /// Starts `mesh up` on a new home, listening on 127.0.0.1.
     pub fn node(&mut self, name: &str) -> anyhow::Result<Node> {
         let home = self.home("")?;
