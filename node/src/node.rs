@@ -2328,7 +2328,7 @@ impl Node {
         request: libp2p::request_response::InboundRequestId,
         body: wire::SyncRequest,
     ) {
-        use wire::{SyncRequest, SyncResponse};
+        use wire::SyncResponse;
         let node = self.clone();
         let Ok(permit) = self.0.sync_serving.clone().try_acquire_owned() else {
             tokio::spawn(async move {
@@ -2341,47 +2341,7 @@ impl Node {
             return;
         };
         tokio::spawn(async move {
-            let response = match body {
-                SyncRequest::Digest {
-                    topic,
-                    log,
-                    after,
-                    since_ms,
-                } => {
-                    node.0
-                        .store
-                        .read(move |r| {
-                            let mine = ops::log_id(r)?;
-                            // Positions in another log (our store was replaced) mean nothing here.
-                            let after = if log == mine { after } else { 0 };
-                            let (ids, next, more) = ops::own_publications(
-                                r,
-                                &topic,
-                                after,
-                                since_ms,
-                                wire::MAX_SYNC_IDS,
-                                crate::sync::MAX_DIGEST_SCAN,
-                            )?;
-                            Ok(SyncResponse::Digest {
-                                log: mine,
-                                ids,
-                                next,
-                                more,
-                            })
-                        })
-                        .await
-                }
-                SyncRequest::Fetch { topic, mut ids } => {
-                    ids.truncate(wire::MAX_SYNC_IDS);
-                    node.0
-                        .store
-                        .read(move |r| {
-                            ops::own_publications_by_id(r, &topic, &ids, wire::SYNC_FETCH_TEXT_BYTES)
-                                .map(SyncResponse::Messages)
-                        })
-                        .await
-                }
-            };
+            let response = node.0.store.read(move |r| crate::sync::answer(r, body)).await;
             let response = response.unwrap_or_else(|e| {
                 tracing::warn!(%peer, error = %e, "cannot answer a catch-up request");
                 SyncResponse::Unavailable(e.to_string())

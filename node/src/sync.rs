@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use redb::ReadTransaction;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::{MessageId, TopicName, now_ms};
 use crate::node::Node;
 use crate::peer_tasks::PeerTasks;
-use crate::store::{SyncCursor, ops};
+use crate::store::{StoreError, SyncCursor, ops};
 use crate::wire::{self, SyncRequest, SyncResponse};
 
 /// Members caught up with at once.
@@ -292,6 +293,38 @@ async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) 
         want.retain(|id| !answered.contains(id));
     }
     Ok(())
+}
+
+/// This node's answer to a catch-up request from a subscriber: the ids of what its agents
+/// published on the topic after a position of its log ([`SyncRequest::Digest`], at most
+/// [`wire::MAX_SYNC_IDS`], scanning at most [`MAX_DIGEST_SCAN`] log entries), or those
+/// messages ([`SyncRequest::Fetch`], at most [`wire::SYNC_FETCH_TEXT_BYTES`] of text, at
+/// least one message).
+pub fn answer(r: &ReadTransaction, request: SyncRequest) -> Result<SyncResponse, StoreError> {
+    match request {
+        SyncRequest::Digest {
+            topic,
+            log,
+            after,
+            since_ms,
+        } => {
+            let mine = ops::log_id(r)?;
+            // Positions in another log (our store was replaced) mean nothing here.
+            let after = if log == mine { after } else { 0 };
+            let (ids, next, more) =
+                ops::own_publications(r, &topic, after, since_ms, wire::MAX_SYNC_IDS, MAX_DIGEST_SCAN)?;
+            Ok(SyncResponse::Digest {
+                log: mine,
+                ids,
+                next,
+                more,
+            })
+        }
+        SyncRequest::Fetch { topic, mut ids } => {
+            ids.truncate(wire::MAX_SYNC_IDS);
+            ops::own_publications_by_id(r, &topic, &ids, wire::SYNC_FETCH_TEXT_BYTES).map(SyncResponse::Messages)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_node::fuzzing;
 
-const TARGETS: [&str; 5] = ["wire", "local_api", "join_code", "config_files", "text"];
+const TARGETS: [&str; 6] = ["wire", "local_api", "join_code", "config_files", "text", "handlers"];
 
 fn run(target: &str, data: &[u8]) {
     match target {
@@ -21,6 +21,7 @@ fn run(target: &str, data: &[u8]) {
         "join_code" => fuzzing::join_code(data),
         "config_files" => fuzzing::config_files(data),
         "text" => fuzzing::text(data),
+        "handlers" => fuzzing::handlers(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
