@@ -61,6 +61,18 @@ pub struct FloodReport {
     pub sockets: u64,
 }
 
+/// The first 4 KiB of what the other side says.
+async fn read_some<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    io.take(4096).read_to_end(&mut v).await?;
+    Ok(v)
+}
+
+async fn write_all<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
 /// A codec writing whatever bytes it is given, as is: the attacker picks the length prefixes.
 #[derive(Clone, Default)]
 pub struct Raw;
@@ -75,9 +87,7 @@ impl request_response::Codec for Raw {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(4096).read_to_end(&mut v).await?;
-        Ok(v)
+        read_some(io).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -85,9 +95,7 @@ impl request_response::Codec for Raw {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(4096).read_to_end(&mut v).await?;
-        Ok(v)
+        read_some(io).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -96,8 +104,7 @@ impl request_response::Codec for Raw {
         io: &mut T,
         req: Vec<u8>,
     ) -> io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
+        write_all(io, &req).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -106,8 +113,7 @@ impl request_response::Codec for Raw {
         io: &mut T,
         res: Vec<u8>,
     ) -> io::Result<()> {
-        io.write_all(&res).await?;
-        io.close().await
+        write_all(io, &res).await
     }
 }
 
@@ -220,17 +226,7 @@ fn flooder(source: IpAddr, key: Option<libp2p::identity::Keypair>) -> io::Result
 
 /// A frame declaring `declared` bytes and carrying `sent` of them.
 pub fn frame(declared: usize, sent: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(sent + 10);
-    let mut len = declared as u64;
-    loop {
-        let b = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            v.push(b);
-            break;
-        }
-        v.push(b | 0x80);
-    }
+    let mut v = wire::length_prefix(declared);
     v.resize(v.len() + sent, 0xA5);
     v
 }

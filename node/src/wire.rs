@@ -529,6 +529,21 @@ async fn read_frame<T: AsyncRead + Unpin + Send, V: DeserializeOwned>(
     postcard::from_bytes(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
 }
 
+/// The length prefix of a frame of `len` bytes (an unsigned varint).
+pub fn length_prefix(len: usize) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(10);
+    let mut len = len as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            prefix.push(byte);
+            return prefix;
+        }
+        prefix.push(byte | 0x80);
+    }
+}
+
 async fn write_frame<T: AsyncWrite + Unpin + Send, V: Serialize>(io: &mut T, value: &V, max: usize) -> io::Result<()> {
     let body = postcard::to_allocvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     if body.len() > max {
@@ -537,17 +552,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send, V: Serialize>(io: &mut T, val
             format!("frame of {} bytes exceeds the limit of {max}", body.len()),
         ));
     }
-    let mut prefix = Vec::with_capacity(10 + body.len());
-    let mut len = body.len() as u64;
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            prefix.push(byte);
-            break;
-        }
-        prefix.push(byte | 0x80);
-    }
+    let mut prefix = length_prefix(body.len());
     prefix.extend_from_slice(&body);
     io.write_all(&prefix).await?;
     io.close().await

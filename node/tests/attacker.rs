@@ -357,7 +357,9 @@ async fn an_outsiders_refusal_cannot_put_text_in_front_of_the_user() {
         let reason = p.refused.as_deref().expect("with a reason");
         assert!(
             !reason.contains('\n') && !reason.contains("system notice") && reason.len() < 200,
-            "{reason:?}"
+            "{} bytes: {:?}…",
+            reason.len(),
+            reason.chars().take(200).collect::<String>()
         );
         assert!(reason.contains("another mesh"), "{reason:?}");
     }

@@ -133,35 +133,42 @@ async fn nothing_got_in(node: &TestNode, members: &[libp2p::PeerId], agent: &str
     assert_eq!(node.whole_inbox(agent).await.len(), n);
 }
 
-/// Issue 12, finding 6: 64 idle TCP connections used to lock everyone out, joins included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_sockets_do_not_lock_members_out() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// Two members, alpha (attacked) and beta; alice lives on alpha, bob on beta.
+async fn two_members() -> (TestNode, TestNode) {
     let alpha = TestNode::start("alpha").await;
     let beta = TestNode::start("beta").await;
     beta.register("bob").await;
     alpha.register("alice").await;
+    (alpha, beta)
+}
+
+/// After the flood has built up for a few seconds, beta dials alpha through it and bob
+/// writes to alice: the message arrives. Returns how long that took.
+async fn member_gets_in(alpha: &TestNode, beta: &TestNode, inbox: &mut common::Watch, text: &str) -> Duration {
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let started = Instant::now();
+    let dialed = tokio::time::timeout(WAIT, beta.call(Request::Dial { addr: alpha.addr() })).await;
+    assert!(
+        matches!(dialed, Ok(Ok(Response::Dialed { .. }))),
+        "a member cannot get in during the flood: {dialed:?}"
+    );
+    beta.send("bob", "alice@alpha", text).await;
+    let got = wait_messages(inbox, "alice", 1).await;
+    assert_eq!(got[0].text, text);
+    started.elapsed()
+}
+
+/// Issue 12, finding 6: 64 idle TCP connections used to lock everyone out, joins included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_do_not_lock_members_out() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (alpha, beta) = two_members().await;
     let mut inbox = alpha.watch(&["alice"]).await;
-    let member_gets_in = async {
-        // Let the sockets pile up, then a member comes in through them and writes.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let started = Instant::now();
-        let dialed = tokio::time::timeout(WAIT, beta.call(Request::Dial { addr: alpha.addr() })).await;
-        assert!(
-            matches!(dialed, Ok(Ok(Response::Dialed { .. }))),
-            "a member cannot get in past idle sockets: {dialed:?}"
-        );
-        beta.send("bob", "alice@alpha", "past the idle sockets").await;
-        let got = wait_messages(&mut inbox, "alice", 1).await;
-        assert_eq!(got[0].text, "past the idle sockets");
-        println!("member in and message delivered in {:?}", started.elapsed());
+    let gets_in = async {
+        let took = member_gets_in(&alpha, &beta, &mut inbox, "past the idle sockets").await;
+        println!("member in and message delivered in {took:?}");
     };
-    flood(
-        &alpha,
-        &[("FLOOD_SOCKETS", "200"), ("FLOOD_IDENTITIES", "0")],
-        member_gets_in,
-    )
-    .await;
+    flood(&alpha, &[("FLOOD_SOCKETS", "200"), ("FLOOD_IDENTITIES", "0")], gets_in).await;
     nothing_got_in(&alpha, &[beta.peer_id()], "alice", 1).await;
 }
 
@@ -170,28 +177,12 @@ async fn idle_sockets_do_not_lock_members_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_outsiders_stays_within_its_memory_bound_and_members_get_through() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let alpha = TestNode::start("alpha").await;
-    let beta = TestNode::start("beta").await;
-    beta.register("bob").await;
-    alpha.register("alice").await;
+    let (alpha, beta) = two_members().await;
     let mut inbox = alpha.watch(&["alice"]).await;
-    let member_gets_in = async {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let dialed = tokio::time::timeout(WAIT, beta.call(Request::Dial { addr: alpha.addr() })).await;
-        assert!(
-            matches!(dialed, Ok(Ok(Response::Dialed { .. }))),
-            "a member cannot get in during the flood: {dialed:?}"
-        );
-        beta.send("bob", "alice@alpha", "through the flood").await;
-        let got = wait_messages(&mut inbox, "alice", 1).await;
-        assert_eq!(got[0].text, "through the flood");
+    let gets_in = async {
+        member_gets_in(&alpha, &beta, &mut inbox, "through the flood").await;
     };
-    let (_, grew) = flood(
-        &alpha,
-        &[("FLOOD_SOCKETS", "0"), ("FLOOD_IDENTITIES", "64")],
-        member_gets_in,
-    )
-    .await;
+    let (_, grew) = flood(&alpha, &[("FLOOD_SOCKETS", "0"), ("FLOOD_IDENTITIES", "64")], gets_in).await;
     assert!(
         grew < MEMORY_BOUND,
         "memory grew by {} MiB under the flood (bound {} MiB)",

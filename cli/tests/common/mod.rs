@@ -443,30 +443,7 @@ pub async fn inbox_pages(
     all: bool,
     mark_read: bool,
 ) -> Result<Vec<mesh_node::api::MessageView>, mesh_node::api::client::ClientError> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let r = c
-            .call(mesh_node::api::Request::Inbox {
-                agent: agent.into(),
-                all,
-                limit: u32::MAX,
-                mark_read,
-                skip_notified: false,
-                after: after.take(),
-                max_bytes: None,
-            })
-            .await?;
-        let page = match r {
-            mesh_node::api::Response::Inbox(p) => p,
-            other => panic!("an inbox request answered {other:?}"),
-        };
-        out.extend(page.messages);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
-        }
-    }
+    c.inbox_pages(agent, all, mark_read).await
 }
 
 /// Every history entry of `target` (an agent or `#topic`), oldest first, page by page.

@@ -266,6 +266,41 @@ impl Client {
         &self.node
     }
 
+    /// `agent`'s inbox (unread messages, or `all`), oldest first, every page of it: the
+    /// cursor of each answer asks for the next (so that pages not marked read are not read
+    /// again). With `mark_read`, each page is marked read as it is returned.
+    pub async fn inbox_pages(
+        &self,
+        agent: &str,
+        all: bool,
+        mark_read: bool,
+    ) -> Result<Vec<super::MessageView>, ClientError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = match self
+                .call(Request::Inbox {
+                    agent: agent.into(),
+                    all,
+                    limit: u32::MAX,
+                    mark_read,
+                    skip_notified: false,
+                    after: after.take(),
+                    max_bytes: None,
+                })
+                .await?
+            {
+                Response::Inbox(p) => p,
+                other => return Err(ClientError::Protocol(format!("an inbox request answered {other:?}"))),
+            };
+            out.extend(page.messages);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Sends a request and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);

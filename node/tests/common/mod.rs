@@ -189,31 +189,7 @@ impl TestNode {
     }
 
     async fn inbox_pages(&self, agent: &str, all: bool, mark_read: bool) -> Vec<MessageView> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = match self
-                .call(Request::Inbox {
-                    agent: agent.into(),
-                    all,
-                    limit: u32::MAX,
-                    mark_read,
-                    skip_notified: false,
-                    after: after.take(),
-                    max_bytes: None,
-                })
-                .await
-                .expect("inbox")
-            {
-                Response::Inbox(p) => p,
-                other => panic!("unexpected {other:?}"),
-            };
-            out.extend(page.messages);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return out,
-            }
-        }
+        self.client.inbox_pages(agent, all, mark_read).await.expect("inbox")
     }
 
     /// A fresh connection watching `agents` (empty: all).
