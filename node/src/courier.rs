@@ -216,6 +216,9 @@ async fn sweep(node: &Node) {
     }
 }
 
+/// Sends the next batch of `peer`'s outbox and settles what it answers. Logged under a
+/// `deliver` span naming the peer and the message ids.
+#[tracing::instrument(name = "deliver", level = "debug", skip_all, fields(%peer, ids = tracing::field::Empty))]
 async fn deliver(node: &Node, peer: PeerId) -> Outcome {
     let limit = node.config().limits.max_batch_messages;
     let ttl = node.config().delivery.ttl.as_millis() as u64;
@@ -246,6 +249,10 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
     let more = full || take < batch.len();
     batch.truncate(take);
     let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+    tracing::Span::current().record(
+        "ids",
+        tracing::field::display(crate::ids::id_list(batch.iter().map(|e| e.msg.id))),
+    );
     let mut answered = 0;
     let request = DmRequest::Deliver(batch.iter().map(|e| e.msg.clone()).collect());
     let failure = match node.0.net.send_dm(peer, request).await {

@@ -452,6 +452,25 @@ pub fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// Message ids for a log line: comma-separated, the first 16 and how many more.
+pub fn id_list(ids: impl IntoIterator<Item = MessageId>) -> String {
+    let mut out = String::new();
+    let mut n = 0usize;
+    for id in ids {
+        if n < 16 {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&id.to_string());
+        }
+        n += 1;
+    }
+    if n > 16 {
+        out.push_str(&format!(" (+{} more)", n - 16));
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -69,6 +70,7 @@ fn codec(max: usize) -> LengthDelimitedCodec {
 /// Accepts connections until cancelled.
 pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken) {
     let mut conns = JoinSet::new();
+    let mut next_conn: u64 = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -76,11 +78,18 @@ pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken
                 Ok((stream, _)) => {
                     let node = node.clone();
                     let cancel = cancel.clone();
-                    conns.spawn(async move {
-                        if let Err(e) = connection(stream, node, cancel).await {
-                            tracing::debug!(error = %e, "API connection ended with an error");
+                    next_conn += 1;
+                    // Every request, event and session of this client is logged under it.
+                    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                    let span = tracing::debug_span!("api_conn", conn = next_conn, uid);
+                    conns.spawn(
+                        async move {
+                            if let Err(e) = connection(stream, node, cancel).await {
+                                tracing::debug!(error = %e, "API connection ended with an error");
+                            }
                         }
-                    });
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -282,7 +291,7 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                         requests.spawn(async move {
                             let result = dispatch(&node, other).await;
                             let _ = out.send(ServerFrame::Reply { id, result }).await;
-                        });
+                        }.in_current_span());
                     }
                 }
             }
@@ -337,11 +346,13 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
 async fn dispatch(node: &Node, request: Request) -> Result<Response, ApiError> {
     let kind = request.kind();
     let started = std::time::Instant::now();
-    let result = run(node, request).await;
+    let span = tracing::debug_span!("api", kind, outcome = tracing::field::Empty);
+    let result = run(node, request).instrument(span.clone()).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code.as_str(),
     };
+    span.record("outcome", outcome);
     node.metrics().api_request(kind, outcome, started.elapsed());
     result
 }

@@ -177,6 +177,7 @@ impl NetActor {
 
     /// A peer proved membership: open the gates, tell the node.
     fn admit_peer(&mut self, peer: PeerId) {
+        let _span = tracing::debug_span!("peer", %peer).entered();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -207,6 +208,7 @@ impl NetActor {
 
     /// A peer is not (or no longer) one of us.
     pub(super) fn refuse(&mut self, peer: PeerId, reason: String) {
+        let _span = tracing::debug_span!("peer", %peer).entered();
         if let Some(p) = self.adm.pending.get_mut(&peer)
             && let Some((_, _, ch)) = p.held.take()
         {
@@ -440,6 +442,7 @@ impl NetActor {
     }
 
     fn on_admit_request(&mut self, peer: PeerId, request: AdmitRequest, channel: ResponseChannel<AdmitResponse>) {
+        let _span = tracing::debug_span!("peer", %peer).entered();
         let admitted = self.is_admitted(&peer);
         match request {
             AdmitRequest::Prove {
@@ -555,6 +558,7 @@ impl NetActor {
     }
 
     fn on_admit_response(&mut self, peer: PeerId, response: AdmitResponse) {
+        let _span = tracing::debug_span!("peer", %peer).entered();
         match response {
             // Key chains are taken only from members: a copied key is not one.
             AdmitResponse::Admitted(Some(grant)) if self.adm.mesh.is_member(&peer) => self.take_grant(peer, &grant),

@@ -1406,6 +1406,7 @@ impl NetActor {
     }
 
     fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: ConnectedPoint) {
+        let _span = tracing::debug_span!("peer", %peer, conn = %id).entered();
         let dialed = endpoint.is_dialer();
         // An inbound relayed connection has only `/p2p/<peer>` as remote address; the
         // circuit shows on our side (the relayed address we listen on).

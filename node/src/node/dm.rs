@@ -1,5 +1,7 @@
 //! Direct messages: sending (checks, the outbox, waiting for the outcome), inboxes and outboxes, and committing the batches other nodes deliver.
 
+use tracing::Instrument;
+
 use super::*;
 
 impl Node {
@@ -401,49 +403,57 @@ impl Node {
         let node = self.clone();
         let from_name = self.dir().name_of(&peer);
         let max = self.0.config.limits.max_message_bytes;
-        tokio::spawn(async move {
-            let now = now_ms();
-            let result = node
-                .0
-                .store
-                .write("receive", move |t| ops::accept(t, peer, from_name, messages, max, now))
-                .await;
-            let response = match result {
-                Ok((outcomes, stored)) => {
-                    let m = &node.0.metrics;
-                    m.dm_received.inc_by(stored.len() as u64);
-                    for (_, o) in &outcomes {
-                        match o {
-                            crate::wire::Outcome::Duplicate => {
-                                m.dm_duplicates.inc();
+        let span = tracing::debug_span!(
+            "receive",
+            %peer,
+            ids = %crate::ids::id_list(messages.iter().map(|m| m.id))
+        );
+        tokio::spawn(
+            async move {
+                let now = now_ms();
+                let result = node
+                    .0
+                    .store
+                    .write("receive", move |t| ops::accept(t, peer, from_name, messages, max, now))
+                    .await;
+                let response = match result {
+                    Ok((outcomes, stored)) => {
+                        let m = &node.0.metrics;
+                        m.dm_received.inc_by(stored.len() as u64);
+                        for (_, o) in &outcomes {
+                            match o {
+                                crate::wire::Outcome::Duplicate => {
+                                    m.dm_duplicates.inc();
+                                }
+                                crate::wire::Outcome::Rejected(_) => {
+                                    m.dm_rejected.inc();
+                                }
+                                crate::wire::Outcome::Stored => {}
                             }
-                            crate::wire::Outcome::Rejected(_) => {
-                                m.dm_rejected.inc();
-                            }
-                            crate::wire::Outcome::Stored => {}
                         }
-                    }
-                    {
-                        // The sending node vouches for its agents: a reply can go back at
-                        // once, even before its next announcement says so.
-                        let mut dir = node.dir();
+                        {
+                            // The sending node vouches for its agents: a reply can go back at
+                            // once, even before its next announcement says so.
+                            let mut dir = node.dir();
+                            for e in &stored {
+                                dir.learn_agent(peer, &e.from.agent, e.received_at_ms);
+                            }
+                        }
                         for e in &stored {
-                            dir.learn_agent(peer, &e.from.agent, e.received_at_ms);
+                            node.emit(Event::Message(node.message_view(e)));
                         }
+                        DmResponse::Outcomes(outcomes)
                     }
-                    for e in &stored {
-                        node.emit(Event::Message(node.message_view(e)));
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot store inbound messages; sender will retry");
+                        DmResponse::Unavailable(e.to_string())
                     }
-                    DmResponse::Outcomes(outcomes)
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "cannot store inbound messages; sender will retry");
-                    DmResponse::Unavailable(e.to_string())
-                }
-            };
-            let _ = node.0.net.respond_dm(request, response).await;
-            drop(permit);
-        });
+                };
+                let _ = node.0.net.respond_dm(request, response).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 
     pub(crate) fn settled_event(&self, e: &OutboxEntry) -> Option<Event> {
