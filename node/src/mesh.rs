@@ -135,21 +135,61 @@ impl std::fmt::Debug for Grant {
 
 impl Grant {
     /// Checks the shape a received grant must have.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GrantError> {
         if self.epochs.is_empty() || self.epochs.len() > MAX_EPOCHS {
-            return Err(format!("{} epochs (1..={MAX_EPOCHS} allowed)", self.epochs.len()));
+            return Err(GrantError::EpochCount(self.epochs.len()));
         }
         if self.epochs.windows(2).any(|w| w[1].number != w[0].number + 1) {
-            return Err("epochs are not consecutive".into());
+            return Err(GrantError::NotConsecutive);
         }
         if self.epochs.iter().any(|e| e.roster.len() > MAX_ROSTER)
             || self.revoked.len() > MAX_REVOKED
             || self.members.len() > MAX_MEMBERS
         {
-            return Err("roster, member or revocation list too long".into());
+            return Err(GrantError::TooLong);
         }
         Ok(())
     }
+}
+
+/// Why a key chain (received, or read from `mesh.key`) is not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// Too few or too many epochs.
+    #[error("{0} epochs (1..={MAX_EPOCHS} allowed)")]
+    EpochCount(usize),
+    /// A gap in the epoch numbers.
+    #[error("epochs are not consecutive")]
+    NotConsecutive,
+    /// A roster, the member list or the revocation list over its limit.
+    #[error("roster, member or revocation list too long")]
+    TooLong,
+    /// For another mesh (its short id).
+    #[error("for another mesh ({0})")]
+    OtherMesh(String),
+    /// Same epoch number, different secret.
+    #[error("a different key for the same generation")]
+    Conflict,
+    /// Does not extend this node's chain.
+    #[error("does not include our current key")]
+    NotExtending,
+    /// Not a key file or chain at all.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Why `mesh.key` could not be provisioned for a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// Its identity could not be read or made.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The founder could not sign.
+    #[error("cannot sign a voucher: {0}")]
+    Sign(#[from] libp2p::identity::SigningError),
+    /// The key file could not be written.
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
 }
 
 /// Proof of membership, bound to the prover and the verifier.
@@ -220,10 +260,10 @@ fn voucher_bytes(mesh: &MeshId, member: &PeerId) -> Vec<u8> {
 
 impl Voucher {
     /// `inviter` vouches that `member` belongs to `mesh`.
-    pub fn sign(mesh: &MeshId, member: &PeerId, inviter: &Keypair) -> Result<Self, String> {
+    pub fn sign(mesh: &MeshId, member: &PeerId, inviter: &Keypair) -> Result<Self, libp2p::identity::SigningError> {
         Ok(Self {
             inviter: inviter.public().to_peer_id(),
-            signature: inviter.sign(&voucher_bytes(mesh, member)).map_err(|e| e.to_string())?,
+            signature: inviter.sign(&voucher_bytes(mesh, member))?,
         })
     }
 
@@ -333,7 +373,7 @@ pub enum MeshError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        why: GrantError,
     },
     /// Other users can read the file.
     #[error("mesh key file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
@@ -436,7 +476,7 @@ impl Membership {
     }
 
     /// Membership from a grant received when joining, with the inviter's voucher.
-    pub fn from_grant(grant: Grant, voucher: Option<Voucher>) -> Result<Self, String> {
+    pub fn from_grant(grant: Grant, voucher: Option<Voucher>) -> Result<Self, GrantError> {
         grant.check()?;
         Ok(Self {
             grant,
@@ -485,19 +525,22 @@ impl Membership {
     /// mesh ahead of its first start, as `mesh join` would: creates the identity if there
     /// is none, and writes `mesh_path` with `founder`'s voucher for it. For meshes made
     /// ahead of time (provisioning, tests, benchmarks); `founder` must be a member.
-    pub fn provision(&self, identity_path: &Path, mesh_path: &Path, founder: &Keypair) -> Result<PeerId, String> {
-        let key = crate::identity::load_or_create(identity_path).map_err(|e| e.to_string())?;
+    pub fn provision(
+        &self,
+        identity_path: &Path,
+        mesh_path: &Path,
+        founder: &Keypair,
+    ) -> Result<PeerId, ProvisionError> {
+        let key = crate::identity::load_or_create(identity_path)?;
         let peer = key.public().to_peer_id();
-        self.vouched_for(&peer, founder)?
-            .save(mesh_path)
-            .map_err(|e| e.to_string())?;
+        self.vouched_for(&peer, founder)?.save(mesh_path)?;
         Ok(peer)
     }
 
     /// Gives this node a voucher signed by `inviter` (which must be a member of this mesh)
     /// and records both as members: how a mesh made ahead of time (provisioning, tests,
     /// benchmarks) stands in for `mesh join`.
-    pub fn vouched_for(&self, member: &PeerId, inviter: &Keypair) -> Result<Self, String> {
+    pub fn vouched_for(&self, member: &PeerId, inviter: &Keypair) -> Result<Self, libp2p::identity::SigningError> {
         let mut m = self.clone();
         m.voucher = Some(Voucher::sign(&self.grant.mesh_id, member, inviter)?);
         m.add_member(inviter.public().to_peer_id());
@@ -610,13 +653,13 @@ impl Membership {
 
     /// Takes a newer chain of the same mesh from a member. Returns whether anything
     /// changed; refuses a chain that does not extend ours (a different branch).
-    pub fn accept_grant(&mut self, g: &Grant) -> Result<bool, String> {
+    pub fn accept_grant(&mut self, g: &Grant) -> Result<bool, GrantError> {
         g.check()?;
         if self.open {
             return Ok(false);
         }
         if g.mesh_id != self.grant.mesh_id {
-            return Err(format!("for another mesh ({})", g.mesh_id.short()));
+            return Err(GrantError::OtherMesh(g.mesh_id.short()));
         }
         let ours = self.current().clone();
         let theirs_last = g.epochs.last().map(|e| e.number).unwrap_or(0);
@@ -625,8 +668,8 @@ impl Membership {
         }
         match g.epochs.iter().find(|e| e.number == ours.number) {
             Some(e) if e.secret == ours.secret => {}
-            Some(_) => return Err("a different key for the same generation".into()),
-            None => return Err("does not include our current key".into()),
+            Some(_) => return Err(GrantError::Conflict),
+            None => return Err(GrantError::NotExtending),
         }
         let mut changed = false;
         if theirs_last > ours.number {
@@ -808,9 +851,10 @@ impl Membership {
 
     /// Parses the contents of a `mesh.key` file (also the format before members were
     /// known by PeerId, which is adopted: see [`Membership::rotate`]).
-    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, String> {
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, GrantError> {
+        let malformed = |e: postcard::Error| GrantError::Malformed(e.to_string());
         if let Some(body) = bytes.strip_prefix(FILE_MAGIC_V1) {
-            let g: GrantV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            let g: GrantV1 = postcard::from_bytes(body).map_err(malformed)?;
             let grant = Grant {
                 mesh_id: g.mesh_id,
                 name_key: g.name_key,
@@ -826,8 +870,10 @@ impl Membership {
                 adopting: true,
             });
         }
-        let body = bytes.strip_prefix(FILE_MAGIC).ok_or("wrong header")?;
-        let file: MeshFile = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        let body = bytes
+            .strip_prefix(FILE_MAGIC)
+            .ok_or_else(|| GrantError::Malformed("wrong header".into()))?;
+        let file: MeshFile = postcard::from_bytes(body).map_err(malformed)?;
         file.grant.check()?;
         Ok(Self {
             grant: file.grant,
@@ -921,8 +967,8 @@ pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
 
 impl Invite {
     /// Signs `body` with the inviter's key.
-    pub fn sign(body: InviteBody, key: &Keypair) -> Result<Self, String> {
-        let signature = key.sign(&signed_bytes(&body)).map_err(|e| e.to_string())?;
+    pub fn sign(body: InviteBody, key: &Keypair) -> Result<Self, libp2p::identity::SigningError> {
+        let signature = key.sign(&signed_bytes(&body))?;
         Ok(Self { body, signature })
     }
 

@@ -289,22 +289,39 @@ pub struct Announcement {
     pub agents: Vec<AgentInfo>,
 }
 
+/// Why an announcement is refused: over a limit every receiver enforces.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnnouncementError {
+    /// More agents than [`MAX_AGENTS_PER_NODE`].
+    #[error("{0} agents (limit {MAX_AGENTS_PER_NODE})")]
+    TooManyAgents(usize),
+    /// A heartbeat outside 100 ms to 1 h.
+    #[error("heartbeat {0} ms out of range")]
+    Heartbeat(u64),
+    /// A path or summary over its limit.
+    #[error("agent {0} has an oversized field")]
+    OversizedField(AgentName),
+    /// A kind over 32 bytes.
+    #[error("agent {0} has an oversized kind")]
+    OversizedKind(AgentName),
+}
+
 impl Announcement {
     /// Checks the limits a receiver enforces.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), AnnouncementError> {
         if self.agents.len() > MAX_AGENTS_PER_NODE {
-            return Err(format!("{} agents (limit {MAX_AGENTS_PER_NODE})", self.agents.len()));
+            return Err(AnnouncementError::TooManyAgents(self.agents.len()));
         }
         if self.heartbeat_ms < 100 || self.heartbeat_ms > 3_600_000 {
-            return Err(format!("heartbeat {} ms out of range", self.heartbeat_ms));
+            return Err(AnnouncementError::Heartbeat(self.heartbeat_ms));
         }
         for a in &self.agents {
             let long = |s: &Option<String>, max| s.as_ref().is_some_and(|s| s.len() > max);
             if long(&a.cwd, MAX_PATH_BYTES) || long(&a.repo, MAX_PATH_BYTES) || long(&a.summary, 4096) {
-                return Err(format!("agent {} has an oversized field", a.name));
+                return Err(AnnouncementError::OversizedField(a.name.clone()));
             }
             if a.kind.len() > 32 {
-                return Err(format!("agent {} has an oversized kind", a.name));
+                return Err(AnnouncementError::OversizedKind(a.name.clone()));
             }
         }
         Ok(())

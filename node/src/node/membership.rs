@@ -83,7 +83,8 @@ impl Node {
             token,
             expires_ms,
         };
-        let invite = Invite::sign(body, &self.0.keypair).map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+        let invite =
+            Invite::sign(body, &self.0.keypair).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         Ok(InviteView {
             code: invite.encode(),
             mesh: mesh.short(),
