@@ -76,12 +76,11 @@ impl Backend for DaemonBackend {
         // carry their message id, so the daemon recognises a repeat).
         let client = self.client().await?;
         let first = client.call(request.clone()).await;
-        if matches!(first, Err(ClientError::NotSent | ClientError::Closed)) {
+        if first.as_ref().is_err_and(ClientError::connection_lost) {
             self.forget(&client).await;
         }
         let answer = match first {
-            Err(ClientError::NotSent) => self.client().await?.call(request.clone()).await,
-            Err(ClientError::Closed) if request.is_repeatable() => self.client().await?.call(request.clone()).await,
+            Err(e) if e.may_repeat(&request) => self.client().await?.call(request.clone()).await,
             Err(ClientError::Closed) => Err(ClientError::Unavailable(
                 "the connection to the agentmesh daemon broke before it answered; this may or may not have been done: check history before trying again"
                     .into(),
@@ -103,7 +102,7 @@ impl Backend for DaemonBackend {
     async fn attach(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, mpsc::Receiver<Event>), ClientError> {
         let client = self.client().await?;
         let claimed = client.call(Request::Claim { agent: spec, exact }).await;
-        if matches!(claimed, Err(ClientError::NotSent | ClientError::Closed)) {
+        if claimed.as_ref().is_err_and(ClientError::connection_lost) {
             self.forget(&client).await;
         }
         let view = match claimed? {

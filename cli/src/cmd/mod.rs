@@ -87,15 +87,18 @@ impl Ctx {
     pub async fn call(&self, request: Request) -> anyhow::Result<Response> {
         let client = self.client().await?;
         let first = client.call(request.clone()).await;
-        let (Err(ClientError::Closed | ClientError::NotSent), true) = (&first, request.is_repeatable()) else {
+        let Err(e) = &first else {
             return first.map_err(|e| self.explain(e, &request));
         };
+        if !e.may_repeat(&request) {
+            return first.map_err(|e| self.explain(e, &request));
+        }
         let deadline = tokio::time::Instant::now() + REPEAT_WINDOW;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             match self.client().await {
                 Ok(c) => match c.call(request.clone()).await {
-                    Err(ClientError::Closed | ClientError::NotSent) => {}
+                    Err(e) if e.may_repeat(&request) => {}
                     other => return other.map_err(|e| self.explain(e, &request)),
                 },
                 Err(e) if e.downcast_ref::<NotRunning>().is_some() => {}

@@ -79,6 +79,25 @@ pub enum ClientError {
     StoppedByUser,
 }
 
+impl ClientError {
+    /// The one rule for repeating `request` after this error, for every client: a request
+    /// that was not sent may always be sent (again on a fresh connection); one that was
+    /// sent when the connection broke only if doing it twice is doing it once
+    /// ([`Request::is_repeatable`]).
+    pub fn may_repeat(&self, request: &Request) -> bool {
+        match self {
+            ClientError::NotSent => true,
+            ClientError::Closed => request.is_repeatable(),
+            _ => false,
+        }
+    }
+
+    /// The connection is gone (the daemon went away): a new one is needed either way.
+    pub fn connection_lost(&self) -> bool {
+        matches!(self, ClientError::NotSent | ClientError::Closed)
+    }
+}
+
 type Pending = HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>;
 
 struct Shared {
@@ -352,5 +371,31 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("the event stream was already taken".into()))?;
         self.call(Request::Watch { agents }).await?;
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MessageId;
+
+    #[test]
+    fn only_what_cannot_happen_twice_is_repeated_after_a_broken_connection() {
+        let send = |id| Request::Send {
+            from: "a".into(),
+            to: "b@n".into(),
+            text: "hi".into(),
+            reply_to: None,
+            id,
+        };
+        // Never sent: always again.
+        assert!(ClientError::NotSent.may_repeat(&send(None)));
+        // Sent, answer lost: again only if the daemon recognises the repeat.
+        assert!(ClientError::Closed.may_repeat(&send(Some(MessageId::new()))));
+        assert!(!ClientError::Closed.may_repeat(&send(None)));
+        assert!(ClientError::Closed.may_repeat(&Request::Status));
+        // An answer, or a refusal, is final.
+        assert!(!ClientError::Refused("other version".into()).may_repeat(&Request::Status));
+        assert!(ClientError::Closed.connection_lost() && !ClientError::Refused(String::new()).connection_lost());
     }
 }
