@@ -253,41 +253,19 @@ impl NetActor {
     /// joiner arriving during a flood gets its ten seconds to prove itself, while the flood
     /// makes room by evicting itself. Kept outsiders (relays, joins) do not count.
     pub(super) fn bound_unadmitted(&mut self, newest: ConnectionId) {
-        loop {
-            let mut conns: Vec<(ConnectionId, Option<IpAddr>, Instant)> = Vec::new();
-            for (peer, state) in &self.peers {
-                if state.admitted || self.keeps_outsider(peer) {
-                    continue;
-                }
-                conns.extend(
-                    state
-                        .connections
-                        .iter()
-                        .map(|(id, c)| (*id, super::guard::ip_of(&c.addr), c.since)),
-                );
+        let mut conns = Vec::new();
+        for (peer, state) in &self.peers {
+            if state.admitted || self.keeps_outsider(peer) {
+                continue;
             }
-            let mut per_ip: HashMap<Option<IpAddr>, usize> = HashMap::new();
-            for (_, ip, _) in &conns {
-                *per_ip.entry(*ip).or_default() += 1;
-            }
-            let newest_ip = conns.iter().find(|(id, _, _)| *id == newest).map(|(_, ip, _)| *ip);
-            let victim_ip = match newest_ip {
-                Some(ip) if per_ip.get(&ip).copied().unwrap_or(0) > MAX_UNADMITTED_PER_IP => ip,
-                _ if conns.len() > MAX_UNADMITTED => match per_ip.iter().max_by_key(|(_, n)| **n) {
-                    Some((ip, _)) => *ip,
-                    None => return,
-                },
-                _ => return,
-            };
-            let Some((victim, _, _)) = conns
-                .iter()
-                .filter(|(id, ip, _)| *ip == victim_ip && *id != newest)
-                .min_by_key(|(_, _, since)| *since)
-                .copied()
-            else {
-                return;
-            };
-            tracing::debug!(?victim_ip, "too many connections not admitted: closing the oldest");
+            conns.extend(state.connections.iter().map(|(id, c)| Unadmitted {
+                id: *id,
+                ip: super::guard::ip_of(&c.addr),
+                since: c.since,
+            }));
+        }
+        for victim in evictions(conns, newest, MAX_UNADMITTED, MAX_UNADMITTED_PER_IP) {
+            tracing::debug!(connection = %victim, "too many connections not admitted: closing the oldest");
             crate::metrics::Metrics::count(&self.metrics.admissions, "evicted");
             for state in self.peers.values_mut() {
                 state.connections.remove(&victim);
@@ -835,5 +813,111 @@ fn join_refusal_text(why: &JoinRefusal) -> String {
             crate::ids::human_duration(Duration::from_millis(now_ms().saturating_sub(*at)))
         ),
         other => other.to_string(),
+    }
+}
+
+/// A connection of a peer that is not admitted, as the eviction rule sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Unadmitted<Id> {
+    pub(super) id: Id,
+    pub(super) ip: Option<IpAddr>,
+    pub(super) since: Instant,
+}
+
+/// The connections to close so that `conns` stays within `max_total` and `max_per_ip`: while
+/// the newest connection's address holds more than `max_per_ip`, that address's oldest;
+/// while there are more than `max_total`, the oldest of the busiest address. Never
+/// `newest`. Decides only: the caller closes them.
+pub(super) fn evictions<Id: Copy + PartialEq>(
+    mut conns: Vec<Unadmitted<Id>>,
+    newest: Id,
+    max_total: usize,
+    max_per_ip: usize,
+) -> Vec<Id> {
+    let mut out = Vec::new();
+    loop {
+        let mut per_ip: HashMap<Option<IpAddr>, usize> = HashMap::new();
+        for c in &conns {
+            *per_ip.entry(c.ip).or_default() += 1;
+        }
+        let newest_ip = conns.iter().find(|c| c.id == newest).map(|c| c.ip);
+        let victim_ip = match newest_ip {
+            Some(ip) if per_ip.get(&ip).copied().unwrap_or(0) > max_per_ip => ip,
+            // The busiest address that has a connection other than the newest; of equally
+            // busy ones, the one with the oldest connection.
+            _ if conns.len() > max_total => match conns
+                .iter()
+                .filter(|c| c.id != newest)
+                .max_by_key(|c| (per_ip.get(&c.ip).copied().unwrap_or(0), std::cmp::Reverse(c.since)))
+            {
+                Some(c) => c.ip,
+                None => return out,
+            },
+            _ => return out,
+        };
+        let Some(pos) = conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.ip == victim_ip && c.id != newest)
+            .min_by_key(|(_, c)| c.since)
+            .map(|(i, _)| i)
+        else {
+            return out;
+        };
+        out.push(conns.swap_remove(pos).id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> Option<IpAddr> {
+        Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n)))
+    }
+
+    /// Connections `(id, ip)`, each one second younger than the one before.
+    fn conns(list: &[(u32, u8)]) -> Vec<Unadmitted<u32>> {
+        let t0 = Instant::now();
+        list.iter()
+            .map(|(id, n)| Unadmitted {
+                id: *id,
+                ip: ip(*n),
+                since: t0 + Duration::from_secs(u64::from(*id)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_source_over_its_share_loses_its_oldest_never_the_newest() {
+        // Three from address 1 with a share of two: the oldest of them goes.
+        let c = conns(&[(1, 1), (2, 2), (3, 1), (4, 1)]);
+        assert_eq!(evictions(c, 4, 10, 2), vec![1]);
+        // Within the share and the total: nothing.
+        let c = conns(&[(1, 1), (2, 2), (3, 1)]);
+        assert!(evictions(c, 3, 10, 2).is_empty());
+    }
+
+    #[test]
+    fn over_the_total_the_busiest_source_makes_room_by_age() {
+        // Address 1 holds three, the others one each; one over the total of five.
+        let c = conns(&[(1, 2), (2, 1), (3, 1), (4, 3), (5, 1), (6, 4)]);
+        assert_eq!(evictions(c, 6, 5, 10), vec![2]);
+        // Far over: several go, always from the busiest address at the time, oldest first.
+        let c = conns(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2), (7, 3)]);
+        assert_eq!(evictions(c, 7, 4, 10), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_newest_connection_is_kept_even_when_it_is_all_the_busiest_source_has() {
+        // The total is exceeded but the only candidate is the newest: it stays (it gets its
+        // ten seconds to prove itself).
+        let c = conns(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (9, 7), (10, 7)]);
+        assert_eq!(evictions(c.clone(), 10, 7, 10), vec![9]);
+        let c = conns(&[(10, 7)]);
+        assert!(evictions(c, 10, 0, 10).is_empty());
+        // Equally busy sources: the one with the oldest connection gives way.
+        let c = conns(&[(3, 1), (2, 2), (10, 7)]);
+        assert_eq!(evictions(c, 10, 2, 10), vec![2]);
     }
 }
