@@ -80,9 +80,54 @@ pub(super) struct Pending {
     joins: u32,
 }
 
-pub(super) struct Denied {
+struct Denied {
     until: Instant,
     backoff: Duration,
+}
+
+/// When refused peers may be dialed again: [`DENIED_BACKOFF_MIN`] after a first refusal,
+/// doubling with each refusal up to [`DENIED_BACKOFF_MAX`], forgotten once that long has
+/// passed since the pause ended. Fed the time; decides only.
+#[derive(Default)]
+pub(super) struct Denials(HashMap<PeerId, Denied>);
+
+impl Denials {
+    /// `peer` was refused at `now`: returns how long dialing it waits.
+    pub(super) fn refuse(&mut self, peer: PeerId, now: Instant) -> Duration {
+        let backoff = self
+            .0
+            .get(&peer)
+            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
+            .unwrap_or(DENIED_BACKOFF_MIN);
+        self.0.insert(
+            peer,
+            Denied {
+                until: now + backoff,
+                backoff,
+            },
+        );
+        backoff
+    }
+
+    /// Whether dialing `peer` waits at `now`.
+    pub(super) fn waiting(&self, peer: &PeerId, now: Instant) -> bool {
+        self.0.get(peer).is_some_and(|d| d.until > now)
+    }
+
+    /// `peer` is welcome again (admitted, or a join is starting with it).
+    pub(super) fn forget(&mut self, peer: &PeerId) {
+        self.0.remove(peer);
+    }
+
+    /// Drops pauses that ended long ago (so a peer refused again starts from the minimum).
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.0.retain(|_, d| d.until + DENIED_BACKOFF_MAX > now);
+    }
+
+    /// Everyone is welcome again (this node changed meshes).
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 pub(super) struct JoinWait {
@@ -97,7 +142,7 @@ pub(super) struct JoinWait {
 pub(super) struct Admission {
     pub(super) mesh: Membership,
     pub(super) pending: HashMap<PeerId, Pending>,
-    denied: HashMap<PeerId, Denied>,
+    denied: Denials,
     outsiders: HashMap<PeerId, OutsiderInfo>,
     out: HashMap<OutboundRequestId, PeerId>,
     joining: HashMap<PeerId, JoinWait>,
@@ -112,7 +157,7 @@ impl Admission {
         Self {
             mesh,
             pending: HashMap::new(),
-            denied: HashMap::new(),
+            denied: Denials::default(),
             outsiders: HashMap::new(),
             out: HashMap::new(),
             joining: HashMap::new(),
@@ -124,7 +169,7 @@ impl Admission {
 
     /// Whether dialing `peer` should wait (refused recently, or removed).
     pub(super) fn backing_off(&self, peer: &PeerId) -> bool {
-        self.mesh.is_revoked(peer) || self.denied.get(peer).is_some_and(|d| d.until > Instant::now())
+        self.mesh.is_revoked(peer) || self.denied.waiting(peer, Instant::now())
     }
 
     pub(super) fn outsiders(&self) -> Vec<OutsiderInfo> {
@@ -190,7 +235,7 @@ impl NetActor {
             self.guard.open(&c.addr);
         }
         self.adm.pending.remove(&peer);
-        self.adm.denied.remove(&peer);
+        self.adm.denied.forget(&peer);
         self.adm.outsiders.remove(&peer);
         crate::metrics::Metrics::count(&self.metrics.admissions, "admitted");
         self.swarm.behaviour_mut().admit(peer);
@@ -221,19 +266,7 @@ impl NetActor {
         tracing::info!(%peer, %reason, "not admitted");
         crate::metrics::Metrics::count(&self.metrics.admissions, "refused");
         self.note_outsider(peer, reason);
-        let backoff = self
-            .adm
-            .denied
-            .get(&peer)
-            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
-            .unwrap_or(DENIED_BACKOFF_MIN);
-        self.adm.denied.insert(
-            peer,
-            Denied {
-                until: Instant::now() + backoff,
-                backoff,
-            },
-        );
+        self.adm.denied.refuse(peer, Instant::now());
         self.adm.pending.remove(&peer);
         if let Some(s) = self.peers.get_mut(&peer) {
             s.refused = true;
@@ -373,7 +406,7 @@ impl NetActor {
             }
         }
         // Forget back-offs that ended long ago.
-        self.adm.denied.retain(|_, d| d.until + DENIED_BACKOFF_MAX > now);
+        self.adm.denied.expire(now);
     }
 
     pub(super) fn on_admit(&mut self, event: request_response::Event<AdmitRequest, AdmitResponse>) {
@@ -654,7 +687,7 @@ impl NetActor {
         for a in &invite.body.addrs {
             self.remember(inviter, strip_p2p(a.clone()));
         }
-        self.adm.denied.remove(&inviter);
+        self.adm.denied.forget(&inviter);
         self.adm.joining.insert(
             inviter,
             JoinWait {
@@ -794,7 +827,7 @@ impl NetActor {
         let _ = self.swarm.behaviour_mut().join.send_response(ch, response);
         if granted {
             // It comes back as a member in a moment; the members hear of it now.
-            self.adm.denied.remove(&peer);
+            self.adm.denied.forget(&peer);
             self.adm.outsiders.remove(&peer);
             if self.adm.mesh.add_member(peer) {
                 self.membership_changed(None);
@@ -886,6 +919,33 @@ mod tests {
                 since: t0 + Duration::from_secs(u64::from(*id)),
             })
             .collect()
+    }
+
+    #[test]
+    fn refused_peers_wait_longer_each_time_and_start_over_once_forgotten() {
+        let mut d = Denials::default();
+        let p = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let t0 = Instant::now();
+        assert!(!d.waiting(&p, t0));
+        assert_eq!(d.refuse(p, t0), DENIED_BACKOFF_MIN);
+        assert!(d.waiting(&p, t0 + DENIED_BACKOFF_MIN - Duration::from_millis(1)));
+        assert!(!d.waiting(&p, t0 + DENIED_BACKOFF_MIN));
+        // Refused again: twice as long, up to the maximum.
+        let mut t = t0 + DENIED_BACKOFF_MIN;
+        let mut last = DENIED_BACKOFF_MIN;
+        for _ in 0..10 {
+            let b = d.refuse(p, t);
+            assert_eq!(b, (last * 2).min(DENIED_BACKOFF_MAX));
+            last = b;
+            t += b;
+        }
+        assert_eq!(last, DENIED_BACKOFF_MAX);
+        // Long after its pause ended it is forgotten, and starts over from the minimum.
+        d.expire(t + DENIED_BACKOFF_MAX + Duration::from_secs(1));
+        assert_eq!(d.refuse(p, t), DENIED_BACKOFF_MIN);
+        // Admitted: welcome at once.
+        d.forget(&p);
+        assert!(!d.waiting(&p, t));
     }
 
     #[test]
