@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
+use mesh_node::api::{ConnectionView, NatView, PathView};
 use mesh_node::api::{Request, Response, SendStatus, StatusView};
-use mesh_node::net::{NatStatus, Path};
 use netns::{Host, Lab, Nat};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -150,11 +150,11 @@ async fn relayed_addr(hb: &Home) -> String {
     }
 }
 
-async fn connection_to(home: &Home, peer: mesh_node::PeerId) -> Vec<mesh_node::net::ConnectionView> {
+async fn connection_to(home: &Home, peer: mesh_node::PeerId) -> Vec<ConnectionView> {
     connections(&client(home).await, peer).await
 }
 
-async fn connections(c: &Client, peer: mesh_node::PeerId) -> Vec<mesh_node::net::ConnectionView> {
+async fn connections(c: &Client, peer: mesh_node::PeerId) -> Vec<ConnectionView> {
     match c.call(Request::Peers).await.unwrap() {
         Response::Peers(list) => list
             .into_iter()
@@ -216,7 +216,7 @@ fn endpoint_independent_nat_hole_punch_goes_direct() {
         assert!(relayed.contains("/p2p-circuit/p2p/"), "{relayed}");
         // Both sides know they are not reachable directly; the relay knows it is.
         wait_until(&w.relay_home, "the relay to find itself public", |c| async move {
-            status(&c).await.reach.nat == NatStatus::Public
+            status(&c).await.reach.nat == NatView::Public
         })
         .await;
 
@@ -228,7 +228,7 @@ fn endpoint_independent_nat_hole_punch_goes_direct() {
         assert_ne!(r.status, SendStatus::Rejected { reason: String::new() });
         wait_until(&w.ha, "a direct connection to B", |c| async move {
             let conns = connections(&c, b_peer).await;
-            !conns.is_empty() && conns.iter().all(|c| c.path != Path::Relayed)
+            !conns.is_empty() && conns.iter().all(|c| c.path != PathView::Relayed)
         })
         .await;
         let punches_a = status(&client(&w.ha).await).await.reach.punch;
@@ -282,7 +282,7 @@ fn symmetric_nat_stays_relayed_and_loses_nothing() {
         wait_inbox(&w.hb, "tester", &texts).await;
         let conns = connection_to(&w.ha, b_peer).await;
         assert!(
-            !conns.is_empty() && conns.iter().all(|c| c.path == Path::Relayed),
+            !conns.is_empty() && conns.iter().all(|c| c.path == PathView::Relayed),
             "{conns:?}"
         );
         assert_eq!(conns[0].via, Some(w.relay.as_ref().unwrap().info.peer_id));

@@ -59,9 +59,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     crate::outln!(
         "nat      {}",
         match r.nat {
-            mesh_node::net::NatStatus::Public => "public: reachable from the internet",
-            mesh_node::net::NatStatus::Private => "private: behind NAT or a firewall (reachable through relays)",
-            mesh_node::net::NatStatus::Unknown => "unknown: not tested yet",
+            mesh_node::api::NatView::Public => "public: reachable from the internet",
+            mesh_node::api::NatView::Private => "private: behind NAT or a firewall (reachable through relays)",
+            mesh_node::api::NatView::Unknown => "unknown: not tested yet",
         }
     );
     for (i, a) in r.external.iter().enumerate() {

@@ -8,8 +8,11 @@
 //! `Event`s once the client asked to [`Request::Watch`]. See `docs/PROTOCOL.md`.
 
 pub mod client;
+mod network;
 pub mod page;
 pub mod server;
+
+pub use network::{ConnectionView, NatView, PathView, PunchView, ReachView, ReservationView, StoreView};
 
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -404,7 +407,7 @@ pub enum Response {
         /// Round trip, in microseconds.
         rtt_us: u64,
         /// The connection it went over.
-        connection: crate::net::ConnectionView,
+        connection: ConnectionView,
     },
     /// To `Addrs`.
     Addrs(AddrsView),
@@ -577,11 +580,11 @@ pub struct StatusView {
     /// Topics with local subscribers.
     pub topics: Vec<TopicView>,
     /// Store figures.
-    pub store: crate::store::StoreStats,
+    pub store: StoreView,
     /// Seconds since the daemon started.
     pub uptime_s: u64,
     /// Reachability: NAT status, external addresses, relay slots, hole punching, relay service.
-    pub reach: crate::net::ReachInfo,
+    pub reach: ReachView,
     /// Dialed nodes kept connected.
     pub remembered: u32,
     /// The mesh this node belongs to.
@@ -711,7 +714,7 @@ pub struct PeerView {
     /// Last time it was heard from (ms since the epoch).
     pub last_seen_ms: Option<u64>,
     /// Open connections: direct (LAN/internet) or relayed (via whom), and transport.
-    pub connections: Vec<crate::net::ConnectionView>,
+    pub connections: Vec<ConnectionView>,
     /// Dialed by the user: kept connected.
     pub remembered: bool,
     /// A member of this node's mesh (else a node seen nearby that was not admitted).

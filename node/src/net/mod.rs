@@ -206,7 +206,7 @@ pub enum NetEvent {
 
 /// One open connection.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConnectionView {
+pub struct ConnectionInfo {
     /// The peer's address on it.
     pub addr: Multiaddr,
     /// We dialed it (else the peer did).
@@ -219,7 +219,7 @@ pub struct ConnectionView {
     pub transport: String,
 }
 
-impl ConnectionView {
+impl ConnectionInfo {
     fn of(addr: &Multiaddr, dialed: bool) -> Self {
         let via = relay_of(addr);
         let transport = if addr.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic)) {
@@ -270,7 +270,7 @@ pub struct ConnectedPeer {
     /// Remote addresses of open connections.
     pub addrs: Vec<Multiaddr>,
     /// The open connections.
-    pub connections: Vec<ConnectionView>,
+    pub connections: Vec<ConnectionInfo>,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
     /// Its software version (from identify).
@@ -294,7 +294,7 @@ pub struct NetInfo {
     pub pinned: Vec<PeerId>,
 }
 
-type PingReply = oneshot::Sender<Result<(Duration, ConnectionView), NetError>>;
+type PingReply = oneshot::Sender<Result<(Duration, ConnectionInfo), NetError>>;
 
 enum Command {
     Dial {
@@ -536,7 +536,7 @@ impl NetHandle {
     }
 
     /// One round trip to `peer` over its current connection: time and path.
-    pub async fn ping(&self, peer: PeerId) -> Result<(Duration, ConnectionView), NetError> {
+    pub async fn ping(&self, peer: PeerId) -> Result<(Duration, ConnectionInfo), NetError> {
         self.call(|reply| Command::Ping { peer, reply }).await?
     }
 
@@ -1224,7 +1224,7 @@ impl NetActor {
                         connections: s
                             .connections
                             .values()
-                            .map(|c| ConnectionView::of(&c.addr, c.dialed))
+                            .map(|c| ConnectionInfo::of(&c.addr, c.dialed))
                             .collect(),
                         rtt: s.rtt,
                         agent_version: s.agent_version.clone(),
@@ -1805,7 +1805,7 @@ impl NetActor {
                             .peers
                             .get(&peer)
                             .and_then(|s| s.connections.get(&connection_id))
-                            .map(|c| ConnectionView::of(&c.addr, c.dialed));
+                            .map(|c| ConnectionInfo::of(&c.addr, c.dialed));
                         let _ = reply.send(match conn {
                             Some(c) => Ok((start.elapsed(), c)),
                             None => Err(NetError::Request {

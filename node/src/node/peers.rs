@@ -43,10 +43,10 @@ impl Node {
             known,
             agents,
             topics,
-            store: stats,
+            store: stats.into(),
             uptime_s: self.0.started.elapsed().as_secs(),
             remembered: info.pinned.len() as u32,
-            reach: info.reach,
+            reach: info.reach.into(),
             mesh: self.mesh_view().await?,
             outsiders: info.outsiders.len() as u32,
         })
@@ -91,7 +91,9 @@ impl Node {
                         .or_else(|| e.announcement.as_ref().map(|a| a.version.clone())),
                     agents: e.announcement.as_ref().map(|a| a.agents.len() as u32).unwrap_or(0),
                     last_seen_ms: (e.last_seen_ms > 0).then_some(e.last_seen_ms),
-                    connections: conn.map(|c| c.connections.clone()).unwrap_or_default(),
+                    connections: conn
+                        .map(|c| c.connections.iter().cloned().map(Into::into).collect())
+                        .unwrap_or_default(),
                     remembered: info.pinned.contains(p),
                     // Known from an earlier mesh of this node (before a join or leave)?
                     member: conn.is_some() || members.contains(p),
@@ -289,7 +291,7 @@ impl Node {
     }
 
     /// `mesh ping`: one round trip, and the connection it used.
-    pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::net::ConnectionView), ApiError> {
+    pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::api::ConnectionView), ApiError> {
         let peer = self.other_node(self.resolve_node(node)?, "")?;
         if !self.0.net.is_connected(&peer) {
             return Err(ApiError::new(
@@ -301,7 +303,7 @@ impl Node {
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "no answer within 20 s"))?
             .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-        Ok((peer, rtt, conn))
+        Ok((peer, rtt, conn.into()))
     }
 
     /// `mesh addr`: what someone else can dial.
