@@ -1,0 +1,375 @@
+//! The actor carrying out commands: dials, topics, announcements, and the rest of `Command`.
+
+use super::*;
+
+impl NetActor {
+    pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        let addr = strip_p2p(addr);
+        let list = self.addrs.entry(peer).or_default();
+        if let Some(pos) = list.iter().position(|a| a == &addr) {
+            list.remove(pos);
+        }
+        list.push_front(addr);
+        list.truncate(MAX_ADDRS_PER_PEER);
+    }
+
+    /// A dial the user asked for: it goes ahead even if a background dial is under way
+    /// (the duplicate rule keeps one connection).
+    pub(super) fn explicit_dial(&mut self, dial: ExplicitDial) {
+        let opts = match dial.peer {
+            Some(p) => {
+                let o = DialOpts::peer_id(p)
+                    .addresses(vec![dial.addr.clone()])
+                    .condition(PeerCondition::Always);
+                if dial.fresh_port {
+                    o.allocate_new_port().build()
+                } else {
+                    o.build()
+                }
+            }
+            None => {
+                let o = DialOpts::unknown_peer_id().address(dial.addr.clone());
+                if dial.fresh_port {
+                    o.allocate_new_port().build()
+                } else {
+                    o.build()
+                }
+            }
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, dial);
+            }
+            Err(e) => {
+                let _ = dial.reply.send(Err(NetError::Dial {
+                    addr: dial.addr.to_string(),
+                    why: dial_error_text(&e),
+                }));
+            }
+        }
+    }
+
+    pub(super) fn dial_known(&mut self, peer: PeerId) {
+        if self.foreign.contains(&peer)
+            || self.swarm.is_connected(&peer)
+            || peer == *self.swarm.local_peer_id()
+            || self.adm.backing_off(&peer)
+        {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = self
+            .addrs
+            .get(&peer)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            // No address: ask the DHT where it is (the lookup dials it when found).
+            self.lookup(peer, None);
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    /// The directory topic and every user topic we use, under the current mesh's names.
+    pub(super) fn rebuild_topics(&mut self) {
+        let mesh = &self.adm.mesh;
+        let dir = wire::directory_topic(mesh);
+        let mut topics = HashMap::new();
+        topics.insert(dir.hash(), (dir.clone(), TopicKind::Directory));
+        for t in &self.subscribed {
+            let g = wire::gossip_topic(mesh, t);
+            topics.insert(g.hash(), (g, TopicKind::User(t.clone())));
+        }
+        self.topics = topics;
+        let gs = self.swarm.behaviour_mut().gossipsub.inner();
+        if let Err(e) = gs.subscribe(&dir) {
+            tracing::warn!(error = %e, "cannot join the directory topic");
+        }
+        let subs: Vec<IdentTopic> = self
+            .topics
+            .values()
+            .filter(|(_, k)| matches!(k, TopicKind::User(_)))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in subs {
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
+                tracing::warn!(error = %e, "subscribe failed");
+            }
+        }
+    }
+
+    pub(super) fn user_topic(&mut self, topic: &TopicName) -> IdentTopic {
+        let g = wire::gossip_topic(&self.adm.mesh, topic);
+        self.topics
+            .entry(g.hash())
+            .or_insert_with(|| (g.clone(), TopicKind::User(topic.clone())));
+        g
+    }
+
+    pub(super) fn directory_hash(&self) -> TopicHash {
+        wire::directory_topic(&self.adm.mesh).hash()
+    }
+
+    pub(super) fn announce(&mut self) {
+        let Some(a) = self.announcement.as_mut() else { return };
+        a.seq = now_ms().max(a.seq + 1);
+        let payload = match postcard::to_allocvec(&DirectoryGossip::Announce(a.clone())) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode announcement");
+                return;
+            }
+        };
+        let topic = self.directory_hash();
+        let me = *self.swarm.local_peer_id();
+        let sealed = self.adm.mesh.seal(topic.as_str(), &me, &payload);
+        match self.swarm.behaviour_mut().gossipsub.inner().publish(topic, sealed) {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "announcement not published"),
+        }
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => {
+                // The node is the last `/p2p/` part (in a relayed address the first one is
+                // the relay).
+                let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                let peer = match addr.iter().last() {
+                    Some(Protocol::P2p(id)) => Some(id),
+                    _ if relayed => {
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr: addr.to_string(),
+                            why: "a relayed address must end with /p2p/<the node's PeerId>".into(),
+                        }));
+                        return;
+                    }
+                    _ => addr.iter().find_map(|p| match p {
+                        Protocol::P2p(id) => Some(id),
+                        _ => None,
+                    }),
+                };
+                if peer == Some(*self.swarm.local_peer_id()) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: addr.to_string(),
+                        why: "that is this node's own address".into(),
+                    }));
+                    return;
+                }
+                if let Some(p) = peer
+                    && self.swarm.is_connected(&p)
+                {
+                    let _ = reply.send(Ok(p));
+                    return;
+                }
+                self.explicit_dial(ExplicitDial {
+                    addr,
+                    peer,
+                    reply,
+                    fresh_port: false,
+                });
+            }
+            Command::DialPeer { peer } => self.dial_known(peer),
+            Command::AddAddrs {
+                peer,
+                addrs,
+                discovered,
+            } => {
+                if peer == *self.swarm.local_peer_id() {
+                    return;
+                }
+                for a in addrs {
+                    self.remember(peer, a);
+                }
+                if discovered {
+                    self.dial_known(peer);
+                }
+            }
+            Command::SendDm { peer, request, reply } => {
+                if !self.is_admitted(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().dm.inner().send_request(&peer, request);
+                self.dm_out.insert(id, reply);
+            }
+            Command::RespondDm { request, response } => {
+                if let Some(ch) = self.dm_in.remove(&request) {
+                    match self.swarm.behaviour_mut().dm.inner().send_response(ch, response) {
+                        Ok(()) => {
+                            self.dm_answering.insert(request);
+                        }
+                        Err(_) => {
+                            tracing::debug!("delivery response not sent: connection gone (sender will retry)")
+                        }
+                    }
+                }
+            }
+            Command::Sync { peer, request, reply } => {
+                if !self.is_admitted(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.inner().send_request(&peer, request);
+                self.sync_out.insert(id, reply);
+            }
+            Command::RespondSync { request, response } => {
+                if let Some(ch) = self.sync_in.remove(&request)
+                    && self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .inner()
+                        .send_response(ch, *response)
+                        .is_err()
+                {
+                    tracing::debug!("catch-up response not sent: connection gone");
+                }
+            }
+            Command::Publish { topic, data, reply } => {
+                let hash = self.user_topic(&topic).hash();
+                let me = *self.swarm.local_peer_id();
+                let sealed = self.adm.mesh.seal(hash.as_str(), &me, &data);
+                let gs = self.swarm.behaviour_mut().gossipsub.inner();
+                let result = match gs.publish(hash.clone(), sealed) {
+                    Ok(_) => {
+                        let n = gs.all_peers().filter(|(_, topics)| topics.contains(&&hash)).count();
+                        Ok(n as u32)
+                    }
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(0),
+                    Err(gossipsub::PublishError::Duplicate) => Ok(0),
+                    Err(e) => Err(NetError::Publish(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscribe(topic) => {
+                let g = self.user_topic(&topic);
+                self.subscribed.insert(topic.clone());
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
+                    tracing::warn!(topic = %topic, error = %e, "subscribe failed");
+                }
+            }
+            Command::Unsubscribe(topic) => {
+                let g = self.user_topic(&topic);
+                self.subscribed.remove(&topic);
+                self.swarm.behaviour_mut().gossipsub.inner().unsubscribe(&g);
+            }
+            Command::SetMembership { mesh, reset } => self.set_membership(*mesh, reset),
+            Command::Join { invite, reply } => self.start_join(*invite, reply),
+            Command::RespondJoin { request, response } => self.respond_join(request, *response),
+            Command::DropOutsider(peer) => self.drop_outsider(peer),
+            Command::SetAnnouncement(a) => {
+                let first = self.announcement.is_none();
+                let seq = self.announcement.as_ref().map(|x| x.seq).unwrap_or(0);
+                let mut a = *a;
+                a.seq = a.seq.max(seq);
+                self.announcement = Some(a.clone());
+                self.announce();
+                if first {
+                    // Answer and greet whoever came before we had anything to say.
+                    for ch in std::mem::take(&mut self.early_hellos) {
+                        let _ = self.swarm.behaviour_mut().hello.inner().send_response(ch, a.clone());
+                    }
+                    let members: Vec<PeerId> = self.peers.iter().filter(|(_, s)| s.admitted).map(|(p, _)| *p).collect();
+                    for p in members {
+                        self.swarm.behaviour_mut().hello.inner().send_request(&p, a.clone());
+                    }
+                }
+            }
+            Command::Ping { peer, reply } => {
+                if !self.is_admitted(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        why: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .probe
+                    .inner()
+                    .send_request(&peer, rand::random::<u64>());
+                self.pings.insert(id, (Instant::now(), reply));
+            }
+            Command::Find { peer, reply } => {
+                if self.is_admitted(&peer) {
+                    let addrs = self
+                        .addrs
+                        .get(&peer)
+                        .map(|l| l.iter().cloned().collect())
+                        .unwrap_or_default();
+                    let _ = reply.send(Ok(addrs));
+                } else {
+                    self.lookup(peer, Some(reply));
+                }
+            }
+            Command::Pin(peer) => self.pin(peer),
+            Command::Unpin { peer, reply } => {
+                let _ = reply.send(self.unpin(&peer));
+            }
+            Command::Stop { flush, reply } => {
+                self.stopping = true;
+                let now = Instant::now();
+                self.stop = Some(StopState {
+                    flush_until: now + flush / 2,
+                    deadline: now + flush,
+                    closing: false,
+                    reply: Some(reply),
+                });
+            }
+            Command::CloseConnections(ids) => {
+                for id in ids {
+                    self.swarm.close_connection(id);
+                }
+            }
+            Command::Info(reply) => {
+                let peers = self
+                    .peers
+                    .iter()
+                    .filter(|(_, s)| !s.connections.is_empty() && s.admitted)
+                    .map(|(p, s)| ConnectedPeer {
+                        peer: *p,
+                        addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
+                        connections: s
+                            .connections
+                            .values()
+                            .map(|c| ConnectionInfo::of(&c.addr, c.dialed))
+                            .collect(),
+                        rtt: s.rtt,
+                        agent_version: s.agent_version.clone(),
+                    })
+                    .collect();
+                let mut outsiders = self.adm.outsiders();
+                for o in &mut outsiders {
+                    o.connected = self.swarm.is_connected(&o.peer);
+                }
+                let _ = reply.send(NetInfo {
+                    listen: self.swarm.listeners().cloned().collect(),
+                    peers,
+                    outsiders,
+                    known_addrs: self
+                        .addrs
+                        .iter()
+                        .map(|(p, l)| (*p, l.iter().cloned().collect()))
+                        .collect(),
+                    reach: self.reach_info(),
+                    pinned: self.pinned(),
+                });
+            }
+        }
+    }
+}
