@@ -138,91 +138,25 @@ impl NetActor {
 
     pub(super) fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Dial { addr, reply } => {
-                // The node is the last `/p2p/` part (in a relayed address the first one is
-                // the relay).
-                let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-                let peer = match addr.iter().last() {
-                    Some(Protocol::P2p(id)) => Some(id),
-                    _ if relayed => {
-                        let _ = reply.send(Err(NetError::Dial {
-                            addr: addr.to_string(),
-                            why: "a relayed address must end with /p2p/<the node's PeerId>".into(),
-                        }));
-                        return;
-                    }
-                    _ => addr.iter().find_map(|p| match p {
-                        Protocol::P2p(id) => Some(id),
-                        _ => None,
-                    }),
-                };
-                if peer == Some(*self.swarm.local_peer_id()) {
-                    let _ = reply.send(Err(NetError::Dial {
-                        addr: addr.to_string(),
-                        why: "that is this node's own address".into(),
-                    }));
-                    return;
-                }
-                if let Some(p) = peer
-                    && self.swarm.is_connected(&p)
-                {
-                    let _ = reply.send(Ok(p));
-                    return;
-                }
-                self.explicit_dial(ExplicitDial {
-                    addr,
-                    peer,
-                    reply,
-                    fresh_port: false,
-                });
-            }
+            Command::Dial { addr, reply } => self.dial_command(addr, reply),
             Command::DialPeer { peer } => self.dial_known(peer),
             Command::AddAddrs {
                 peer,
                 addrs,
                 discovered,
-            } => {
-                if peer == *self.swarm.local_peer_id() {
-                    return;
-                }
-                for a in addrs {
-                    self.remember(peer, a);
-                }
-                if discovered {
-                    self.dial_known(peer);
-                }
-            }
+            } => self.add_addrs(peer, addrs, discovered),
             Command::SendDm { peer, request, reply } => {
-                if !self.is_admitted(&peer) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        why: "not connected".into(),
-                    }));
+                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
                     return;
-                }
+                };
                 let id = self.swarm.behaviour_mut().dm.inner().send_request(&peer, request);
                 self.dm_out.insert(id, reply);
             }
-            Command::RespondDm { request, response } => {
-                if let Some(ch) = self.dm_in.remove(&request) {
-                    match self.swarm.behaviour_mut().dm.inner().send_response(ch, response) {
-                        Ok(()) => {
-                            self.dm_answering.insert(request);
-                        }
-                        Err(_) => {
-                            tracing::debug!("delivery response not sent: connection gone (sender will retry)")
-                        }
-                    }
-                }
-            }
+            Command::RespondDm { request, response } => self.respond_dm(request, response),
             Command::Sync { peer, request, reply } => {
-                if !self.is_admitted(&peer) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        why: "not connected".into(),
-                    }));
+                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
                     return;
-                }
+                };
                 let id = self.swarm.behaviour_mut().sync.inner().send_request(&peer, request);
                 self.sync_out.insert(id, reply);
             }
@@ -240,20 +174,7 @@ impl NetActor {
                 }
             }
             Command::Publish { topic, data, reply } => {
-                let hash = self.user_topic(&topic).hash();
-                let me = *self.swarm.local_peer_id();
-                let sealed = self.adm.mesh.seal(hash.as_str(), &me, &data);
-                let gs = self.swarm.behaviour_mut().gossipsub.inner();
-                let result = match gs.publish(hash.clone(), sealed) {
-                    Ok(_) => {
-                        let n = gs.all_peers().filter(|(_, topics)| topics.contains(&&hash)).count();
-                        Ok(n as u32)
-                    }
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(0),
-                    Err(gossipsub::PublishError::Duplicate) => Ok(0),
-                    Err(e) => Err(NetError::Publish(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.publish(&topic, &data));
             }
             Command::Subscribe(topic) => {
                 let g = self.user_topic(&topic);
@@ -271,32 +192,11 @@ impl NetActor {
             Command::Join { invite, reply } => self.start_join(*invite, reply),
             Command::RespondJoin { request, response } => self.respond_join(request, *response),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
-            Command::SetAnnouncement(a) => {
-                let first = self.announcement.is_none();
-                let seq = self.announcement.as_ref().map(|x| x.seq).unwrap_or(0);
-                let mut a = *a;
-                a.seq = a.seq.max(seq);
-                self.announcement = Some(a.clone());
-                self.announce();
-                if first {
-                    // Answer and greet whoever came before we had anything to say.
-                    for ch in std::mem::take(&mut self.early_hellos) {
-                        let _ = self.swarm.behaviour_mut().hello.inner().send_response(ch, a.clone());
-                    }
-                    let members: Vec<PeerId> = self.peers.iter().filter(|(_, s)| s.admitted).map(|(p, _)| *p).collect();
-                    for p in members {
-                        self.swarm.behaviour_mut().hello.inner().send_request(&p, a.clone());
-                    }
-                }
-            }
+            Command::SetAnnouncement(a) => self.set_announcement(*a),
             Command::Ping { peer, reply } => {
-                if !self.is_admitted(&peer) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        why: "not connected".into(),
-                    }));
+                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
                     return;
-                }
+                };
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -337,39 +237,160 @@ impl NetActor {
                 }
             }
             Command::Info(reply) => {
-                let peers = self
-                    .peers
-                    .iter()
-                    .filter(|(_, s)| !s.connections.is_empty() && s.admitted)
-                    .map(|(p, s)| ConnectedPeer {
-                        peer: *p,
-                        addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
-                        connections: s
-                            .connections
-                            .values()
-                            .map(|c| ConnectionInfo::of(&c.addr, c.dialed))
-                            .collect(),
-                        rtt: s.rtt,
-                        agent_version: s.agent_version.clone(),
-                    })
-                    .collect();
-                let mut outsiders = self.adm.outsiders();
-                for o in &mut outsiders {
-                    o.connected = self.swarm.is_connected(&o.peer);
-                }
-                let _ = reply.send(NetInfo {
-                    listen: self.swarm.listeners().cloned().collect(),
-                    peers,
-                    outsiders,
-                    known_addrs: self
-                        .addrs
-                        .iter()
-                        .map(|(p, l)| (*p, l.iter().cloned().collect()))
-                        .collect(),
-                    reach: self.reach_info(),
-                    pinned: self.pinned(),
-                });
+                let _ = reply.send(self.info());
             }
+        }
+    }
+
+    /// A request to a peer that is not admitted fails at once ("not connected"); the reply
+    /// channel comes back when the peer is admitted.
+    fn admitted_or_refuse<T>(
+        &self,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<T, NetError>>,
+    ) -> Option<oneshot::Sender<Result<T, NetError>>> {
+        if self.is_admitted(&peer) {
+            return Some(reply);
+        }
+        let _ = reply.send(Err(NetError::Request {
+            peer,
+            why: "not connected".into(),
+        }));
+        None
+    }
+
+    /// `mesh dial <addr>`: the node is the last `/p2p/` part (in a relayed address the
+    /// first one is the relay).
+    fn dial_command(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, NetError>>) {
+        let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(id)) => Some(id),
+            _ if relayed => {
+                let _ = reply.send(Err(NetError::Dial {
+                    addr: addr.to_string(),
+                    why: "a relayed address must end with /p2p/<the node's PeerId>".into(),
+                }));
+                return;
+            }
+            _ => addr.iter().find_map(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            }),
+        };
+        if peer == Some(*self.swarm.local_peer_id()) {
+            let _ = reply.send(Err(NetError::Dial {
+                addr: addr.to_string(),
+                why: "that is this node's own address".into(),
+            }));
+            return;
+        }
+        if let Some(p) = peer
+            && self.swarm.is_connected(&p)
+        {
+            let _ = reply.send(Ok(p));
+            return;
+        }
+        self.explicit_dial(ExplicitDial {
+            addr,
+            peer,
+            reply,
+            fresh_port: false,
+        });
+    }
+
+    fn add_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, discovered: bool) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        for a in addrs {
+            self.remember(peer, a);
+        }
+        if discovered {
+            self.dial_known(peer);
+        }
+    }
+
+    fn respond_dm(&mut self, request: InboundRequestId, response: DmResponse) {
+        if let Some(ch) = self.dm_in.remove(&request) {
+            match self.swarm.behaviour_mut().dm.inner().send_response(ch, response) {
+                Ok(()) => {
+                    self.dm_answering.insert(request);
+                }
+                Err(_) => {
+                    tracing::debug!("delivery response not sent: connection gone (sender will retry)")
+                }
+            }
+        }
+    }
+
+    /// Seals `data` for the mesh and publishes it on `topic`: the subscribers it went to.
+    fn publish(&mut self, topic: &TopicName, data: &[u8]) -> Result<u32, NetError> {
+        let hash = self.user_topic(topic).hash();
+        let me = *self.swarm.local_peer_id();
+        let sealed = self.adm.mesh.seal(hash.as_str(), &me, data);
+        let gs = self.swarm.behaviour_mut().gossipsub.inner();
+        match gs.publish(hash.clone(), sealed) {
+            Ok(_) => {
+                let n = gs.all_peers().filter(|(_, topics)| topics.contains(&&hash)).count();
+                Ok(n as u32)
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(0),
+            Err(gossipsub::PublishError::Duplicate) => Ok(0),
+            Err(e) => Err(NetError::Publish(e.to_string())),
+        }
+    }
+
+    fn set_announcement(&mut self, mut a: Announcement) {
+        let first = self.announcement.is_none();
+        let seq = self.announcement.as_ref().map(|x| x.seq).unwrap_or(0);
+        a.seq = a.seq.max(seq);
+        self.announcement = Some(a.clone());
+        self.announce();
+        if first {
+            // Answer and greet whoever came before we had anything to say.
+            for ch in std::mem::take(&mut self.early_hellos) {
+                let _ = self.swarm.behaviour_mut().hello.inner().send_response(ch, a.clone());
+            }
+            let members: Vec<PeerId> = self.peers.iter().filter(|(_, s)| s.admitted).map(|(p, _)| *p).collect();
+            for p in members {
+                self.swarm.behaviour_mut().hello.inner().send_request(&p, a.clone());
+            }
+        }
+    }
+
+    /// A snapshot of the network state for `mesh status` and `mesh peers`.
+    fn info(&self) -> NetInfo {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(_, s)| !s.connections.is_empty() && s.admitted)
+            .map(|(p, s)| ConnectedPeer {
+                peer: *p,
+                addrs: s.connections.values().map(|c| c.addr.clone()).collect(),
+                connections: s
+                    .connections
+                    .values()
+                    .map(|c| ConnectionInfo::of(&c.addr, c.dialed))
+                    .collect(),
+                rtt: s.rtt,
+                agent_version: s.agent_version.clone(),
+            })
+            .collect();
+        let mut outsiders = self.adm.outsiders();
+        for o in &mut outsiders {
+            o.connected = self.swarm.is_connected(&o.peer);
+        }
+        NetInfo {
+            listen: self.swarm.listeners().cloned().collect(),
+            peers,
+            outsiders,
+            known_addrs: self
+                .addrs
+                .iter()
+                .map(|(p, l)| (*p, l.iter().cloned().collect()))
+                .collect(),
+            reach: self.reach_info(),
+            pinned: self.pinned(),
         }
     }
 }
