@@ -7,24 +7,23 @@
 //! for a while. Exceptions keep a connection without admitting it: a relay we use or
 //! serve for anyone, and a join in progress.
 //!
-//! Also here: key rotation pushed between members (`/agentmesh/rekey/1`), and the join
-//! protocol.
+//! Also here: key rotation pushed between members (`/agentmesh/rekey/1`). The join protocol
+//! is in [`super::join`], the decisions (back-off, evictions) in [`super::rules`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::ConnectionId;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{Command, NetActor, NetError, NetEvent, strip_p2p};
+use super::rules::{Denials, Unadmitted, evictions};
+use super::{Command, NetActor, NetError, NetEvent};
 use crate::ids::now_ms;
 use crate::mesh::{Grant, Invite, Membership, Proof, Refusal, Verdict, Voucher};
-use crate::wire::{self, AdmitRequest, AdmitResponse, JoinRefusal, JoinRequest, JoinResponse};
+use crate::wire::{self, AdmitRequest, AdmitResponse, JoinResponse};
 
 /// Longest wait for a new peer's membership proof.
 pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,87 +68,37 @@ pub struct OutsiderInfo {
 
 /// A peer that is connected but not admitted yet.
 pub(super) struct Pending {
-    since: Instant,
-    claimed_name: Option<String>,
-    requests: u32,
+    pub(super) since: Instant,
+    pub(super) claimed_name: Option<String>,
+    pub(super) requests: u32,
     /// A proof from a newer epoch than ours, kept until a grant lets us check it.
-    held: Option<(Proof, Option<Voucher>, ResponseChannel<AdmitResponse>)>,
+    pub(super) held: Option<(Proof, Option<Voucher>, ResponseChannel<AdmitResponse>)>,
     /// A key chain it answered our proof with before we knew it as a member: taken if it
     /// turns out to be one (its voucher arrives with its own proof).
-    grant: Option<Grant>,
-    joins: u32,
-}
-
-struct Denied {
-    until: Instant,
-    backoff: Duration,
-}
-
-/// When refused peers may be dialed again: [`DENIED_BACKOFF_MIN`] after a first refusal,
-/// doubling with each refusal up to [`DENIED_BACKOFF_MAX`], forgotten once that long has
-/// passed since the pause ended. Fed the time; decides only.
-#[derive(Default)]
-pub(super) struct Denials(HashMap<PeerId, Denied>);
-
-impl Denials {
-    /// `peer` was refused at `now`: returns how long dialing it waits.
-    pub(super) fn refuse(&mut self, peer: PeerId, now: Instant) -> Duration {
-        let backoff = self
-            .0
-            .get(&peer)
-            .map(|d| (d.backoff * 2).min(DENIED_BACKOFF_MAX))
-            .unwrap_or(DENIED_BACKOFF_MIN);
-        self.0.insert(
-            peer,
-            Denied {
-                until: now + backoff,
-                backoff,
-            },
-        );
-        backoff
-    }
-
-    /// Whether dialing `peer` waits at `now`.
-    pub(super) fn waiting(&self, peer: &PeerId, now: Instant) -> bool {
-        self.0.get(peer).is_some_and(|d| d.until > now)
-    }
-
-    /// `peer` is welcome again (admitted, or a join is starting with it).
-    pub(super) fn forget(&mut self, peer: &PeerId) {
-        self.0.remove(peer);
-    }
-
-    /// Drops pauses that ended long ago (so a peer refused again starts from the minimum).
-    pub(super) fn expire(&mut self, now: Instant) {
-        self.0.retain(|_, d| d.until + DENIED_BACKOFF_MAX > now);
-    }
-
-    /// Everyone is welcome again (this node changed meshes).
-    pub(super) fn clear(&mut self) {
-        self.0.clear();
-    }
+    pub(super) grant: Option<Grant>,
+    pub(super) joins: u32,
 }
 
 pub(super) struct JoinWait {
-    invite: Invite,
-    node_name: String,
-    deadline: Instant,
-    sent: bool,
-    reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
+    pub(super) invite: Invite,
+    pub(super) node_name: String,
+    pub(super) deadline: Instant,
+    pub(super) sent: bool,
+    pub(super) reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
 }
 
 /// Admission state, owned by the network actor.
 pub(super) struct Admission {
     pub(super) mesh: Membership,
     pub(super) pending: HashMap<PeerId, Pending>,
-    denied: Denials,
-    outsiders: HashMap<PeerId, OutsiderInfo>,
-    out: HashMap<OutboundRequestId, PeerId>,
-    joining: HashMap<PeerId, JoinWait>,
-    join_out: HashMap<OutboundRequestId, PeerId>,
+    pub(super) denied: Denials,
+    pub(super) outsiders: HashMap<PeerId, OutsiderInfo>,
+    pub(super) out: HashMap<OutboundRequestId, PeerId>,
+    pub(super) joining: HashMap<PeerId, JoinWait>,
+    pub(super) join_out: HashMap<OutboundRequestId, PeerId>,
     /// Peers whose join request is being answered (not cut off meanwhile).
-    join_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<JoinResponse>)>,
-    node_name: String,
+    pub(super) join_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<JoinResponse>)>,
+    pub(super) node_name: String,
 }
 
 impl Admission {
@@ -670,314 +619,5 @@ impl NetActor {
                 let _ = tx.send(Command::DialPeer { peer: p }).await;
             }
         });
-    }
-
-    // ------------------------------------------------------------------ joining
-
-    /// Starts a join: dial the inviter, hand it the code.
-    pub(super) fn start_join(&mut self, invite: Invite, reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>) {
-        let inviter = invite.body.inviter;
-        if inviter == *self.swarm.local_peer_id() {
-            let _ = reply.send(Err(NetError::Request {
-                peer: inviter,
-                why: "this join code was made by this node".into(),
-            }));
-            return;
-        }
-        for a in &invite.body.addrs {
-            self.remember(inviter, strip_p2p(a.clone()));
-        }
-        self.adm.denied.forget(&inviter);
-        self.adm.joining.insert(
-            inviter,
-            JoinWait {
-                invite,
-                node_name: self.adm.node_name.clone(),
-                deadline: Instant::now() + JOIN_TIMEOUT,
-                sent: false,
-                reply,
-            },
-        );
-        if self.swarm.is_connected(&inviter) {
-            self.send_join(inviter);
-            return;
-        }
-        let addrs: Vec<Multiaddr> = self
-            .addrs
-            .get(&inviter)
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default();
-        let opts = DialOpts::peer_id(inviter)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        if let Err(e) = self.swarm.dial(opts)
-            && let Some(j) = self.adm.joining.remove(&inviter)
-        {
-            let _ = j.reply.send(Err(NetError::Dial {
-                addr: inviter.to_string(),
-                why: super::dial_error_text(&e),
-            }));
-        }
-    }
-
-    fn send_join(&mut self, peer: PeerId) {
-        let Some(j) = self.adm.joining.get_mut(&peer) else {
-            return;
-        };
-        if j.sent {
-            return;
-        }
-        j.sent = true;
-        let req = JoinRequest {
-            invite: j.invite.clone(),
-            node_name: j.node_name.clone(),
-        };
-        let id = self.swarm.behaviour_mut().join.send_request(&peer, req);
-        self.adm.join_out.insert(id, peer);
-    }
-
-    /// A dial to the inviter failed for good.
-    pub(super) fn join_dial_failed(&mut self, peer: PeerId, why: String) {
-        if self.swarm.is_connected(&peer) {
-            return;
-        }
-        if let Some(j) = self.adm.joining.remove(&peer) {
-            let _ = j.reply.send(Err(NetError::Dial {
-                addr: peer.to_string(),
-                why,
-            }));
-        }
-    }
-
-    pub(super) fn on_join(&mut self, event: request_response::Event<JoinRequest, JoinResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request_id,
-                    request,
-                    channel,
-                } => {
-                    let attempts = self.adm.pending.get_mut(&peer).map(|p| {
-                        p.joins += 1;
-                        p.joins
-                    });
-                    if self.adm.mesh.is_open() || attempts.unwrap_or(0) > MAX_JOIN_ATTEMPTS {
-                        let why = if self.adm.mesh.is_open() {
-                            JoinRefusal::OpenMode
-                        } else {
-                            JoinRefusal::TooManyAttempts
-                        };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .join
-                            .send_response(channel, JoinResponse::Refused(why));
-                        return;
-                    }
-                    self.adm.join_in.insert(request_id, (peer, channel));
-                    self.emit(NetEvent::JoinRequest {
-                        peer,
-                        request: request_id,
-                        invite: Box::new(request.invite),
-                        node_name: request.node_name.chars().take(wire::MAX_CLAIMED_NAME).collect(),
-                    });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    self.adm.join_out.remove(&request_id);
-                    if let Some(j) = self.adm.joining.remove(&peer) {
-                        let result = match response {
-                            JoinResponse::Granted(g, v) => Ok((*g, v)),
-                            JoinResponse::Refused(why) => Err(NetError::Request {
-                                peer,
-                                why: join_refusal_text(&why),
-                            }),
-                        };
-                        let _ = j.reply.send(result);
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                self.adm.join_out.remove(&request_id);
-                if let Some(j) = self.adm.joining.remove(&peer) {
-                    let _ = j.reply.send(Err(NetError::Request {
-                        peer,
-                        why: format!("the inviting node did not answer: {error}"),
-                    }));
-                }
-            }
-            request_response::Event::InboundFailure { request_id, .. } => {
-                self.adm.join_in.remove(&request_id);
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// The node's answer to a join request.
-    pub(super) fn respond_join(&mut self, request: InboundRequestId, response: JoinResponse) {
-        let Some((peer, ch)) = self.adm.join_in.remove(&request) else {
-            return;
-        };
-        let granted = matches!(response, JoinResponse::Granted(..));
-        let _ = self.swarm.behaviour_mut().join.send_response(ch, response);
-        if granted {
-            // It comes back as a member in a moment; the members hear of it now.
-            self.adm.denied.forget(&peer);
-            self.adm.outsiders.remove(&peer);
-            if self.adm.mesh.add_member(peer) {
-                self.membership_changed(None);
-            }
-        } else if !self.is_admitted(&peer) {
-            self.refuse(peer, "tried to join with an invalid code".into());
-        }
-    }
-}
-
-/// An inviter's refusal as the joining user reads it.
-fn join_refusal_text(why: &JoinRefusal) -> String {
-    match why {
-        JoinRefusal::Expired(at) => format!(
-            "this join code expired {} ago; ask for a new one (mesh invite)",
-            crate::ids::human_duration(Duration::from_millis(now_ms().saturating_sub(*at)))
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// A connection of a peer that is not admitted, as the eviction rule sees it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Unadmitted<Id> {
-    pub(super) id: Id,
-    pub(super) ip: Option<IpAddr>,
-    pub(super) since: Instant,
-}
-
-/// The connections to close so that `conns` stays within `max_total` and `max_per_ip`: while
-/// the newest connection's address holds more than `max_per_ip`, that address's oldest;
-/// while there are more than `max_total`, the oldest of the busiest address. Never
-/// `newest`. Decides only: the caller closes them.
-pub(super) fn evictions<Id: Copy + PartialEq>(
-    mut conns: Vec<Unadmitted<Id>>,
-    newest: Id,
-    max_total: usize,
-    max_per_ip: usize,
-) -> Vec<Id> {
-    let mut out = Vec::new();
-    loop {
-        let mut per_ip: HashMap<Option<IpAddr>, usize> = HashMap::new();
-        for c in &conns {
-            *per_ip.entry(c.ip).or_default() += 1;
-        }
-        let newest_ip = conns.iter().find(|c| c.id == newest).map(|c| c.ip);
-        let victim_ip = match newest_ip {
-            Some(ip) if per_ip.get(&ip).copied().unwrap_or(0) > max_per_ip => ip,
-            // The busiest address that has a connection other than the newest; of equally
-            // busy ones, the one with the oldest connection.
-            _ if conns.len() > max_total => match conns
-                .iter()
-                .filter(|c| c.id != newest)
-                .max_by_key(|c| (per_ip.get(&c.ip).copied().unwrap_or(0), std::cmp::Reverse(c.since)))
-            {
-                Some(c) => c.ip,
-                None => return out,
-            },
-            _ => return out,
-        };
-        let Some(pos) = conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.ip == victim_ip && c.id != newest)
-            .min_by_key(|(_, c)| c.since)
-            .map(|(i, _)| i)
-        else {
-            return out;
-        };
-        out.push(conns.swap_remove(pos).id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(n: u8) -> Option<IpAddr> {
-        Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n)))
-    }
-
-    /// Connections `(id, ip)`, each one second younger than the one before.
-    fn conns(list: &[(u32, u8)]) -> Vec<Unadmitted<u32>> {
-        let t0 = Instant::now();
-        list.iter()
-            .map(|(id, n)| Unadmitted {
-                id: *id,
-                ip: ip(*n),
-                since: t0 + Duration::from_secs(u64::from(*id)),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn refused_peers_wait_longer_each_time_and_start_over_once_forgotten() {
-        let mut d = Denials::default();
-        let p = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
-        let t0 = Instant::now();
-        assert!(!d.waiting(&p, t0));
-        assert_eq!(d.refuse(p, t0), DENIED_BACKOFF_MIN);
-        assert!(d.waiting(&p, t0 + DENIED_BACKOFF_MIN - Duration::from_millis(1)));
-        assert!(!d.waiting(&p, t0 + DENIED_BACKOFF_MIN));
-        // Refused again: twice as long, up to the maximum.
-        let mut t = t0 + DENIED_BACKOFF_MIN;
-        let mut last = DENIED_BACKOFF_MIN;
-        for _ in 0..10 {
-            let b = d.refuse(p, t);
-            assert_eq!(b, (last * 2).min(DENIED_BACKOFF_MAX));
-            last = b;
-            t += b;
-        }
-        assert_eq!(last, DENIED_BACKOFF_MAX);
-        // Long after its pause ended it is forgotten, and starts over from the minimum.
-        d.expire(t + DENIED_BACKOFF_MAX + Duration::from_secs(1));
-        assert_eq!(d.refuse(p, t), DENIED_BACKOFF_MIN);
-        // Admitted: welcome at once.
-        d.forget(&p);
-        assert!(!d.waiting(&p, t));
-    }
-
-    #[test]
-    fn a_source_over_its_share_loses_its_oldest_never_the_newest() {
-        // Three from address 1 with a share of two: the oldest of them goes.
-        let c = conns(&[(1, 1), (2, 2), (3, 1), (4, 1)]);
-        assert_eq!(evictions(c, 4, 10, 2), vec![1]);
-        // Within the share and the total: nothing.
-        let c = conns(&[(1, 1), (2, 2), (3, 1)]);
-        assert!(evictions(c, 3, 10, 2).is_empty());
-    }
-
-    #[test]
-    fn over_the_total_the_busiest_source_makes_room_by_age() {
-        // Address 1 holds three, the others one each; one over the total of five.
-        let c = conns(&[(1, 2), (2, 1), (3, 1), (4, 3), (5, 1), (6, 4)]);
-        assert_eq!(evictions(c, 6, 5, 10), vec![2]);
-        // Far over: several go, always from the busiest address at the time, oldest first.
-        let c = conns(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2), (7, 3)]);
-        assert_eq!(evictions(c, 7, 4, 10), vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn the_newest_connection_is_kept_even_when_it_is_all_the_busiest_source_has() {
-        // The total is exceeded but the only candidate is the newest: it stays (it gets its
-        // ten seconds to prove itself).
-        let c = conns(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (9, 7), (10, 7)]);
-        assert_eq!(evictions(c.clone(), 10, 7, 10), vec![9]);
-        let c = conns(&[(10, 7)]);
-        assert!(evictions(c, 10, 0, 10).is_empty());
-        // Equally busy sources: the one with the oldest connection gives way.
-        let c = conns(&[(3, 1), (2, 2), (10, 7)]);
-        assert_eq!(evictions(c, 10, 2, 10), vec![2]);
     }
 }

@@ -13,8 +13,10 @@ mod events;
 pub mod gate;
 pub mod guard;
 mod handle;
+mod join;
 mod protocols;
 mod reach;
+mod rules;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
