@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::server;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::home::{Home, HomeError};
 use crate::identity::{self, IdentityError};
@@ -30,6 +29,7 @@ use crate::mesh::{Membership, MeshError};
 use crate::metrics::Metrics;
 use crate::net::{self, NetError};
 use crate::node::{COURIER_QUEUE, Node, Parts};
+use crate::server;
 use crate::store::{Store, StoreError};
 use crate::{courier, dnssd, settings};
 
@@ -236,6 +236,7 @@ impl Daemon {
         );
         let (courier_tx, courier_rx) = mpsc::channel(COURIER_QUEUE);
         let (sync_tx, sync_rx) = mpsc::channel(crate::sync::SYNC_QUEUE);
+        let (sync_requests, sync_requests_rx) = mpsc::channel(crate::sync::SYNC_REQUESTS_QUEUE);
         let node = Node::new(Parts {
             peer_id,
             keypair: keypair.clone(),
@@ -248,6 +249,7 @@ impl Daemon {
             net: net.clone(),
             courier: courier_tx,
             sync: sync_tx,
+            sync_requests,
             shutdown: cancel.clone(),
         });
         let core_task = tokio::spawn(node.clone().run_core(net_events, hard.clone()));
@@ -258,7 +260,12 @@ impl Daemon {
         ));
         tasks.push((
             "catch-up",
-            tokio::spawn(crate::sync::run(node.clone(), sync_rx, cancel.clone())),
+            tokio::spawn(crate::sync::run(
+                node.clone(),
+                sync_rx,
+                sync_requests_rx,
+                cancel.clone(),
+            )),
         ));
         let metrics_addr = match config.metrics {
             Some(addr) => {

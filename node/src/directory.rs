@@ -258,7 +258,7 @@ impl Directory {
                 format!("{n}{LABEL_SEPARATOR}{}", PeerSuffix::of(peer))
             }
             Some(n) => n.to_string(),
-            None => crate::node::short_peer(peer),
+            None => crate::ids::short_peer(peer),
         }
     }
 
@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(label(&p2), labelled("box", &p2));
         assert_ne!(label(&p1), label(&p2));
         assert_eq!(label(&solo), "desk", "a unique name needs nothing more");
-        assert_eq!(label(&quiet), crate::node::short_peer(&quiet));
+        assert_eq!(label(&quiet), crate::ids::short_peer(&quiet));
         // The name a message arrived under counts, and clashes like any other.
         let old = NodeName::new("alpha").unwrap();
         assert_eq!(d.label(&solo, Some(&old), &my), labelled("alpha", &solo));

@@ -452,6 +452,12 @@ pub fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// The last 8 characters of a PeerId, for display when no name is known.
+pub fn short_peer(p: &libp2p::PeerId) -> String {
+    let s = p.to_string();
+    format!("…{}", &s[s.len().saturating_sub(8)..])
+}
+
 /// Message ids for a log line: comma-separated, the first 16 and how many more.
 pub fn id_list(ids: impl IntoIterator<Item = MessageId>) -> String {
     let mut out = String::new();

@@ -46,6 +46,7 @@ pub mod net;
 pub mod node;
 mod peer_tasks;
 pub mod ratelimit;
+pub mod server;
 pub mod settings;
 pub mod store;
 pub mod sync;

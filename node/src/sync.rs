@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{MessageId, TopicName, now_ms};
-use crate::node::Node;
+use crate::node::{Node, SyncRequestIn};
 use crate::peer_tasks::PeerTasks;
 use crate::store::{StoreError, SyncCursor, ops};
 use crate::wire::{self, SyncRequest, SyncResponse};
@@ -61,8 +61,19 @@ enum Round {
     Throttled(Duration),
 }
 
-/// Runs until cancelled.
-pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: CancellationToken) {
+/// Catch-up requests from peers answered at once; more wait in the queue.
+pub const MAX_SYNC_SERVING: usize = 8;
+/// Catch-up requests from peers waiting for an answer; past it they are told to ask again.
+pub const SYNC_REQUESTS_QUEUE: usize = 64;
+
+/// Runs until cancelled: catches up with members, and answers their catch-up requests.
+pub(crate) async fn run(
+    node: Node,
+    mut kicks: mpsc::Receiver<PeerId>,
+    mut requests: mpsc::Receiver<SyncRequestIn>,
+    cancel: CancellationToken,
+) {
+    let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_SERVING));
     let every = node.config().topic_sync_every();
     let mut due: HashMap<PeerId, Instant> = HashMap::new();
     let mut running: HashSet<PeerId> = HashSet::new();
@@ -105,6 +116,17 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                     due.insert(p, Instant::now());
                 }
                 None => break,
+            },
+            Some((peer, request, body)) = requests.recv() => {
+                // Waits for a free slot: at most MAX_SYNC_SERVING answers at once.
+                let Ok(permit) = serving.clone().acquire_owned().await else {
+                    break;
+                };
+                let n = node.clone();
+                tokio::spawn(async move {
+                    serve(&n, peer, request, body).await;
+                    drop(permit);
+                });
             },
             changed = connected_rx.changed() => {
                 if changed.is_err() {
@@ -325,6 +347,16 @@ pub fn answer(r: &ReadTransaction, request: SyncRequest) -> Result<SyncResponse,
             ops::own_publications_by_id(r, &topic, &ids, wire::SYNC_FETCH_TEXT_BYTES).map(SyncResponse::Messages)
         }
     }
+}
+
+/// Answers one catch-up request from `peer`.
+async fn serve(node: &Node, peer: PeerId, request: libp2p::request_response::InboundRequestId, body: SyncRequest) {
+    let response = node.0.store.read(move |r| answer(r, body)).await;
+    let response = response.unwrap_or_else(|e| {
+        tracing::warn!(%peer, error = %e, "cannot answer a catch-up request");
+        SyncResponse::Unavailable(e.to_string())
+    });
+    let _ = node.0.net.respond_sync(request, response).await;
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ mod error;
 mod network;
 pub mod page;
 mod request;
-pub mod server;
 mod views;
 
 pub use error::*;

@@ -146,7 +146,16 @@ impl Node {
                 messages,
             } => self.on_inbound_dms(peer, request, messages).await,
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
-            NetEvent::SyncRequest { peer, request, body } => self.on_sync_request(peer, request, body),
+            // Answered by the catch-up task; when it is swamped, the asker is told to come back.
+            NetEvent::SyncRequest { peer, request, body } => {
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.0.sync_requests.try_send((peer, request, body)) {
+                    let net = self.0.net.clone();
+                    tokio::spawn(async move {
+                        let busy = wire::SyncResponse::Unavailable("busy; ask again later".into());
+                        let _ = net.respond_sync(request, busy).await;
+                    });
+                }
+            }
             NetEvent::TopicSubscribed { peer: _, topic } => self.flush_topic(topic),
             NetEvent::ReachChanged => self.emit(Event::NetworkChanged),
             NetEvent::MembershipChanged(m) => {

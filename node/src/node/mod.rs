@@ -46,8 +46,6 @@ pub const EVENT_BROADCAST: usize = 4096;
 pub const MAX_INBOUND_IN_FLIGHT: usize = 256;
 /// Kicks queued for the courier.
 pub const COURIER_QUEUE: usize = 1024;
-/// Topic catch-up requests from peers answered at once (more are told to ask again).
-pub const MAX_SYNC_SERVING: usize = 8;
 /// Longest `history` / `inbox` / `outbox` answer.
 pub const MAX_LIST: u32 = 10_000;
 /// Suffixes tried when a session's derived name is taken (`name-2` ... `name-99`).
@@ -90,8 +88,13 @@ pub(crate) struct Parts {
     pub net: NetHandle,
     pub courier: mpsc::Sender<PeerId>,
     pub sync: mpsc::Sender<PeerId>,
+    /// Catch-up requests from peers, for the catch-up task to answer.
+    pub sync_requests: mpsc::Sender<SyncRequestIn>,
     pub shutdown: CancellationToken,
 }
+
+/// A catch-up request from a peer, handed to the catch-up task (`sync.rs`) to answer.
+pub type SyncRequestIn = (PeerId, libp2p::request_response::InboundRequestId, wire::SyncRequest);
 
 pub(crate) struct Inner {
     owner_uid: u32,
@@ -116,8 +119,8 @@ pub(crate) struct Inner {
     pub courier: mpsc::Sender<PeerId>,
     /// Kicks for topic catch-up with a peer.
     sync: mpsc::Sender<PeerId>,
-    /// Catch-up requests being answered at once.
-    sync_serving: Arc<Semaphore>,
+    /// Catch-up requests from peers, to the catch-up task.
+    sync_requests: mpsc::Sender<SyncRequestIn>,
     announce: Notify,
     inbound: Arc<Semaphore>,
     started: Instant,
@@ -222,6 +225,7 @@ impl Node {
             net,
             courier,
             sync,
+            sync_requests,
             shutdown,
         } = parts;
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
@@ -248,7 +252,7 @@ impl Node {
             events,
             courier,
             sync,
-            sync_serving: Arc::new(Semaphore::new(MAX_SYNC_SERVING)),
+            sync_requests,
             announce: Notify::new(),
             inbound: Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT)),
             started: Instant::now(),
@@ -472,8 +476,4 @@ pub fn normalize_kind(kind: &str) -> String {
     .to_string()
 }
 
-/// The last 8 characters of a PeerId, for display when no name is known.
-pub fn short_peer(p: &PeerId) -> String {
-    let s = p.to_string();
-    format!("…{}", &s[s.len().saturating_sub(8)..])
-}
+pub use crate::ids::short_peer;

@@ -348,36 +348,6 @@ impl Node {
         Ok(())
     }
 
-    /// A peer asks what this node's agents published on a topic (see [`crate::sync`]).
-    pub(super) fn on_sync_request(
-        &self,
-        peer: PeerId,
-        request: libp2p::request_response::InboundRequestId,
-        body: wire::SyncRequest,
-    ) {
-        use wire::SyncResponse;
-        let node = self.clone();
-        let Ok(permit) = self.0.sync_serving.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let _ = node
-                    .0
-                    .net
-                    .respond_sync(request, SyncResponse::Unavailable("busy; ask again later".into()))
-                    .await;
-            });
-            return;
-        };
-        tokio::spawn(async move {
-            let response = node.0.store.read(move |r| crate::sync::answer(r, body)).await;
-            let response = response.unwrap_or_else(|e| {
-                tracing::warn!(%peer, error = %e, "cannot answer a catch-up request");
-                SyncResponse::Unavailable(e.to_string())
-            });
-            let _ = node.0.net.respond_sync(request, response).await;
-            drop(permit);
-        });
-    }
-
     /// Re-publishes local messages that reached nobody, now that `topic` has a subscriber.
     pub(super) fn flush_topic(&self, topic: TopicName) {
         let node = self.clone();

@@ -3,7 +3,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
-use tracing::Instrument;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -12,8 +11,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use super::{
+use crate::api::{
     API_VERSION, ApiError, ClientFrame, ClientHello, ErrorCode, Event, HELLO_FRAME_LIMIT, MAGIC, Request, Response,
     ServerFrame, ServerHello,
 };
@@ -399,7 +399,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
                 all,
                 skip_notified,
                 mark_read,
-                after: after.as_deref().map(super::page::parse_inbox_cursor).transpose()?,
+                after: after.as_deref().map(crate::api::page::parse_inbox_cursor).transpose()?,
             };
             Response::Inbox(node.inbox(&agent, q, max_bytes).await?)
         }
@@ -439,7 +439,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             forward,
             max_bytes,
         } => {
-            let cursor = |c: Option<String>| c.as_deref().map(super::page::parse_history_cursor).transpose();
+            let cursor = |c: Option<String>| c.as_deref().map(crate::api::page::parse_history_cursor).transpose();
             let filter = crate::store::HistoryFilter {
                 grep,
                 limit: limit.max(1) as usize,
