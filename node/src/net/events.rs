@@ -69,57 +69,67 @@ impl NetActor {
                 endpoint,
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), ?cause, "connection closed");
-                if let Some(s) = self.peers.get_mut(&peer_id) {
-                    s.connections.remove(&connection_id);
-                }
-                if num_established == 0 {
-                    let was_member = self.peers.remove(&peer_id).is_some_and(|s| s.admitted);
-                    self.adm.pending.remove(&peer_id);
-                    self.reach_on_disconnected(peer_id);
-                    self.publish_connected();
-                    if was_member {
-                        if !self.stopping && !self.adm.mesh.is_revoked(&peer_id) {
-                            self.reach_on_member_lost(peer_id);
-                        }
-                        self.emit(NetEvent::PeerDisconnected { peer: peer_id });
-                    }
-                }
+                self.on_closed(peer_id, connection_id, num_established);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id,
                 error,
-            } => {
-                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
-                if let Some(p) = peer_id {
-                    self.join_dial_failed(p, dial_error_text(&error));
-                }
-                if let Some(mut dial) = self.dials.remove(&connection_id) {
-                    match dial.peer {
-                        // The other side dialed us meanwhile: that connection will do.
-                        Some(p) if self.swarm.is_connected(&p) => {
-                            let _ = dial.reply.send(Ok(p));
-                        }
-                        // Two nodes dialing each other from their listening ports at the
-                        // same moment can meet in one TCP connection that both think they
-                        // opened, and its handshake fails on both sides: once more, each
-                        // from a port of its own.
-                        Some(_) if !dial.fresh_port && matches!(error, libp2p::swarm::DialError::Transport(_)) => {
-                            tracing::debug!(addr = %dial.addr, "dial failed; once more from a fresh port");
-                            dial.fresh_port = true;
-                            self.explicit_dial(dial);
-                        }
-                        _ => {
-                            let _ = dial.reply.send(Err(NetError::Dial {
-                                addr: dial.addr.to_string(),
-                                why: dial_error_text(&error),
-                            }));
-                        }
-                    }
-                }
-            }
+            } => self.on_dial_failed(connection_id, peer_id, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// A connection closed; with the last one the peer is gone (a member is redialed).
+    fn on_closed(&mut self, peer: PeerId, id: ConnectionId, left: u32) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.connections.remove(&id);
+        }
+        if left > 0 {
+            return;
+        }
+        let was_member = self.peers.remove(&peer).is_some_and(|s| s.admitted);
+        self.adm.pending.remove(&peer);
+        self.reach_on_disconnected(peer);
+        self.publish_connected();
+        if was_member {
+            if !self.stopping && !self.adm.mesh.is_revoked(&peer) {
+                self.reach_on_member_lost(peer);
+            }
+            self.emit(NetEvent::PeerDisconnected { peer });
+        }
+    }
+
+    /// A dial failed: a join waiting on it hears so, and an explicit dial is answered (or
+    /// tried once more from a fresh port).
+    fn on_dial_failed(&mut self, id: ConnectionId, peer: Option<PeerId>, error: &libp2p::swarm::DialError) {
+        tracing::debug!(peer = ?peer, error = %error, "dial failed");
+        if let Some(p) = peer {
+            self.join_dial_failed(p, dial_error_text(error));
+        }
+        let Some(mut dial) = self.dials.remove(&id) else {
+            return;
+        };
+        match dial.peer {
+            // The other side dialed us meanwhile: that connection will do.
+            Some(p) if self.swarm.is_connected(&p) => {
+                let _ = dial.reply.send(Ok(p));
+            }
+            // Two nodes dialing each other from their listening ports at the same moment can
+            // meet in one TCP connection that both think they opened, and its handshake fails
+            // on both sides: once more, each from a port of its own.
+            Some(_) if !dial.fresh_port && matches!(error, libp2p::swarm::DialError::Transport(_)) => {
+                tracing::debug!(addr = %dial.addr, "dial failed; once more from a fresh port");
+                dial.fresh_port = true;
+                self.explicit_dial(dial);
+            }
+            _ => {
+                let _ = dial.reply.send(Err(NetError::Dial {
+                    addr: dial.addr.to_string(),
+                    why: dial_error_text(error),
+                }));
+            }
         }
     }
 

@@ -70,33 +70,7 @@ impl Node {
     pub(super) async fn on_net_event(&self, ev: NetEvent) {
         match ev {
             NetEvent::Listening(_) => {}
-            NetEvent::PeerConnected { peer, addr, dialed } => {
-                let name = {
-                    let mut dir = self.dir();
-                    dir.set_connected(peer, true, now_ms());
-                    if dialed {
-                        dir.add_addrs(peer, &[addr]);
-                    }
-                    dir.name_of(&peer)
-                };
-                self.kick(peer);
-                self.emit(Event::PeerUp {
-                    peer,
-                    name: name.as_ref().map(|n| n.to_string()),
-                });
-                // Admitted: a member. Remember it (for `mesh members` and key rotation).
-                let now = now_ms();
-                let name = name.map(|n| n.to_string());
-                let store = self.0.store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store
-                        .write("member", move |t| ops::put_member(t, &peer, name, now))
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot record a member");
-                    }
-                });
-            }
+            NetEvent::PeerConnected { peer, addr, dialed } => self.peer_connected(peer, addr, dialed),
             NetEvent::PeerDisconnected { peer } => {
                 let name = {
                     let mut dir = self.dir();
@@ -122,24 +96,7 @@ impl Node {
                     dir.add_addrs(peer, &addrs);
                 }
             }
-            NetEvent::Announcement { peer, announcement } => {
-                let name = announcement.node_name.to_string();
-                let update = self.dir().update(peer, announcement, Instant::now(), now_ms());
-                if update == Update::Changed {
-                    self.persist_peer(peer).await;
-                    // Sealed for the mesh (or said by an admitted peer): a member.
-                    let (now, n) = (now_ms(), Some(name.clone()));
-                    if let Err(e) = self
-                        .0
-                        .store
-                        .write("member", move |t| ops::put_member(t, &peer, n, now))
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot record a member");
-                    }
-                    self.emit(Event::NodeUpdated { peer, name });
-                }
-            }
+            NetEvent::Announcement { peer, announcement } => self.announced(peer, announcement).await,
             NetEvent::InboundDms {
                 peer,
                 request,
@@ -172,5 +129,55 @@ impl Node {
                 node_name,
             } => self.on_join_request(peer, request, *invite, node_name),
         }
+    }
+
+    /// A member was admitted: the directory, the courier and watchers hear of it, and it is
+    /// recorded (for `mesh members` and key rotation).
+    fn peer_connected(&self, peer: PeerId, addr: libp2p::Multiaddr, dialed: bool) {
+        let name = {
+            let mut dir = self.dir();
+            dir.set_connected(peer, true, now_ms());
+            if dialed {
+                dir.add_addrs(peer, &[addr]);
+            }
+            dir.name_of(&peer)
+        };
+        self.kick(peer);
+        self.emit(Event::PeerUp {
+            peer,
+            name: name.as_ref().map(|n| n.to_string()),
+        });
+        let now = now_ms();
+        let name = name.map(|n| n.to_string());
+        let store = self.0.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .write("member", move |t| ops::put_member(t, &peer, name, now))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record a member");
+            }
+        });
+    }
+
+    /// A member's announcement: the directory takes it; a change is persisted and told.
+    async fn announced(&self, peer: PeerId, announcement: Announcement) {
+        let name = announcement.node_name.to_string();
+        let update = self.dir().update(peer, announcement, Instant::now(), now_ms());
+        if update != Update::Changed {
+            return;
+        }
+        self.persist_peer(peer).await;
+        // Sealed for the mesh (or said by an admitted peer): a member.
+        let (now, n) = (now_ms(), Some(name.clone()));
+        if let Err(e) = self
+            .0
+            .store
+            .write("member", move |t| ops::put_member(t, &peer, n, now))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a member");
+        }
+        self.emit(Event::NodeUpdated { peer, name });
     }
 }
