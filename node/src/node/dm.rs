@@ -65,121 +65,126 @@ impl Node {
         let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
         let now = now_ms();
         let chosen = id.is_some();
-        let id = id.unwrap_or_default();
+        let msg = |to: AgentName| WireMessage {
+            id: id.unwrap_or_default(),
+            from: from.clone(),
+            to,
+            sent_at_ms: now,
+            reply_to,
+            text,
+        };
         match target {
-            Target::Local(agent) => {
-                let msg = WireMessage {
-                    id,
-                    from: from.clone(),
-                    to: agent.clone(),
-                    sent_at_ms: now,
-                    reply_to,
-                    text,
-                };
-                let (me, my_name) = (self.0.peer_id, self.0.name.clone());
-                let f = from.clone();
-                let stored = self
-                    .0
-                    .store
-                    .write("send", move |t| {
-                        if chosen && let Some(prev) = ops::sent_before(t, &msg, &me)? {
-                            return Ok(Err(prev));
-                        }
-                        let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
-                        Ok(Ok((created, ops::send_local(t, msg, me, Some(my_name), now)?)))
-                    })
-                    .await?;
-                let status = match stored {
-                    Ok((created, (_, inbox))) => {
-                        self.agent_created(created);
-                        self.0.metrics.dm_sent.inc();
-                        self.0.metrics.dm_delivered.inc();
-                        self.emit(Event::Message(self.message_view(&inbox)));
-                        SendStatus::Delivered
-                    }
-                    Err(prev) => settled_status(&prev.state).unwrap_or(SendStatus::Delivered),
-                };
-                Ok(SendReceipt {
-                    id,
-                    to: format!("{agent}@{}", self.0.name),
-                    to_node: self.0.peer_id,
-                    status,
-                    reception: self.local_reception(&agent),
-                })
-            }
-            Target::Remote { peer, node_name, agent } => {
-                let msg = WireMessage {
-                    id,
-                    from: from.clone(),
-                    to: agent.clone(),
-                    sent_at_ms: now,
-                    reply_to,
-                    text,
-                };
-                let to_label = format!("{agent}@{}", self.node_label(&peer, node_name.as_ref()));
-                let mut events = self.0.events.subscribe();
-                let f = from.clone();
-                let nn = node_name.clone();
-                let stored = self
-                    .0
-                    .store
-                    .write("send", move |t| {
-                        if chosen && let Some(prev) = ops::sent_before(t, &msg, &peer)? {
-                            return Ok(Err(prev));
-                        }
-                        let created = ops::ensure_agent_new(t, &f, "human", now)?.1;
-                        ops::enqueue(t, msg, peer, nn, now)?;
-                        Ok(Ok(created))
-                    })
-                    .await?;
-                let settled = match stored {
-                    Ok(created) => {
-                        self.agent_created(created);
-                        self.0.metrics.dm_sent.inc();
-                        None
-                    }
-                    // A repeat: answer with what became of the first one.
-                    Err(prev) => settled_status(&prev.state),
-                };
-                let reception = {
-                    let dir = self.dir();
-                    let info = dir
-                        .get(&peer)
-                        .and_then(|e| e.announcement.as_ref())
-                        .and_then(|a| a.agents.iter().find(|x| x.name == agent).cloned());
-                    match info {
-                        Some(i) => dir.reception(&peer, &i, Instant::now()),
-                        None => Reception::Offline,
-                    }
-                };
-                let status = match settled {
-                    Some(s) => s,
-                    None => {
-                        self.kick(peer);
-                        // Wait for the ack (up to `send_wait`) when the node is connected, or
-                        // heard from through the mesh since we lost it (the courier is dialing
-                        // it); not for a node that is away.
-                        let reachable = self.0.net.is_connected(&peer) || self.dir().reachable(&peer, Instant::now());
-                        let status = if reachable {
-                            self.wait_outcome(&mut events, id).await
-                        } else {
-                            None
-                        };
-                        match status {
-                            Some(s) => s,
-                            None => self.outbox_status(id, &peer).await?,
-                        }
-                    }
-                };
-                Ok(SendReceipt {
-                    id,
-                    to: to_label,
-                    to_node: peer,
-                    status,
-                    reception,
-                })
-            }
+            Target::Local(agent) => self.send_here(msg(agent), chosen, now).await,
+            Target::Remote { peer, node_name, agent } => self.send_to(peer, node_name, msg(agent), chosen, now).await,
         }
+    }
+
+    /// A message to an agent of this node: into its inbox at once (or, for a repeat, what
+    /// became of the first one).
+    async fn send_here(&self, msg: WireMessage, chosen: bool, now: u64) -> Result<SendReceipt, ApiError> {
+        let (id, agent, from) = (msg.id, msg.to.clone(), msg.from.clone());
+        let (me, my_name) = (self.0.peer_id, self.0.name.clone());
+        let stored = self
+            .0
+            .store
+            .write("send", move |t| {
+                if chosen && let Some(prev) = ops::sent_before(t, &msg, &me)? {
+                    return Ok(Err(prev));
+                }
+                let created = ops::ensure_agent_new(t, &from, "human", now)?.1;
+                Ok(Ok((created, ops::send_local(t, msg, me, Some(my_name), now)?)))
+            })
+            .await?;
+        let status = match stored {
+            Ok((created, (_, inbox))) => {
+                self.agent_created(created);
+                self.0.metrics.dm_sent.inc();
+                self.0.metrics.dm_delivered.inc();
+                self.emit(Event::Message(self.message_view(&inbox)));
+                SendStatus::Delivered
+            }
+            Err(prev) => settled_status(&prev.state).unwrap_or(SendStatus::Delivered),
+        };
+        Ok(SendReceipt {
+            id,
+            to: format!("{agent}@{}", self.0.name),
+            to_node: self.0.peer_id,
+            status,
+            reception: self.local_reception(&agent),
+        })
+    }
+
+    /// A message to an agent of another node: into the outbox, then the outcome if it comes
+    /// within `send_wait` (a repeat answers with what became of the first one).
+    async fn send_to(
+        &self,
+        peer: PeerId,
+        node_name: Option<NodeName>,
+        msg: WireMessage,
+        chosen: bool,
+        now: u64,
+    ) -> Result<SendReceipt, ApiError> {
+        let (id, agent, from) = (msg.id, msg.to.clone(), msg.from.clone());
+        let to_label = format!("{agent}@{}", self.node_label(&peer, node_name.as_ref()));
+        let mut events = self.0.events.subscribe();
+        let stored = self
+            .0
+            .store
+            .write("send", move |t| {
+                if chosen && let Some(prev) = ops::sent_before(t, &msg, &peer)? {
+                    return Ok(Err(prev));
+                }
+                let created = ops::ensure_agent_new(t, &from, "human", now)?.1;
+                ops::enqueue(t, msg, peer, node_name, now)?;
+                Ok(Ok(created))
+            })
+            .await?;
+        let settled = match stored {
+            Ok(created) => {
+                self.agent_created(created);
+                self.0.metrics.dm_sent.inc();
+                None
+            }
+            // A repeat: answer with what became of the first one.
+            Err(prev) => settled_status(&prev.state),
+        };
+        let reception = {
+            let dir = self.dir();
+            let info = dir
+                .get(&peer)
+                .and_then(|e| e.announcement.as_ref())
+                .and_then(|a| a.agents.iter().find(|x| x.name == agent).cloned());
+            match info {
+                Some(i) => dir.reception(&peer, &i, Instant::now()),
+                None => Reception::Offline,
+            }
+        };
+        let status = match settled {
+            Some(s) => s,
+            None => {
+                self.kick(peer);
+                // Wait for the ack (up to `send_wait`) when the node is connected, or heard
+                // from through the mesh since we lost it (the courier is dialing it); not for
+                // a node that is away.
+                let reachable = self.0.net.is_connected(&peer) || self.dir().reachable(&peer, Instant::now());
+                let status = if reachable {
+                    self.wait_outcome(&mut events, id).await
+                } else {
+                    None
+                };
+                match status {
+                    Some(s) => s,
+                    None => self.outbox_status(id, &peer).await?,
+                }
+            }
+        };
+        Ok(SendReceipt {
+            id,
+            to: to_label,
+            to_node: peer,
+            status,
+            reception,
+        })
     }
 
     pub(super) async fn wait_outcome(
