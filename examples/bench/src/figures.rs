@@ -732,6 +732,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             &mut lab,
             Duration::from_secs(if q { 8 } else { 30 }),
             if q { 3 } else { 20 },
+            // The smoke run keeps the socket churn low: attacker and daemon share this
+            // host's ephemeral ports, which a long run of evicted sockets can exhaust.
+            if q { 0 } else { 100 },
         )
         .await?;
         let grew = f.peak_rss.saturating_sub(f.idle_rss) as f64 / 1048576.0;
@@ -816,7 +819,7 @@ pub struct Flood {
 /// Figure 10: outsiders flood a `mesh up` daemon at its connection cap (64 throw-away
 /// identities at a time from 8 loopback addresses, every protocol written into, plus idle
 /// sockets) for `dur`; meanwhile fresh nodes join through it, one after another.
-pub async fn flood(lab: &mut Lab, dur: Duration, joins: usize) -> anyhow::Result<Flood> {
+pub async fn flood(lab: &mut Lab, dur: Duration, joins: usize, idle_sockets: usize) -> anyhow::Result<Flood> {
     let target = lab.node("target")?;
     let c = target.client().await?;
     let mut n = 0;
@@ -832,7 +835,7 @@ pub async fn flood(lab: &mut Lab, dur: Duration, joins: usize) -> anyhow::Result
         target: addr,
         identities: 64,
         sources: 8,
-        idle_sockets: 100,
+        idle_sockets,
         duration: dur,
         member: None,
     }));
