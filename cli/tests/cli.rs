@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Home, runtime};
-use mesh_node::api::{Event, Request, Response};
+use mesh_node::api::{Event, HistoryQuery, Request, Response, SendRequest};
 
 #[test]
 fn detach_status_down_and_second_daemon_refused() {
@@ -188,7 +188,7 @@ fn two_daemons_talk_through_the_cli() {
         let c = common::client(&hb.path()).await;
         let mut ev = c.watch(vec![user.clone()]).await.unwrap();
         let have = match c
-            .call(Request::History {
+            .call(Request::History(HistoryQuery {
                 agent: None,
                 target: Some("#ops".into()),
                 grep: None,
@@ -197,7 +197,7 @@ fn two_daemons_talk_through_the_cli() {
                 after: None,
                 forward: false,
                 max_bytes: None,
-            })
+            }))
             .await
             .unwrap()
         {
@@ -322,13 +322,13 @@ fn send_many(home: &std::path::Path, from: &str, to: &str, range: std::ops::Rang
         let mut ids = Vec::new();
         for i in range {
             match c
-                .call(Request::Send {
+                .call(Request::Send(SendRequest {
                     from: from.into(),
                     to: to.into(),
                     text: format!("m{i}"),
                     reply_to: None,
                     id: None,
-                })
+                }))
                 .await
                 .unwrap()
             {
@@ -735,7 +735,7 @@ fn flaky_daemon(home: &std::path::Path, drop_first: usize, conns: usize) -> std:
             write_frame(&mut s, postcard::to_allocvec(&welcome).unwrap());
             let Some(req) = read_frame(&mut s) else { continue };
             let frame: ClientFrame = postcard::from_bytes(&req).unwrap();
-            let mesh_node::api::Request::Send { id: Some(id), .. } = frame.request else {
+            let mesh_node::api::Request::Send(mesh_node::api::SendRequest { id: Some(id), .. }) = frame.request else {
                 panic!("expected a send with an id: {:?}", frame.request)
             };
             ids.push(id.to_string());
@@ -1070,13 +1070,13 @@ fn history_and_inbox_larger_than_one_api_frame_come_out_whole() {
         let mut ids = Vec::new();
         for t in &texts {
             match c
-                .call(Request::Send {
+                .call(Request::Send(SendRequest {
                     from: "a".into(),
                     to: user.into(),
                     text: t.clone(),
                     reply_to: None,
                     id: None,
-                })
+                }))
                 .await
                 .unwrap()
             {

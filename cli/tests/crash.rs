@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, FAST_CONFIG, Home, Resilient, long_tests, runtime, start_daemon, test_seed, wait_until};
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Request, Response};
+use mesh_node::api::{AgentSpec, PublishRequest, Request, Response, SendRequest};
 use mesh_node::ids::MessageId;
 use rand::{Rng, SeedableRng};
 
@@ -102,13 +102,13 @@ async fn send_stream(
         let id = MessageId::new();
         let r = c
             .call(
-                Request::Send {
+                Request::Send(SendRequest {
                     from: from.into(),
                     to: to.into(),
                     text: format!("{from} #{i}"),
                     reply_to: None,
                     id: Some(id),
-                },
+                }),
                 deadline,
             )
             .await;
@@ -140,13 +140,13 @@ async fn publish_stream(
         let id = MessageId::new();
         match c
             .call(
-                Request::Publish {
+                Request::Publish(PublishRequest {
                     agent: agent.into(),
                     topic: topic.into(),
                     text: format!("{topic} #{i}"),
                     reply_to: None,
                     id: Some(id),
-                },
+                }),
                 deadline,
             )
             .await

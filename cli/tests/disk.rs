@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::{CMD_TIMEOUT, runtime, start_daemon};
 use mesh_node::api::client::{Client, ClientError};
-use mesh_node::api::{ErrorCode, Request, Response};
+use mesh_node::api::{ErrorCode, Request, Response, SendRequest};
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -61,12 +61,14 @@ fn full_disk_gives_clear_errors_keeps_data_and_recovers() {
     let kept = rt.block_on(async {
         let c = common::client(&home).await;
         let big = "y".repeat(150_000);
-        let send = |text: String| Request::Send {
-            from: "a".into(),
-            to: common::TEST_USER.into(),
-            text,
-            reply_to: None,
-            id: None,
+        let send = |text: String| {
+            Request::Send(SendRequest {
+                from: "a".into(),
+                to: common::TEST_USER.into(),
+                text,
+                reply_to: None,
+                id: None,
+            })
         };
         let mut stored = 0;
         let mut full = None;
@@ -205,13 +207,13 @@ impl Drop for Ext4 {
 }
 
 fn send_req(text: &str) -> Request {
-    Request::Send {
+    Request::Send(SendRequest {
         from: "a".into(),
         to: common::TEST_USER.into(),
         text: text.into(),
         reply_to: None,
         id: Some(mesh_node::ids::MessageId::new()),
-    }
+    })
 }
 
 async fn all_mail(c: &Client) -> Vec<(String, String)> {

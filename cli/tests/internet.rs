@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
 use mesh_node::api::{ConnectionView, NatView, PathView};
-use mesh_node::api::{Request, Response, SendStatus, StatusView};
+use mesh_node::api::{Request, Response, SendRequest, SendStatus, StatusView};
 use netns::{Host, Lab, Nat};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -168,13 +168,13 @@ async fn connections(c: &Client, peer: mesh_node::PeerId) -> Vec<ConnectionView>
 async fn send(home: &Home, to: &str, text: &str) -> mesh_node::api::SendReceipt {
     match client(home)
         .await
-        .call(Request::Send {
+        .call(Request::Send(SendRequest {
             from: "alice".into(),
             to: to.into(),
             text: text.into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await
         .unwrap()
     {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
-use mesh_node::api::{Event, Request, SendStatus};
+use mesh_node::api::{Event, InboxQuery, PublishRequest, Request, SendRequest, SendStatus};
 use netns::{Host, Lab};
 
 const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
@@ -83,13 +83,13 @@ fn lan_nodes_discover_each_other_and_talk() {
         let c3 = client(&homes[2]).await;
         let mut ev3 = c3.watch(vec!["tester".into()]).await.unwrap();
         let r = get!(
-            c1.call(Request::Send {
+            c1.call(Request::Send(SendRequest {
                 from: "tester".into(),
                 to: "tester@h3".into(),
                 text: "over the LAN".into(),
                 reply_to: None,
                 id: None,
-            }),
+            })),
             Sent
         );
         assert_eq!(r.status, SendStatus::Delivered);
@@ -117,13 +117,13 @@ fn lan_nodes_discover_each_other_and_talk() {
             .unwrap();
         }
         let p = get!(
-            c2.call(Request::Publish {
+            c2.call(Request::Publish(PublishRequest {
                 agent: "tester".into(),
                 topic: "lan".into(),
                 text: "hello LAN".into(),
                 reply_to: None,
                 id: None,
-            }),
+            })),
             Published
         );
         for ev in [&mut ev1, &mut ev3] {
@@ -232,12 +232,14 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
             .await
             .unwrap();
         }
-        let publish = |text: &str| Request::Publish {
-            agent: "tester".into(),
-            topic: "lan".into(),
-            text: text.into(),
-            reply_to: None,
-            id: None,
+        let publish = |text: &str| {
+            Request::Publish(PublishRequest {
+                agent: "tester".into(),
+                topic: "lan".into(),
+                text: text.into(),
+                reply_to: None,
+                id: None,
+            })
         };
         get!(cx.call(publish("outsider says hi")), Published);
         let mine = get!(c1.call(publish("members only")), Published);
@@ -247,13 +249,13 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
         .await;
         // The outsider cannot address a member at all...
         let err = cx
-            .call(Request::Send {
+            .call(Request::Send(SendRequest {
                 from: "tester".into(),
                 to: format!("tester@{}", ids[0]),
                 text: "let me in".into(),
                 reply_to: None,
                 id: None,
-            })
+            }))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("unknown node"), "{err}");
@@ -268,7 +270,7 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
             let agents = get!(c.call(Request::Agents), Agents);
             assert!(agents.iter().all(|a| a.node != dx.info.peer_id), "{agents:?}");
             let inbox = get!(
-                c.call(Request::Inbox {
+                c.call(Request::Inbox(InboxQuery {
                     agent: "tester".into(),
                     all: true,
                     limit: 100,
@@ -276,7 +278,7 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
                     skip_notified: false,
                     after: None,
                     max_bytes: None,
-                }),
+                })),
                 Inbox
             )
             .messages;
@@ -298,13 +300,13 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
         assert!(out.stdout.contains("joined mesh"), "{}", out.stdout);
         wait_sees(&x, &["m1", "m2"]).await;
         let r = get!(
-            cx.call(Request::Send {
+            cx.call(Request::Send(SendRequest {
                 from: "tester".into(),
                 to: "tester@m2".into(),
                 text: "a member now".into(),
                 reply_to: None,
                 id: None,
-            }),
+            })),
             Sent
         );
         assert_eq!(r.status, SendStatus::Delivered);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, FAST_CONFIG, Home, long_tests, metric, runtime, scrape, start_daemon, test_seed};
-use mesh_node::api::{AgentSpec, Request, Response};
+use mesh_node::api::{AgentSpec, PublishRequest, Request, Response, SendRequest};
 use mesh_node::ids::MessageId;
 use rand::{Rng, SeedableRng};
 
@@ -177,13 +177,13 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
                         let to = agent(m, j);
                         let id = MessageId::new();
                         let r = c
-                            .call(Request::Send {
+                            .call(Request::Send(SendRequest {
                                 from: me.clone(),
                                 to: format!("{to}@{}", NODES[m]),
                                 text: format!("{me} → {to} #{k}"),
                                 reply_to: None,
                                 id: Some(id),
-                            })
+                            }))
                             .await;
                         assert!(matches!(r, Ok(Response::Sent(_))), "{r:?}");
                         out.entry((me.clone(), to)).or_default().push(id);
@@ -197,13 +197,13 @@ fn thirty_agents_on_three_nodes_under_load_lose_nothing_and_stay_bounded() {
                 let c = common::client(&p).await;
                 for k in 0..n_topic_per_node {
                     let r = c
-                        .call(Request::Publish {
+                        .call(Request::Publish(PublishRequest {
                             agent: "announcer".into(),
                             topic: "load".into(),
                             text: format!("{} says {k}", NODES[n]),
                             reply_to: None,
                             id: Some(MessageId::new()),
-                        })
+                        }))
                         .await;
                     assert!(matches!(r, Ok(Response::Published(_))), "{r:?}");
                 }

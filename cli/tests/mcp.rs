@@ -595,13 +595,13 @@ fn an_inbox_of_large_messages_is_shown_a_page_at_a_time_and_nothing_is_lost() {
         let mut ids = Vec::new();
         for t in &texts {
             match c
-                .call(mesh_node::api::Request::Send {
+                .call(mesh_node::api::Request::Send(mesh_node::api::SendRequest {
                     from: common::TEST_USER.into(),
                     to: agent.clone(),
                     text: t.clone(),
                     reply_to: None,
                     id: None,
-                })
+                }))
                 .await
                 .unwrap()
             {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Request, Response};
+use mesh_node::api::{AgentSpec, PublishRequest, Request, Response, SendRequest};
 use mesh_node::ids::MessageId;
 use netns::{Host, Lab, sh};
 
@@ -99,13 +99,13 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
 async fn send(c: &Client, from: &str, to: &str, text: &str) -> MessageId {
     let id = MessageId::new();
     let r = get!(
-        bounded(c.call(Request::Send {
+        bounded(c.call(Request::Send(SendRequest {
             from: from.into(),
             to: to.into(),
             text: text.into(),
             reply_to: None,
             id: Some(id),
-        })),
+        }))),
         Sent
     );
     assert_eq!(r.id, id);
@@ -114,13 +114,13 @@ async fn send(c: &Client, from: &str, to: &str, text: &str) -> MessageId {
 
 async fn publish(c: &Client, agent: &str, topic: &str, text: &str) -> (MessageId, u32) {
     let p = get!(
-        bounded(c.call(Request::Publish {
+        bounded(c.call(Request::Publish(PublishRequest {
             agent: agent.into(),
             topic: topic.into(),
             text: text.into(),
             reply_to: None,
             id: None,
-        })),
+        }))),
         Published
     );
     (p.id, p.peers_reached)

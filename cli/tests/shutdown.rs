@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{CMD_TIMEOUT, Daemon, FAST_CONFIG, Home, Resilient, metric, runtime, scrape, start_daemon};
-use mesh_node::api::{AgentSpec, Event, Request, Response};
+use mesh_node::api::{AgentSpec, Event, Request, Response, SendRequest};
 use mesh_node::ids::MessageId;
 use wait_timeout::ChildExt;
 
@@ -45,13 +45,13 @@ async fn send_all(home: PathBuf, n: usize) -> Vec<MessageId> {
         let id = MessageId::new();
         let r = c
             .call(
-                Request::Send {
+                Request::Send(SendRequest {
                     from: "alice".into(),
                     to: "bob@beta".into(),
                     text: format!("m{i}"),
                     reply_to: None,
                     id: Some(id),
-                },
+                }),
                 deadline,
             )
             .await;

@@ -5,15 +5,14 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use mesh_node::api::client::{Client, ClientError};
-use mesh_node::api::{AgentSpec, AgentView, Event, Request, Response};
+use mesh_node::api::{AgentSpec, AgentView, Event, LocalApi, PublishRequest, Request, Response, SendRequest};
 use mesh_node::home::Home;
 use tokio::sync::{Mutex, mpsc};
 
-/// What the MCP server needs from the mesh. Tests implement it with a fake.
-pub trait Backend: Send + Sync + 'static {
-    /// One local API request.
-    fn call(&self, request: Request) -> impl Future<Output = Result<Response, ClientError>> + Send;
-
+/// What the MCP server needs from the mesh: the local API's typed calls ([`LocalApi`],
+/// whose `call` sends one request), and a session's attachment. Tests implement it with a
+/// fake.
+pub trait Backend: LocalApi + Send + Sync + 'static {
     /// Claims the session's agent (see `Request::Claim`) on a connection that keeps it
     /// online, and returns the agent and its event stream. The stream ends when the
     /// connection does; the caller attaches again (with `exact`) to resume.
@@ -69,7 +68,7 @@ impl DaemonBackend {
     }
 }
 
-impl Backend for DaemonBackend {
+impl LocalApi for DaemonBackend {
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         // A daemon that went away (restarted, crashed) is reconnected to, or started again,
         // and the request is sent again when that cannot do it twice (sends and publishes
@@ -81,7 +80,7 @@ impl Backend for DaemonBackend {
         }
         let answer = match first {
             Err(e) if e.may_repeat(&request) => self.client().await?.call(request.clone()).await,
-            Err(ClientError::Closed) => Err(ClientError::Unavailable(
+            Err(ClientError::Closed) => Err(ClientError::OutcomeUnknown(
                 "the connection to the agentmesh daemon broke before it answered; this may or may not have been done: check history before trying again"
                     .into(),
             )),
@@ -91,24 +90,23 @@ impl Backend for DaemonBackend {
             // Gone again: the agent must not send a second copy under a new id unknowingly.
             (
                 Err(ClientError::NotSent | ClientError::Closed),
-                Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. },
-            ) => Err(ClientError::Unavailable(format!(
+                Request::Send(SendRequest { id: Some(id), .. }) | Request::Publish(PublishRequest { id: Some(id), .. }),
+            ) => Err(ClientError::OutcomeUnknown(format!(
                 "the agentmesh daemon went away twice before answering; message {id} may or may not have been sent: check the history tool for it before sending it again"
             ))),
             (answer, _) => answer,
         }
     }
+}
 
+impl Backend for DaemonBackend {
     async fn attach(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, mpsc::Receiver<Event>), ClientError> {
         let client = self.client().await?;
-        let claimed = client.call(Request::Claim { agent: spec, exact }).await;
+        let claimed = client.claim(spec, exact).await;
         if claimed.as_ref().is_err_and(ClientError::connection_lost) {
             self.forget(&client).await;
         }
-        let view = match claimed? {
-            Response::Agent(v) => v,
-            other => return Err(ClientError::Protocol(format!("unexpected answer to Claim: {other:?}"))),
-        };
+        let view = claimed?;
         // A connection hands out its event stream once; the stream only ends with the
         // connection, and a closed connection is replaced by `client()`.
         let events = client.watch(vec![view.name.clone()]).await?;

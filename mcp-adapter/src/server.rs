@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{AgentSpec, AgentView, Event, InboxPage, MessageView, Reception, Request, Response};
+use mesh_node::api::{
+    AgentSpec, AgentView, Event, HistoryQuery, InboxPage, InboxQuery, MessageView, PublishRequest, Reception,
+    SendRequest,
+};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
@@ -384,8 +387,9 @@ impl<B: Backend> MeshServer<B> {
         }
     }
 
-    async fn call(&self, request: Request) -> Result<Response, String> {
-        self.inner.backend.call(request).await.map_err(client_error)
+    /// The mesh, one typed call per request (errors worded for the model by `client_error`).
+    fn mesh(&self) -> &B {
+        &self.inner.backend
     }
 
     /// Wraps a tool body: waits for the session, runs it, appends the unread notice.
@@ -401,9 +405,9 @@ impl<B: Backend> MeshServer<B> {
         };
         let agent = me.agent.clone();
         let outcome = body(me).await;
-        let notice = match self.call(Request::Counts { agent }).await {
-            Ok(Response::Counts { new, notified }) => render::notice(new, notified),
-            _ => None,
+        let notice = match self.mesh().counts(&agent).await {
+            Ok(unread) => render::notice(unread.new, unread.notified),
+            Err(_) => None,
         };
         let with_notice = |s: String| match &notice {
             Some(n) => format!("{s}\n\n{n}"),
@@ -455,13 +459,7 @@ async fn push_message<B: Backend>(inner: &Arc<Inner<B>>, peer: &Peer<RoleServer>
         if !confirmed {
             return;
         }
-        let _ = inner
-            .backend
-            .call(Request::MarkNotified {
-                agent: m.agent.clone(),
-                ids: vec![m.id],
-            })
-            .await;
+        let _ = inner.backend.mark_notified(&m.agent, vec![m.id]).await;
         inner.marking.send_modify(|n| *n = n.saturating_sub(1));
     };
     let params = serde_json::json!({
@@ -484,22 +482,19 @@ impl<B: Backend> MeshServer<B> {
     )]
     async fn whoami(&self) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            let status = match self.call(Request::Status).await? {
-                Response::Status(s) => s,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
+            let status = self.mesh().status().await.map_err(client_error)?;
             let mut s = format!(
                 "You are {} (agent {} on node {}, PeerId {}).\n",
                 me.address, me.agent, status.node.name, status.node.peer_id
             );
             // As the daemon measures it (pushes registered, a hook or plugin waiting).
-            let reception = match self.call(Request::Agents).await? {
-                Response::Agents(all) => all
-                    .into_iter()
-                    .find(|a| a.local && a.name == me.agent)
-                    .map(|a| a.reception),
-                _ => None,
-            };
+            let reception = self
+                .mesh()
+                .agents()
+                .await
+                .ok()
+                .and_then(|all| all.into_iter().find(|a| a.local && a.name == me.agent))
+                .map(|a| a.reception);
             s.push_str(match reception {
                 Some(Reception::Push) => {
                     "New messages are pushed into this conversation as <channel> events, and kept in your inbox.\n"
@@ -542,10 +537,7 @@ impl<B: Backend> MeshServer<B> {
     )]
     async fn list_agents(&self, Parameters(args): Parameters<ListAgentsArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            let all = match self.call(Request::Agents).await? {
-                Response::Agents(a) => a,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
+            let all = self.mesh().agents().await.map_err(client_error)?;
             let cwd = self.inner.config.cwd.display().to_string();
             let repo = self.inner.git.root.as_ref().map(|r| r.display().to_string());
             if args.scope == Scope::Repo && repo.is_none() {
@@ -580,31 +572,24 @@ impl<B: Backend> MeshServer<B> {
     async fn send(&self, Parameters(args): Parameters<SendArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
             let reply_to = parse_id(&args.reply_to)?;
-            let r = match self
-                .call(Request::Send {
+            let r = self
+                .mesh()
+                .send(SendRequest {
                     from: me.agent.clone(),
                     to: args.to,
                     text: args.text,
                     reply_to,
                     id: Some(mesh_node::ids::MessageId::new()),
                 })
-                .await?
-            {
-                Response::Sent(r) => r,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
+                .await
+                .map_err(client_error)?;
             let line = render::send_receipt(&r);
             if let (Some(answered), false) = (
                 reply_to,
                 matches!(r.status, mesh_node::api::SendStatus::Rejected { .. }),
             ) {
                 // Answering a message shows the agent saw it (e.g. as a pushed channel event).
-                let _ = self
-                    .call(Request::MarkRead {
-                        agent: me.agent.clone(),
-                        ids: vec![answered],
-                    })
-                    .await;
+                let _ = self.mesh().mark_read(&me.agent, vec![answered]).await;
             }
             match r.status {
                 mesh_node::api::SendStatus::Rejected { .. } => Err(line),
@@ -622,21 +607,18 @@ impl<B: Backend> MeshServer<B> {
         self.run(|me| async move {
             // The daemon marks read exactly the messages of the page it returns, and the
             // result shows every one of them.
-            let page = match self
-                .call(Request::Inbox {
+            let page = self
+                .mesh()
+                .inbox(InboxQuery {
                     agent: me.agent,
-                    all: false,
                     limit: args.limit.unwrap_or(20).clamp(1, 500),
                     mark_read: true,
                     skip_notified: !args.include_pushed,
-                    after: None,
                     max_bytes: Some(RESULT_BYTES_MAX),
+                    ..InboxQuery::default()
                 })
-                .await?
-            {
-                Response::Inbox(page) => page,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
+                .await
+                .map_err(client_error)?;
             Ok(render::messages(&page.messages, page.remaining))
         })
         .await
@@ -697,22 +679,19 @@ impl<B: Backend> MeshServer<B> {
                 (None, Some(t)) => (None, Some(format!("#{}", t.trim_start_matches('#')))),
                 (None, None) => (Some(me.agent), None),
             };
-            let page = match self
-                .call(Request::History {
+            let page = self
+                .mesh()
+                .history(HistoryQuery {
                     agent,
                     target,
                     grep: args.grep,
                     limit: args.limit.unwrap_or(30).clamp(1, 500),
                     before: args.before,
-                    after: None,
-                    forward: false,
                     max_bytes: Some(RESULT_BYTES_MAX),
+                    ..HistoryQuery::default()
                 })
-                .await?
-            {
-                Response::History(page) => page,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
+                .await
+                .map_err(client_error)?;
             Ok(render::history(&page.entries, page.older.as_deref()))
         })
         .await
@@ -726,11 +705,10 @@ impl<B: Backend> MeshServer<B> {
         self.run(|me| async move {
             let summary = Some(args.text.trim().to_string()).filter(|s| !s.is_empty());
             let cleared = summary.is_none();
-            self.call(Request::SetSummary {
-                agent: me.agent,
-                summary,
-            })
-            .await?;
+            self.mesh()
+                .set_summary(&me.agent, summary)
+                .await
+                .map_err(client_error)?;
             Ok(if cleared {
                 "Summary cleared.".into()
             } else {
@@ -746,19 +724,16 @@ impl<B: Backend> MeshServer<B> {
     )]
     async fn subscribe(&self, Parameters(args): Parameters<TopicArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            match self
-                .call(Request::Subscribe {
-                    agent: me.agent,
-                    topic: args.topic,
-                })
-                .await?
-            {
-                Response::Subscription { topic, changed: true } => Ok(format!("Subscribed to #{topic}.")),
-                Response::Subscription { topic, changed: false } => {
-                    Ok(format!("You were already subscribed to #{topic}."))
-                }
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+            let s = self
+                .mesh()
+                .subscribe(&me.agent, &args.topic)
+                .await
+                .map_err(client_error)?;
+            Ok(if s.changed {
+                format!("Subscribed to #{}.", s.topic)
+            } else {
+                format!("You were already subscribed to #{}.", s.topic)
+            })
         })
         .await
     }
@@ -767,17 +742,16 @@ impl<B: Backend> MeshServer<B> {
     #[tool(description = "Unsubscribe from a topic: its messages stop reaching your inbox.")]
     async fn unsubscribe(&self, Parameters(args): Parameters<TopicArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            match self
-                .call(Request::Unsubscribe {
-                    agent: me.agent,
-                    topic: args.topic,
-                })
-                .await?
-            {
-                Response::Subscription { topic, changed: true } => Ok(format!("Unsubscribed from #{topic}.")),
-                Response::Subscription { topic, changed: false } => Ok(format!("You were not subscribed to #{topic}.")),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+            let s = self
+                .mesh()
+                .unsubscribe(&me.agent, &args.topic)
+                .await
+                .map_err(client_error)?;
+            Ok(if s.changed {
+                format!("Unsubscribed from #{}.", s.topic)
+            } else {
+                format!("You were not subscribed to #{}.", s.topic)
+            })
         })
         .await
     }
@@ -788,10 +762,8 @@ impl<B: Backend> MeshServer<B> {
     )]
     async fn topics(&self) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
-            match self.call(Request::Topics).await? {
-                Response::Topics(t) => Ok(render::topics(&t, &me.agent)),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+            let topics = self.mesh().topics().await.map_err(client_error)?;
+            Ok(render::topics(&topics, &me.agent))
         })
         .await
     }
@@ -803,19 +775,18 @@ impl<B: Backend> MeshServer<B> {
     async fn publish(&self, Parameters(args): Parameters<PublishArgs>) -> Result<CallToolResult, McpError> {
         self.run(|me| async move {
             let reply_to = parse_id(&args.reply_to)?;
-            match self
-                .call(Request::Publish {
+            let receipt = self
+                .mesh()
+                .publish(PublishRequest {
                     agent: me.agent,
                     topic: args.topic,
                     text: args.text,
                     reply_to,
                     id: Some(mesh_node::ids::MessageId::new()),
                 })
-                .await?
-            {
-                Response::Published(p) => Ok(render::publish_receipt(&p)),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+                .await
+                .map_err(client_error)?;
+            Ok(render::publish_receipt(&receipt))
         })
         .await
     }
@@ -825,13 +796,8 @@ impl<B: Backend> MeshServer<B> {
         description = "List the machines (nodes) of the mesh this machine knows: name, PeerId, connected or not, round-trip time, number of agents."
     )]
     async fn peers(&self) -> Result<CallToolResult, McpError> {
-        self.run(|_| async move {
-            match self.call(Request::Peers).await? {
-                Response::Peers(p) => Ok(render::peers(&p)),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
-        })
-        .await
+        self.run(|_| async move { Ok(render::peers(&self.mesh().peers().await.map_err(client_error)?)) })
+            .await
     }
 
     /// Connect to another node.
@@ -840,12 +806,10 @@ impl<B: Backend> MeshServer<B> {
     )]
     async fn dial(&self, Parameters(args): Parameters<DialArgs>) -> Result<CallToolResult, McpError> {
         self.run(|_| async move {
-            match self.call(Request::Dial { addr: args.multiaddr }).await? {
-                Response::Dialed { peer } => Ok(format!(
-                    "Connected to node {peer}; its agents now appear in list_agents."
-                )),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+            let peer = self.mesh().dial(&args.multiaddr).await.map_err(client_error)?;
+            Ok(format!(
+                "Connected to node {peer}; its agents now appear in list_agents."
+            ))
         })
         .await
     }
@@ -853,21 +817,15 @@ impl<B: Backend> MeshServer<B> {
 
 impl<B: Backend> MeshServer<B> {
     async fn peek(&self, agent: &str, skip_notified: bool) -> Result<InboxPage, String> {
-        match self
-            .call(Request::Inbox {
+        self.mesh()
+            .inbox(InboxQuery {
                 agent: agent.to_string(),
-                all: false,
                 limit: 50,
-                mark_read: false,
                 skip_notified,
-                after: None,
-                max_bytes: None,
+                ..InboxQuery::default()
             })
-            .await?
-        {
-            Response::Inbox(page) => Ok(page),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+            .await
+            .map_err(client_error)
     }
 
     async fn peek_new(&self, agent: &str) -> Result<InboxPage, String> {

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use mesh_node::api::client::{Client, ClientError};
-use mesh_node::api::{AgentView, Event, MessageView, Request, Response};
+use mesh_node::api::{AgentView, Event, InboxQuery, LocalApi, MessageView};
 use mesh_node::home::Home;
 use mesh_node::ids::MessageId;
 use serde::Deserialize;
@@ -198,24 +198,6 @@ pub fn launched_with_channels(pid: u32) -> bool {
     false
 }
 
-/// Errors of the wake paths.
-#[derive(Debug, thiserror::Error)]
-pub enum WakeError {
-    /// The daemon could not be reached or answered with an error.
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    /// The daemon answered something else than the request calls for.
-    #[error("unexpected answer from the daemon: {0}")]
-    Unexpected(String),
-}
-
-async fn agents(client: &Client) -> Result<Vec<AgentView>, WakeError> {
-    match client.call(Request::Agents).await? {
-        Response::Agents(a) => Ok(a),
-        other => Err(WakeError::Unexpected(format!("{other:?}"))),
-    }
-}
-
 /// Finds the session's agent: the one of kind `kind` whose client is the client process
 /// among `ancestry` (see [`client_process`]), looking for up to `wait` while the session is
 /// still attaching. `None` when this hook runs under no such client, or it has no agent.
@@ -225,14 +207,14 @@ pub async fn find_agent(
     ancestry: &[u32],
     cwd: Option<&str>,
     wait: Duration,
-) -> Result<Option<AgentView>, WakeError> {
+) -> Result<Option<AgentView>, ClientError> {
     let Some(owner) = client_process(kind, ancestry) else {
         return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + wait;
     let mut step = Duration::from_millis(50);
     loop {
-        if let Some(a) = pick_agent(&agents(client).await?, owner, kind, cwd) {
+        if let Some(a) = pick_agent(&client.agents().await?, owner, kind, cwd) {
             return Ok(Some(a));
         }
         if tokio::time::Instant::now() + step > deadline {
@@ -245,22 +227,17 @@ pub async fn find_agent(
 
 /// Unread mail of `agent` not yet shown to its model (pushed messages were), oldest first;
 /// with `mark`, marked read in the same request.
-pub async fn unread(client: &Client, agent: &str, mark: bool) -> Result<Vec<MessageView>, WakeError> {
-    match client
-        .call(Request::Inbox {
+pub async fn unread(client: &Client, agent: &str, mark: bool) -> Result<Vec<MessageView>, ClientError> {
+    let page = client
+        .inbox(InboxQuery {
             agent: agent.to_string(),
-            all: false,
             limit: HOOK_BATCH,
             mark_read: mark,
             skip_notified: true,
-            after: None,
-            max_bytes: None,
+            ..InboxQuery::default()
         })
-        .await?
-    {
-        Response::Inbox(page) => Ok(page.messages),
-        other => Err(WakeError::Unexpected(format!("{other:?}"))),
-    }
+        .await?;
+    Ok(page.messages)
 }
 
 /// What a hook shows the model of a batch, and what that made of each message.
@@ -309,46 +286,32 @@ pub fn render_batch(agent: &AgentView, list: &[MessageView]) -> Batch {
 }
 
 /// Records what a batch showed: `read` for the whole messages, `notified` for cut ones.
-pub async fn mark_shown(client: &Client, agent: &str, batch: Batch) -> Result<(), WakeError> {
-    let agent = agent.to_string();
-    let mut requests = Vec::new();
+pub async fn mark_shown(client: &Client, agent: &str, batch: Batch) -> Result<(), ClientError> {
     if !batch.whole.is_empty() {
-        requests.push(Request::MarkRead {
-            agent: agent.clone(),
-            ids: batch.whole,
-        });
+        client.mark_read(agent, batch.whole).await?;
     }
     if !batch.cut.is_empty() {
-        requests.push(Request::MarkNotified { agent, ids: batch.cut });
-    }
-    for request in requests {
-        match client.call(request).await? {
-            Response::Marked { .. } => {}
-            other => return Err(WakeError::Unexpected(format!("{other:?}"))),
-        }
+        client.mark_notified(agent, batch.cut).await?;
     }
     Ok(())
 }
 
 /// Marks `ids` read for `agent`.
-pub async fn mark_read(client: &Client, agent: &str, ids: Vec<MessageId>) -> Result<(), WakeError> {
-    match client
-        .call(Request::MarkRead {
-            agent: agent.to_string(),
-            ids,
-        })
-        .await?
-    {
-        Response::Marked { .. } => Ok(()),
-        other => Err(WakeError::Unexpected(format!("{other:?}"))),
-    }
+pub async fn mark_read(client: &Client, agent: &str, ids: Vec<MessageId>) -> Result<(), ClientError> {
+    client.mark_read(agent, ids).await?;
+    Ok(())
 }
 
 /// Marks read the unread messages of `agent` that a channel push is showing in `prompt`
 /// (see [`channel_message_ids`]). A message counts only when its own text is there too, so
 /// a peer that writes a fake `<channel ... message_id=...>` into its text cannot get
 /// another sender's message marked read unseen.
-pub async fn mark_pushed_in_prompt(client: &Client, agent: &str, prompt: &str, server: &str) -> Result<(), WakeError> {
+pub async fn mark_pushed_in_prompt(
+    client: &Client,
+    agent: &str,
+    prompt: &str,
+    server: &str,
+) -> Result<(), ClientError> {
     let ids = channel_message_ids(prompt, server);
     if ids.is_empty() {
         return Ok(());
@@ -367,7 +330,7 @@ pub async fn mark_pushed_in_prompt(client: &Client, agent: &str, prompt: &str, s
 
 /// Shows unread mail once: renders a batch, records it shown, and returns its text
 /// (`None`: nothing new).
-pub async fn take_mail(client: &Client, agent: &AgentView) -> Result<Option<String>, WakeError> {
+pub async fn take_mail(client: &Client, agent: &AgentView) -> Result<Option<String>, ClientError> {
     let peek = unread(client, &agent.name, false).await?;
     if peek.is_empty() {
         return Ok(None);
@@ -378,7 +341,7 @@ pub async fn take_mail(client: &Client, agent: &AgentView) -> Result<Option<Stri
     Ok(Some(text))
 }
 
-/// A waker: holds the agent as woken ([`Request::Waker`]) and waits for its mail.
+/// A waker: holds the agent as woken ([`Request::Waker`](mesh_node::api::Request::Waker)) and waits for its mail.
 pub struct Waker {
     client: Client,
     events: mpsc::Receiver<Event>,
@@ -402,20 +365,12 @@ pub enum Quiet {
 impl Waker {
     /// Registers as the waker of `agent` on a connection of its own (older wakers of the
     /// agent stand down).
-    pub async fn hold(home: &Home, agent: AgentView) -> Result<Waker, WakeError> {
+    pub async fn hold(home: &Home, agent: AgentView) -> Result<Waker, ClientError> {
         let client = Client::connect(home, concat!("mesh-hook/", env!("CARGO_PKG_VERSION"))).await?;
         // Watch before taking over and before the first look, so that nothing arriving in
         // between is missed.
         let events = client.watch(vec![agent.name.clone()]).await?;
-        let generation = match client
-            .call(Request::Waker {
-                agent: agent.name.clone(),
-            })
-            .await?
-        {
-            Response::Waker { generation } => generation,
-            other => return Err(WakeError::Unexpected(format!("{other:?}"))),
-        };
+        let generation = client.waker(&agent.name).await?;
         Ok(Waker {
             client,
             events,
@@ -436,7 +391,7 @@ impl Waker {
 
     /// Waits until there is unread mail not yet shown (returned unmarked, oldest first), the
     /// client dies, the daemon goes away, or `limit` passes.
-    pub async fn next(&mut self, limit: Duration) -> Result<Result<Vec<MessageView>, Quiet>, WakeError> {
+    pub async fn next(&mut self, limit: Duration) -> Result<Result<Vec<MessageView>, Quiet>, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         let client_pid = self.agent.pid;
         loop {
@@ -444,7 +399,7 @@ impl Waker {
             match waiting {
                 Ok(list) if !list.is_empty() => return Ok(Ok(list)),
                 Ok(_) => {}
-                Err(WakeError::Client(ClientError::Closed | ClientError::NotSent)) => {
+                Err(ClientError::Closed | ClientError::NotSent) => {
                     return Ok(Err(Quiet::DaemonGone));
                 }
                 Err(e) => return Err(e),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mesh_mcp::backend::Backend;
 use mesh_mcp::server::{MeshServer, SessionConfig};
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{AgentSpec, AgentView, Event, MessageView, Reception, Request, Response};
+use mesh_node::api::{AgentSpec, AgentView, Event, LocalApi, MessageView, Reception, Request, Response};
 use mesh_node::ids::MessageId;
 use rmcp::ServiceExt;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ struct Script {
 #[derive(Clone, Default)]
 struct Fake(Arc<Mutex<Script>>, Arc<tokio::sync::Notify>);
 
-impl Backend for Fake {
+impl LocalApi for Fake {
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let mut s = self.0.lock().unwrap();
         s.log.push(format!("{request:?}"));
@@ -51,7 +51,9 @@ impl Backend for Fake {
             other => panic!("unexpected request {other:?}"),
         })
     }
+}
 
+impl Backend for Fake {
     async fn attach(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, mpsc::Receiver<Event>), ClientError> {
         let (tx, rx) = mpsc::channel(16);
         let mut s = self.0.lock().unwrap();

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{
-    API_VERSION, ApiError, ClientFrame, ClientHello, ErrorCode, Event, HELLO_FRAME_LIMIT, MAGIC, Request, Response,
-    ServerFrame, ServerHello,
+    API_VERSION, ApiError, ClientFrame, ClientHello, ErrorCode, Event, HELLO_FRAME_LIMIT, HistoryQuery, InboxQuery,
+    MAGIC, PublishRequest, Request, Response, SendRequest, ServerFrame, ServerHello,
 };
 use crate::node::{Node, SessionGuard};
 
@@ -378,14 +378,14 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             }
         }
         Request::Addrs => Response::Addrs(node.addrs().await?),
-        Request::Send {
+        Request::Send(SendRequest {
             from,
             to,
             text,
             reply_to,
             id,
-        } => Response::Sent(node.send(&from, &to, text, reply_to, id).await?),
-        Request::Inbox {
+        }) => Response::Sent(node.send(&from, &to, text, reply_to, id).await?),
+        Request::Inbox(InboxQuery {
             agent,
             all,
             limit,
@@ -393,7 +393,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             skip_notified,
             after,
             max_bytes,
-        } => {
+        }) => {
             let q = crate::store::InboxQuery {
                 limit: limit.max(1) as usize,
                 all,
@@ -422,14 +422,14 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             Response::Subscription { topic, changed }
         }
         Request::Topics => Response::Topics(node.topics().await?),
-        Request::Publish {
+        Request::Publish(PublishRequest {
             agent,
             topic,
             text,
             reply_to,
             id,
-        } => Response::Published(node.publish(&agent, &topic, text, reply_to, id).await?),
-        Request::History {
+        }) => Response::Published(node.publish(&agent, &topic, text, reply_to, id).await?),
+        Request::History(HistoryQuery {
             agent,
             target,
             grep,
@@ -438,7 +438,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             after,
             forward,
             max_bytes,
-        } => {
+        }) => {
             let cursor = |c: Option<String>| c.as_deref().map(crate::api::page::parse_history_cursor).transpose();
             let filter = crate::store::HistoryFilter {
                 grep,

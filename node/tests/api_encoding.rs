@@ -183,14 +183,14 @@ fn requests() -> Vec<Request> {
         Request::Forget { node: s("desk") },
         Request::Ping { node: s("desk") },
         Request::Addrs,
-        Request::Send {
+        Request::Send(SendRequest {
             from: name(),
             to: s("bob@desk"),
             text: s("hi"),
             reply_to: Some(id(1)),
             id: Some(id(2)),
-        },
-        Request::Inbox {
+        }),
+        Request::Inbox(InboxQuery {
             agent: name(),
             all: true,
             limit: 20,
@@ -198,7 +198,7 @@ fn requests() -> Vec<Request> {
             skip_notified: true,
             after: Some(s("c1")),
             max_bytes: Some(1000),
-        },
+        }),
         Request::MarkRead {
             agent: name(),
             ids: vec![id(1)],
@@ -217,14 +217,14 @@ fn requests() -> Vec<Request> {
             topic: s("builds"),
         },
         Request::Topics,
-        Request::Publish {
+        Request::Publish(PublishRequest {
             agent: name(),
             topic: s("builds"),
             text: s("green"),
             reply_to: Some(id(1)),
             id: Some(id(3)),
-        },
-        Request::History {
+        }),
+        Request::History(HistoryQuery {
             agent: Some(name()),
             target: Some(s("#builds")),
             grep: Some(s("green")),
@@ -233,7 +233,7 @@ fn requests() -> Vec<Request> {
             after: Some(s("a")),
             forward: true,
             max_bytes: Some(1000),
-        },
+        }),
         Request::Outbox {
             agent: Some(name()),
             delivered: true,

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, Swarm, gossipsub, identify, noise, tcp, yamux};
-use mesh_node::api::{Request, Response};
+use mesh_node::api::{HistoryQuery, PublishRequest, Request, Response};
 use mesh_node::ids::{AgentName, MessageId, TopicName, now_ms};
 use mesh_node::mesh::{Refusal, Verdict, Voucher};
 use mesh_node::wire::{self, AdmitRequest, AdmitResponse, PostcardCodec, TopicEnvelope};
@@ -216,12 +216,14 @@ async fn gossip_republished_under_another_name_is_refused() {
     .await;
 
     // alpha publishes; the attacker receives the sealed payload.
-    let publish = |text: &str| Request::Publish {
-        agent: "user".into(),
-        topic: "news".into(),
-        text: text.into(),
-        reply_to: None,
-        id: None,
+    let publish = |text: &str| {
+        Request::Publish(PublishRequest {
+            agent: "user".into(),
+            topic: "news".into(),
+            text: text.into(),
+            reply_to: None,
+            id: None,
+        })
     };
     get!(a.call(publish("from alpha")), Published);
     let captured = until(&mut evil, "alpha's topic message", |_, ev| match ev {
@@ -254,7 +256,7 @@ async fn gossip_republished_under_another_name_is_refused() {
         // Keep the attacker's swarm running while beta takes it in.
         let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
         let h = get!(
-            b.call(Request::History {
+            b.call(Request::History(HistoryQuery {
                 agent: None,
                 target: Some("#news".into()),
                 grep: None,
@@ -263,7 +265,7 @@ async fn gossip_republished_under_another_name_is_refused() {
                 after: None,
                 forward: false,
                 max_bytes: None,
-            }),
+            })),
             History
         )
         .entries;

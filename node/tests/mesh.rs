@@ -6,7 +6,9 @@ mod common;
 
 use common::{TestNode, wait_event, wait_messages};
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{ErrorCode, Event, Reception, Request, Response, SendStatus};
+use mesh_node::api::{
+    ErrorCode, Event, HistoryQuery, InboxQuery, PublishRequest, Reception, Request, Response, SendRequest, SendStatus,
+};
 
 fn api_err(r: Result<Response, ClientError>) -> mesh_node::api::ApiError {
     match r {
@@ -47,13 +49,13 @@ async fn direct_messages_arrive_once_in_send_order() {
 
     // A reply references the message it answers and travels back.
     let r = get!(
-        b.call(Request::Send {
+        b.call(Request::Send(SendRequest {
             from: "bob".into(),
             to: "alice@alpha".into(),
             text: "got it".into(),
             reply_to: Some(ids[0]),
             id: None,
-        }),
+        })),
         Sent
     );
     assert_eq!(r.status, SendStatus::Delivered);
@@ -141,13 +143,13 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
 
     // Published before anyone subscribes: stored, reported, and sent once someone does.
     let early = get!(
-        a.call(Request::Publish {
+        a.call(Request::Publish(PublishRequest {
             agent: "alice".into(),
             topic: "#build".into(),
             text: "early bird".into(),
             reply_to: None,
             id: None,
-        }),
+        })),
         Published
     );
     assert_eq!(early.peers_reached, 0);
@@ -177,13 +179,13 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     let mut ids = Vec::new();
     for _ in 0..100 {
         let p = get!(
-            a.call(Request::Publish {
+            a.call(Request::Publish(PublishRequest {
                 agent: "alice".into(),
                 topic: "build".into(),
                 text: "green".into(),
                 reply_to: None,
                 id: None,
-            }),
+            })),
             Published
         );
         ids.push(p.id);
@@ -196,13 +198,13 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     assert_eq!(reached, 2);
     // The same text again is a second message.
     let again = get!(
-        a.call(Request::Publish {
+        a.call(Request::Publish(PublishRequest {
             agent: "alice".into(),
             topic: "build".into(),
             text: "green".into(),
             reply_to: None,
             id: None,
-        }),
+        })),
         Published
     );
     ids.push(again.id);
@@ -215,7 +217,7 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
     }
     // History on the subscriber's node keeps every distinct message once.
     let h = get!(
-        c.call(Request::History {
+        c.call(Request::History(HistoryQuery {
             agent: None,
             target: Some("#build".into()),
             grep: Some("green".into()),
@@ -224,7 +226,7 @@ async fn topics_reach_every_subscriber_across_three_nodes() {
             after: None,
             forward: false,
             max_bytes: None,
-        }),
+        })),
         History
     )
     .entries;
@@ -310,13 +312,13 @@ async fn directory_follows_agents_coming_and_going() {
         wait_event(&mut wa, "both dup agents", |e| matches!(e, Event::NodeUpdated { .. })).await;
     }
     let e = api_err(
-        a.call(Request::Send {
+        a.call(Request::Send(SendRequest {
             from: "alice".into(),
             to: "dup".into(),
             text: "x".into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::Ambiguous);
@@ -333,12 +335,14 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let a = TestNode::start("alpha").await;
     let b = TestNode::start("beta").await;
     a.dial(&b).await;
-    let send = |to: &str, text: String| Request::Send {
-        from: "alice".into(),
-        to: to.into(),
-        text,
-        reply_to: None,
-        id: None,
+    let send = |to: &str, text: String| {
+        Request::Send(SendRequest {
+            from: "alice".into(),
+            to: to.into(),
+            text,
+            reply_to: None,
+            id: None,
+        })
     };
 
     let e = api_err(a.call(send("ghost", "hi".into())).await);
@@ -360,13 +364,13 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let e = api_err(a.call(send("bad name!", "hi".into())).await);
     assert_eq!(e.code, ErrorCode::BadRequest);
     let e = api_err(
-        a.call(Request::Send {
+        a.call(Request::Send(SendRequest {
             from: "alice".into(),
             to: "user@beta".into(),
             text: "hi".into(),
             reply_to: Some(mesh_node::ids::MessageId::new()),
             id: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::NotFound);
@@ -378,7 +382,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     assert_eq!(e.code, ErrorCode::BadRequest);
     let e = api_err(
-        a.call(Request::Inbox {
+        a.call(Request::Inbox(InboxQuery {
             agent: "nobody".into(),
             all: false,
             limit: 10,
@@ -386,12 +390,12 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             skip_notified: false,
             after: None,
             max_bytes: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::NotFound);
     let e = api_err(
-        a.call(Request::History {
+        a.call(Request::History(HistoryQuery {
             agent: None,
             target: None,
             grep: None,
@@ -400,7 +404,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             after: None,
             forward: false,
             max_bytes: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::BadRequest);
@@ -628,12 +632,14 @@ async fn namesakes_get_labels_that_tell_them_apart_and_reach_exactly_them() {
     assert_eq!(wait_messages(&mut wt, "user", 1).await[0].text, "who are you?");
 
     // A name two nodes share is refused, with the labels to use instead.
-    let send = |to: &str| Request::Send {
-        from: "user".into(),
-        to: to.into(),
-        text: "x".into(),
-        reply_to: None,
-        id: None,
+    let send = |to: &str| {
+        Request::Send(SendRequest {
+            from: "user".into(),
+            to: to.into(),
+            text: "x".into(),
+            reply_to: None,
+            id: None,
+        })
     };
     let e = api_err(a.call(send("bob@beta")).await);
     assert_eq!(e.code, ErrorCode::Ambiguous);

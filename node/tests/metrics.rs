@@ -5,7 +5,7 @@
 mod common;
 
 use common::{FAST_CONFIG, TestNode};
-use mesh_node::api::{Request, SendStatus};
+use mesh_node::api::{PublishRequest, Request, SendStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -41,13 +41,13 @@ async fn a_scrape_shows_messages_peers_and_api_requests() {
             SendStatus::Delivered
         );
     }
-    a.call(Request::Publish {
+    a.call(Request::Publish(PublishRequest {
         agent: "alice".into(),
         topic: "news".into(),
         text: "hello".into(),
         reply_to: None,
         id: None,
-    })
+    }))
     .await
     .unwrap();
 

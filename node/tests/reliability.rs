@@ -10,32 +10,34 @@ use std::time::Duration;
 
 use common::{TestNode, WAIT, wait_event};
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{ErrorCode, Event, HistoryView, Request, Response, SendStatus};
+use mesh_node::api::{
+    ErrorCode, Event, HistoryQuery, HistoryView, InboxQuery, PublishRequest, Request, Response, SendRequest, SendStatus,
+};
 use mesh_node::ids::MessageId;
 
 fn send_req(from: &str, to: &str, text: &str, id: MessageId) -> Request {
-    Request::Send {
+    Request::Send(SendRequest {
         from: from.into(),
         to: to.into(),
         text: text.into(),
         reply_to: None,
         id: Some(id),
-    }
+    })
 }
 
 fn publish_req(agent: &str, topic: &str, text: &str, id: Option<MessageId>) -> Request {
-    Request::Publish {
+    Request::Publish(PublishRequest {
         agent: agent.into(),
         topic: topic.into(),
         text: text.into(),
         reply_to: None,
         id,
-    }
+    })
 }
 
 async fn topic_history(n: &TestNode, topic: &str) -> Vec<HistoryView> {
     get!(
-        n.call(Request::History {
+        n.call(Request::History(HistoryQuery {
             agent: None,
             target: Some(format!("#{topic}")),
             grep: None,
@@ -44,7 +46,7 @@ async fn topic_history(n: &TestNode, topic: &str) -> Vec<HistoryView> {
             after: None,
             forward: false,
             max_bytes: None,
-        }),
+        })),
         History
     )
     .entries
@@ -372,14 +374,16 @@ async fn inbox_reads_come_in_pages_that_fit_and_mark_only_what_they_return() {
         .len();
         assert!(size <= frame, "an answer of {size} bytes, over the frame ({frame})");
     };
-    let read = |after: Option<String>, mark_read: bool| Request::Inbox {
-        agent: "bob".into(),
-        all: false,
-        limit: 100,
-        mark_read,
-        skip_notified: false,
-        after,
-        max_bytes: None,
+    let read = |after: Option<String>, mark_read: bool| {
+        Request::Inbox(InboxQuery {
+            agent: "bob".into(),
+            all: false,
+            limit: 100,
+            mark_read,
+            skip_notified: false,
+            after,
+            max_bytes: None,
+        })
     };
 
     // Looking without marking pages through everything with the cursor.
@@ -428,7 +432,7 @@ async fn inbox_reads_come_in_pages_that_fit_and_mark_only_what_they_return() {
 
     // A page asked to stay small still holds one message; a made-up cursor is refused.
     let small = get!(
-        n.call(Request::Inbox {
+        n.call(Request::Inbox(InboxQuery {
             agent: "bob".into(),
             all: true,
             limit: 100,
@@ -436,7 +440,7 @@ async fn inbox_reads_come_in_pages_that_fit_and_mark_only_what_they_return() {
             skip_notified: false,
             after: None,
             max_bytes: Some(1),
-        }),
+        })),
         Inbox
     );
     assert_eq!(small.messages.iter().map(|m| m.id).collect::<Vec<_>>(), sent[..1]);
@@ -462,7 +466,7 @@ async fn a_message_no_frame_holds_any_more_is_refused_by_name_and_stays_unread()
     std::fs::write(n.home.config_path(), small).unwrap();
     n.restart().await;
     let e = n
-        .call(Request::Inbox {
+        .call(Request::Inbox(InboxQuery {
             agent: "bob".into(),
             all: false,
             limit: 10,
@@ -470,7 +474,7 @@ async fn a_message_no_frame_holds_any_more_is_refused_by_name_and_stays_unread()
             skip_notified: false,
             after: None,
             max_bytes: None,
-        })
+        }))
         .await
         .unwrap_err();
     assert!(

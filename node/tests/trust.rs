@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::{FAST_CONFIG, TestNode, WAIT, eventually, test_mesh, wait_messages};
 use mesh_node::api::client::ClientError;
-use mesh_node::api::{ApiError, ErrorCode, PeerView, Request, Response, SendStatus};
+use mesh_node::api::{
+    ApiError, ErrorCode, HistoryQuery, PeerView, PublishRequest, Request, Response, SendRequest, SendStatus,
+};
 
 fn api_err(r: Result<Response, ClientError>) -> ApiError {
     match r {
@@ -36,13 +38,13 @@ async fn invite(n: &TestNode, ttl_s: u64, uses: u32) -> String {
 
 async fn publish(n: &TestNode, agent: &str, topic: &str, text: &str) -> u32 {
     get!(
-        n.call(Request::Publish {
+        n.call(Request::Publish(PublishRequest {
             agent: agent.into(),
             topic: topic.into(),
             text: text.into(),
             reply_to: None,
             id: None,
-        }),
+        })),
         Published
     )
     .peers_reached
@@ -75,7 +77,7 @@ async fn publish_reaching(n: &TestNode, agent: &str, topic: &str, text: &str) {
 
 async fn history_texts(n: &TestNode, target: &str) -> Vec<String> {
     get!(
-        n.call(Request::History {
+        n.call(Request::History(HistoryQuery {
             agent: None,
             target: Some(target.into()),
             grep: None,
@@ -84,7 +86,7 @@ async fn history_texts(n: &TestNode, target: &str) -> Vec<String> {
             after: None,
             forward: false,
             max_bytes: None,
-        }),
+        })),
         History
     )
     .entries
@@ -132,13 +134,13 @@ async fn an_outsider_is_refused_listed_and_gets_nothing() {
     // even know the node.
     let to = format!("user@{}", a.peer_id());
     let e = api_err(
-        x.call(Request::Send {
+        x.call(Request::Send(SendRequest {
             from: "user".into(),
             to,
             text: "let me in".into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
@@ -449,13 +451,13 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
     let mut refused = None;
     for i in 0..40 {
         match a
-            .call(Request::Send {
+            .call(Request::Send(SendRequest {
                 from: "alice".into(),
                 to: "bob@beta".into(),
                 text: format!("flood {i}"),
                 reply_to: None,
                 id: None,
-            })
+            }))
             .await
         {
             Ok(Response::Sent(_)) => sent += 1,
@@ -482,13 +484,13 @@ async fn floods_and_oversized_messages_hit_the_limits_and_lose_nothing() {
 
     // Oversized topic message: refused with the limit named; nothing published.
     let e = api_err(
-        a.call(Request::Publish {
+        a.call(Request::Publish(PublishRequest {
             agent: "carol".into(),
             topic: "news".into(),
             text: "x".repeat(1001),
             reply_to: None,
             id: None,
-        })
+        }))
         .await,
     );
     assert_eq!(e.code, ErrorCode::TooLarge);

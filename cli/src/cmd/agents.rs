@@ -1,9 +1,9 @@
 //! `mesh agents`.
 
-use mesh_node::api::{Reception, Request, Response};
+use mesh_node::api::{LocalApi, Reception};
 
 use super::Ctx;
-use crate::{expect, output};
+use crate::output;
 
 /// How an agent receives, in words.
 pub fn reception(r: Reception) -> &'static str {
@@ -16,7 +16,7 @@ pub fn reception(r: Reception) -> &'static str {
 }
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let agents = expect!(ctx.call(Request::Agents).await?, Response::Agents(a) => a);
+    let agents = ctx.agents().await?;
     if ctx.json {
         return output::json(&agents);
     }

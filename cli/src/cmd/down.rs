@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mesh_node::api::Request;
+use mesh_node::api::LocalApi;
 use mesh_node::settings;
 
 use super::{Ctx, NotRunning};
@@ -32,7 +32,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     let name = client.node().name.clone();
-    client.call(Request::Shutdown).await?;
+    client.shutdown().await?;
     // The daemon holds daemon.lock until it has flushed and let go of everything.
     let lock = ctx.home.lock_path();
     let released = tokio::task::spawn_blocking(move || {

@@ -1,10 +1,10 @@
 //! `mesh history`.
 
-use mesh_node::api::{HistoryView, Request, Response};
+use mesh_node::api::{HistoryQuery, HistoryView, LocalApi};
 
 use super::Ctx;
 use crate::cli::HistoryArgs;
-use crate::{expect, output};
+use crate::output;
 
 fn print(h: &HistoryView) {
     let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
@@ -31,17 +31,18 @@ pub async fn run(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<()> {
     let mut older = None;
     loop {
         let first = after.is_none();
-        let request = Request::History {
-            agent: a.agent.clone(),
-            target: a.target.clone(),
-            grep: a.grep.clone(),
-            limit: wanted,
-            before: a.before.clone(),
-            after: after.take(),
-            forward: true,
-            max_bytes: None,
-        };
-        let page = expect!(ctx.call(request).await?, Response::History(page) => page);
+        let page = ctx
+            .history(HistoryQuery {
+                agent: a.agent.clone(),
+                target: a.target.clone(),
+                grep: a.grep.clone(),
+                limit: wanted,
+                before: a.before.clone(),
+                after: after.take(),
+                forward: true,
+                max_bytes: None,
+            })
+            .await?;
         if first {
             older = page.older;
         }

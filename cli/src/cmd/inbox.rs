@@ -1,10 +1,10 @@
 //! `mesh inbox`.
 
-use mesh_node::api::{AgentSpec, Event, InboxPage, MessageView, Request, Response};
+use mesh_node::api::{AgentSpec, Event, InboxPage, InboxQuery, LocalApi, MessageView};
 
 use super::Ctx;
 use crate::cli::InboxArgs;
-use crate::{expect, output};
+use crate::output;
 
 fn print(ctx: &Ctx, m: &MessageView) -> anyhow::Result<()> {
     if ctx.json {
@@ -31,12 +31,7 @@ async fn mark_shown(client: &mesh_node::api::client::Client, agent: &str, list: 
     if ids.is_empty() {
         return Ok(());
     }
-    let marked = client
-        .call(Request::MarkRead {
-            agent: agent.to_string(),
-            ids,
-        })
-        .await;
+    let marked = client.mark_read(agent, ids).await;
     match marked {
         Ok(_) => Ok(()),
         // A full or read-only disk: shown, but not marked; they show again next time.
@@ -56,20 +51,15 @@ async fn page(
     limit: u32,
     after: Option<String>,
 ) -> anyhow::Result<InboxPage> {
-    Ok(expect!(
-        client
-            .call(Request::Inbox {
-                agent: agent.to_string(),
-                all,
-                limit,
-                mark_read: false,
-                skip_notified: false,
-                after,
-                max_bytes: None,
-            })
-            .await?,
-        Response::Inbox(page) => page
-    ))
+    Ok(client
+        .inbox(InboxQuery {
+            agent: agent.to_string(),
+            all,
+            limit,
+            after,
+            ..InboxQuery::default()
+        })
+        .await?)
 }
 
 pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
@@ -120,17 +110,13 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     }
 
     // Follow: online while running; watch first so nothing falls between the two.
-    client
-        .call(Request::Register {
-            agent: AgentSpec {
-                name: agent.clone(),
-                kind: "human".into(),
-                push: true,
-                ..Default::default()
-            },
-            attach: true,
-        })
-        .await?;
+    let human = AgentSpec {
+        name: agent.clone(),
+        kind: "human".into(),
+        push: true,
+        ..Default::default()
+    };
+    client.register(human, true).await?;
     let mut events = client.watch(vec![agent.clone()]).await?;
     let mut seen = std::collections::HashSet::new();
     let mut catch_up = true;

@@ -1,10 +1,10 @@
 //! `mesh invite`, `mesh join`, `mesh members`, `mesh remove`, `mesh leave`.
 
-use mesh_node::api::{MeshView, Request, Response};
+use mesh_node::api::{LocalApi, MeshView};
 
 use super::Ctx;
 use crate::cli::InviteArgs;
-use crate::{expect, output};
+use crate::output;
 
 fn mesh_line(m: &MeshView) -> String {
     if m.open {
@@ -25,10 +25,7 @@ fn mesh_line(m: &MeshView) -> String {
 }
 
 pub async fn invite(ctx: &Ctx, a: InviteArgs) -> anyhow::Result<()> {
-    let v = expect!(
-        ctx.call(Request::Invite { ttl_s: a.ttl.as_secs(), uses: a.uses }).await?,
-        Response::Invite(v) => v
-    );
+    let v = ctx.invite(a.ttl.as_secs(), a.uses).await?;
     if ctx.json {
         return output::json(&v);
     }
@@ -48,7 +45,7 @@ pub async fn invite(ctx: &Ctx, a: InviteArgs) -> anyhow::Result<()> {
 pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
     // Check the code first: a damaged paste deserves an answer even without a daemon.
     mesh_node::mesh::Invite::decode(code).map_err(|e| anyhow::anyhow!(e))?;
-    let v = expect!(ctx.call(Request::Join { code: code.to_string() }).await?, Response::Joined(v) => v);
+    let v = ctx.join(code).await?;
     if ctx.json {
         return output::json(&v);
     }
@@ -64,7 +61,7 @@ pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
 }
 
 pub async fn members(ctx: &Ctx) -> anyhow::Result<()> {
-    let v = expect!(ctx.call(Request::Members).await?, Response::Members(v) => v);
+    let v = ctx.members().await?;
     if ctx.json {
         return output::json(&v);
     }
@@ -92,7 +89,7 @@ pub async fn members(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 pub async fn remove(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
-    let v = expect!(ctx.call(Request::Remove { node: node.to_string() }).await?, Response::Removed(v) => v);
+    let v = ctx.remove(node).await?;
     if ctx.json {
         return output::json(&v);
     }
@@ -111,7 +108,7 @@ pub async fn remove(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
 }
 
 pub async fn leave(ctx: &Ctx) -> anyhow::Result<()> {
-    let v = expect!(ctx.call(Request::Leave).await?, Response::Left(v) => v);
+    let v = ctx.leave().await?;
     if ctx.json {
         return output::json(&v);
     }

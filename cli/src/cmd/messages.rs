@@ -1,22 +1,23 @@
 //! `mesh send` and `mesh outbox`.
 
-use mesh_node::api::{Request, Response, SendStatus};
+use mesh_node::api::{LocalApi, SendRequest, SendStatus};
 
 use super::{Ctx, id_arg, text_arg};
 use crate::cli::{OutboxArgs, SendArgs};
-use crate::{expect, output};
+use crate::output;
 
 pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
     let text = text_arg(&a.text)?;
     let reply_to = id_arg(&a.reply_to)?;
-    let request = Request::Send {
-        from: ctx.agent(&a.who.agent),
-        to: a.to.clone(),
-        text,
-        reply_to,
-        id: Some(id_arg(&a.id)?.unwrap_or_default()),
-    };
-    let r = expect!(ctx.call(request).await?, Response::Sent(r) => r);
+    let r = ctx
+        .send(SendRequest {
+            from: ctx.agent(&a.who.agent),
+            to: a.to.clone(),
+            text,
+            reply_to,
+            id: Some(id_arg(&a.id)?.unwrap_or_default()),
+        })
+        .await?;
     if ctx.json {
         output::json(&r)?;
     } else {
@@ -33,10 +34,7 @@ pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
 }
 
 pub async fn outbox(ctx: &Ctx, a: OutboxArgs) -> anyhow::Result<()> {
-    let list = expect!(
-        ctx.call(Request::Outbox { agent: a.agent, delivered: a.all, limit: a.limit }).await?,
-        Response::Outbox(l) => l
-    );
+    let list = ctx.outbox(a.agent, a.all, a.limit).await?;
     if ctx.json {
         return output::json(&list);
     }

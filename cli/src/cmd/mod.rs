@@ -19,7 +19,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use mesh_node::api::client::{Client, ClientError};
-use mesh_node::api::{Request, Response};
+use mesh_node::api::{LocalApi, PublishRequest, Request, Response, SendRequest};
 use mesh_node::home::Home;
 
 use crate::cli::{Cli, Command};
@@ -69,64 +69,50 @@ impl Ctx {
 
     /// Connects to the daemon, or explains how to start one.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        match Client::connect(&self.home, concat!("mesh-cli/", env!("CARGO_PKG_VERSION"))).await {
-            Ok(c) => Ok(c),
-            Err(ClientError::NotRunning { home, .. }) => Err(NotRunning(format!(
+        self.connect().await.map_err(|e| self.for_user(e.into()))
+    }
+
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.home, concat!("mesh-cli/", env!("CARGO_PKG_VERSION"))).await
+    }
+
+    /// An error as the user reads it: no daemon running is [`NotRunning`] (exit code 3),
+    /// with the command that starts one for this home.
+    pub fn for_user(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast_ref::<ClientError>() {
+            Some(ClientError::NotRunning { home, .. }) => NotRunning(format!(
                 "no agentmesh daemon is running for home {}; start one with: {} up --detach",
                 home.display(),
                 self.mesh()
             ))
-            .into()),
-            Err(e) => Err(e.into()),
+            .into(),
+            _ => e,
         }
     }
 
-    /// One request, one response. A request that is safe to repeat (a send or publish
-    /// carries its message id) is sent again if the daemon went away before answering and
-    /// is back within [`REPEAT_WINDOW`] (restarted by a supervisor, say).
-    pub async fn call(&self, request: Request) -> anyhow::Result<Response> {
-        let client = self.client().await?;
-        let first = client.call(request.clone()).await;
-        let Err(e) = &first else {
-            return first.map_err(|e| self.explain(e, &request));
-        };
-        if !e.may_repeat(&request) {
-            return first.map_err(|e| self.explain(e, &request));
+    /// `request` once more after `first` failed, if it may be repeated
+    /// ([`ClientError::may_repeat`]): on a new connection, as soon as the daemon is back
+    /// within [`REPEAT_WINDOW`] (restarted by a supervisor, say).
+    async fn repeat(&self, request: &Request, first: ClientError) -> Result<Response, ClientError> {
+        if !first.may_repeat(request) {
+            return Err(first);
         }
         let deadline = tokio::time::Instant::now() + REPEAT_WINDOW;
-        loop {
+        let mut last = first;
+        while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            match self.client().await {
+            match self.connect().await {
                 Ok(c) => match c.call(request.clone()).await {
-                    Err(e) if e.may_repeat(&request) => {}
-                    other => return other.map_err(|e| self.explain(e, &request)),
+                    Err(e) if e.may_repeat(request) => last = e,
+                    other => return other,
                 },
-                Err(e) if e.downcast_ref::<NotRunning>().is_some() => {}
-                // Back, but not usable (another version, say): still say how to repeat.
-                Err(e) => {
-                    return Err(match repeat_advice(&request) {
-                        Some(advice) => e.context(advice),
-                        None => e,
-                    });
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(self.explain(ClientError::Closed, &request));
+                Err(e @ ClientError::NotRunning { .. }) => last = e,
+                // Back, but not usable (another version, say).
+                Err(e) => return Err(e),
             }
         }
+        Err(last)
     }
-
-    /// An error of `request`, with what to do about a send whose outcome is unknown.
-    fn explain(&self, e: ClientError, request: &Request) -> anyhow::Error {
-        match (&e, repeat_advice(request)) {
-            (ClientError::Closed, Some(advice)) => anyhow::anyhow!(
-                "the daemon went away before answering, and did not come back within {} s; {advice}",
-                REPEAT_WINDOW.as_secs()
-            ),
-            _ => e.into(),
-        }
-    }
-
     /// The local agent to act as.
     pub fn agent(&self, given: &Option<String>) -> String {
         given
@@ -135,12 +121,40 @@ impl Ctx {
     }
 }
 
+/// The commands' way to the daemon: a request that may be repeated is sent again when the
+/// daemon went away before answering and is back within [`REPEAT_WINDOW`]; a send whose
+/// outcome stays unknown says how to repeat it safely.
+impl LocalApi for Ctx {
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let first = match self.connect().await?.call(request.clone()).await {
+            Err(e) => e,
+            answer => return answer,
+        };
+        let sent = matches!(first, ClientError::Closed);
+        match self.repeat(&request, first).await {
+            Err(e) if sent && !matches!(e, ClientError::Api(_)) => match repeat_advice(&request) {
+                Some(advice) => Err(ClientError::OutcomeUnknown(match e {
+                    ClientError::Closed | ClientError::NotRunning { .. } => format!(
+                        "the daemon went away before answering, and did not come back within {} s; {advice}",
+                        REPEAT_WINDOW.as_secs()
+                    ),
+                    e => format!("the daemon went away before answering ({e}); {advice}"),
+                })),
+                None => Err(e),
+            },
+            answer => answer,
+        }
+    }
+}
+
 /// What to do about a send or publish whose outcome is unknown.
 fn repeat_advice(request: &Request) -> Option<String> {
     match request {
-        Request::Send { id: Some(id), .. } | Request::Publish { id: Some(id), .. } => Some(format!(
-            "message {id} may or may not have been stored. Once the daemon runs again, repeat the same command with --id {id}: it is sent once either way"
-        )),
+        Request::Send(SendRequest { id: Some(id), .. }) | Request::Publish(PublishRequest { id: Some(id), .. }) => {
+            Some(format!(
+                "message {id} may or may not have been stored. Once the daemon runs again, repeat the same command with --id {id}: it is sent once either way"
+            ))
+        }
         _ => None,
     }
 }
@@ -176,7 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
         home_flag: cli.home.as_ref().map(|h| h.display().to_string()),
     };
-    match cli.command {
+    let done = match cli.command {
         Command::Up(a) => up::run(&ctx, a).await,
         Command::Down => down::run(&ctx).await,
         Command::Status => status::run(&ctx).await,
@@ -203,7 +217,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uninstall(a) => install::run(&ctx, a, false),
         Command::Hook(a) => hook::run(&ctx, a).await,
         Command::Completions { shell } => completions::run(shell),
-    }
+    };
+    done.map_err(|e| ctx.for_user(e))
 }
 
 /// Exit code for an error: 3 when no daemon runs, 1 otherwise.
@@ -215,15 +230,4 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     } else {
         1
     }
-}
-
-/// Unwraps the expected response variant.
-#[macro_export]
-macro_rules! expect {
-    ($resp:expr, $pat:pat => $out:expr) => {
-        match $resp {
-            $pat => $out,
-            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-        }
-    };
 }

@@ -1,12 +1,13 @@
 //! `mesh peers` and `mesh dial`.
 
-use mesh_node::api::{Request, Response};
+use mesh_node::api::LocalApi;
+use mesh_node::api::calls::{Forgotten, Pong};
 
 use super::Ctx;
-use crate::{expect, output};
+use crate::output;
 
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
-    let peers = expect!(ctx.call(Request::Peers).await?, Response::Peers(p) => p);
+    let peers = ctx.peers().await?;
     if ctx.json {
         return output::json(&peers);
     }
@@ -79,10 +80,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
 
 pub async fn dial(ctx: &Ctx, addr: &str, forget: bool) -> anyhow::Result<()> {
     if forget {
-        let (peer, was) = expect!(
-            ctx.call(Request::Forget { node: addr.to_string() }).await?,
-            Response::Forgot { peer, was } => (peer, was)
-        );
+        let Forgotten { peer, was } = ctx.forget(addr).await?;
         if ctx.json {
             return output::json(&serde_json::json!({ "peer_id": peer.to_string(), "forgotten": was }));
         }
@@ -95,7 +93,7 @@ pub async fn dial(ctx: &Ctx, addr: &str, forget: bool) -> anyhow::Result<()> {
     }
     // Check the syntax first: a typo deserves an answer even without a daemon.
     mesh_node::net::parse_multiaddr(addr).map_err(|e| anyhow::anyhow!(e))?;
-    let peer = expect!(ctx.call(Request::Dial { addr: addr.to_string() }).await?, Response::Dialed { peer } => peer);
+    let peer = ctx.dial(addr).await?;
     if ctx.json {
         return output::json(&serde_json::json!({ "peer_id": peer.to_string() }));
     }
@@ -114,10 +112,11 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
         if i > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-        let (peer, rtt_us, conn) = expect!(
-            client.call(Request::Ping { node: node.to_string() }).await?,
-            Response::Pong { peer, rtt_us, connection } => (peer, rtt_us, connection)
-        );
+        let Pong {
+            peer,
+            rtt_us,
+            connection: conn,
+        } = client.ping(node).await?;
         rtts.push(rtt_us);
         if ctx.json {
             output::json_line(&serde_json::json!({
@@ -140,7 +139,7 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
 }
 
 pub async fn addr(ctx: &Ctx) -> anyhow::Result<()> {
-    let a = expect!(ctx.call(Request::Addrs).await?, Response::Addrs(a) => a);
+    let a = ctx.addrs().await?;
     if ctx.json {
         return output::json(&a);
     }

@@ -1,12 +1,12 @@
 //! `mesh status`.
 
-use mesh_node::api::{Request, Response};
+use mesh_node::api::LocalApi;
 
 use super::Ctx;
-use crate::{expect, output};
+use crate::output;
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let s = expect!(ctx.call(Request::Status).await?, Response::Status(s) => s);
+    let s = ctx.status().await?;
     if ctx.json {
         return output::json(&s);
     }

@@ -1,26 +1,19 @@
 //! `mesh subscribe`, `mesh unsubscribe`, `mesh topics`, `mesh publish`.
 
-use mesh_node::api::{Request, Response};
+use mesh_node::api::calls::Subscription;
+use mesh_node::api::{LocalApi, PublishRequest};
 
 use super::{Ctx, id_arg, text_arg};
 use crate::cli::{PublishArgs, TopicArgs};
-use crate::{expect, output};
+use crate::output;
 
 pub async fn subscribe(ctx: &Ctx, a: TopicArgs, on: bool) -> anyhow::Result<()> {
     let agent = ctx.agent(&a.who.agent);
-    let request = if on {
-        Request::Subscribe {
-            agent: agent.clone(),
-            topic: a.topic,
-        }
+    let Subscription { topic, changed } = if on {
+        ctx.subscribe(&agent, &a.topic).await?
     } else {
-        Request::Unsubscribe {
-            agent: agent.clone(),
-            topic: a.topic,
-        }
+        ctx.unsubscribe(&agent, &a.topic).await?
     };
-    let (topic, changed) =
-        expect!(ctx.call(request).await?, Response::Subscription { topic, changed } => (topic, changed));
     if ctx.json {
         return output::json(
             &serde_json::json!({ "topic": topic, "agent": agent, "subscribed": on, "changed": changed }),
@@ -36,7 +29,7 @@ pub async fn subscribe(ctx: &Ctx, a: TopicArgs, on: bool) -> anyhow::Result<()> 
 }
 
 pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let topics = expect!(ctx.call(Request::Topics).await?, Response::Topics(t) => t);
+    let topics = ctx.topics().await?;
     if ctx.json {
         return output::json(&topics);
     }
@@ -64,14 +57,15 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<()> {
-    let request = Request::Publish {
-        agent: ctx.agent(&a.who.agent),
-        topic: a.topic,
-        text: text_arg(&a.text)?,
-        reply_to: id_arg(&a.reply_to)?,
-        id: Some(id_arg(&a.id)?.unwrap_or_default()),
-    };
-    let r = expect!(ctx.call(request).await?, Response::Published(r) => r);
+    let r = ctx
+        .publish(PublishRequest {
+            agent: ctx.agent(&a.who.agent),
+            topic: a.topic,
+            text: text_arg(&a.text)?,
+            reply_to: id_arg(&a.reply_to)?,
+            id: Some(id_arg(&a.id)?.unwrap_or_default()),
+        })
+        .await?;
     if ctx.json {
         return output::json(&r);
     }

@@ -455,7 +455,7 @@ pub async fn whole_history(
     let mut before = None;
     loop {
         let r = c
-            .call(mesh_node::api::Request::History {
+            .call(mesh_node::api::Request::History(mesh_node::api::HistoryQuery {
                 agent: None,
                 target: Some(target.into()),
                 grep: None,
@@ -464,7 +464,7 @@ pub async fn whole_history(
                 after: None,
                 forward: false,
                 max_bytes: None,
-            })
+            }))
             .await?;
         let page = match r {
             mesh_node::api::Response::History(p) => p,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mesh_node::api::client::Client;
-use mesh_node::api::{Event, Request, Response};
+use mesh_node::api::{Event, PublishRequest, Request, Response, SendRequest};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -91,13 +91,13 @@ pub async fn dm_latency(p: &Pair, tag: &str, k: usize, total: usize) -> anyhow::
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(text.clone(), tx);
                 let t0 = Instant::now();
-                let send = client.call(Request::Send {
+                let send = client.call(Request::Send(SendRequest {
                     from: format!("{tag}s{i}"),
                     to: to.clone(),
                     text,
                     reply_to: None,
                     id: None,
-                });
+                }));
                 let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
                 expect_sent(sent?)?;
                 let at = arrived.context("a message never arrived")??;
@@ -131,13 +131,13 @@ pub async fn local_latency(p: &Pair, n: usize) -> anyhow::Result<(Samples, Sampl
             .unwrap_or_else(|e| e.into_inner())
             .insert(text.clone(), tx);
         let t0 = Instant::now();
-        let send = p.ca.call(Request::Send {
+        let send = p.ca.call(Request::Send(SendRequest {
             from: "localsrc".into(),
             to: "localsink".into(),
             text,
             reply_to: None,
             id: None,
-        });
+        }));
         let (sent, arrived) = tokio::join!(send, tokio::time::timeout(Duration::from_secs(20), rx));
         expect_sent(sent?)?;
         let at = arrived.context("a message never arrived")??;
@@ -259,13 +259,13 @@ pub async fn dm_throughput(p: &Pair, tag: &str, k: usize, in_flight: usize, tota
         let to = format!("{tag}sink@b");
         tasks.spawn(async move {
             let r = clients[c]
-                .call(Request::Send {
+                .call(Request::Send(SendRequest {
                     from,
                     to,
                     text: format!("{n} {}", "x".repeat(200)),
                     reply_to: None,
                     id: None,
-                })
+                }))
                 .await;
             drop(permit);
             r
@@ -380,12 +380,14 @@ pub async fn fanout(lab: &mut Lab, n: usize, every: Duration, dur: Duration) -> 
         });
     }
     let publisher = &clients[0];
-    let publish = |text: String| Request::Publish {
-        agent: "pub".into(),
-        topic: "fanout".into(),
-        text,
-        reply_to: None,
-        id: None,
+    let publish = |text: String| {
+        Request::Publish(PublishRequest {
+            agent: "pub".into(),
+            topic: "fanout".into(),
+            text,
+            reply_to: None,
+            id: None,
+        })
     };
     // Warm up until the publisher reaches its direct subscribers and everyone got one.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Event, Request, Response};
+use mesh_node::api::{AgentSpec, Event, InboxQuery, PublishRequest, Request, Response, SendRequest};
 use mesh_node::config::Overrides;
 use mesh_node::daemon::{Daemon, DaemonOptions};
 use mesh_node::home::Home;
@@ -100,13 +100,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("\n1. alpha is connected to beta; alice sends bob a message");
     let sent = match a
-        .call(Request::Send {
+        .call(Request::Send(SendRequest {
             from: "alice".into(),
             to: "bob@beta".into(),
             text: "hello bob".into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await?
     {
         Response::Sent(r) => r,
@@ -120,13 +120,13 @@ async fn main() -> anyhow::Result<()> {
     println!("   bob got {:?} from {} (node {})", m.text, m.from, m.from_node);
 
     println!("\n2. bob replies");
-    bob.call(Request::Send {
+    bob.call(Request::Send(SendRequest {
         from: "bob".into(),
         to: "alice@alpha".into(),
         text: "hi alice".into(),
         reply_to: Some(m.id),
         id: None,
-    })
+    }))
     .await?;
 
     println!("\n3. beta goes down; alice writes anyway");
@@ -135,13 +135,13 @@ async fn main() -> anyhow::Result<()> {
     drop(b);
     beta.stop().await;
     let queued = match a
-        .call(Request::Send {
+        .call(Request::Send(SendRequest {
             from: "alice".into(),
             to: "bob@beta".into(),
             text: "are you back?".into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await?
     {
         Response::Sent(r) => r,
@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let mut bob_events = bob.watch(vec!["bob".into()]).await?;
     // It may already be there (delivered while we reconnected); else wait for it.
     let inbox = match bob
-        .call(Request::Inbox {
+        .call(Request::Inbox(InboxQuery {
             agent: "bob".into(),
             all: false,
             limit: 10,
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             skip_notified: false,
             after: None,
             max_bytes: None,
-        })
+        }))
         .await?
     {
         Response::Inbox(page) => page.messages,
@@ -182,13 +182,13 @@ async fn main() -> anyhow::Result<()> {
     // If alpha has not heard of the subscription yet, the message is stored and sent as
     // soon as it does: either way bob gets it.
     if let Response::Published(p) = a
-        .call(Request::Publish {
+        .call(Request::Publish(PublishRequest {
             agent: "alice".into(),
             topic: "build".into(),
             text: "build is green".into(),
             reply_to: None,
             id: None,
-        })
+        }))
         .await?
     {
         println!("   published {} (reached {} peers now)", p.id, p.peers_reached);

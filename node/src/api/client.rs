@@ -2,16 +2,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mesh_node::api::client::ClientError> {
-//! use mesh_node::api::{Request, Response};
+//! use mesh_node::api::LocalApi;
 //! use mesh_node::api::client::Client;
 //! use mesh_node::home::Home;
 //!
 //! let home = Home::resolve(None).expect("home");
 //! let client = Client::connect(&home, "example").await?;
-//! if let Response::Agents(agents) = client.call(Request::Agents).await? {
-//!     for a in agents {
-//!         println!("{} ({:?})", a.address, a.reception);
-//!     }
+//! for a in client.agents().await? {
+//!     println!("{} ({:?})", a.address, a.reception);
 //! }
 //! # Ok(()) }
 //! ```
@@ -29,8 +27,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::{
-    API_VERSION, ApiError, ClientFrame, ClientHello, Event, HELLO_FRAME_LIMIT, MAGIC, NodeIdentity, Request, Response,
-    ServerFrame, ServerHello,
+    API_VERSION, ApiError, ClientFrame, ClientHello, Event, HELLO_FRAME_LIMIT, InboxQuery, MAGIC, NodeIdentity,
+    Request, Response, ServerFrame, ServerHello,
 };
 use crate::home::Home;
 
@@ -74,6 +72,11 @@ pub enum ClientError {
     /// No daemon could be started or reached.
     #[error("the agentmesh daemon is not available: {0}")]
     Unavailable(String),
+    /// The request was sent and no answer came back (the daemon went away and did not
+    /// return, or went away again): it may or may not have been done. Says what to check
+    /// before doing it again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// The node was stopped with `mesh down`, so it is not started again on demand.
     #[error("the agentmesh node was stopped with `mesh down`; run `mesh up` to start it again")]
     StoppedByUser,
@@ -297,21 +300,18 @@ impl Client {
         let mut out = Vec::new();
         let mut after = None;
         loop {
-            let page = match self
-                .call(Request::Inbox {
+            let page = super::LocalApi::inbox(
+                self,
+                InboxQuery {
                     agent: agent.into(),
                     all,
                     limit: u32::MAX,
                     mark_read,
-                    skip_notified: false,
                     after: after.take(),
-                    max_bytes: None,
-                })
-                .await?
-            {
-                Response::Inbox(p) => p,
-                other => return Err(ClientError::Protocol(format!("an inbox request answered {other:?}"))),
-            };
+                    ..InboxQuery::default()
+                },
+            )
+            .await?;
             out.extend(page.messages);
             match page.next {
                 Some(next) => after = Some(next),
@@ -374,19 +374,28 @@ impl Client {
     }
 }
 
+impl super::LocalApi for Client {
+    fn call(&self, request: Request) -> impl std::future::Future<Output = Result<Response, ClientError>> + Send {
+        Client::call(self, request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::SendRequest;
     use crate::ids::MessageId;
 
     #[test]
     fn only_what_cannot_happen_twice_is_repeated_after_a_broken_connection() {
-        let send = |id| Request::Send {
-            from: "a".into(),
-            to: "b@n".into(),
-            text: "hi".into(),
-            reply_to: None,
-            id,
+        let send = |id| {
+            Request::Send(SendRequest {
+                from: "a".into(),
+                to: "b@n".into(),
+                text: "hi".into(),
+                reply_to: None,
+                id,
+            })
         };
         // Never sent: always again.
         assert!(ClientError::NotSent.may_repeat(&send(None)));

@@ -7,6 +7,7 @@
 //! number in flight) and the server sends [`ServerFrame`]s: one `Reply` per request, and
 //! `Event`s once the client asked to [`Request::Watch`]. See `docs/PROTOCOL.md`.
 
+pub mod calls;
 pub mod client;
 mod error;
 mod network;
@@ -14,6 +15,7 @@ pub mod page;
 mod request;
 mod views;
 
+pub use calls::LocalApi;
 pub use error::*;
 pub use network::{ConnectionView, NatView, PathView, PunchView, ReachView, ReservationView, StoreView};
 pub use request::*;

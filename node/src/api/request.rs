@@ -31,42 +31,11 @@ pub enum Request {
     /// The addresses other people can dial to reach this node.
     Addrs,
     /// Send a direct message.
-    Send {
-        /// Sending local agent (created if new).
-        from: String,
-        /// Recipient address (`agent@node` or `agent`).
-        to: String,
-        /// The text.
-        text: String,
-        /// The message answered.
-        reply_to: Option<MessageId>,
-        /// The new message's id, chosen by the client (a fresh ULID) to make the request
-        /// safe to repeat: sending again with the same id and content answers with the
-        /// first send's receipt instead of sending a second message. `None`: the daemon
-        /// picks one (and a repeat is a new message).
-        id: Option<MessageId>,
-    },
+    Send(SendRequest),
     /// Read an agent's inbox, one page at a time: an answer holds what fits one frame
     /// (and `max_bytes`), at least one message; [`InboxPage`] says how many remain and
     /// where the next page starts.
-    Inbox {
-        /// The local agent.
-        agent: String,
-        /// All messages (the newest `limit`), not only unread ones.
-        all: bool,
-        /// At most this many (over all pages).
-        limit: u32,
-        /// Mark read exactly the messages returned (in the step that selects them).
-        mark_read: bool,
-        /// Leave out unread messages already pushed to a session (`notified`).
-        skip_notified: bool,
-        /// Continue after this position: the `next` of an earlier answer. The messages
-        /// after it, oldest first (with `all`, the oldest `limit` of them).
-        after: Option<String>,
-        /// Fill the page up to this many encoded bytes only (a page still holds one
-        /// message, if one fits a frame). `None`: as much as a frame holds.
-        max_bytes: Option<u32>,
-    },
+    Inbox(InboxQuery),
     /// Mark messages read.
     MarkRead {
         /// The local agent.
@@ -103,44 +72,11 @@ pub enum Request {
     /// Topics known here.
     Topics,
     /// Publish on a topic.
-    Publish {
-        /// Publishing local agent (created if new).
-        agent: String,
-        /// The topic.
-        topic: String,
-        /// The text.
-        text: String,
-        /// The message answered.
-        reply_to: Option<MessageId>,
-        /// The new message's id, chosen by the client to make the request safe to repeat
-        /// (as for `Send`).
-        id: Option<MessageId>,
-    },
+    Publish(PublishRequest),
     /// Message history, in the order this node recorded it, one page at a time: an answer
     /// holds what fits one frame (and `max_bytes`), at least one entry; [`HistoryPage`]
     /// says whether older or newer entries remain, and where they start.
-    History {
-        /// Only this local agent's messages.
-        agent: Option<String>,
-        /// An agent address or a topic (`#name`).
-        target: Option<String>,
-        /// Only texts containing this.
-        grep: Option<String>,
-        /// At most this many: the newest `limit` between `after` and `before` (with
-        /// `forward` and `after`: the oldest `limit` after `after`).
-        limit: u32,
-        /// Only entries older than this position (the `older` of an earlier answer).
-        before: Option<String>,
-        /// Only entries newer than this position (the `newer` of an earlier answer).
-        after: Option<String>,
-        /// Read forward in time: the page starts at the oldest entry of the selection, and
-        /// the rest is read with `after` = the answer's `newer`. Else the page ends at the
-        /// newest, and older entries are read with `before` = the answer's `older`.
-        forward: bool,
-        /// Fill the page up to this many encoded bytes only (a page still holds one
-        /// entry, if one fits a frame). `None`: as much as a frame holds.
-        max_bytes: Option<u32>,
-    },
+    History(HistoryQuery),
     /// Sent messages not yet delivered, and dead letters.
     Outbox {
         /// Only this local agent's.
@@ -224,16 +160,16 @@ impl Request {
             Request::Forget { .. } => "Forget",
             Request::Ping { .. } => "Ping",
             Request::Addrs => "Addrs",
-            Request::Send { .. } => "Send",
-            Request::Inbox { .. } => "Inbox",
+            Request::Send(SendRequest { .. }) => "Send",
+            Request::Inbox(InboxQuery { .. }) => "Inbox",
             Request::MarkRead { .. } => "MarkRead",
             Request::MarkNotified { .. } => "MarkNotified",
             Request::Counts { .. } => "Counts",
             Request::Subscribe { .. } => "Subscribe",
             Request::Unsubscribe { .. } => "Unsubscribe",
             Request::Topics => "Topics",
-            Request::Publish { .. } => "Publish",
-            Request::History { .. } => "History",
+            Request::Publish(PublishRequest { .. }) => "Publish",
+            Request::History(HistoryQuery { .. }) => "History",
             Request::Outbox { .. } => "Outbox",
             Request::Register { .. } => "Register",
             Request::Claim { .. } => "Claim",
@@ -256,10 +192,10 @@ impl Request {
     /// first may have marked what the second no longer shows).
     pub fn is_repeatable(&self) -> bool {
         match self {
-            Request::Send { id, .. } | Request::Publish { id, .. } => id.is_some(),
+            Request::Send(SendRequest { id, .. }) | Request::Publish(PublishRequest { id, .. }) => id.is_some(),
             Request::Shutdown => false,
             Request::Invite { .. } | Request::Join { .. } | Request::Remove { .. } | Request::Leave => false,
-            Request::Inbox { mark_read, .. } => !mark_read,
+            Request::Inbox(InboxQuery { mark_read, .. }) => !mark_read,
             Request::Claim { .. }
             | Request::Register { attach: true, .. }
             | Request::Watch { .. }
@@ -267,6 +203,86 @@ impl Request {
             _ => true,
         }
     }
+}
+
+/// A direct message to send ([`Request::Send`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Sending local agent (created if new).
+    pub from: String,
+    /// Recipient address (`agent@node` or `agent`).
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// The message answered.
+    pub reply_to: Option<MessageId>,
+    /// The new message's id, chosen by the client (a fresh ULID) to make the request
+    /// safe to repeat: sending again with the same id and content answers with the
+    /// first send's receipt instead of sending a second message. `None`: the daemon
+    /// picks one (and a repeat is a new message).
+    pub id: Option<MessageId>,
+}
+
+/// Which page of an inbox to read ([`Request::Inbox`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InboxQuery {
+    /// The local agent.
+    pub agent: String,
+    /// All messages (the newest `limit`), not only unread ones.
+    pub all: bool,
+    /// At most this many (over all pages).
+    pub limit: u32,
+    /// Mark read exactly the messages returned (in the step that selects them).
+    pub mark_read: bool,
+    /// Leave out unread messages already pushed to a session (`notified`).
+    pub skip_notified: bool,
+    /// Continue after this position: the `next` of an earlier answer. The messages
+    /// after it, oldest first (with `all`, the oldest `limit` of them).
+    pub after: Option<String>,
+    /// Fill the page up to this many encoded bytes only (a page still holds one
+    /// message, if one fits a frame). `None`: as much as a frame holds.
+    pub max_bytes: Option<u32>,
+}
+
+/// A topic message to publish ([`Request::Publish`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// Publishing local agent (created if new).
+    pub agent: String,
+    /// The topic.
+    pub topic: String,
+    /// The text.
+    pub text: String,
+    /// The message answered.
+    pub reply_to: Option<MessageId>,
+    /// The new message's id, chosen by the client to make the request safe to repeat
+    /// (as for `Send`).
+    pub id: Option<MessageId>,
+}
+
+/// Which page of the history to read ([`Request::History`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Only this local agent's messages.
+    pub agent: Option<String>,
+    /// An agent address or a topic (`#name`).
+    pub target: Option<String>,
+    /// Only texts containing this.
+    pub grep: Option<String>,
+    /// At most this many: the newest `limit` between `after` and `before` (with
+    /// `forward` and `after`: the oldest `limit` after `after`).
+    pub limit: u32,
+    /// Only entries older than this position (the `older` of an earlier answer).
+    pub before: Option<String>,
+    /// Only entries newer than this position (the `newer` of an earlier answer).
+    pub after: Option<String>,
+    /// Read forward in time: the page starts at the oldest entry of the selection, and
+    /// the rest is read with `after` = the answer's `newer`. Else the page ends at the
+    /// newest, and older entries are read with `before` = the answer's `older`.
+    pub forward: bool,
+    /// Fill the page up to this many encoded bytes only (a page still holds one
+    /// entry, if one fits a frame). `None`: as much as a frame holds.
+    pub max_bytes: Option<u32>,
 }
 
 /// A local agent's description, as registered.

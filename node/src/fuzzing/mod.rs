@@ -41,7 +41,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
-use crate::api::{ClientFrame, ClientHello, HELLO_FRAME_LIMIT, Request, ServerFrame, ServerHello};
+use crate::api::{
+    ClientFrame, ClientHello, HELLO_FRAME_LIMIT, HistoryQuery, InboxQuery, PublishRequest, Request, SendRequest,
+    ServerFrame, ServerHello,
+};
 use crate::config::Config;
 use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName};
 use crate::mesh::{Grant, Invite, Membership};
@@ -289,12 +292,12 @@ fn request_names(r: &Request) {
             let _ = crate::net::parse_multiaddr(addr);
         }
         Request::Forget { node: n } | Request::Ping { node: n } | Request::Remove { node: n } => node(n),
-        Request::Send { from, to, text, .. } => {
+        Request::Send(SendRequest { from, to, text, .. }) => {
             agent(from);
             address(to);
             let _ = text.trim().is_empty();
         }
-        Request::Inbox { agent: a, after, .. } => {
+        Request::Inbox(InboxQuery { agent: a, after, .. }) => {
             agent(a);
             let _ = after.as_deref().map(crate::api::page::parse_inbox_cursor);
         }
@@ -307,18 +310,18 @@ fn request_names(r: &Request) {
             agent(a);
             topic(t);
         }
-        Request::Publish { agent: a, topic: t, .. } => {
+        Request::Publish(PublishRequest { agent: a, topic: t, .. }) => {
             agent(a);
             topic(t);
         }
-        Request::History {
+        Request::History(HistoryQuery {
             agent: a,
             target,
             grep,
             before,
             after,
             ..
-        } => {
+        }) => {
             for c in [before, after].into_iter().flatten() {
                 let _ = crate::api::page::parse_history_cursor(c);
             }

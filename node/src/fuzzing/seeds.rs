@@ -146,13 +146,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             0,
             api_frame(&ClientFrame {
                 id: 1,
-                request: Request::Send {
+                request: Request::Send(SendRequest {
                     from: "alice".into(),
                     to: "bob@laptop".into(),
                     text: "hi".into(),
                     reply_to: None,
                     id: Some(MessageId([7; 16])),
-                },
+                }),
             }),
         ),
     ));
@@ -163,7 +163,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             0,
             api_frame(&ClientFrame {
                 id: 2,
-                request: Request::History {
+                request: Request::History(HistoryQuery {
                     agent: Some("alice".into()),
                     target: Some("#build".into()),
                     grep: Some("green".into()),
@@ -172,7 +172,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                     after: None,
                     forward: true,
                     max_bytes: Some(40_000),
-                },
+                }),
             }),
         ),
     ));

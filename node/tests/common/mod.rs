@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Event, MessageView, Request, Response, SendReceipt};
+use mesh_node::api::{AgentSpec, Event, MessageView, Request, Response, SendReceipt, SendRequest};
 use mesh_node::config::Overrides;
 use mesh_node::daemon::{Daemon, DaemonOptions};
 use mesh_node::home::Home;
@@ -163,13 +163,13 @@ impl TestNode {
 
     pub async fn send(&self, from: &str, to: &str, text: &str) -> SendReceipt {
         match self
-            .call(Request::Send {
+            .call(Request::Send(SendRequest {
                 from: from.into(),
                 to: to.into(),
                 text: text.into(),
                 reply_to: None,
                 id: None,
-            })
+            }))
             .await
             .expect("send")
         {
