@@ -373,122 +373,138 @@ impl Directory {
     /// `name~suffix` means the one node whose PeerId ends with the suffix (see
     /// [`Directory::node`]).
     pub fn resolve(&self, addr: &Address, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
-        let hosts = |p: &PeerId| {
-            self.nodes[p]
-                .announcement
-                .as_ref()
-                .is_some_and(|a| a.agents.iter().any(|x| x.name == addr.agent))
-        };
-        let remote_agent = |peer: &PeerId, agent: &AgentName| -> Result<Target, ApiError> {
-            let entry = self.nodes.get(peer).ok_or_else(|| {
-                ApiError::not_found(format!("unknown node {peer}: dial it first (mesh dial <multiaddr>)"))
-            })?;
-            match &entry.announcement {
-                Some(a) if a.agents.iter().any(|x| &x.name == agent) => Ok(Target::Remote {
-                    peer: *peer,
-                    node_name: Some(a.node_name.clone()),
-                    agent: agent.clone(),
-                }),
-                Some(a) => {
-                    let names: Vec<&str> = a.agents.iter().map(|x| x.name.as_str()).collect();
-                    Err(ApiError::not_found(format!(
-                        "no agent {agent:?} on node {} ({peer}); its agents: {}",
-                        self.label(peer, None, my_name),
-                        if names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    )))
-                }
-                // Known, but its agents are not: let its node decide.
-                None => Ok(Target::Remote {
-                    peer: *peer,
-                    node_name: None,
-                    agent: agent.clone(),
-                }),
-            }
-        };
-        let local_agent = |agent: &AgentName| -> Result<Target, ApiError> {
-            if local.contains(agent) {
-                return Ok(Target::Local(agent.clone()));
-            }
-            let names: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
-            let mut message = format!(
-                "no agent {agent:?} on this node ({my_name}); its agents: {}",
-                names.join(", ")
-            );
-            // A remote namesake hosting it is not this node: say how to reach it.
-            let namesakes: Vec<PeerId> = self.named(my_name).into_iter().filter(|p| hosts(p)).collect();
-            if !namesakes.is_empty() {
-                message.push_str(&format!(
-                    "; another node is named {my_name:?} too: {}",
-                    self.addresses(agent, &namesakes, my_name).join(", ")
-                ));
-            }
-            Err(ApiError::not_found(message))
-        };
+        let agent = &addr.agent;
         match &addr.node {
-            Some(NodeRef::Name(n)) if n != my_name => {
-                let mut candidates = self.named(n);
-                // Prefer the nodes that host the agent, when the name is shared.
-                if candidates.len() > 1 && candidates.iter().any(hosts) {
-                    candidates.retain(hosts);
-                }
-                match candidates.as_slice() {
-                    [] => {
-                        let mut known: Vec<String> = self
-                            .nodes
-                            .iter()
-                            .filter(|(_, e)| e.announcement.is_some())
-                            .map(|(p, _)| self.label(p, None, my_name))
-                            .collect();
-                        known.sort();
-                        known.push(format!("{my_name} (this node)"));
-                        Err(ApiError::not_found(format!(
-                            "no node named {n:?} is known; known nodes: {}",
-                            known.join(", ")
-                        )))
-                    }
-                    [p] => remote_agent(p, &addr.agent),
-                    many => Err(ApiError::new(
-                        ErrorCode::Ambiguous,
-                        format!(
-                            "several nodes are named {n:?}; use one of: {}",
-                            self.addresses(&addr.agent, many, my_name).join(", ")
-                        ),
-                    )),
-                }
-            }
+            Some(NodeRef::Name(n)) if n != my_name => self.resolve_named(n, agent, my_name),
             Some(node) => match self.node(node, my_name)? {
-                p if p == self.me => local_agent(&addr.agent),
-                p => remote_agent(&p, &addr.agent),
+                p if p == self.me => self.local_agent(agent, my_name, local),
+                p => self.remote_agent(&p, agent, my_name),
             },
-            None => {
-                let mut found: Vec<PeerId> = self.nodes.keys().copied().filter(hosts).collect();
-                found.sort();
-                if local.contains(&addr.agent) {
-                    found.insert(0, self.me);
-                }
-                match found.as_slice() {
-                    [] => Err(ApiError::not_found(format!(
-                        "no agent named {:?} is known on the mesh (see mesh agents)",
-                        addr.agent
-                    ))),
-                    [p] if *p == self.me => Ok(Target::Local(addr.agent.clone())),
-                    [p] => remote_agent(p, &addr.agent),
-                    many => Err(ApiError::new(
-                        ErrorCode::Ambiguous,
-                        format!(
-                            "{} agents are named {:?}; say which: {}",
-                            many.len(),
-                            addr.agent,
-                            self.addresses(&addr.agent, many, my_name).join(", ")
-                        ),
-                    )),
-                }
-            }
+            None => self.resolve_anywhere(agent, my_name, local),
         }
+    }
+
+    /// Whether `peer` announced an agent named `agent`.
+    fn hosts(&self, peer: &PeerId, agent: &AgentName) -> bool {
+        self.nodes
+            .get(peer)
+            .and_then(|e| e.announcement.as_ref())
+            .is_some_and(|a| a.agents.iter().any(|x| &x.name == agent))
+    }
+
+    /// `agent@n` for a remote node name `n` (perhaps shared by several nodes).
+    fn resolve_named(&self, n: &NodeName, agent: &AgentName, my_name: &NodeName) -> Result<Target, ApiError> {
+        let mut candidates = self.named(n);
+        // Prefer the nodes that host the agent, when the name is shared.
+        if candidates.len() > 1 && candidates.iter().any(|p| self.hosts(p, agent)) {
+            candidates.retain(|p| self.hosts(p, agent));
+        }
+        match candidates.as_slice() {
+            [] => {
+                let mut known: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, e)| e.announcement.is_some())
+                    .map(|(p, _)| self.label(p, None, my_name))
+                    .collect();
+                known.sort();
+                known.push(format!("{my_name} (this node)"));
+                Err(ApiError::not_found(format!(
+                    "no node named {n:?} is known; known nodes: {}",
+                    known.join(", ")
+                )))
+            }
+            [p] => self.remote_agent(p, agent, my_name),
+            many => Err(ApiError::new(
+                ErrorCode::Ambiguous,
+                format!(
+                    "several nodes are named {n:?}; use one of: {}",
+                    self.addresses(agent, many, my_name).join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// A bare agent name: the one node (this one included) that hosts an agent so named.
+    fn resolve_anywhere(&self, agent: &AgentName, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
+        let mut found: Vec<PeerId> = self.nodes.keys().copied().filter(|p| self.hosts(p, agent)).collect();
+        found.sort();
+        if local.contains(agent) {
+            found.insert(0, self.me);
+        }
+        match found.as_slice() {
+            [] => Err(ApiError::not_found(format!(
+                "no agent named {agent:?} is known on the mesh (see mesh agents)"
+            ))),
+            [p] if *p == self.me => Ok(Target::Local(agent.clone())),
+            [p] => self.remote_agent(p, agent, my_name),
+            many => Err(ApiError::new(
+                ErrorCode::Ambiguous,
+                format!(
+                    "{} agents are named {agent:?}; say which: {}",
+                    many.len(),
+                    self.addresses(agent, many, my_name).join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// `agent` on the remote node `peer`: refused when the node announced its agents and
+    /// this is not one of them; left to the node to decide when it has not announced.
+    fn remote_agent(&self, peer: &PeerId, agent: &AgentName, my_name: &NodeName) -> Result<Target, ApiError> {
+        let entry = self.nodes.get(peer).ok_or_else(|| {
+            ApiError::not_found(format!("unknown node {peer}: dial it first (mesh dial <multiaddr>)"))
+        })?;
+        match &entry.announcement {
+            Some(a) if a.agents.iter().any(|x| &x.name == agent) => Ok(Target::Remote {
+                peer: *peer,
+                node_name: Some(a.node_name.clone()),
+                agent: agent.clone(),
+            }),
+            Some(a) => {
+                let names: Vec<&str> = a.agents.iter().map(|x| x.name.as_str()).collect();
+                Err(ApiError::not_found(format!(
+                    "no agent {agent:?} on node {} ({peer}); its agents: {}",
+                    self.label(peer, None, my_name),
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )))
+            }
+            // Known, but its agents are not: let its node decide.
+            None => Ok(Target::Remote {
+                peer: *peer,
+                node_name: None,
+                agent: agent.clone(),
+            }),
+        }
+    }
+
+    /// `agent` on this node; when it is not here but a remote namesake of this node hosts
+    /// it, the refusal says how to reach that one.
+    fn local_agent(&self, agent: &AgentName, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
+        if local.contains(agent) {
+            return Ok(Target::Local(agent.clone()));
+        }
+        let names: Vec<&str> = local.iter().map(|a| a.as_str()).collect();
+        let mut message = format!(
+            "no agent {agent:?} on this node ({my_name}); its agents: {}",
+            names.join(", ")
+        );
+        let namesakes: Vec<PeerId> = self
+            .named(my_name)
+            .into_iter()
+            .filter(|p| self.hosts(p, agent))
+            .collect();
+        if !namesakes.is_empty() {
+            message.push_str(&format!(
+                "; another node is named {my_name:?} too: {}",
+                self.addresses(agent, &namesakes, my_name).join(", ")
+            ));
+        }
+        Err(ApiError::not_found(message))
     }
 }
 

@@ -105,21 +105,40 @@ pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken
     while conns.join_next().await.is_some() {}
 }
 
-fn unreachable_request<T>() -> Result<T, ApiError> {
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        "request routed to the wrong handler",
-    ))
+/// Why an API connection ended early (logged at debug: a client's mistake, not ours).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The client said nothing in time.
+    #[error("client said nothing within {HELLO_TIMEOUT:?}")]
+    Silent,
+    /// The client closed before its hello.
+    #[error("client closed before hello")]
+    ClosedBeforeHello,
+    /// The client was refused (wrong user, magic or version); it was told why.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A frame over the limit or a request that does not decode; the client was told.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    /// A frame could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(#[from] postcard::Error),
 }
 
-fn encode(frame: &ServerFrame) -> Result<Bytes, String> {
-    postcard::to_allocvec(frame).map(Bytes::from).map_err(|e| e.to_string())
+fn encode(frame: &ServerFrame) -> Result<Bytes, postcard::Error> {
+    postcard::to_allocvec(frame).map(Bytes::from)
 }
 
-async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -> Result<(), String> {
-    let max_frame = node.config().limits.max_api_frame_bytes;
-    // Only the user running the daemon may use it (root may, too).
-    let cred = stream.peer_cred().map_err(|e| e.to_string())?;
+type Reader = FramedRead<tokio::net::unix::OwnedReadHalf, LengthDelimitedCodec>;
+type Writer = FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// The hello exchange: only the user running the daemon (and root) of the same API version
+/// is welcomed; a refused client is told why before the connection closes.
+async fn handshake(stream: UnixStream, node: &Node, max_frame: usize) -> Result<(Reader, Writer), ConnectionError> {
+    let cred = stream.peer_cred()?;
     let me = node.owner_uid();
     let allowed = cred.uid() == me || cred.uid() == 0;
 
@@ -129,9 +148,8 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
-        .map_err(|_| "client said nothing".to_string())?
-        .ok_or("client closed before hello")?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ConnectionError::Silent)?
+        .ok_or(ConnectionError::ClosedBeforeHello)??;
     let refusal = match postcard::from_bytes::<ClientHello>(&hello) {
         _ if !allowed => Some(format!(
             "uid {} may not use this daemon (owned by uid {me})",
@@ -153,18 +171,19 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
             max_frame: max_frame as u32,
         },
     };
-    let bytes = postcard::to_allocvec(&answer).map_err(|e| e.to_string())?;
-    writer.send(Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
+    writer.send(Bytes::from(postcard::to_allocvec(&answer)?)).await?;
     if let Some(reason) = refusal {
-        return Err(reason);
+        return Err(ConnectionError::Refused(reason));
     }
     reader.decoder_mut().set_max_frame_length(max_frame);
-    node.metrics().api_connections.inc();
-    let _counted = ConnectionCount(node.clone());
+    Ok((reader, writer))
+}
 
-    // One writer task; everyone else queues frames for it.
+/// The connection's one writer: everyone else queues frames for it. An answer over the
+/// frame limit is replaced by a `TooLarge` error (an event that large is dropped).
+fn spawn_writer(mut writer: Writer, max_frame: usize) -> (mpsc::Sender<ServerFrame>, tokio::task::JoinHandle<()>) {
     let (out, mut out_rx) = mpsc::channel::<ServerFrame>(CLIENT_QUEUE);
-    let write_task = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             let bytes = match encode(&frame) {
                 Ok(b) => b,
@@ -173,36 +192,48 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                     continue;
                 }
             };
-            if bytes.len() > max_frame {
-                let id = match &frame {
-                    ServerFrame::Reply { id, .. } => *id,
-                    ServerFrame::Event(_) => continue,
+            let bytes = if bytes.len() <= max_frame {
+                bytes
+            } else {
+                let ServerFrame::Reply { id, .. } = &frame else {
+                    continue;
                 };
-                let err = ServerFrame::Reply {
-                    id,
-                    result: Err(ApiError::new(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "the answer is {} bytes, over the API frame limit of {max_frame}; ask for fewer (--limit)",
-                            bytes.len()
-                        ),
-                    )),
+                let too_large = ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the answer is {} bytes, over the API frame limit of {max_frame}; ask for fewer (--limit)",
+                        bytes.len()
+                    ),
+                );
+                let Ok(b) = encode(&ServerFrame::Reply {
+                    id: *id,
+                    result: Err(too_large),
+                }) else {
+                    continue;
                 };
-                let Ok(b) = encode(&err) else { continue };
-                if writer.send(b).await.is_err() {
-                    break;
-                }
-                continue;
-            }
+                b
+            };
             if writer.send(bytes).await.is_err() {
                 break;
             }
         }
     });
+    (out, task)
+}
 
-    let mut requests: JoinSet<()> = JoinSet::new();
-    let mut sessions: Vec<SessionGuard> = Vec::new();
-    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -> Result<(), ConnectionError> {
+    let max_frame = node.config().limits.max_api_frame_bytes;
+    let (mut reader, writer) = handshake(stream, &node, max_frame).await?;
+    node.metrics().api_connections.inc();
+    let _counted = ConnectionCount(node.clone());
+    let (out, write_task) = spawn_writer(writer, max_frame);
+    let mut conn = Connection {
+        node,
+        out,
+        requests: JoinSet::new(),
+        sessions: Vec::new(),
+        watcher: None,
+    };
     let mut stopping = false;
     let result = loop {
         tokio::select! {
@@ -210,106 +241,135 @@ async fn connection(stream: UnixStream, node: Node, cancel: CancellationToken) -
                 stopping = true;
                 break Ok(());
             }
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-            frame = reader.next() => {
-                let bytes = match frame {
-                    None => break Ok(()),
-                    Some(Ok(b)) => b,
-                    Some(Err(e)) => {
-                        // Oversized or broken framing: say why, then hang up.
-                        let _ = out.send(ServerFrame::Reply {
-                            id: 0,
-                            result: Err(ApiError::new(ErrorCode::TooLarge, format!("bad frame: {e} (limit {max_frame} bytes)"))),
-                        }).await;
-                        break Err(e.to_string());
-                    }
-                };
-                let ClientFrame { id, request } = match postcard::from_bytes::<ClientFrame>(&bytes) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = out.send(ServerFrame::Reply {
-                            id: 0,
-                            result: Err(ApiError::bad(format!("malformed request: {e}"))),
-                        }).await;
-                        break Err(e.to_string());
-                    }
-                };
-                match request {
-                    Request::Register { .. } | Request::Claim { .. } => {
-                        let outcome = match request {
-                            Request::Claim { agent, exact } => node.claim(agent, exact).await.map(|(v, g)| (v, Some(g))),
-                            Request::Register { agent, attach } => node.register(agent, attach).await,
-                            _ => unreachable_request(),
-                        };
-                        let result = match outcome {
-                            Ok((view, guard)) => {
-                                sessions.extend(guard);
-                                Ok(Response::Agent(view))
-                            }
-                            Err(e) => Err(e),
-                        };
-                        if out.send(ServerFrame::Reply { id, result }).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Request::Waker { agent } => {
-                        let result = match node.hold_waker(&agent).await {
-                            Ok((guard, generation)) => {
-                                sessions.push(guard);
-                                Ok(Response::Waker { generation })
-                            }
-                            Err(e) => Err(e),
-                        };
-                        if out.send(ServerFrame::Reply { id, result }).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Request::Watch { agents } => {
-                        if let Some(w) = watcher.take() {
-                            w.abort();
-                        }
-                        watcher = Some(tokio::spawn(forward_events(node.subscribe_events(), agents, out.clone())));
-                        if out.send(ServerFrame::Reply { id, result: Ok(Response::Ok) }).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Request::Shutdown => {
-                        let _ = out.send(ServerFrame::Reply { id, result: Ok(Response::Ok) }).await;
-                        tracing::info!("shutdown requested through the API");
-                        node.request_shutdown();
-                    }
-                    other => {
-                        if requests.len() >= MAX_IN_FLIGHT {
-                            let busy = ApiError::new(ErrorCode::Busy, format!("more than {MAX_IN_FLIGHT} requests in flight on one connection"));
-                            if out.send(ServerFrame::Reply { id, result: Err(busy) }).await.is_err() {
-                                break Ok(());
-                            }
-                            continue;
-                        }
-                        let node = node.clone();
-                        let out = out.clone();
-                        requests.spawn(async move {
-                            let result = dispatch(&node, other).await;
-                            let _ = out.send(ServerFrame::Reply { id, result }).await;
-                        }.in_current_span());
-                    }
-                }
-            }
+            Some(_) = conn.requests.join_next(), if !conn.requests.is_empty() => {}
+            frame = reader.next() => match frame {
+                None => break Ok(()),
+                Some(frame) => match conn.on_frame(frame, max_frame).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Close) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
+            },
         }
     };
-    if let Some(w) = watcher {
-        w.abort();
-    }
-    if stopping {
-        // The daemon stops: requests in flight are answered first (bounded by the stop).
-        while requests.join_next().await.is_some() {}
-    } else {
-        requests.shutdown().await;
-    }
-    drop(sessions);
-    drop(out);
+    conn.close(stopping).await;
     let _ = write_task.await;
     result
+}
+
+/// What the connection does after a frame.
+enum Flow {
+    Continue,
+    /// The client is gone (its queue closed).
+    Close,
+}
+
+/// One client connection's state: its requests in flight, the sessions it holds (agents
+/// online, wakers) and its event forwarder.
+struct Connection {
+    node: Node,
+    out: mpsc::Sender<ServerFrame>,
+    requests: JoinSet<()>,
+    sessions: Vec<SessionGuard>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Takes one frame: requests that change the connection itself (sessions, wakers, the
+    /// event stream, shutdown) are done here, in order; the rest run concurrently (at most
+    /// [`MAX_IN_FLIGHT`]).
+    async fn on_frame(
+        &mut self,
+        frame: std::io::Result<bytes::BytesMut>,
+        max_frame: usize,
+    ) -> Result<Flow, ConnectionError> {
+        let bytes = match frame {
+            Ok(b) => b,
+            Err(e) => {
+                // Oversized or broken framing: say why, then hang up.
+                let error = ApiError::new(ErrorCode::TooLarge, format!("bad frame: {e} (limit {max_frame} bytes)"));
+                self.reply(0, Err(error)).await;
+                return Err(ConnectionError::BadFrame(e.to_string()));
+            }
+        };
+        let ClientFrame { id, request } = match postcard::from_bytes::<ClientFrame>(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.reply(0, Err(ApiError::bad(format!("malformed request: {e}"))))
+                    .await;
+                return Err(ConnectionError::BadFrame(e.to_string()));
+            }
+        };
+        let result = match request {
+            Request::Claim { agent, exact } => self.node.claim(agent, exact).await.map(|(view, guard)| {
+                self.sessions.push(guard);
+                Response::Agent(view)
+            }),
+            Request::Register { agent, attach } => self.node.register(agent, attach).await.map(|(view, guard)| {
+                self.sessions.extend(guard);
+                Response::Agent(view)
+            }),
+            Request::Waker { agent } => self.node.hold_waker(&agent).await.map(|(guard, generation)| {
+                self.sessions.push(guard);
+                Response::Waker { generation }
+            }),
+            Request::Watch { agents } => {
+                if let Some(w) = self.watcher.take() {
+                    w.abort();
+                }
+                let events = self.node.subscribe_events();
+                self.watcher = Some(tokio::spawn(forward_events(events, agents, self.out.clone())));
+                Ok(Response::Ok)
+            }
+            Request::Shutdown => {
+                self.reply(id, Ok(Response::Ok)).await;
+                tracing::info!("shutdown requested through the API");
+                self.node.request_shutdown();
+                return Ok(Flow::Continue);
+            }
+            _ if self.requests.len() >= MAX_IN_FLIGHT => Err(ApiError::new(
+                ErrorCode::Busy,
+                format!("more than {MAX_IN_FLIGHT} requests in flight on one connection"),
+            )),
+            other => {
+                let (node, out) = (self.node.clone(), self.out.clone());
+                self.requests.spawn(
+                    async move {
+                        let result = dispatch(&node, other).await;
+                        let _ = out.send(ServerFrame::Reply { id, result }).await;
+                    }
+                    .in_current_span(),
+                );
+                return Ok(Flow::Continue);
+            }
+        };
+        Ok(if self.reply(id, result).await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        })
+    }
+
+    /// Queues an answer; false when the client is gone.
+    async fn reply(&self, id: u64, result: Result<Response, ApiError>) -> bool {
+        self.out.send(ServerFrame::Reply { id, result }).await.is_ok()
+    }
+
+    /// Ends the connection: when the daemon stops, requests in flight are answered first
+    /// (bounded by the stop); when the client left, they are dropped. Then its sessions
+    /// end (its agents go offline) and the writer drains.
+    async fn close(mut self, stopping: bool) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        if stopping {
+            while self.requests.join_next().await.is_some() {}
+        } else {
+            self.requests.shutdown().await;
+        }
+        drop(self.sessions);
+        drop(self.out);
+    }
 }
 
 /// Counts an open API connection until dropped.
@@ -385,24 +445,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             reply_to,
             id,
         }) => Response::Sent(node.send(&from, &to, text, reply_to, id).await?),
-        Request::Inbox(InboxQuery {
-            agent,
-            all,
-            limit,
-            mark_read,
-            skip_notified,
-            after,
-            max_bytes,
-        }) => {
-            let q = crate::store::InboxQuery {
-                limit: limit.max(1) as usize,
-                all,
-                skip_notified,
-                mark_read,
-                after: after.as_deref().map(crate::api::page::parse_inbox_cursor).transpose()?,
-            };
-            Response::Inbox(node.inbox(&agent, q, max_bytes).await?)
-        }
+        Request::Inbox(query) => Response::Inbox(inbox(node, query).await?),
         Request::MarkRead { agent, ids } => Response::Marked {
             count: node.mark(&agent, ids, crate::store::ReadState::Read).await?,
         },
@@ -429,30 +472,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             reply_to,
             id,
         }) => Response::Published(node.publish(&agent, &topic, text, reply_to, id).await?),
-        Request::History(HistoryQuery {
-            agent,
-            target,
-            grep,
-            limit,
-            before,
-            after,
-            forward,
-            max_bytes,
-        }) => {
-            let cursor = |c: Option<String>| c.as_deref().map(crate::api::page::parse_history_cursor).transpose();
-            let filter = crate::store::HistoryFilter {
-                grep,
-                limit: limit.max(1) as usize,
-                before: cursor(before)?,
-                after: cursor(after)?,
-                forward,
-                ..Default::default()
-            };
-            Response::History(
-                node.history(agent.as_deref(), target.as_deref(), filter, max_bytes)
-                    .await?,
-            )
-        }
+        Request::History(query) => Response::History(history(node, query).await?),
         Request::Outbox {
             agent,
             delivered,
@@ -472,4 +492,35 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
             return Err(ApiError::new(ErrorCode::Internal, "handled by the connection"));
         }
     })
+}
+
+/// One page of an inbox.
+async fn inbox(node: &Node, query: InboxQuery) -> Result<crate::api::InboxPage, ApiError> {
+    let q = crate::store::InboxQuery {
+        limit: query.limit.max(1) as usize,
+        all: query.all,
+        skip_notified: query.skip_notified,
+        mark_read: query.mark_read,
+        after: query
+            .after
+            .as_deref()
+            .map(crate::api::page::parse_inbox_cursor)
+            .transpose()?,
+    };
+    node.inbox(&query.agent, q, query.max_bytes).await
+}
+
+/// One page of the history.
+async fn history(node: &Node, query: HistoryQuery) -> Result<crate::api::HistoryPage, ApiError> {
+    let cursor = |c: Option<String>| c.as_deref().map(crate::api::page::parse_history_cursor).transpose();
+    let filter = crate::store::HistoryFilter {
+        grep: query.grep,
+        limit: query.limit.max(1) as usize,
+        before: cursor(query.before)?,
+        after: cursor(query.after)?,
+        forward: query.forward,
+        ..Default::default()
+    };
+    node.history(query.agent.as_deref(), query.target.as_deref(), filter, query.max_bytes)
+        .await
 }
