@@ -1,6 +1,6 @@
 //! `mesh status`.
 
-use mesh_node::api::LocalApi;
+use mesh_node::api::{LocalApi, StatusView};
 
 use super::Ctx;
 use crate::output;
@@ -10,6 +10,15 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&s);
     }
+    print_node(ctx, &s);
+    print_network(&s);
+    print_reach(&s);
+    print_local(&s);
+    Ok(())
+}
+
+/// Identity and mesh.
+fn print_node(ctx: &Ctx, s: &StatusView) {
     crate::outln!("node     {}  {}  ({})", s.node.name, s.node.peer_id, s.node.version);
     if s.mesh.open {
         crate::outln!(
@@ -30,6 +39,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             ctx.mesh()
         );
     }
+}
+
+/// Home, listeners, discovery, connections.
+fn print_network(s: &StatusView) {
     crate::outln!("home     {}", s.home);
     for (i, a) in s.listen.iter().enumerate() {
         crate::outln!(
@@ -55,6 +68,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         s.known,
         s.remembered
     );
+}
+
+/// NAT, external addresses, relay slots, hole punching, relaying for others.
+fn print_reach(s: &StatusView) {
     let r = &s.reach;
     crate::outln!(
         "nat      {}",
@@ -88,6 +105,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             r.relay_circuits
         );
     }
+}
+
+/// Agents, topics, store, uptime.
+fn print_local(s: &StatusView) {
     let agents: Vec<String> = s
         .agents
         .iter()
@@ -142,5 +163,4 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "uptime   {}",
         humantime::format_duration(std::time::Duration::from_secs(s.uptime_s))
     );
-    Ok(())
 }

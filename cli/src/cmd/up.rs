@@ -118,39 +118,8 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
     let save = if spawned { None } else { save };
     if a.detach {
         let exe = std::env::current_exe().context("cannot find the mesh executable")?;
-        let mut args: Vec<std::ffi::OsString> = vec!["--home".into(), ctx.home.path().into(), "up".into()];
-        if let Some(n) = &ov.name {
-            args.push("--name".into());
-            args.push(n.to_string().into());
-        }
-        for l in &ov.listen {
-            args.push("--listen".into());
-            args.push(l.to_string().into());
-        }
-        if ov.no_mdns {
-            args.push("--no-mdns".into());
-        }
-        if ov.relay {
-            args.push("--relay".into());
-        }
-        if ov.relay_for_anyone {
-            args.push("--relay-for-anyone".into());
-        }
-        if ov.open {
-            args.push("--open".into());
-        }
-        if let Some(m) = ov.metrics {
-            args.push("--metrics".into());
-            args.push(m.to_string().into());
-        }
-        for e in &ov.external {
-            args.push("--external".into());
-            args.push(e.to_string().into());
-        }
+        let args = detached_args(ctx, &ov, a.reset);
         let home = ctx.home.clone();
-        if a.reset {
-            args.push("--reset".into());
-        }
         let outcome = tokio::task::spawn_blocking(move || daemon::spawn_detached(&exe, &args, &home)).await??;
         return match outcome {
             Detached::Started(info) => {
@@ -161,8 +130,47 @@ pub async fn run(ctx: &Ctx, a: UpArgs) -> anyhow::Result<()> {
             Detached::AlreadyRunning(msg) => anyhow::bail!("{msg}"),
         };
     }
+    foreground(ctx, ov, save, spawned).await
+}
 
-    let report = spawned;
+/// The arguments of the detached daemon's own `mesh up`: these settings, the same home.
+fn detached_args(ctx: &Ctx, ov: &Overrides, reset: bool) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--home".into(), ctx.home.path().into(), "up".into()];
+    let mut flag = |name: &str, value: Option<String>| {
+        args.push(name.into());
+        args.extend(value.map(Into::into));
+    };
+    if let Some(n) = &ov.name {
+        flag("--name", Some(n.to_string()));
+    }
+    for l in &ov.listen {
+        flag("--listen", Some(l.to_string()));
+    }
+    for (set, name) in [
+        (ov.no_mdns, "--no-mdns"),
+        (ov.relay, "--relay"),
+        (ov.relay_for_anyone, "--relay-for-anyone"),
+        (ov.open, "--open"),
+    ] {
+        if set {
+            flag(name, None);
+        }
+    }
+    if let Some(m) = ov.metrics {
+        flag("--metrics", Some(m.to_string()));
+    }
+    for e in &ov.external {
+        flag("--external", Some(e.to_string()));
+    }
+    if reset {
+        flag("--reset", None);
+    }
+    args
+}
+
+/// Runs the daemon in this process until it stops; a spawned one reports its start (or
+/// why it failed) to its starter.
+async fn foreground(ctx: &Ctx, ov: Overrides, save: Option<Overrides>, report: bool) -> anyhow::Result<()> {
     let opts = DaemonOptions {
         home: ctx.home.clone(),
         overrides: ov,

@@ -137,79 +137,33 @@ impl Client {
 
     /// Connects to a socket path directly.
     pub async fn connect_socket(socket: &Path, home: &Path, name: &str) -> Result<Self, ClientError> {
-        let stream = match UnixStream::connect(socket).await {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Err(ClientError::NotRunning {
-                    home: home.to_path_buf(),
-                    socket: socket.to_path_buf(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(ClientError::Refused(format!(
-                    "only the user who owns {} may use its daemon (permission denied on {})",
-                    home.display(),
-                    socket.display()
-                )));
-            }
-            Err(source) => {
-                return Err(ClientError::Connect {
-                    path: socket.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let (r, w) = stream.into_split();
-        let mut reader = FramedRead::new(
-            r,
-            LengthDelimitedCodec::builder()
-                .max_frame_length(HELLO_FRAME_LIMIT)
-                .new_codec(),
-        );
-        let mut writer = FramedWrite::new(
-            w,
-            LengthDelimitedCodec::builder()
-                .max_frame_length(HELLO_FRAME_LIMIT)
-                .new_codec(),
-        );
-        let hello = ClientHello {
-            magic: MAGIC,
-            version: API_VERSION,
-            client: name.to_string(),
-        };
-        let bytes = postcard::to_allocvec(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        // A socket that accepts and then hangs up before the hello belongs to a daemon that
-        // is dying (killed, or stopping): as good as none running.
+        // A socket that is missing, or that accepts and hangs up before the hello (its
+        // daemon is dying: killed, or stopping), is as good as no daemon running.
         let gone = || ClientError::NotRunning {
             home: home.to_path_buf(),
             socket: socket.to_path_buf(),
         };
-        writer.send(Bytes::from(bytes)).await.map_err(|_| gone())?;
-        let answer = match reader.next().await {
-            None => return Err(gone()),
-            Some(Err(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::BrokenPipe
-                        | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                return Err(gone());
-            }
-            Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-            Some(Ok(a)) => a,
+        let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => gone(),
+            std::io::ErrorKind::PermissionDenied => ClientError::Refused(format!(
+                "only the user who owns {} may use its daemon (permission denied on {})",
+                home.display(),
+                socket.display()
+            )),
+            _ => ClientError::Connect {
+                path: socket.to_path_buf(),
+                source: e,
+            },
+        })?;
+        let (r, w) = stream.into_split();
+        let codec = || {
+            LengthDelimitedCodec::builder()
+                .max_frame_length(HELLO_FRAME_LIMIT)
+                .new_codec()
         };
-        let (node, max_frame) = match postcard::from_bytes::<ServerHello>(&answer) {
-            Ok(ServerHello::Welcome { node, max_frame, .. }) => (node, max_frame as usize),
-            Ok(ServerHello::Refused { reason }) => return Err(ClientError::Refused(reason)),
-            Err(e) => return Err(ClientError::Protocol(format!("unexpected hello answer: {e}"))),
-        };
+        let mut reader = FramedRead::new(r, codec());
+        let mut writer = FramedWrite::new(w, codec());
+        let (node, max_frame) = hello(&mut reader, &mut writer, name).await?.ok_or_else(gone)?;
         reader
             .decoder_mut()
             .set_max_frame_length(max_frame.max(HELLO_FRAME_LIMIT));
@@ -222,48 +176,7 @@ impl Client {
             reader: std::sync::Mutex::new(None),
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-        let weak = Arc::downgrade(&shared);
-        let task = tokio::spawn(async move {
-            let mut lagged: u64 = 0;
-            while let Some(Ok(bytes)) = reader.next().await {
-                match postcard::from_bytes::<ServerFrame>(&bytes) {
-                    Ok(ServerFrame::Reply { id, result }) => {
-                        let Some(shared) = weak.upgrade() else { break };
-                        let tx = shared
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .as_mut()
-                            .and_then(|p| p.remove(&id));
-                        match tx {
-                            Some(tx) => {
-                                let _ = tx.send(result);
-                            }
-                            None if id == 0 => {
-                                tracing::warn!(?result, "the daemon reported a connection error");
-                            }
-                            None => {}
-                        }
-                    }
-                    Ok(ServerFrame::Event(ev)) => {
-                        if lagged > 0 && events_tx.try_send(Event::Lagged { missed: lagged }).is_ok() {
-                            lagged = 0;
-                        }
-                        if events_tx.try_send(ev).is_err() {
-                            lagged += 1;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "undecodable frame from the daemon");
-                        break;
-                    }
-                }
-            }
-            // Fail everything still waiting.
-            if let Some(shared) = weak.upgrade() {
-                shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-            }
-        });
+        let task = tokio::spawn(read_frames(reader, Arc::downgrade(&shared), events_tx));
         *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         Ok(Self {
             shared,
@@ -371,6 +284,91 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("the event stream was already taken".into()))?;
         self.call(Request::Watch { agents }).await?;
         Ok(rx)
+    }
+}
+
+type Reader = FramedRead<tokio::net::unix::OwnedReadHalf, LengthDelimitedCodec>;
+type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// The hello exchange: the daemon's identity and frame limit, or `None` when it hung up
+/// first (it is going away).
+async fn hello(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    name: &str,
+) -> Result<Option<(NodeIdentity, usize)>, ClientError> {
+    let hello = ClientHello {
+        magic: MAGIC,
+        version: API_VERSION,
+        client: name.to_string(),
+    };
+    let bytes = postcard::to_allocvec(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if writer.send(Bytes::from(bytes)).await.is_err() {
+        return Ok(None);
+    }
+    let answer = match reader.next().await {
+        None => return Ok(None),
+        Some(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            return Ok(None);
+        }
+        Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+        Some(Ok(a)) => a,
+    };
+    match postcard::from_bytes::<ServerHello>(&answer) {
+        Ok(ServerHello::Welcome { node, max_frame, .. }) => Ok(Some((node, max_frame as usize))),
+        Ok(ServerHello::Refused { reason }) => Err(ClientError::Refused(reason)),
+        Err(e) => Err(ClientError::Protocol(format!("unexpected hello answer: {e}"))),
+    }
+}
+
+/// The connection's reader: replies to their waiting callers, events to the event stream
+/// (counted as lagged when the stream is full). When the connection ends, every caller
+/// still waiting is failed.
+async fn read_frames(mut reader: Reader, shared: std::sync::Weak<Shared>, events: mpsc::Sender<Event>) {
+    let mut lagged: u64 = 0;
+    while let Some(Ok(bytes)) = reader.next().await {
+        match postcard::from_bytes::<ServerFrame>(&bytes) {
+            Ok(ServerFrame::Reply { id, result }) => {
+                let Some(shared) = shared.upgrade() else { break };
+                let tx = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                    .and_then(|p| p.remove(&id));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    None if id == 0 => {
+                        tracing::warn!(?result, "the daemon reported a connection error");
+                    }
+                    None => {}
+                }
+            }
+            Ok(ServerFrame::Event(ev)) => {
+                if lagged > 0 && events.try_send(Event::Lagged { missed: lagged }).is_ok() {
+                    lagged = 0;
+                }
+                if events.try_send(ev).is_err() {
+                    lagged += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame from the daemon");
+                break;
+            }
+        }
+    }
+    if let Some(shared) = shared.upgrade() {
+        shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
