@@ -38,6 +38,17 @@ pub fn ports(listen: &[Multiaddr]) -> (Option<u16>, Option<u16>) {
     (tcp, quic)
 }
 
+/// Why DNS-SD could not start (the node runs on without it; mDNS still works).
+#[derive(Debug, thiserror::Error)]
+pub enum DnsSdError {
+    /// Nothing to advertise.
+    #[error("no TCP or QUIC listen address to advertise")]
+    NoPort,
+    /// The DNS-SD daemon failed.
+    #[error(transparent)]
+    MdnsSd(#[from] mdns_sd::Error),
+}
+
 impl DnsSd {
     /// Advertises this node and dials agentmesh nodes found on the LAN until `cancel`.
     pub fn start(
@@ -46,10 +57,10 @@ impl DnsSd {
         listen: &[Multiaddr],
         net: NetHandle,
         cancel: CancellationToken,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DnsSdError> {
         let (tcp, quic) = ports(listen);
-        let port = quic.or(tcp).ok_or("no TCP or QUIC listen address to advertise")?;
-        let daemon = ServiceDaemon::new().map_err(|e| e.to_string())?;
+        let port = quic.or(tcp).ok_or(DnsSdError::NoPort)?;
+        let daemon = ServiceDaemon::new()?;
         let id = peer.to_string();
         let instance = format!("{name}-{}", &id[id.len().saturating_sub(6)..]);
         let host = format!(
@@ -67,12 +78,10 @@ impl DnsSd {
         if let Some(p) = quic {
             props.push(("quic", p.to_string()));
         }
-        let info = ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", port, props.as_slice())
-            .map_err(|e| e.to_string())?
-            .enable_addr_auto();
+        let info = ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", port, props.as_slice())?.enable_addr_auto();
         let fullname = info.get_fullname().to_string();
-        daemon.register(info).map_err(|e| e.to_string())?;
-        let events = daemon.browse(SERVICE_TYPE).map_err(|e| e.to_string())?;
+        daemon.register(info)?;
+        let events = daemon.browse(SERVICE_TYPE)?;
         tokio::spawn(async move {
             loop {
                 let ev = tokio::select! {
