@@ -166,6 +166,13 @@ pub struct SendArgs {
     /// Recipient: agent@node (node name, PeerId, or node label such as laptop~Xk3vQ9aB, shown
     /// when names clash), or a bare agent name if unique.
     pub to: String,
+    #[command(flatten)]
+    pub message: Compose,
+}
+
+/// A message to send or publish: its text, who writes it, what it answers, its id.
+#[derive(Args, Debug)]
+pub struct Compose {
     /// The message text ("-" reads it from standard input).
     pub text: String,
     #[command(flatten)]
@@ -206,17 +213,8 @@ pub struct TopicArgs {
 pub struct PublishArgs {
     /// Topic name (a leading # is accepted).
     pub topic: String,
-    /// The message text ("-" reads it from standard input).
-    pub text: String,
     #[command(flatten)]
-    pub who: AsAgent,
-    /// Id of the message this one answers.
-    #[arg(long, value_name = "ID")]
-    pub reply_to: Option<String>,
-    /// Id for the new message (a ULID; default: a fresh one). Running the command again
-    /// with the same id and text sends the message once: for scripts that retry.
-    #[arg(long, value_name = "ID")]
-    pub id: Option<String>,
+    pub message: Compose,
 }
 
 #[derive(Args, Debug)]

@@ -7,15 +7,15 @@ use crate::cli::{OutboxArgs, SendArgs};
 use crate::output;
 
 pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
-    let text = text_arg(&a.text)?;
-    let reply_to = id_arg(&a.reply_to)?;
+    let text = text_arg(&a.message.text)?;
+    let reply_to = id_arg(&a.message.reply_to)?;
     let r = ctx
         .send(SendRequest {
-            from: ctx.agent(&a.who.agent),
+            from: ctx.agent(&a.message.who.agent),
             to: a.to.clone(),
             text,
             reply_to,
-            id: Some(id_arg(&a.id)?.unwrap_or_default()),
+            id: Some(id_arg(&a.message.id)?.unwrap_or_default()),
         })
         .await?;
     if ctx.json {

@@ -59,11 +59,11 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
 pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<()> {
     let r = ctx
         .publish(PublishRequest {
-            agent: ctx.agent(&a.who.agent),
+            agent: ctx.agent(&a.message.who.agent),
             topic: a.topic,
-            text: text_arg(&a.text)?,
-            reply_to: id_arg(&a.reply_to)?,
-            id: Some(id_arg(&a.id)?.unwrap_or_default()),
+            text: text_arg(&a.message.text)?,
+            reply_to: id_arg(&a.message.reply_to)?,
+            id: Some(id_arg(&a.message.id)?.unwrap_or_default()),
         })
         .await?;
     if ctx.json {
