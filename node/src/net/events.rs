@@ -37,11 +37,9 @@ impl NetActor {
                 self.update_listening();
             }
             SwarmEvent::ListenerClosed {
-                listener_id,
-                reason,
-                addresses,
+                listener_id, reason, ..
             } => {
-                if !self.reach_on_listener_closed(listener_id, &addresses, &reason) {
+                if !self.reach_on_listener_closed(listener_id, &reason) {
                     tracing::warn!(?reason, "listener closed");
                     self.listeners_reported.insert(listener_id);
                 }
