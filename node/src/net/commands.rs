@@ -2,6 +2,80 @@
 
 use super::*;
 
+/// What the rest of the node asks of the actor (through [`NetHandle`]).
+pub(super) enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    DialPeer {
+        peer: PeerId,
+    },
+    AddAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        discovered: bool,
+    },
+    SendDm {
+        peer: PeerId,
+        request: DmRequest,
+        reply: oneshot::Sender<Result<DmResponse, NetError>>,
+    },
+    RespondDm {
+        request: InboundRequestId,
+        response: DmResponse,
+    },
+    Sync {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
+    },
+    RespondSync {
+        request: InboundRequestId,
+        response: Box<SyncResponse>,
+    },
+    Publish {
+        topic: TopicName,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<u32, NetError>>,
+    },
+    Subscribe(TopicName),
+    Unsubscribe(TopicName),
+    SetMembership {
+        mesh: Box<Membership>,
+        reset: bool,
+    },
+    Join {
+        invite: Box<Invite>,
+        reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
+    },
+    RespondJoin {
+        request: InboundRequestId,
+        response: Box<JoinResponse>,
+    },
+    DropOutsider(PeerId),
+    SetAnnouncement(Box<Announcement>),
+    Info(oneshot::Sender<NetInfo>),
+    Ping {
+        peer: PeerId,
+        reply: PingReply,
+    },
+    Find {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, NetError>>,
+    },
+    Pin(PeerId),
+    Unpin {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    CloseConnections(Vec<ConnectionId>),
+    Stop {
+        flush: Duration,
+        reply: oneshot::Sender<()>,
+    },
+}
+
 impl NetActor {
     pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
         let addr = strip_p2p(addr);
