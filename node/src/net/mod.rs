@@ -17,6 +17,7 @@ mod handle;
 mod join;
 mod protocols;
 mod reach;
+mod rekey;
 mod report;
 mod rules;
 
