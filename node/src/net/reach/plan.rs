@@ -1,7 +1,7 @@
 //! Reachability decisions as plain structs fed events and the time, returning actions the
 //! network actor applies: redials ([`Redials`]), relay slots ([`Slots`]), the pace of DHT
-//! lookups, AutoNAT's verdict and the hole-punch counts. Hole punches themselves are
-//! DCUtR's (it retries within an attempt; nothing here retries them): they are counted.
+//! lookups, AutoNAT's verdict and the hole-punch counts. Hole punches are run (and their
+//! attempts repeated) by DCUtR itself; nothing here retries them: their outcomes are counted.
 
 use std::collections::HashMap;
 use std::time::Instant;
