@@ -133,6 +133,8 @@ fn relay_config(cfg: &crate::config::Relay) -> relay::Config {
     .circuit_src_per_ip(per_minute(60), Duration::from_secs(60))
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Builds the swarm and starts listening. Listening on a configured address that fails is
 /// an error; a default address that fails (e.g. no IPv6) is logged and skipped. Returns
 /// the swarm, the number of listeners started, and the door of its TCP transport.
@@ -142,18 +144,9 @@ pub fn build(
     mesh: &Membership,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(Swarm<Behaviour>, usize, Guard), NetError> {
-    let budget = InboundBudget::new(MEMBER_INBOUND_BUDGET);
     let guard = Guard::new(config.relay.serve && config.relay.for_anyone);
     let door = guard.clone();
-    let max_req = config.max_wire_request_bytes();
-    // Sealing adds a few dozen bytes; the envelope a few hundred.
-    let gossip_max = (config.limits.max_topic_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES + 1024);
-    let relay_for_anyone = config.relay.for_anyone;
     let mut registry = metrics.registry();
-    let request_timeout = config.delivery.request_timeout;
-    let (ping_every, ping_timeout) = super::ping_timing(config.presence.heartbeat);
-    let mdns_on = config.libp2p_mdns();
-    let relay_cfg = config.relay.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_quic_config(|mut c| {
@@ -162,117 +155,14 @@ pub fn build(
             c.max_concurrent_stream_limit = guard::MAX_STREAMS_PER_CONNECTION as u32;
             c
         })
-        .with_other_transport(|key| {
-            guard::tcp_transport(key, door).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
-        })
+        .with_other_transport(|key| guard::tcp_transport(key, door).map_err(|e| -> BoxError { Box::new(e) }))
         .map_err(|e| NetError::Start(e.to_string()))?
         .with_dns()
         .map_err(|e| NetError::Start(format!("cannot read the system DNS configuration: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Start(e.to_string()))?
         .with_bandwidth_metrics(&mut registry)
-        .with_behaviour(|key, relay_client| {
-            let peer = key.public().to_peer_id();
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .validate_messages()
-                .message_id_fn(wire::gossip_message_id)
-                .max_transmit_size(gossip_max)
-                .heartbeat_interval(Duration::from_secs(1))
-                // A smaller mesh degree than the default 6: members only (no Sybils to
-                // outnumber), and every copy costs each node a signature check. Fan-out to
-                // 50 nodes on 2 cores went from p99 ~500 ms to ~170 ms (docs/benchmarks.md).
-                .mesh_n(4)
-                .mesh_n_low(3)
-                .mesh_n_high(6)
-                .mesh_outbound_min(2)
-                .gossip_lazy(4)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let gossipsub =
-                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let mdns = if mdns_on {
-                match mdns::tokio::Behaviour::new(mdns::Config::default(), peer) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mDNS unavailable; LAN discovery is off");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let rr = request_response::Config::default()
-                .with_request_timeout(request_timeout)
-                .with_max_concurrent_streams(MAX_MEMBER_STREAMS_PER_CONNECTION);
-            let open = rr.clone().with_max_concurrent_streams(MAX_OPEN_STREAMS_PER_CONNECTION);
-            let mut kad =
-                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
-            // Every node answers lookups: the mesh is small and its members' relayed
-            // addresses are exactly what a lookup must return.
-            kad.set_mode(Some(kad::Mode::Server));
-            let limits = connection_limits::ConnectionLimits::default()
-                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                .with_max_established_incoming(Some(MAX_INCOMING))
-                .with_max_established_per_peer(Some(MAX_PER_PEER));
-            Ok(Behaviour {
-                limits: connection_limits::Behaviour::new(limits),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
-                        .with_agent_version(AGENT_VERSION.to_string())
-                        .with_push_listen_addr_updates(true),
-                ),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
-                mdns: mdns.into(),
-                admit: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
-                    [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
-                    open.clone(),
-                ),
-                join: request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_JOIN_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
-                    [(wire::JOIN_PROTOCOL, ProtocolSupport::Full)],
-                    open,
-                ),
-                gossipsub: gate(gossipsub),
-                dm: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES).with_budget(budget.clone()),
-                    [(wire::DM_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
-                )),
-                hello: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES)
-                        .with_budget(budget.clone()),
-                    [(wire::HELLO_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
-                )),
-                sync: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_SYNC_REQUEST_BYTES, wire::MAX_SYNC_RESPONSE_BYTES)
-                        .with_budget(budget.clone()),
-                    [(wire::SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
-                )),
-                rekey: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(wire::MAX_GRANT_BYTES, 16).with_budget(budget),
-                    [(wire::REKEY_PROTOCOL, ProtocolSupport::Full)],
-                    rr.clone(),
-                )),
-                probe: gate(request_response::Behaviour::with_codec(
-                    PostcardCodec::new(64, 64),
-                    [(PING_PROTOCOL, ProtocolSupport::Full)],
-                    rr,
-                )),
-                relay_client,
-                relay_server: relay_cfg
-                    .serve
-                    .then(|| Gate::new(relay::Behaviour::new(peer, relay_config(&relay_cfg)), relay_for_anyone))
-                    .into(),
-                dcutr: gate(dcutr::Behaviour::new(peer)),
-                autonat_client: gate(autonat::v2::client::Behaviour::default()),
-                autonat_server: gate(autonat::v2::server::Behaviour::default()),
-                kad: gate(kad),
-            })
-        })
+        .with_behaviour(|key, relay_client| compose(key, relay_client, config))
         .map_err(|e| NetError::Start(e.to_string()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
@@ -280,7 +170,18 @@ pub fn build(
         })
         .build();
     drop(registry);
+    let listening = listen(&mut swarm, config)?;
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .inner()
+        .subscribe(&wire::directory_topic(mesh))
+        .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
+    Ok((swarm, listening, guard))
+}
 
+/// Starts the listeners of the configuration; how many started.
+fn listen(swarm: &mut Swarm<Behaviour>, config: &Config) -> Result<usize, NetError> {
     let (addrs, defaults) = config.listen_addrs();
     let mut listening = 0;
     for addr in addrs {
@@ -295,11 +196,135 @@ pub fn build(
     if listening == 0 {
         return Err(NetError::Start("no listen address could be used".into()));
     }
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .inner()
-        .subscribe(&wire::directory_topic(mesh))
-        .map_err(|e| NetError::Start(format!("gossipsub: {e}")))?;
-    Ok((swarm, listening, guard))
+    Ok(listening)
+}
+
+/// The behaviour of a node with `key`, as configured.
+fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Config) -> Result<Behaviour, BoxError> {
+    let peer = key.public().to_peer_id();
+    let budget = InboundBudget::new(MEMBER_INBOUND_BUDGET);
+    let max_req = config.max_wire_request_bytes();
+    let (ping_every, ping_timeout) = super::ping_timing(config.presence.heartbeat);
+    let rr = request_response::Config::default()
+        .with_request_timeout(config.delivery.request_timeout)
+        .with_max_concurrent_streams(MAX_MEMBER_STREAMS_PER_CONNECTION);
+    let open = rr.clone().with_max_concurrent_streams(MAX_OPEN_STREAMS_PER_CONNECTION);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_established_incoming(Some(MAX_INCOMING))
+        .with_max_established_per_peer(Some(MAX_PER_PEER));
+    let relay_cfg = &config.relay;
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify: identify::Behaviour::new(
+            identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
+                .with_agent_version(AGENT_VERSION.to_string())
+                .with_push_listen_addr_updates(true),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
+        mdns: lan_discovery(peer, config.libp2p_mdns()).into(),
+        admit: rr_behaviour(
+            PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
+            wire::ADMIT_PROTOCOL,
+            open.clone(),
+        ),
+        join: rr_behaviour(
+            PostcardCodec::new(wire::MAX_JOIN_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
+            wire::JOIN_PROTOCOL,
+            open,
+        ),
+        gossipsub: gate(gossip(key, config)?),
+        dm: gate(rr_behaviour(
+            PostcardCodec::new(max_req, wire::MAX_DM_RESPONSE_BYTES).with_budget(budget.clone()),
+            wire::DM_PROTOCOL,
+            rr.clone(),
+        )),
+        hello: gate(rr_behaviour(
+            PostcardCodec::new(wire::MAX_ANNOUNCEMENT_BYTES, wire::MAX_ANNOUNCEMENT_BYTES).with_budget(budget.clone()),
+            wire::HELLO_PROTOCOL,
+            rr.clone(),
+        )),
+        sync: gate(rr_behaviour(
+            PostcardCodec::new(wire::MAX_SYNC_REQUEST_BYTES, wire::MAX_SYNC_RESPONSE_BYTES).with_budget(budget.clone()),
+            wire::SYNC_PROTOCOL,
+            rr.clone(),
+        )),
+        rekey: gate(rr_behaviour(
+            PostcardCodec::new(wire::MAX_GRANT_BYTES, 16).with_budget(budget.clone()),
+            wire::REKEY_PROTOCOL,
+            rr.clone(),
+        )),
+        probe: gate(rr_behaviour(PostcardCodec::new(64, 64), PING_PROTOCOL, rr)),
+        relay_client,
+        relay_server: relay_cfg
+            .serve
+            .then(|| {
+                Gate::new(
+                    relay::Behaviour::new(peer, relay_config(relay_cfg)),
+                    relay_cfg.for_anyone,
+                )
+            })
+            .into(),
+        dcutr: gate(dcutr::Behaviour::new(peer)),
+        autonat_client: gate(autonat::v2::client::Behaviour::default()),
+        autonat_server: gate(autonat::v2::server::Behaviour::default()),
+        kad: gate(kademlia(peer)),
+    })
+}
+
+/// A request-response behaviour speaking `protocol` both ways.
+fn rr_behaviour<C>(codec: C, protocol: StreamProtocol, cfg: request_response::Config) -> request_response::Behaviour<C>
+where
+    C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+{
+    request_response::Behaviour::with_codec(codec, [(protocol, ProtocolSupport::Full)], cfg)
+}
+
+/// Gossipsub for sealed mesh messages: checked before they are passed on.
+fn gossip(key: &Keypair, config: &Config) -> Result<gossipsub::Behaviour, BoxError> {
+    // Sealing adds a few dozen bytes; the envelope a few hundred.
+    let gossip_max = (config.limits.max_topic_message_bytes + 16 * 1024).max(wire::MAX_ANNOUNCEMENT_BYTES + 1024);
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(wire::gossip_message_id)
+        .max_transmit_size(gossip_max)
+        .heartbeat_interval(Duration::from_secs(1))
+        // A smaller mesh degree than the default 6: members only (no Sybils to
+        // outnumber), and every copy costs each node a signature check. Fan-out to
+        // 50 nodes on 2 cores went from p99 ~500 ms to ~170 ms (docs/benchmarks.md).
+        .mesh_n(4)
+        .mesh_n_low(3)
+        .mesh_n_high(6)
+        .mesh_outbound_min(2)
+        .gossip_lazy(4)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?)
+}
+
+/// libp2p mDNS when `on`; off (logged) when the system refuses it.
+fn lan_discovery(peer: libp2p::PeerId, on: bool) -> Option<mdns::tokio::Behaviour> {
+    if !on {
+        return None;
+    }
+    match mdns::tokio::Behaviour::new(mdns::Config::default(), peer) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "mDNS unavailable; LAN discovery is off");
+            None
+        }
+    }
+}
+
+/// Our own Kademlia DHT, in which every node answers lookups.
+fn kademlia(peer: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
+    // Every node answers lookups: the mesh is small and its members' relayed
+    // addresses are exactly what a lookup must return.
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
 }

@@ -2,6 +2,80 @@
 
 use super::*;
 
+/// What the rest of the node asks of the actor (through [`NetHandle`]).
+pub(super) enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    DialPeer {
+        peer: PeerId,
+    },
+    AddAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        discovered: bool,
+    },
+    SendDm {
+        peer: PeerId,
+        request: DmRequest,
+        reply: oneshot::Sender<Result<DmResponse, NetError>>,
+    },
+    RespondDm {
+        request: InboundRequestId,
+        response: DmResponse,
+    },
+    Sync {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
+    },
+    RespondSync {
+        request: InboundRequestId,
+        response: Box<SyncResponse>,
+    },
+    Publish {
+        topic: TopicName,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<u32, NetError>>,
+    },
+    Subscribe(TopicName),
+    Unsubscribe(TopicName),
+    SetMembership {
+        mesh: Box<Membership>,
+        reset: bool,
+    },
+    Join {
+        invite: Box<Invite>,
+        reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
+    },
+    RespondJoin {
+        request: InboundRequestId,
+        response: Box<JoinResponse>,
+    },
+    DropOutsider(PeerId),
+    SetAnnouncement(Box<Announcement>),
+    Info(oneshot::Sender<NetInfo>),
+    Ping {
+        peer: PeerId,
+        reply: PingReply,
+    },
+    Find {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, NetError>>,
+    },
+    Pin(PeerId),
+    Unpin {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    CloseConnections(Vec<ConnectionId>),
+    Stop {
+        flush: Duration,
+        reply: oneshot::Sender<()>,
+    },
+}
+
 impl NetActor {
     pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
         let addr = strip_p2p(addr);
@@ -145,92 +219,27 @@ impl NetActor {
                 addrs,
                 discovered,
             } => self.add_addrs(peer, addrs, discovered),
-            Command::SendDm { peer, request, reply } => {
-                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
-                    return;
-                };
-                let id = self.swarm.behaviour_mut().dm.inner().send_request(&peer, request);
-                self.dm_out.insert(id, reply);
-            }
+            Command::SendDm { peer, request, reply } => self.send_dm(peer, request, reply),
             Command::RespondDm { request, response } => self.respond_dm(request, response),
-            Command::Sync { peer, request, reply } => {
-                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
-                    return;
-                };
-                let id = self.swarm.behaviour_mut().sync.inner().send_request(&peer, request);
-                self.sync_out.insert(id, reply);
-            }
-            Command::RespondSync { request, response } => {
-                if let Some(ch) = self.sync_in.remove(&request)
-                    && self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .inner()
-                        .send_response(ch, *response)
-                        .is_err()
-                {
-                    tracing::debug!("catch-up response not sent: connection gone");
-                }
-            }
+            Command::Sync { peer, request, reply } => self.send_sync(peer, request, reply),
+            Command::RespondSync { request, response } => self.respond_sync(request, *response),
             Command::Publish { topic, data, reply } => {
                 let _ = reply.send(self.publish(&topic, &data));
             }
-            Command::Subscribe(topic) => {
-                let g = self.user_topic(&topic);
-                self.subscribed.insert(topic.clone());
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
-                    tracing::warn!(topic = %topic, error = %e, "subscribe failed");
-                }
-            }
-            Command::Unsubscribe(topic) => {
-                let g = self.user_topic(&topic);
-                self.subscribed.remove(&topic);
-                self.swarm.behaviour_mut().gossipsub.inner().unsubscribe(&g);
-            }
+            Command::Subscribe(topic) => self.subscribe(topic),
+            Command::Unsubscribe(topic) => self.unsubscribe(topic),
             Command::SetMembership { mesh, reset } => self.set_membership(*mesh, reset),
             Command::Join { invite, reply } => self.start_join(*invite, reply),
             Command::RespondJoin { request, response } => self.respond_join(request, *response),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
             Command::SetAnnouncement(a) => self.set_announcement(*a),
-            Command::Ping { peer, reply } => {
-                let Some(reply) = self.admitted_or_refuse(peer, reply) else {
-                    return;
-                };
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .probe
-                    .inner()
-                    .send_request(&peer, rand::random::<u64>());
-                self.pings.insert(id, (Instant::now(), reply));
-            }
-            Command::Find { peer, reply } => {
-                if self.is_admitted(&peer) {
-                    let addrs = self
-                        .addrs
-                        .get(&peer)
-                        .map(|l| l.iter().cloned().collect())
-                        .unwrap_or_default();
-                    let _ = reply.send(Ok(addrs));
-                } else {
-                    self.lookup(peer, Some(reply));
-                }
-            }
+            Command::Ping { peer, reply } => self.send_ping(peer, reply),
+            Command::Find { peer, reply } => self.find(peer, reply),
             Command::Pin(peer) => self.pin(peer),
             Command::Unpin { peer, reply } => {
                 let _ = reply.send(self.unpin(&peer));
             }
-            Command::Stop { flush, reply } => {
-                self.stopping = true;
-                let now = Instant::now();
-                self.stop = Some(StopState {
-                    flush_until: now + flush / 2,
-                    deadline: now + flush,
-                    closing: false,
-                    reply: Some(reply),
-                });
-            }
+            Command::Stop { flush, reply } => self.begin_stop(flush, reply),
             Command::CloseConnections(ids) => {
                 for id in ids {
                     self.swarm.close_connection(id);
@@ -240,6 +249,90 @@ impl NetActor {
                 let _ = reply.send(self.info());
             }
         }
+    }
+
+    fn send_dm(&mut self, peer: PeerId, request: DmRequest, reply: Waiting<DmResponse>) {
+        let Some(reply) = self.admitted_or_refuse(peer, reply) else {
+            return;
+        };
+        let id = self.swarm.behaviour_mut().dm.inner().send_request(&peer, request);
+        self.dm_out.insert(id, reply);
+    }
+
+    fn send_sync(&mut self, peer: PeerId, request: SyncRequest, reply: Waiting<SyncResponse>) {
+        let Some(reply) = self.admitted_or_refuse(peer, reply) else {
+            return;
+        };
+        let id = self.swarm.behaviour_mut().sync.inner().send_request(&peer, request);
+        self.sync_out.insert(id, reply);
+    }
+
+    fn respond_sync(&mut self, request: InboundRequestId, response: SyncResponse) {
+        if let Some(ch) = self.sync_in.remove(&request)
+            && self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .inner()
+                .send_response(ch, response)
+                .is_err()
+        {
+            tracing::debug!("catch-up response not sent: connection gone");
+        }
+    }
+
+    fn subscribe(&mut self, topic: TopicName) {
+        let g = self.user_topic(&topic);
+        self.subscribed.insert(topic.clone());
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.inner().subscribe(&g) {
+            tracing::warn!(topic = %topic, error = %e, "subscribe failed");
+        }
+    }
+
+    fn unsubscribe(&mut self, topic: TopicName) {
+        let g = self.user_topic(&topic);
+        self.subscribed.remove(&topic);
+        self.swarm.behaviour_mut().gossipsub.inner().unsubscribe(&g);
+    }
+
+    /// `mesh ping`: a round trip on the members-only probe protocol.
+    fn send_ping(&mut self, peer: PeerId, reply: PingReply) {
+        let Some(reply) = self.admitted_or_refuse(peer, reply) else {
+            return;
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .probe
+            .inner()
+            .send_request(&peer, rand::random::<u64>());
+        self.pings.insert(id, (Instant::now(), reply));
+    }
+
+    /// Where `peer` is: the addresses known for a member, else a DHT lookup.
+    fn find(&mut self, peer: PeerId, reply: Waiting<Vec<Multiaddr>>) {
+        if self.is_admitted(&peer) {
+            let addrs = self
+                .addrs
+                .get(&peer)
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            let _ = reply.send(Ok(addrs));
+        } else {
+            self.lookup(peer, Some(reply));
+        }
+    }
+
+    /// A clean stop: answers flushed for half of `flush`, then connections closed.
+    fn begin_stop(&mut self, flush: Duration, reply: oneshot::Sender<()>) {
+        self.stopping = true;
+        let now = Instant::now();
+        self.stop = Some(StopState {
+            flush_until: now + flush / 2,
+            deadline: now + flush,
+            closing: false,
+            reply: Some(reply),
+        });
     }
 
     /// A request to a peer that is not admitted fails at once ("not connected"); the reply

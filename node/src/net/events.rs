@@ -37,11 +37,9 @@ impl NetActor {
                 self.update_listening();
             }
             SwarmEvent::ListenerClosed {
-                listener_id,
-                reason,
-                addresses,
+                listener_id, reason, ..
             } => {
-                if !self.reach_on_listener_closed(listener_id, &addresses, &reason) {
+                if !self.reach_on_listener_closed(listener_id, &reason) {
                     tracing::warn!(?reason, "listener closed");
                     self.listeners_reported.insert(listener_id);
                 }
@@ -236,87 +234,11 @@ impl NetActor {
     pub(super) fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if info.protocol_version != wire::IDENTIFY_PROTOCOL_VERSION {
-                    if self.reach_serving_anyone() || self.reach_uses_relay(&peer_id) {
-                        // A relay client or our relay: it may stay, it gets nothing else.
-                        return;
-                    }
-                    tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not an agentmesh node; disconnecting");
-                    if self.foreign.len() >= MAX_FOREIGN {
-                        self.foreign.clear();
-                    }
-                    self.foreign.insert(peer_id);
-                    self.addrs.remove(&peer_id);
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
-                if let Some(s) = self.peers.get_mut(&peer_id) {
-                    s.agentmesh = true;
-                    s.agent_version = Some(info.agent_version.clone());
-                }
-                // Keep what can be dialed from here: loopback only if the peer is on this
-                // machine, never link-local IPv6 (it needs a zone we do not know).
-                let local = self
-                    .peers
-                    .get(&peer_id)
-                    .is_some_and(|s| s.connections.values().any(|c| is_loopback(&c.addr)));
-                let listen: Vec<Multiaddr> = info
-                    .listen_addrs
-                    .into_iter()
-                    .map(strip_p2p)
-                    .filter(|a| (local || !is_loopback(a)) && !is_link_local_v6(a))
-                    .collect();
-                for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
-                    self.remember(peer_id, a.clone());
-                }
-                self.reach_on_identify(peer_id, &info.protocols);
-                if let Some(s) = self.peers.get_mut(&peer_id) {
-                    s.identified = Some((info.protocols.clone(), listen.clone()));
-                }
-                if self.is_admitted(&peer_id) {
-                    self.feed_kad(peer_id);
-                    self.emit(NetEvent::PeerIdentified {
-                        peer: peer_id,
-                        listen_addrs: listen,
-                    });
-                }
+                self.on_identify(peer_id, info)
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event {
-                peer,
-                connection,
-                result,
-            }) => match result {
-                Ok(rtt) => {
-                    if let Some(s) = self.peers.get_mut(&peer) {
-                        s.rtt = Some(rtt);
-                    }
-                }
-                Err(ping::Failure::Unsupported) => {}
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "ping failed; closing the connection");
-                    self.swarm.close_connection(connection);
-                }
-            },
-            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
-                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-                for (p, a) in list {
-                    by_peer.entry(p).or_default().push(a);
-                }
-                for (peer, addrs) in by_peer {
-                    if self.foreign.contains(&peer) || peer == *self.swarm.local_peer_id() {
-                        continue;
-                    }
-                    for a in &addrs {
-                        self.remember(peer, a.clone());
-                    }
-                    self.emit(NetEvent::PeerDiscovered {
-                        peer,
-                        addrs: addrs.clone(),
-                    });
-                    self.dial_known(peer);
-                }
-            }
+            BehaviourEvent::Ping(e) => self.on_ping(e),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => self.on_mdns(list),
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Admit(e) => self.on_admit(e),
             BehaviourEvent::Join(e) => self.on_join(e),
@@ -335,6 +257,97 @@ impl NetActor {
                 tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "served an AutoNAT test");
             }
             BehaviourEvent::Kad(e) => self.on_kad(e),
+        }
+    }
+
+    /// Identify told us what a peer is: a non-agentmesh peer is dropped (unless it is a
+    /// relay in use), an agentmesh one's dialable addresses are remembered.
+    fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        if info.protocol_version != wire::IDENTIFY_PROTOCOL_VERSION {
+            if self.reach_serving_anyone() || self.reach_uses_relay(&peer_id) {
+                // A relay client or our relay: it may stay, it gets nothing else.
+                return;
+            }
+            tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not an agentmesh node; disconnecting");
+            if self.foreign.len() >= MAX_FOREIGN {
+                self.foreign.clear();
+            }
+            self.foreign.insert(peer_id);
+            self.addrs.remove(&peer_id);
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        if let Some(s) = self.peers.get_mut(&peer_id) {
+            s.agentmesh = true;
+            s.agent_version = Some(info.agent_version.clone());
+        }
+        // Keep what can be dialed from here: loopback only if the peer is on this
+        // machine, never link-local IPv6 (it needs a zone we do not know).
+        let local = self
+            .peers
+            .get(&peer_id)
+            .is_some_and(|s| s.connections.values().any(|c| is_loopback(&c.addr)));
+        let listen: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .map(strip_p2p)
+            .filter(|a| (local || !is_loopback(a)) && !is_link_local_v6(a))
+            .collect();
+        for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
+            self.remember(peer_id, a.clone());
+        }
+        self.reach_on_identify(peer_id, &info.protocols);
+        if let Some(s) = self.peers.get_mut(&peer_id) {
+            s.identified = Some((info.protocols.clone(), listen.clone()));
+        }
+        if self.is_admitted(&peer_id) {
+            self.feed_kad(peer_id);
+            self.emit(NetEvent::PeerIdentified {
+                peer: peer_id,
+                listen_addrs: listen,
+            });
+        }
+    }
+
+    /// A ping round trip, or a failure that closes the connection.
+    fn on_ping(&mut self, e: ping::Event) {
+        let ping::Event {
+            peer,
+            connection,
+            result,
+        } = e;
+        match result {
+            Ok(rtt) => {
+                if let Some(s) = self.peers.get_mut(&peer) {
+                    s.rtt = Some(rtt);
+                }
+            }
+            Err(ping::Failure::Unsupported) => {}
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
+        }
+    }
+
+    /// Peers found by mDNS: remembered, reported and dialed.
+    fn on_mdns(&mut self, list: Vec<(PeerId, Multiaddr)>) {
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (p, a) in list {
+            by_peer.entry(p).or_default().push(a);
+        }
+        for (peer, addrs) in by_peer {
+            if self.foreign.contains(&peer) || peer == *self.swarm.local_peer_id() {
+                continue;
+            }
+            for a in &addrs {
+                self.remember(peer, a.clone());
+            }
+            self.emit(NetEvent::PeerDiscovered {
+                peer,
+                addrs: addrs.clone(),
+            });
+            self.dial_known(peer);
         }
     }
 }

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Handle to the network actor. Cheap to clone.
+#[derive(Clone)]
+pub struct NetHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    /// The actor's event queue, to read its depth (does not keep it open).
+    pub(super) events: mpsc::WeakSender<NetEvent>,
+    pub(super) connected: watch::Receiver<Arc<BTreeSet<PeerId>>>,
+    pub(super) listening: watch::Receiver<Listening>,
+    pub(super) local_peer: PeerId,
+    /// Topic messages taken per publishing node: by gossip here and by catch-up, one
+    /// allowance for both.
+    pub(super) topic_rate: SharedTopicRate,
+}
+
+/// One publisher allowance (`limits.peer_topic_messages_per_minute`) per node.
+pub(crate) type SharedTopicRate = Arc<std::sync::Mutex<RateLimiter<PeerId>>>;
+
 impl NetHandle {
     /// The allowance of topic messages per publishing node, shared by gossip and catch-up.
     pub(crate) fn topic_rate(&self) -> &SharedTopicRate {

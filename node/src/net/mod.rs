@@ -6,6 +6,7 @@
 //! `send` on oneshots, events with `try_send` (a full channel drops informational events and
 //! answers inbound deliveries with "unavailable", so the sender retries).
 
+mod addr;
 mod admit;
 mod behaviour;
 mod commands;
@@ -16,6 +17,8 @@ mod handle;
 mod join;
 mod protocols;
 mod reach;
+mod rekey;
+mod report;
 mod rules;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -33,9 +36,16 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use addr::dial_error_text;
+pub use addr::{ConnectionInfo, MultiaddrError, Path, parse_multiaddr, path_of, relay_of, strip_p2p};
+pub(crate) use addr::{is_link_local_v6, is_loopback};
 pub use admit::{ADMIT_TIMEOUT, OutsiderInfo};
 pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_PROTOCOL, build};
+use commands::Command;
+pub use handle::NetHandle;
+pub(crate) use handle::SharedTopicRate;
 pub use reach::{NatStatus, PunchStats, ReachInfo, ReservationInfo};
+pub use report::{ConnectedPeer, Discovery, Listening, NetEvent, NetInfo};
 
 use crate::config::Config;
 use crate::ids::{TopicName, now_ms};
@@ -111,295 +121,7 @@ pub enum NetError {
     Start(String),
 }
 
-/// How a peer was found on the LAN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Discovery {
-    /// libp2p mDNS.
-    Mdns,
-    /// DNS-SD (`_agentmesh._udp.local`).
-    DnsSd,
-}
-
-/// What the actor reports.
-#[derive(Debug)]
-pub enum NetEvent {
-    /// A listen address became active.
-    Listening(Multiaddr),
-    /// A peer proved membership (on its first connection of this visit).
-    PeerConnected {
-        /// The peer.
-        peer: PeerId,
-        /// Its address on this connection.
-        addr: Multiaddr,
-        /// We dialed it.
-        dialed: bool,
-    },
-    /// Last connection to an admitted peer closed.
-    PeerDisconnected {
-        /// The peer.
-        peer: PeerId,
-    },
-    /// A member was identified, with the addresses it listens on.
-    PeerIdentified {
-        /// The peer.
-        peer: PeerId,
-        /// Its listen addresses.
-        listen_addrs: Vec<Multiaddr>,
-    },
-    /// A peer was found on the LAN.
-    PeerDiscovered {
-        /// The peer.
-        peer: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
-    },
-    /// A peer's announcement (from hello or the sealed directory topic; the node is
-    /// verified and admitted).
-    Announcement {
-        /// The announcing node.
-        peer: PeerId,
-        /// What it said.
-        announcement: Announcement,
-    },
-    /// A peer delivers direct messages; answer with [`NetHandle::respond_dm`].
-    InboundDms {
-        /// The sending node (authenticated).
-        peer: PeerId,
-        /// Reply handle.
-        request: InboundRequestId,
-        /// The messages, in send order.
-        messages: Vec<wire::WireMessage>,
-    },
-    /// A peer asks for topic catch-up; answer with [`NetHandle::respond_sync`].
-    SyncRequest {
-        /// The asking node (authenticated).
-        peer: PeerId,
-        /// Reply handle.
-        request: InboundRequestId,
-        /// What it asks.
-        body: SyncRequest,
-    },
-    /// A topic message from another node (signature verified, well formed).
-    Topic {
-        /// The publishing node.
-        source: PeerId,
-        /// The message.
-        envelope: TopicEnvelope,
-    },
-    /// A peer subscribed to a user topic.
-    TopicSubscribed {
-        /// The peer.
-        peer: PeerId,
-        /// The topic.
-        topic: TopicName,
-    },
-    /// Reachability changed: NAT status, relay slots, a hole punch.
-    ReachChanged,
-    /// The mesh key chain changed (renewed by a member, or a removal): persist it.
-    MembershipChanged(Box<Membership>),
-    /// A node asks to join with a join code; answer with [`NetHandle::respond_join`].
-    JoinRequest {
-        /// The asking node (authenticated).
-        peer: PeerId,
-        /// Reply handle.
-        request: InboundRequestId,
-        /// The code it holds (signature not yet checked).
-        invite: Box<Invite>,
-        /// The name it gives.
-        node_name: String,
-    },
-}
-
-/// One open connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConnectionInfo {
-    /// The peer's address on it.
-    pub addr: Multiaddr,
-    /// We dialed it (else the peer did).
-    pub dialed: bool,
-    /// Direct over the LAN, direct over the internet, or through a relay.
-    pub path: Path,
-    /// The relay, for a relayed connection.
-    pub via: Option<PeerId>,
-    /// `tcp` or `quic` (of the hop to the relay, when relayed).
-    pub transport: String,
-}
-
-impl ConnectionInfo {
-    fn of(addr: &Multiaddr, dialed: bool) -> Self {
-        let via = relay_of(addr);
-        let transport = if addr.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic)) {
-            "quic"
-        } else if addr.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
-            "tcp"
-        } else {
-            "other"
-        };
-        Self {
-            addr: addr.clone(),
-            dialed,
-            path: path_of(addr),
-            via,
-            transport: transport.to_string(),
-        }
-    }
-
-    /// `direct over tcp (LAN)`, `relayed via 12D3… (quic)`.
-    pub fn describe(&self) -> String {
-        match (self.path, &self.via) {
-            (Path::Relayed, Some(r)) => format!("relayed via {r} ({})", self.transport),
-            (Path::Relayed, None) => format!("relayed ({})", self.transport),
-            (Path::Lan, _) => format!("direct over {} (LAN)", self.transport),
-            (Path::Internet, _) => format!("direct over {} (internet)", self.transport),
-        }
-    }
-}
-
-/// The relay a relayed address goes through (the PeerId before `/p2p-circuit`).
-pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
-    let mut last = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::P2p(id) => last = Some(id),
-            Protocol::P2pCircuit => return last,
-            _ => {}
-        }
-    }
-    None
-}
-
-/// A connected peer, for `mesh peers` / `mesh status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ConnectedPeer {
-    /// The peer.
-    pub peer: PeerId,
-    /// Remote addresses of open connections.
-    pub addrs: Vec<Multiaddr>,
-    /// The open connections.
-    pub connections: Vec<ConnectionInfo>,
-    /// Last ping round trip.
-    pub rtt: Option<Duration>,
-    /// Its software version (from identify).
-    pub agent_version: Option<String>,
-}
-
-/// A snapshot of the network state.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct NetInfo {
-    /// Active listen addresses.
-    pub listen: Vec<Multiaddr>,
-    /// Connected members.
-    pub peers: Vec<ConnectedPeer>,
-    /// Nodes seen that are not members.
-    pub outsiders: Vec<OutsiderInfo>,
-    /// Addresses known per peer (connected or not).
-    pub known_addrs: Vec<(PeerId, Vec<Multiaddr>)>,
-    /// Reachability.
-    pub reach: ReachInfo,
-    /// Peers this node keeps redialing.
-    pub pinned: Vec<PeerId>,
-}
-
 type PingReply = oneshot::Sender<Result<(Duration, ConnectionInfo), NetError>>;
-
-enum Command {
-    Dial {
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<PeerId, NetError>>,
-    },
-    DialPeer {
-        peer: PeerId,
-    },
-    AddAddrs {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        discovered: bool,
-    },
-    SendDm {
-        peer: PeerId,
-        request: DmRequest,
-        reply: oneshot::Sender<Result<DmResponse, NetError>>,
-    },
-    RespondDm {
-        request: InboundRequestId,
-        response: DmResponse,
-    },
-    Sync {
-        peer: PeerId,
-        request: SyncRequest,
-        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
-    },
-    RespondSync {
-        request: InboundRequestId,
-        response: Box<SyncResponse>,
-    },
-    Publish {
-        topic: TopicName,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<u32, NetError>>,
-    },
-    Subscribe(TopicName),
-    Unsubscribe(TopicName),
-    SetMembership {
-        mesh: Box<Membership>,
-        reset: bool,
-    },
-    Join {
-        invite: Box<Invite>,
-        reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
-    },
-    RespondJoin {
-        request: InboundRequestId,
-        response: Box<JoinResponse>,
-    },
-    DropOutsider(PeerId),
-    SetAnnouncement(Box<Announcement>),
-    Info(oneshot::Sender<NetInfo>),
-    Ping {
-        peer: PeerId,
-        reply: PingReply,
-    },
-    Find {
-        peer: PeerId,
-        reply: oneshot::Sender<Result<Vec<Multiaddr>, NetError>>,
-    },
-    Pin(PeerId),
-    Unpin {
-        peer: PeerId,
-        reply: oneshot::Sender<bool>,
-    },
-    CloseConnections(Vec<ConnectionId>),
-    Stop {
-        flush: Duration,
-        reply: oneshot::Sender<()>,
-    },
-}
-
-/// Handle to the network actor. Cheap to clone.
-#[derive(Clone)]
-pub struct NetHandle {
-    tx: mpsc::Sender<Command>,
-    /// The actor's event queue, to read its depth (does not keep it open).
-    events: mpsc::WeakSender<NetEvent>,
-    connected: watch::Receiver<Arc<BTreeSet<PeerId>>>,
-    listening: watch::Receiver<Listening>,
-    local_peer: PeerId,
-    /// Topic messages taken per publishing node: by gossip here and by catch-up, one
-    /// allowance for both.
-    topic_rate: SharedTopicRate,
-}
-
-/// One publisher allowance (`limits.peer_topic_messages_per_minute`) per node.
-pub(crate) type SharedTopicRate = Arc<std::sync::Mutex<RateLimiter<PeerId>>>;
-
-/// Listen addresses as they come up.
-#[derive(Clone, Debug, Default)]
-pub struct Listening {
-    /// Active addresses.
-    pub addrs: Vec<Multiaddr>,
-    /// Every listener started at build time has reported an address (or failed).
-    pub complete: bool,
-}
 
 struct Conn {
     addr: Multiaddr,
@@ -693,64 +415,6 @@ impl NetActor {
     }
 }
 
-/// How a connection reaches its peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Path {
-    /// A private, loopback or link-local address.
-    Lan,
-    /// A public address.
-    Internet,
-    /// Through a relay (`/p2p-circuit`).
-    Relayed,
-}
-
-/// Classifies a connection's remote address.
-pub fn path_of(a: &Multiaddr) -> Path {
-    if a.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
-        return Path::Relayed;
-    }
-    match a.iter().next() {
-        Some(Protocol::Ip4(ip)) if ip.is_private() || ip.is_loopback() || ip.is_link_local() => Path::Lan,
-        Some(Protocol::Ip6(ip)) if ip.is_loopback() || is_link_local_v6(a) || (ip.segments()[0] & 0xfe00) == 0xfc00 => {
-            Path::Lan
-        }
-        // A dialed name stays a name in the connection's address.
-        Some(Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h))
-            if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".local") =>
-        {
-            Path::Lan
-        }
-        _ => Path::Internet,
-    }
-}
-
-pub(crate) fn is_loopback(a: &Multiaddr) -> bool {
-    match a.iter().next() {
-        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
-        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
-        _ => false,
-    }
-}
-
-pub(crate) fn is_link_local_v6(a: &Multiaddr) -> bool {
-    matches!(a.iter().next(), Some(Protocol::Ip6(ip)) if ip.segments()[0] & 0xffc0 == 0xfe80)
-}
-
-/// Parses a multiaddr typed by a user, with an example in the error.
-pub fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|e| format!("malformed multiaddr {s:?}: {e} (example: /ip4/192.168.1.20/tcp/4001)"))
-}
-
-/// The address without its trailing `/p2p/<id>`.
-pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
-    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-        addr.pop();
-    }
-    addr
-}
-
 /// A dial the user asked for, answered when it connects or fails.
 struct ExplicitDial {
     addr: Multiaddr,
@@ -760,59 +424,7 @@ struct ExplicitDial {
     fresh_port: bool,
 }
 
-fn dial_error_text(e: &libp2p::swarm::DialError) -> String {
-    use libp2p::swarm::DialError;
-    match e {
-        DialError::LocalPeerId { .. } => "that is this node's own address".into(),
-        DialError::NoAddresses => "no address to dial".into(),
-        DialError::WrongPeerId { obtained, .. } => {
-            format!("the node there has PeerId {obtained}, not the one in the address")
-        }
-        DialError::Transport(errs) => errs
-            .iter()
-            .map(|(a, e)| format!("{a}: {}", transport_error_text(e)))
-            .collect::<Vec<_>>()
-            .join("; "),
-        other => other.to_string(),
-    }
-}
-
-fn transport_error_text(e: &libp2p::TransportError<std::io::Error>) -> String {
-    match e {
-        libp2p::TransportError::MultiaddrNotSupported(a) => format!("address not supported ({a})"),
-        libp2p::TransportError::Other(io) => {
-            let mut s = io.to_string();
-            let mut src = std::error::Error::source(io);
-            while let Some(inner) = src {
-                s = format!("{s}: {inner}");
-                src = inner.source();
-            }
-            s
-        }
-    }
-}
-
 /// Time a peer's announcement stays valid without a heartbeat.
 pub fn presence_timeout(heartbeat_ms: u64) -> Duration {
     Duration::from_millis(heartbeat_ms.saturating_mul(3))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_classified_by_address() {
-        let p = |s: &str| path_of(&s.parse().unwrap());
-        assert_eq!(p("/ip4/192.168.1.2/tcp/1"), Path::Lan);
-        assert_eq!(p("/ip4/127.0.0.1/tcp/1"), Path::Lan);
-        assert_eq!(p("/ip6/::1/tcp/1"), Path::Lan);
-        assert_eq!(p("/ip6/fd00::2/tcp/1"), Path::Lan);
-        assert_eq!(p("/dns4/localhost/tcp/1"), Path::Lan);
-        assert_eq!(p("/dns/printer.local/tcp/1"), Path::Lan);
-        assert_eq!(p("/ip4/5.0.0.10/tcp/1"), Path::Internet);
-        assert_eq!(p("/dns4/example.org/tcp/1"), Path::Internet);
-        let relayed = "/ip4/5.0.0.10/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
-        assert_eq!(p(relayed), Path::Relayed);
-    }
 }

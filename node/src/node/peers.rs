@@ -164,7 +164,7 @@ impl Node {
 
     /// `mesh dial`.
     pub async fn dial(&self, addr: &str) -> Result<PeerId, ApiError> {
-        let ma = crate::net::parse_multiaddr(addr).map_err(ApiError::bad)?;
+        let ma = crate::net::parse_multiaddr(addr).map_err(|e| ApiError::bad(e.to_string()))?;
         let mut events = self.0.events.subscribe();
         let dial = self.0.net.dial(ma.clone());
         let peer = tokio::time::timeout(DIAL_TIMEOUT, dial)
@@ -246,7 +246,7 @@ impl Node {
             return Ok(p);
         }
         if t.starts_with('/') {
-            let ma = crate::net::parse_multiaddr(t).map_err(ApiError::bad)?;
+            let ma = crate::net::parse_multiaddr(t).map_err(|e| ApiError::bad(e.to_string()))?;
             return match ma.iter().last() {
                 Some(libp2p::multiaddr::Protocol::P2p(p)) => Ok(p),
                 _ => Err(ApiError::bad(format!("{t} does not end with /p2p/<PeerId>"))),
