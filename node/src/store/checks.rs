@@ -84,13 +84,13 @@ pub(super) fn check_integrity(db: &mut Database, path: &Path) -> Result<(), Stor
 /// (a few milliseconds per ten thousand messages).
 pub(super) fn verify(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_tables(db)));
+    let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_tables(db, path)));
     let message = match walk {
         Ok(Ok(records)) => {
             tracing::debug!(records, took_ms = started.elapsed().as_millis() as u64, "store checked");
             return Ok(());
         }
-        Ok(Err(e)) => e,
+        Ok(Err(e)) => return Err(e),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -106,9 +106,14 @@ pub(super) fn verify(db: &impl ReadableDatabase, path: &Path) -> Result<(), Stor
     })
 }
 
-fn verify_tables(db: &impl ReadableDatabase) -> Result<u64, String> {
+/// The walk of [`verify`]: how many records were read, or the first that could not be.
+fn verify_tables(db: &impl ReadableDatabase, path: &Path) -> Result<u64, StoreError> {
     use super::tables::*;
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let txn = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
     let mut records = 0u64;
     // Every row of a table is read (keys and values decoded by redb); with a type, each
     // value is decoded as that record too.
@@ -116,17 +121,17 @@ fn verify_tables(db: &impl ReadableDatabase) -> Result<u64, String> {
         ($table:expr, $name:literal $(, $ty:ty)?) => {{
             match txn.open_table($table) {
                 Ok(t) => {
-                    for row in t.iter().map_err(|e| format!("{}: {e}", $name))? {
-                        let (_key, _value) = row.map_err(|e| format!("{}: {e}", $name))?;
+                    for row in t.iter().map_err(|e| corrupt(format!("{}: {e}", $name)))? {
+                        let (_key, _value) = row.map_err(|e| corrupt(format!("{}: {e}", $name)))?;
                         $(
                             postcard::from_bytes::<$ty>(_value.value())
-                                .map_err(|e| format!("a record in {} cannot be read: {e}", $name))?;
+                                .map_err(|e| corrupt(format!("a record in {} cannot be read: {e}", $name)))?;
                         )?
                         records += 1;
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(format!("{}: {e}", $name)),
+                Err(e) => return Err(corrupt(format!("{}: {e}", $name))),
             }
         }};
     }
