@@ -16,14 +16,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Daemon, DaemonError, DaemonOptions, ReadyInfo, login_agent};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::home::Home;
 use crate::identity;
 use crate::ids::{AgentName, NodeName};
 use crate::mesh::Membership;
 use crate::metrics::Metrics;
 use crate::net::{self, NetHandle};
-use crate::node::{COURIER_QUEUE, Node, Parts};
+use crate::node::{COURIER_QUEUE, Node, Parts, SyncRequestIn};
 use crate::store::{Store, StoreError};
 use crate::{courier, dnssd, server};
 
@@ -62,20 +62,17 @@ impl Daemon {
     /// Starts a daemon on the current tokio runtime; returns once it listens and serves the
     /// local API.
     pub async fn start(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let home = opts.home;
-        home.create()?;
-        home.check_files()?;
-        let lock = take_lock(&home)?;
-        let config = Config::load(&home.config_path(), &opts.overrides)?;
-        let keypair = identity::load_or_create(&home.identity_path())?;
-        let peer_id = keypair.public().to_peer_id();
-        let mesh = load_mesh(&home, &config, peer_id)?;
-        let store = open_store(&home.store_path(), peer_id).await?;
-        let listener = server::bind(&home.socket_path())?;
-        let name = config
-            .name
-            .clone()
-            .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
+        let Loaded {
+            home,
+            lock,
+            config,
+            keypair,
+            peer_id,
+            mesh,
+            store,
+            listener,
+            name,
+        } = Loaded::load(opts.home, &opts.overrides).await?;
 
         let metrics = Arc::new(Metrics::new());
         let (swarm, listeners, guard) = net::build(&keypair, &config, &mesh, &metrics)?;
@@ -110,21 +107,7 @@ impl Daemon {
             shutdown: cancel.clone(),
         });
         let core_task = tokio::spawn(node.clone().run_core(net_events, hard.clone()));
-        let mut tasks = vec![
-            (
-                "courier",
-                tokio::spawn(courier::run(node.clone(), courier_rx, cancel.clone())),
-            ),
-            (
-                "catch-up",
-                tokio::spawn(crate::sync::run(
-                    node.clone(),
-                    sync_rx,
-                    sync_requests_rx,
-                    cancel.clone(),
-                )),
-            ),
-        ];
+        let mut tasks = background_tasks(&node, courier_rx, sync_rx, sync_requests_rx, &cancel);
         let user = opts.user.unwrap_or_else(login_agent);
         let serving = serve(&node, &config, listener, user, &cancel, &mut tasks).await;
         let (metrics_addr, listen) = match serving {
@@ -159,6 +142,74 @@ impl Daemon {
             _lock: lock,
         })
     }
+}
+
+/// What a start loads before anything runs, in order: the home and its lock, the config,
+/// the identity, the mesh, the store, the socket.
+struct Loaded {
+    home: Home,
+    lock: File,
+    config: Config,
+    keypair: libp2p::identity::Keypair,
+    peer_id: PeerId,
+    mesh: Membership,
+    store: Store,
+    listener: tokio::net::UnixListener,
+    name: NodeName,
+}
+
+impl Loaded {
+    async fn load(home: Home, overrides: &Overrides) -> Result<Self, DaemonError> {
+        home.create()?;
+        home.check_files()?;
+        let lock = take_lock(&home)?;
+        let config = Config::load(&home.config_path(), overrides)?;
+        let keypair = identity::load_or_create(&home.identity_path())?;
+        let peer_id = keypair.public().to_peer_id();
+        let mesh = load_mesh(&home, &config, peer_id)?;
+        let store = open_store(&home.store_path(), peer_id).await?;
+        let listener = server::bind(&home.socket_path())?;
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| NodeName::from_hostname(&gethostname::gethostname().to_string_lossy()));
+        Ok(Loaded {
+            home,
+            lock,
+            config,
+            keypair,
+            peer_id,
+            mesh,
+            store,
+            listener,
+            name,
+        })
+    }
+}
+
+/// The tasks that finish their work in flight at a stop: the courier and catch-up.
+fn background_tasks(
+    node: &Node,
+    courier_rx: mpsc::Receiver<PeerId>,
+    sync_rx: mpsc::Receiver<PeerId>,
+    sync_requests_rx: mpsc::Receiver<SyncRequestIn>,
+    cancel: &CancellationToken,
+) -> Vec<(&'static str, JoinHandle<()>)> {
+    vec![
+        (
+            "courier",
+            tokio::spawn(courier::run(node.clone(), courier_rx, cancel.clone())),
+        ),
+        (
+            "catch-up",
+            tokio::spawn(crate::sync::run(
+                node.clone(),
+                sync_rx,
+                sync_requests_rx,
+                cancel.clone(),
+            )),
+        ),
+    ]
 }
 
 /// The mesh this node belongs to (every node, in open mode), the node itself listed in it.
