@@ -2,16 +2,15 @@
 //! pipe (one JSON line on its stdout), logging to `<home>/daemon.log`.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ChildStdout, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DETACH_TIMEOUT, DaemonError, ON_DEMAND_ENV, READY_ENV, ReadyInfo};
+use super::{DETACH_TIMEOUT, DaemonError, ON_DEMAND_ENV, READY_ENV, ReadyInfo, private_file};
 use crate::home::Home;
 
 /// The line a daemon started by [`spawn_detached`] writes on stdout.
@@ -102,11 +101,9 @@ fn spawn_detached_with(
     home.create()?;
     home.check_files()?;
     let log_path = home.log_path();
-    let log = OpenOptions::new()
+    let log = private_file()
         .create(true)
         .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&log_path)
         .map_err(|e| DaemonError::Other(format!("cannot open log {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);

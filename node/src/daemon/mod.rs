@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -137,6 +138,14 @@ pub struct Daemon {
     info: ReadyInfo,
     socket: PathBuf,
     _lock: File,
+}
+
+/// Options for a file of the daemon's own in the home (its lock, its log): created
+/// owner-only (0600), never opened through a symbolic link.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    options
 }
 
 /// The OS login name as an agent name.

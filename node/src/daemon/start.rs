@@ -2,10 +2,9 @@
 //! the core loop and the tasks around them, in that order; a start that fails part way
 //! stops everything it started.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Daemon, DaemonError, DaemonOptions, ReadyInfo, login_agent};
+use super::{Daemon, DaemonError, DaemonOptions, ReadyInfo, login_agent, private_file};
 use crate::config::{Config, Overrides};
 use crate::home::Home;
 use crate::identity;
@@ -29,13 +28,11 @@ use crate::{courier, dnssd, server};
 
 fn take_lock(home: &Home) -> Result<File, DaemonError> {
     let path = home.lock_path();
-    let mut file = OpenOptions::new()
+    let mut file = private_file()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| DaemonError::Other(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
@@ -62,29 +59,19 @@ impl Daemon {
     /// Starts a daemon on the current tokio runtime; returns once it listens and serves the
     /// local API.
     pub async fn start(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let Loaded {
-            home,
-            lock,
-            config,
-            keypair,
-            peer_id,
-            mesh,
-            store,
-            listener,
-            name,
-        } = Loaded::load(opts.home, &opts.overrides).await?;
+        let l = Loaded::load(opts.home, &opts.overrides).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let (swarm, listeners, guard) = net::build(&keypair, &config, &mesh, &metrics)?;
+        let (swarm, listeners, guard) = net::build(&l.keypair, &l.config, &l.mesh, &metrics)?;
         let cancel = CancellationToken::new();
         let hard = CancellationToken::new();
         let (net, net_events, net_task) = net::spawn(
             swarm,
             listeners,
             guard,
-            &config,
-            mesh.clone(),
-            name.to_string(),
+            &l.config,
+            l.mesh.clone(),
+            l.name.to_string(),
             metrics.clone(),
             hard.clone(),
         );
@@ -92,14 +79,14 @@ impl Daemon {
         let (sync_tx, sync_rx) = mpsc::channel(crate::sync::SYNC_QUEUE);
         let (sync_requests, sync_requests_rx) = mpsc::channel(crate::sync::SYNC_REQUESTS_QUEUE);
         let node = Node::new(Parts {
-            peer_id,
-            keypair: keypair.clone(),
-            mesh,
+            peer_id: l.peer_id,
+            keypair: l.keypair.clone(),
+            mesh: l.mesh,
             metrics: metrics.clone(),
-            name: name.clone(),
-            home: home.clone(),
-            config: config.clone(),
-            store,
+            name: l.name.clone(),
+            home: l.home.clone(),
+            config: l.config.clone(),
+            store: l.store,
             net: net.clone(),
             courier: courier_tx,
             sync: sync_tx,
@@ -109,7 +96,7 @@ impl Daemon {
         let core_task = tokio::spawn(node.clone().run_core(net_events, hard.clone()));
         let mut tasks = background_tasks(&node, courier_rx, sync_rx, sync_requests_rx, &cancel);
         let user = opts.user.unwrap_or_else(login_agent);
-        let serving = serve(&node, &config, listener, user, &cancel, &mut tasks).await;
+        let serving = serve(&node, &l.config, l.listener, user, &cancel, &mut tasks).await;
         let (metrics_addr, listen) = match serving {
             Ok(up) => up,
             Err(e) => {
@@ -119,12 +106,12 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let dnssd = start_dnssd(&config, peer_id, &name, &listen, &net, &cancel);
+        let dnssd = start_dnssd(&l.config, l.peer_id, &l.name, &listen, &net, &cancel);
         let info = ReadyInfo {
-            peer_id,
-            name: name.to_string(),
+            peer_id: l.peer_id,
+            name: l.name.to_string(),
             listen,
-            home: home.path().to_path_buf(),
+            home: l.home.path().to_path_buf(),
             pid: std::process::id(),
             metrics: metrics_addr,
         };
@@ -138,8 +125,8 @@ impl Daemon {
             core_task,
             dnssd,
             info,
-            socket: home.socket_path(),
-            _lock: lock,
+            socket: l.home.socket_path(),
+            _lock: l.lock,
         })
     }
 }
