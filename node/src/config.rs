@@ -288,13 +288,19 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A `config.toml` text that is not valid TOML for this schema (the message names the line
+/// and column).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ParseError(#[from] toml::de::Error);
+
 impl Config {
     /// Reads `path` if it exists (defaults otherwise) and applies `overrides` on top.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut cfg = match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse {
+            Ok(text) => Self::parse(&text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
-                message,
+                message: e.to_string(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(source) => {
@@ -334,8 +340,8 @@ impl Config {
     }
 
     /// Parses the text of a `config.toml` (not yet validated: see [`Config::validate`]).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str::<Config>(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        Ok(toml::from_str::<Config>(text)?)
     }
 
     /// Checks ranges that serde cannot express.

@@ -60,16 +60,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
     let ttl = node.config().delivery.ttl;
     let sweep_every = (ttl / 10).clamp(Duration::from_secs(1), SWEEP_MAX);
     let mut next_sweep = Instant::now();
-
-    // Everything pending from earlier runs.
-    match node.0.store.read(ops::pending_peers).await {
-        Ok(list) => {
-            for (p, _) in list {
-                peers.entry(p).or_default().retry_at = Some(Instant::now());
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
-    }
+    load_pending(&node, &mut peers).await;
 
     loop {
         let now = Instant::now();
@@ -96,14 +87,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
         tokio::select! {
             _ = cancel.cancelled() => break,
             kick = kicks.recv() => match kick {
-                Some(p) => {
-                    let s = peers.entry(p).or_default();
-                    if s.in_flight {
-                        s.again = true;
-                    } else if connected.contains(&p) || s.retry_at.is_none() {
-                        s.retry_at = Some(Instant::now());
-                    }
-                }
+                Some(p) => kicked(&mut peers, &connected, p),
                 None => break,
             },
             changed = connected_rx.changed() => {
@@ -112,14 +96,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                 }
                 let new = connected_rx.borrow_and_update().clone();
                 for p in new.difference(&connected) {
-                    // A fresh connection: try at once, forget the backoff.
-                    let s = peers.entry(*p).or_default();
-                    s.failures = 0;
-                    if s.in_flight {
-                        s.again = true;
-                    } else {
-                        s.retry_at = Some(Instant::now());
-                    }
+                    connected_now(&mut peers, *p);
                 }
                 connected = new;
             },
@@ -128,33 +105,7 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
                     tracing::error!(error = %e, "delivery task failed");
                     Outcome::Failed(e.to_string())
                 });
-                let s = peers.entry(peer).or_default();
-                s.in_flight = false;
-                match outcome {
-                    Outcome::Empty => {
-                        s.failures = 0;
-                        if std::mem::take(&mut s.again) {
-                            s.retry_at = Some(Instant::now());
-                        } else {
-                            peers.remove(&peer);
-                        }
-                    }
-                    Outcome::Sent { more } => {
-                        s.failures = 0;
-                        let again = std::mem::take(&mut s.again);
-                        s.retry_at = (more || again).then(Instant::now);
-                        if s.retry_at.is_none() {
-                            peers.remove(&peer);
-                        }
-                    }
-                    Outcome::Failed(why) => {
-                        s.failures += 1;
-                        s.again = false;
-                        let wait = backoff(&node, s.failures);
-                        tracing::debug!(%peer, %why, ?wait, "delivery failed; will retry");
-                        s.retry_at = Some(Instant::now() + wait);
-                    }
-                }
+                delivery_ended(&node, &mut peers, peer, outcome);
             },
             _ = tokio::time::sleep_until(wake) => {},
         }
@@ -165,6 +116,72 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
         tracing::debug!(count = tasks.len(), "finishing deliveries in flight");
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Everything pending from earlier runs, due at once.
+async fn load_pending(node: &Node, peers: &mut HashMap<PeerId, PeerDelivery>) {
+    match node.0.store.read(ops::pending_peers).await {
+        Ok(list) => {
+            for (p, _) in list {
+                peers.entry(p).or_default().retry_at = Some(Instant::now());
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+    }
+}
+
+/// New mail for `p`: delivered at once if connected (or not tried yet), else on its
+/// backoff; after the delivery in flight if there is one.
+fn kicked(peers: &mut HashMap<PeerId, PeerDelivery>, connected: &BTreeSet<PeerId>, p: PeerId) {
+    let s = peers.entry(p).or_default();
+    if s.in_flight {
+        s.again = true;
+    } else if connected.contains(&p) || s.retry_at.is_none() {
+        s.retry_at = Some(Instant::now());
+    }
+}
+
+/// A fresh connection to `p`: try at once, forget the backoff.
+fn connected_now(peers: &mut HashMap<PeerId, PeerDelivery>, p: PeerId) {
+    let s = peers.entry(p).or_default();
+    s.failures = 0;
+    if s.in_flight {
+        s.again = true;
+    } else {
+        s.retry_at = Some(Instant::now());
+    }
+}
+
+/// What follows a delivery to `peer`: the next one at once (more mail), none (peer
+/// forgotten), or a retry after the backoff.
+fn delivery_ended(node: &Node, peers: &mut HashMap<PeerId, PeerDelivery>, peer: PeerId, outcome: Outcome) {
+    let s = peers.entry(peer).or_default();
+    s.in_flight = false;
+    match outcome {
+        Outcome::Empty => {
+            s.failures = 0;
+            if std::mem::take(&mut s.again) {
+                s.retry_at = Some(Instant::now());
+            } else {
+                peers.remove(&peer);
+            }
+        }
+        Outcome::Sent { more } => {
+            s.failures = 0;
+            let again = std::mem::take(&mut s.again);
+            s.retry_at = (more || again).then(Instant::now);
+            if s.retry_at.is_none() {
+                peers.remove(&peer);
+            }
+        }
+        Outcome::Failed(why) => {
+            s.failures += 1;
+            s.again = false;
+            let wait = backoff(node, s.failures);
+            tracing::debug!(%peer, %why, ?wait, "delivery failed; will retry");
+            s.retry_at = Some(Instant::now() + wait);
+        }
+    }
 }
 
 fn start(

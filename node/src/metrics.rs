@@ -177,97 +177,108 @@ impl Metrics {
             api_connections: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("agentmesh");
-        r.register("dm_sent", "Direct messages sent by local agents", m.dm_sent.clone());
+        m.register_messages(r);
+        m.register_state(r);
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        m
+    }
+
+    /// Registers the message counters (direct and topic) under `r`.
+    fn register_messages(&self, r: &mut Registry) {
+        r.register("dm_sent", "Direct messages sent by local agents", self.dm_sent.clone());
         r.register(
             "dm_delivered",
             "Direct messages acknowledged by the recipient node",
-            m.dm_delivered.clone(),
+            self.dm_delivered.clone(),
         );
         r.register(
             "dm_retried",
             "Direct messages in failed delivery attempts (retried later)",
-            m.dm_retried.clone(),
+            self.dm_retried.clone(),
         );
         r.register(
             "dm_dead_lettered",
             "Direct messages that became dead letters",
-            m.dm_dead.clone(),
+            self.dm_dead.clone(),
         );
         r.register(
             "dm_received",
             "Direct messages from other nodes stored for local agents",
-            m.dm_received.clone(),
+            self.dm_received.clone(),
         );
         r.register(
             "dm_duplicates",
             "Inbound direct messages already stored (retries)",
-            m.dm_duplicates.clone(),
+            self.dm_duplicates.clone(),
         );
         r.register(
             "dm_rejected",
             "Inbound direct messages refused for good",
-            m.dm_rejected.clone(),
+            self.dm_rejected.clone(),
         );
         r.register(
             "dm_throttled",
             "Inbound delivery requests answered busy or rate limited",
-            m.dm_throttled.clone(),
+            self.dm_throttled.clone(),
         );
         r.register(
             "topic_out",
             "Topic messages published by local agents",
-            m.topic_out.clone(),
+            self.topic_out.clone(),
         );
         r.register(
             "topic_in",
             "Topic messages from other nodes stored here",
-            m.topic_in.clone(),
+            self.topic_in.clone(),
         );
         r.register(
             "topic_synced",
             "Topic messages fetched by catch-up from their publisher (missed by gossip)",
-            m.topic_synced.clone(),
+            self.topic_synced.clone(),
         );
         r.register(
             "topic_dropped",
             "Topic messages from other nodes not taken, by reason",
-            m.topic_dropped.clone(),
+            self.topic_dropped.clone(),
         );
-        r.register("admissions", "Admission verdicts on peers", m.admissions.clone());
+    }
+
+    /// Registers the rest under `r`: admissions, hole punches, the local API, store and
+    /// network state, queues and tasks.
+    fn register_state(&self, r: &mut Registry) {
+        r.register("admissions", "Admission verdicts on peers", self.admissions.clone());
         r.register(
             "hole_punches",
             "Hole punch attempts and outcomes",
-            m.hole_punches.clone(),
+            self.hole_punches.clone(),
         );
-        r.register("api_requests", "Local API requests", m.api_requests.clone());
+        r.register("api_requests", "Local API requests", self.api_requests.clone());
         r.register(
             "api_request_seconds",
             "Local API request latency",
-            m.api_latency.clone(),
+            self.api_latency.clone(),
         );
-        r.register("outbox_messages", "Outbox entries by state", m.outbox.clone());
-        r.register("inbox_messages", "Inbox entries by state", m.inbox.clone());
-        r.register("connected_peers", "Connected members by best path", m.peers.clone());
-        r.register("outsiders", "Nodes nearby that are not members", m.outsiders.clone());
-        r.register("topic_messages", "Topic messages stored", m.topic_messages.clone());
+        r.register("outbox_messages", "Outbox entries by state", self.outbox.clone());
+        r.register("inbox_messages", "Inbox entries by state", self.inbox.clone());
+        r.register("connected_peers", "Connected members by best path", self.peers.clone());
+        r.register("outsiders", "Nodes nearby that are not members", self.outsiders.clone());
+        r.register("topic_messages", "Topic messages stored", self.topic_messages.clone());
         r.register(
             "agents_online",
             "Local agents with a live session",
-            m.agents_online.clone(),
+            self.agents_online.clone(),
         );
         r.register(
             "queue_depth",
             "Items waiting in an internal queue (every queue is bounded)",
-            m.queue_depth.clone(),
+            self.queue_depth.clone(),
         );
-        r.register("tasks_alive", "Tasks alive in the daemon", m.tasks_alive.clone());
+        r.register("tasks_alive", "Tasks alive in the daemon", self.tasks_alive.clone());
         r.register(
             "api_connections",
             "Open local API connections",
-            m.api_connections.clone(),
+            self.api_connections.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
-        m
     }
 
     /// The registry, to register more metrics (libp2p's bandwidth counters at swarm build).

@@ -18,7 +18,7 @@
 //! Only a node's own publications are served, so what is fetched is vouched for by the
 //! authenticated node it comes from, exactly as a gossip signature would.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,34 @@ pub const MAX_SYNC_SERVING: usize = 8;
 /// Catch-up requests from peers waiting for an answer; past it they are told to ask again.
 pub const SYNC_REQUESTS_QUEUE: usize = 64;
 
+/// Why a catch-up round with a member failed (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    /// Reading or writing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request did not reach the member or got no answer.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// The member cannot answer now.
+    #[error("the node is unavailable: {0}")]
+    Unavailable(String),
+    /// The member answered with the wrong kind of response.
+    #[error("answered a {asked} with {answer}")]
+    WrongAnswer {
+        /// What was asked: `"digest"` or `"fetch"`.
+        asked: &'static str,
+        /// What came back.
+        answer: &'static str,
+    },
+    /// A digest over the id limit.
+    #[error("digest of {0} ids (limit {limit})", limit = wire::MAX_SYNC_IDS)]
+    TooManyIds(usize),
+    /// The round's task failed (a panic).
+    #[error("{0}")]
+    Task(String),
+}
+
 /// Runs until cancelled: catches up with members, and answers their catch-up requests.
 pub(crate) async fn run(
     node: Node,
@@ -74,47 +102,26 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_SERVING));
-    let every = node.config().topic_sync_every();
-    let mut due: HashMap<PeerId, Instant> = HashMap::new();
-    let mut running: HashSet<PeerId> = HashSet::new();
-    let mut again: HashSet<PeerId> = HashSet::new();
-    // Rounds failed in a row per member (it is asked less and less often).
-    let mut failures: HashMap<PeerId, u32> = HashMap::new();
+    let mut schedule = Schedule::new(node.config().topic_sync_every());
     // A round that fails outright (a panic) still hands back its peer, so the peer is not
     // left marked running, never caught up again.
-    let mut tasks: PeerTasks<Result<Round, String>> = PeerTasks::new();
+    let mut tasks: PeerTasks<Result<Round, SyncError>> = PeerTasks::new();
     let mut connected_rx = node.0.net.connected();
-    let mut connected: Arc<std::collections::BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
+    let mut connected: Arc<BTreeSet<PeerId>> = connected_rx.borrow_and_update().clone();
     for p in connected.iter() {
-        due.insert(*p, Instant::now());
+        schedule.due.insert(*p, Instant::now());
     }
     loop {
         let now = Instant::now();
-        let ready: Vec<PeerId> = due
-            .iter()
-            .filter(|(p, t)| **t <= now && !running.contains(*p))
-            .map(|(p, _)| *p)
-            .take(SYNC_PARALLEL.saturating_sub(running.len()))
-            .collect();
-        for p in ready {
-            due.remove(&p);
-            if !connected.contains(&p) {
-                continue;
-            }
-            running.insert(p);
+        for p in schedule.take_ready(now, &connected) {
             let n = node.clone();
             tasks.spawn(p, async move { round(&n, p).await });
         }
-        let wake = next_wake(&due, running.len(), now, every);
+        let wake = next_wake(&schedule.due, schedule.running.len(), now, schedule.every);
         tokio::select! {
             _ = cancel.cancelled() => break,
             kick = kicks.recv() => match kick {
-                Some(p) if running.contains(&p) => {
-                    again.insert(p);
-                }
-                Some(p) => {
-                    due.insert(p, Instant::now());
-                }
+                Some(p) => schedule.kick(p),
                 None => break,
             },
             Some((peer, request, body)) = requests.recv() => {
@@ -133,55 +140,116 @@ pub(crate) async fn run(
                     break;
                 }
                 let new = connected_rx.borrow_and_update().clone();
-                for p in new.difference(&connected) {
-                    // A member (re)connected: whatever it published meanwhile, now.
-                    if running.contains(p) {
-                        again.insert(*p);
-                    } else {
-                        due.insert(*p, Instant::now());
-                    }
-                }
-                for p in connected.difference(&new) {
-                    due.remove(p);
-                    again.remove(p);
-                    failures.remove(p);
-                }
+                schedule.connected_changed(&connected, &new);
                 connected = new;
             },
             Some((peer, done)) = tasks.join_next(), if !tasks.is_empty() => {
                 let outcome = done.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "topic catch-up task failed");
-                    Err(e.to_string())
+                    Err(SyncError::Task(e.to_string()))
                 });
-                running.remove(&peer);
-                if !connected.contains(&peer) {
-                    again.remove(&peer);
-                    failures.remove(&peer);
-                    continue;
-                }
-                if outcome.is_ok() {
-                    failures.remove(&peer);
-                }
-                let next = match outcome {
-                    Ok(Round::More) => Instant::now(),
-                    Ok(Round::Throttled(wait)) => Instant::now() + wait,
-                    Ok(Round::Done) if again.remove(&peer) => Instant::now(),
-                    Ok(Round::Done) => Instant::now() + every,
-                    Err(why) => {
-                        let failed = failures.entry(peer).or_default();
-                        *failed += 1;
-                        let wait = retry_wait(*failed, every);
-                        tracing::debug!(%peer, %why, ?wait, "topic catch-up failed; will retry");
-                        again.remove(&peer);
-                        Instant::now() + wait
-                    }
-                };
-                due.insert(peer, next);
+                schedule.round_ended(peer, outcome, &connected);
             },
             _ = tokio::time::sleep_until(wake) => {},
         }
     }
     tasks.shutdown().await;
+}
+
+/// When each member is caught up with next, and which are being caught up with now.
+struct Schedule {
+    /// The regular interval between rounds with a member.
+    every: Duration,
+    due: HashMap<PeerId, Instant>,
+    running: HashSet<PeerId>,
+    /// Members to catch up with again as soon as their running round ends.
+    again: HashSet<PeerId>,
+    /// Rounds failed in a row per member (it is asked less and less often).
+    failures: HashMap<PeerId, u32>,
+}
+
+impl Schedule {
+    fn new(every: Duration) -> Self {
+        Schedule {
+            every,
+            due: HashMap::new(),
+            running: HashSet::new(),
+            again: HashSet::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    /// The connected members whose round is due, as many as free slots allow, marked
+    /// running (due members no longer connected are dropped).
+    fn take_ready(&mut self, now: Instant, connected: &BTreeSet<PeerId>) -> Vec<PeerId> {
+        let ready: Vec<PeerId> = self
+            .due
+            .iter()
+            .filter(|(p, t)| **t <= now && !self.running.contains(*p))
+            .map(|(p, _)| *p)
+            .take(SYNC_PARALLEL.saturating_sub(self.running.len()))
+            .collect();
+        let mut start = Vec::new();
+        for p in ready {
+            self.due.remove(&p);
+            if !connected.contains(&p) {
+                continue;
+            }
+            self.running.insert(p);
+            start.push(p);
+        }
+        start
+    }
+
+    /// Something new for `p` (a dropped topic message): a round at once, or right after
+    /// the running one.
+    fn kick(&mut self, p: PeerId) {
+        if self.running.contains(&p) {
+            self.again.insert(p);
+        } else {
+            self.due.insert(p, Instant::now());
+        }
+    }
+
+    fn connected_changed(&mut self, old: &BTreeSet<PeerId>, new: &BTreeSet<PeerId>) {
+        for p in new.difference(old) {
+            // A member (re)connected: whatever it published meanwhile, now.
+            self.kick(*p);
+        }
+        for p in old.difference(new) {
+            self.due.remove(p);
+            self.again.remove(p);
+            self.failures.remove(p);
+        }
+    }
+
+    /// When `peer`'s next round is due, after one ended with `outcome`.
+    fn round_ended(&mut self, peer: PeerId, outcome: Result<Round, SyncError>, connected: &BTreeSet<PeerId>) {
+        self.running.remove(&peer);
+        if !connected.contains(&peer) {
+            self.again.remove(&peer);
+            self.failures.remove(&peer);
+            return;
+        }
+        if outcome.is_ok() {
+            self.failures.remove(&peer);
+        }
+        let next = match outcome {
+            Ok(Round::More) => Instant::now(),
+            Ok(Round::Throttled(wait)) => Instant::now() + wait,
+            Ok(Round::Done) if self.again.remove(&peer) => Instant::now(),
+            Ok(Round::Done) => Instant::now() + self.every,
+            Err(why) => {
+                let failed = self.failures.entry(peer).or_default();
+                *failed += 1;
+                let wait = retry_wait(*failed, self.every);
+                tracing::debug!(%peer, %why, ?wait, "topic catch-up failed; will retry");
+                self.again.remove(&peer);
+                Instant::now() + wait
+            }
+        };
+        self.due.insert(peer, next);
+    }
 }
 
 /// When the scheduler looks again by itself: at the earliest due round if a slot is free
@@ -202,13 +270,8 @@ fn retry_wait(failures: u32, every: Duration) -> Duration {
 }
 
 /// One catch-up round with `peer`: every subscribed topic, up to the page limit each.
-async fn round(node: &Node, peer: PeerId) -> Result<Round, String> {
-    let topics = node
-        .0
-        .store
-        .read(ops::subscribed_topics)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn round(node: &Node, peer: PeerId) -> Result<Round, SyncError> {
+    let topics = node.0.store.read(ops::subscribed_topics).await?;
     let mut outcome = Round::Done;
     for (topic, since_ms) in topics {
         match topic_round(node, peer, &topic, since_ms).await? {
@@ -220,13 +283,10 @@ async fn round(node: &Node, peer: PeerId) -> Result<Round, String> {
     Ok(outcome)
 }
 
-async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64) -> Result<Round, String> {
+async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64) -> Result<Round, SyncError> {
     let store = &node.0.store;
     let (p, t) = (peer, topic.clone());
-    let mut cursor = store
-        .read(move |r| ops::sync_cursor(r, &p, &t))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut cursor = store.read(move |r| ops::sync_cursor(r, &p, &t)).await?;
     for _ in 0..MAX_PAGES_PER_ROUND {
         let request = SyncRequest::Digest {
             topic: topic.clone(),
@@ -234,18 +294,20 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
             after: cursor.after,
             since_ms: since_ms.saturating_sub(SINCE_MARGIN.as_millis() as u64),
         };
-        let (log, ids, next, more) = match node.0.net.sync(peer, request).await.map_err(|e| e.to_string())? {
+        let (log, ids, next, more) = match node.0.net.sync(peer, request).await? {
             SyncResponse::Digest { log, ids, next, more } => (log, ids, next, more),
-            SyncResponse::Unavailable(why) => return Err(format!("the node is unavailable: {why}")),
-            SyncResponse::Messages(_) => return Err("answered a digest with messages".into()),
+            SyncResponse::Unavailable(why) => return Err(SyncError::Unavailable(why)),
+            SyncResponse::Messages(_) => {
+                return Err(SyncError::WrongAnswer {
+                    asked: "digest",
+                    answer: "messages",
+                });
+            }
         };
         if ids.len() > wire::MAX_SYNC_IDS {
-            return Err(format!("digest of {} ids (limit {})", ids.len(), wire::MAX_SYNC_IDS));
+            return Err(SyncError::TooManyIds(ids.len()));
         }
-        let missing = store
-            .read(move |r| ops::unknown_ids(r, &ids))
-            .await
-            .map_err(|e| e.to_string())?;
+        let missing = store.read(move |r| ops::unknown_ids(r, &ids)).await?;
         for chunk in missing.chunks(FETCH_CHUNK) {
             // Within the publisher's allowance; the position is not moved past what was
             // not fetched (the next round asks for the same page again).
@@ -266,8 +328,7 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
         let (p, t) = (peer, topic.clone());
         store
             .write("catch-up", move |tx| ops::set_sync_cursor(tx, &p, &t, cursor))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if !more {
             return Ok(Round::Done);
         }
@@ -276,7 +337,7 @@ async fn topic_round(node: &Node, peer: PeerId, topic: &TopicName, since_ms: u64
 }
 
 /// Fetches `ids` from `peer` (in as many answers as its size cap needs) and stores them.
-async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) -> Result<(), String> {
+async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) -> Result<(), SyncError> {
     let mut want: Vec<MessageId> = ids.to_vec();
     let max_text = node.config().limits.max_topic_message_bytes;
     while !want.is_empty() {
@@ -284,10 +345,15 @@ async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) 
             topic: topic.clone(),
             ids: want.clone(),
         };
-        let got = match node.0.net.sync(peer, request).await.map_err(|e| e.to_string())? {
+        let got = match node.0.net.sync(peer, request).await? {
             SyncResponse::Messages(m) => m,
-            SyncResponse::Unavailable(why) => return Err(format!("the node is unavailable: {why}")),
-            SyncResponse::Digest { .. } => return Err("answered a fetch with a digest".into()),
+            SyncResponse::Unavailable(why) => return Err(SyncError::Unavailable(why)),
+            SyncResponse::Digest { .. } => {
+                return Err(SyncError::WrongAnswer {
+                    asked: "fetch",
+                    answer: "a digest",
+                });
+            }
         };
         let asked: HashSet<MessageId> = want.iter().copied().collect();
         let mut keep = Vec::new();
@@ -309,9 +375,7 @@ async fn fetch(node: &Node, peer: PeerId, topic: &TopicName, ids: &[MessageId]) 
             // Gone from its log (or never its own): nothing more to get.
             return Ok(());
         }
-        node.store_synced(peer, keep, now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+        node.store_synced(peer, keep, now_ms()).await?;
         want.retain(|id| !answered.contains(id));
     }
     Ok(())

@@ -122,17 +122,7 @@ impl Session {
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let home = Home::resolve(Some(dir.path().join("home")))?;
-    let daemon = Daemon::start(DaemonOptions {
-        home: home.clone(),
-        overrides: Overrides {
-            name: Some(NodeName::new("devbox")?),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            no_mdns: true,
-            ..Overrides::default()
-        },
-        user: Some(AgentName::new("you")?),
-    })
-    .await?;
+    let daemon = start(&home).await?;
     let frontend = dir.path().join("frontend");
     let backend = dir.path().join("backend");
     std::fs::create_dir_all(&frontend)?;
@@ -145,7 +135,41 @@ async fn main() -> anyhow::Result<()> {
     codex.tool("set_summary", json!({"text": "owns the REST API"})).await?;
     claude.tool("list_agents", json!({"scope": "machine"})).await?;
 
-    // codex waits for work; claude asks meanwhile.
+    ask_and_answer(&mut claude, &mut codex).await?;
+
+    let push = claude.notification("notifications/claude/channel").await?;
+    println!("\n[claude-code] <- notifications/claude/channel {}", push["params"]);
+    // Claude Code does not say whether it shows pushes (channels may be off), so the push
+    // counts for nothing: the next tool result still says the message is unread.
+    let reminder = claude.tool("topics", json!({})).await?;
+    if !reminder.contains("1 unread message") {
+        bail!("expected the unread reminder after an unconfirmed push");
+    }
+
+    drop(claude);
+    drop(codex);
+    daemon.stop().await;
+    println!("\ndone");
+    Ok(())
+}
+
+/// The daemon both sessions talk to, named `devbox`, on loopback.
+async fn start(home: &Home) -> anyhow::Result<Daemon> {
+    Ok(Daemon::start(DaemonOptions {
+        home: home.clone(),
+        overrides: Overrides {
+            name: Some(NodeName::new("devbox")?),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            no_mdns: true,
+            ..Overrides::default()
+        },
+        user: Some(AgentName::new("you")?),
+    })
+    .await?)
+}
+
+/// codex waits for work; claude asks meanwhile; codex wakes, reads its inbox and replies.
+async fn ask_and_answer(claude: &mut Session, codex: &mut Session) -> anyhow::Result<()> {
     codex.next += 1;
     let wait_id = codex.next;
     println!("\n[codex] tools/call wait {{\"timeout_s\":60}}  (blocks)");
@@ -185,19 +209,5 @@ async fn main() -> anyhow::Result<()> {
             json!({"to": "claude-code.frontend", "reply_to": id, "text": "Yes: ?page=N&per_page=M, default 50."}),
         )
         .await?;
-
-    let push = claude.notification("notifications/claude/channel").await?;
-    println!("\n[claude-code] <- notifications/claude/channel {}", push["params"]);
-    // Claude Code does not say whether it shows pushes (channels may be off), so the push
-    // counts for nothing: the next tool result still says the message is unread.
-    let reminder = claude.tool("topics", json!({})).await?;
-    if !reminder.contains("1 unread message") {
-        bail!("expected the unread reminder after an unconfirmed push");
-    }
-
-    drop(claude);
-    drop(codex);
-    daemon.stop().await;
-    println!("\ndone");
     Ok(())
 }

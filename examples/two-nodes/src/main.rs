@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use mesh_node::api::client::Client;
-use mesh_node::api::{AgentSpec, Event, InboxQuery, PublishRequest, Request, Response, SendRequest};
+use mesh_node::api::{AgentSpec, Event, InboxQuery, PublishRequest, Request, Response, SendReceipt, SendRequest};
 use mesh_node::config::Overrides;
 use mesh_node::daemon::{Daemon, DaemonOptions};
 use mesh_node::home::Home;
-use mesh_node::ids::{AgentName, NodeName};
+use mesh_node::ids::{AgentName, MessageId, NodeName};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     println!("alpha is {}\nbeta  is {}", a.node().peer_id, b.node().peer_id);
 
     // bob lives on beta and is online (attached) while this connection lives.
-    let bob = Client::connect(&Home::resolve(Some(dir.path().join("beta")))?, "bob").await?;
+    let bob = Client::connect(&beta_home(dir.path())?, "bob").await?;
     bob.call(Request::Register {
         agent: AgentSpec {
             name: "bob".into(),
@@ -82,36 +82,9 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let mut bob_events = bob.watch(vec!["bob".into()]).await?;
 
-    // Each node starts a mesh of its own; nothing reaches an agent from outside it. beta
-    // makes a join code, alpha uses it: now they are one mesh.
-    let code = match b.call(Request::Invite { ttl_s: 600, uses: 1 }).await? {
-        Response::Invite(i) => i.code,
-        other => bail!("unexpected {other:?}"),
-    };
-    println!("\n0. beta made a join code: {}…", &code[..32]);
-    match a.call(Request::Join { code }).await? {
-        Response::Joined(j) => println!("   alpha joined mesh {} (left its own, {})", j.mesh.id, j.left),
-        other => bail!("unexpected {other:?}"),
-    }
-    let beta_addr = format!("/ip4/127.0.0.1/tcp/{beta_port}/p2p/{}", b.node().peer_id);
-    a.call(Request::Dial {
-        addr: beta_addr.clone(),
-    })
-    .await?;
+    join(&a, &b, beta_port).await?;
     println!("\n1. alpha is connected to beta; alice sends bob a message");
-    let sent = match a
-        .call(Request::Send(SendRequest {
-            from: "alice".into(),
-            to: "bob@beta".into(),
-            text: "hello bob".into(),
-            reply_to: None,
-            id: None,
-        }))
-        .await?
-    {
-        Response::Sent(r) => r,
-        other => bail!("unexpected {other:?}"),
-    };
+    let sent = send(&a, "alice", "bob@beta", "hello bob").await?;
     println!(
         "   send: {} {:?} (bob receives by {:?})",
         sent.id, sent.status, sent.reception
@@ -134,24 +107,70 @@ async fn main() -> anyhow::Result<()> {
     drop(bob);
     drop(b);
     beta.stop().await;
-    let queued = match a
+    let queued = send(&a, "alice", "bob@beta", "are you back?").await?;
+    println!("   send: {:?}", queued.status);
+    let (beta, _b) = start(dir.path(), "beta", beta_port).await.context("restart beta")?;
+    let bob = Client::connect(&beta_home(dir.path())?, "bob").await?;
+    let mut bob_events = bob.watch(vec!["bob".into()]).await?;
+    let back = queued_message(&bob, &mut bob_events, queued.id).await?;
+    println!("   beta is back; bob got {:?} ({})", back.text, back.id);
+
+    topics(&a, &bob, &mut bob_events).await?;
+
+    beta.stop().await;
+    alpha.stop().await;
+    println!("\ndone");
+    Ok(())
+}
+
+fn beta_home(dir: &std::path::Path) -> anyhow::Result<Home> {
+    Ok(Home::resolve(Some(dir.join("beta")))?)
+}
+
+/// Each node starts a mesh of its own; nothing reaches an agent from outside it. beta
+/// makes a join code, alpha uses it: now they are one mesh. Then alpha dials beta.
+async fn join(a: &Client, b: &Client, beta_port: u16) -> anyhow::Result<()> {
+    let code = match b.call(Request::Invite { ttl_s: 600, uses: 1 }).await? {
+        Response::Invite(i) => i.code,
+        other => bail!("unexpected {other:?}"),
+    };
+    println!("\n0. beta made a join code: {}…", &code[..32]);
+    match a.call(Request::Join { code }).await? {
+        Response::Joined(j) => println!("   alpha joined mesh {} (left its own, {})", j.mesh.id, j.left),
+        other => bail!("unexpected {other:?}"),
+    }
+    let beta_addr = format!("/ip4/127.0.0.1/tcp/{beta_port}/p2p/{}", b.node().peer_id);
+    a.call(Request::Dial {
+        addr: beta_addr.clone(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// `from` (an agent of the node behind `c`) sends `to` a message.
+async fn send(c: &Client, from: &str, to: &str, text: &str) -> anyhow::Result<SendReceipt> {
+    match c
         .call(Request::Send(SendRequest {
-            from: "alice".into(),
-            to: "bob@beta".into(),
-            text: "are you back?".into(),
+            from: from.into(),
+            to: to.into(),
+            text: text.into(),
             reply_to: None,
             id: None,
         }))
         .await?
     {
-        Response::Sent(r) => r,
+        Response::Sent(r) => Ok(r),
         other => bail!("unexpected {other:?}"),
-    };
-    println!("   send: {:?}", queued.status);
-    let (beta, _b) = start(dir.path(), "beta", beta_port).await.context("restart beta")?;
-    let bob = Client::connect(&Home::resolve(Some(dir.path().join("beta")))?, "bob").await?;
-    let mut bob_events = bob.watch(vec!["bob".into()]).await?;
-    // It may already be there (delivered while we reconnected); else wait for it.
+    }
+}
+
+/// The message `id`, sent while bob's node was down: already in bob's inbox (delivered
+/// while we reconnected), or else on its way.
+async fn queued_message(
+    bob: &Client,
+    bob_events: &mut tokio::sync::mpsc::Receiver<Event>,
+    id: MessageId,
+) -> anyhow::Result<mesh_node::api::MessageView> {
     let inbox = match bob
         .call(Request::Inbox(InboxQuery {
             agent: "bob".into(),
@@ -167,12 +186,14 @@ async fn main() -> anyhow::Result<()> {
         Response::Inbox(page) => page.messages,
         other => bail!("unexpected {other:?}"),
     };
-    let back = match inbox.into_iter().find(|m| m.id == queued.id) {
-        Some(m) => m,
-        None => next_message(&mut bob_events).await?,
-    };
-    println!("   beta is back; bob got {:?} ({})", back.text, back.id);
+    match inbox.into_iter().find(|m| m.id == id) {
+        Some(m) => Ok(m),
+        None => next_message(bob_events).await,
+    }
+}
 
+/// bob subscribes to a topic, alice publishes on it.
+async fn topics(a: &Client, bob: &Client, bob_events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyhow::Result<()> {
     println!("\n4. topics");
     bob.call(Request::Subscribe {
         agent: "bob".into(),
@@ -193,11 +214,7 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("   published {} (reached {} peers now)", p.id, p.peers_reached);
     }
-    let m = next_message(&mut bob_events).await?;
+    let m = next_message(bob_events).await?;
     println!("   bob got {:?} on #{}", m.text, m.topic.unwrap_or_default());
-
-    beta.stop().await;
-    alpha.stop().await;
-    println!("\ndone");
     Ok(())
 }

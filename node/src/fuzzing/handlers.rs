@@ -59,115 +59,129 @@ pub fn handlers(data: &[u8]) {
         return;
     };
     let h = handled();
-    let store = &h.store;
     match pick % 5 {
-        0 => {
-            let (req, _) =
-                protocol::<wire::DmRequest, wire::DmResponse>(bytes, dm_request_limit(), wire::MAX_DM_RESPONSE_BYTES);
-            let Some(wire::DmRequest::Deliver(msgs)) = req else {
-                return;
-            };
-            let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
-            let accept = |msgs: Vec<wire::WireMessage>| {
-                let peer = *source();
-                let job = store
-                    .try_write("fuzz accept", move |t| {
-                        crate::store::ops::accept(t, peer, None, msgs, 64 * 1024, 2)
-                    })
-                    .expect("queued");
-                block_on(job).expect("writer").expect("accept")
-            };
-            let (first, stored) = accept(msgs.clone());
-            assert_eq!(
-                first.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-                ids,
-                "one outcome per message, in order"
-            );
-            assert!(stored.len() <= msgs.len());
-            let (again, stored_again) = accept(msgs);
-            assert!(stored_again.is_empty(), "a batch delivered twice is stored once");
-            assert!(
-                again.iter().all(|(_, o)| !matches!(o, wire::Outcome::Stored)),
-                "{again:?}"
-            );
-        }
-        1 => {
-            let (req, _) = protocol::<wire::SyncRequest, wire::SyncResponse>(
-                bytes,
-                wire::MAX_SYNC_REQUEST_BYTES,
-                wire::MAX_SYNC_RESPONSE_BYTES,
-            );
-            let Some(req) = req else {
-                return;
-            };
-            let answer = store.read_now(move |r| crate::sync::answer(r, req)).expect("an answer");
-            match &answer {
-                wire::SyncResponse::Digest { ids, .. } => assert!(ids.len() <= wire::MAX_SYNC_IDS),
-                wire::SyncResponse::Messages(m) => assert!(m.len() <= wire::MAX_SYNC_IDS),
-                wire::SyncResponse::Unavailable(_) => {}
-            }
-            let size = postcard::to_allocvec(&answer).expect("encodes").len();
-            assert!(size <= wire::MAX_SYNC_RESPONSE_BYTES, "{size} bytes");
-        }
-        2 => {
-            let (a, _) = protocol::<wire::Announcement, wire::Announcement>(
-                bytes,
-                wire::MAX_ANNOUNCEMENT_BYTES,
-                wire::MAX_ANNOUNCEMENT_BYTES,
-            );
-            let Some(a) = a.filter(|a| a.check().is_ok()) else {
-                return;
-            };
-            let mut dir = h.dir.lock().unwrap_or_else(|e| e.into_inner());
-            let name = a.node_name.clone();
-            let _ = dir.update(*source(), a, std::time::Instant::now(), 3);
-            let label = dir.label(source(), Some(&name), &h.my_name);
-            let mine = dir.label(&h.me, Some(&h.my_name), &h.my_name);
-            assert_ne!(label, mine, "a peer took this node's label");
-            assert!(
-                !label.contains('\n') && !label.chars().any(char::is_control),
-                "{label:?}"
-            );
-        }
-        3 => {
-            let (req, _) = protocol::<wire::AdmitRequest, wire::AdmitResponse>(
-                bytes,
-                wire::MAX_ADMIT_REQUEST_BYTES,
-                wire::MAX_GRANT_BYTES,
-            );
-            let Some(wire::AdmitRequest::Prove { proof, voucher, .. }) = req else {
-                return;
-            };
-            // The prover is an identity the mesh never admitted.
-            let verdict = mesh().verify(&proof, voucher.as_ref(), source(), &h.me);
-            assert!(
-                !matches!(verdict, crate::mesh::Verdict::Member | crate::mesh::Verdict::Stale),
-                "{verdict:?}"
-            );
-        }
-        _ => {
-            let (req, _) = protocol::<wire::JoinRequest, wire::JoinResponse>(
-                bytes,
-                wire::MAX_JOIN_REQUEST_BYTES,
-                wire::MAX_GRANT_BYTES,
-            );
-            let Some(req) = req else {
-                return;
-            };
-            // What the inviter checks: the code is its own (signed by its key), then the token.
-            assert!(
-                !(req.invite.verify() && req.invite.body.inviter == h.me),
-                "a peer made a join code in this node's name"
-            );
-            let token = req.invite.body.token;
-            let job = store
-                .try_write("fuzz join", move |t| crate::store::ops::use_invite(t, &token, 4))
-                .expect("queued");
-            let used = block_on(job).expect("writer").expect("use_invite");
-            assert!(
-                matches!(used, crate::store::InviteUse::Unknown),
-                "an unknown token was accepted: {used:?}"
-            );
-        }
+        0 => handle_delivery(h, bytes),
+        1 => handle_catch_up(h, bytes),
+        2 => handle_announcement(h, bytes),
+        3 => handle_proof(h, bytes),
+        _ => handle_join(h, bytes),
     }
+}
+
+/// A delivery batch: one outcome per message, in order, stored at most once.
+fn handle_delivery(h: &Handled, bytes: &[u8]) {
+    let store = &h.store;
+    let (req, _) =
+        protocol::<wire::DmRequest, wire::DmResponse>(bytes, dm_request_limit(), wire::MAX_DM_RESPONSE_BYTES);
+    let Some(wire::DmRequest::Deliver(msgs)) = req else {
+        return;
+    };
+    let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+    let accept = |msgs: Vec<wire::WireMessage>| {
+        let peer = *source();
+        let job = store
+            .try_write("fuzz accept", move |t| {
+                crate::store::ops::accept(t, peer, None, msgs, 64 * 1024, 2)
+            })
+            .expect("queued");
+        block_on(job).expect("writer").expect("accept")
+    };
+    let (first, stored) = accept(msgs.clone());
+    assert_eq!(
+        first.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        ids,
+        "one outcome per message, in order"
+    );
+    assert!(stored.len() <= msgs.len());
+    let (again, stored_again) = accept(msgs);
+    assert!(stored_again.is_empty(), "a batch delivered twice is stored once");
+    assert!(
+        again.iter().all(|(_, o)| !matches!(o, wire::Outcome::Stored)),
+        "{again:?}"
+    );
+}
+
+/// A catch-up request: the answer stays within its bounds.
+fn handle_catch_up(h: &Handled, bytes: &[u8]) {
+    let store = &h.store;
+    let (req, _) = protocol::<wire::SyncRequest, wire::SyncResponse>(
+        bytes,
+        wire::MAX_SYNC_REQUEST_BYTES,
+        wire::MAX_SYNC_RESPONSE_BYTES,
+    );
+    let Some(req) = req else {
+        return;
+    };
+    let answer = store.read_now(move |r| crate::sync::answer(r, req)).expect("an answer");
+    match &answer {
+        wire::SyncResponse::Digest { ids, .. } => assert!(ids.len() <= wire::MAX_SYNC_IDS),
+        wire::SyncResponse::Messages(m) => assert!(m.len() <= wire::MAX_SYNC_IDS),
+        wire::SyncResponse::Unavailable(_) => {}
+    }
+    let size = postcard::to_allocvec(&answer).expect("encodes").len();
+    assert!(size <= wire::MAX_SYNC_RESPONSE_BYTES, "{size} bytes");
+}
+
+/// An announcement: never this node's label, never a line break in a label.
+fn handle_announcement(h: &Handled, bytes: &[u8]) {
+    let (a, _) = protocol::<wire::Announcement, wire::Announcement>(
+        bytes,
+        wire::MAX_ANNOUNCEMENT_BYTES,
+        wire::MAX_ANNOUNCEMENT_BYTES,
+    );
+    let Some(a) = a.filter(|a| a.check().is_ok()) else {
+        return;
+    };
+    let mut dir = h.dir.lock().unwrap_or_else(|e| e.into_inner());
+    let name = a.node_name.clone();
+    let _ = dir.update(*source(), a, std::time::Instant::now(), 3);
+    let label = dir.label(source(), Some(&name), &h.my_name);
+    let mine = dir.label(&h.me, Some(&h.my_name), &h.my_name);
+    assert_ne!(label, mine, "a peer took this node's label");
+    assert!(
+        !label.contains('\n') && !label.chars().any(char::is_control),
+        "{label:?}"
+    );
+}
+
+/// An admission proof from an identity the mesh never admitted: never a member's.
+fn handle_proof(h: &Handled, bytes: &[u8]) {
+    let (req, _) = protocol::<wire::AdmitRequest, wire::AdmitResponse>(
+        bytes,
+        wire::MAX_ADMIT_REQUEST_BYTES,
+        wire::MAX_GRANT_BYTES,
+    );
+    let Some(wire::AdmitRequest::Prove { proof, voucher, .. }) = req else {
+        return;
+    };
+    // The prover is an identity the mesh never admitted.
+    let verdict = mesh().verify(&proof, voucher.as_ref(), source(), &h.me);
+    assert!(
+        !matches!(verdict, crate::mesh::Verdict::Member | crate::mesh::Verdict::Stale),
+        "{verdict:?}"
+    );
+}
+
+/// A join request: a peer's code is never taken for this node's, an unknown token never used.
+fn handle_join(h: &Handled, bytes: &[u8]) {
+    let store = &h.store;
+    let (req, _) =
+        protocol::<wire::JoinRequest, wire::JoinResponse>(bytes, wire::MAX_JOIN_REQUEST_BYTES, wire::MAX_GRANT_BYTES);
+    let Some(req) = req else {
+        return;
+    };
+    // What the inviter checks: the code is its own (signed by its key), then the token.
+    assert!(
+        !(req.invite.verify() && req.invite.body.inviter == h.me),
+        "a peer made a join code in this node's name"
+    );
+    let token = req.invite.body.token;
+    let job = store
+        .try_write("fuzz join", move |t| crate::store::ops::use_invite(t, &token, 4))
+        .expect("queued");
+    let used = block_on(job).expect("writer").expect("use_invite");
+    assert!(
+        matches!(used, crate::store::InviteUse::Unknown),
+        "an unknown token was accepted: {used:?}"
+    );
 }

@@ -140,6 +140,14 @@ pub fn wire(data: &[u8]) {
         return;
     };
     match pick % 10 {
+        n @ 0..=5 => wire_protocol(n, bytes),
+        n => wire_gossip(n, bytes),
+    }
+}
+
+/// `bytes` read as one of the request-response protocols (`pick` 0 to 5).
+fn wire_protocol(pick: u8, bytes: &[u8]) {
+    match pick {
         0 => {
             let (req, _) =
                 protocol::<wire::DmRequest, wire::DmResponse>(bytes, dm_request_limit(), wire::MAX_DM_RESPONSE_BYTES);
@@ -185,9 +193,15 @@ pub fn wire(data: &[u8]) {
                 wire::MAX_SYNC_RESPONSE_BYTES,
             );
         }
-        5 => {
+        _ => {
             protocol::<u64, u64>(bytes, 64, 64);
         }
+    }
+}
+
+/// `bytes` read as gossip, sealed or not, or as a key chain (`pick` 6 to 9).
+fn wire_gossip(pick: u8, bytes: &[u8]) {
+    match pick {
         // Gossip as it arrives: sealed for the mesh, then decoded.
         6 => {
             let topic = wire::directory_topic(mesh()).hash();

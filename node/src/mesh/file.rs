@@ -55,14 +55,14 @@ impl Membership {
     }
 
     /// The contents of a `mesh.key` file.
-    pub fn to_file_bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut body = FILE_MAGIC.to_vec();
         let file = MeshFile {
             grant: self.grant.clone(),
             voucher: self.voucher.clone(),
             adopting: self.adopting,
         };
-        body.extend(postcard::to_allocvec(&file).map_err(|e| e.to_string())?);
+        body.extend(postcard::to_allocvec(&file)?);
         Ok(body)
     }
 

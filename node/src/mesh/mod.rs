@@ -40,10 +40,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod file;
+mod grant;
 mod invite;
+mod proof;
 mod seal;
 
+pub use grant::{Grant, GrantError};
 pub use invite::{Invite, InviteBody, InviteError, public_key_of};
+pub use proof::{Proof, Refusal, Verdict, Voucher};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -113,77 +117,6 @@ impl std::fmt::Debug for Epoch {
     }
 }
 
-/// The membership chain a node holds (and hands to new and stale members).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The mesh.
-    pub mesh_id: MeshId,
-    /// Key for topic-name hashing; never rotates.
-    pub name_key: [u8; 32],
-    /// Epochs, oldest first; the last is current. Never empty.
-    pub epochs: Vec<Epoch>,
-    /// Nodes removed from the mesh.
-    pub revoked: BTreeSet<PeerId>,
-    /// The nodes known as members (never revoked ones).
-    pub members: BTreeSet<PeerId>,
-}
-
-impl std::fmt::Debug for Grant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grant")
-            .field("mesh_id", &self.mesh_id.short())
-            .field("epochs", &self.epochs)
-            .field("revoked", &self.revoked.len())
-            .field("members", &self.members.len())
-            .finish()
-    }
-}
-
-impl Grant {
-    /// Checks the shape a received grant must have.
-    pub fn check(&self) -> Result<(), GrantError> {
-        if self.epochs.is_empty() || self.epochs.len() > MAX_EPOCHS {
-            return Err(GrantError::EpochCount(self.epochs.len()));
-        }
-        if self.epochs.windows(2).any(|w| w[1].number != w[0].number + 1) {
-            return Err(GrantError::NotConsecutive);
-        }
-        if self.epochs.iter().any(|e| e.roster.len() > MAX_ROSTER)
-            || self.revoked.len() > MAX_REVOKED
-            || self.members.len() > MAX_MEMBERS
-        {
-            return Err(GrantError::TooLong);
-        }
-        Ok(())
-    }
-}
-
-/// Why a key chain (received, or read from `mesh.key`) is not taken.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum GrantError {
-    /// Too few or too many epochs.
-    #[error("{0} epochs (1..={MAX_EPOCHS} allowed)")]
-    EpochCount(usize),
-    /// A gap in the epoch numbers.
-    #[error("epochs are not consecutive")]
-    NotConsecutive,
-    /// A roster, the member list or the revocation list over its limit.
-    #[error("roster, member or revocation list too long")]
-    TooLong,
-    /// For another mesh (its short id).
-    #[error("for another mesh ({0})")]
-    OtherMesh(String),
-    /// Same epoch number, different secret.
-    #[error("a different key for the same generation")]
-    Conflict,
-    /// Does not extend this node's chain.
-    #[error("does not include our current key")]
-    NotExtending,
-    /// Not a key file or chain at all.
-    #[error("{0}")]
-    Malformed(String),
-}
-
 /// Why `mesh.key` could not be provisioned for a node.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -196,101 +129,6 @@ pub enum ProvisionError {
     /// The key file could not be written.
     #[error(transparent)]
     Mesh(#[from] MeshError),
-}
-
-/// Proof of membership, bound to the prover and the verifier.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof {
-    /// The mesh the prover belongs to.
-    pub mesh_id: MeshId,
-    /// The prover's current epoch.
-    pub epoch: u32,
-    /// Which secret of that epoch (first bytes of a hash of it): tells a verifier on a
-    /// different branch apart from a wrong proof.
-    pub commitment: [u8; 8],
-    /// The MAC.
-    pub mac: [u8; 32],
-}
-
-/// Why a proof was refused. A fixed vocabulary (no free text): a refusal is also what an
-/// outsider says to us, and it is shown to users and agents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum Refusal {
-    /// The prover belongs to another mesh (the first bytes of its id).
-    #[error("member of another mesh ({})", hex(.0))]
-    OtherMesh([u8; 4]),
-    /// The MAC does not verify: the prover does not hold the secret (or replayed a proof).
-    #[error("invalid membership proof")]
-    BadProof,
-    /// The prover was removed from the mesh.
-    #[error("removed from this mesh")]
-    Revoked,
-    /// An old-epoch proof from a node that was not a member when the key was rotated.
-    #[error("holds an outdated mesh key and was not a member when it was replaced")]
-    NotInRoster,
-    /// The prover's epoch is older than any this node keeps.
-    #[error("holds a mesh key too old to be renewed; invite it again")]
-    TooOld,
-    /// Same epoch number, different secret: two members rotated the key at once.
-    #[error("holds a different key for the same generation (two removals at once?); invite it again")]
-    Conflict,
-    /// One side is in open mode and the other is not: `true` when the prover is.
-    #[error("{}", if *.0 { "a node in open mode (this node is not)" } else { "not in open mode (this node is)" })]
-    OpenMismatch(bool),
-    /// A proof for a newer key than the verifier's, and the prover did not renew the
-    /// verifier's key (so the verifier may have been removed).
-    #[error("proved with a newer mesh key this node was not given")]
-    Unverified,
-    /// A valid proof from a PeerId no member admitted (a copied mesh key).
-    #[error("holds the mesh key but was never admitted by a member (a copied key?)")]
-    NotAMember,
-}
-
-/// A member's word that a node joined through it: the inviter's signature over the mesh
-/// id and the new member's PeerId. A node shows it with its proofs, so that members who
-/// have not heard of it yet can check it against a member they know.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Voucher {
-    /// The member that admitted it (its key signs).
-    pub inviter: PeerId,
-    /// Signature over `"agentmesh-member-v1" ‖ mesh id ‖ member PeerId`.
-    pub signature: Vec<u8>,
-}
-
-fn voucher_bytes(mesh: &MeshId, member: &PeerId) -> Vec<u8> {
-    let mut b = VOUCHER_LABEL.to_vec();
-    b.extend_from_slice(&mesh.0);
-    b.extend_from_slice(&member.to_bytes());
-    b
-}
-
-impl Voucher {
-    /// `inviter` vouches that `member` belongs to `mesh`.
-    pub fn sign(mesh: &MeshId, member: &PeerId, inviter: &Keypair) -> Result<Self, libp2p::identity::SigningError> {
-        Ok(Self {
-            inviter: inviter.public().to_peer_id(),
-            signature: inviter.sign(&voucher_bytes(mesh, member))?,
-        })
-    }
-
-    /// Whether it is a valid voucher for `member` in `mesh` (by whoever it names).
-    pub fn verify(&self, mesh: &MeshId, member: &PeerId) -> bool {
-        self.signature.len() <= 128
-            && public_key_of(&self.inviter).is_some_and(|k| k.verify(&voucher_bytes(mesh, member), &self.signature))
-    }
-}
-
-/// What a verifier concluded about a proof.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// A member on the current epoch.
-    Member,
-    /// A member on an older epoch: admit it and hand it the current chain.
-    Stale,
-    /// The prover is on a newer epoch than we are: wait for a grant, then check again.
-    Ahead,
-    /// Not a member.
-    Refused(Refusal),
 }
 
 /// Why a sealed payload did not open.
@@ -393,19 +231,6 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     m
 }
 
-fn admit_mac(secret: &[u8; 32], mesh: &MeshId, epoch: u32, prover: &PeerId, verifier: &PeerId) -> HmacSha256 {
-    mac(
-        secret,
-        &[
-            ADMIT_LABEL,
-            &mesh.0,
-            &epoch.to_be_bytes(),
-            &prover.to_bytes(),
-            &verifier.to_bytes(),
-        ],
-    )
-}
-
 impl Membership {
     /// A new mesh with a fresh secret.
     pub fn generate() -> Self {
@@ -456,17 +281,6 @@ impl Membership {
         }
     }
 
-    /// Membership from a grant received when joining, with the inviter's voucher.
-    pub fn from_grant(grant: Grant, voucher: Option<Voucher>) -> Result<Self, GrantError> {
-        grant.check()?;
-        Ok(Self {
-            grant,
-            open: false,
-            voucher,
-            adopting: false,
-        })
-    }
-
     /// This node's voucher, shown with its proofs.
     pub fn voucher(&self) -> Option<&Voucher> {
         self.voucher.as_ref()
@@ -490,16 +304,6 @@ impl Membership {
             return false;
         }
         self.grant.members.insert(peer)
-    }
-
-    /// Whether `voucher` shows that `peer` was admitted by a member this node knows.
-    pub fn vouched(&self, peer: &PeerId, voucher: Option<&Voucher>) -> bool {
-        voucher.is_some_and(|v| {
-            v.inviter != *peer
-                && self.is_member(&v.inviter)
-                && !self.is_revoked(peer)
-                && v.verify(&self.grant.mesh_id, peer)
-        })
     }
 
     /// Makes the node whose identity is (or will be) at `identity_path` a member of this
@@ -566,153 +370,6 @@ impl Membership {
     /// The full chain, to hand to a new or stale member.
     pub fn grant(&self) -> Grant {
         self.grant.clone()
-    }
-
-    /// Proof that `prover` (this node) is a member, for `verifier` only.
-    pub fn prove(&self, prover: &PeerId, verifier: &PeerId) -> Proof {
-        let e = self.current();
-        let m = admit_mac(&e.secret, &self.grant.mesh_id, e.number, prover, verifier);
-        Proof {
-            mesh_id: self.grant.mesh_id,
-            epoch: e.number,
-            commitment: commitment(&e.secret),
-            mac: m.finalize().into_bytes().into(),
-        }
-    }
-
-    /// Checks a proof `prover` (authenticated by the transport) showed this node, with the
-    /// voucher it showed. A [`Verdict::Member`] from a PeerId not yet known as a member is
-    /// for the caller to record ([`Membership::add_member`]).
-    pub fn verify(&self, proof: &Proof, voucher: Option<&Voucher>, prover: &PeerId, verifier: &PeerId) -> Verdict {
-        if proof.mesh_id != self.grant.mesh_id {
-            let open_id = Membership::open().id();
-            let mut short = [0u8; 4];
-            short.copy_from_slice(&proof.mesh_id.0[..4]);
-            return Verdict::Refused(if proof.mesh_id == open_id {
-                Refusal::OpenMismatch(true)
-            } else if self.open {
-                Refusal::OpenMismatch(false)
-            } else {
-                Refusal::OtherMesh(short)
-            });
-        }
-        if self.is_revoked(prover) {
-            return Verdict::Refused(Refusal::Revoked);
-        }
-        let current = self.current().number;
-        if proof.epoch > current {
-            return Verdict::Ahead;
-        }
-        let Some(epoch) = self.epoch(proof.epoch) else {
-            return Verdict::Refused(Refusal::TooOld);
-        };
-        if commitment(&epoch.secret) != proof.commitment {
-            return Verdict::Refused(Refusal::Conflict);
-        }
-        let m = admit_mac(&epoch.secret, &self.grant.mesh_id, epoch.number, prover, verifier);
-        if m.verify_slice(&proof.mac).is_err() {
-            return Verdict::Refused(Refusal::BadProof);
-        }
-        if epoch.number == current {
-            return if self.open || self.is_member(prover) || self.vouched(prover, voucher) || self.adopting {
-                Verdict::Member
-            } else {
-                Verdict::Refused(Refusal::NotAMember)
-            };
-        }
-        if self.carried_over(prover, epoch.number) {
-            Verdict::Stale
-        } else {
-            Verdict::Refused(Refusal::NotInRoster)
-        }
-    }
-
-    /// Whether `peer` was a member when epoch `number` ended (listed in the next roster).
-    fn carried_over(&self, peer: &PeerId, number: u32) -> bool {
-        self.epoch(number + 1).is_some_and(|next| next.roster.contains(peer)) && !self.is_revoked(peer)
-    }
-
-    /// Takes a newer chain of the same mesh from a member. Returns whether anything
-    /// changed; refuses a chain that does not extend ours (a different branch).
-    pub fn accept_grant(&mut self, g: &Grant) -> Result<bool, GrantError> {
-        g.check()?;
-        if self.open {
-            return Ok(false);
-        }
-        if g.mesh_id != self.grant.mesh_id {
-            return Err(GrantError::OtherMesh(g.mesh_id.short()));
-        }
-        let ours = self.current().clone();
-        let theirs_last = g.epochs.last().map(|e| e.number).unwrap_or(0);
-        if theirs_last < ours.number {
-            return Ok(false);
-        }
-        match g.epochs.iter().find(|e| e.number == ours.number) {
-            Some(e) if e.secret == ours.secret => {}
-            Some(_) => return Err(GrantError::Conflict),
-            None => return Err(GrantError::NotExtending),
-        }
-        let mut changed = false;
-        if theirs_last > ours.number {
-            self.grant.epochs = g.epochs.clone();
-            changed = true;
-        }
-        for p in &g.revoked {
-            if self.grant.revoked.len() < MAX_REVOKED && self.grant.revoked.insert(*p) {
-                changed = true;
-            }
-        }
-        let revoked = self.grant.revoked.clone();
-        let before = self.grant.members.len();
-        self.grant.members.retain(|p| !revoked.contains(p));
-        changed |= self.grant.members.len() != before;
-        for p in &g.members {
-            changed |= self.add_member(*p);
-        }
-        if theirs_last > ours.number {
-            // A rotation lists the members: whatever a legacy key file let in is settled.
-            self.adopting = false;
-        }
-        Ok(changed)
-    }
-
-    /// Removes `peer`: a new epoch whose secret it never gets. The known members are
-    /// carried over (they may renew with the old secret); `others` too, only while a legacy
-    /// key file is being adopted (nodes this one met as members before they were listed).
-    pub fn rotate(&mut self, peer: PeerId, others: impl IntoIterator<Item = PeerId>) {
-        let members: Vec<PeerId> = if self.adopting {
-            self.grant.members.iter().copied().chain(others).collect()
-        } else {
-            self.grant.members.iter().copied().collect()
-        };
-        self.adopting = false;
-        self.grant.revoked.insert(peer);
-        self.grant.members.remove(&peer);
-        while self.grant.revoked.len() > MAX_REVOKED {
-            // Forget the oldest-sorted entry; a long-gone node matters least.
-            let first = self.grant.revoked.iter().next().copied();
-            if let Some(f) = first {
-                self.grant.revoked.remove(&f);
-            }
-        }
-        let mut roster: Vec<PeerId> = members
-            .into_iter()
-            .filter(|p| !self.grant.revoked.contains(p))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        roster.truncate(MAX_ROSTER);
-        self.grant.members = roster.iter().copied().collect();
-        let number = self.current().number + 1;
-        self.grant.epochs.push(Epoch {
-            number,
-            secret: random(),
-            roster,
-        });
-        if self.grant.epochs.len() > MAX_EPOCHS {
-            let excess = self.grant.epochs.len() - MAX_EPOCHS;
-            self.grant.epochs.drain(..excess);
-        }
     }
 }
 

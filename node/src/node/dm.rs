@@ -356,27 +356,49 @@ impl Node {
         request: libp2p::request_response::InboundRequestId,
         messages: Vec<WireMessage>,
     ) {
+        let mut messages = messages;
+        let permit = match self.admit_inbound(peer, &mut messages) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let _ = self.0.net.respond_dm(request, refusal).await;
+                return;
+            }
+        };
+        let node = self.clone();
+        let from_name = self.dir().name_of(&peer);
+        let span = tracing::debug_span!(
+            "receive",
+            %peer,
+            ids = %crate::ids::id_list(messages.iter().map(|m| m.id))
+        );
+        tokio::spawn(
+            async move {
+                let response = node.commit_inbound(peer, from_name, messages).await;
+                let _ = node.0.net.respond_dm(request, response).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Whether an inbound batch from `peer` is taken now: not while stopping, within the
+    /// inbound slots (the permit is held until it is answered), and cut to `peer`'s
+    /// allowance. A refusal is the answer to send.
+    fn admit_inbound(
+        &self,
+        peer: PeerId,
+        messages: &mut Vec<WireMessage>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, DmResponse> {
         if self.0.shutdown.is_cancelled() {
             // Stopping: what is in flight finishes, nothing new is taken.
-            let _ = self
-                .0
-                .net
-                .respond_dm(request, DmResponse::Unavailable("the node is shutting down".into()))
-                .await;
-            return;
+            return Err(DmResponse::Unavailable("the node is shutting down".into()));
         }
         let Ok(permit) = self.0.inbound.clone().try_acquire_owned() else {
             self.0.metrics.dm_throttled.inc();
-            let _ = self
-                .0
-                .net
-                .respond_dm(request, DmResponse::Unavailable("recipient node is busy".into()))
-                .await;
-            return;
+            return Err(DmResponse::Unavailable("recipient node is busy".into()));
         };
         // A node over its allowance gets the prefix there is room for now; the courier
         // sends the rest later, in order.
-        let mut messages = messages;
         let limited = {
             let mut r = self.0.peer_rate.lock().unwrap_or_else(|e| e.into_inner());
             r.take_up_to(&peer, messages.len() as u32, Instant::now())
@@ -391,74 +413,69 @@ impl Node {
             self.0.metrics.dm_throttled.inc();
             drop(permit);
             tracing::info!(%peer, "a node sends faster than limits.peer_messages_per_minute; asking it to wait");
-            let _ = self
-                .0
-                .net
-                .respond_dm(
-                    request,
-                    DmResponse::Unavailable(format!(
-                        "rate limited: more than {} messages a minute from your node; retry in {:.1} s",
-                        self.0.config.limits.peer_messages_per_minute,
-                        wait.as_secs_f64()
-                    )),
-                )
-                .await;
-            return;
+            return Err(DmResponse::Unavailable(format!(
+                "rate limited: more than {} messages a minute from your node; retry in {:.1} s",
+                self.0.config.limits.peer_messages_per_minute,
+                wait.as_secs_f64()
+            )));
         }
-        let node = self.clone();
-        let from_name = self.dir().name_of(&peer);
+        Ok(permit)
+    }
+
+    /// Commits an inbound batch from `peer` (known here as `from_name`) and tells what came of each message (or that
+    /// nothing was stored: the sender retries).
+    async fn commit_inbound(
+        &self,
+        peer: PeerId,
+        from_name: Option<NodeName>,
+        messages: Vec<WireMessage>,
+    ) -> DmResponse {
         let max = self.0.config.limits.max_message_bytes;
-        let span = tracing::debug_span!(
-            "receive",
-            %peer,
-            ids = %crate::ids::id_list(messages.iter().map(|m| m.id))
-        );
-        tokio::spawn(
-            async move {
-                let now = now_ms();
-                let result = node
-                    .0
-                    .store
-                    .write("receive", move |t| ops::accept(t, peer, from_name, messages, max, now))
-                    .await;
-                let response = match result {
-                    Ok((outcomes, stored)) => {
-                        let m = &node.0.metrics;
-                        m.dm_received.inc_by(stored.len() as u64);
-                        for (_, o) in &outcomes {
-                            match o {
-                                crate::wire::Outcome::Duplicate => {
-                                    m.dm_duplicates.inc();
-                                }
-                                crate::wire::Outcome::Rejected(_) => {
-                                    m.dm_rejected.inc();
-                                }
-                                crate::wire::Outcome::Stored => {}
-                            }
-                        }
-                        {
-                            // The sending node vouches for its agents: a reply can go back at
-                            // once, even before its next announcement says so.
-                            let mut dir = node.dir();
-                            for e in &stored {
-                                dir.learn_agent(peer, &e.from.agent, e.received_at_ms);
-                            }
-                        }
-                        for e in &stored {
-                            node.emit(Event::Message(node.message_view(e)));
-                        }
-                        DmResponse::Outcomes(outcomes)
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "cannot store inbound messages; sender will retry");
-                        DmResponse::Unavailable(e.to_string())
-                    }
-                };
-                let _ = node.0.net.respond_dm(request, response).await;
-                drop(permit);
+        let now = now_ms();
+        let result = self
+            .0
+            .store
+            .write("receive", move |t| ops::accept(t, peer, from_name, messages, max, now))
+            .await;
+        match result {
+            Ok((outcomes, stored)) => {
+                self.received(peer, &outcomes, &stored);
+                DmResponse::Outcomes(outcomes)
             }
-            .instrument(span),
-        );
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot store inbound messages; sender will retry");
+                DmResponse::Unavailable(e.to_string())
+            }
+        }
+    }
+
+    /// After an inbound batch was committed: counted, its senders learned, each stored
+    /// message announced to local sessions.
+    fn received(&self, peer: PeerId, outcomes: &[(MessageId, crate::wire::Outcome)], stored: &[InboxEntry]) {
+        let m = &self.0.metrics;
+        m.dm_received.inc_by(stored.len() as u64);
+        for (_, o) in outcomes {
+            match o {
+                crate::wire::Outcome::Duplicate => {
+                    m.dm_duplicates.inc();
+                }
+                crate::wire::Outcome::Rejected(_) => {
+                    m.dm_rejected.inc();
+                }
+                crate::wire::Outcome::Stored => {}
+            }
+        }
+        {
+            // The sending node vouches for its agents: a reply can go back at once, even
+            // before its next announcement says so.
+            let mut dir = self.dir();
+            for e in stored {
+                dir.learn_agent(peer, &e.from.agent, e.received_at_ms);
+            }
+        }
+        for e in stored {
+            self.emit(Event::Message(self.message_view(e)));
+        }
     }
 
     pub(crate) fn settled_event(&self, e: &OutboxEntry) -> Option<Event> {

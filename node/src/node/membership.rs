@@ -100,6 +100,42 @@ impl Node {
         let _one = self.0.mesh_ops.lock().await;
         let invite = Invite::decode(code).map_err(|e| ApiError::bad(e.to_string()))?;
         let now = now_ms();
+        let old = self.mesh().clone();
+        self.check_invite(&invite, &old, now)?;
+        let inviter = invite.body.inviter;
+        let inviter_name = crate::ids::sanitize_text(&invite.body.inviter_name);
+        let addrs = invite.body.addrs.clone();
+        let mut mesh = self.trade_code(&invite, &inviter_name).await?;
+        mesh.add_member(self.0.peer_id);
+        mesh.save(&self.0.home.mesh_path())
+            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+        let name = Some(inviter_name.clone());
+        self.0
+            .store
+            .write("join", move |t| {
+                ops::reset_mesh(t)?;
+                ops::put_member(t, &inviter, name, now)?;
+                for a in addrs.iter().rev() {
+                    ops::put_dialed(t, &inviter, &crate::net::strip_p2p(a.clone()))?;
+                }
+                Ok(())
+            })
+            .await?;
+        *self.mesh() = mesh.clone();
+        self.0.net.set_membership(mesh, true).await.map_err(unavailable)?;
+        let _ = self.0.net.pin(inviter).await;
+        tracing::info!(mesh = %invite.body.mesh_id.short(), left = %old.id().short(), "joined a mesh");
+        Ok(JoinView {
+            mesh: self.mesh_view().await?,
+            inviter,
+            inviter_name,
+            left: old.id().short(),
+        })
+    }
+
+    /// A join code this node may use now: not expired, not for the mesh it is in (`old`),
+    /// not its own.
+    fn check_invite(&self, invite: &Invite, old: &Membership, now: u64) -> Result<(), ApiError> {
         if invite.body.expires_ms <= now {
             return Err(ApiError::new(
                 ErrorCode::Denied,
@@ -109,7 +145,6 @@ impl Node {
                 ),
             ));
         }
-        let old = self.mesh().clone();
         if invite.body.mesh_id == old.id() {
             return Err(ApiError::bad(format!(
                 "this node is already a member of mesh {}",
@@ -119,9 +154,13 @@ impl Node {
         if invite.body.inviter == self.0.peer_id {
             return Err(ApiError::bad("this join code was made by this node"));
         }
+        Ok(())
+    }
+
+    /// Presents the join code to its inviter (`inviter_name`, as shown) and checks what
+    /// comes back: the mesh the code names, with a voucher for this node from the inviter.
+    async fn trade_code(&self, invite: &Invite, inviter_name: &str) -> Result<Membership, ApiError> {
         let inviter = invite.body.inviter;
-        let inviter_name = crate::ids::sanitize_text(&invite.body.inviter_name);
-        let addrs = invite.body.addrs.clone();
         let wait = crate::net::ADMIT_TIMEOUT * 3 + Duration::from_secs(5);
         let (grant, voucher) = tokio::time::timeout(wait, self.0.net.join(invite.clone()))
             .await
@@ -148,36 +187,11 @@ impl Node {
                 "the inviting node's voucher for this node does not check out; not joining",
             ));
         }
-        let mut mesh = Membership::from_grant(grant, Some(voucher)).map_err(|e| {
+        Membership::from_grant(grant, Some(voucher)).map_err(|e| {
             ApiError::new(
                 ErrorCode::Denied,
                 format!("the inviting node sent a malformed key: {e}"),
             )
-        })?;
-        mesh.add_member(self.0.peer_id);
-        mesh.save(&self.0.home.mesh_path())
-            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
-        let name = Some(inviter_name.clone());
-        self.0
-            .store
-            .write("join", move |t| {
-                ops::reset_mesh(t)?;
-                ops::put_member(t, &inviter, name, now)?;
-                for a in addrs.iter().rev() {
-                    ops::put_dialed(t, &inviter, &crate::net::strip_p2p(a.clone()))?;
-                }
-                Ok(())
-            })
-            .await?;
-        *self.mesh() = mesh.clone();
-        self.0.net.set_membership(mesh, true).await.map_err(unavailable)?;
-        let _ = self.0.net.pin(inviter).await;
-        tracing::info!(mesh = %invite.body.mesh_id.short(), left = %old.id().short(), "joined a mesh");
-        Ok(JoinView {
-            mesh: self.mesh_view().await?,
-            inviter,
-            inviter_name,
-            left: old.id().short(),
         })
     }
 

@@ -1,6 +1,7 @@
 use super::*;
 use crate::ids::{AgentName, MessageId, TopicName};
 use crate::wire::{Outcome, Rejection, TopicEnvelope, WireMessage};
+use libp2p::PeerId;
 
 fn q(limit: usize, all: bool, mark_read: bool) -> ops::InboxQuery {
     ops::InboxQuery {

@@ -146,7 +146,7 @@ fn key_names<V: redb::Value + 'static>(
 
 /// The rows of `names` in a table keyed by (name, seq), with `seq` in `lo..=hi`.
 fn named_rows<'t>(
-    t: &'t redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    t: &'t Table,
     names: &[String],
     (lo, hi): (u64, u64),
     back: bool,
@@ -173,9 +173,6 @@ pub fn history(
     f: &HistoryFilter,
     admit: Admit<'_, HistoryRow>,
 ) -> Result<HistoryPage, StoreError> {
-    let grep = f.grep.as_ref().map(|g| g.to_lowercase());
-    let text_ok = |t: &str| grep.as_ref().is_none_or(|g| t.to_lowercase().contains(g));
-    let limit = f.limit.max(1);
     let lo = f.after.map_or(0, |a| a.saturating_add(1));
     let hi = match f.before {
         Some(0) => return Ok(HistoryPage::default()),
@@ -185,59 +182,122 @@ pub fn history(
     if lo > hi {
         return Ok(HistoryPage::default());
     }
+    let scan = Scan::new(r, f)?;
+    let limit = f.limit.max(1);
+    let mut page = HistoryPage::default();
+    if f.forward {
+        let start = match f.after {
+            Some(_) => lo,
+            // The newest `limit`: the page starts at the oldest of them.
+            None => {
+                let (start, older) = scan.oldest_of_newest((lo, hi), limit)?;
+                page.older = older;
+                start
+            }
+        };
+        page.newer = scan.fill(&mut page.rows, (start, hi), false, limit, admit)?;
+    } else {
+        page.older = scan.fill(&mut page.rows, (lo, hi), true, limit, admit)?;
+        page.rows.reverse();
+    }
+    Ok(page)
+}
 
-    let subscribed: Vec<TopicName> = match &f.agent {
-        Some(a) => subscriptions(r)?
-            .into_iter()
-            .filter(|(_, ag)| ag == a)
-            .map(|(t, _)| t)
-            .collect(),
-        None => Vec::new(),
-    };
-    let with_ok = |agent: &AgentName, node: &PeerId| match &f.with {
-        None => true,
-        Some((a, p)) => a == agent && p.as_ref().is_none_or(|p| p == node),
-    };
-    let matching = |source: Source, bytes: &[u8]| -> Result<Option<HistoryRow>, StoreError> {
+type Table = redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>;
+
+/// The tables a history filter reads, the names of them it reads, and its tests of a row.
+struct Scan<'f> {
+    f: &'f HistoryFilter,
+    /// `f.grep`, lower case.
+    grep: Option<String>,
+    /// The topics `f.agent` is subscribed to.
+    subscribed: Vec<TopicName>,
+    log: Table,
+    inbox: Table,
+    outbox: redb::ReadOnlyTable<u64, &'static [u8]>,
+    /// The topics read in the topic log.
+    topics: Vec<String>,
+    /// The agents whose inboxes are read.
+    agents: Vec<String>,
+}
+
+impl<'f> Scan<'f> {
+    fn new(r: &ReadTransaction, f: &'f HistoryFilter) -> Result<Self, StoreError> {
+        let subscribed: Vec<TopicName> = match &f.agent {
+            Some(a) => subscriptions(r)?
+                .into_iter()
+                .filter(|(_, ag)| ag == a)
+                .map(|(t, _)| t)
+                .collect(),
+            None => Vec::new(),
+        };
+        let log = r.open_table(TOPIC_LOG)?;
+        let inbox = r.open_table(INBOX)?;
+        let outbox = r.open_table(OUTBOX)?;
+        let topics: Vec<String> = match (&f.with, &f.topic) {
+            (Some(_), _) => Vec::new(),
+            (None, Some(t)) => vec![t.to_string()],
+            (None, None) => key_names(&log)?,
+        };
+        let agents: Vec<String> = match (&f.topic, &f.agent) {
+            (Some(_), _) => Vec::new(),
+            (None, Some(a)) => vec![a.to_string()],
+            (None, None) => key_names(&inbox)?,
+        };
+        Ok(Scan {
+            f,
+            grep: f.grep.as_ref().map(|g| g.to_lowercase()),
+            subscribed,
+            log,
+            inbox,
+            outbox,
+            topics,
+            agents,
+        })
+    }
+
+    fn text_ok(&self, t: &str) -> bool {
+        self.grep.as_ref().is_none_or(|g| t.to_lowercase().contains(g))
+    }
+
+    fn with_ok(&self, agent: &AgentName, node: &PeerId) -> bool {
+        match &self.f.with {
+            None => true,
+            Some((a, p)) => a == agent && p.as_ref().is_none_or(|p| p == node),
+        }
+    }
+
+    /// The row stored as `bytes` in `source`, if the filter takes it.
+    fn matching(&self, source: Source, bytes: &[u8]) -> Result<Option<HistoryRow>, StoreError> {
+        let f = self.f;
         Ok(match source {
             Source::Topic => {
                 let rec: TopicRecord = decode("topic-log", bytes)?;
                 let theirs = f.agent.as_ref().is_some_and(|a| {
-                    !(subscribed.contains(&rec.envelope.topic) || (rec.local && &rec.envelope.from == a))
+                    !(self.subscribed.contains(&rec.envelope.topic) || (rec.local && &rec.envelope.from == a))
                 });
-                (!theirs && text_ok(&rec.envelope.text)).then_some(HistoryRow::Topic(rec))
+                (!theirs && self.text_ok(&rec.envelope.text)).then_some(HistoryRow::Topic(rec))
             }
             Source::Inbox => {
                 let e: InboxEntry = decode("inbox", bytes)?;
-                (e.channel == Channel::Direct && with_ok(&e.from.agent, &e.from.node) && text_ok(&e.text))
+                (e.channel == Channel::Direct && self.with_ok(&e.from.agent, &e.from.node) && self.text_ok(&e.text))
                     .then_some(HistoryRow::Received(e))
             }
             Source::Outbox => {
                 let e: OutboxEntry = decode("outbox", bytes)?;
                 let theirs = f.agent.as_ref().is_some_and(|a| a != &e.msg.from);
-                (!theirs && with_ok(&e.msg.to, &e.to_node) && text_ok(&e.msg.text)).then_some(HistoryRow::Sent(e))
+                (!theirs && self.with_ok(&e.msg.to, &e.to_node) && self.text_ok(&e.msg.text))
+                    .then_some(HistoryRow::Sent(e))
             }
         })
-    };
+    }
 
-    let log = r.open_table(TOPIC_LOG)?;
-    let inbox = r.open_table(INBOX)?;
-    let outbox = r.open_table(OUTBOX)?;
-    let topics: Vec<String> = match (&f.with, &f.topic) {
-        (Some(_), _) => Vec::new(),
-        (None, Some(t)) => vec![t.to_string()],
-        (None, None) => key_names(&log)?,
-    };
-    let agents: Vec<String> = match (&f.topic, &f.agent) {
-        (Some(_), _) => Vec::new(),
-        (None, Some(a)) => vec![a.to_string()],
-        (None, None) => key_names(&inbox)?,
-    };
-    let walk = |(lo, hi): (u64, u64), back: bool| -> Result<Merge<'_>, StoreError> {
-        let mut heads = named_rows(&log, &topics, (lo, hi), back, Source::Topic)?;
-        heads.extend(named_rows(&inbox, &agents, (lo, hi), back, Source::Inbox)?);
-        if f.topic.is_none() {
-            let rows = outbox.range(lo..=hi)?.map(|row| {
+    /// Every row read with `seq` in `lo..=hi`, merged in `seq` order (newest first when `back`).
+    fn walk(&self, (lo, hi): (u64, u64), back: bool) -> Result<Merge<'_>, StoreError> {
+        let mut heads = named_rows(&self.log, &self.topics, (lo, hi), back, Source::Topic)?;
+        heads.extend(named_rows(&self.inbox, &self.agents, (lo, hi), back, Source::Inbox)?);
+        if self.f.topic.is_none() {
+            let rows = self.outbox.range(lo..=hi)?.map(|row| {
                 let (k, v) = row?;
                 Ok((k.value(), v))
             });
@@ -245,53 +305,50 @@ pub fn history(
             heads.push((Source::Outbox, rows.peekable()));
         }
         Ok(Merge { heads, back })
-    };
-    let next_match = |m: &mut Merge<'_>| -> Result<Option<HistoryRow>, StoreError> {
+    }
+
+    /// The next row of `m` the filter takes.
+    fn next_match(&self, m: &mut Merge<'_>) -> Result<Option<HistoryRow>, StoreError> {
         while let Some((source, v)) = m.next()? {
-            if let Some(row) = matching(source, v.value())? {
+            if let Some(row) = self.matching(source, v.value())? {
                 return Ok(Some(row));
             }
         }
         Ok(None)
-    };
-
-    let mut page = HistoryPage::default();
-    if f.forward {
-        let start = match f.after {
-            Some(_) => lo,
-            // The newest `limit`: the page starts at the oldest of them.
-            None => {
-                let mut m = walk((lo, hi), true)?;
-                let (mut start, mut n) = (lo, 0);
-                while n < limit {
-                    let Some(row) = next_match(&mut m)? else { break };
-                    start = row.seq();
-                    n += 1;
-                }
-                page.older = n == limit && next_match(&mut m)?.is_some();
-                start
-            }
-        };
-        let mut m = walk((start, hi), false)?;
-        while let Some(row) = next_match(&mut m)? {
-            if page.rows.len() >= limit || !admit(&row) {
-                page.newer = true;
-                break;
-            }
-            page.rows.push(row);
-        }
-    } else {
-        let mut m = walk((lo, hi), true)?;
-        while let Some(row) = next_match(&mut m)? {
-            if page.rows.len() >= limit || !admit(&row) {
-                page.older = true;
-                break;
-            }
-            page.rows.push(row);
-        }
-        page.rows.reverse();
     }
-    Ok(page)
+
+    /// Fills `rows` with the matching rows in `lo..=hi` (newest first when `back`), up to
+    /// `limit` and while `admit` takes them; true when a matching row was left out.
+    fn fill(
+        &self,
+        rows: &mut Vec<HistoryRow>,
+        range: (u64, u64),
+        back: bool,
+        limit: usize,
+        admit: Admit<'_, HistoryRow>,
+    ) -> Result<bool, StoreError> {
+        let mut m = self.walk(range, back)?;
+        while let Some(row) = self.next_match(&mut m)? {
+            if rows.len() >= limit || !admit(&row) {
+                return Ok(true);
+            }
+            rows.push(row);
+        }
+        Ok(false)
+    }
+
+    /// Where the newest `limit` matching rows in `lo..=hi` start, and whether older ones exist.
+    fn oldest_of_newest(&self, (lo, hi): (u64, u64), limit: usize) -> Result<(u64, bool), StoreError> {
+        let mut m = self.walk((lo, hi), true)?;
+        let (mut start, mut n) = (lo, 0);
+        while n < limit {
+            let Some(row) = self.next_match(&mut m)? else { break };
+            start = row.seq();
+            n += 1;
+        }
+        let older = n == limit && self.next_match(&mut m)?.is_some();
+        Ok((start, older))
+    }
 }
 
 /// Record counts.
