@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId};
 
-use crate::api::{ApiError, ErrorCode, Reception};
+use crate::api::Reception;
+use crate::error::ServiceError;
 use crate::ids::{Address, AgentName, LABEL_SEPARATOR, NodeName, NodeRef, PeerSuffix};
 use crate::net::{MAX_ADDRS_PER_PEER, presence_timeout};
 use crate::store::PeerRecord;
@@ -304,21 +305,21 @@ impl Directory {
     /// node's PeerId for this node. A plain name equal to this node's name means this node;
     /// a name several remote nodes share is refused with their labels; a label
     /// `name~suffix` means the node whose PeerId ends with the suffix, if it has that name.
-    pub fn node(&self, node: &NodeRef, my_name: &NodeName) -> Result<PeerId, ApiError> {
+    pub fn node(&self, node: &NodeRef, my_name: &NodeName) -> Result<PeerId, ServiceError> {
         match node {
             NodeRef::Peer(p) => Ok(*p),
             NodeRef::Name(n) if n == my_name => Ok(self.me),
             NodeRef::Name(n) => match self.named(n).as_slice() {
                 [p] => Ok(*p),
-                [] => Err(ApiError::not_found(format!(
+                [] => Err(ServiceError::not_found(format!(
                     "no node named {n:?} is known (see mesh peers)"
                 ))),
                 many => {
                     let labels: Vec<String> = many.iter().map(|p| self.label(p, None, my_name)).collect();
-                    Err(ApiError::new(
-                        ErrorCode::Ambiguous,
-                        format!("several nodes are named {n:?}; use one of: {}", labels.join(", ")),
-                    ))
+                    Err(ServiceError::ambiguous(format!(
+                        "several nodes are named {n:?}; use one of: {}",
+                        labels.join(", ")
+                    )))
                 }
             },
             NodeRef::Labelled(n, suffix) => self.labelled(n, suffix, my_name),
@@ -326,14 +327,14 @@ impl Directory {
     }
 
     /// The node whose PeerId ends with `suffix`, checked to be named `name`.
-    fn labelled(&self, name: &NodeName, suffix: &PeerSuffix, my_name: &NodeName) -> Result<PeerId, ApiError> {
+    fn labelled(&self, name: &NodeName, suffix: &PeerSuffix, my_name: &NodeName) -> Result<PeerId, ServiceError> {
         let mut hits: Vec<PeerId> = self.nodes.keys().copied().filter(|p| suffix.matches(p)).collect();
         if suffix.matches(&self.me) {
             hits.push(self.me);
         }
         hits.sort();
         match hits.as_slice() {
-            [] => Err(ApiError::not_found(format!(
+            [] => Err(ServiceError::not_found(format!(
                 "no known node has a PeerId ending in {suffix} (see mesh peers)"
             ))),
             [p] => {
@@ -345,7 +346,7 @@ impl Directory {
                 if actual.as_ref() == Some(name) {
                     Ok(*p)
                 } else {
-                    Err(ApiError::not_found(match actual {
+                    Err(ServiceError::not_found(match actual {
                         Some(a) => format!(
                             "the node whose PeerId ends in {suffix} is named {a:?}, not {name:?}: write {a}{LABEL_SEPARATOR}{suffix}"
                         ),
@@ -355,13 +356,10 @@ impl Directory {
                     }))
                 }
             }
-            many => Err(ApiError::new(
-                ErrorCode::Ambiguous,
-                format!(
-                    "several known nodes have PeerIds ending in {suffix}; use the whole PeerId: {}",
-                    many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            )),
+            many => Err(ServiceError::ambiguous(format!(
+                "several known nodes have PeerIds ending in {suffix}; use the whole PeerId: {}",
+                many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
         }
     }
 
@@ -372,7 +370,7 @@ impl Directory {
     /// one does, and is refused otherwise with the labels that tell them apart; a label
     /// `name~suffix` means the one node whose PeerId ends with the suffix (see
     /// [`Directory::node`]).
-    pub fn resolve(&self, addr: &Address, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
+    pub fn resolve(&self, addr: &Address, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ServiceError> {
         let agent = &addr.agent;
         match &addr.node {
             Some(NodeRef::Name(n)) if n != my_name => self.resolve_named(n, agent, my_name),
@@ -393,7 +391,7 @@ impl Directory {
     }
 
     /// `agent@n` for a remote node name `n` (perhaps shared by several nodes).
-    fn resolve_named(&self, n: &NodeName, agent: &AgentName, my_name: &NodeName) -> Result<Target, ApiError> {
+    fn resolve_named(&self, n: &NodeName, agent: &AgentName, my_name: &NodeName) -> Result<Target, ServiceError> {
         let mut candidates = self.named(n);
         // Prefer the nodes that host the agent, when the name is shared.
         if candidates.len() > 1 && candidates.iter().any(|p| self.hosts(p, agent)) {
@@ -409,51 +407,50 @@ impl Directory {
                     .collect();
                 known.sort();
                 known.push(format!("{my_name} (this node)"));
-                Err(ApiError::not_found(format!(
+                Err(ServiceError::not_found(format!(
                     "no node named {n:?} is known; known nodes: {}",
                     known.join(", ")
                 )))
             }
             [p] => self.remote_agent(p, agent, my_name),
-            many => Err(ApiError::new(
-                ErrorCode::Ambiguous,
-                format!(
-                    "several nodes are named {n:?}; use one of: {}",
-                    self.addresses(agent, many, my_name).join(", ")
-                ),
-            )),
+            many => Err(ServiceError::ambiguous(format!(
+                "several nodes are named {n:?}; use one of: {}",
+                self.addresses(agent, many, my_name).join(", ")
+            ))),
         }
     }
 
     /// A bare agent name: the one node (this one included) that hosts an agent so named.
-    fn resolve_anywhere(&self, agent: &AgentName, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
+    fn resolve_anywhere(
+        &self,
+        agent: &AgentName,
+        my_name: &NodeName,
+        local: &[AgentName],
+    ) -> Result<Target, ServiceError> {
         let mut found: Vec<PeerId> = self.nodes.keys().copied().filter(|p| self.hosts(p, agent)).collect();
         found.sort();
         if local.contains(agent) {
             found.insert(0, self.me);
         }
         match found.as_slice() {
-            [] => Err(ApiError::not_found(format!(
+            [] => Err(ServiceError::not_found(format!(
                 "no agent named {agent:?} is known on the mesh (see mesh agents)"
             ))),
             [p] if *p == self.me => Ok(Target::Local(agent.clone())),
             [p] => self.remote_agent(p, agent, my_name),
-            many => Err(ApiError::new(
-                ErrorCode::Ambiguous,
-                format!(
-                    "{} agents are named {agent:?}; say which: {}",
-                    many.len(),
-                    self.addresses(agent, many, my_name).join(", ")
-                ),
-            )),
+            many => Err(ServiceError::ambiguous(format!(
+                "{} agents are named {agent:?}; say which: {}",
+                many.len(),
+                self.addresses(agent, many, my_name).join(", ")
+            ))),
         }
     }
 
     /// `agent` on the remote node `peer`: refused when the node announced its agents and
     /// this is not one of them; left to the node to decide when it has not announced.
-    fn remote_agent(&self, peer: &PeerId, agent: &AgentName, my_name: &NodeName) -> Result<Target, ApiError> {
+    fn remote_agent(&self, peer: &PeerId, agent: &AgentName, my_name: &NodeName) -> Result<Target, ServiceError> {
         let entry = self.nodes.get(peer).ok_or_else(|| {
-            ApiError::not_found(format!("unknown node {peer}: dial it first (mesh dial <multiaddr>)"))
+            ServiceError::not_found(format!("unknown node {peer}: dial it first (mesh dial <multiaddr>)"))
         })?;
         match &entry.announcement {
             Some(a) if a.agents.iter().any(|x| &x.name == agent) => Ok(Target::Remote {
@@ -463,7 +460,7 @@ impl Directory {
             }),
             Some(a) => {
                 let names: Vec<&str> = a.agents.iter().map(|x| x.name.as_str()).collect();
-                Err(ApiError::not_found(format!(
+                Err(ServiceError::not_found(format!(
                     "no agent {agent:?} on node {} ({peer}); its agents: {}",
                     self.label(peer, None, my_name),
                     if names.is_empty() {
@@ -484,7 +481,7 @@ impl Directory {
 
     /// `agent` on this node; when it is not here but a remote namesake of this node hosts
     /// it, the refusal says how to reach that one.
-    fn local_agent(&self, agent: &AgentName, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ApiError> {
+    fn local_agent(&self, agent: &AgentName, my_name: &NodeName, local: &[AgentName]) -> Result<Target, ServiceError> {
         if local.contains(agent) {
             return Ok(Target::Local(agent.clone()));
         }
@@ -504,7 +501,7 @@ impl Directory {
                 self.addresses(agent, &namesakes, my_name).join(", ")
             ));
         }
-        Err(ApiError::not_found(message))
+        Err(ServiceError::not_found(message))
     }
 }
 
@@ -575,11 +572,11 @@ mod tests {
         );
         assert!(matches!(d.resolve(&a("carol"), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == p1));
         let err = d.resolve(&a("bob"), &my, &local).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Ambiguous);
+        assert!(matches!(err, ServiceError::Ambiguous(_)), "{:?}", err);
         assert!(
-            err.message.contains("bob@laptop") && err.message.contains("bob@desktop"),
+            err.to_string().contains("bob@laptop") && err.to_string().contains("bob@desktop"),
             "{}",
-            err.message
+            err.to_string()
         );
         assert!(
             matches!(d.resolve(&a("bob@desktop"), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == p2)
@@ -588,14 +585,14 @@ mod tests {
             matches!(d.resolve(&a(&format!("bob@{p1}")), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == p1)
         );
         let err = d.resolve(&a("zed"), &my, &local).unwrap_err();
-        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(matches!(err, ServiceError::NotFound(_)), "{:?}", err);
         let err = d.resolve(&a("zed@laptop"), &my, &local).unwrap_err();
-        assert!(err.message.contains("bob, carol"), "{}", err.message);
+        assert!(err.to_string().contains("bob, carol"), "{}", err.to_string());
         let err = d.resolve(&a("bob@nowhere"), &my, &local).unwrap_err();
         assert!(
-            err.message.contains("desktop") && err.message.contains("laptop"),
+            err.to_string().contains("desktop") && err.to_string().contains("laptop"),
             "{}",
-            err.message
+            err.to_string()
         );
         assert_eq!(
             d.resolve(&a("alice@here"), &my, &local).unwrap(),
@@ -619,21 +616,21 @@ mod tests {
         d.update(p2, ann("box", &["bob"], 1), now, 0);
         let my = NodeName::new("here").unwrap();
         let err = d.resolve(&a("bob@box"), &my, &[]).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Ambiguous);
+        assert!(matches!(err, ServiceError::Ambiguous(_)), "{:?}", err);
         let (at1, at2) = (
             format!("bob@{}", labelled("box", &p1)),
             format!("bob@{}", labelled("box", &p2)),
         );
         assert!(
-            err.message.contains(&at1) && err.message.contains(&at2),
+            err.to_string().contains(&at1) && err.to_string().contains(&at2),
             "{}",
-            err.message
+            err.to_string()
         );
         let err = d.resolve(&a("bob"), &my, &[]).unwrap_err();
         assert!(
-            err.message.contains(&at1) && err.message.contains(&at2),
+            err.to_string().contains(&at1) && err.to_string().contains(&at2),
             "{}",
-            err.message
+            err.to_string()
         );
         // Each label resolves to its own node.
         assert!(matches!(d.resolve(&a(&at1), &my, &[]).unwrap(), Target::Remote { peer, .. } if peer == p1));
@@ -641,7 +638,11 @@ mod tests {
         // The node a user means, for ping, forget and remove.
         let node = |s: &str| d.node(&s.parse().unwrap(), &my);
         assert_eq!(node(&labelled("box", &p1)).unwrap(), p1);
-        assert_eq!(node("box").unwrap_err().code, ErrorCode::Ambiguous);
+        assert!(
+            matches!(node("box").unwrap_err(), ServiceError::Ambiguous(_)),
+            "{:?}",
+            node("box").unwrap_err()
+        );
         assert_eq!(node("here").unwrap(), me);
     }
 
@@ -711,8 +712,12 @@ mod tests {
         // Only the twin hosts bob: the plain name still means this node, and the error says
         // how to reach the twin.
         let err = d.resolve(&a("bob@alpha"), &my, &local).unwrap_err();
-        assert_eq!(err.code, ErrorCode::NotFound);
-        assert!(err.message.contains(&format!("bob@{twin_label}")), "{}", err.message);
+        assert!(matches!(err, ServiceError::NotFound(_)), "{:?}", err);
+        assert!(
+            err.to_string().contains(&format!("bob@{twin_label}")),
+            "{}",
+            err.to_string()
+        );
         assert!(
             matches!(d.resolve(&a(&format!("bob@{twin_label}")), &my, &local).unwrap(), Target::Remote { peer, .. } if peer == twin)
         );
@@ -727,11 +732,11 @@ mod tests {
         );
         // A bare agent name both hold: refused, with labels that differ.
         let err = d.resolve(&a("user"), &my, &local).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Ambiguous);
+        assert!(matches!(err, ServiceError::Ambiguous(_)), "{:?}", err);
         assert!(
-            err.message.contains("user@alpha,") && err.message.contains(&format!("user@{twin_label}")),
+            err.to_string().contains("user@alpha,") && err.to_string().contains(&format!("user@{twin_label}")),
             "{}",
-            err.message
+            err.to_string()
         );
     }
 
@@ -752,16 +757,16 @@ mod tests {
             .resolve(&a(&format!("bob@{}", labelled("box", &q))), &my, &[])
             .unwrap_err();
         assert!(
-            err.message.contains("\"desk\"") && err.message.contains(&labelled("desk", &q)),
+            err.to_string().contains("\"desk\"") && err.to_string().contains(&labelled("desk", &q)),
             "{}",
-            err.message
+            err.to_string()
         );
         // A suffix no known node has.
         let stranger = PeerId::random();
         let err = d
             .resolve(&a(&format!("bob@{}", labelled("box", &stranger))), &my, &[])
             .unwrap_err();
-        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(matches!(err, ServiceError::NotFound(_)), "{:?}", err);
     }
 
     #[test]

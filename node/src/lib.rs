@@ -34,6 +34,7 @@ pub mod courier;
 pub mod daemon;
 pub mod directory;
 pub mod dnssd;
+pub mod error;
 pub mod fuzzing;
 pub mod home;
 #[doc(hidden)]

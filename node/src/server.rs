@@ -17,6 +17,7 @@ use crate::api::{
     API_VERSION, ApiError, ClientFrame, ClientHello, ErrorCode, Event, HELLO_FRAME_LIMIT, HistoryQuery, InboxQuery,
     MAGIC, PublishRequest, Request, Response, SendRequest, ServerFrame, ServerHello,
 };
+use crate::error::ServiceError;
 use crate::node::{Node, SessionGuard};
 
 /// Frames queued for one client before the sender waits.
@@ -103,6 +104,32 @@ pub async fn serve(listener: UnixListener, node: Node, cancel: CancellationToken
     // it has in flight, then closes.
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// The one place where the service's errors become the API's: a code for programs, the
+/// service's own sentence for people.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use crate::store::StoreError as S;
+        let code = match &e {
+            ServiceError::Invalid(_) | ServiceError::Name(_) => ErrorCode::BadRequest,
+            ServiceError::NotFound(_) => ErrorCode::NotFound,
+            ServiceError::Ambiguous(_) => ErrorCode::Ambiguous,
+            ServiceError::TooLarge(_) => ErrorCode::TooLarge,
+            ServiceError::Unavailable(_) => ErrorCode::Unavailable,
+            ServiceError::Storage(_) => ErrorCode::Storage,
+            ServiceError::Busy(_) => ErrorCode::Busy,
+            ServiceError::RateLimited(_) => ErrorCode::RateLimited,
+            ServiceError::Denied(_) => ErrorCode::Denied,
+            ServiceError::Internal(_) => ErrorCode::Internal,
+            ServiceError::Store(S::UnknownAgent(_) | S::UnknownMessage(_)) => ErrorCode::NotFound,
+            ServiceError::Store(S::IdTaken(_)) => ErrorCode::BadRequest,
+            ServiceError::Store(S::Busy) => ErrorCode::Busy,
+            ServiceError::Store(S::Closed) => ErrorCode::Unavailable,
+            ServiceError::Store(_) => ErrorCode::Storage,
+        };
+        ApiError::new(code, e.to_string())
+    }
 }
 
 /// Why an API connection ended early (logged at debug: a client's mistake, not ours).
@@ -301,18 +328,33 @@ impl Connection {
             }
         };
         let result = match request {
-            Request::Claim { agent, exact } => self.node.claim(agent, exact).await.map(|(view, guard)| {
-                self.sessions.push(guard);
-                Response::Agent(view)
-            }),
-            Request::Register { agent, attach } => self.node.register(agent, attach).await.map(|(view, guard)| {
-                self.sessions.extend(guard);
-                Response::Agent(view)
-            }),
-            Request::Waker { agent } => self.node.hold_waker(&agent).await.map(|(guard, generation)| {
-                self.sessions.push(guard);
-                Response::Waker { generation }
-            }),
+            Request::Claim { agent, exact } => self
+                .node
+                .claim(agent, exact)
+                .await
+                .map(|(view, guard)| {
+                    self.sessions.push(guard);
+                    Response::Agent(view)
+                })
+                .map_err(ApiError::from),
+            Request::Register { agent, attach } => self
+                .node
+                .register(agent, attach)
+                .await
+                .map(|(view, guard)| {
+                    self.sessions.extend(guard);
+                    Response::Agent(view)
+                })
+                .map_err(ApiError::from),
+            Request::Waker { agent } => self
+                .node
+                .hold_waker(&agent)
+                .await
+                .map(|(guard, generation)| {
+                    self.sessions.push(guard);
+                    Response::Waker { generation }
+                })
+                .map_err(ApiError::from),
             Request::Watch { agents } => {
                 if let Some(w) = self.watcher.take() {
                     w.abort();
@@ -507,7 +549,7 @@ async fn inbox(node: &Node, query: InboxQuery) -> Result<crate::api::InboxPage, 
             .map(crate::api::page::parse_inbox_cursor)
             .transpose()?,
     };
-    node.inbox(&query.agent, q, query.max_bytes).await
+    Ok(node.inbox(&query.agent, q, query.max_bytes).await?)
 }
 
 /// One page of the history.
@@ -521,6 +563,7 @@ async fn history(node: &Node, query: HistoryQuery) -> Result<crate::api::History
         forward: query.forward,
         ..Default::default()
     };
-    node.history(query.agent.as_deref(), query.target.as_deref(), filter, query.max_bytes)
-        .await
+    Ok(node
+        .history(query.agent.as_deref(), query.target.as_deref(), filter, query.max_bytes)
+        .await?)
 }

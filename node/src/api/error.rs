@@ -72,23 +72,3 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, message)
     }
 }
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError as S;
-        let code = match &e {
-            S::UnknownAgent(_) | S::UnknownMessage(_) => ErrorCode::NotFound,
-            S::IdTaken(_) => ErrorCode::BadRequest,
-            S::Busy => ErrorCode::Busy,
-            S::Closed => ErrorCode::Unavailable,
-            _ => ErrorCode::Storage,
-        };
-        ApiError::new(code, e.to_string())
-    }
-}
-
-impl From<crate::ids::InvalidName> for ApiError {
-    fn from(e: crate::ids::InvalidName) -> Self {
-        ApiError::bad(e.to_string())
-    }
-}

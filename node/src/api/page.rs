@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{ApiError, ErrorCode};
+use super::ApiError;
 use crate::ids::MessageId;
 
 /// Bytes of a frame kept for everything around a page's entries: the reply's id and tags,
@@ -95,20 +95,32 @@ impl<V: Serialize> PageFill<V> {
         false
     }
 
-    /// The views taken, in order; `TooLarge` when the first entry fits no frame (possible
-    /// only for a message stored while the limits were larger).
-    pub fn finish(self) -> Result<Vec<V>, ApiError> {
+    /// The views taken, in order; [`EntryTooLarge`] when the first entry fits no frame
+    /// (possible only for a message stored while the limits were larger).
+    pub fn finish(self) -> Result<Vec<V>, EntryTooLarge> {
         match self.refused {
-            Some((id, size)) if self.views.is_empty() => Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "message {id} is {size} bytes encoded, more than one answer of the local API holds ({} bytes); raise limits.max_api_frame_bytes in the daemon's config.toml to read it",
-                    self.budget.frame + PAGE_SLACK
-                ),
-            )),
+            Some((id, size)) if self.views.is_empty() => Err(EntryTooLarge {
+                id,
+                size,
+                limit: self.budget.frame + PAGE_SLACK,
+            }),
             _ => Ok(self.views),
         }
     }
+}
+
+/// The first entry of a page fits no answer of the local API.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "message {id} is {size} bytes encoded, more than one answer of the local API holds ({limit} bytes); raise limits.max_api_frame_bytes in the daemon's config.toml to read it"
+)]
+pub struct EntryTooLarge {
+    /// The entry.
+    pub id: MessageId,
+    /// Its encoded size.
+    pub size: usize,
+    /// What an answer holds.
+    pub limit: usize,
 }
 
 const INBOX: &str = "i";
@@ -173,13 +185,8 @@ mod tests {
         assert_eq!(fill.finish().unwrap(), ["x".repeat(10)]);
         let mut fill = PageFill::new(PageBudget::new(PAGE_SLACK + 20, None, 10));
         assert!(!fill.offer(a, "z".repeat(30)));
-        let e = fill.finish().unwrap_err();
-        assert_eq!(e.code, ErrorCode::TooLarge);
-        assert!(
-            e.message.contains(&a.to_string()) && e.message.contains("31 bytes"),
-            "{}",
-            e.message
-        );
+        let e = fill.finish().unwrap_err().to_string();
+        assert!(e.contains(&a.to_string()) && e.contains("31 bytes"), "{e}");
     }
 
     #[test]
@@ -198,7 +205,7 @@ mod tests {
             "h99999999999999999999",
         ] {
             let e = parse_history_cursor(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(e.code, super::super::ErrorCode::BadRequest, "{bad}");
             assert!(e.message.contains("bad history cursor"), "{}", e.message);
         }
         assert!(

@@ -5,9 +5,9 @@ use tracing::Instrument;
 use super::*;
 
 impl Node {
-    pub(super) fn check_text(&self, text: &str, topic: bool) -> Result<(), ApiError> {
+    pub(super) fn check_text(&self, text: &str, topic: bool) -> Result<(), ServiceError> {
         if text.trim().is_empty() {
-            return Err(ApiError::bad("the message text is empty"));
+            return Err(ServiceError::invalid("the message text is empty"));
         }
         let (max, setting) = if topic {
             (
@@ -23,11 +23,11 @@ impl Node {
         Ok(())
     }
 
-    pub(super) async fn check_reply_to(&self, reply_to: Option<MessageId>) -> Result<(), ApiError> {
+    pub(super) async fn check_reply_to(&self, reply_to: Option<MessageId>) -> Result<(), ServiceError> {
         if let Some(id) = reply_to {
             let known = self.0.store.read(move |r| ops::message_known(r, &id)).await?;
             if !known {
-                return Err(ApiError::not_found(format!(
+                return Err(ServiceError::not_found(format!(
                     "--reply-to {id}: no message with that id is stored on this node"
                 )));
             }
@@ -35,7 +35,7 @@ impl Node {
         Ok(())
     }
 
-    pub(super) async fn local_agent_names(&self) -> Result<Vec<AgentName>, ApiError> {
+    pub(super) async fn local_agent_names(&self) -> Result<Vec<AgentName>, ServiceError> {
         Ok(self
             .0
             .store
@@ -55,7 +55,7 @@ impl Node {
         text: String,
         reply_to: Option<MessageId>,
         id: Option<MessageId>,
-    ) -> Result<SendReceipt, ApiError> {
+    ) -> Result<SendReceipt, ServiceError> {
         let from = AgentName::new(from)?;
         let addr: Address = to.parse()?;
         self.check_text(&text, false)?;
@@ -81,7 +81,7 @@ impl Node {
 
     /// A message to an agent of this node: into its inbox at once (or, for a repeat, what
     /// became of the first one).
-    async fn send_here(&self, msg: WireMessage, chosen: bool, now: u64) -> Result<SendReceipt, ApiError> {
+    async fn send_here(&self, msg: WireMessage, chosen: bool, now: u64) -> Result<SendReceipt, ServiceError> {
         let (id, agent, from) = (msg.id, msg.to.clone(), msg.from.clone());
         let (me, my_name) = (self.0.peer_id, self.0.name.clone());
         let stored = self
@@ -123,7 +123,7 @@ impl Node {
         msg: WireMessage,
         chosen: bool,
         now: u64,
-    ) -> Result<SendReceipt, ApiError> {
+    ) -> Result<SendReceipt, ServiceError> {
         let (id, agent, from) = (msg.id, msg.to.clone(), msg.from.clone());
         let to_label = format!("{agent}@{}", self.node_label(&peer, node_name.as_ref()));
         let mut events = self.0.events.subscribe();
@@ -213,7 +213,7 @@ impl Node {
         }
     }
 
-    pub(super) async fn outbox_status(&self, id: MessageId, peer: &PeerId) -> Result<SendStatus, ApiError> {
+    pub(super) async fn outbox_status(&self, id: MessageId, peer: &PeerId) -> Result<SendStatus, ServiceError> {
         let e = self.0.store.read(move |r| ops::outbox_by_id(r, &id)).await?;
         Ok(match e.and_then(|e| settled_status(&e.state)) {
             Some(settled) => settled,
@@ -240,7 +240,7 @@ impl Node {
         agent: &str,
         q: store::InboxQuery,
         max_bytes: Option<u32>,
-    ) -> Result<InboxPage, ApiError> {
+    ) -> Result<InboxPage, ServiceError> {
         let agent = AgentName::new(agent)?;
         let budget = self.page_budget(max_bytes);
         let (node, a) = (self.clone(), agent.clone());
@@ -294,7 +294,7 @@ impl Node {
     }
 
     /// Moves unread messages to `notified` (pushed to a session) or `read` (shown).
-    pub async fn mark(&self, agent: &str, ids: Vec<MessageId>, state: ReadState) -> Result<u32, ApiError> {
+    pub async fn mark(&self, agent: &str, ids: Vec<MessageId>, state: ReadState) -> Result<u32, ServiceError> {
         let agent = AgentName::new(agent)?;
         let n = self
             .0
@@ -305,11 +305,11 @@ impl Node {
     }
 
     /// Unread counts of an agent: (never pushed, pushed but not yet shown).
-    pub async fn counts(&self, agent: &str) -> Result<(u64, u64), ApiError> {
+    pub async fn counts(&self, agent: &str) -> Result<(u64, u64), ServiceError> {
         let agent = AgentName::new(agent)?;
         let a = agent.clone();
         if self.0.store.read(move |r| ops::agent(r, a.as_str())).await?.is_none() {
-            return Err(ApiError::not_found(format!("no agent {agent:?} on this node")));
+            return Err(ServiceError::not_found(format!("no agent {agent:?} on this node")));
         }
         Ok(self
             .0
@@ -319,7 +319,12 @@ impl Node {
     }
 
     /// `mesh outbox`.
-    pub async fn outbox(&self, agent: Option<&str>, delivered: bool, limit: u32) -> Result<Vec<OutboxView>, ApiError> {
+    pub async fn outbox(
+        &self,
+        agent: Option<&str>,
+        delivered: bool,
+        limit: u32,
+    ) -> Result<Vec<OutboxView>, ServiceError> {
         let agent = agent.map(AgentName::new).transpose()?;
         let limit = limit.clamp(1, MAX_LIST) as usize;
         let entries = self

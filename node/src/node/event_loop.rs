@@ -5,7 +5,7 @@ use super::*;
 impl Node {
     /// Startup work: the user's own agent, remembered peers, topic subscriptions, first
     /// announcement.
-    pub(crate) async fn start(&self, user: AgentName) -> Result<(), ApiError> {
+    pub(crate) async fn start(&self, user: AgentName) -> Result<(), ServiceError> {
         let now = now_ms();
         self.0
             .store

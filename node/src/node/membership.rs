@@ -3,7 +3,7 @@
 use super::*;
 
 impl Node {
-    pub(super) async fn mesh_view(&self) -> Result<MeshView, ApiError> {
+    pub(super) async fn mesh_view(&self) -> Result<MeshView, ServiceError> {
         let members = self.0.store.read(ops::members).await?;
         let m = self.mesh().clone();
         let me = self.0.peer_id;
@@ -17,9 +17,9 @@ impl Node {
         })
     }
 
-    pub(super) fn refuse_in_open_mode(&self, what: &str) -> Result<(), ApiError> {
+    pub(super) fn refuse_in_open_mode(&self, what: &str) -> Result<(), ServiceError> {
         if self.mesh().is_open() {
-            return Err(ApiError::bad(format!(
+            return Err(ServiceError::invalid(format!(
                 "this node runs in open mode (--open), where every open node is admitted without a secret; {what} is for closed meshes. Restart without --open to use it"
             )));
         }
@@ -27,14 +27,16 @@ impl Node {
     }
 
     /// `mesh invite`: a signed, expiring join code for this node's mesh.
-    pub async fn invite(&self, ttl_s: u64, uses: u32) -> Result<InviteView, ApiError> {
+    pub async fn invite(&self, ttl_s: u64, uses: u32) -> Result<InviteView, ServiceError> {
         self.refuse_in_open_mode("mesh invite")?;
         let ttl = Duration::from_secs(ttl_s);
         if ttl < Duration::from_secs(1) || ttl > MAX_INVITE_TTL {
-            return Err(ApiError::bad("--ttl must be between 1 second and 30 days"));
+            return Err(ServiceError::invalid("--ttl must be between 1 second and 30 days"));
         }
         if uses == 0 || uses > MAX_INVITE_USES {
-            return Err(ApiError::bad(format!("--uses must be between 1 and {MAX_INVITE_USES}")));
+            return Err(ServiceError::invalid(format!(
+                "--uses must be between 1 and {MAX_INVITE_USES}"
+            )));
         }
         let view = self.addrs().await?;
         let info = self.0.net.info().await.map_err(unavailable)?;
@@ -56,8 +58,7 @@ impl Node {
         addrs.dedup();
         addrs.truncate(crate::mesh::MAX_INVITE_ADDRS);
         if addrs.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
+            return Err(ServiceError::unavailable(
                 "this node has no address another node could dial (see mesh status)",
             ));
         }
@@ -83,8 +84,7 @@ impl Node {
             token,
             expires_ms,
         };
-        let invite =
-            Invite::sign(body, &self.0.keypair).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let invite = Invite::sign(body, &self.0.keypair).map_err(|e| ServiceError::internal(e.to_string()))?;
         Ok(InviteView {
             code: invite.encode(),
             mesh: mesh.short(),
@@ -95,10 +95,10 @@ impl Node {
     }
 
     /// `mesh join`: trade a join code for membership of the inviter's mesh.
-    pub async fn join(&self, code: &str) -> Result<JoinView, ApiError> {
+    pub async fn join(&self, code: &str) -> Result<JoinView, ServiceError> {
         self.refuse_in_open_mode("mesh join")?;
         let _one = self.0.mesh_ops.lock().await;
-        let invite = Invite::decode(code).map_err(|e| ApiError::bad(e.to_string()))?;
+        let invite = Invite::decode(code).map_err(|e| ServiceError::invalid(e.to_string()))?;
         let now = now_ms();
         let old = self.mesh().clone();
         self.check_invite(&invite, &old, now)?;
@@ -108,7 +108,7 @@ impl Node {
         let mut mesh = self.trade_code(&invite, &inviter_name).await?;
         mesh.add_member(self.0.peer_id);
         mesh.save(&self.0.home.mesh_path())
-            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+            .map_err(|e| ServiceError::storage(e.to_string()))?;
         let name = Some(inviter_name.clone());
         self.0
             .store
@@ -135,68 +135,56 @@ impl Node {
 
     /// A join code this node may use now: not expired, not for the mesh it is in (`old`),
     /// not its own.
-    fn check_invite(&self, invite: &Invite, old: &Membership, now: u64) -> Result<(), ApiError> {
+    fn check_invite(&self, invite: &Invite, old: &Membership, now: u64) -> Result<(), ServiceError> {
         if invite.body.expires_ms <= now {
-            return Err(ApiError::new(
-                ErrorCode::Denied,
-                format!(
-                    "this join code expired {} ago; ask for a new one (mesh invite)",
-                    crate::ids::human_duration(Duration::from_millis(now - invite.body.expires_ms))
-                ),
-            ));
+            return Err(ServiceError::denied(format!(
+                "this join code expired {} ago; ask for a new one (mesh invite)",
+                crate::ids::human_duration(Duration::from_millis(now - invite.body.expires_ms))
+            )));
         }
         if invite.body.mesh_id == old.id() {
-            return Err(ApiError::bad(format!(
+            return Err(ServiceError::invalid(format!(
                 "this node is already a member of mesh {}",
                 old.id().short()
             )));
         }
         if invite.body.inviter == self.0.peer_id {
-            return Err(ApiError::bad("this join code was made by this node"));
+            return Err(ServiceError::invalid("this join code was made by this node"));
         }
         Ok(())
     }
 
     /// Presents the join code to its inviter (`inviter_name`, as shown) and checks what
     /// comes back: the mesh the code names, with a voucher for this node from the inviter.
-    async fn trade_code(&self, invite: &Invite, inviter_name: &str) -> Result<Membership, ApiError> {
+    async fn trade_code(&self, invite: &Invite, inviter_name: &str) -> Result<Membership, ServiceError> {
         let inviter = invite.body.inviter;
         let wait = crate::net::ADMIT_TIMEOUT * 3 + Duration::from_secs(5);
         let (grant, voucher) = tokio::time::timeout(wait, self.0.net.join(invite.clone()))
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the join did not finish in time"))?
+            .map_err(|_| ServiceError::unavailable("the join did not finish in time"))?
             .map_err(|e| match e {
-                crate::net::NetError::Request { why, .. } => {
-                    ApiError::new(ErrorCode::Denied, format!("join refused: {why}"))
+                crate::net::NetError::Request { why, .. } => ServiceError::denied(format!("join refused: {why}")),
+                crate::net::NetError::Dial { why, .. } => {
+                    ServiceError::unavailable(format!("cannot reach the inviting node {inviter_name}: {why}"))
                 }
-                crate::net::NetError::Dial { why, .. } => ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("cannot reach the inviting node {inviter_name}: {why}"),
-                ),
                 other => unavailable(other),
             })?;
         if grant.mesh_id != invite.body.mesh_id {
-            return Err(ApiError::new(
-                ErrorCode::Denied,
+            return Err(ServiceError::denied(
                 "the inviting node answered with another mesh than its code names; not joining",
             ));
         }
         if voucher.inviter != inviter || !voucher.verify(&grant.mesh_id, &self.0.peer_id) {
-            return Err(ApiError::new(
-                ErrorCode::Denied,
+            return Err(ServiceError::denied(
                 "the inviting node's voucher for this node does not check out; not joining",
             ));
         }
-        Membership::from_grant(grant, Some(voucher)).map_err(|e| {
-            ApiError::new(
-                ErrorCode::Denied,
-                format!("the inviting node sent a malformed key: {e}"),
-            )
-        })
+        Membership::from_grant(grant, Some(voucher))
+            .map_err(|e| ServiceError::denied(format!("the inviting node sent a malformed key: {e}")))
     }
 
     /// `mesh members`.
-    pub async fn members(&self) -> Result<MembersView, ApiError> {
+    pub async fn members(&self) -> Result<MembersView, ServiceError> {
         let records = self.0.store.read(ops::members).await?;
         let connected = self.0.net.connected().borrow().clone();
         let me = self.0.peer_id;
@@ -232,7 +220,7 @@ impl Node {
     }
 
     /// `mesh remove`: a new mesh key the removed node never gets.
-    pub async fn remove(&self, node: &str) -> Result<RemovedView, ApiError> {
+    pub async fn remove(&self, node: &str) -> Result<RemovedView, ServiceError> {
         self.refuse_in_open_mode("mesh remove")?;
         let _one = self.0.mesh_ops.lock().await;
         let records = self.0.store.read(ops::members).await?;
@@ -277,7 +265,7 @@ impl Node {
         let mut mesh = self.mesh().clone();
         mesh.rotate(peer, members);
         mesh.save(&self.0.home.mesh_path())
-            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+            .map_err(|e| ServiceError::storage(e.to_string()))?;
         self.0
             .store
             .write("remove", move |t| {
@@ -301,13 +289,13 @@ impl Node {
     }
 
     /// `mesh leave`: start a new mesh of this node's own.
-    pub async fn leave(&self) -> Result<MeshView, ApiError> {
+    pub async fn leave(&self) -> Result<MeshView, ServiceError> {
         self.refuse_in_open_mode("mesh leave")?;
         let _one = self.0.mesh_ops.lock().await;
         let mut mesh = Membership::generate();
         mesh.add_member(self.0.peer_id);
         mesh.save(&self.0.home.mesh_path())
-            .map_err(|e| ApiError::new(ErrorCode::Storage, e.to_string()))?;
+            .map_err(|e| ServiceError::storage(e.to_string()))?;
         self.0.store.write("leave", ops::reset_mesh).await?;
         *self.mesh() = mesh.clone();
         self.0.net.set_membership(mesh, true).await.map_err(unavailable)?;

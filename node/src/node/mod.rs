@@ -23,13 +23,14 @@ use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    AgentSpec, AgentView, ApiError, ErrorCode, Event, HistoryPage, HistoryView, InboxPage, InviteView, JoinView,
-    MemberView, MembersView, MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception,
-    RemovedView, SendReceipt, SendStatus, StatusView, TopicView,
+    AgentSpec, AgentView, Event, HistoryPage, HistoryView, InboxPage, InviteView, JoinView, MemberView, MembersView,
+    MeshView, MessageView, NodeIdentity, OutboxView, PeerView, PublishReceipt, Reception, RemovedView, SendReceipt,
+    SendStatus, StatusView, TopicView,
     page::{PageBudget, PageFill},
 };
 use crate::config::Config;
 use crate::directory::{Directory, Target, Update};
+use crate::error::ServiceError;
 use crate::home::Home;
 use crate::ids::{Address, AgentName, MessageId, NodeName, TopicName, now_ms};
 use crate::mesh::{Invite, InviteBody, Membership, Voucher};
@@ -204,11 +205,10 @@ impl Drop for SessionGuard {
     }
 }
 
-fn bad_len(what: &str, len: usize, max: usize, setting: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::TooLarge,
-        format!("{what} is {len} bytes; the limit is {max} bytes ({setting} in config.toml)"),
-    )
+fn bad_len(what: &str, len: usize, max: usize, setting: &str) -> ServiceError {
+    ServiceError::too_large(format!(
+        "{what} is {len} bytes; the limit is {max} bytes ({setting} in config.toml)"
+    ))
 }
 
 impl Node {
@@ -363,7 +363,7 @@ impl Node {
     /// Takes one send from `agent`'s allowance.
     /// The send allowance, not charged for a request naming a message that exists already:
     /// a repeat (answered with the first receipt) or an id taken (refused) sends nothing.
-    fn check_send_rate_unless_known(&self, agent: &AgentName, id: Option<MessageId>) -> Result<(), ApiError> {
+    fn check_send_rate_unless_known(&self, agent: &AgentName, id: Option<MessageId>) -> Result<(), ServiceError> {
         if let Some(id) = id
             && self.0.store.read_now(move |r| ops::id_known(r, &id))?
         {
@@ -372,12 +372,10 @@ impl Node {
         self.check_send_rate(agent)
     }
 
-    fn check_send_rate(&self, agent: &AgentName) -> Result<(), ApiError> {
+    fn check_send_rate(&self, agent: &AgentName) -> Result<(), ServiceError> {
         let mut r = self.0.send_rate.lock().unwrap_or_else(|e| e.into_inner());
         r.take(agent, 1, Instant::now()).map_err(|wait| {
-            ApiError::new(
-                ErrorCode::RateLimited,
-                format!(
+            ServiceError::rate_limited(format!(
                     "agent {agent} is sending faster than allowed ({} messages a minute, limits.agent_sends_per_minute in config.toml); try again in {:.1} s",
                     self.0.config.limits.agent_sends_per_minute,
                     wait.as_secs_f64().max(0.1)
@@ -443,8 +441,8 @@ impl Node {
     }
 }
 
-fn unavailable(e: crate::net::NetError) -> ApiError {
-    ApiError::new(ErrorCode::Unavailable, e.to_string())
+fn unavailable(e: crate::net::NetError) -> ServiceError {
+    ServiceError::unavailable(e.to_string())
 }
 
 /// The answer for a message that is settled already (`None` while pending).

@@ -4,7 +4,7 @@ use super::*;
 
 impl Node {
     /// `mesh status`.
-    pub async fn status(&self) -> Result<StatusView, ApiError> {
+    pub async fn status(&self) -> Result<StatusView, ServiceError> {
         let info = self.0.net.info().await.map_err(unavailable)?;
         let mut stats = self.0.store.read(ops::stats).await?;
         stats.file_bytes = std::fs::metadata(self.0.store.path()).map(|m| m.len()).unwrap_or(0);
@@ -53,7 +53,7 @@ impl Node {
     }
 
     /// `mesh peers`.
-    pub async fn peers(&self) -> Result<Vec<PeerView>, ApiError> {
+    pub async fn peers(&self) -> Result<Vec<PeerView>, ServiceError> {
         let info = self.0.net.info().await.map_err(unavailable)?;
         let members: std::collections::HashSet<PeerId> = self
             .0
@@ -126,7 +126,7 @@ impl Node {
     }
 
     /// `mesh agents`: local agents first, then every announced remote agent.
-    pub async fn agents(&self) -> Result<Vec<AgentView>, ApiError> {
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ServiceError> {
         let locals = self.0.store.read(ops::agents).await?;
         let mut out = Vec::new();
         for r in locals {
@@ -163,19 +163,16 @@ impl Node {
     }
 
     /// `mesh dial`.
-    pub async fn dial(&self, addr: &str) -> Result<PeerId, ApiError> {
-        let ma = crate::net::parse_multiaddr(addr).map_err(|e| ApiError::bad(e.to_string()))?;
+    pub async fn dial(&self, addr: &str) -> Result<PeerId, ServiceError> {
+        let ma = crate::net::parse_multiaddr(addr).map_err(|e| ServiceError::invalid(e.to_string()))?;
         let mut events = self.0.events.subscribe();
         let dial = self.0.net.dial(ma.clone());
         let peer = tokio::time::timeout(DIAL_TIMEOUT, dial)
             .await
             .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("dialing {ma} timed out after {} s", DIAL_TIMEOUT.as_secs()),
-                )
+                ServiceError::unavailable(format!("dialing {ma} timed out after {} s", DIAL_TIMEOUT.as_secs()))
             })?
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
         // Connected is not enough: it must prove it belongs to this mesh.
         let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
         let mut watch = self.0.net.connected();
@@ -185,19 +182,15 @@ impl Node {
             }
             let info = self.0.net.info().await.map_err(unavailable)?;
             if let Some(o) = info.outsiders.into_iter().find(|o| o.peer == peer) {
-                return Err(ApiError::new(
-                    ErrorCode::Denied,
-                    format!(
-                        "reached {peer}, but it is not a member of this mesh ({}). To bring it in, run `mesh invite` here and `mesh join <code>` there",
-                        o.reason
-                    ),
-                ));
+                return Err(ServiceError::denied(format!(
+                    "reached {peer}, but it is not a member of this mesh ({}). To bring it in, run `mesh invite` here and `mesh join <code>` there",
+                    o.reason
+                )));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("connected to {peer}, but it did not prove membership in time"),
-                ));
+                return Err(ServiceError::unavailable(format!(
+                    "connected to {peer}, but it did not prove membership in time"
+                )));
             }
             // Woken by an admission, or look again for a refusal shortly.
             let _ = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
@@ -240,16 +233,16 @@ impl Node {
 
     /// The node a user means: a PeerId, an address ending in `/p2p/<id>`, a node name or a
     /// label `name~suffix` (see [`Directory::node`]).
-    pub(super) fn resolve_node(&self, text: &str) -> Result<PeerId, ApiError> {
+    pub(super) fn resolve_node(&self, text: &str) -> Result<PeerId, ServiceError> {
         let t = text.trim();
         if let Ok(p) = t.parse::<PeerId>() {
             return Ok(p);
         }
         if t.starts_with('/') {
-            let ma = crate::net::parse_multiaddr(t).map_err(|e| ApiError::bad(e.to_string()))?;
+            let ma = crate::net::parse_multiaddr(t).map_err(|e| ServiceError::invalid(e.to_string()))?;
             return match ma.iter().last() {
                 Some(libp2p::multiaddr::Protocol::P2p(p)) => Ok(p),
-                _ => Err(ApiError::bad(format!("{t} does not end with /p2p/<PeerId>"))),
+                _ => Err(ServiceError::invalid(format!("{t} does not end with /p2p/<PeerId>"))),
             };
         }
         self.dir().node(&t.parse()?, &self.0.name)
@@ -257,7 +250,7 @@ impl Node {
 
     /// `peer`, unless it is this node: then an error saying so (and `advice`), with the
     /// labels of the other nodes named like this one, which the user may have meant.
-    pub(super) fn other_node(&self, peer: PeerId, advice: &str) -> Result<PeerId, ApiError> {
+    pub(super) fn other_node(&self, peer: PeerId, advice: &str) -> Result<PeerId, ServiceError> {
         if peer != self.0.peer_id {
             return Ok(peer);
         }
@@ -275,11 +268,11 @@ impl Node {
                 namesakes.join(", ")
             ));
         }
-        Err(ApiError::bad(message))
+        Err(ServiceError::invalid(message))
     }
 
     /// `mesh dial --forget`.
-    pub async fn forget(&self, node: &str) -> Result<(PeerId, bool), ApiError> {
+    pub async fn forget(&self, node: &str) -> Result<(PeerId, bool), ServiceError> {
         let peer = self.other_node(self.resolve_node(node)?, "")?;
         let was_stored = self
             .0
@@ -291,23 +284,22 @@ impl Node {
     }
 
     /// `mesh ping`: one round trip, and the connection it used.
-    pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::api::ConnectionView), ApiError> {
+    pub async fn ping(&self, node: &str) -> Result<(PeerId, Duration, crate::api::ConnectionView), ServiceError> {
         let peer = self.other_node(self.resolve_node(node)?, "")?;
         if !self.0.net.is_connected(&peer) {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!("node {node} is not connected (mesh dial it, or wait for discovery)"),
-            ));
+            return Err(ServiceError::unavailable(format!(
+                "node {node} is not connected (mesh dial it, or wait for discovery)"
+            )));
         }
         let (rtt, conn) = tokio::time::timeout(DIAL_TIMEOUT, self.0.net.ping(peer))
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "no answer within 20 s"))?
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+            .map_err(|_| ServiceError::unavailable("no answer within 20 s"))?
+            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
         Ok((peer, rtt, conn.into()))
     }
 
     /// `mesh addr`: what someone else can dial.
-    pub async fn addrs(&self) -> Result<crate::api::AddrsView, ApiError> {
+    pub async fn addrs(&self) -> Result<crate::api::AddrsView, ServiceError> {
         use crate::net::{Path, path_of};
         let info = self.0.net.info().await.map_err(unavailable)?;
         let me = self.0.peer_id;

@@ -10,7 +10,7 @@ impl Node {
         }
     }
 
-    pub(crate) async fn build_announcement(&self) -> Result<Announcement, ApiError> {
+    pub(crate) async fn build_announcement(&self) -> Result<Announcement, ServiceError> {
         let agents = self.0.store.read(ops::agents).await?;
         let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let agents = agents
@@ -54,7 +54,7 @@ impl Node {
     }
 
     /// Takes a name for a session and attaches to it; see `Request::Claim`.
-    pub async fn claim(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, SessionGuard), ApiError> {
+    pub async fn claim(&self, spec: AgentSpec, exact: bool) -> Result<(AgentView, SessionGuard), ServiceError> {
         let base = AgentName::new(&spec.name)?;
         // One claim at a time, so two sessions starting together get different names.
         let _one = self.0.claim_lock.lock().await;
@@ -93,19 +93,23 @@ impl Node {
                     break;
                 }
             }
-            chosen.ok_or_else(|| ApiError::new(ErrorCode::Busy, format!("no free name like {base:?}")))?
+            chosen.ok_or_else(|| ServiceError::busy(format!("no free name like {base:?}")))?
         };
         let spec = AgentSpec {
             name: name.to_string(),
             ..spec
         };
         let (view, guard) = self.register(spec, true).await?;
-        let guard = guard.ok_or_else(|| ApiError::new(ErrorCode::Internal, "claim without a session"))?;
+        let guard = guard.ok_or_else(|| ServiceError::internal("claim without a session"))?;
         Ok((view, guard))
     }
 
     /// Creates or updates a local agent; with `attach`, returns a guard keeping it online.
-    pub async fn register(&self, spec: AgentSpec, attach: bool) -> Result<(AgentView, Option<SessionGuard>), ApiError> {
+    pub async fn register(
+        &self,
+        spec: AgentSpec,
+        attach: bool,
+    ) -> Result<(AgentView, Option<SessionGuard>), ServiceError> {
         let name = AgentName::new(&spec.name)?;
         let max = self.0.config.limits.max_summary_bytes;
         if let Some(s) = &spec.summary
@@ -116,7 +120,7 @@ impl Node {
         let kind = normalize_kind(&spec.kind);
         for (what, v) in [("cwd", &spec.cwd), ("repo", &spec.repo)] {
             if v.as_ref().is_some_and(|p| p.len() > wire::MAX_PATH_BYTES) {
-                return Err(ApiError::bad(format!(
+                return Err(ServiceError::invalid(format!(
                     "{what} is longer than {} bytes",
                     wire::MAX_PATH_BYTES
                 )));
@@ -165,14 +169,11 @@ impl Node {
     /// [`Reception::Woken`] meanwhile. The newest waker acts: older ones are told to stand
     /// down (`Event::WakerReplaced`), since their session moved on (a new thread, a
     /// restarted client). Returns the waker's generation.
-    pub async fn hold_waker(&self, agent: &str) -> Result<(SessionGuard, u64), ApiError> {
+    pub async fn hold_waker(&self, agent: &str) -> Result<(SessionGuard, u64), ServiceError> {
         let name = AgentName::new(agent)?;
         let agents = self.0.store.read(ops::agents).await?;
         if !agents.iter().any(|a| a.name == name) {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no local agent named {name}"),
-            ));
+            return Err(ServiceError::not_found(format!("no local agent named {name}")));
         }
         let generation = {
             let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,7 +198,7 @@ impl Node {
     }
 
     /// Sets or clears an agent's summary.
-    pub async fn set_summary(&self, agent: &str, summary: Option<String>) -> Result<AgentView, ApiError> {
+    pub async fn set_summary(&self, agent: &str, summary: Option<String>) -> Result<AgentView, ServiceError> {
         let name = AgentName::new(agent)?;
         let max = self.0.config.limits.max_summary_bytes;
         if let Some(s) = &summary
@@ -223,7 +224,7 @@ impl Node {
         self.local_view(&rec).await
     }
 
-    pub(super) async fn local_view(&self, r: &AgentRecord) -> Result<AgentView, ApiError> {
+    pub(super) async fn local_view(&self, r: &AgentRecord) -> Result<AgentView, ServiceError> {
         let name = r.name.clone();
         let unread = self.0.store.read(move |t| ops::unread_count(t, name.as_str())).await?;
         Ok(AgentView {

@@ -4,7 +4,7 @@ use super::*;
 
 impl Node {
     /// `mesh subscribe`.
-    pub async fn subscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ApiError> {
+    pub async fn subscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ServiceError> {
         let agent = AgentName::new(agent)?;
         let topic = TopicName::parse_user(topic)?;
         let now = now_ms();
@@ -23,7 +23,7 @@ impl Node {
     }
 
     /// `mesh unsubscribe`.
-    pub async fn unsubscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ApiError> {
+    pub async fn unsubscribe(&self, agent: &str, topic: &str) -> Result<(String, bool), ServiceError> {
         let agent = AgentName::new(agent)?;
         let topic = TopicName::parse_user(topic)?;
         let t = topic.clone();
@@ -42,7 +42,7 @@ impl Node {
     }
 
     /// `mesh topics`.
-    pub async fn topics(&self) -> Result<Vec<TopicView>, ApiError> {
+    pub async fn topics(&self) -> Result<Vec<TopicView>, ServiceError> {
         let subs = self.0.store.read(ops::subscriptions).await?;
         let stats = self.0.store.read(ops::topic_stats).await?;
         let mut by: std::collections::BTreeMap<String, TopicView> = std::collections::BTreeMap::new();
@@ -79,7 +79,7 @@ impl Node {
         text: String,
         reply_to: Option<MessageId>,
         id: Option<MessageId>,
-    ) -> Result<PublishReceipt, ApiError> {
+    ) -> Result<PublishReceipt, ServiceError> {
         let agent = AgentName::new(agent)?;
         let topic = TopicName::parse_user(topic)?;
         self.check_text(&text, true)?;
@@ -115,8 +115,7 @@ impl Node {
             Ok((created, recorded)) => {
                 self.agent_created(created);
                 self.0.metrics.topic_out.inc();
-                let (rec, delivered) =
-                    recorded.ok_or_else(|| ApiError::new(ErrorCode::Internal, "message id collision"))?;
+                let (rec, delivered) = recorded.ok_or_else(|| ServiceError::internal("message id collision"))?;
                 for e in &delivered {
                     self.emit(Event::Message(self.message_view(e)));
                 }
@@ -125,8 +124,7 @@ impl Node {
             // A repeat: the stored message goes out again (receivers keep one copy).
             Err(prev) => (prev, 0),
         };
-        let payload =
-            postcard::to_allocvec(&rec.envelope).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let payload = postcard::to_allocvec(&rec.envelope).map_err(|e| ServiceError::internal(e.to_string()))?;
         let reached = self.0.net.publish(topic.clone(), payload).await.map_err(unavailable)?;
         if reached > rec.reached {
             // Not awaited: if it is lost in a crash the message is merely published again
@@ -162,7 +160,7 @@ impl Node {
         target: Option<&str>,
         mut filter: ops::HistoryFilter,
         max_bytes: Option<u32>,
-    ) -> Result<HistoryPage, ApiError> {
+    ) -> Result<HistoryPage, ServiceError> {
         filter.agent = agent.map(AgentName::new).transpose()?;
         filter.grep = filter.grep.filter(|g| !g.is_empty());
         if let Some(t) = target.map(str::trim).filter(|t| !t.is_empty()) {
@@ -187,21 +185,16 @@ impl Node {
                     (Ok(Target::Local(a)), false) => Some((a, Some(self.0.peer_id))),
                     (Ok(Target::Remote { peer, agent, .. }), false) => Some((agent, Some(peer))),
                     (Ok(_), true) => {
-                        return Err(ApiError::new(
-                            ErrorCode::Ambiguous,
-                            format!(
-                                "{t:?} is both an agent and a topic: write #{t} for the topic or {t}@<node> for the agent"
-                            ),
-                        ));
+                        return Err(ServiceError::ambiguous(format!(
+                            "{t:?} is both an agent and a topic: write #{t} for the topic or {t}@<node> for the agent"
+                        )));
                     }
                     (Err(_), true) => {
                         filter.topic = topic_known;
                         None
                     }
                     // An agent no longer announced: still show what was exchanged with it.
-                    (Err(e), false) if e.code == ErrorCode::NotFound && addr.node.is_none() => {
-                        Some((addr.agent.clone(), None))
-                    }
+                    (Err(e), false) if e.is_not_found() && addr.node.is_none() => Some((addr.agent.clone(), None)),
                     (Err(e), false) => return Err(e),
                 };
             }
