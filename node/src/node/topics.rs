@@ -1,4 +1,4 @@
-//! Topics: subscriptions, publishing, history, topic messages from gossip, catch-up answered and stored, re-publishing what reached nobody.
+//! Topics: subscriptions, publishing, history, topic messages from gossip (a dropped one handed to catch-up), re-publishing what reached nobody.
 
 use super::*;
 
