@@ -328,33 +328,9 @@ impl Connection {
             }
         };
         let result = match request {
-            Request::Claim { agent, exact } => self
-                .node
-                .claim(agent, exact)
-                .await
-                .map(|(view, guard)| {
-                    self.sessions.push(guard);
-                    Response::Agent(view)
-                })
-                .map_err(ApiError::from),
-            Request::Register { agent, attach } => self
-                .node
-                .register(agent, attach)
-                .await
-                .map(|(view, guard)| {
-                    self.sessions.extend(guard);
-                    Response::Agent(view)
-                })
-                .map_err(ApiError::from),
-            Request::Waker { agent } => self
-                .node
-                .hold_waker(&agent)
-                .await
-                .map(|(guard, generation)| {
-                    self.sessions.push(guard);
-                    Response::Waker { generation }
-                })
-                .map_err(ApiError::from),
+            Request::Claim { .. } | Request::Register { .. } | Request::Waker { .. } => {
+                self.hold(request).await.map_err(ApiError::from)
+            }
             Request::Watch { agents } => {
                 if let Some(w) = self.watcher.take() {
                     w.abort();
@@ -390,6 +366,29 @@ impl Connection {
         } else {
             Flow::Close
         })
+    }
+
+    /// The requests that make this connection hold something for as long as it lives:
+    /// an agent online (`Claim`, `Register` with `attach`) or a waker.
+    async fn hold(&mut self, request: Request) -> Result<Response, ServiceError> {
+        match request {
+            Request::Claim { agent, exact } => {
+                let (view, guard) = self.node.claim(agent, exact).await?;
+                self.sessions.push(guard);
+                Ok(Response::Agent(view))
+            }
+            Request::Register { agent, attach } => {
+                let (view, guard) = self.node.register(agent, attach).await?;
+                self.sessions.extend(guard);
+                Ok(Response::Agent(view))
+            }
+            Request::Waker { agent } => {
+                let (guard, generation) = self.node.hold_waker(&agent).await?;
+                self.sessions.push(guard);
+                Ok(Response::Waker { generation })
+            }
+            _ => Err(ServiceError::internal("request routed to the wrong handler")),
+        }
     }
 
     /// Queues an answer; false when the client is gone.
