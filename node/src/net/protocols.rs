@@ -107,6 +107,9 @@ impl NetActor {
     }
 
     pub(super) fn on_dm(&mut self, event: request_response::Event<DmRequest, DmResponse>) {
+        let Some(event) = answered(&mut self.dm_out, event) else {
+            return;
+        };
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -138,19 +141,9 @@ impl NetActor {
                         }
                     }
                 }
-                request_response::Message::Response { request_id, response } => {
-                    hand_over(&mut self.dm_out, request_id, Ok(response));
-                }
+                request_response::Message::Response { .. } => {}
             },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let why = error.to_string();
-                hand_over(&mut self.dm_out, request_id, Err(NetError::Request { peer, why }));
-            }
+            request_response::Event::OutboundFailure { .. } => {}
             request_response::Event::InboundFailure {
                 request_id,
                 error,
@@ -169,6 +162,9 @@ impl NetActor {
     }
 
     pub(super) fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        let Some(event) = answered(&mut self.sync_out, event) else {
+            return;
+        };
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -197,19 +193,9 @@ impl NetActor {
                             .send_response(ch, SyncResponse::Unavailable("node is busy".into()));
                     }
                 }
-                request_response::Message::Response { request_id, response } => {
-                    hand_over(&mut self.sync_out, request_id, Ok(response));
-                }
+                request_response::Message::Response { .. } => {}
             },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let why = error.to_string();
-                hand_over(&mut self.sync_out, request_id, Err(NetError::Request { peer, why }));
-            }
+            request_response::Event::OutboundFailure { .. } => {}
             request_response::Event::InboundFailure { request_id, .. } => {
                 self.sync_in.remove(&request_id);
             }
@@ -303,4 +289,29 @@ impl NetActor {
             _ => {}
         }
     }
+}
+
+/// Hands the outcome of an outbound request (its response, or why it failed) to whoever
+/// waits for it; gives back every other event.
+fn answered<Req, Resp>(
+    waiting: &mut HashMap<OutboundRequestId, Waiting<Resp>>,
+    event: request_response::Event<Req, Resp>,
+) -> Option<request_response::Event<Req, Resp>> {
+    match event {
+        request_response::Event::Message {
+            message: request_response::Message::Response { request_id, response },
+            ..
+        } => hand_over(waiting, request_id, Ok(response)),
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            let why = error.to_string();
+            hand_over(waiting, request_id, Err(NetError::Request { peer, why }));
+        }
+        other => return Some(other),
+    }
+    None
 }
