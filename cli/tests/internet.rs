@@ -14,13 +14,14 @@ use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
 use mesh_node::api::{ConnectionView, NatView, PathView};
 use mesh_node::api::{Request, Response, SendRequest, SendStatus, StatusView};
-use netns::{Host, Lab, Nat};
+use netns::{Host, Lab, Nat, Router};
 
 const WAIT: Duration = Duration::from_secs(45);
-const RELAY_IP: &str = "5.0.0.10";
 
 struct World {
-    _lab: Lab,
+    lab: Lab,
+    ra: Router,
+    rb: Router,
     relay: Option<Daemon>,
     relay_host: Host,
     relay_home: Home,
@@ -53,8 +54,13 @@ fn start_relay(host: &Host, home: &Home) -> Daemon {
 
 /// relay on 5.0.0.10; A behind router RA (NAT `nat_a`), B behind RB (NAT `nat_b`).
 fn world(tag: &str, nat_a: Nat, nat_b: Nat) -> Option<World> {
+    world_in(tag, [5, 0, 0], nat_a, nat_b)
+}
+
+/// The same with the public segment (relay `.10`, routers `.2` and `.3`) in `public`.
+fn world_in(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat) -> Option<World> {
     let mut lab = Lab::new(tag)?;
-    let inet = lab.segment("inet", [5, 0, 0]);
+    let inet = lab.segment("inet", public);
     let lan_a = lab.segment("lana", [10, 1, 0]);
     let lan_b = lab.segment("lanb", [10, 2, 0]);
     let relay_host = lab.host("relay", &inet, 10);
@@ -65,7 +71,7 @@ fn world(tag: &str, nat_a: Nat, nat_b: Nat) -> Option<World> {
 
     let relay_home = Home::new();
     let relay = start_relay(&relay_host, &relay_home);
-    let relay_addr = format!("/ip4/{RELAY_IP}/tcp/4001/p2p/{}", relay.info.peer_id);
+    let relay_addr = format!("/ip4/{}/tcp/4001/p2p/{}", relay_host.ip, relay.info.peer_id);
     let (ha, hb) = (Home::new(), Home::new());
     for h in [&ha, &hb] {
         std::fs::write(
@@ -83,7 +89,9 @@ fn world(tag: &str, nat_a: Nat, nat_b: Nat) -> Option<World> {
     let a = start(&host_a, &ha, "alpha", &listen);
     let b = start(&host_b, &hb, "beta", &listen);
     Some(World {
-        _lab: lab,
+        lab,
+        ra,
+        rb,
         relay: Some(relay),
         relay_host,
         relay_home,
@@ -254,6 +262,88 @@ fn endpoint_independent_nat_hole_punch_goes_direct() {
         // `mesh peers` too.
         let out = w.ha.run(&["peers"]);
         assert!(out.stdout.contains("direct over"), "{}", out.stdout);
+    });
+}
+
+/// A first hole punch that fails (the routers drop each other's packets for a while) is
+/// not the end: the relayed connection to the member is punched for again, and goes direct
+/// once the path is open.
+#[test]
+fn a_failed_hole_punch_is_tried_again_until_the_connection_goes_direct() {
+    let Some(w) = world("nat-retry", Nat::EndpointIndependent, Nat::EndpointIndependent) else {
+        return;
+    };
+    let block = |add: bool| {
+        let op = if add { "-I" } else { "-D" };
+        for (router, other) in [(&w.ra, &w.rb), (&w.rb, &w.ra)] {
+            for dir in ["-s", "-d"] {
+                let ip = other.wan_ip.to_string();
+                let out = w
+                    .lab
+                    .exec(&router.ns, &["iptables", op, "FORWARD", dir, &ip, "-j", "DROP"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let out = w
+                    .lab
+                    .exec(&router.ns, &["iptables", op, "INPUT", dir, &ip, "-j", "DROP"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    };
+    block(true);
+    let rt = runtime();
+    rt.block_on(async {
+        let b_peer = w.b.info.peer_id;
+        let relayed = relayed_addr(&w.hb).await;
+        w.ha.run(&["dial", &relayed]).ok();
+        send(&w.ha, "tester@beta", "over the relay").await;
+        wait_until(&w.hb, "a failed hole punch", |c| async move {
+            status(&c).await.reach.punch.failures >= 1
+        })
+        .await;
+        // The routers let each other through again: a later punch makes it.
+        block(false);
+        wait_until(&w.ha, "a direct connection to B", |c| async move {
+            connections(&c, b_peer)
+                .await
+                .iter()
+                .any(|c| c.path != PathView::Relayed)
+        })
+        .await;
+        let texts = vec!["over the relay".to_string(), "direct at last".to_string()];
+        send(&w.ha, "tester@beta", &texts[1]).await;
+        wait_inbox(&w.hb, "tester", &texts).await;
+    });
+}
+
+/// A relay is one by role: with every address of the "public" segment in a private range,
+/// the relay still serves, B gets a slot, and A reaches B (going direct, the NATs being
+/// endpoint-independent).
+#[test]
+fn a_relay_in_a_private_range_gives_slots_all_the_same() {
+    let Some(w) = world_in(
+        "nat-private",
+        [10, 99, 0],
+        Nat::EndpointIndependent,
+        Nat::EndpointIndependent,
+    ) else {
+        return;
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let b_peer = w.b.info.peer_id;
+        let relayed = relayed_addr(&w.hb).await;
+        assert!(relayed.starts_with("/ip4/10.99.0.10/"), "{relayed}");
+        w.ha.run(&["dial", &relayed]).ok();
+        let texts = vec!["through a relay in 10.99.0.0/24".to_string()];
+        send(&w.ha, "tester@beta", &texts[0]).await;
+        wait_inbox(&w.hb, "tester", &texts).await;
+        wait_until(&w.ha, "a direct connection to B", |c| async move {
+            connections(&c, b_peer)
+                .await
+                .iter()
+                .any(|c| c.path != PathView::Relayed)
+        })
+        .await;
     });
 }
 

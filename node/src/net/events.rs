@@ -23,10 +23,12 @@ impl NetActor {
                 tracing::info!(%address, "listening");
                 self.listeners_reported.insert(listener_id);
                 self.reach_on_new_listen_addr(listener_id, &address);
-                // A relay is run on purpose on a public address: say so without waiting for
-                // AutoNAT (whose servers only answer on connections the tester dialed, which
-                // a relay rarely does).
-                if self.reach_serving() && path_of(&address) == Path::Internet {
+                // A relay is run on purpose where others can reach it: say so without
+                // waiting for AutoNAT (whose servers only answer on connections the tester
+                // dialed, which a relay rarely does). Whatever the range of the address: a
+                // relay is one by role (its nodes may all sit behind NATs in 10.0.0.0/8 or
+                // 100.64.0.0/10); only loopback and link-local addresses reach no one.
+                if self.reach_serving() && reaches_others(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.update_listening();
@@ -45,8 +47,13 @@ impl NetActor {
                 }
                 self.update_listening();
             }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(%address, "address of ours observed");
+                self.reach_on_own_address(&address);
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                self.reach_on_own_address(&address);
                 self.reach_changed();
             }
             SwarmEvent::ExternalAddrExpired { address } => {
@@ -350,4 +357,15 @@ impl NetActor {
             self.dial_known(peer);
         }
     }
+}
+
+/// An address other machines may reach this node at: not a relayed one, not loopback,
+/// not link-local.
+fn reaches_others(a: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let link_local = match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_link_local(),
+        _ => super::addr::is_link_local_v6(a),
+    };
+    path_of(a) != Path::Relayed && !super::addr::is_loopback(a) && !link_local
 }

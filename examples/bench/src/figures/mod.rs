@@ -6,6 +6,7 @@ mod dm;
 mod fanout;
 mod flood;
 mod host;
+mod reach;
 mod store;
 
 use std::collections::HashMap;
@@ -137,6 +138,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     }
     if plan.wants(7) {
         rows.extend(host::discovery_rows(&mut lab, q).await?);
+    }
+    if plan.wants(11) {
+        rows.extend(reach::rows(&mut lab, q).await?);
     }
     Ok(rows)
 }

@@ -9,6 +9,7 @@ mod dht;
 #[cfg(test)]
 mod fake;
 mod plan;
+mod punch;
 mod redial;
 mod slots;
 
@@ -170,6 +171,38 @@ impl Links for ActorLinks<'_> {
                 .and_then(|l| l.iter().find(|a| path_of(a) != Path::Relayed).cloned())
         })
     }
+
+    fn relayed_only_members(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted && !s.connections.is_empty() && s.connections.values().all(|c| c.via.is_some()))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn me(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn holds_slot(&self) -> bool {
+        self.swarm.listeners().any(|a| path_of(a) == Path::Relayed)
+    }
+
+    /// A relayed address the member listens on (identify's listen addresses, or ones
+    /// learned otherwise), with its PeerId at the end.
+    fn circuit_addr(&self, peer: &PeerId) -> Option<Multiaddr> {
+        let listened = self.peers.get(peer).and_then(|s| s.identified.as_ref()).map(|(_, a)| a);
+        let known = self.addrs.get(peer);
+        listened
+            .into_iter()
+            .flatten()
+            .chain(known.into_iter().flatten())
+            .find(|a| path_of(a) == Path::Relayed)
+            .map(|a| {
+                let a = strip_p2p(a.clone());
+                a.with(libp2p::multiaddr::Protocol::P2p(*peer))
+            })
+    }
 }
 
 impl NetActor {
@@ -304,6 +337,7 @@ impl NetActor {
                     self.dial_known(peer);
                 }
                 ReachAction::Reserve { relay, listen } => refill |= !self.reserve(relay, listen, now),
+                ReachAction::Punch { peer, via } => self.punch(peer, via),
                 ReachAction::Release { relay, listener } => {
                     tracing::info!(%relay, "reachable directly; releasing the relay slot");
                     self.swarm.remove_listener(listener);
@@ -313,6 +347,23 @@ impl NetActor {
         if refill {
             let more = self.decide(|plan, links| plan.refill(now, links));
             self.apply_reach(more, now);
+        }
+    }
+
+    /// A peer observed (or AutoNAT confirmed) an address of ours.
+    pub(super) fn reach_on_own_address(&mut self, addr: &Multiaddr) {
+        self.reach.plan.punches.own_address(addr, Instant::now());
+    }
+
+    /// A fresh relayed connection to `peer` (beside the ones it has): DCUtR punches on it.
+    fn punch(&mut self, peer: PeerId, via: Multiaddr) {
+        tracing::info!(%peer, %via, "reached through relays only; punching for a direct connection again");
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(vec![via])
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot dial through the relay");
         }
     }
 
@@ -401,7 +452,10 @@ impl NetActor {
             }
             Err(err) => {
                 Metrics::count(&self.metrics.hole_punches, "failure");
-                tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punch failed; staying relayed");
+                let punches = &mut self.reach.plan.punches;
+                punches.failed(&e.remote_peer_id, err.to_string());
+                let retries = punches.state(&e.remote_peer_id).map_or(0, |s| s.retries);
+                tracing::info!(peer = %e.remote_peer_id, error = %err, retries, "hole punch failed; staying relayed, will try again");
             }
         }
         self.reach_changed();

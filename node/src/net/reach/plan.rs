@@ -1,7 +1,6 @@
 //! Reachability decisions as plain structs fed events and the time, returning actions the
-//! network actor applies: redials ([`Redials`]), relay slots ([`Slots`]), the pace of DHT
-//! lookups, AutoNAT's verdict and the hole-punch counts. Hole punches are run (and their
-//! attempts repeated) by DCUtR itself; nothing here retries them: their outcomes are counted.
+//! network actor applies: redials ([`Redials`]), relay slots ([`Slots`]), hole punches tried
+//! again ([`Punches`]), the pace of DHT lookups, AutoNAT's verdict and the hole-punch counts.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use std::time::Instant;
 use libp2p::core::transport::ListenerId;
 use libp2p::{Multiaddr, PeerId};
 
+use super::punch::Punches;
 use super::redial::{Redials, Why};
 use super::slots::Slots;
 use super::{LOOKUP_EVERY, NatStatus, PunchStats};
@@ -32,6 +32,14 @@ pub(in crate::net) enum ReachAction {
         /// The relayed address to listen on.
         listen: Multiaddr,
     },
+    /// Dial `peer` through a relay again (`via`, its relayed address), on a connection of
+    /// its own: DCUtR punches a hole on each new relayed connection ([`Punches`]).
+    Punch {
+        /// The member.
+        peer: PeerId,
+        /// Its relayed address.
+        via: Multiaddr,
+    },
     /// Give up the slot on `relay`: close its listener.
     Release {
         /// The relay.
@@ -51,6 +59,15 @@ pub(in crate::net) trait Links {
     fn direct(&self, peer: &PeerId) -> bool;
     /// Where `relay` can be asked for a slot (without `/p2p/<relay>`).
     fn relay_addr(&self, relay: &PeerId) -> Option<Multiaddr>;
+    /// Admitted members connected through relays only.
+    fn relayed_only_members(&self) -> Vec<PeerId>;
+    /// A relayed address of `peer` (`.../p2p/<relay>/p2p-circuit/p2p/<peer>`), if it holds
+    /// a slot.
+    fn circuit_addr(&self, peer: &PeerId) -> Option<Multiaddr>;
+    /// This node's PeerId.
+    fn me(&self) -> PeerId;
+    /// This node holds a relay slot (listens on a relayed address).
+    fn holds_slot(&self) -> bool;
 }
 
 /// The reachability decisions, owned by the network actor.
@@ -60,6 +77,7 @@ pub(in crate::net) struct ReachPlan {
     pub(in crate::net) lookups: Lookups,
     pub(in crate::net) nat: Nat,
     pub(in crate::net) punch: PunchStats,
+    pub(in crate::net) punches: Punches,
 }
 
 impl ReachPlan {
@@ -71,11 +89,12 @@ impl ReachPlan {
             lookups: Lookups::default(),
             nat: Nat::default(),
             punch: PunchStats::default(),
+            punches: Punches::default(),
         }
     }
 
-    /// What to do at `now` (`public`: reachable directly): the redials due, then the relay
-    /// slots to ask for or release.
+    /// What to do at `now` (`public`: reachable directly): the redials due, the relay slots
+    /// to ask for or release, then the hole punches to try again.
     pub(in crate::net) fn tick(&mut self, now: Instant, public: bool, links: &impl Links) -> Vec<ReachAction> {
         let mut out: Vec<ReachAction> = self
             .redials
@@ -84,6 +103,7 @@ impl ReachPlan {
             .map(|(peer, why)| ReachAction::Dial { peer, why })
             .collect();
         out.extend(self.slots.plan(now, public, links));
+        out.extend(self.punches.due(now, links));
         out
     }
 
@@ -94,10 +114,14 @@ impl ReachPlan {
 
     /// When the decisions next need [`ReachPlan::tick`].
     pub(in crate::net) fn next_deadline(&self) -> Option<Instant> {
-        [self.redials.next_deadline(), self.slots.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.redials.next_deadline(),
+            self.slots.next_deadline(),
+            self.punches.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
