@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
 use mesh_node::api::{ConnectionView, NatView, PathView};
-use mesh_node::api::{Request, Response, SendRequest, SendStatus, StatusView};
+use mesh_node::api::{LocalApi, Request, Response, SendRequest, SendStatus, StatusView};
 use netns::{Host, Lab, Nat, Router};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -374,6 +374,22 @@ fn symmetric_nat_stays_relayed_and_loses_nothing() {
         assert!(
             !conns.is_empty() && conns.iter().all(|c| c.path == PathView::Relayed),
             "{conns:?}"
+        );
+        // Punching goes on, and `mesh peers` says so (with why the last one failed, once
+        // this side heard of a failure).
+        wait_until(&w.ha, "punching for B shown", |c| async move {
+            c.peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.peer_id == b_peer && p.punch.is_some())
+        })
+        .await;
+        let out = w.ha.run(&["peers"]);
+        assert!(
+            out.stdout.contains("punching for a direct connection"),
+            "{}",
+            out.stdout
         );
         assert_eq!(conns[0].via, Some(w.relay.as_ref().unwrap().info.peer_id));
         let out = w.ha.run(&["ping", "beta", "--count", "1"]);

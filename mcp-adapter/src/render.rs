@@ -276,6 +276,12 @@ fn peers_lines(list: &[PeerView]) -> String {
         if let Some(us) = p.rtt_us {
             out.push_str(&format!(", round trip {:.2} ms", us as f64 / 1000.0));
         }
+        if let Some(c) = p.connections.first() {
+            out.push_str(&format!(", {}", c.describe()));
+        }
+        if let Some(punch) = &p.punch {
+            out.push_str(&format!("; {}", field(&punch.describe())));
+        }
         out.push('\n');
     }
     out

@@ -280,6 +280,10 @@ fn responses() -> Vec<Response> {
             remembered: true,
             member: true,
             refused: Some(s("not a member")),
+            punch: Some(PunchAttemptsView {
+                retries: 2,
+                last_failure: Some(s("Giving up after 3 dial attempts")),
+            }),
         }]),
         Response::Agents(vec![agent()]),
         Response::Dialed { peer: peer(2) },

@@ -41,6 +41,7 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<()> {
                     p.connections
                         .iter()
                         .map(|c| c.describe())
+                        .chain(p.punch.as_ref().map(|x| output::field(&x.describe())))
                         .collect::<Vec<_>>()
                         .join("; "),
                     p.agents.to_string(),
@@ -108,6 +109,7 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     let count = count.clamp(1, 1000);
     let mut rtts = Vec::new();
+    let mut pinged = None;
     for i in 0..count {
         if i > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -118,6 +120,7 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
             connection: conn,
         } = client.ping(node).await?;
         rtts.push(rtt_us);
+        pinged = Some(peer);
         if ctx.json {
             output::json_line(&serde_json::json!({
                 "peer_id": peer.to_string(), "rtt_us": rtt_us, "path": conn.describe(), "connection": conn
@@ -125,6 +128,18 @@ pub async fn ping(ctx: &Ctx, node: &str, count: u32) -> anyhow::Result<()> {
         } else {
             crate::outln!("{peer}: time={:.2} ms, {}", rtt_us as f64 / 1000.0, conn.describe());
         }
+    }
+    // Reached through relays only: say how punching for a direct connection goes.
+    if !ctx.json
+        && let Some(pinged) = pinged
+        && let Some(punch) = ctx
+            .peers()
+            .await?
+            .into_iter()
+            .find(|p| p.peer_id == pinged)
+            .and_then(|p| p.punch)
+    {
+        crate::outln!("{}", output::field(&punch.describe()));
     }
     if !ctx.json && rtts.len() > 1 {
         let min = rtts.iter().min().copied().unwrap_or(0) as f64 / 1000.0;

@@ -17,7 +17,9 @@ mod views;
 
 pub use calls::LocalApi;
 pub use error::*;
-pub use network::{ConnectionView, NatView, PathView, PunchView, ReachView, ReservationView, StoreView};
+pub use network::{
+    ConnectionView, NatView, PathView, PunchAttemptsView, PunchView, ReachView, ReservationView, StoreView,
+};
 pub use request::*;
 pub use views::*;
 
@@ -28,7 +30,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 4;
+pub const API_VERSION: u32 = 5;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).

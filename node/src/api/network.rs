@@ -158,6 +158,39 @@ impl From<crate::net::Path> for PathView {
     }
 }
 
+/// Hole punching for a node reached through relays only: tried again while that lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchAttemptsView {
+    /// Fresh relayed connections dialed to punch again (each one a DCUtR attempt).
+    pub retries: u32,
+    /// Why the last punch failed, as DCUtR said.
+    pub last_failure: Option<String>,
+}
+
+impl From<crate::net::PunchState> for PunchAttemptsView {
+    fn from(p: crate::net::PunchState) -> Self {
+        Self {
+            retries: p.retries,
+            last_failure: p.last_failure,
+        }
+    }
+}
+
+impl PunchAttemptsView {
+    /// For people: `punching for a direct connection (3 tries; last: ...)`.
+    pub fn describe(&self) -> String {
+        let tries = match self.retries {
+            0 => "first try".to_string(),
+            1 => "tried again once".to_string(),
+            n => format!("tried again {n} times"),
+        };
+        match &self.last_failure {
+            Some(why) => format!("punching for a direct connection ({tries}; last failed: {why})"),
+            None => format!("punching for a direct connection ({tries})"),
+        }
+    }
+}
+
 /// One open connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionView {

@@ -169,6 +169,8 @@ pub struct PeerView {
     pub member: bool,
     /// Why a non-member was not admitted.
     pub refused: Option<String>,
+    /// Hole punching for it, while it is reached through relays only (API 5).
+    pub punch: Option<PunchAttemptsView>,
 }
 
 /// How an agent receives messages now.

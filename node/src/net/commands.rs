@@ -467,6 +467,7 @@ impl NetActor {
                     .collect(),
                 rtt: s.rtt,
                 agent_version: s.agent_version.clone(),
+                punch: self.reach_punch_state(p),
             })
             .collect();
         let mut outsiders = self.adm.outsiders();

@@ -44,7 +44,7 @@ pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_
 use commands::Command;
 pub use handle::NetHandle;
 pub(crate) use handle::SharedTopicRate;
-pub use reach::{NatStatus, PunchStats, ReachInfo, ReservationInfo};
+pub use reach::{NatStatus, PunchState, PunchStats, ReachInfo, ReservationInfo};
 pub use report::{ConnectedPeer, Discovery, Listening, NetEvent, NetInfo};
 
 use crate::config::Config;

@@ -123,6 +123,8 @@ pub struct ConnectedPeer {
     pub rtt: Option<Duration>,
     /// Its software version (from identify).
     pub agent_version: Option<String>,
+    /// Hole punching for it, while it is reached through relays only.
+    pub punch: Option<super::PunchState>,
 }
 
 /// A snapshot of the network state.

@@ -99,6 +99,7 @@ impl Node {
                     member: conn.is_some() || members.contains(p),
                     refused: (conn.is_none() && !members.contains(p))
                         .then(|| "not known as a member of this node's current mesh".to_string()),
+                    punch: conn.and_then(|c| c.punch.clone()).map(Into::into),
                 }
             })
             .collect();
@@ -120,6 +121,7 @@ impl Node {
                 remembered: info.pinned.contains(&o.peer),
                 member: false,
                 refused: Some(o.reason.clone()),
+                punch: None,
             });
         }
         Ok(out)

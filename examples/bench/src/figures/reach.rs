@@ -31,15 +31,18 @@ struct Scenario {
     nat_b: Nat,
     /// The connection is expected to go direct (both mappings endpoint-independent).
     punchable: bool,
+    /// Every node runs in open mode (`--open`) instead of sharing a mesh key.
+    open: bool,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "EIM pair, public segment in a global range",
         public: [5, 0, 0],
         nat_a: Nat::EndpointIndependent,
         nat_b: Nat::EndpointIndependent,
         punchable: true,
+        open: false,
     },
     Scenario {
         name: "EIM pair, public segment in 100.64.0.0/10",
@@ -47,6 +50,7 @@ const SCENARIOS: [Scenario; 4] = [
         nat_a: Nat::EndpointIndependent,
         nat_b: Nat::EndpointIndependent,
         punchable: true,
+        open: false,
     },
     Scenario {
         name: "EIM pair, relay segment in a private range",
@@ -54,6 +58,7 @@ const SCENARIOS: [Scenario; 4] = [
         nat_a: Nat::EndpointIndependent,
         nat_b: Nat::EndpointIndependent,
         punchable: true,
+        open: false,
     },
     Scenario {
         name: "EIM and symmetric",
@@ -61,6 +66,15 @@ const SCENARIOS: [Scenario; 4] = [
         nat_a: Nat::EndpointIndependent,
         nat_b: Nat::Symmetric,
         punchable: false,
+        open: false,
+    },
+    Scenario {
+        name: "EIM pair in open mode, public segment in a global range",
+        public: [5, 0, 0],
+        nat_a: Nat::EndpointIndependent,
+        nat_b: Nat::EndpointIndependent,
+        punchable: true,
+        open: true,
     },
 ];
 
@@ -149,30 +163,36 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
     let rb = net.router("rb", &inet, 3, &lan_b, sc.nat_b);
     let host_a = net.host_via("a", &lan_a, 10, ra.lan_ip);
     let host_b = net.host_via("b", &lan_b, 10, rb.lan_ip);
+    let open: &[&str] = if sc.open { &["--open"] } else { &[] };
+    let relay_args = [
+        "--relay",
+        "--no-mdns",
+        "--listen",
+        "/ip4/0.0.0.0/tcp/4001",
+        "--listen",
+        "/ip4/0.0.0.0/udp/4001/quic-v1",
+    ];
     let relay = daemons::start(
         relay_host.command(&lab.bin),
         lab.home("")?,
         "relay",
-        &[
-            "--relay",
-            "--no-mdns",
-            "--listen",
-            "/ip4/0.0.0.0/tcp/4001",
-            "--listen",
-            "/ip4/0.0.0.0/udp/4001/quic-v1",
-        ],
+        &[&relay_args[..], open].concat(),
     )?;
     let relays = format!(
         "\n[relay]\nnodes = [\"/ip4/{}/tcp/4001/p2p/{}\"]\n",
         relay_host.ip, relay.info.peer_id
     );
     let listen = [
-        "--no-mdns",
-        "--listen",
-        "/ip4/0.0.0.0/tcp/0",
-        "--listen",
-        "/ip4/0.0.0.0/udp/0/quic-v1",
-    ];
+        &[
+            "--no-mdns",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/0",
+            "--listen",
+            "/ip4/0.0.0.0/udp/0/quic-v1",
+        ][..],
+        open,
+    ]
+    .concat();
     let a = daemons::start(host_a.command(&lab.bin), lab.home(&relays)?, "alpha", &listen)?;
     let b = daemons::start(host_b.command(&lab.bin), lab.home(&relays)?, "beta", &listen)?;
     Ok(World {

@@ -10,6 +10,7 @@ mod dht;
 mod fake;
 mod plan;
 mod punch;
+pub use punch::PunchState;
 mod redial;
 mod slots;
 
@@ -348,6 +349,11 @@ impl NetActor {
             let more = self.decide(|plan, links| plan.refill(now, links));
             self.apply_reach(more, now);
         }
+    }
+
+    /// Hole punching for `peer`, while it is reached through relays only.
+    pub(super) fn reach_punch_state(&self, peer: &PeerId) -> Option<PunchState> {
+        self.reach.plan.punches.state(peer)
     }
 
     /// A peer observed (or AutoNAT confirmed) an address of ours.

@@ -34,9 +34,9 @@ struct Retry {
     last_failure: Option<String>,
 }
 
-/// What this node knows of punching for one member.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(in crate::net) struct PunchState {
+/// What this node knows of punching for one member it reaches through relays only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PunchState {
     /// Retries started (fresh relayed connections dialed).
     pub retries: u32,
     /// Why the last punch failed.
