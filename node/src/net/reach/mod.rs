@@ -284,10 +284,12 @@ impl NetActor {
         }
         let connected = self.swarm.is_connected(&peer);
         self.reach.plan.redials.pin(peer, connected, Instant::now());
+        self.reach.plan.slots.dialed(peer, true);
     }
 
     /// Stops redialing `peer`.
     pub(super) fn unpin(&mut self, peer: &PeerId) -> bool {
+        self.reach.plan.slots.dialed(*peer, false);
         self.reach.plan.redials.unpin(peer)
     }
 

@@ -22,14 +22,17 @@ struct Slot {
 
 /// The relay slots. While this node is not known to be reachable it holds slots on up to
 /// [`MAX_RESERVATIONS`] relays it has a direct connection to: the configured ones first, in
-/// their order, then members that offer relaying, by PeerId (a non-member relay is used only
-/// when configured). A relay whose slot failed or was lost is asked again after
+/// their order, then the ones the user dialed (`mesh dial`), then members that offer
+/// relaying, by PeerId (a non-member relay is used only when configured or dialed). The
+/// range of a relay's address plays no part: a relay is one by role. A relay whose slot failed or was lost is asked again after
 /// [`RESERVATION_RETRY_MIN`], doubling up to [`RESERVATION_RETRY_MAX`] until one is
 /// accepted. Once reachable directly, every slot is released.
 pub(in crate::net) struct Slots {
     configured: Vec<(PeerId, Multiaddr)>,
     /// Connected peers that offer relaying (identify says so).
     offered: HashSet<PeerId>,
+    /// Peers the user dialed (pinned).
+    dialed: HashSet<PeerId>,
     held: HashMap<PeerId, Slot>,
     retry: HashMap<PeerId, (Instant, Duration)>,
 }
@@ -49,6 +52,7 @@ impl Slots {
         Self {
             configured,
             offered: HashSet::new(),
+            dialed: HashSet::new(),
             held: HashMap::new(),
             retry: HashMap::new(),
         }
@@ -62,6 +66,16 @@ impl Slots {
     /// `relay` is configured, or holds (or is asked for) a slot of ours.
     pub(in crate::net) fn uses(&self, relay: &PeerId) -> bool {
         self.held.contains_key(relay) || self.configured.iter().any(|(p, _)| p == relay)
+    }
+
+    /// The user dialed `peer` (`mesh dial`), or forgot it: a dialed relay is used like a
+    /// configured one, member or not.
+    pub(in crate::net) fn dialed(&mut self, peer: PeerId, dialed: bool) {
+        if dialed {
+            self.dialed.insert(peer);
+        } else {
+            self.dialed.remove(&peer);
+        }
     }
 
     /// `peer` offers relaying.
@@ -93,12 +107,15 @@ impl Slots {
                 .collect();
         }
         let room = MAX_RESERVATIONS.saturating_sub(self.held.len());
+        let mut dialed: Vec<PeerId> = self.offered.intersection(&self.dialed).copied().collect();
+        dialed.sort();
         let mut offered: Vec<PeerId> = self.offered.iter().copied().filter(|p| links.admitted(p)).collect();
         offered.sort();
         let mut seen = HashSet::new();
         self.configured
             .iter()
             .map(|(p, _)| *p)
+            .chain(dialed)
             .chain(offered)
             .filter(|relay| seen.insert(*relay))
             .filter(|relay| !self.held.contains_key(relay))
@@ -253,6 +270,32 @@ mod tests {
         assert!(s.uses(&conf) && s.uses(&members[0]) && !s.uses(&members[1]));
         // Full: nothing more.
         assert!(s.plan(t0, false, &links).is_empty());
+    }
+
+    #[test]
+    fn a_relay_the_user_dialed_is_used_member_or_not_and_not_once_forgotten() {
+        let (dialed, m) = (PeerId::random(), PeerId::random());
+        let mut s = Slots::new(&[]);
+        let mut links = FakeLinks::default();
+        links.add_direct([dialed, m]);
+        links.add_admitted([m]);
+        s.offers(dialed);
+        s.offers(m);
+        let t0 = Instant::now();
+        // Not a member, not dialed: only the member.
+        assert_eq!(reserved(&s.plan(t0, false, &links)), vec![m]);
+        // Dialed: before the members.
+        let mut s = Slots::new(&[]);
+        s.offers(dialed);
+        s.offers(m);
+        s.dialed(dialed, true);
+        assert_eq!(reserved(&s.plan(t0, false, &links)), vec![dialed, m]);
+        // Forgotten (`mesh dial --forget`): a stranger again.
+        let mut s2 = Slots::new(&[]);
+        s2.offers(dialed);
+        s2.dialed(dialed, true);
+        s2.dialed(dialed, false);
+        assert!(reserved(&s2.plan(t0, false, &links)).is_empty());
     }
 
     #[test]
