@@ -183,8 +183,24 @@ impl Lab {
     }
 
     /// A NAT router: `.wan_last` on `wan`, `.1` on `lan`, forwarding LAN traffic out with
-    /// the given NAT.
+    /// the given NAT; unsolicited traffic from the outside is dropped silently, as home
+    /// routers do.
     pub fn router(&mut self, name: &str, wan: &Segment, wan_last: u8, lan: &Segment, nat: Nat) -> Router {
+        self.router_with(name, wan, wan_last, lan, nat, true)
+    }
+
+    /// A NAT router that answers unsolicited traffic as a plain Linux box does (a TCP reset,
+    /// an ICMP port unreachable) instead of dropping it (`quiet` false): harder on hole
+    /// punching, whose first packets are unsolicited on the other side.
+    pub fn router_with(
+        &mut self,
+        name: &str,
+        wan: &Segment,
+        wan_last: u8,
+        lan: &Segment,
+        nat: Nat,
+        quiet: bool,
+    ) -> Router {
         let ns = self.add_ns(name);
         self.plug(&ns, "wan", wan);
         self.plug(&ns, "lan", lan);
@@ -218,7 +234,7 @@ impl Lab {
         sh(&rule);
         // Like a home router: unsolicited traffic from the outside is dropped silently
         // (not answered with a reset), to the router and to the LAN alike.
-        for chain in ["INPUT", "FORWARD"] {
+        for chain in ["INPUT", "FORWARD"].into_iter().filter(|_| quiet) {
             sh(&[
                 "ip",
                 "netns",

@@ -33,9 +33,12 @@ struct Scenario {
     punchable: bool,
     /// Every node runs in open mode (`--open`) instead of sharing a mesh key.
     open: bool,
+    /// The routers drop unsolicited traffic silently (else they answer it with a TCP reset
+    /// or an ICMP port unreachable, as a plain Linux router does).
+    quiet: bool,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "EIM pair, public segment in a global range",
         public: [5, 0, 0],
@@ -43,6 +46,7 @@ const SCENARIOS: [Scenario; 5] = [
         nat_b: Nat::EndpointIndependent,
         punchable: true,
         open: false,
+        quiet: true,
     },
     Scenario {
         name: "EIM pair, public segment in 100.64.0.0/10",
@@ -51,6 +55,7 @@ const SCENARIOS: [Scenario; 5] = [
         nat_b: Nat::EndpointIndependent,
         punchable: true,
         open: false,
+        quiet: true,
     },
     Scenario {
         name: "EIM pair, relay segment in a private range",
@@ -59,6 +64,7 @@ const SCENARIOS: [Scenario; 5] = [
         nat_b: Nat::EndpointIndependent,
         punchable: true,
         open: false,
+        quiet: true,
     },
     Scenario {
         name: "EIM and symmetric",
@@ -67,6 +73,7 @@ const SCENARIOS: [Scenario; 5] = [
         nat_b: Nat::Symmetric,
         punchable: false,
         open: false,
+        quiet: true,
     },
     Scenario {
         name: "EIM pair in open mode, public segment in a global range",
@@ -75,6 +82,16 @@ const SCENARIOS: [Scenario; 5] = [
         nat_b: Nat::EndpointIndependent,
         punchable: true,
         open: true,
+        quiet: true,
+    },
+    Scenario {
+        name: "EIM pair behind routers that answer unsolicited packets",
+        public: [5, 0, 0],
+        nat_a: Nat::EndpointIndependent,
+        nat_b: Nat::EndpointIndependent,
+        punchable: true,
+        open: false,
+        quiet: false,
     },
 ];
 
@@ -159,8 +176,8 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
     let lan_a = net.segment("lana", [10, 31, 0]);
     let lan_b = net.segment("lanb", [10, 32, 0]);
     let relay_host = net.host("relay", &inet, 10);
-    let ra = net.router("ra", &inet, 2, &lan_a, sc.nat_a);
-    let rb = net.router("rb", &inet, 3, &lan_b, sc.nat_b);
+    let ra = net.router_with("ra", &inet, 2, &lan_a, sc.nat_a, sc.quiet);
+    let rb = net.router_with("rb", &inet, 3, &lan_b, sc.nat_b, sc.quiet);
     let host_a = net.host_via("a", &lan_a, 10, ra.lan_ip);
     let host_b = net.host_via("b", &lan_b, 10, rb.lan_ip);
     let open: &[&str] = if sc.open { &["--open"] } else { &[] };
