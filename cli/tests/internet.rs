@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Daemon, FAST_CONFIG, Home, runtime, spawn_daemon};
 use mesh_node::api::client::Client;
-use mesh_node::api::{ConnectionView, NatView, PathView};
+use mesh_node::api::{ConnectionView, NatView, PathView, UpnpStatusView};
 use mesh_node::api::{LocalApi, Request, Response, SendRequest, SendStatus, StatusView};
 use netns::{Host, Lab, Nat, Router};
 
@@ -345,6 +345,62 @@ fn a_relay_in_a_private_range_gives_slots_all_the_same() {
         })
         .await;
     });
+}
+
+/// A node behind a router with UPnP (a real IGD: miniupnpd) has its port forwarded, is
+/// reached directly from the internet with no relay anywhere, shows the mapping in `mesh
+/// status`, and removes it when it stops.
+#[test]
+fn a_node_behind_a_upnp_router_is_reached_directly_and_unmaps_on_stop() {
+    let Some(mut lab) = Lab::new("upnp") else {
+        return;
+    };
+    let inet = lab.segment("inet", [5, 0, 0]);
+    let lan_b = lab.segment("lanb", [10, 2, 0]);
+    let rb = lab.router("rb", &inet, 3, &lan_b, Nat::EndpointIndependent);
+    if lab.upnp(&rb).is_none() {
+        return;
+    }
+    let host_a = lab.host("a", &inet, 20);
+    let host_b = lab.host_via("b", &lan_b, 10, rb.lan_ip);
+    let (ha, hb) = (Home::new(), Home::new());
+    for h in [&ha, &hb] {
+        std::fs::write(h.path().join("config.toml"), FAST_CONFIG).unwrap();
+    }
+    let _a = start(&host_a, &ha, "alpha", &["--listen", "/ip4/0.0.0.0/tcp/4001"]);
+    let b = start(&host_b, &hb, "beta", &["--listen", "/ip4/0.0.0.0/tcp/4001"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let b_peer = b.info.peer_id;
+        wait_until(&hb, "the router to forward B's port", |c| async move {
+            status(&c).await.reach.upnp.status == UpnpStatusView::Mapped
+        })
+        .await;
+        let st = status(&client(&hb).await).await;
+        let mapped = st.reach.upnp.mapped.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(mapped, ["/ip4/5.0.0.3/tcp/4001"], "{st:?}");
+        assert!(lab.forwarded(&rb).contains("dnat"), "{}", lab.forwarded(&rb));
+        let out = hb.run(&["status"]);
+        assert!(
+            out.stdout.contains("the router forwards /ip4/5.0.0.3/tcp/4001"),
+            "{}",
+            out.stdout
+        );
+        // A, on the internet, dials the router's address: a direct connection to B.
+        ha.run(&["dial", &format!("/ip4/5.0.0.3/tcp/4001/p2p/{b_peer}")]).ok();
+        let conns = connection_to(&ha, b_peer).await;
+        assert!(
+            !conns.is_empty() && conns.iter().all(|c| c.path == PathView::Internet && c.via.is_none()),
+            "{conns:?}"
+        );
+        let texts = vec!["through the forwarded port".to_string()];
+        send(&ha, "tester@beta", &texts[0]).await;
+        wait_inbox(&hb, "tester", &texts).await;
+    });
+    // A clean stop removes the forwarding from the router.
+    hb.run(&["down"]).ok();
+    drop(b);
+    assert!(!lab.forwarded(&rb).contains("dnat"), "{}", lab.forwarded(&rb));
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct Config {
     pub presence: Presence,
     /// Relaying: serving as a relay, and the relays this node uses when unreachable.
     pub relay: Relay,
+    /// Being reachable from the internet by other means than relays.
+    pub internet: Internet,
     /// Open mode (`mesh up --open`): admit any node that is also in open mode, with no
     /// secret. Only for trusted lab networks: anyone there can reach your agents.
     pub open: bool,
@@ -92,6 +94,23 @@ impl Default for Relay {
             max_circuits: 64,
             max_circuits_per_peer: 8,
         }
+    }
+}
+
+/// Reachability from the internet, beside relays.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Internet {
+    /// Ask the home router (UPnP IGD) to forward the listening ports to this node, so that
+    /// it is reachable directly and needs no relay; the mapping is renewed while the node
+    /// runs and removed when it stops. It tells the router (nothing beyond it) that this
+    /// machine runs a node on those ports.
+    pub upnp: bool,
+}
+
+impl Default for Internet {
+    fn default() -> Self {
+        Self { upnp: true }
     }
 }
 
@@ -185,6 +204,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             presence: Presence::default(),
             relay: Relay::default(),
+            internet: Internet::default(),
             open: false,
             metrics: None,
         }

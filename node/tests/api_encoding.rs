@@ -135,6 +135,10 @@ fn reach() -> ReachView {
         },
         relay_serving: true,
         relay_circuits: 1,
+        upnp: UpnpView {
+            status: UpnpStatusView::Mapped,
+            mapped: vec![addr()],
+        },
     }
 }
 
@@ -528,6 +532,15 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         add(format!("NatView::{name}"), encode(&v));
     }
     for (name, v) in [
+        ("Off", UpnpStatusView::Off),
+        ("Searching", UpnpStatusView::Searching),
+        ("NoGateway", UpnpStatusView::NoGateway),
+        ("NotRoutable", UpnpStatusView::NotRoutable),
+        ("Mapped", UpnpStatusView::Mapped),
+    ] {
+        add(format!("UpnpStatusView::{name}"), encode(&v));
+    }
+    for (name, v) in [
         ("Lan", PathView::Lan),
         ("Internet", PathView::Internet),
         ("Relayed", PathView::Relayed),
@@ -621,6 +634,7 @@ fn every_enum_of_the_api_has_a_sample_of_each_variant() {
     covers_every_variant::<SendStatus>("SendStatus", &of("SendStatus::"));
     covers_every_variant::<NatView>("NatView", &of("NatView::"));
     covers_every_variant::<PathView>("PathView", &of("PathView::"));
+    covers_every_variant::<UpnpStatusView>("UpnpStatusView", &of("UpnpStatusView::"));
     covers_every_variant::<ServerHello>("ServerHello", &of("ServerHello::"));
     let frames = of("ServerFrame::");
     covers_every_variant::<ServerFrame>("ServerFrame", &[frames[0].clone(), frames[2].clone()]);

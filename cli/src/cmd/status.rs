@@ -1,6 +1,6 @@
 //! `mesh status`.
 
-use mesh_node::api::{LocalApi, StatusView};
+use mesh_node::api::{LocalApi, StatusView, UpnpStatusView};
 
 use super::Ctx;
 use crate::output;
@@ -98,6 +98,22 @@ fn print_reach(s: &StatusView) {
         r.punch.successes,
         r.punch.failures
     );
+    let upnp = match r.upnp.status {
+        UpnpStatusView::Off => "off ([internet] upnp = false)".to_string(),
+        UpnpStatusView::Searching => "looking for the router".to_string(),
+        UpnpStatusView::NoGateway => "no UPnP router on this network".to_string(),
+        UpnpStatusView::NotRoutable => "the router has no public address (another NAT behind it)".to_string(),
+        UpnpStatusView::Mapped => format!(
+            "the router forwards {} to this node",
+            r.upnp
+                .mapped
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    crate::outln!("upnp     {upnp}");
     if r.relay_serving {
         crate::outln!(
             "serving  relay for {}: {} relayed connections now",

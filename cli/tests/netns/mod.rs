@@ -26,6 +26,8 @@ pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     next_port: u32,
+    /// Daemons the lab runs itself (an IGD), reaped when it is torn down.
+    daemons: Vec<std::process::Child>,
 }
 
 /// A segment (Ethernet broadcast domain): a bridge inside its own namespace.
@@ -121,6 +123,7 @@ impl Lab {
             prefix,
             namespaces: Vec::new(),
             next_port: 0,
+            daemons: Vec::new(),
         })
     }
 
@@ -233,7 +236,8 @@ impl Lab {
         }
         sh(&rule);
         // Like a home router: unsolicited traffic from the outside is dropped silently
-        // (not answered with a reset), to the router and to the LAN alike.
+        // (not answered with a reset), to the router and to the LAN alike, except what a
+        // port forwarding (UPnP, [`Lab::upnp`]) sends on to the LAN.
         for chain in ["INPUT", "FORWARD"].into_iter().filter(|_| quiet) {
             sh(&[
                 "ip",
@@ -249,11 +253,76 @@ impl Lab {
                 "conntrack",
                 "--ctstate",
                 "NEW",
+                "-m",
+                "conntrack",
+                "!",
+                "--ctstate",
+                "DNAT",
                 "-j",
                 "DROP",
             ]);
         }
         Router { ns, wan_ip, lan_ip }
+    }
+
+    /// Runs a UPnP IGD (Debian's `miniupnpd`, nftables backend) on `router`, serving its
+    /// LAN: hosts there may have ports of the router's public address forwarded to them.
+    /// `None` (with a message, or a failure under CI) when miniupnpd is not installed.
+    pub fn upnp(&mut self, router: &Router) -> Option<()> {
+        if Command::new("miniupnpd").arg("--version").output().is_err() {
+            return skip(
+                &self.prefix,
+                "miniupnpd is missing; .ci/run installs it (miniupnpd-nftables)",
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("{}-{}-upnp", self.prefix, router.ns));
+        std::fs::create_dir_all(&dir).expect("upnp dir");
+        let rules = dir.join("upnp.nft");
+        std::fs::write(
+            &rules,
+            "table inet upnp {\n\
+             chain forward { type filter hook forward priority -5; policy accept; jump miniupnpd; }\n\
+             chain miniupnpd { }\n\
+             chain prerouting { type nat hook prerouting priority -105; policy accept; jump prerouting_miniupnpd; }\n\
+             chain postrouting { type nat hook postrouting priority 95; policy accept; jump postrouting_miniupnpd; }\n\
+             chain prerouting_miniupnpd { }\n\
+             chain postrouting_miniupnpd { }\n\
+             }\n",
+        )
+        .expect("nft rules");
+        sh(&["ip", "netns", "exec", &router.ns, "nft", "-f", &rules.to_string_lossy()]);
+        let [a, b, c, _] = router.lan_ip.octets();
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp=yes\nenable_upnp=yes\n\
+                 secure_mode=yes\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07a\n\
+                 upnp_table_name=upnp\nupnp_nat_table_name=upnp\nupnp_forward_chain=miniupnpd\n\
+                 upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+                 allow 1024-65535 {a}.{b}.{c}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            ),
+        )
+        .expect("miniupnpd.conf");
+        // Runs until the lab's namespaces are torn down (their processes are killed).
+        let igd = Command::new("ip")
+            .args(["netns", "exec", &router.ns, "miniupnpd", "-d", "-f"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("miniupnpd.log")).expect("log"))
+            .spawn()
+            .expect("miniupnpd");
+        self.daemons.push(igd);
+        Some(())
+    }
+
+    /// The port forwardings a router's IGD holds now (its nftables DNAT rules).
+    pub fn forwarded(&self, router: &Router) -> String {
+        let out = self.exec(
+            &router.ns,
+            &["nft", "list", "chain", "inet", "upnp", "prerouting_miniupnpd"],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A host on `seg` with address `.<last>` and its default route through `gateway`.
@@ -315,6 +384,10 @@ impl Drop for Lab {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for mut d in self.daemons.drain(..) {
+            let _ = d.kill();
+            let _ = d.wait();
         }
     }
 }

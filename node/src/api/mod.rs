@@ -19,6 +19,7 @@ pub use calls::LocalApi;
 pub use error::*;
 pub use network::{
     ConnectionView, NatView, PathView, PunchAttemptsView, PunchView, ReachView, ReservationView, StoreView,
+    UpnpStatusView, UpnpView,
 };
 pub use request::*;
 pub use views::*;

@@ -108,6 +108,49 @@ pub struct ReachView {
     pub relay_serving: bool,
     /// Relayed connections this node carries for others right now.
     pub relay_circuits: u32,
+    /// Port mapping on the home router (API 5).
+    pub upnp: UpnpView,
+}
+
+/// How UPnP port mapping stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpnpStatusView {
+    /// Turned off (`[internet] upnp = false`).
+    #[default]
+    Off,
+    /// Looking for the router, or asking it.
+    Searching,
+    /// No UPnP router answered on this network.
+    NoGateway,
+    /// The router's own address is not a public one.
+    NotRoutable,
+    /// The router forwards ports to this node.
+    Mapped,
+}
+
+/// Port mapping on the home router.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpnpView {
+    /// The state.
+    pub status: UpnpStatusView,
+    /// The router's addresses that lead to this node.
+    pub mapped: Vec<Multiaddr>,
+}
+
+impl From<crate::net::UpnpInfo> for UpnpView {
+    fn from(u: crate::net::UpnpInfo) -> Self {
+        use crate::net::UpnpStatus as S;
+        Self {
+            status: match u.status {
+                S::Off => UpnpStatusView::Off,
+                S::Searching => UpnpStatusView::Searching,
+                S::NoGateway => UpnpStatusView::NoGateway,
+                S::NotRoutable => UpnpStatusView::NotRoutable,
+                S::Mapped => UpnpStatusView::Mapped,
+            },
+            mapped: u.mapped,
+        }
+    }
 }
 
 impl From<crate::net::ReachInfo> for ReachView {
@@ -133,6 +176,7 @@ impl From<crate::net::ReachInfo> for ReachView {
             },
             relay_serving: r.relay_serving,
             relay_circuits: r.relay_circuits,
+            upnp: r.upnp.into(),
         }
     }
 }

@@ -73,6 +73,7 @@ mod composed {
         pub(in crate::net) identify: identify::Behaviour,
         pub(in crate::net) ping: ping::Behaviour,
         pub(in crate::net) mdns: Toggle<mdns::tokio::Behaviour>,
+        pub(in crate::net) upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
         pub(in crate::net) admit: AdmitBehaviour,
         pub(in crate::net) join: JoinBehaviour,
         pub(in crate::net) gossipsub: Gate<gossipsub::Behaviour>,
@@ -223,6 +224,11 @@ fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Confi
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
         mdns: lan_discovery(peer, config.libp2p_mdns()).into(),
+        upnp: config
+            .internet
+            .upnp
+            .then(libp2p::upnp::tokio::Behaviour::default)
+            .into(),
         admit: rr_behaviour(
             PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
             wire::ADMIT_PROTOCOL,

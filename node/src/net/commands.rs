@@ -331,6 +331,7 @@ impl NetActor {
             flush_until: now + flush / 2,
             deadline: now + flush,
             closing: false,
+            closed_at: None,
             reply: Some(reply),
         });
     }

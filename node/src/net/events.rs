@@ -259,6 +259,7 @@ impl NetActor {
             BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
             BehaviourEvent::RelayServer(e) => self.on_relay_server(e),
             BehaviourEvent::Dcutr(e) => self.on_dcutr(e),
+            BehaviourEvent::Upnp(e) => self.on_upnp(e),
             BehaviourEvent::AutonatClient(e) => self.on_autonat(e),
             BehaviourEvent::AutonatServer(e) => {
                 tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "served an AutoNAT test");

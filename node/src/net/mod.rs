@@ -44,7 +44,7 @@ pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_
 use commands::Command;
 pub use handle::NetHandle;
 pub(crate) use handle::SharedTopicRate;
-pub use reach::{NatStatus, PunchState, PunchStats, ReachInfo, ReservationInfo};
+pub use reach::{NatStatus, PunchState, PunchStats, ReachInfo, ReservationInfo, UpnpInfo, UpnpStatus};
 pub use report::{ConnectedPeer, Discovery, Listening, NetEvent, NetInfo};
 
 use crate::config::Config;
@@ -84,6 +84,9 @@ pub fn ping_timing(heartbeat: Duration) -> (Duration, Duration) {
 }
 /// Reachability upkeep interval.
 pub const REACH_UPKEEP: Duration = Duration::from_secs(2);
+/// How long a clean stop waits, after closing its listeners, for the router to remove the
+/// ports it forwarded (UPnP): the removal runs in the background.
+pub const UPNP_UNMAP_LINGER: Duration = Duration::from_millis(500);
 /// During a clean stop, connections stay open this long after the last delivery answer
 /// went out, so the sender reads it before the connection closes (a sender whose
 /// connection closes first retries, and the batch arrives twice).
@@ -224,6 +227,8 @@ struct StopState {
     flush_until: Instant,
     deadline: Instant,
     closing: bool,
+    /// When the listeners were closed.
+    closed_at: Option<Instant>,
     reply: Option<oneshot::Sender<()>>,
 }
 
@@ -259,6 +264,7 @@ pub fn spawn(
             config.relay.serve,
             config.relay.serve && config.relay.for_anyone,
             &config.external,
+            config.internet.upnp,
         ),
         pings: HashMap::new(),
         commands,
@@ -362,6 +368,7 @@ impl NetActor {
     fn stop_done(&mut self) -> bool {
         let now = Instant::now();
         let answered = self.dm_answering.is_empty() && self.answers_read_by(now);
+        let mapped = self.reach_upnp_mapped();
         let Some(st) = self.stop.as_mut() else { return false };
         if !st.closing && (answered || now >= st.flush_until) {
             if !self.dm_answering.is_empty() {
@@ -371,13 +378,21 @@ impl NetActor {
                 );
             }
             st.closing = true;
+            // Listeners closed first: a port mapped on the router (UPnP) is removed with
+            // its listener, while the connections close.
+            for id in self.listeners_reported.iter().copied().collect::<Vec<_>>() {
+                self.swarm.remove_listener(id);
+            }
+            st.closed_at = Some(now);
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
             tracing::debug!(peers = peers.len(), "closing connections");
             for p in peers {
                 let _ = self.swarm.disconnect_peer_id(p);
             }
         }
-        st.closing && (self.swarm.connected_peers().next().is_none() || now >= st.deadline)
+        // The router is asked to remove a mapped port in the background: give it a moment.
+        let unmapped = !mapped || st.closed_at.is_some_and(|t| now >= t + UPNP_UNMAP_LINGER);
+        st.closing && (self.swarm.connected_peers().next().is_none() && unmapped || now >= st.deadline)
     }
 
     /// Whether the last delivery answer has had [`ANSWER_LINGER`] to reach its sender.

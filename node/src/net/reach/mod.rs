@@ -13,6 +13,8 @@ mod punch;
 pub use punch::PunchState;
 mod redial;
 mod slots;
+mod upnp;
+pub use upnp::{UpnpInfo, UpnpStatus};
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -99,6 +101,8 @@ pub struct ReachInfo {
     pub relay_serving: bool,
     /// Relayed connections this node carries for others right now.
     pub relay_circuits: u32,
+    /// Port mapping on the home router.
+    pub upnp: UpnpInfo,
 }
 
 /// State of the reachability machinery, owned by the network actor.
@@ -111,6 +115,7 @@ pub(super) struct Reach {
     relay_serving: bool,
     relay_for_anyone: bool,
     declared: Vec<Multiaddr>,
+    upnp: UpnpInfo,
 }
 
 impl Reach {
@@ -119,6 +124,7 @@ impl Reach {
         relay_serving: bool,
         relay_for_anyone: bool,
         declared: &[Multiaddr],
+        upnp: bool,
     ) -> Self {
         Self {
             plan: ReachPlan::new(configured),
@@ -127,6 +133,7 @@ impl Reach {
             relay_serving,
             relay_for_anyone,
             declared: declared.to_vec(),
+            upnp: UpnpInfo::new(upnp),
         }
     }
 
@@ -230,6 +237,7 @@ impl NetActor {
             punch: self.reach.plan.punch,
             relay_serving: self.reach.relay_serving,
             relay_circuits: self.reach.relay_circuits,
+            upnp: self.reach.upnp.clone(),
         }
     }
 
@@ -466,6 +474,17 @@ impl NetActor {
                 tracing::info!(peer = %e.remote_peer_id, error = %err, retries, "hole punch failed; staying relayed, will try again");
             }
         }
+        self.reach_changed();
+    }
+
+    /// The router forwards a port to this node (UPnP).
+    pub(super) fn reach_upnp_mapped(&self) -> bool {
+        self.reach.upnp.status == UpnpStatus::Mapped
+    }
+
+    pub(super) fn on_upnp(&mut self, e: libp2p::upnp::Event) {
+        let said = self.reach.upnp.on_event(e);
+        tracing::info!("{said}");
         self.reach_changed();
     }
 
