@@ -304,7 +304,7 @@ impl NetActor {
         for a in listen.iter().take(MAX_ADDRS_PER_PEER) {
             self.remember(peer_id, a.clone());
         }
-        self.reach_on_identify(peer_id, &info.protocols);
+        self.reach_on_identify(peer_id, &info.protocols, &listen);
         if let Some(s) = self.peers.get_mut(&peer_id) {
             s.identified = Some((info.protocols.clone(), listen.clone()));
         }

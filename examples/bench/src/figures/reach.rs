@@ -120,8 +120,10 @@ pub async fn rows(lab: &mut Lab, quick: bool) -> anyhow::Result<Vec<Row>> {
     } else {
         (10, &SCENARIOS[..])
     };
+    // MESH_BENCH_REACH=<words>: only the scenarios whose name contains them.
+    let only = std::env::var("MESH_BENCH_REACH").unwrap_or_default();
     let mut rows = Vec::new();
-    for sc in scenarios {
+    for sc in scenarios.iter().filter(|s| s.name.contains(only.as_str())) {
         let mut seen = Vec::new();
         for i in 0..trials {
             let delay = Duration::from_millis(DIAL_DELAYS_MS[i % DIAL_DELAYS_MS.len()]);

@@ -501,10 +501,41 @@ impl NetActor {
         self.reach_changed();
     }
 
-    /// After identify: note relays.
-    pub(super) fn reach_on_identify(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol]) {
+    /// After identify: note relays. A relay in use that listens on QUIC is reached over QUIC
+    /// too: its identify then tells this node its QUIC address as the NAT maps it, which
+    /// hole punches need (a QUIC punch holds where routers answer unsolicited TCP with a
+    /// reset, which kills a TCP punch).
+    pub(super) fn reach_on_identify(
+        &mut self,
+        peer: PeerId,
+        protocols: &[libp2p::StreamProtocol],
+        listen: &[Multiaddr],
+    ) {
         if protocols.iter().any(|p| p.as_ref() == HOP_PROTOCOL) {
             self.reach.plan.slots.offers(peer);
+        }
+        if !self.reach_uses_relay(&peer) {
+            return;
+        }
+        let is_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
+        let over_quic = self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.connections.values().any(|c| is_quic(&c.addr)));
+        let we_quic = self.swarm.listeners().any(is_quic);
+        if let Some(quic) = listen
+            .iter()
+            .find(|a| is_quic(a) && path_of(a) != Path::Relayed)
+            .filter(|_| we_quic && !over_quic)
+        {
+            tracing::debug!(relay = %peer, addr = %quic, "reaching the relay over QUIC too");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![quic.clone()])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(relay = %peer, error = %e, "cannot dial the relay over QUIC");
+            }
         }
     }
 }
