@@ -17,7 +17,7 @@ use super::plan::{Links, ReachAction};
 
 /// Wait before the first retry: DCUtR's own attempts on the first relayed connection come
 /// first (three dials within a few round trips).
-pub(in crate::net) const PUNCH_FIRST: Duration = Duration::from_secs(5);
+pub(in crate::net) const PUNCH_FIRST: Duration = Duration::from_secs(3);
 /// Longest wait between retries.
 pub(in crate::net) const PUNCH_RETRY_MAX: Duration = Duration::from_secs(300);
 
@@ -159,14 +159,14 @@ mod tests {
         let t0 = Instant::now();
         // DCUtR's own attempts come first.
         assert!(p.due(t0, &links).is_empty());
-        assert!(p.due(t0 + 4 * S, &links).is_empty());
-        assert_eq!(punched(&p.due(t0 + 5 * S, &links)), [m]);
-        // Then 10 s, 20 s, ... up to five minutes.
-        assert!(p.due(t0 + 14 * S, &links).is_empty());
-        assert_eq!(punched(&p.due(t0 + 15 * S, &links)), [m]);
-        assert!(p.due(t0 + 34 * S, &links).is_empty());
-        assert_eq!(punched(&p.due(t0 + 35 * S, &links)), [m]);
-        let mut at = t0 + 35 * S;
+        assert!(p.due(t0 + 2 * S, &links).is_empty());
+        assert_eq!(punched(&p.due(t0 + 3 * S, &links)), [m]);
+        // Then 6 s, 12 s, ... up to five minutes.
+        assert!(p.due(t0 + 8 * S, &links).is_empty());
+        assert_eq!(punched(&p.due(t0 + 9 * S, &links)), [m]);
+        assert!(p.due(t0 + 20 * S, &links).is_empty());
+        assert_eq!(punched(&p.due(t0 + 21 * S, &links)), [m]);
+        let mut at = t0 + 21 * S;
         for _ in 0..10 {
             at += PUNCH_RETRY_MAX;
             assert_eq!(punched(&p.due(at, &links)), [m]);
@@ -183,7 +183,7 @@ mod tests {
         let mut p = Punches::default();
         let t0 = Instant::now();
         p.due(t0, &links);
-        assert_eq!(punched(&p.due(t0 + 5 * S, &links)), [m]);
+        assert_eq!(punched(&p.due(t0 + 3 * S, &links)), [m]);
         p.failed(&m, "Giving up after 3 dial attempts".into());
         assert_eq!(
             p.state(&m).and_then(|s| s.last_failure).as_deref(),
@@ -210,23 +210,23 @@ mod tests {
         let mut p = Punches::default();
         let t0 = Instant::now();
         p.due(t0, &links);
-        p.due(t0 + 5 * S, &links);
-        p.due(t0 + 15 * S, &links);
-        // Waiting 20 s now; a new address of ours cuts that short (one seen before does not).
+        p.due(t0 + 3 * S, &links);
+        p.due(t0 + 9 * S, &links);
+        // Waiting 12 s now; a new address of ours cuts that short (one seen before does not).
         let addr: Multiaddr = "/ip4/5.0.0.2/tcp/40001".parse().expect("addr");
-        p.own_address(&addr, t0 + 15 * S);
-        p.due(t0 + 15 * S, &links);
-        p.own_address(&addr, t0 + 16 * S);
-        assert!(p.due(t0 + 16 * S, &links).is_empty(), "an address seen before");
-        p.own_address(&"/ip4/5.0.0.2/udp/40001/quic-v1".parse().expect("addr"), t0 + 16 * S);
-        let mut got = punched(&p.due(t0 + 16 * S, &links));
+        p.own_address(&addr, t0 + 10 * S);
+        p.due(t0 + 10 * S, &links);
+        p.own_address(&addr, t0 + 11 * S);
+        assert!(p.due(t0 + 11 * S, &links).is_empty(), "an address seen before");
+        p.own_address(&"/ip4/5.0.0.2/udp/40001/quic-v1".parse().expect("addr"), t0 + 11 * S);
+        let mut got = punched(&p.due(t0 + 11 * S, &links));
         got.sort();
         let mut want = vec![m1, m2];
         want.sort();
         assert_eq!(got, want);
         // And the waits start again from the shortest.
-        assert!(p.due(t0 + 20 * S, &links).is_empty());
-        assert_eq!(punched(&p.due(t0 + 26 * S, &links)).len(), 2);
+        assert!(p.due(t0 + 16 * S, &links).is_empty());
+        assert_eq!(punched(&p.due(t0 + 17 * S, &links)).len(), 2);
     }
 
     #[test]
@@ -240,7 +240,7 @@ mod tests {
             links.relayed_only(other, Some(circuit(other)));
             let mut p = Punches::default();
             p.due(t0, &links);
-            punched(&p.due(t0 + 5 * S, &links))
+            punched(&p.due(t0 + 3 * S, &links))
         };
         assert_eq!(run(small, large, true), [large]);
         assert!(run(large, small, true).is_empty(), "the smaller one dials");
@@ -256,10 +256,10 @@ mod tests {
         let mut p = Punches::default();
         let t0 = Instant::now();
         p.due(t0, &links);
-        assert!(p.due(t0 + 5 * S, &links).is_empty(), "nothing to dial");
+        assert!(p.due(t0 + 3 * S, &links).is_empty(), "nothing to dial");
         assert_eq!(p.state(&m).map(|s| s.retries), Some(0));
         // Its slot comes up: the next turn dials it.
         links.relayed_only(m, Some(circuit(m)));
-        assert_eq!(punched(&p.due(t0 + 15 * S, &links)), [m]);
+        assert_eq!(punched(&p.due(t0 + 9 * S, &links)), [m]);
     }
 }
