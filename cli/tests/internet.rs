@@ -141,6 +141,14 @@ where
     }
 }
 
+/// Waits until `home`'s node has a direct (not relayed) connection to `peer`.
+async fn wait_direct(home: &Home, peer: mesh_node::PeerId) {
+    wait_until(home, "a direct connection", |c| async move {
+        connections(&c, peer).await.iter().any(|c| c.path != PathView::Relayed)
+    })
+    .await;
+}
+
 /// B's address through the relay, once it holds a slot.
 async fn relayed_addr(hb: &Home) -> String {
     wait_until(hb, "a relay slot on B", |c| async move {
@@ -302,13 +310,7 @@ fn a_failed_hole_punch_is_tried_again_until_the_connection_goes_direct() {
         .await;
         // The routers let each other through again: a later punch makes it.
         block(false);
-        wait_until(&w.ha, "a direct connection to B", |c| async move {
-            connections(&c, b_peer)
-                .await
-                .iter()
-                .any(|c| c.path != PathView::Relayed)
-        })
-        .await;
+        wait_direct(&w.ha, b_peer).await;
         let texts = vec!["over the relay".to_string(), "direct at last".to_string()];
         send(&w.ha, "tester@beta", &texts[1]).await;
         wait_inbox(&w.hb, "tester", &texts).await;
@@ -337,13 +339,7 @@ fn a_relay_in_a_private_range_gives_slots_all_the_same() {
         let texts = vec!["through a relay in 10.99.0.0/24".to_string()];
         send(&w.ha, "tester@beta", &texts[0]).await;
         wait_inbox(&w.hb, "tester", &texts).await;
-        wait_until(&w.ha, "a direct connection to B", |c| async move {
-            connections(&c, b_peer)
-                .await
-                .iter()
-                .any(|c| c.path != PathView::Relayed)
-        })
-        .await;
+        wait_direct(&w.ha, b_peer).await;
     });
 }
 
