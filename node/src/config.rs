@@ -103,7 +103,8 @@ impl Default for Relay {
 pub struct Internet {
     /// Ask the home router (UPnP IGD) to forward the listening ports to this node, so that
     /// it is reachable directly and needs no relay; the mapping is renewed while the node
-    /// runs and removed when it stops. It tells the router (nothing beyond it) that this
+    /// runs and removed when it stops (a node listening on loopback only never asks). It
+    /// tells the router (nothing beyond it) that this
     /// machine runs a node on those ports.
     pub upnp: bool,
 }
@@ -444,6 +445,17 @@ impl Config {
         self.mdns && self.lan.libp2p_mdns
     }
 
+    /// Whether UPnP port mapping runs: turned on, and some listen address is not loopback
+    /// (a node only on loopback has nothing to map, and asks no router anything).
+    pub fn upnp(&self) -> bool {
+        let loopback = |a: &Multiaddr| match a.iter().next() {
+            Some(libp2p::multiaddr::Protocol::Ip4(ip)) => ip.is_loopback(),
+            Some(libp2p::multiaddr::Protocol::Ip6(ip)) => ip.is_loopback(),
+            _ => false,
+        };
+        self.internet.upnp && self.listen_addrs().0.iter().any(|a| !loopback(a))
+    }
+
     /// Whether DNS-SD runs.
     pub fn dnssd(&self) -> bool {
         self.mdns && self.lan.dnssd
@@ -477,6 +489,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upnp_runs_only_when_on_and_listening_beyond_loopback() {
+        let mut c = Config::default();
+        assert!(c.upnp(), "default: every interface");
+        c.listen = vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip6/::1/tcp/0".parse().unwrap(),
+        ];
+        assert!(!c.upnp(), "loopback only: no router is asked");
+        c.listen.push("/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap());
+        assert!(c.upnp());
+        c.internet.upnp = false;
+        assert!(!c.upnp());
+    }
 
     #[test]
     fn flags_override_file() {

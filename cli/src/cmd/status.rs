@@ -99,7 +99,7 @@ fn print_reach(s: &StatusView) {
         r.punch.failures
     );
     let upnp = match r.upnp.status {
-        UpnpStatusView::Off => "off ([internet] upnp = false)".to_string(),
+        UpnpStatusView::Off => "off ([internet] upnp = false, or listening on loopback only)".to_string(),
         UpnpStatusView::Searching => "looking for the router".to_string(),
         UpnpStatusView::NoGateway => "no UPnP router on this network".to_string(),
         UpnpStatusView::NotRoutable => "the router has no public address (another NAT behind it)".to_string(),

@@ -115,7 +115,7 @@ pub struct ReachView {
 /// How UPnP port mapping stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpnpStatusView {
-    /// Turned off (`[internet] upnp = false`).
+    /// Turned off (`[internet] upnp = false`, or listening on loopback only).
     #[default]
     Off,
     /// Looking for the router, or asking it.

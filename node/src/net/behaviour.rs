@@ -224,11 +224,7 @@ fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Confi
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_every).with_timeout(ping_timeout)),
         mdns: lan_discovery(peer, config.libp2p_mdns()).into(),
-        upnp: config
-            .internet
-            .upnp
-            .then(libp2p::upnp::tokio::Behaviour::default)
-            .into(),
+        upnp: config.upnp().then(libp2p::upnp::tokio::Behaviour::default).into(),
         admit: rr_behaviour(
             PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
             wire::ADMIT_PROTOCOL,

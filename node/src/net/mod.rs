@@ -264,7 +264,7 @@ pub fn spawn(
             config.relay.serve,
             config.relay.serve && config.relay.for_anyone,
             &config.external,
-            config.internet.upnp,
+            config.upnp(),
         ),
         pings: HashMap::new(),
         commands,

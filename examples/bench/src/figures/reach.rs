@@ -38,60 +38,45 @@ struct Scenario {
     quiet: bool,
 }
 
+/// Two endpoint-independent NATs behind quiet routers, members of one mesh, the public
+/// segment in a global range: what each scenario changes.
+const EIM_PAIR: Scenario = Scenario {
+    name: "EIM pair, public segment in a global range",
+    public: [5, 0, 0],
+    nat_a: Nat::EndpointIndependent,
+    nat_b: Nat::EndpointIndependent,
+    punchable: true,
+    open: false,
+    quiet: true,
+};
+
 const SCENARIOS: [Scenario; 6] = [
-    Scenario {
-        name: "EIM pair, public segment in a global range",
-        public: [5, 0, 0],
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
-        punchable: true,
-        open: false,
-        quiet: true,
-    },
+    EIM_PAIR,
     Scenario {
         name: "EIM pair, public segment in 100.64.0.0/10",
         public: [100, 64, 0],
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
-        punchable: true,
-        open: false,
-        quiet: true,
+        ..EIM_PAIR
     },
     Scenario {
         name: "EIM pair, relay segment in a private range",
         public: [10, 99, 0],
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
-        punchable: true,
-        open: false,
-        quiet: true,
+        ..EIM_PAIR
     },
     Scenario {
         name: "EIM and symmetric",
-        public: [5, 0, 0],
-        nat_a: Nat::EndpointIndependent,
         nat_b: Nat::Symmetric,
         punchable: false,
-        open: false,
-        quiet: true,
+        ..EIM_PAIR
     },
     Scenario {
         name: "EIM pair in open mode, public segment in a global range",
-        public: [5, 0, 0],
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
-        punchable: true,
         open: true,
-        quiet: true,
+        ..EIM_PAIR
     },
     Scenario {
         name: "EIM pair behind routers that answer unsolicited packets",
-        public: [5, 0, 0],
-        nat_a: Nat::EndpointIndependent,
-        nat_b: Nat::EndpointIndependent,
-        punchable: true,
-        open: false,
         quiet: false,
+        ..EIM_PAIR
     },
 ];
 

@@ -7,7 +7,7 @@ use libp2p::Multiaddr;
 /// How UPnP port mapping stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UpnpStatus {
-    /// Turned off (`[internet] upnp = false`).
+    /// Turned off (`[internet] upnp = false`, or listening on loopback only).
     #[default]
     Off,
     /// Looking for the router, or asking it.
