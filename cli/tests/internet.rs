@@ -235,6 +235,13 @@ fn endpoint_independent_nat_hole_punch_goes_direct() {
             status(&c).await.reach.nat == NatView::Public
         })
         .await;
+        // B knows its relay by a TCP address; it reaches the relay over QUIC too, so that its
+        // QUIC address (as the NAT maps it) is observed and can be punched.
+        let relay_peer = w.relay.as_ref().unwrap().info.peer_id;
+        wait_until(&w.hb, "B reaching the relay over QUIC too", |c| async move {
+            connections(&c, relay_peer).await.iter().any(|c| c.transport == "quic")
+        })
+        .await;
 
         // A reaches B through the relay; the connection is upgraded to a direct one.
         w.ha.run(&["dial", &relayed]).ok();
