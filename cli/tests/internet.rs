@@ -141,6 +141,19 @@ where
     }
 }
 
+/// Polls `check` every 200 ms until it holds, for at most [`WAIT`].
+async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `home`'s node has a direct (not relayed) connection to `peer`.
 async fn wait_direct(home: &Home, peer: mesh_node::PeerId) {
     wait_until(home, "a direct connection", |c| async move {
@@ -436,12 +449,14 @@ fn symmetric_nat_stays_relayed_and_loses_nothing() {
         );
         // Punching goes on, and `mesh peers` says so (with why the last one failed, once
         // this side heard of a failure).
-        wait_until(&w.ha, "punching for B shown", |c| async move {
-            c.peers()
-                .await
-                .unwrap()
-                .iter()
-                .any(|p| p.peer_id == b_peer && p.punch.is_some())
+        // (Polled: punching changes no reachability, so no event tells of it.)
+        let ca = client(&w.ha).await;
+        let punch = |c: Client, peer| async move {
+            let peers = c.peers().await.unwrap();
+            peers.into_iter().find(|p| p.peer_id == peer).and_then(|p| p.punch)
+        };
+        poll_until("punching for B shown", || async {
+            punch(ca.clone(), b_peer).await.is_some()
         })
         .await;
         let out = w.ha.run(&["peers"]);
