@@ -173,7 +173,8 @@ pub fn tcp_transport(key: &Keypair, guard: Guard) -> Result<Boxed<(PeerId, Strea
     let mut mux = yamux::Config::default();
     mux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
     let metering = guard.clone();
-    let upgraded = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+    let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
+    let upgraded = super::port_reuse::FreshPortFallback::new(tcp)
         .map(move |stream, endpoint| Metered {
             inner: stream,
             meter: metering.meter(&endpoint),
