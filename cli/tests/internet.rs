@@ -114,14 +114,23 @@ async fn status(c: &Client) -> StatusView {
 }
 
 /// Waits, on the node's events, until `check` holds (re-checked after every event).
-async fn wait_until<F, Fut>(home: &Home, what: &str, mut check: F)
+async fn wait_until<F, Fut>(home: &Home, what: &str, check: F)
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_until_within(home, what, WAIT, check).await
+}
+
+/// [`wait_until`] for at most `within`.
+async fn wait_until_within<F, Fut>(home: &Home, what: &str, within: Duration, mut check: F)
 where
     F: FnMut(Client) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let c = client(home).await;
     let mut ev = c.watch(vec![]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if check(c.clone()).await {
             return;
@@ -214,9 +223,14 @@ async fn send(home: &Home, to: &str, text: &str) -> mesh_node::api::SendReceipt 
 
 /// Waits until `agent` on `home` holds exactly `texts` from alice, in this order.
 async fn wait_inbox(home: &Home, agent: &str, texts: &[String]) {
+    wait_inbox_within(home, agent, texts, WAIT).await
+}
+
+/// [`wait_inbox`] for at most `within`.
+async fn wait_inbox_within(home: &Home, agent: &str, texts: &[String], within: Duration) {
     let agent = agent.to_string();
     let want = texts.to_vec();
-    wait_until(home, &format!("{} messages for {agent}", want.len()), |c| {
+    wait_until_within(home, &format!("{} messages for {agent}", want.len()), within, |c| {
         let (agent, want) = (agent.clone(), want.clone());
         async move {
             let got = common::whole_inbox(&c, &agent).await.unwrap();
@@ -533,4 +547,212 @@ fn a_node_known_only_by_peer_id_is_found_through_the_dht() {
         wait_inbox(&w.hb, "tester", &["found you through the DHT".to_string()]).await;
         assert!(!connection_to(&w.ha, b_peer).await.is_empty());
     });
+}
+
+/// A node of the stand-in public network ([`mesh_node::stand_in`]), run by
+/// [`public_node_child`] in its own process inside a namespace.
+struct PublicNode {
+    child: std::process::Child,
+    peer: mesh_node::PeerId,
+    addr: String,
+}
+
+impl Drop for PublicNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a public node on `host` (port 4001), entering the DHT through `bootstrap`.
+fn public_node(host: &Host, relay: bool, bootstrap: &[&str]) -> PublicNode {
+    use std::io::BufRead;
+    let mut cmd = host.command(&std::env::current_exe().unwrap());
+    cmd.args([
+        "public_node_child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("PUBLIC_NODE_EXTERNAL", host.ip.to_string())
+    .env("PUBLIC_NODE_RELAY", if relay { "1" } else { "0" })
+    .env("PUBLIC_NODE_BOOTSTRAP", bootstrap.join(","))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest's "test public_node_child ... " may precede it on the line.
+            if let Some(id) = line.split("PUBLIC_NODE_PEER ").nth(1) {
+                let _ = tx.try_send(id.trim().to_string());
+            }
+        }
+    });
+    let peer: mesh_node::PeerId = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the public node did not start")
+        .parse()
+        .unwrap();
+    let addr = format!("/ip4/{}/tcp/4001/p2p/{peer}", host.ip);
+    PublicNode { child, peer, addr }
+}
+
+/// The public node process of [`public_node`] (configured by its environment).
+#[test]
+#[ignore = "the public node process of the public-network tests"]
+fn public_node_child() {
+    let Ok(ip) = std::env::var("PUBLIC_NODE_EXTERNAL") else {
+        return;
+    };
+    let bootstrap = std::env::var("PUBLIC_NODE_BOOTSTRAP").unwrap_or_default();
+    let opts = mesh_node::stand_in::StandIn {
+        key: libp2p::identity::Keypair::generate_ed25519(),
+        port: 4001,
+        external: vec![
+            format!("/ip4/{ip}/tcp/4001").parse().unwrap(),
+            format!("/ip4/{ip}/udp/4001/quic-v1").parse().unwrap(),
+        ],
+        bootstrap: bootstrap
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        relay: std::env::var("PUBLIC_NODE_RELAY").is_ok_and(|v| v == "1"),
+    };
+    runtime().block_on(async move {
+        let r = mesh_node::stand_in::run(opts, |peer| {
+            use std::io::Write;
+            println!("PUBLIC_NODE_PEER {peer}");
+            let _ = std::io::stdout().flush();
+        })
+        .await;
+        panic!("the public node stopped: {r:?}");
+    });
+}
+
+#[test]
+fn members_with_no_public_address_meet_through_the_public_network_even_after_both_moved() {
+    let Some(mut lab) = Lab::new("pubnet") else {
+        return;
+    };
+    let inet = lab.segment("inet", [5, 0, 0]);
+    let lan_a = lab.segment("lana", [10, 1, 0]);
+    let lan_b = lab.segment("lanb", [10, 2, 0]);
+    // The public network: a DHT node to enter through, and relays (public nodes that
+    // relay, with the public limits). No member relays, nobody with a public address.
+    let (p0_host, r1_host, r2_host) = (
+        lab.host("p0", &inet, 10),
+        lab.host("r1", &inet, 11),
+        lab.host("r2", &inet, 12),
+    );
+    let mut ra = lab.router("ra", &inet, 2, &lan_a, Nat::EndpointIndependent);
+    let mut rb = lab.router("rb", &inet, 3, &lan_b, Nat::EndpointIndependent);
+    let mut host_a = lab.host_via("a", &lan_a, 10, ra.lan_ip);
+    let mut host_b = lab.host_via("b", &lan_b, 10, rb.lan_ip);
+    let p0 = public_node(&p0_host, false, &[]);
+    let r1 = public_node(&r1_host, true, &[&p0.addr]);
+    // A has a mesh; B has none yet and joins A's with an invite code.
+    let (ha, hb) = (Home::new(), Home::alone());
+    for h in [&ha, &hb] {
+        std::fs::write(
+            h.path().join("config.toml"),
+            format!(
+                "{FAST_CONFIG}\n[internet]\npublic_network = true\npublic_bootstrap = [\"{}\"]\n",
+                p0.addr
+            ),
+        )
+        .unwrap();
+    }
+    let listen = [
+        "--listen",
+        "/ip4/0.0.0.0/tcp/0",
+        "--listen",
+        "/ip4/0.0.0.0/udp/0/quic-v1",
+    ];
+    let a = start(&host_a, &ha, "alpha", &listen);
+    let b = start(&host_b, &hb, "beta", &listen);
+    let b_peer = b.info.peer_id;
+    let rt = runtime();
+    rt.block_on(async {
+        // A finds the public relay through the DHT and takes a slot on it; its invite
+        // code carries the relayed address, the only one B can reach.
+        wait_until_within(&ha, "a slot on the public relay", 2 * WAIT, |c| async move {
+            status(&c)
+                .await
+                .reach
+                .reservations
+                .iter()
+                .any(|r| r.relay == r1.peer && r.accepted)
+        })
+        .await;
+        let invite = match client(&ha)
+            .await
+            .call(Request::Invite { ttl_s: 600, uses: 1 })
+            .await
+            .unwrap()
+        {
+            Response::Invite(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            invite.addrs.iter().any(|a| a.contains("/p2p-circuit")),
+            "no relayed address in the invite: {:?}",
+            invite.addrs
+        );
+        match client(&hb)
+            .await
+            .call(Request::Join { code: invite.code })
+            .await
+            .unwrap()
+        {
+            Response::Joined(_) => {}
+            other => panic!("{other:?}"),
+        }
+        let first = "met through the public network".to_string();
+        let r = send(&ha, &format!("tester@{b_peer}"), &first).await;
+        assert!(!matches!(r.status, SendStatus::Rejected { .. }), "{:?}", r.status);
+        wait_inbox(&hb, "tester", std::slice::from_ref(&first)).await;
+        // Each publishes its rendezvous record (its relayed address) for later.
+        for h in [&ha, &hb] {
+            poll_until("the rendezvous record published", || async {
+                status(&client(h).await).await.reach.public.published_ms.is_some()
+            })
+            .await;
+        }
+        let s = status(&client(&ha).await).await;
+        // None of the public nodes is listed as a node seen nearby.
+        assert_eq!(s.outsiders, 0, "public nodes listed as outsiders");
+    });
+    // Both move: new public addresses (their ISPs renumbered them), new LAN addresses, and
+    // the relay they used is gone; another one appeared in the public network.
+    drop(r1);
+    let r2 = public_node(&r2_host, true, &[&p0.addr]);
+    lab.renumber_router(&mut ra, 22);
+    lab.renumber_host(&mut host_a, 20, ra.lan_ip);
+    lab.renumber_router(&mut rb, 33);
+    lab.renumber_host(&mut host_b, 30, rb.lan_ip);
+    rt.block_on(async {
+        let second = "found you again after we both moved".to_string();
+        let r = send(&ha, &format!("tester@{b_peer}"), &second).await;
+        assert!(!matches!(r.status, SendStatus::Rejected { .. }), "{:?}", r.status);
+        wait_inbox_within(
+            &hb,
+            "tester",
+            &["met through the public network".to_string(), second],
+            2 * WAIT,
+        )
+        .await;
+        let s = status(&client(&hb).await).await;
+        assert!(
+            s.reach.reservations.iter().any(|r| r.relay == r2.peer && r.accepted),
+            "a slot on the new public relay: {:?}",
+            s.reach.reservations
+        );
+        assert!(s.reach.public.found + status(&client(&ha).await).await.reach.public.found >= 2);
+    });
+    drop((a, b));
 }

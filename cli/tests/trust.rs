@@ -165,3 +165,27 @@ fn the_local_api_is_for_its_owner_only() {
     // The owner still can, and the daemon is fine.
     h.run(&["status"]).ok();
 }
+
+#[test]
+fn a_join_dials_again_when_the_inviting_node_comes_back_within_the_join_time() {
+    let (ha, hb) = (Home::alone(), Home::alone());
+    let da = start_daemon(&ha.path(), "a", 0, &[]);
+    let port = da.port();
+    let _db = start_daemon(&hb.path(), "b", 0, &[]);
+    let inv = ha.run(&["invite", "--ttl", "10m"]);
+    inv.ok();
+    let code = inv.stdout.trim().to_string();
+    // The inviting node is away (restarting, its relay slot or its network coming up)
+    // when the join starts, and back a moment later at the address its code gave.
+    drop(da);
+    let joiner = {
+        let hb_path = hb.path();
+        let code = code.clone();
+        std::thread::spawn(move || common::run_in(&hb_path, &["join", &code], None))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let _da = start_daemon(&ha.path(), "a", port, &[]);
+    let join = joiner.join().unwrap();
+    join.ok();
+    assert!(join.stdout.contains("joined mesh"), "{}", join.stdout);
+}

@@ -107,11 +107,37 @@ pub struct Internet {
     /// tells the router (nothing beyond it) that this
     /// machine runs a node on those ports.
     pub upnp: bool,
+    /// Use the public libp2p network to meet members when neither side has a public
+    /// address and no member relays (off unless turned on): join the public DHT (Amino,
+    /// `/ipfs/kad/1.0.0`) as a client, hold slots on public relays, and find members
+    /// through a record only members can compute. It reveals this node's PeerId and IP
+    /// addresses to public DHT nodes and relays, and to anyone watching the DHT which
+    /// PeerIds belong to one mesh (not which mesh, nor anything they say).
+    pub public_network: bool,
+    /// Where to enter the public network (multiaddrs with `/p2p/<id>`); the public IPFS
+    /// bootstrap nodes unless set.
+    pub public_bootstrap: Vec<Multiaddr>,
 }
+
+/// The public libp2p network's bootstrap nodes (as listed by libp2p and IPFS).
+pub const PUBLIC_BOOTSTRAP: [&str; 5] = [
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
 
 impl Default for Internet {
     fn default() -> Self {
-        Self { upnp: true }
+        Self {
+            upnp: true,
+            public_network: false,
+            public_bootstrap: PUBLIC_BOOTSTRAP
+                .iter()
+                .map(|a| a.parse().expect("a valid bootstrap address"))
+                .collect(),
+        }
     }
 }
 
@@ -407,6 +433,18 @@ impl Config {
                 )));
             }
         }
+        for n in &self.internet.public_bootstrap {
+            if !n.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(ConfigError::Invalid(format!(
+                    "internet.public_bootstrap entry {n} has no /p2p/<peer id> part"
+                )));
+            }
+        }
+        if self.internet.public_network && self.internet.public_bootstrap.is_empty() {
+            return Err(ConfigError::Invalid(
+                "internet.public_network needs at least one internet.public_bootstrap node".into(),
+            ));
+        }
         if self.presence.heartbeat < Duration::from_millis(100) {
             return Err(ConfigError::Invalid("presence.heartbeat must be at least 100ms".into()));
         }
@@ -489,6 +527,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_network_is_off_by_default_and_needs_bootstrap_nodes_with_peer_ids() {
+        let c = Config::default();
+        assert!(!c.internet.public_network);
+        assert_eq!(c.internet.public_bootstrap.len(), PUBLIC_BOOTSTRAP.len());
+        assert!(c.validate().is_ok());
+        let parse = |text: &str| {
+            toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+        };
+        assert!(parse("[internet]\npublic_network = true\n").is_ok(), "the default list");
+        let none = parse("[internet]\npublic_network = true\npublic_bootstrap = []\n").unwrap_err();
+        assert!(none.contains("at least one"), "{none}");
+        let no_id = parse("[internet]\npublic_bootstrap = [\"/ip4/5.0.0.10/tcp/4001\"]\n").unwrap_err();
+        assert!(no_id.contains("no /p2p/"), "{no_id}");
+    }
 
     #[test]
     fn upnp_runs_only_when_on_and_listening_beyond_loopback() {

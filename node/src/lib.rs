@@ -49,6 +49,7 @@ mod peer_tasks;
 pub mod ratelimit;
 pub mod server;
 pub mod settings;
+pub mod stand_in;
 pub mod store;
 pub mod sync;
 pub mod text;

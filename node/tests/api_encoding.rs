@@ -139,6 +139,12 @@ fn reach() -> ReachView {
             status: UpnpStatusView::Mapped,
             mapped: vec![addr()],
         },
+        public: PublicNetView {
+            enabled: true,
+            dht_peers: 9,
+            published_ms: Some(13),
+            found: 2,
+        },
     }
 }
 

@@ -114,6 +114,17 @@ fn print_reach(s: &StatusView) {
         ),
     };
     crate::outln!("upnp     {upnp}");
+    if r.public.enabled {
+        crate::outln!(
+            "public   network on: {} DHT nodes known, rendezvous record {}, {} members found through it",
+            r.public.dht_peers,
+            match r.public.published_ms {
+                Some(ms) => format!("published {} ago", output::ago(ms)),
+                None => "not published yet (no external or relayed address)".to_string(),
+            },
+            r.public.found
+        );
+    }
     if r.relay_serving {
         crate::outln!(
             "serving  relay for {}: {} relayed connections now",

@@ -350,6 +350,54 @@ impl Lab {
             .expect("ip netns exec")
     }
 
+    /// Moves a host to another address of its LAN (`.<last>`), as when a laptop joins
+    /// another network: its old address is gone, its default route kept.
+    pub fn renumber_host(&self, host: &mut Host, last: u8, gateway: Ipv4Addr) {
+        let [a, b, c, _] = host.ip.octets();
+        let ip = Ipv4Addr::new(a, b, c, last);
+        sh(&[
+            "ip",
+            "-n",
+            &host.ns,
+            "addr",
+            "del",
+            &format!("{}/24", host.ip),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &host.ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &host.ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ]);
+        host.ip = ip;
+    }
+
+    /// Gives a router another public address (`.<last>` of its public segment), as an
+    /// ISP does: connections translated to the old one lead nowhere.
+    pub fn renumber_router(&self, router: &mut Router, last: u8) {
+        let [a, b, c, _] = router.wan_ip.octets();
+        let ip = Ipv4Addr::new(a, b, c, last);
+        sh(&[
+            "ip",
+            "-n",
+            &router.ns,
+            "addr",
+            "del",
+            &format!("{}/24", router.wan_ip),
+            "dev",
+            "wan",
+        ]);
+        sh(&["ip", "-n", &router.ns, "addr", "add", &format!("{ip}/24"), "dev", "wan"]);
+        router.wan_ip = ip;
+    }
+
     /// Takes a host's link down or up (a cable pulled or plugged back).
     pub fn link(&self, host: &Host, up: bool) {
         sh(&[

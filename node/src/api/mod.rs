@@ -18,8 +18,8 @@ mod views;
 pub use calls::LocalApi;
 pub use error::*;
 pub use network::{
-    ConnectionView, NatView, PathView, PunchAttemptsView, PunchView, ReachView, ReservationView, StoreView,
-    UpnpStatusView, UpnpView,
+    ConnectionView, NatView, PathView, PublicNetView, PunchAttemptsView, PunchView, ReachView, ReservationView,
+    StoreView, UpnpStatusView, UpnpView,
 };
 pub use request::*;
 pub use views::*;

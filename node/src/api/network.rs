@@ -110,6 +110,32 @@ pub struct ReachView {
     pub relay_circuits: u32,
     /// Port mapping on the home router (API 5).
     pub upnp: UpnpView,
+    /// The public network option (API 5).
+    pub public: PublicNetView,
+}
+
+/// How this node uses the public libp2p network (`[internet] public_network`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicNetView {
+    /// The option is on.
+    pub enabled: bool,
+    /// Public DHT nodes in this node's routing table.
+    pub dht_peers: u32,
+    /// When the rendezvous record was last published, ms since the epoch.
+    pub published_ms: Option<u64>,
+    /// Members found through the rendezvous since start.
+    pub found: u32,
+}
+
+impl From<crate::net::PublicNetInfo> for PublicNetView {
+    fn from(p: crate::net::PublicNetInfo) -> Self {
+        Self {
+            enabled: p.enabled,
+            dht_peers: p.dht_peers,
+            published_ms: p.published_ms,
+            found: p.found,
+        }
+    }
 }
 
 /// How UPnP port mapping stands.
@@ -177,6 +203,7 @@ impl From<crate::net::ReachInfo> for ReachView {
             relay_serving: r.relay_serving,
             relay_circuits: r.relay_circuits,
             upnp: r.upnp.into(),
+            public: r.public.into(),
         }
     }
 }

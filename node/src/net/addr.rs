@@ -123,6 +123,14 @@ pub fn parse_multiaddr(s: &str) -> Result<Multiaddr, MultiaddrError> {
     })
 }
 
+/// The PeerId an address ends with (`.../p2p/<id>`), if any.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
+}
+
 /// The address without its trailing `/p2p/<id>`.
 pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {

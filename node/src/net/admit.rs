@@ -39,6 +39,11 @@ pub const MAX_OUTSIDERS: usize = 256;
 pub const MAX_ADMIT_REQUESTS: u32 = 8;
 /// Longest wait for a join.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Dials of the inviter per join: a failed one (a relay slot or connection coming up
+/// on either side, a network change) is tried again within the join's time.
+pub const MAX_JOIN_DIALS: u32 = 3;
+/// Pause before dialing the inviter again.
+pub const JOIN_REDIAL: Duration = Duration::from_secs(1);
 /// Times our proof is sent again after a failed attempt, per visit.
 pub const MAX_PROOF_SENDS: u32 = 3;
 /// Join attempts accepted from one peer per visit.
@@ -85,6 +90,10 @@ pub(super) struct JoinWait {
     pub(super) deadline: Instant,
     pub(super) sent: bool,
     pub(super) reply: oneshot::Sender<Result<(Grant, Voucher), NetError>>,
+    /// Dials of the inviter so far.
+    pub(super) dials: u32,
+    /// When to dial the inviter again after a failed dial.
+    pub(super) redial_at: Option<Instant>,
 }
 
 /// Admission state, owned by the network actor.
@@ -212,8 +221,12 @@ impl NetActor {
                 .admit
                 .send_response(ch, AdmitResponse::Refused(Refusal::Unverified));
         }
-        tracing::info!(%peer, %reason, "not admitted");
-        crate::metrics::Metrics::count(&self.metrics.admissions, "refused");
+        if self.public.is_public_node(&peer) {
+            tracing::debug!(%peer, "a public node: admitted to nothing");
+        } else {
+            tracing::info!(%peer, %reason, "not admitted");
+            crate::metrics::Metrics::count(&self.metrics.admissions, "refused");
+        }
         self.note_outsider(peer, reason);
         self.adm.denied.refuse(peer, Instant::now());
         self.adm.pending.remove(&peer);
@@ -258,6 +271,10 @@ impl NetActor {
 
     /// Lists `peer` among the outsiders (for `mesh peers`).
     fn note_outsider(&mut self, peer: PeerId, reason: String) {
+        if self.public.is_public_node(&peer) {
+            // A DHT node or relay of the public network: not someone seen nearby.
+            return;
+        }
         let claimed_name = self.adm.pending.get(&peer).and_then(|p| p.claimed_name.clone());
         let addrs: Vec<Multiaddr> = self
             .addrs
@@ -297,13 +314,22 @@ impl NetActor {
         }
     }
 
-    /// Whether a connection to a non-member stays open: relays we use, relay clients
-    /// when relaying for anyone, a join in progress either way.
+    /// Whether a connection to a non-member stays open: relays we use or that carry a
+    /// relayed connection of ours, relay clients when relaying for anyone, a join in
+    /// progress either way.
     fn keeps_outsider(&self, peer: &PeerId) -> bool {
         self.reach_uses_relay(peer)
+            || self.carries_ours(peer)
             || self.reach_serving_anyone()
             || self.adm.joining.contains_key(peer)
             || self.adm.join_in.values().any(|(p, _)| p == peer)
+    }
+
+    /// Whether a relayed connection of ours runs through `relay`.
+    fn carries_ours(&self, relay: &PeerId) -> bool {
+        self.peers
+            .values()
+            .any(|s| s.connections.values().any(|c| c.via == Some(*relay)))
     }
 
     /// Closes the connections of a refused peer (unless it was admitted meanwhile).
@@ -338,6 +364,16 @@ impl NetActor {
                 "no membership proof within 10 s"
             };
             self.refuse(peer, why.to_string());
+        }
+        let redial: Vec<PeerId> = self
+            .adm
+            .joining
+            .iter()
+            .filter(|(_, j)| j.redial_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in redial {
+            self.dial_inviter(peer);
         }
         let expired: Vec<PeerId> = self
             .adm

@@ -88,6 +88,8 @@ mod composed {
         pub(in crate::net) autonat_client: Gate<autonat::v2::client::Behaviour>,
         pub(in crate::net) autonat_server: Gate<autonat::v2::server::Behaviour>,
         pub(in crate::net) kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
+        /// The public DHT, as a client (`[internet] public_network`; see `net::public`).
+        pub(in crate::net) public_kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     }
 
     impl Behaviour {
@@ -271,6 +273,7 @@ fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Confi
         autonat_client: gate(autonat::v2::client::Behaviour::default()),
         autonat_server: gate(autonat::v2::server::Behaviour::default()),
         kad: gate(kademlia(peer)),
+        public_kad: config.internet.public_network.then(|| public_kademlia(peer)).into(),
     })
 }
 
@@ -320,6 +323,16 @@ fn lan_discovery(peer: libp2p::PeerId, on: bool) -> Option<mdns::tokio::Behaviou
             None
         }
     }
+}
+
+/// The public DHT (Amino), in which this node only asks: it advertises no DHT protocol,
+/// so no stranger stores records on it or routes through it.
+fn public_kademlia(peer: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut cfg = kad::Config::new(super::PUBLIC_KAD_PROTOCOL);
+    cfg.set_query_timeout(Duration::from_secs(30));
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
+    kad.set_mode(Some(kad::Mode::Client));
+    kad
 }
 
 /// Our own Kademlia DHT, in which every node answers lookups.

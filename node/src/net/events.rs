@@ -101,6 +101,7 @@ impl NetActor {
         if was_member {
             if !self.stopping && !self.adm.mesh.is_revoked(&peer) {
                 self.reach_on_member_lost(peer);
+                self.public_member_lost();
             }
             self.emit(NetEvent::PeerDisconnected { peer });
         }
@@ -265,6 +266,7 @@ impl NetActor {
                 tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "served an AutoNAT test");
             }
             BehaviourEvent::Kad(e) => self.on_kad(e),
+            BehaviourEvent::PublicKad(e) => self.on_public_kad(e),
         }
     }
 
@@ -274,6 +276,10 @@ impl NetActor {
         if info.protocol_version != wire::IDENTIFY_PROTOCOL_VERSION {
             if self.reach_serving_anyone() || self.reach_uses_relay(&peer_id) {
                 // A relay client or our relay: it may stay, it gets nothing else.
+                return;
+            }
+            if self.public_on_identify(peer_id, &info.protocols) {
+                // A node of the public network (ours is on): the DHT or a relay.
                 return;
             }
             tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not an agentmesh node; disconnecting");

@@ -9,7 +9,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
-use super::admit::{JOIN_TIMEOUT, JoinWait, MAX_JOIN_ATTEMPTS};
+use super::admit::{JOIN_REDIAL, JOIN_TIMEOUT, JoinWait, MAX_JOIN_ATTEMPTS, MAX_JOIN_DIALS};
 use super::{NetActor, NetError, NetEvent, strip_p2p};
 use crate::ids::now_ms;
 use crate::mesh::{Grant, Invite, Voucher};
@@ -38,12 +38,25 @@ impl NetActor {
                 deadline: Instant::now() + JOIN_TIMEOUT,
                 sent: false,
                 reply,
+                dials: 0,
+                redial_at: None,
             },
         );
         if self.swarm.is_connected(&inviter) {
             self.send_join(inviter);
             return;
         }
+        self.dial_inviter(inviter);
+    }
+
+    /// Dials the inviter of a join in progress at the addresses its code gave (and any
+    /// learned since).
+    pub(super) fn dial_inviter(&mut self, inviter: PeerId) {
+        let Some(j) = self.adm.joining.get_mut(&inviter) else {
+            return;
+        };
+        j.dials += 1;
+        j.redial_at = None;
         let addrs: Vec<Multiaddr> = self
             .addrs
             .get(&inviter)
@@ -79,9 +92,19 @@ impl NetActor {
         self.adm.join_out.insert(id, peer);
     }
 
-    /// A dial to the inviter failed for good.
+    /// A dial to the inviter failed: tried again after [`JOIN_REDIAL`] while dials and
+    /// time are left, else the join fails with why.
     pub(super) fn join_dial_failed(&mut self, peer: PeerId, why: String) {
         if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(j) = self.adm.joining.get_mut(&peer)
+            && j.dials < MAX_JOIN_DIALS
+            && now + JOIN_REDIAL < j.deadline
+        {
+            tracing::info!(inviter = %peer, error = %why, "cannot reach the inviting node yet; trying again");
+            j.redial_at = Some(now + JOIN_REDIAL);
             return;
         }
         if let Some(j) = self.adm.joining.remove(&peer) {

@@ -17,6 +17,8 @@ mod handle;
 mod join;
 mod port_reuse;
 mod protocols;
+mod public;
+pub use public::{PUBLIC_KAD_PROTOCOL, PublicNetInfo, rendezvous_key};
 mod reach;
 mod rekey;
 mod report;
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use addr::dial_error_text;
 pub use addr::{ConnectionInfo, MultiaddrError, Path, parse_multiaddr, path_of, relay_of, strip_p2p};
-pub(crate) use addr::{is_link_local_v6, is_loopback};
+pub(crate) use addr::{is_link_local_v6, is_loopback, peer_of};
 pub use admit::{ADMIT_TIMEOUT, OutsiderInfo};
 pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_PROTOCOL, build};
 use commands::Command;
@@ -190,6 +192,7 @@ pub struct NetActor {
     stop: Option<StopState>,
     announcement: Option<Announcement>,
     reach: reach::Reach,
+    public: public::Public,
     pings: HashMap<OutboundRequestId, (Instant, PingReply)>,
     self_tx: mpsc::Sender<Command>,
     /// Hello requests that arrived before this node had an announcement to answer with.
@@ -267,6 +270,7 @@ pub fn spawn(
             &config.external,
             config.upnp(),
         ),
+        public: public::Public::new(config.internet.public_network, &config.internet.public_bootstrap),
         pings: HashMap::new(),
         commands,
         events,
@@ -322,6 +326,7 @@ impl NetActor {
         let mut upkeep = tokio::time::interval(REACH_UPKEEP);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.start_reach();
+        self.start_public();
         loop {
             if self.stop_done() {
                 break;
@@ -332,9 +337,10 @@ impl NetActor {
                     _ => st.flush_until,
                 },
                 Some(st) => st.deadline,
-                None => self
-                    .reach
-                    .next_deadline()
+                None => [self.reach.next_deadline(), self.public.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .unwrap_or_else(|| Instant::now() + REACH_UPKEEP),
             };
             let due = tokio::time::Instant::from_std(due);
@@ -350,10 +356,12 @@ impl NetActor {
                     self.admission_upkeep();
                     self.close_duplicates();
                     self.maintain_reach();
+                    self.maintain_public();
                 }
                 _ = tokio::time::sleep_until(due) => {
                     if !self.stopping {
                         self.maintain_reach();
+                        self.maintain_public();
                     }
                 }
             }

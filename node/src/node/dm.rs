@@ -62,7 +62,7 @@ impl Node {
         self.check_reply_to(reply_to).await?;
         self.check_send_rate_unless_known(&from, id)?;
         let locals = self.local_agent_names().await?;
-        let target = self.dir().resolve(&addr, &self.0.name, &locals)?;
+        let target = self.resolve_for_send(&addr, &locals)?;
         let now = now_ms();
         let chosen = id.is_some();
         let msg = |to: AgentName| WireMessage {
@@ -510,6 +510,28 @@ impl Node {
             if let Some(ev) = self.settled_event(e) {
                 self.emit(ev);
             }
+        }
+    }
+}
+
+impl Node {
+    /// Where a direct message to `addr` goes. A member never met (in the mesh's member
+    /// list, absent from the directory: nobody has told this node about it yet) is named
+    /// by its full PeerId; its agents are unknown, so its node decides (as for a node that
+    /// has not announced). The network finds it (mesh DHT, public network rendezvous).
+    fn resolve_for_send(&self, addr: &Address, locals: &[AgentName]) -> Result<Target, ServiceError> {
+        let dir = self.dir();
+        match (dir.resolve(addr, &self.0.name, locals), &addr.node) {
+            (Err(ServiceError::NotFound(_)), Some(crate::ids::NodeRef::Peer(peer)))
+                if dir.get(peer).is_none() && *peer != self.0.peer_id && self.mesh().is_member(peer) =>
+            {
+                Ok(Target::Remote {
+                    peer: *peer,
+                    node_name: None,
+                    agent: addr.agent.clone(),
+                })
+            }
+            (result, _) => result,
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct ReachInfo {
     pub relay_circuits: u32,
     /// Port mapping on the home router.
     pub upnp: UpnpInfo,
+    /// The public network option.
+    pub public: super::PublicNetInfo,
 }
 
 /// State of the reachability machinery, owned by the network actor.
@@ -230,6 +232,7 @@ impl NetActor {
     }
 
     pub(super) fn reach_info(&self) -> ReachInfo {
+        let public = self.public_info();
         ReachInfo {
             nat: self.nat_status(),
             external: self.swarm.external_addresses().cloned().collect(),
@@ -238,6 +241,7 @@ impl NetActor {
             relay_serving: self.reach.relay_serving,
             relay_circuits: self.reach.relay_circuits,
             upnp: self.reach.upnp.clone(),
+            public,
         }
     }
 
@@ -257,6 +261,18 @@ impl NetActor {
     /// This node relays for non-members too.
     pub(super) fn reach_serving_anyone(&self) -> bool {
         self.reach.relay_for_anyone
+    }
+
+    /// `peer`, a node of the public network, offers relaying: a candidate, asked at once
+    /// if a slot is free.
+    pub(super) fn reach_public_relay(&mut self, peer: PeerId) {
+        self.reach.plan.slots.public(peer);
+        self.maintain_reach();
+    }
+
+    /// This node is not reachable directly and no relay holds a slot for it.
+    pub(super) fn reach_wants_relay(&self) -> bool {
+        self.nat_status() != NatStatus::Public && !self.reach.plan.slots.holds_one()
     }
 
     /// `peer` is a relay this node is configured with or holds (or asks for) a slot on.

@@ -23,7 +23,9 @@ struct Slot {
 /// The relay slots. While this node is not known to be reachable it holds slots on up to
 /// [`MAX_RESERVATIONS`] relays it has a direct connection to: the configured ones first, in
 /// their order, then the ones the user dialed (`mesh dial`), then members that offer
-/// relaying, by PeerId (a non-member relay is used only when configured or dialed). The
+/// relaying, by PeerId, then public relays (met through the public network, when it is
+/// on; see `net::public`). A non-member relay is used only when configured, dialed or
+/// public. The
 /// range of a relay's address plays no part: a relay is one by role. A relay whose slot failed or was lost is asked again after
 /// [`RESERVATION_RETRY_MIN`], doubling up to [`RESERVATION_RETRY_MAX`] until one is
 /// accepted. Once reachable directly, every slot is released.
@@ -33,6 +35,8 @@ pub(in crate::net) struct Slots {
     offered: HashSet<PeerId>,
     /// Peers the user dialed (pinned).
     dialed: HashSet<PeerId>,
+    /// Relays of the public network.
+    public: HashSet<PeerId>,
     held: HashMap<PeerId, Slot>,
     retry: HashMap<PeerId, (Instant, Duration)>,
 }
@@ -53,6 +57,7 @@ impl Slots {
             configured,
             offered: HashSet::new(),
             dialed: HashSet::new(),
+            public: HashSet::new(),
             held: HashMap::new(),
             retry: HashMap::new(),
         }
@@ -83,6 +88,17 @@ impl Slots {
         self.offered.insert(peer);
     }
 
+    /// `peer`, a node of the public network, offers relaying.
+    pub(in crate::net) fn public(&mut self, peer: PeerId) {
+        self.offered.insert(peer);
+        self.public.insert(peer);
+    }
+
+    /// Whether some relay accepted a slot of ours.
+    pub(in crate::net) fn holds_one(&self) -> bool {
+        self.held.values().any(|s| s.accepted)
+    }
+
     /// `peer` is no longer connected: it offers nothing until it says so again.
     pub(in crate::net) fn gone(&mut self, peer: &PeerId) {
         self.offered.remove(peer);
@@ -111,12 +127,15 @@ impl Slots {
         dialed.sort();
         let mut offered: Vec<PeerId> = self.offered.iter().copied().filter(|p| links.admitted(p)).collect();
         offered.sort();
+        let mut public: Vec<PeerId> = self.offered.intersection(&self.public).copied().collect();
+        public.sort();
         let mut seen = HashSet::new();
         self.configured
             .iter()
             .map(|(p, _)| *p)
             .chain(dialed)
             .chain(offered)
+            .chain(public)
             .filter(|relay| seen.insert(*relay))
             .filter(|relay| !self.held.contains_key(relay))
             .filter(|relay| self.retry.get(relay).is_none_or(|(t, _)| *t <= now))
@@ -296,6 +315,34 @@ mod tests {
         s2.dialed(dialed, true);
         s2.dialed(dialed, false);
         assert!(reserved(&s2.plan(t0, false, &links)).is_empty());
+    }
+
+    #[test]
+    fn public_relays_come_after_member_relays_and_only_while_connected() {
+        let (public, m, stranger) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut s = Slots::new(&[]);
+        let mut links = FakeLinks::default();
+        links.add_direct([public, m, stranger]);
+        links.add_admitted([m]);
+        s.offers(stranger);
+        s.public(public);
+        let t0 = Instant::now();
+        assert_eq!(
+            reserved(&s.plan(t0, false, &links)),
+            vec![public],
+            "a stranger is not a public relay"
+        );
+        s.offers(m);
+        assert_eq!(reserved(&s.plan(t0, false, &links)), vec![m, public]);
+        // Gone (the DHT closed its connection): not asked until it identifies again.
+        s.gone(&public);
+        assert_eq!(reserved(&s.plan(t0, false, &links)), vec![m]);
+        s.public(public);
+        let actions = s.plan(t0, false, &links);
+        ask(&mut s, &actions);
+        assert!(!s.holds_one(), "asked, not accepted yet");
+        s.accepted(public, false, 1);
+        assert!(s.holds_one());
     }
 
     #[test]
