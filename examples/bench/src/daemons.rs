@@ -87,8 +87,13 @@ impl Lab {
         let founder = libp2p::identity::Keypair::generate_ed25519();
         let mut mesh = Membership::generate();
         mesh.add_member(founder.public().to_peer_id());
+        let mut dir = tempfile::tempdir()?;
+        if std::env::var_os("MESH_BENCH_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the lab's homes in {}", dir.path().display());
+        }
         Ok(Lab {
-            dir: tempfile::tempdir()?,
+            dir,
             mesh,
             founder,
             bin: mesh_bin()?,
@@ -144,7 +149,9 @@ pub fn start(mut cmd: Command, home: Home, name: &str, args: &[&str]) -> anyhow:
         .args(["up", "--name", name])
         .args(args)
         .env("MESH_DAEMON_READY", "1")
-        .env("MESH_LOG", "warn")
+        // MESH_BENCH_LOG=<filter>: the daemons' log level (each writes
+        // `<home>/bench-daemon.log`; MESH_BENCH_KEEP=1 keeps the homes).
+        .env("MESH_LOG", std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
