@@ -25,6 +25,7 @@ struct World {
     relay: Option<Daemon>,
     relay_host: Host,
     relay_home: Home,
+    host_a: Host,
     _a: Daemon,
     b: Daemon,
     ha: Home,
@@ -59,6 +60,17 @@ fn world(tag: &str, nat_a: Nat, nat_b: Nat) -> Option<World> {
 
 /// The same with the public segment (relay `.10`, routers `.2` and `.3`) in `public`.
 fn world_in(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat) -> Option<World> {
+    let listen = [
+        "--listen",
+        "/ip4/0.0.0.0/tcp/0",
+        "--listen",
+        "/ip4/0.0.0.0/udp/0/quic-v1",
+    ];
+    world_with(tag, public, nat_a, nat_b, FAST_CONFIG, &listen)
+}
+
+/// The same with `config` (instead of [`FAST_CONFIG`]) and `listen` for A and B.
+fn world_with(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat, config: &str, listen: &[&str]) -> Option<World> {
     let mut lab = Lab::new(tag)?;
     let inet = lab.segment("inet", public);
     let lan_a = lab.segment("lana", [10, 1, 0]);
@@ -68,7 +80,6 @@ fn world_in(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat) -> Option<World>
     let rb = lab.router("rb", &inet, 3, &lan_b, nat_b);
     let host_a = lab.host_via("a", &lan_a, 10, ra.lan_ip);
     let host_b = lab.host_via("b", &lan_b, 10, rb.lan_ip);
-
     let relay_home = Home::new();
     let relay = start_relay(&relay_host, &relay_home);
     let relay_addr = format!("/ip4/{}/tcp/4001/p2p/{}", relay_host.ip, relay.info.peer_id);
@@ -76,18 +87,12 @@ fn world_in(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat) -> Option<World>
     for h in [&ha, &hb] {
         std::fs::write(
             h.path().join("config.toml"),
-            format!("{FAST_CONFIG}\n[relay]\nnodes = [\"{relay_addr}\"]\n"),
+            format!("{config}\n[relay]\nnodes = [\"{relay_addr}\"]\n"),
         )
         .unwrap();
     }
-    let listen = [
-        "--listen",
-        "/ip4/0.0.0.0/tcp/0",
-        "--listen",
-        "/ip4/0.0.0.0/udp/0/quic-v1",
-    ];
-    let a = start(&host_a, &ha, "alpha", &listen);
-    let b = start(&host_b, &hb, "beta", &listen);
+    let a = start(&host_a, &ha, "alpha", listen);
+    let b = start(&host_b, &hb, "beta", listen);
     Some(World {
         lab,
         ra,
@@ -95,6 +100,7 @@ fn world_in(tag: &str, public: [u8; 3], nat_a: Nat, nat_b: Nat) -> Option<World>
         relay: Some(relay),
         relay_host,
         relay_home,
+        host_a,
         _a: a,
         b,
         ha,
@@ -431,6 +437,46 @@ fn a_node_behind_a_upnp_router_is_reached_directly_and_unmaps_on_stop() {
     hb.run(&["down"]).ok();
     drop(b);
     assert!(!lab.forwarded(&rb).contains("dnat"), "{}", lab.forwarded(&rb));
+}
+
+#[test]
+fn a_node_that_moves_to_another_network_reconnects_and_delivers() {
+    // Pings every 30 s, a connection declared dead only after 60 s: longer than this test
+    // waits. The node must get over the move by other means (its sockets fail once their
+    // address is gone; deliveries retry; members are redialed, punched again).
+    let slow = FAST_CONFIG.replace("heartbeat = \"300ms\"", "heartbeat = \"30s\"");
+    // TCP only: a dead QUIC connection times out by itself within seconds, a TCP one
+    // does not.
+    let Some(mut w) = world_with(
+        "nat-move",
+        [5, 0, 0],
+        Nat::EndpointIndependent,
+        Nat::EndpointIndependent,
+        &slow,
+        &["--listen", "/ip4/0.0.0.0/tcp/0"],
+    ) else {
+        return;
+    };
+    let rt = runtime();
+    let b_peer = w.b.info.peer_id;
+    rt.block_on(async {
+        let relayed = relayed_addr(&w.hb).await;
+        let c = client(&w.ha).await;
+        c.dial(&relayed).await.unwrap();
+        wait_direct(&w.ha, b_peer).await;
+        send(&w.ha, &format!("tester@{b_peer}"), "before the move").await;
+        wait_inbox(&w.hb, "tester", &["before the move".to_string()]).await;
+    });
+    // A's laptop joins another network: a new address behind a router with a new public
+    // address. Its connections (direct to B, to the relay) are dead.
+    w.lab.renumber_router(&mut w.ra, 22);
+    let gateway = w.ra.lan_ip;
+    w.lab.renumber_host(&mut w.host_a, 20, gateway);
+    rt.block_on(async {
+        let text = "after the move".to_string();
+        send(&w.ha, &format!("tester@{b_peer}"), &text).await;
+        wait_inbox(&w.hb, "tester", &["before the move".to_string(), text]).await;
+    });
 }
 
 #[test]

@@ -113,6 +113,15 @@ impl Lab {
         Ok(home)
     }
 
+    /// A fresh home of a mesh of its own (not the lab's: a node that can join it).
+    pub fn alone(&mut self, extra_config: &str) -> anyhow::Result<Home> {
+        self.n += 1;
+        let home = Home::resolve(Some(self.dir.path().join(format!("h{}", self.n))))?;
+        home.create()?;
+        std::fs::write(home.config_path(), format!("{CONFIG}{extra_config}"))?;
+        Ok(home)
+    }
+
     /// Starts `mesh up` on a new home of a mesh of its own (not the lab's: a node that
     /// can join it), listening on 127.0.0.1.
     pub fn outsider(&mut self, name: &str) -> anyhow::Result<Node> {
@@ -151,7 +160,10 @@ pub fn start(mut cmd: Command, home: Home, name: &str, args: &[&str]) -> anyhow:
         .env("MESH_DAEMON_READY", "1")
         // MESH_BENCH_LOG=<filter>: the daemons' log level (each writes
         // `<home>/bench-daemon.log`; MESH_BENCH_KEEP=1 keeps the homes).
-        .env("MESH_LOG", std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "MESH_LOG",
+            std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -266,4 +278,77 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
         anon: kb("RssAnon:"),
         file: kb("RssFile:"),
     })
+}
+
+/// The hidden first argument that makes this binary a stand-in public node.
+pub const STAND_IN_ARG: &str = "--stand-in";
+
+/// A stand-in node of the public libp2p network ([`mesh_node::stand_in`]) in its own
+/// process (this binary, run with [`STAND_IN_ARG`]); killed when dropped.
+pub struct StandIn {
+    child: Child,
+    /// `/ip4/<ip>/tcp/4001/p2p/<id>`.
+    pub addr: String,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a stand-in public node on port 4001 of `ip` through `cmd` (this binary, perhaps
+/// behind `ip netns exec`): a relay too when `relay`, entering the DHT through `bootstrap`.
+pub fn stand_in(mut cmd: Command, ip: std::net::Ipv4Addr, relay: bool, bootstrap: &[&str]) -> anyhow::Result<StandIn> {
+    let mut child = cmd
+        .arg(STAND_IN_ARG)
+        .arg(ip.to_string())
+        .arg(if relay { "relay" } else { "dht" })
+        .args(bootstrap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning a stand-in public node")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .context("the stand-in public node did not start")?;
+    let peer: mesh_node::PeerId = line.trim().parse().context("the stand-in's PeerId")?;
+    Ok(StandIn {
+        child,
+        addr: format!("/ip4/{ip}/tcp/4001/p2p/{peer}"),
+    })
+}
+
+/// The stand-in's process: `<ip> relay|dht [bootstrap...]`; prints its PeerId, then runs
+/// until killed.
+pub fn stand_in_main(args: Vec<String>) -> anyhow::Result<()> {
+    let [ip, role, bootstrap @ ..] = args.as_slice() else {
+        bail!("{STAND_IN_ARG} <ip> relay|dht [bootstrap multiaddr...]");
+    };
+    let opts = mesh_node::stand_in::StandIn {
+        key: libp2p::identity::Keypair::generate_ed25519(),
+        port: 4001,
+        external: vec![
+            format!("/ip4/{ip}/tcp/4001").parse()?,
+            format!("/ip4/{ip}/udp/4001/quic-v1").parse()?,
+        ],
+        bootstrap: bootstrap.iter().map(|b| b.parse()).collect::<Result<_, _>>()?,
+        relay: role == "relay",
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(mesh_node::stand_in::run(opts, |peer| {
+        use std::io::Write;
+        println!("{peer}");
+        let _ = std::io::stdout().flush();
+    }))?;
+    Ok(())
 }

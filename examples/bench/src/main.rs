@@ -54,6 +54,9 @@ fn main() -> anyhow::Result<()> {
         only: Vec::new(),
     };
     let mut out = PathBuf::from("bench-results.json");
+    if std::env::args().nth(1).as_deref() == Some(daemons::STAND_IN_ARG) {
+        return daemons::stand_in_main(std::env::args().skip(2).collect());
+    }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

@@ -51,6 +51,10 @@ pub const MAX_JOIN_ATTEMPTS: u32 = 3;
 /// Connections of peers not admitted (yet) kept at once; past it the oldest of the
 /// busiest address is closed (see [`NetActor::bound_unadmitted`]).
 pub const MAX_UNADMITTED: usize = 32;
+/// A member's connection this much older than the one it began a new visit on is taken
+/// for a leftover of its previous visit (connections opened together, when a dial and a
+/// hole punch race, are younger than that).
+pub const STALE_MARGIN: Duration = Duration::from_secs(2);
 /// Connections of peers not admitted (yet) kept at once from one IP address.
 pub const MAX_UNADMITTED_PER_IP: usize = 8;
 
@@ -396,9 +400,13 @@ impl NetActor {
 
     pub(super) fn on_admit(&mut self, event: request_response::Event<AdmitRequest, AdmitResponse>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.on_admit_request(peer, request, channel)
+                    self.on_admit_request(peer, connection_id, request, channel)
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.adm.out.remove(&request_id);
@@ -437,7 +445,13 @@ impl NetActor {
         }
     }
 
-    fn on_admit_request(&mut self, peer: PeerId, request: AdmitRequest, channel: ResponseChannel<AdmitResponse>) {
+    fn on_admit_request(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        request: AdmitRequest,
+        channel: ResponseChannel<AdmitResponse>,
+    ) {
         let _span = tracing::debug_span!("peer", %peer).entered();
         let admitted = self.is_admitted(&peer);
         match request {
@@ -461,12 +475,17 @@ impl NetActor {
                     p.claimed_name = Some(name);
                 }
                 if admitted {
-                    // A proof repeated on a new connection of a member: answer in kind.
+                    // A member proves itself only when it has no admitted connection to us
+                    // (a new visit, on its side): whatever connections we still hold to it
+                    // from before are dead on its side (it moved, or restarted) and nothing
+                    // tells us so until their pings time out. It waits for our proof.
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .admit
                         .send_response(channel, AdmitResponse::Admitted(None));
+                    self.close_stale(peer, connection);
+                    self.send_proof(peer);
                     return;
                 }
                 if self.adm.mesh.vouched(&peer, voucher.as_ref()) {

@@ -37,6 +37,7 @@ impl NetActor {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 tracing::info!(%address, "no longer listening");
                 self.update_listening();
+                self.on_address_lost(&address);
             }
             SwarmEvent::ListenerClosed {
                 listener_id, reason, ..
@@ -143,6 +144,66 @@ impl NetActor {
     /// for [`DUPLICATE_GRACE`], both sides keep the one dialed by the smaller PeerId and
     /// close the other, so they agree without talking. Not at once: a short-lived second
     /// connection (an AutoNAT dial-back) must not take down the one carrying traffic.
+    /// This host lost an address (it moved to another network, or the interface went
+    /// down). When no other address of the same family (loopback aside) is left, every
+    /// connection of that family left through the lost one and is dead, though nothing
+    /// says so until its pings time out (up to three heartbeats): they are closed now, so
+    /// members are redialed and punched again, and relay slots taken again, at once.
+    /// (Relayed connections go with the connection to their relay.)
+    fn on_address_lost(&mut self, lost: &Multiaddr) {
+        let Some(ip) = super::guard::ip_of(lost) else { return };
+        if path_of(lost) == Path::Relayed {
+            return;
+        }
+        let remaining: Vec<std::net::IpAddr> = self
+            .swarm
+            .listeners()
+            .filter(|a| path_of(a) != Path::Relayed)
+            .filter_map(super::guard::ip_of)
+            .collect();
+        let links: Vec<super::rules::Link<ConnectionId>> = self
+            .peers
+            .values()
+            .flat_map(|s| s.connections.iter())
+            .map(|(id, c)| super::rules::Link {
+                id: *id,
+                since: c.since,
+                ip: super::guard::ip_of(&c.addr),
+                relayed: c.via.is_some(),
+            })
+            .collect();
+        let dead = super::rules::dead_after_loss(ip, &remaining, &links);
+        if !dead.is_empty() {
+            tracing::info!(%lost, connections = dead.len(), "this host's address is gone; closing the connections that used it");
+        }
+        for id in dead {
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// Closes the connections to `peer` opened well before `current` (a member began a new
+    /// visit on `current`: the older ones are gone on its side).
+    pub(super) fn close_stale(&mut self, peer: PeerId, current: ConnectionId) {
+        let Some(state) = self.peers.get(&peer) else { return };
+        let links: Vec<super::rules::Link<ConnectionId>> = state
+            .connections
+            .iter()
+            .map(|(id, c)| super::rules::Link {
+                id: *id,
+                since: c.since,
+                ip: None,
+                relayed: c.via.is_some(),
+            })
+            .collect();
+        let stale = super::rules::stale(&links, current);
+        if !stale.is_empty() {
+            tracing::info!(%peer, count = stale.len(), "a member began a new visit; closing its older connections");
+        }
+        for id in stale {
+            self.swarm.close_connection(id);
+        }
+    }
+
     pub(super) fn close_duplicates(&mut self) {
         let me = *self.swarm.local_peer_id();
         let mut close = Vec::new();

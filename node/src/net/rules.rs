@@ -1,6 +1,7 @@
-//! Admission decisions as plain rules, fed the time and returning what to do: the dial
-//! back-off for refused peers, and which connections of unadmitted peers to close. The
-//! network actor applies them.
+//! Connection decisions as plain rules, fed the time and returning what to do: the dial
+//! back-off for refused peers, which connections of unadmitted peers to close, and which
+//! connections are dead after a member's new visit or the loss of one of this host's
+//! addresses. The network actor applies them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::admit::{DENIED_BACKOFF_MAX, DENIED_BACKOFF_MIN};
+use super::admit::{DENIED_BACKOFF_MAX, DENIED_BACKOFF_MIN, STALE_MARGIN};
 
 struct Denied {
     until: Instant,
@@ -112,6 +113,45 @@ pub(super) fn evictions<Id: Copy + PartialEq>(
     }
 }
 
+/// A connection as the rules below see it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Link<Id> {
+    pub(super) id: Id,
+    pub(super) since: Instant,
+    /// The remote IP, for a direct connection.
+    pub(super) ip: Option<IpAddr>,
+    pub(super) relayed: bool,
+}
+
+/// The connections to a member left over from its previous visit, when it began a new one
+/// on `current`: those opened more than [`STALE_MARGIN`] before it.
+pub(super) fn stale<Id: Copy + PartialEq>(links: &[Link<Id>], current: Id) -> Vec<Id> {
+    let Some(since) = links.iter().find(|l| l.id == current).map(|l| l.since) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter(|l| l.id != current && l.since + STALE_MARGIN < since)
+        .map(|l| l.id)
+        .collect()
+}
+
+/// The connections that died with this host's address `lost`: every direct one of its
+/// family when no other address of that family (`remaining`, loopback aside) is left,
+/// else none (the connections may use the others). Relayed connections go with their
+/// relay's.
+pub(super) fn dead_after_loss<Id: Copy>(lost: IpAddr, remaining: &[IpAddr], links: &[Link<Id>]) -> Vec<Id> {
+    let family = |ip: &IpAddr| ip.is_ipv4() == lost.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified();
+    if lost.is_loopback() || remaining.iter().any(family) {
+        return Vec::new();
+    }
+    links
+        .iter()
+        .filter(|l| !l.relayed && l.ip.as_ref().is_some_and(family))
+        .map(|l| l.id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +230,45 @@ mod tests {
         // Equally busy sources: the one with the oldest connection gives way.
         let c = conns(&[(3, 1), (2, 2), (10, 7)]);
         assert_eq!(evictions(c, 10, 2, 10), vec![2]);
+    }
+
+    fn link(id: u32, since: Instant, ip: Option<IpAddr>, relayed: bool) -> Link<u32> {
+        Link { id, since, ip, relayed }
+    }
+
+    #[test]
+    fn a_new_visit_makes_the_older_connections_stale_but_not_ones_opened_with_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let links = [
+            link(1, t0, None, false),
+            link(2, t0 + 30 * s, None, true),
+            link(3, t0 + 31 * s, None, false),
+        ];
+        assert_eq!(stale(&links, 2), vec![1], "opened together with it: kept");
+        assert_eq!(stale(&links, 3), vec![1]);
+        assert!(stale(&links, 1).is_empty(), "nothing older");
+        assert!(stale(&links, 9).is_empty(), "unknown connection");
+    }
+
+    #[test]
+    fn losing_the_only_address_of_a_family_kills_its_direct_connections() {
+        let t0 = Instant::now();
+        let v4 = |a, b, c, d| IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let links = [
+            link(1, t0, Some(v4(5, 0, 0, 3)), false),
+            link(2, t0, Some(v4(5, 0, 0, 10)), true),
+            link(3, t0, Some(v6), false),
+            link(4, t0, Some(v4(127, 0, 0, 1)), false),
+        ];
+        let lost = v4(10, 1, 0, 10);
+        assert_eq!(dead_after_loss(lost, &[v4(127, 0, 0, 1), v6], &links), vec![1]);
+        assert!(
+            dead_after_loss(lost, &[v4(192, 168, 1, 5)], &links).is_empty(),
+            "another IPv4 address remains: the connections may use it"
+        );
+        assert!(dead_after_loss(v4(127, 0, 0, 1), &[], &links).is_empty(), "loopback");
+        assert_eq!(dead_after_loss(v6, &[lost], &links), vec![3]);
     }
 }

@@ -7,6 +7,7 @@ mod fanout;
 mod flood;
 mod host;
 mod reach;
+mod rendezvous;
 mod store;
 
 use std::collections::HashMap;

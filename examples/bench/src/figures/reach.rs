@@ -36,6 +36,9 @@ struct Scenario {
     /// The routers drop unsolicited traffic silently (else they answer it with a TCP reset
     /// or an ICMP port unreachable, as a plain Linux router does).
     quiet: bool,
+    /// B's router runs a UPnP IGD (miniupnpd): B gets a port forwarded, needs no slot, and
+    /// A dials B's public address instead of a relayed one.
+    upnp_b: bool,
 }
 
 /// Two endpoint-independent NATs behind quiet routers, members of one mesh, the public
@@ -48,9 +51,10 @@ const EIM_PAIR: Scenario = Scenario {
     punchable: true,
     open: false,
     quiet: true,
+    upnp_b: false,
 };
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 8] = [
     EIM_PAIR,
     Scenario {
         name: "EIM pair, public segment in 100.64.0.0/10",
@@ -78,19 +82,33 @@ const SCENARIOS: [Scenario; 6] = [
         quiet: false,
         ..EIM_PAIR
     },
+    Scenario {
+        name: "both symmetric",
+        nat_a: Nat::Symmetric,
+        nat_b: Nat::Symmetric,
+        punchable: false,
+        ..EIM_PAIR
+    },
+    Scenario {
+        name: "UPnP on B's router (A behind EIM, no UPnP)",
+        upnp_b: true,
+        ..EIM_PAIR
+    },
 ];
 
 /// What one trial saw.
 #[derive(Default)]
 struct Trial {
-    /// No relay slot within [`SLOT_WAIT`].
+    /// No address of B (relayed, or public with UPnP) within [`SLOT_WAIT`].
     no_slot: bool,
-    /// From B's slot (its relayed address) to the message in B's inbox.
+    /// From B's address to the message in B's inbox.
     first_message: Option<Duration>,
-    /// From B's slot to a direct connection between A and B.
+    /// From B's address to a direct connection between A and B.
     direct: Option<Duration>,
     /// Hole punches both nodes counted: attempts, successes.
     punches: (u64, u64),
+    /// Bytes in and out of the relay host during the trial (everything it carried).
+    relay_bytes: u64,
 }
 
 /// Figure 11 rows: one per scenario (skipped without root).
@@ -105,6 +123,14 @@ pub async fn rows(lab: &mut Lab, quick: bool) -> anyhow::Result<Vec<Row>> {
     } else {
         (10, &SCENARIOS[..])
     };
+    if scenarios.iter().any(|s| s.upnp_b)
+        && std::process::Command::new("miniupnpd")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        bail!("miniupnpd is missing (apt-get install miniupnpd-nftables; .ci/run installs it)");
+    }
     // MESH_BENCH_REACH=<words>: only the scenarios whose name contains them.
     let only = std::env::var("MESH_BENCH_REACH").unwrap_or_default();
     let mut rows = Vec::new();
@@ -119,6 +145,9 @@ pub async fn rows(lab: &mut Lab, quick: bool) -> anyhow::Result<Vec<Row>> {
             );
         }
         rows.push(row(sc, &seen));
+    }
+    if !quick && super::rendezvous::NAME.contains(only.as_str()) {
+        rows.push(super::rendezvous::row(lab, trials).await?);
     }
     Ok(rows)
 }
@@ -136,10 +165,14 @@ fn row(sc: &Scenario, seen: &[Trial]) -> Row {
     let no_slot = seen.iter().filter(|t| t.no_slot).count();
     let (attempts, successes) = seen.iter().fold((0, 0), |(a, s), t| (a + t.punches.0, s + t.punches.1));
     let delivered = first.len();
+    let mut relay_kib: Vec<u64> = seen.iter().map(|t| t.relay_bytes / 1024).collect();
+    relay_kib.sort_unstable();
     let row = Row::new(&format!("11. reach, {}: direct within 30 s of the slot", sc.name), share, "%").note(format!(
-        "{direct}/{n} direct (p50 {} ms from the slot); {delivered}/{n} first messages (p50 {} ms); {successes}/{attempts} hole punches succeeded; {no_slot} trials without a relay slot; dial delays {:?} ms",
+        "{direct}/{n} direct (p50 {} ms from the slot); {delivered}/{n} first messages (p50 {} ms); {successes}/{attempts} hole punches succeeded; {no_slot} trials without a relay slot or address; relay host traffic p50 {} KiB (max {}); dial delays {:?} ms",
         ms(to_direct.pct(50.0)),
         ms(first.pct(50.0)),
+        relay_kib.get(relay_kib.len() / 2).copied().unwrap_or(0),
+        relay_kib.last().copied().unwrap_or(0),
         DIAL_DELAYS_MS
     ));
     if sc.punchable {
@@ -154,7 +187,23 @@ struct World {
     a: Node,
     b: Node,
     _relay: Node,
-    _net: netns::Lab,
+    relay_ns: String,
+    net: netns::Lab,
+}
+
+impl World {
+    /// Bytes the relay host received and sent so far.
+    fn relay_bytes(&self) -> u64 {
+        ["rx_bytes", "tx_bytes"]
+            .iter()
+            .map(|f| {
+                let out = self
+                    .net
+                    .exec(&self.relay_ns, &["cat", &format!("/sys/class/net/eth0/statistics/{f}")]);
+                String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+            })
+            .sum()
+    }
 }
 
 fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
@@ -167,6 +216,9 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
     let rb = net.router_with("rb", &inet, 3, &lan_b, sc.nat_b, sc.quiet);
     let host_a = net.host_via("a", &lan_a, 10, ra.lan_ip);
     let host_b = net.host_via("b", &lan_b, 10, rb.lan_ip);
+    if sc.upnp_b {
+        net.upnp(&rb).context("miniupnpd")?;
+    }
     let open: &[&str] = if sc.open { &["--open"] } else { &[] };
     let relay_args = [
         "--relay",
@@ -203,7 +255,8 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
         a,
         b,
         _relay: relay,
-        _net: net,
+        relay_ns: relay_host.ns.clone(),
+        net,
     })
 }
 
@@ -217,13 +270,14 @@ async fn trial(lab: &mut Lab, sc: &Scenario, delay: Duration) -> anyhow::Result<
     };
     cb.register(bob, false).await?;
     let mut inbox = cb.watch(vec!["bob".into()]).await?;
-    let Some(relayed) = relayed_address(&cb).await? else {
+    let Some(relayed) = b_address(&cb, sc.upnp_b).await? else {
         return Ok(Trial {
             no_slot: true,
             ..Trial::default()
         });
     };
     let t0 = Instant::now();
+    let relay_before = w.relay_bytes();
     tokio::time::sleep(delay).await;
     let b_peer = w.b.info.peer_id;
     let mut seen = Trial::default();
@@ -254,14 +308,17 @@ async fn trial(lab: &mut Lab, sc: &Scenario, delay: Duration) -> anyhow::Result<
         seen.punches.0 += punch.attempts;
         seen.punches.1 += punch.successes;
     }
+    seen.relay_bytes = w.relay_bytes().saturating_sub(relay_before);
     Ok(seen)
 }
 
-/// B's relayed address, once it holds a slot.
-async fn relayed_address(c: &mesh_node::api::client::Client) -> anyhow::Result<Option<String>> {
+/// B's relayed address once it holds a slot, or (`public`: its router forwards a port)
+/// its public address once confirmed.
+async fn b_address(c: &mesh_node::api::client::Client, public: bool) -> anyhow::Result<Option<String>> {
     let deadline = Instant::now() + SLOT_WAIT;
     while Instant::now() < deadline {
-        if let Some(a) = c.addrs().await?.relayed.into_iter().next() {
+        let addrs = c.addrs().await?;
+        if let Some(a) = if public { addrs.public } else { addrs.relayed }.into_iter().next() {
             return Ok(Some(a));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -270,13 +327,11 @@ async fn relayed_address(c: &mesh_node::api::client::Client) -> anyhow::Result<O
 }
 
 /// A has a direct connection to `peer`.
-async fn direct(c: &mesh_node::api::client::Client, peer: mesh_node::PeerId) -> anyhow::Result<bool> {
+pub(super) async fn direct(c: &mesh_node::api::client::Client, peer: mesh_node::PeerId) -> anyhow::Result<bool> {
     let peers = c.peers().await?;
     let Some(p) = peers.iter().find(|p| p.peer_id == peer) else {
         return Ok(false);
     };
-    if p.connections.is_empty() && p.connected {
-        bail!("connected without a connection listed");
-    }
+    // A node connected but not (yet, or again) admitted is listed without connections.
     Ok(p.connections.iter().any(|c| c.path != PathView::Relayed))
 }
