@@ -98,9 +98,15 @@ impl Punches {
 
     /// A peer observed, or AutoNAT confirmed, an address of ours. When it is one not seen
     /// before, every member reached through relays only is punched for again at once,
-    /// from the shortest wait (the new address may be the one that works).
+    /// from the shortest wait (the new address may be the one that works). Only an
+    /// address a punch can use counts: one with an IP, not relayed (identify over a
+    /// relayed connection observes a bare `/p2p/<id>`, which used to start a second punch
+    /// on top of the one under way).
     pub(in crate::net) fn own_address(&mut self, addr: &Multiaddr, now: Instant) {
-        if self.own.contains(addr) {
+        use libp2p::multiaddr::Protocol;
+        let punchable = addr.iter().any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))
+            && !addr.iter().any(|p| p == Protocol::P2pCircuit);
+        if !punchable || self.own.contains(addr) {
             return;
         }
         if self.own.len() == OWN_ADDRESSES_KEPT {
@@ -218,6 +224,14 @@ mod tests {
         p.due(t0 + 10 * S, &links);
         p.own_address(&addr, t0 + 11 * S);
         assert!(p.due(t0 + 11 * S, &links).is_empty(), "an address seen before");
+        let me = PeerId::random();
+        for useless in [format!("/p2p/{me}"), format!("{}/p2p-circuit/p2p/{me}", circuit(m1))] {
+            p.own_address(&useless.parse().expect("addr"), t0 + 11 * S);
+            assert!(
+                p.due(t0 + 11 * S, &links).is_empty(),
+                "not an address to punch from: {useless}"
+            );
+        }
         p.own_address(&"/ip4/5.0.0.2/udp/40001/quic-v1".parse().expect("addr"), t0 + 11 * S);
         let mut got = punched(&p.due(t0 + 11 * S, &links));
         got.sort();
