@@ -169,16 +169,7 @@ pub fn start(mut cmd: Command, home: Home, name: &str, args: &[&str]) -> anyhow:
         .stderr(Stdio::from(log))
         .spawn()
         .context("spawning mesh up")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("the daemon did not report ready")?;
+    let line = first_line(&mut child, Duration::from_secs(30)).context("the daemon did not report ready")?;
     match serde_json::from_str::<ReadyLine>(line.trim()) {
         Ok(ReadyLine::Ready(info)) => Ok(Node { child, info, home }),
         other => {
@@ -311,16 +302,7 @@ pub fn stand_in(mut cmd: Command, ip: std::net::Ipv4Addr, relay: bool, bootstrap
         .stderr(Stdio::null())
         .spawn()
         .context("spawning a stand-in public node")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .context("the stand-in public node did not start")?;
+    let line = first_line(&mut child, Duration::from_secs(20)).context("the stand-in public node did not start")?;
     let peer: mesh_node::PeerId = line.trim().parse().context("the stand-in's PeerId")?;
     Ok(StandIn {
         child,
@@ -352,3 +334,24 @@ pub fn stand_in_main(args: Vec<String>) -> anyhow::Result<()> {
     }))?;
     Ok(())
 }
+
+/// The first line `child` writes to its (piped) stdout, within `within`.
+fn first_line(child: &mut Child, within: Duration) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    Ok(rx.recv_timeout(within)?)
+}
+
+/// `mesh up` arguments for a node in a namespace: no mDNS, TCP and QUIC on every interface.
+pub const LISTEN_ANY: [&str; 5] = [
+    "--no-mdns",
+    "--listen",
+    "/ip4/0.0.0.0/tcp/0",
+    "--listen",
+    "/ip4/0.0.0.0/udp/0/quic-v1",
+];

@@ -238,17 +238,7 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
         "\n[relay]\nnodes = [\"/ip4/{}/tcp/4001/p2p/{}\"]\n",
         relay_host.ip, relay.info.peer_id
     );
-    let listen = [
-        &[
-            "--no-mdns",
-            "--listen",
-            "/ip4/0.0.0.0/tcp/0",
-            "--listen",
-            "/ip4/0.0.0.0/udp/0/quic-v1",
-        ][..],
-        open,
-    ]
-    .concat();
+    let listen = [&daemons::LISTEN_ANY[..], open].concat();
     let a = daemons::start(host_a.command(&lab.bin), lab.home(&relays)?, "alpha", &listen)?;
     let b = daemons::start(host_b.command(&lab.bin), lab.home(&relays)?, "beta", &listen)?;
     Ok(World {

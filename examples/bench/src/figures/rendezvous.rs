@@ -90,13 +90,7 @@ async fn trial(lab: &mut Lab) -> anyhow::Result<Trial> {
         "\n[internet]\npublic_network = true\npublic_bootstrap = [\"{}\"]\n",
         p0.addr
     );
-    let listen = [
-        "--no-mdns",
-        "--listen",
-        "/ip4/0.0.0.0/tcp/0",
-        "--listen",
-        "/ip4/0.0.0.0/udp/0/quic-v1",
-    ];
+    let listen = daemons::LISTEN_ANY;
     let a = daemons::start(host_a.command(&lab.bin), lab.home(&config)?, "alpha", &listen)?;
     let b = daemons::start(host_b.command(&lab.bin), lab.alone(&config)?, "beta", &listen)?;
     let (ca, cb) = (a.client().await?, b.client().await?);
