@@ -388,13 +388,25 @@ fn a_relay_in_a_private_range_gives_slots_all_the_same() {
 /// status`, and removes it when it stops.
 #[test]
 fn a_node_behind_a_upnp_router_is_reached_directly_and_unmaps_on_stop() {
-    let Some(mut lab) = Lab::new("upnp") else {
+    forwarded_by_the_router("upnp", true);
+}
+
+#[test]
+fn a_node_behind_a_router_with_nat_pmp_only_is_reached_directly_and_unmaps_on_stop() {
+    // UPnP finds no router; PCP / NAT-PMP does the same job.
+    forwarded_by_the_router("natpmp", false);
+}
+
+/// B behind a router whose miniupnpd speaks UPnP (`igd`) or only PCP / NAT-PMP: the
+/// router forwards B's port, A reaches B directly, a clean stop removes the forwarding.
+fn forwarded_by_the_router(tag: &str, igd: bool) {
+    let Some(mut lab) = Lab::new(tag) else {
         return;
     };
     let inet = lab.segment("inet", [5, 0, 0]);
     let lan_b = lab.segment("lanb", [10, 2, 0]);
     let rb = lab.router("rb", &inet, 3, &lan_b, Nat::EndpointIndependent);
-    if lab.upnp(&rb).is_none() {
+    if lab.port_mapper(&rb, igd).is_none() {
         return;
     }
     let host_a = lab.host("a", &inet, 20);

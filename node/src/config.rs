@@ -107,6 +107,10 @@ pub struct Internet {
     /// tells the router (nothing beyond it) that this
     /// machine runs a node on those ports.
     pub upnp: bool,
+    /// When no UPnP router answers, ask the default gateway by PCP or NAT-PMP instead
+    /// (Apple routers, many OpenWrt and miniupnpd setups), with the same effect and the
+    /// same disclosure (the router learns that this machine runs a node on those ports).
+    pub natpmp: bool,
     /// Use the public libp2p network to meet members when neither side has a public
     /// address and no member relays (off unless turned on): join the public DHT (Amino,
     /// `/ipfs/kad/1.0.0`) as a client, hold slots on public relays, and find members
@@ -132,6 +136,7 @@ impl Default for Internet {
     fn default() -> Self {
         Self {
             upnp: true,
+            natpmp: true,
             public_network: false,
             public_bootstrap: PUBLIC_BOOTSTRAP
                 .iter()
@@ -486,12 +491,22 @@ impl Config {
     /// Whether UPnP port mapping runs: turned on, and some listen address is not loopback
     /// (a node only on loopback has nothing to map, and asks no router anything).
     pub fn upnp(&self) -> bool {
+        self.internet.upnp && self.listens_beyond_loopback()
+    }
+
+    fn listens_beyond_loopback(&self) -> bool {
         let loopback = |a: &Multiaddr| match a.iter().next() {
             Some(libp2p::multiaddr::Protocol::Ip4(ip)) => ip.is_loopback(),
             Some(libp2p::multiaddr::Protocol::Ip6(ip)) => ip.is_loopback(),
             _ => false,
         };
-        self.internet.upnp && self.listen_addrs().0.iter().any(|a| !loopback(a))
+        self.listen_addrs().0.iter().any(|a| !loopback(a))
+    }
+
+    /// Whether to try PCP / NAT-PMP when UPnP finds no router: on, and listening beyond
+    /// loopback (as for [`Config::upnp`]).
+    pub fn natpmp(&self) -> bool {
+        self.internet.natpmp && self.listens_beyond_loopback()
     }
 
     /// Whether DNS-SD runs.
@@ -555,10 +570,13 @@ mod tests {
             "/ip6/::1/tcp/0".parse().unwrap(),
         ];
         assert!(!c.upnp(), "loopback only: no router is asked");
+        assert!(!c.natpmp(), "nor by PCP / NAT-PMP");
         c.listen.push("/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap());
-        assert!(c.upnp());
+        assert!(c.upnp() && c.natpmp());
         c.internet.upnp = false;
-        assert!(!c.upnp());
+        assert!(!c.upnp() && c.natpmp(), "each has its own switch");
+        c.internet.natpmp = false;
+        assert!(!c.natpmp());
     }
 
     #[test]

@@ -269,6 +269,11 @@ impl Lab {
     /// LAN: hosts there may have ports of the router's public address forwarded to them.
     /// `None` (with a message, or a failure under CI) when miniupnpd is not installed.
     pub fn upnp(&mut self, router: &Router) -> Option<()> {
+        self.port_mapper(router, true)
+    }
+
+    /// The same, speaking UPnP only when `igd` (PCP and NAT-PMP always).
+    pub fn port_mapper(&mut self, router: &Router, igd: bool) -> Option<()> {
         if Command::new("miniupnpd").arg("--version").output().is_err() {
             return skip(
                 &self.prefix,
@@ -296,11 +301,12 @@ impl Lab {
         std::fs::write(
             &conf,
             format!(
-                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp=yes\nenable_upnp=yes\n\
+                "ext_ifname=wan\nlistening_ip=lan\nport=0\nenable_natpmp=yes\nenable_upnp={}\n\
                  secure_mode=yes\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07a\n\
                  upnp_table_name=upnp\nupnp_nat_table_name=upnp\nupnp_forward_chain=miniupnpd\n\
                  upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
-                 allow 1024-65535 {a}.{b}.{c}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+                 allow 1024-65535 {a}.{b}.{c}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                if igd { "yes" } else { "no" }
             ),
         )
         .expect("miniupnpd.conf");
@@ -308,6 +314,10 @@ impl Lab {
         let igd = Command::new("ip")
             .args(["netns", "exec", &router.ns, "miniupnpd", "-d", "-f"])
             .arg(&conf)
+            // A pid file of its own: two labs' IGDs in one test run must not find each
+            // other's (the second would refuse to start).
+            .arg("-P")
+            .arg(dir.join("miniupnpd.pid"))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("miniupnpd.log")).expect("log"))
             .spawn()

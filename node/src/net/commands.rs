@@ -54,6 +54,8 @@ pub(super) enum Command {
         response: Box<JoinResponse>,
     },
     DropOutsider(PeerId),
+    /// What the PCP / NAT-PMP task came to.
+    PortMapping(reach::PmpEvent),
     SetAnnouncement(Box<Announcement>),
     Info(oneshot::Sender<NetInfo>),
     Ping {
@@ -232,6 +234,7 @@ impl NetActor {
             Command::Join { invite, reply } => self.start_join(*invite, reply),
             Command::RespondJoin { request, response } => self.respond_join(request, *response),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
+            Command::PortMapping(e) => self.on_port_mapping(e),
             Command::SetAnnouncement(a) => self.set_announcement(*a),
             Command::Ping { peer, reply } => self.send_ping(peer, reply),
             Command::Find { peer, reply } => self.find(peer, reply),

@@ -269,6 +269,7 @@ pub fn spawn(
             config.relay.serve && config.relay.for_anyone,
             &config.external,
             config.upnp(),
+            config.natpmp(),
         ),
         public: public::Public::new(config.internet.public_network, &config.internet.public_bootstrap),
         pings: HashMap::new(),
@@ -391,6 +392,9 @@ impl NetActor {
             // its listener, while the connections close.
             for id in self.listeners_reported.iter().copied().collect::<Vec<_>>() {
                 self.swarm.remove_listener(id);
+            }
+            if let Some(c) = self.reach.pmp_cancel() {
+                c.cancel();
             }
             st.closed_at = Some(now);
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();

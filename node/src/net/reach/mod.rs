@@ -8,6 +8,8 @@
 mod dht;
 #[cfg(test)]
 mod fake;
+mod natpmp;
+pub(super) use natpmp::PmpEvent;
 mod plan;
 mod punch;
 pub use punch::PunchState;
@@ -118,6 +120,10 @@ pub(super) struct Reach {
     relay_for_anyone: bool,
     declared: Vec<Multiaddr>,
     upnp: UpnpInfo,
+    /// PCP / NAT-PMP is tried when UPnP finds no router.
+    natpmp: bool,
+    /// The PCP / NAT-PMP task, once started (cancelled on stop: it removes its mappings).
+    pmp: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Reach {
@@ -127,6 +133,7 @@ impl Reach {
         relay_for_anyone: bool,
         declared: &[Multiaddr],
         upnp: bool,
+        natpmp: bool,
     ) -> Self {
         Self {
             plan: ReachPlan::new(configured),
@@ -136,7 +143,15 @@ impl Reach {
             relay_for_anyone,
             declared: declared.to_vec(),
             upnp: UpnpInfo::new(upnp),
+            natpmp,
+            pmp: None,
         }
+    }
+
+    /// The PCP / NAT-PMP task's token, once: cancelled on a clean stop, the task removes
+    /// its mappings.
+    pub(super) fn pmp_cancel(&mut self) -> Option<tokio_util::sync::CancellationToken> {
+        self.pmp.take()
     }
 
     /// When the reach machinery next needs to act.
@@ -499,8 +514,57 @@ impl NetActor {
     }
 
     pub(super) fn on_upnp(&mut self, e: libp2p::upnp::Event) {
+        let no_router = matches!(e, libp2p::upnp::Event::GatewayNotFound);
         let said = self.reach.upnp.on_event(e);
         tracing::info!("{said}");
+        if no_router {
+            self.start_natpmp();
+        }
+        self.reach_changed();
+    }
+
+    /// UPnP found no router: ask the default gateway by PCP / NAT-PMP (once).
+    fn start_natpmp(&mut self) {
+        if !self.reach.natpmp || self.reach.pmp.is_some() || self.stopping {
+            return;
+        }
+        let Some(gateway) = natpmp::default_gateway() else {
+            tracing::info!("no default gateway: no PCP / NAT-PMP port mapping");
+            return;
+        };
+        let listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let ports = natpmp::ports(&listen);
+        if ports.is_empty() {
+            return;
+        }
+        tracing::info!(%gateway, ?ports, "asking the router to forward the listening ports (PCP / NAT-PMP)");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        self.reach.pmp = Some(cancel.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(natpmp::run(gateway, ports, tx, cancel));
+        let actor = self.self_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if actor.send(super::Command::PortMapping(e)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// What the PCP / NAT-PMP task came to.
+    pub(super) fn on_port_mapping(&mut self, e: PmpEvent) {
+        match e {
+            PmpEvent::Mapped(addrs, method) => {
+                for a in &addrs {
+                    tracing::info!(addr = %a, "the router forwards {a} to this node ({method})");
+                    self.swarm.add_external_address(a.clone());
+                }
+                self.reach.upnp.mapped = addrs;
+                self.reach.upnp.status = UpnpStatus::Mapped;
+            }
+            PmpEvent::Failed(why) => tracing::info!(%why, "no PCP / NAT-PMP port mapping"),
+        }
         self.reach_changed();
     }
 
