@@ -66,12 +66,21 @@ impl NetActor {
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        if let Err(e) = self.swarm.dial(opts)
-            && let Some(j) = self.adm.joining.remove(&inviter)
-        {
+        match self.swarm.dial(opts) {
+            Ok(()) => {}
+            // Another dial of the inviter (a redial, a lookup) is under way: its outcome
+            // connects the join or reports its failure.
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => self.fail_join_dial(inviter, &e),
+        }
+    }
+
+    /// The join's dial could not even start: the join fails with why.
+    fn fail_join_dial(&mut self, inviter: PeerId, e: &libp2p::swarm::DialError) {
+        if let Some(j) = self.adm.joining.remove(&inviter) {
             let _ = j.reply.send(Err(NetError::Dial {
                 addr: inviter.to_string(),
-                why: super::dial_error_text(&e),
+                why: super::dial_error_text(e),
             }));
         }
     }

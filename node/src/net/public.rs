@@ -212,6 +212,12 @@ impl NetActor {
         if !self.public.enabled {
             return;
         }
+        if self.adm.mesh.is_open() {
+            tracing::warn!(
+                "[internet] public_network is on but this node runs in open mode (no mesh key): the public network stays unused"
+            );
+            return;
+        }
         let nodes = self.public.bootstrap.clone();
         let Some(kad) = self.public_kad() else { return };
         for (peer, addr) in nodes {

@@ -194,16 +194,19 @@ struct World {
 impl World {
     /// Bytes the relay host received and sent so far.
     fn relay_bytes(&self) -> u64 {
-        ["rx_bytes", "tx_bytes"]
-            .iter()
-            .map(|f| {
-                let out = self
-                    .net
-                    .exec(&self.relay_ns, &["cat", &format!("/sys/class/net/eth0/statistics/{f}")]);
-                String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
-            })
-            .sum()
+        host_bytes(&self.net, &self.relay_ns)
     }
+}
+
+/// Bytes in and out of the `eth0` of namespace `ns` so far.
+pub(super) fn host_bytes(net: &netns::Lab, ns: &str) -> u64 {
+    ["rx_bytes", "tx_bytes"]
+        .iter()
+        .map(|f| {
+            let out = net.exec(ns, &["cat", &format!("/sys/class/net/eth0/statistics/{f}")]);
+            String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+        })
+        .sum()
 }
 
 fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mesh_node::api::{AgentSpec, Event, LocalApi, SendRequest};
 
+use super::reach::host_bytes;
 use crate::daemons::{self, Lab};
 use crate::netns::{self, Nat};
 use crate::stats::{Row, Samples, ms};
@@ -56,17 +57,6 @@ pub async fn row(lab: &mut Lab, trials: usize) -> anyhow::Result<Row> {
             kib.last().copied().unwrap_or(0),
         ))
         .target("nothing lost", delivered == n))
-}
-
-/// Bytes in and out of `ns`'s `eth0` so far.
-fn host_bytes(net: &netns::Lab, ns: &str) -> u64 {
-    ["rx_bytes", "tx_bytes"]
-        .iter()
-        .map(|f| {
-            let out = net.exec(ns, &["cat", &format!("/sys/class/net/eth0/statistics/{f}")]);
-            String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
-        })
-        .sum()
 }
 
 async fn trial(lab: &mut Lab) -> anyhow::Result<Trial> {

@@ -46,12 +46,7 @@ impl Slots {
     pub(in crate::net) fn new(configured: &[Multiaddr]) -> Self {
         let configured = configured
             .iter()
-            .filter_map(|a| {
-                a.iter().find_map(|p| match p {
-                    Protocol::P2p(id) => Some((id, crate::net::strip_p2p(a.clone()))),
-                    _ => None,
-                })
-            })
+            .filter_map(|a| crate::net::peer_of(a).map(|id| (id, crate::net::strip_p2p(a.clone()))))
             .collect();
         Self {
             configured,
