@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod daemons;
+mod delay;
 mod figures;
 mod mcp;
 #[path = "../../../cli/tests/netns/mod.rs"]
@@ -56,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from("bench-results.json");
     if std::env::args().nth(1).as_deref() == Some(daemons::STAND_IN_ARG) {
         return daemons::stand_in_main(std::env::args().skip(2).collect());
+    }
+    if std::env::args().nth(1).as_deref() == Some(delay::DELAY_ARG) {
+        return delay::delay_main(std::env::args().skip(2).collect());
     }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -39,6 +39,9 @@ struct Scenario {
     /// B's router runs a UPnP IGD (miniupnpd): B gets a port forwarded, needs no slot, and
     /// A dials B's public address instead of a relayed one.
     upnp_b: bool,
+    /// One-way latency from the public segment into each router (none: the namespaces'
+    /// microseconds), as on a real path between two homes ([`crate::delay`]).
+    latency: Duration,
 }
 
 /// Two endpoint-independent NATs behind quiet routers, members of one mesh, the public
@@ -52,9 +55,10 @@ const EIM_PAIR: Scenario = Scenario {
     open: false,
     quiet: true,
     upnp_b: false,
+    latency: Duration::ZERO,
 };
 
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 10] = [
     EIM_PAIR,
     Scenario {
         name: "EIM pair, public segment in 100.64.0.0/10",
@@ -80,6 +84,18 @@ const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "EIM pair behind routers that answer unsolicited packets",
         quiet: false,
+        ..EIM_PAIR
+    },
+    Scenario {
+        name: "EIM pair behind routers that answer unsolicited packets, 1 ms apart",
+        quiet: false,
+        latency: Duration::from_millis(1),
+        ..EIM_PAIR
+    },
+    Scenario {
+        name: "EIM pair behind routers that answer unsolicited packets, 10 ms apart",
+        quiet: false,
+        latency: Duration::from_millis(10),
         ..EIM_PAIR
     },
     Scenario {
@@ -187,6 +203,7 @@ struct World {
     a: Node,
     b: Node,
     _relay: Node,
+    _delays: Vec<crate::delay::Delay>,
     relay_ns: String,
     net: netns::Lab,
 }
@@ -222,6 +239,12 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
     if sc.upnp_b {
         net.upnp(&rb).context("miniupnpd")?;
     }
+    let mut delays = Vec::new();
+    if !sc.latency.is_zero() {
+        for (queue, r) in [(1, &ra), (2, &rb)] {
+            delays.push(crate::delay::inbound(&r.ns, queue, sc.latency)?);
+        }
+    }
     let open: &[&str] = if sc.open { &["--open"] } else { &[] };
     let relay_args = [
         "--relay",
@@ -248,6 +271,7 @@ fn world(lab: &mut Lab, sc: &Scenario) -> anyhow::Result<World> {
         a,
         b,
         _relay: relay,
+        _delays: delays,
         relay_ns: relay_host.ns.clone(),
         net,
     })
