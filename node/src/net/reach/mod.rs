@@ -564,6 +564,16 @@ impl NetActor {
                 self.reach.upnp.status = UpnpStatus::Mapped;
             }
             PmpEvent::Failed(why) => tracing::info!(%why, "no PCP / NAT-PMP port mapping"),
+            PmpEvent::Lost(addrs) => {
+                for a in &addrs {
+                    tracing::warn!(addr = %a, "the router no longer forwards {a} to this node");
+                    self.swarm.remove_external_address(a);
+                }
+                self.reach.upnp.mapped.retain(|a| !addrs.contains(a));
+                if self.reach.upnp.mapped.is_empty() {
+                    self.reach.upnp.status = UpnpStatus::Searching;
+                }
+            }
         }
         self.reach_changed();
     }

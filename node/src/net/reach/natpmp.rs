@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU16;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crab_nat::{InternetProtocol, PortMapping, PortMappingOptions, PortMappingType, TimeoutConfig};
 use libp2p::Multiaddr;
@@ -28,6 +28,62 @@ pub(in crate::net) enum PmpEvent {
     Mapped(Vec<Multiaddr>, &'static str),
     /// No mapping could be made; why.
     Failed(String),
+    /// The router no longer forwards these addresses (a mapping ran out unrenewed).
+    Lost(Vec<Multiaddr>),
+}
+
+/// How soon a renewal the router did not answer is tried again (at most: never past the
+/// mapping's end).
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// Where the renewal of one mapping stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Renewal {
+    /// When the router's grant runs out.
+    expires: Instant,
+    /// The lifetime it granted.
+    lifetime: Duration,
+    /// The last renewal the router did not answer, if the one before it failed.
+    failed: Option<Instant>,
+}
+
+/// What became of a mapping after a renewal attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewed {
+    /// Renewed, or still running on the old grant (try again by [`Renewal::due`]).
+    Held,
+    /// Ran out: the router no longer forwards the port.
+    Lost,
+}
+
+impl Renewal {
+    /// When to renew: at half the granted lifetime; after a failure, [`RENEW_RETRY`] later,
+    /// and at the latest when the grant ends.
+    fn due(&self) -> Instant {
+        match self.failed {
+            None => self.expires - self.lifetime / 2,
+            Some(at) => (at + RENEW_RETRY).min(self.expires),
+        }
+    }
+
+    /// Takes the outcome of a renewal at `now` (`Ok` with the new grant's end and lifetime).
+    fn after(&mut self, outcome: Result<(Instant, Duration), ()>, now: Instant) -> Renewed {
+        match outcome {
+            Ok((expires, lifetime)) => {
+                *self = Renewal {
+                    expires,
+                    lifetime,
+                    failed: None,
+                };
+                Renewed::Held
+            }
+            Err(()) if now >= self.expires => Renewed::Lost,
+            Err(()) => {
+                self.failed = Some(now);
+                Renewed::Held
+            }
+        }
+    }
 }
 
 /// A transport protocol to map a port of.
@@ -86,7 +142,13 @@ fn gateway_in(table: &str) -> Option<Ipv4Addr> {
     })
 }
 
+/// How long after losing every mapping (a router that rebooted, say) they are asked for
+/// again.
+const REMAP_AFTER: Duration = Duration::from_secs(60);
+
 /// Maps `ports` on `gateway`, reports, renews until `cancel`, then removes the mappings.
+/// Mappings the router stops renewing are reported lost; when all are, they are asked for
+/// again after [`REMAP_AFTER`] (a router that once mapped them speaks the protocol).
 pub(in crate::net) async fn run(
     gateway: Ipv4Addr,
     ports: Vec<(Proto, u16)>,
@@ -102,21 +164,56 @@ pub(in crate::net) async fn run(
             return;
         }
     };
-    let quick = TimeoutConfig {
-        initial_timeout: Duration::from_millis(250),
-        max_retries: 3,
-        max_retry_timeout: Some(Duration::from_secs(1)),
-    };
+    let mut mapped_once = false;
+    loop {
+        if let Some((mappings, external)) = map_all(gateway, client, &ports, &report, &cancel).await {
+            mapped_once = true;
+            let kept = hold(mappings, external, &report, &cancel).await;
+            if cancel.is_cancelled() {
+                for m in kept {
+                    let port = m.internal_port();
+                    if let Err((e, _)) = m.try_drop().await {
+                        tracing::debug!(%port, error = %e, "the router did not remove a port mapping");
+                    }
+                }
+                return;
+            }
+        } else if !mapped_once || cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(REMAP_AFTER) => {}
+        }
+    }
+}
+
+/// Timeouts for one request to the router: quick, it is on the LAN.
+const QUICK: TimeoutConfig = TimeoutConfig {
+    initial_timeout: Duration::from_millis(250),
+    max_retries: 3,
+    max_retry_timeout: Some(Duration::from_secs(1)),
+};
+
+/// Asks for every port and reports what came of it: the mappings made and the router's
+/// address, or `None` when none was made (or the router did not tell its address).
+async fn map_all(
+    gateway: Ipv4Addr,
+    client: Ipv4Addr,
+    ports: &[(Proto, u16)],
+    report: &mpsc::Sender<PmpEvent>,
+    cancel: &CancellationToken,
+) -> Option<(Vec<PortMapping>, IpAddr)> {
     let mut mappings = Vec::new();
-    for (proto, port) in ports {
+    for &(proto, port) in ports {
         let Some(port) = NonZeroU16::new(port) else { continue };
         let options = PortMappingOptions {
             external_port: Some(port),
             lifetime_seconds: Some(MAPPING_LIFETIME),
-            timeout_config: Some(quick),
+            timeout_config: Some(QUICK),
         };
         let mapped = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return None,
             m = PortMapping::new(IpAddr::V4(gateway), IpAddr::V4(client), proto.of(), port, options) => m,
         };
         match mapped {
@@ -128,56 +225,82 @@ pub(in crate::net) async fn run(
             }
         }
     }
-    if mappings.is_empty() {
-        return;
-    }
-    let external = match mappings[0].mapping_type() {
-        PortMappingType::Pcp { external_ip, .. } => Some(external_ip),
-        PortMappingType::NatPmp => crab_nat::natpmp::external_address(IpAddr::V4(gateway), Some(quick))
-            .await
-            .ok()
-            .map(IpAddr::V4),
+    let first = mappings.first()?;
+    let (external, method) = match first.mapping_type() {
+        PortMappingType::Pcp { external_ip, .. } => (Some(external_ip), "PCP"),
+        PortMappingType::NatPmp => (
+            crab_nat::natpmp::external_address(IpAddr::V4(gateway), Some(QUICK))
+                .await
+                .ok()
+                .map(IpAddr::V4),
+            "NAT-PMP",
+        ),
     };
-    let method = match mappings[0].mapping_type() {
-        PortMappingType::Pcp { .. } => "PCP",
-        PortMappingType::NatPmp => "NAT-PMP",
+    let Some(ip) = external else {
+        let _ = report
+            .send(PmpEvent::Failed(
+                "the router mapped the ports but did not tell its address".into(),
+            ))
+            .await;
+        return None;
     };
-    match external {
-        Some(ip) => {
-            let addrs = mappings.iter().filter_map(|m| external_addr(ip, m)).collect();
-            let _ = report.send(PmpEvent::Mapped(addrs, method)).await;
-        }
-        None => {
-            let _ = report
-                .send(PmpEvent::Failed(
-                    "the router mapped the ports but did not tell its address".into(),
-                ))
-                .await;
-        }
-    }
-    loop {
-        let next = mappings
-            .iter()
-            .map(|m| m.expiration() - Duration::from_secs(u64::from(m.lifetime()) / 2))
-            .min()
-            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(60));
+    let addrs = mappings.iter().filter_map(|m| external_addr(ip, m)).collect();
+    let _ = report.send(PmpEvent::Mapped(addrs, method)).await;
+    Some((mappings, ip))
+}
+
+/// Renews `mappings` until `cancel` (then returns those still held) or until all ran out
+/// unrenewed (reported [`PmpEvent::Lost`] one by one as they do).
+async fn hold(
+    mappings: Vec<PortMapping>,
+    external: IpAddr,
+    report: &mpsc::Sender<PmpEvent>,
+    cancel: &CancellationToken,
+) -> Vec<PortMapping> {
+    let mut held: Vec<(PortMapping, Renewal)> = mappings
+        .into_iter()
+        .map(|m| {
+            let r = Renewal {
+                expires: m.expiration(),
+                lifetime: Duration::from_secs(u64::from(m.lifetime())),
+                failed: None,
+            };
+            (m, r)
+        })
+        .collect();
+    while !held.is_empty() {
+        let next = held.iter().map(|(_, r)| r.due()).min().unwrap_or_else(Instant::now);
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {
-                for m in &mut mappings {
-                    if let Err(e) = m.renew().await {
-                        tracing::warn!(port = %m.internal_port(), error = %e, "the router did not renew a port mapping");
-                    }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+        }
+        let mut lost = Vec::new();
+        let mut i = 0;
+        while i < held.len() {
+            let (m, r) = &mut held[i];
+            if r.due() > Instant::now() {
+                i += 1;
+                continue;
+            }
+            let outcome = match m.renew().await {
+                Ok(()) => Ok((m.expiration(), Duration::from_secs(u64::from(m.lifetime())))),
+                Err(e) => {
+                    tracing::warn!(port = %m.internal_port(), error = %e, "the router did not renew a port mapping");
+                    Err(())
                 }
+            };
+            if r.after(outcome, Instant::now()) == Renewed::Lost {
+                let (m, _) = held.remove(i);
+                lost.extend(external_addr(external, &m));
+            } else {
+                i += 1;
             }
         }
-    }
-    for m in mappings {
-        let port = m.internal_port();
-        if let Err((e, _)) = m.try_drop().await {
-            tracing::debug!(%port, error = %e, "the router did not remove a port mapping");
+        if !lost.is_empty() {
+            let _ = report.send(PmpEvent::Lost(lost)).await;
         }
     }
+    held.into_iter().map(|(m, _)| m).collect()
 }
 
 /// Our address on the way to `gateway` (no packet is sent).
@@ -229,5 +352,31 @@ mod tests {
         .map(|a| a.parse().unwrap())
         .collect();
         assert_eq!(ports(&listen), vec![(Proto::Tcp, 4001), (Proto::Udp, 4002)]);
+    }
+
+    #[test]
+    fn a_mapping_is_renewed_at_half_its_lifetime_retried_when_the_router_is_silent_and_lost_when_it_runs_out() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut r = Renewal {
+            expires: t0 + hour,
+            lifetime: hour,
+            failed: None,
+        };
+        assert_eq!(r.due(), t0 + hour / 2);
+        // A renewal the router answers: the new grant counts.
+        let now = t0 + hour / 2;
+        assert_eq!(r.after(Ok((now + hour, hour)), now), Renewed::Held);
+        assert_eq!(r.due(), now + hour / 2);
+        // The router goes silent: tried again soon, while the grant lasts.
+        let silent = now + hour / 2;
+        assert_eq!(r.after(Err(()), silent), Renewed::Held);
+        assert_eq!(r.due(), silent + RENEW_RETRY);
+        // Near the end, the last try is at the end itself, not past it.
+        let late = now + hour - Duration::from_secs(10);
+        assert_eq!(r.after(Err(()), late), Renewed::Held);
+        assert_eq!(r.due(), now + hour);
+        // At the end, unrenewed: the router no longer forwards the port.
+        assert_eq!(r.after(Err(()), now + hour), Renewed::Lost);
     }
 }
