@@ -357,6 +357,81 @@ fn a_failed_hole_punch_is_tried_again_until_the_connection_goes_direct() {
     });
 }
 
+/// DCUtR always punches between the two listening ports. When that pair of ports cannot
+/// get through (here the routers drop it; behind routers that answer stray packets a
+/// failed round spoils it for a while), punches from fresh ports pair other ports each
+/// round, and the member goes direct all the same; messages keep flowing throughout.
+#[test]
+fn when_the_listening_ports_cannot_meet_a_punch_from_a_fresh_port_goes_direct() {
+    // TCP only, on a known port: no QUIC punch, and a rule can name the pair DCUtR uses.
+    let listen = ["--listen", "/ip4/0.0.0.0/tcp/4101"];
+    let Some(w) = world_with(
+        "nat-fresh",
+        [5, 0, 0],
+        Nat::EndpointIndependent,
+        Nat::EndpointIndependent,
+        FAST_CONFIG,
+        &listen,
+    ) else {
+        return;
+    };
+    for (router, other) in [(&w.ra, &w.rb), (&w.rb, &w.ra)] {
+        let ip = other.wan_ip.to_string();
+        let rule = [
+            "iptables",
+            "-t",
+            "raw",
+            "-I",
+            "PREROUTING",
+            "-i",
+            "wan",
+            "-s",
+            &ip,
+            "-p",
+            "tcp",
+            "--sport",
+            "4101",
+            "--dport",
+            "4101",
+            "-j",
+            "DROP",
+        ];
+        let out = w.lab.exec(&router.ns, &rule);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let b_peer = w.b.info.peer_id;
+        let relayed = relayed_addr(&w.hb).await;
+        w.ha.run(&["dial", &relayed]).ok();
+        let mut texts = vec!["over the relay".to_string()];
+        send(&w.ha, "tester@beta", &texts[0]).await;
+        wait_until_within(
+            &w.ha,
+            "a direct connection to B",
+            Duration::from_secs(60),
+            |c| async move {
+                connections(&c, b_peer)
+                    .await
+                    .iter()
+                    .any(|c| c.path != PathView::Relayed)
+            },
+        )
+        .await;
+        // With the listening ports' pair dropped and no QUIC, only a punch from a fresh
+        // port can have made it.
+        let a = status(&client(&w.ha).await).await.reach.punch;
+        let b = status(&client(&w.hb).await).await.reach.punch;
+        assert!(a.successes + b.successes >= 1, "a punch made it: {a:?} {b:?}");
+        for i in 0..10 {
+            let t = format!("direct {i}");
+            send(&w.ha, "tester@beta", &t).await;
+            texts.push(t);
+        }
+        wait_inbox(&w.hb, "tester", &texts).await;
+    });
+}
+
 /// A relay is one by role: with every address of the "public" segment in a private range,
 /// the relay still serves, B gets a slot, and A reaches B (going direct, the NATs being
 /// endpoint-independent).

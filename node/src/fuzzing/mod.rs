@@ -193,8 +193,10 @@ fn wire_protocol(pick: u8, bytes: &[u8]) {
                 wire::MAX_SYNC_RESPONSE_BYTES,
             );
         }
+        // The small members-only ones: probes and hole punches from fresh ports.
         _ => {
             protocol::<u64, u64>(bytes, 64, 64);
+            protocol::<wire::PunchRequest, wire::PunchResponse>(bytes, wire::MAX_PUNCH_BYTES, wire::MAX_PUNCH_BYTES);
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::mesh::Grant;
 use crate::mesh::Membership;
 use crate::wire::{
     self, AdmitRequest, AdmitResponse, Announcement, DmRequest, DmResponse, InboundBudget, JoinRequest, JoinResponse,
-    PostcardCodec, SyncRequest, SyncResponse,
+    PostcardCodec, PunchRequest, PunchResponse, SyncRequest, SyncResponse,
 };
 
 /// Kademlia protocol name: our own DHT, not the public IPFS one.
@@ -37,6 +37,7 @@ pub(super) type AdmitBehaviour = request_response::Behaviour<PostcardCodec<Admit
 pub(super) type JoinBehaviour = request_response::Behaviour<PostcardCodec<JoinRequest, JoinResponse>>;
 pub(super) type SyncBehaviour = request_response::Behaviour<PostcardCodec<SyncRequest, SyncResponse>>;
 pub(super) type RekeyBehaviour = request_response::Behaviour<PostcardCodec<Grant, ()>>;
+pub(super) type PunchBehaviour = request_response::Behaviour<PostcardCodec<PunchRequest, PunchResponse>>;
 
 /// Incoming connections being set up at once (all transports; TCP handshakes are also
 /// bounded, oldest first, by [`guard::MAX_HANDSHAKES`]).
@@ -82,6 +83,7 @@ mod composed {
         pub(in crate::net) sync: Gate<SyncBehaviour>,
         pub(in crate::net) rekey: Gate<RekeyBehaviour>,
         pub(in crate::net) probe: Gate<PingBehaviour>,
+        pub(in crate::net) punch: Gate<PunchBehaviour>,
         pub(in crate::net) relay_client: relay::client::Behaviour,
         pub(in crate::net) relay_server: Toggle<Gate<relay::Behaviour>>,
         pub(in crate::net) dcutr: Gate<dcutr::Behaviour>,
@@ -101,6 +103,7 @@ mod composed {
             self.sync.admit(peer);
             self.rekey.admit(peer);
             self.probe.admit(peer);
+            self.punch.admit(peer);
             if let Some(r) = self.relay_server.as_mut() {
                 r.admit(peer);
             }
@@ -258,7 +261,12 @@ fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Confi
             wire::REKEY_PROTOCOL,
             rr.clone(),
         )),
-        probe: gate(rr_behaviour(PostcardCodec::new(64, 64), PING_PROTOCOL, rr)),
+        probe: gate(rr_behaviour(PostcardCodec::new(64, 64), PING_PROTOCOL, rr.clone())),
+        punch: gate(rr_behaviour(
+            PostcardCodec::new(wire::MAX_PUNCH_BYTES, wire::MAX_PUNCH_BYTES),
+            wire::PUNCH_PROTOCOL,
+            rr.with_request_timeout(Duration::from_secs(10)),
+        )),
         relay_client,
         relay_server: relay_cfg
             .serve

@@ -56,6 +56,8 @@ pub(super) enum Command {
     DropOutsider(PeerId),
     /// What the PCP / NAT-PMP task came to.
     PortMapping(reach::PmpEvent),
+    /// A round of a hole punch from a fresh port came to an end.
+    Fired(reach::Fired),
     SetAnnouncement(Box<Announcement>),
     Info(oneshot::Sender<NetInfo>),
     Ping {
@@ -235,6 +237,7 @@ impl NetActor {
             Command::RespondJoin { request, response } => self.respond_join(request, *response),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
             Command::PortMapping(e) => self.on_port_mapping(e),
+            Command::Fired(f) => self.on_fired(f),
             Command::SetAnnouncement(a) => self.set_announcement(*a),
             Command::Ping { peer, reply } => self.send_ping(peer, reply),
             Command::Find { peer, reply } => self.find(peer, reply),

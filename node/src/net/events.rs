@@ -318,6 +318,7 @@ impl NetActor {
             BehaviourEvent::Sync(e) => self.on_sync(e),
             BehaviourEvent::Rekey(e) => self.on_rekey(e),
             BehaviourEvent::Probe(e) => self.on_probe(e),
+            BehaviourEvent::Punch(e) => self.on_punch(e),
             BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
             BehaviourEvent::RelayServer(e) => self.on_relay_server(e),
             BehaviourEvent::Dcutr(e) => self.on_dcutr(e),

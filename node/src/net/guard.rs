@@ -55,6 +55,8 @@ pub struct Guard {
     inner: Arc<Mutex<State>>,
     /// Relay serving anyone: outsiders legitimately carry traffic, nothing is metered.
     unmetered: bool,
+    /// Connections opened by hole punches, waiting for their dial.
+    parked: super::port_reuse::Parked,
 }
 
 #[derive(Default)]
@@ -97,7 +99,13 @@ impl Guard {
         Self {
             inner: Arc::default(),
             unmetered,
+            parked: Default::default(),
         }
+    }
+
+    /// Connections opened outside libp2p, handed to the dial of their remote address.
+    pub(crate) fn parked(&self) -> &super::port_reuse::Parked {
+        &self.parked
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -174,7 +182,7 @@ pub fn tcp_transport(key: &Keypair, guard: Guard) -> Result<Boxed<(PeerId, Strea
     mux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
     let metering = guard.clone();
     let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
-    let upgraded = super::port_reuse::FreshPortFallback::new(tcp)
+    let upgraded = super::port_reuse::FreshPortFallback::new(tcp, guard.parked().clone())
         .map(move |stream, endpoint| Metered {
             inner: stream,
             meter: metering.meter(&endpoint),

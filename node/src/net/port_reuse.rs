@@ -11,9 +11,16 @@
 //!
 //! [`FreshPortFallback`] dials again from a fresh port when, and only when, the bind for
 //! port reuse fails that way.
+//!
+//! It also hands over connections made outside libp2p: a hole punch from a fresh port
+//! (`net::reach::fresh`) opens its TCP connection itself and [`Parked`] keeps it until
+//! the swarm dials that remote address, which then gets the connection as it is.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
@@ -22,22 +29,69 @@ use libp2p::Multiaddr;
 use libp2p::core::Transport;
 use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
 
-/// A TCP transport whose port-reusing dials fall back to a fresh port on `EADDRINUSE`.
+/// TCP connections already open, by remote address, waiting for the swarm to dial that
+/// address (cheap to clone). Taken once; one left unclaimed is dropped (closed) by
+/// [`Parked::expire`].
+#[derive(Clone, Default)]
+pub struct Parked {
+    inner: Arc<Mutex<HashMap<SocketAddr, (tokio::net::TcpStream, std::time::Instant)>>>,
+}
+
+impl Parked {
+    /// Keeps `stream` (connected to `remote`) for the next dial of `remote`.
+    pub(crate) fn park(&self, remote: SocketAddr, stream: tokio::net::TcpStream) {
+        self.lock().insert(remote, (stream, std::time::Instant::now()));
+    }
+
+    /// The connection kept for `remote`, if any.
+    pub(crate) fn take(&self, remote: &SocketAddr) -> Option<tokio::net::TcpStream> {
+        self.lock().remove(remote).map(|(s, _)| s)
+    }
+
+    /// Drops connections kept longer than `age` (their dial never came).
+    pub(crate) fn expire(&self, age: std::time::Duration) {
+        self.lock().retain(|_, (_, at)| at.elapsed() < age);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (tokio::net::TcpStream, std::time::Instant)>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The socket address of `/ip4/<ip>/tcp/<port>` or `/ip6/<ip>/tcp/<port>` (a trailing
+/// `/p2p/<id>` allowed).
+pub(crate) fn tcp_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip: std::net::IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let Protocol::Tcp(port) = it.next()? else { return None };
+    match (it.next(), it.next()) {
+        (None, _) | (Some(Protocol::P2p(_)), None) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+/// A TCP transport whose port-reusing dials fall back to a fresh port on `EADDRINUSE`,
+/// and whose dials of an address with a [`Parked`] connection get that connection.
 pub(crate) struct FreshPortFallback<T> {
     inner: T,
+    parked: Parked,
 }
 
 impl<T> FreshPortFallback<T> {
-    pub(crate) fn new(inner: T) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: T, parked: Parked) -> Self {
+        Self { inner, parked }
     }
 }
 
 impl<T> Transport for FreshPortFallback<T>
 where
-    T: Transport<Error = io::Error> + Unpin,
+    T: Transport<Error = io::Error, Output = libp2p::tcp::tokio::TcpStream> + Unpin,
     T::Dial: Send + 'static,
-    T::Output: Send + 'static,
 {
     type Output = T::Output;
     type Error = io::Error;
@@ -53,6 +107,10 @@ where
     }
 
     fn dial(&mut self, addr: Multiaddr, opts: DialOpts) -> Result<Self::Dial, TransportError<io::Error>> {
+        if let Some(stream) = tcp_socket_addr(&addr).and_then(|a| self.parked.take(&a)) {
+            tracing::debug!(%addr, "handing over a connection opened by a hole punch");
+            return Ok(futures::future::ready(Ok(libp2p::tcp::tokio::TcpStream(stream))).boxed());
+        }
         let first = self.inner.dial(addr.clone(), opts)?;
         if opts.port_use == PortUse::New {
             return Ok(first.boxed());
@@ -133,10 +191,50 @@ mod tests {
     async fn a_dial_falls_back_to_a_fresh_port_when_the_listening_port_is_taken_elsewhere() {
         let (inner, _squatter) = listening_with_port_taken_elsewhere().await;
         let target = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut t = FreshPortFallback::new(inner);
+        let mut t = FreshPortFallback::new(inner, Parked::default());
         let stream = t.dial(addr_of(&target), dial_opts()).unwrap().await;
         assert!(stream.is_ok(), "the dial failed: {:?}", stream.err());
         assert!(target.accept().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dial_of_an_address_with_a_parked_connection_gets_that_connection() {
+        let target = TcpListener::bind("127.0.0.1:0").unwrap();
+        let remote = target.local_addr().unwrap();
+        let opened = tokio::net::TcpStream::connect(remote).await.unwrap();
+        let local = opened.local_addr().unwrap();
+        let parked = Parked::default();
+        parked.park(remote, opened);
+        let mut t = FreshPortFallback::new(tcp::tokio::Transport::new(tcp::Config::new()), parked.clone());
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", remote.port(), libp2p::PeerId::random())
+            .parse()
+            .unwrap();
+        let got = t.dial(addr.clone(), dial_opts()).unwrap().await.unwrap();
+        assert_eq!(
+            got.0.local_addr().unwrap(),
+            local,
+            "the parked connection, not a new one"
+        );
+        assert!(parked.take(&remote).is_none(), "taken once");
+        // The next dial of the address is an ordinary one.
+        let again = t.dial(addr, dial_opts()).unwrap().await.unwrap();
+        assert_ne!(again.0.local_addr().unwrap(), local);
+    }
+
+    #[test]
+    fn tcp_socket_addresses_are_read_from_multiaddrs() {
+        let a = |s: &str| tcp_socket_addr(&s.parse().unwrap());
+        assert_eq!(a("/ip4/5.0.0.2/tcp/4001"), Some("5.0.0.2:4001".parse().unwrap()));
+        assert_eq!(
+            a("/ip4/5.0.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"),
+            Some("5.0.0.2:4001".parse().unwrap())
+        );
+        assert_eq!(a("/ip6/::1/tcp/7"), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(a("/ip4/5.0.0.2/udp/4001/quic-v1"), None);
+        assert_eq!(
+            a("/ip4/5.0.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"),
+            None
+        );
     }
 
     #[tokio::test]

@@ -45,6 +45,10 @@ pub const REKEY_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/rekey
 pub const DM_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/dm/1");
 /// Hello (directory exchange) protocol.
 pub const HELLO_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/hello/1");
+/// Hole punches from fresh ports, between members reached through relays only.
+pub const PUNCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/punch/1");
+/// Largest punch request or answer, in bytes (a few dozen are used).
+pub const MAX_PUNCH_BYTES: usize = 128;
 /// Topic catch-up protocol.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/sync/1");
 /// Largest catch-up request, in bytes.
@@ -495,4 +499,50 @@ mod tests {
             gossip_topic(&Membership::generate(), &topic).hash()
         );
     }
+}
+
+/// A round of a hole punch from a fresh port (`/agentmesh/punch/1`), asked by the member
+/// with the smaller PeerId of two that reach each other through relays only. Each round
+/// pairs a TCP port of each side that no earlier round used, so connection tracking left
+/// by a failed round (a router that answered a punch packet with a reset) cannot spoil it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchRequest {
+    /// The asker will punch from `from` (its public address and port for this round): a
+    /// fresh port when `fresh` (its router keeps port numbers), else its listening port.
+    Prepare {
+        /// The round, counted by the asker.
+        round: u32,
+        /// Where the asker's packets will come from.
+        from: std::net::SocketAddr,
+        /// `from` is a fresh port (the answerer punches from its listening port), else the
+        /// answerer must punch from a fresh port.
+        fresh: bool,
+    },
+    /// Send the first packet: the answerer when this arrives, plus half the round trip;
+    /// the asker when the answer arrives.
+    Fire {
+        /// The round prepared.
+        round: u32,
+    },
+}
+
+/// The answer to a [`PunchRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchResponse {
+    /// Ready for the round: the answerer punches from `from`; `None` when it cannot take
+    /// part (no public TCP address known, or its router does not keep port numbers when a
+    /// fresh port is needed on its side).
+    Prepared {
+        /// The round.
+        round: u32,
+        /// Where the answerer's packets will come from.
+        from: Option<std::net::SocketAddr>,
+    },
+    /// Firing now (plus half the round trip).
+    Firing {
+        /// The round.
+        round: u32,
+    },
+    /// Not now: no such round prepared, too many rounds, or a direct connection exists.
+    Refused,
 }

@@ -8,6 +8,8 @@
 mod dht;
 #[cfg(test)]
 mod fake;
+mod fresh;
+pub(super) use fresh::Fired;
 mod natpmp;
 pub(super) use natpmp::PmpEvent;
 mod plan;
@@ -124,6 +126,8 @@ pub(super) struct Reach {
     natpmp: bool,
     /// The PCP / NAT-PMP task, once started (cancelled on stop: it removes its mappings).
     pmp: Option<tokio_util::sync::CancellationToken>,
+    /// Hole punches from fresh ports under way.
+    fresh: fresh::Rounds,
 }
 
 impl Reach {
@@ -145,6 +149,7 @@ impl Reach {
             upnp: UpnpInfo::new(upnp),
             natpmp,
             pmp: None,
+            fresh: fresh::Rounds::default(),
         }
     }
 
@@ -380,6 +385,7 @@ impl NetActor {
                 }
                 ReachAction::Reserve { relay, listen } => refill |= !self.reserve(relay, listen, now),
                 ReachAction::Punch { peer, via } => self.punch(peer, via),
+                ReachAction::FreshPunch { peer } => self.fresh_round(peer),
                 ReachAction::Release { relay, listener } => {
                     tracing::info!(%relay, "reachable directly; releasing the relay slot");
                     self.swarm.remove_listener(listener);
@@ -399,7 +405,10 @@ impl NetActor {
 
     /// A peer observed (or AutoNAT confirmed) an address of ours.
     pub(super) fn reach_on_own_address(&mut self, addr: &Multiaddr) {
-        self.reach.plan.punches.own_address(addr, Instant::now());
+        let now = Instant::now();
+        if self.reach.plan.punches.own_address(addr, now) {
+            self.reach.plan.fresh.own_address_changed(now);
+        }
     }
 
     /// A fresh relayed connection to `peer` (beside the ones it has): DCUtR punches on it.

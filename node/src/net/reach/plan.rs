@@ -40,6 +40,11 @@ pub(in crate::net) enum ReachAction {
         /// Its relayed address.
         via: Multiaddr,
     },
+    /// A round of a hole punch from a fresh port with `peer` ([`super::fresh`]).
+    FreshPunch {
+        /// The member.
+        peer: PeerId,
+    },
     /// Give up the slot on `relay`: close its listener.
     Release {
         /// The relay.
@@ -78,6 +83,7 @@ pub(in crate::net) struct ReachPlan {
     pub(in crate::net) nat: Nat,
     pub(in crate::net) punch: PunchStats,
     pub(in crate::net) punches: Punches,
+    pub(in crate::net) fresh: super::fresh::FreshRounds,
 }
 
 impl ReachPlan {
@@ -90,6 +96,7 @@ impl ReachPlan {
             nat: Nat::default(),
             punch: PunchStats::default(),
             punches: Punches::default(),
+            fresh: Default::default(),
         }
     }
 
@@ -104,6 +111,7 @@ impl ReachPlan {
             .collect();
         out.extend(self.slots.plan(now, public, links));
         out.extend(self.punches.due(now, links));
+        out.extend(self.fresh.due(now, links));
         out
     }
 
@@ -118,6 +126,7 @@ impl ReachPlan {
             self.redials.next_deadline(),
             self.slots.next_deadline(),
             self.punches.next_deadline(),
+            self.fresh.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -101,13 +101,13 @@ impl Punches {
     /// from the shortest wait (the new address may be the one that works). Only an
     /// address a punch can use counts: one with an IP, not relayed (identify over a
     /// relayed connection observes a bare `/p2p/<id>`, which used to start a second punch
-    /// on top of the one under way).
-    pub(in crate::net) fn own_address(&mut self, addr: &Multiaddr, now: Instant) {
+    /// on top of the one under way). True when it was new.
+    pub(in crate::net) fn own_address(&mut self, addr: &Multiaddr, now: Instant) -> bool {
         use libp2p::multiaddr::Protocol;
         let punchable = addr.iter().any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))
             && !addr.iter().any(|p| p == Protocol::P2pCircuit);
         if !punchable || self.own.contains(addr) {
-            return;
+            return false;
         }
         if self.own.len() == OWN_ADDRESSES_KEPT {
             self.own.pop_front();
@@ -117,6 +117,12 @@ impl Punches {
             r.next = now;
             r.wait = PUNCH_FIRST;
         }
+        true
+    }
+
+    /// Addresses of ours peers observed or AutoNAT confirmed, newest last.
+    pub(in crate::net) fn own_addresses(&self) -> std::collections::vec_deque::Iter<'_, Multiaddr> {
+        self.own.iter()
     }
 
     /// When [`Punches::due`] next has something to do.
