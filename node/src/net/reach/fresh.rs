@@ -53,15 +53,21 @@ const CONNECT_WAIT: Duration = Duration::from_secs(3);
 const PREPARED_FOR: Duration = Duration::from_secs(10);
 /// Rounds one member may prepare with us at most this often.
 const PREPARE_EVERY: Duration = Duration::from_millis(500);
+/// Rounds in a row whose packets got no answer at all (not even a router's reset) after
+/// which a member gets no more until an address of ours changes: a NAT that gives every
+/// destination another port (symmetric) looks like this, and no punch gets through it.
+pub(in crate::net) const SILENT_ROUNDS: u32 = 4;
 
 /// One member reached through relays only, as the schedule sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Member {
     next: Instant,
     rounds: u32,
-    /// It cannot take part (neither side can punch from a fresh port) until one of our
-    /// addresses changes.
+    /// It cannot take part (neither side can punch from a fresh port, or its rounds go
+    /// unanswered) until one of our addresses changes.
     off: bool,
+    /// Rounds in a row that got no answer.
+    silent: u32,
 }
 
 /// When to run a round for each member reached through relays only (the smaller PeerId
@@ -86,6 +92,7 @@ impl FreshRounds {
                 next: now + FRESH_FIRST,
                 rounds: 0,
                 off: false,
+                silent: 0,
             });
             if m.off || m.next > now {
                 continue;
@@ -104,6 +111,15 @@ impl FreshRounds {
         }
     }
 
+    /// A round with `peer` ended: `silent` when its packets got no answer at all. After
+    /// [`SILENT_ROUNDS`] such in a row, no more rounds until an address of ours changes.
+    pub(in crate::net) fn ended(&mut self, peer: &PeerId, silent: bool) {
+        if let Some(m) = self.peers.get_mut(peer) {
+            m.silent = if silent { m.silent + 1 } else { 0 };
+            m.off |= m.silent >= SILENT_ROUNDS;
+        }
+    }
+
     /// A new address of ours: every member gets rounds again, from the shortest wait.
     pub(in crate::net) fn own_address_changed(&mut self, now: Instant) {
         for m in self.peers.values_mut() {
@@ -111,6 +127,7 @@ impl FreshRounds {
                 next: now,
                 rounds: 0,
                 off: false,
+                silent: 0,
             };
         }
     }
@@ -520,6 +537,8 @@ impl NetActor {
             result,
         } = fired;
         self.reach.plan.punch.record(result.is_ok());
+        let silent = matches!(&result, Err(e) if e.kind() == io::ErrorKind::TimedOut);
+        self.reach.plan.fresh.ended(&peer, silent);
         Metrics::count(&self.metrics.hole_punches, "attempt");
         let stream = match result {
             Ok(s) => s,
@@ -611,6 +630,36 @@ mod tests {
         links.direct_now(m);
         assert!(f.due(at + PUNCH_RETRY_MAX, &links).is_empty());
         assert_eq!(f.next_deadline(), None);
+    }
+
+    #[test]
+    fn rounds_that_get_no_answer_at_all_stop_after_a_few_in_a_row_refused_ones_do_not() {
+        let me = PeerId::random();
+        let m = larger(me);
+        let mut links = FakeLinks::default();
+        links.set_me(me, true);
+        links.relayed_only(m, None);
+        let mut f = FreshRounds::default();
+        let t0 = Instant::now();
+        f.due(t0, &links);
+        let mut at = t0 + FRESH_FIRST;
+        // Refused (a router's reset) ones, and silent ones broken by a refused one: on.
+        for silent in [false, false, true, true, true, false, true, true, true, false] {
+            assert_eq!(rounds(&f.due(at, &links)), [m]);
+            f.ended(&m, silent);
+            at += FRESH_EVERY * 2u32.pow(6);
+        }
+        // Then SILENT_ROUNDS in a row: off.
+        for _ in 0..SILENT_ROUNDS {
+            assert_eq!(rounds(&f.due(at, &links)), [m]);
+            f.ended(&m, true);
+            at += PUNCH_RETRY_MAX;
+        }
+        assert!(rounds(&f.due(at, &links)).is_empty());
+        assert_eq!(f.next_deadline(), None);
+        // A new address of ours starts them again.
+        f.own_address_changed(at);
+        assert_eq!(rounds(&f.due(at, &links)), [m]);
     }
 
     #[test]
