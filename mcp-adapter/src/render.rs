@@ -155,6 +155,7 @@ pub fn channel_meta(m: &MessageView) -> serde_json::Map<String, serde_json::Valu
 pub fn send_receipt(r: &SendReceipt) -> String {
     let status = match &r.status {
         SendStatus::Delivered => "delivered to the recipient's node".to_string(),
+        SendStatus::Read { at_ms } => format!("delivered, and read by the recipient at {}", time(*at_ms)),
         SendStatus::Queued { reason } => format!("queued: {reason}"),
         SendStatus::Rejected { reason } => format!("refused: {reason}"),
     };
@@ -339,7 +340,11 @@ fn history_lines(list: &[HistoryView]) -> String {
         if list.len() == 1 { "" } else { "s" }
     );
     for h in list {
-        let state = h.state.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default();
+        let state = match (&h.state, h.read_at_ms) {
+            (Some(s), Some(at)) => format!(" [{s} at {}]", time(at)),
+            (Some(s), None) => format!(" [{s}]"),
+            (None, _) => String::new(),
+        };
         let reply = h.reply_to.map(|r| format!(", in reply to {r}")).unwrap_or_default();
         out.push_str(&format!(
             "--- {} {} -> {} at {}{reply}{state}\n{}\n",
@@ -446,6 +451,7 @@ mod tests {
             at_ms: 0,
             reply_to: None,
             state: None,
+            read_at_ms: None,
         };
         let text = history(std::slice::from_ref(&h), Some("h42"));
         assert!(

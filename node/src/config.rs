@@ -212,6 +212,9 @@ pub struct Delivery {
     /// How long one delivery request may take before it is retried.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Tell the sending node when a local agent is first shown a direct message from it
+    /// (a read receipt). Off: the senders see "delivered", never "read".
+    pub read_receipts: bool,
 }
 
 /// Presence settings.
@@ -266,6 +269,7 @@ impl Default for Delivery {
             retry_max: Duration::from_secs(60),
             send_wait: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
+            read_receipts: true,
         }
     }
 }

@@ -6,6 +6,10 @@
 //! message, a new connection or a retry timer starts a delivery; a failure backs off
 //! exponentially (`delivery.retry_min` doubling up to `delivery.retry_max`) and dials the
 //! node if it is not connected. Pending messages past the TTL become dead letters.
+//!
+//! Read receipts for a node travel the same way, after its messages: one request of at most
+//! [`MAX_RECEIPTS`] once no message is pending for it; they are dropped once the node
+//! answered them, or after the TTL.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use crate::ids::now_ms;
 use crate::node::Node;
 use crate::peer_tasks::PeerTasks;
 use crate::store::ops;
-use crate::wire::{DmRequest, DmResponse};
+use crate::wire::{DmRequest, DmResponse, MAX_RECEIPTS, ReadReceipt};
 
 /// Longest time between two looks for expired messages (more often with a short TTL).
 pub const SWEEP_MAX: Duration = Duration::from_secs(10);
@@ -120,9 +124,18 @@ pub(crate) async fn run(node: Node, mut kicks: mpsc::Receiver<PeerId>, cancel: C
 
 /// Everything pending from earlier runs, due at once.
 async fn load_pending(node: &Node, peers: &mut HashMap<PeerId, PeerDelivery>) {
-    match node.0.store.read(ops::pending_peers).await {
+    let waiting = node
+        .0
+        .store
+        .read(|r| {
+            let mut peers = ops::receipt_peers(r)?;
+            peers.extend(ops::pending_peers(r)?.into_iter().map(|(p, _)| p));
+            Ok(peers)
+        })
+        .await;
+    match waiting {
         Ok(list) => {
-            for (p, _) in list {
+            for p in list {
                 peers.entry(p).or_default().retry_at = Some(Instant::now());
             }
         }
@@ -219,6 +232,10 @@ async fn sweep(node: &Node) {
         .write("expire", move |t| {
             let dead = ops::expire(t, now, ttl)?;
             ops::expire_topic_pending(t, now, ttl)?;
+            let receipts = ops::expire_receipts(t, now, ttl)?;
+            if receipts > 0 {
+                tracing::info!(count = receipts, "read receipts expired unsent");
+            }
             Ok(dead)
         })
         .await
@@ -251,7 +268,7 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
         batch.retain(|e| e.created_ms.saturating_add(ttl) > now);
     }
     if batch.is_empty() {
-        return Outcome::Empty;
+        return deliver_receipts(node, peer).await;
     }
     let full = batch.len() >= limit;
     let mut bytes = 0;
@@ -288,7 +305,14 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
                 Err(e) => return Outcome::Failed(format!("cannot record delivery: {e}")),
             }
             if complete {
-                return Outcome::Sent { more };
+                // Receipts for the node go once its messages are through.
+                let receipts = !more
+                    && node
+                        .0
+                        .store
+                        .read_now(|r| ops::pending_receipts(r, &peer, 1))
+                        .is_ok_and(|r| !r.is_empty());
+                return Outcome::Sent { more: more || receipts };
             }
             "the recipient node answered for only part of the batch".to_string()
         }
@@ -308,4 +332,48 @@ async fn deliver(node: &Node, peer: PeerId) -> Outcome {
         tracing::warn!(error = %e, "cannot record a failed attempt");
     }
     Outcome::Failed(failure)
+}
+
+/// Sends the oldest read receipts waiting for `peer` (when no message is) and drops those it
+/// answered.
+async fn deliver_receipts(node: &Node, peer: PeerId) -> Outcome {
+    let batch = match node.0.store.read_now(|r| ops::pending_receipts(r, &peer, MAX_RECEIPTS)) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if batch.is_empty() {
+        return Outcome::Empty;
+    }
+    let more = batch.len() >= MAX_RECEIPTS;
+    let receipts: Vec<ReadReceipt> = batch
+        .iter()
+        .map(|(_, r)| ReadReceipt {
+            id: r.id,
+            at_ms: r.at_ms,
+        })
+        .collect();
+    match node.0.net.send_dm(peer, DmRequest::Read(receipts)).await {
+        Ok(DmResponse::Outcomes(outcomes)) => {
+            // Whatever the answer (recorded, known, or not a message it had from us), a
+            // receipt answered is not sent again.
+            let by_id: HashMap<_, _> = batch.iter().map(|(seq, r)| (r.id, *seq)).collect();
+            let seqs: Vec<u64> = outcomes.iter().filter_map(|(id, _)| by_id.get(id).copied()).collect();
+            let complete = seqs.len() == batch.len();
+            if let Err(e) = node
+                .0
+                .store
+                .write("receipts sent", move |t| ops::drop_receipts(t, &peer, &seqs))
+                .await
+            {
+                return Outcome::Failed(format!("cannot record sent receipts: {e}"));
+            }
+            if complete {
+                Outcome::Sent { more }
+            } else {
+                Outcome::Failed("the node answered for only part of the receipts".into())
+            }
+        }
+        Ok(DmResponse::Unavailable(why)) => Outcome::Failed(format!("node unavailable for receipts: {why}")),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
 }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub dm_retried: Counter,
     /// Direct messages that became dead letters.
     pub dm_dead: Counter,
+    /// Direct messages whose recipient was shown them (read receipts recorded).
+    pub dm_read: Counter,
     /// Direct messages stored for local agents from other nodes.
     pub dm_received: Counter,
     /// Inbound direct messages that were duplicates.
@@ -154,6 +156,7 @@ impl Metrics {
             dm_delivered: Counter::default(),
             dm_retried: Counter::default(),
             dm_dead: Counter::default(),
+            dm_read: Counter::default(),
             dm_received: Counter::default(),
             dm_duplicates: Counter::default(),
             dm_rejected: Counter::default(),
@@ -200,6 +203,11 @@ impl Metrics {
             "dm_dead_lettered",
             "Direct messages that became dead letters",
             self.dm_dead.clone(),
+        );
+        r.register(
+            "dm_read",
+            "Direct messages sent here whose recipient was shown them (read receipts)",
+            self.dm_read.clone(),
         );
         r.register(
             "dm_received",

@@ -431,7 +431,7 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
         };
         let wanted = match &event {
             Event::Message(m) => agents.is_empty() || agents.contains(&m.agent),
-            Event::Delivered { from, .. } | Event::DeadLetter { from, .. } => {
+            Event::Delivered { from, .. } | Event::DeadLetter { from, .. } | Event::Read { from, .. } => {
                 agents.is_empty() || agents.contains(from)
             }
             Event::WakerReplaced { agent, .. } => agents.is_empty() || agents.contains(agent),

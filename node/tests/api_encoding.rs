@@ -169,6 +169,7 @@ fn status() -> StatusView {
             pending: 5,
             topic_messages: 6,
             topic_pending: 7,
+            receipts_pending: 10,
             peers: 8,
             file_bytes: 9,
         },
@@ -348,6 +349,7 @@ fn responses() -> Vec<Response> {
                 at_ms: 10,
                 reply_to: Some(id(2)),
                 state: Some(s("read")),
+                read_at_ms: Some(11),
             }],
             older: Some(s("o")),
             newer: Some(s("n")),
@@ -361,6 +363,7 @@ fn responses() -> Vec<Response> {
             state: s("pending"),
             reason: Some(s("offline")),
             attempts: 3,
+            read_at_ms: Some(12),
         }]),
         Response::Agent(agent()),
         Response::Invite(InviteView {
@@ -431,6 +434,12 @@ fn events() -> Vec<Event> {
         Event::WakerReplaced {
             agent: s("alice"),
             generation: 6,
+        },
+        Event::Read {
+            id: id(2),
+            from: s("alice"),
+            to: s("bob@desk"),
+            at_ms: 14,
         },
     ]
 }
@@ -527,6 +536,7 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         ("Delivered", SendStatus::Delivered),
         ("Queued", SendStatus::Queued { reason: s("r") }),
         ("Rejected", SendStatus::Rejected { reason: s("r") }),
+        ("Read", SendStatus::Read { at_ms: 13 }),
     ] {
         add(format!("SendStatus::{name}"), encode(&v));
     }

@@ -7,7 +7,11 @@ use crate::cli::HistoryArgs;
 use crate::output;
 
 fn print(h: &HistoryView) {
-    let state = h.state.as_ref().map(|s| format!("  [{s}]")).unwrap_or_default();
+    let state = match (&h.state, h.read_at_ms) {
+        (Some(s), Some(at)) => format!("  [{s} {}]", output::time(at)),
+        (Some(s), None) => format!("  [{s}]"),
+        (None, _) => String::new(),
+    };
     let reply = h.reply_to.map(|r| format!(" (reply to {r})")).unwrap_or_default();
     crate::outln!(
         "{}  {}  {} -> {}{reply}{state}",

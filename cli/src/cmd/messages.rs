@@ -23,6 +23,9 @@ pub async fn send(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
     } else {
         match &r.status {
             SendStatus::Delivered => crate::outln!("{}  delivered to {}", r.id, r.to),
+            SendStatus::Read { at_ms } => {
+                crate::outln!("{}  delivered to {}, read {}", r.id, r.to, output::time(*at_ms))
+            }
             SendStatus::Queued { reason } => crate::outln!("{}  queued for {}: {reason}", r.id, r.to),
             SendStatus::Rejected { .. } => {}
         }
@@ -46,6 +49,9 @@ pub async fn outbox(ctx: &Ctx, a: OutboxArgs) -> anyhow::Result<()> {
         .iter()
         .map(|e| {
             let mut state = e.state.clone();
+            if let Some(at) = e.read_at_ms {
+                state.push_str(&format!(" {}", output::time(at)));
+            }
             if e.attempts > 0 {
                 state.push_str(&format!(" ({} attempts)", e.attempts));
             }

@@ -177,11 +177,12 @@ fn print_local(s: &StatusView) {
     );
     let st = &s.store;
     crate::outln!(
-        "store    {} inbox ({} unread), {} outbox ({} pending), {} topic messages, {} peers, {}",
+        "store    {} inbox ({} unread), {} outbox ({} pending), {} read receipts to send, {} topic messages, {} peers, {}",
         st.inbox,
         st.unread,
         st.outbox,
         st.pending,
+        st.receipts_pending,
         st.topic_messages,
         st.peers,
         output::size(st.file_bytes)

@@ -31,7 +31,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 5;
+pub const API_VERSION: u32 = 6;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -244,5 +244,17 @@ pub enum Event {
         agent: String,
         /// The newer waker's generation (see `Response::Waker`).
         generation: u64,
+    },
+    /// The recipient of a sent message was shown it (its read receipt came; sent by the
+    /// recipient's node unless it turned receipts off).
+    Read {
+        /// Message id.
+        id: MessageId,
+        /// Sending local agent.
+        from: String,
+        /// Recipient address.
+        to: String,
+        /// When it was shown (ms since the epoch, the recipient node's clock).
+        at_ms: u64,
     },
 }

@@ -23,6 +23,8 @@ pub struct StoreView {
     pub topic_messages: u64,
     /// Local publications that reached no peer yet.
     pub topic_pending: u64,
+    /// Read receipts waiting to go to the nodes whose agents sent the messages.
+    pub receipts_pending: u64,
     /// Known peers.
     pub peers: u64,
     /// Size of the file in bytes.
@@ -39,6 +41,7 @@ impl From<crate::store::StoreStats> for StoreView {
             pending: s.pending,
             topic_messages: s.topic_messages,
             topic_pending: s.topic_pending,
+            receipts_pending: s.receipts_pending,
             peers: s.peers,
             file_bytes: s.file_bytes,
         }

@@ -233,6 +233,11 @@ pub enum SendStatus {
         /// Why.
         reason: String,
     },
+    /// Delivered, and its recipient was shown it (a repeated send of a message read since).
+    Read {
+        /// When (ms since the epoch, the recipient node's clock).
+        at_ms: u64,
+    },
 }
 
 /// The answer to `Send`.
@@ -335,8 +340,11 @@ pub struct HistoryView {
     pub at_ms: u64,
     /// The message it answers.
     pub reply_to: Option<MessageId>,
-    /// For sent messages: `pending`, `delivered`, `dead: reason`.
+    /// For sent messages: `pending`, `delivered`, `read`, `dead: reason`.
     pub state: Option<String>,
+    /// For sent messages: when the recipient was shown it (ms since the epoch, the
+    /// recipient node's clock), once its read receipt came.
+    pub read_at_ms: Option<u64>,
 }
 
 /// A page of history: the answer to [`Request::History`].
@@ -365,10 +373,13 @@ pub struct OutboxView {
     pub text: String,
     /// When it was sent (ms since the epoch).
     pub created_ms: u64,
-    /// `pending`, `delivered` or `dead`.
+    /// `pending`, `delivered`, `read` or `dead`.
     pub state: String,
     /// Why it is dead, or why the last attempt failed.
     pub reason: Option<String>,
     /// Failed attempts.
     pub attempts: u32,
+    /// When the recipient was shown it (ms since the epoch, the recipient node's clock),
+    /// once its read receipt came.
+    pub read_at_ms: Option<u64>,
 }

@@ -73,8 +73,10 @@ fn handle_delivery(h: &Handled, bytes: &[u8]) {
     let store = &h.store;
     let (req, _) =
         protocol::<wire::DmRequest, wire::DmResponse>(bytes, dm_request_limit(), wire::MAX_DM_RESPONSE_BYTES);
-    let Some(wire::DmRequest::Deliver(msgs)) = req else {
-        return;
+    let msgs = match req {
+        Some(wire::DmRequest::Deliver(msgs)) => msgs,
+        Some(wire::DmRequest::Read(receipts)) => return handle_receipts(h, receipts),
+        None => return,
     };
     let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
     let accept = |msgs: Vec<wire::WireMessage>| {
@@ -98,6 +100,28 @@ fn handle_delivery(h: &Handled, bytes: &[u8]) {
     assert!(
         again.iter().all(|(_, o)| !matches!(o, wire::Outcome::Stored)),
         "{again:?}"
+    );
+}
+
+/// Read receipts from a member: one outcome per receipt, and none marks read a message this
+/// node never sent to that member.
+fn handle_receipts(h: &Handled, receipts: Vec<wire::ReadReceipt>) {
+    let peer = *source();
+    let job = h
+        .store
+        .try_write("fuzz receipts", move |t| {
+            crate::store::ops::record_reads(t, peer, &receipts, 2).map(|r| (r, receipts))
+        })
+        .expect("queued");
+    let ((outcomes, read), receipts) = block_on(job).expect("writer").expect("receipts");
+    assert_eq!(
+        outcomes.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        receipts.iter().map(|r| r.id).collect::<Vec<_>>(),
+        "one outcome per receipt, in order"
+    );
+    assert!(
+        read.iter().all(|e| e.to_node == peer),
+        "only messages sent to the member become read"
     );
 }
 

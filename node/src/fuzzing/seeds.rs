@@ -41,6 +41,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ));
     out.push((
         "wire",
+        "dm-read".into(),
+        with(
+            0,
+            framed(&DmRequest::Read(vec![ReadReceipt {
+                id: msg.id,
+                at_ms: 1_700_000_000_500,
+            }])),
+        ),
+    ));
+    out.push((
+        "wire",
         "dm-outcomes".into(),
         with(0, framed(&DmResponse::Outcomes(vec![(msg.id, Outcome::Stored)]))),
     ));

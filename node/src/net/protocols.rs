@@ -114,7 +114,7 @@ impl NetActor {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request_id,
-                    request: DmRequest::Deliver(messages),
+                    request: batch,
                     channel,
                 } => {
                     if !self.is_admitted(&peer) {
@@ -126,7 +126,7 @@ impl NetActor {
                     let ev = NetEvent::InboundDms {
                         peer,
                         request: request_id,
-                        messages,
+                        batch,
                     };
                     if let Err(e) = self.events.try_send(ev) {
                         tracing::warn!("event queue full; asking {peer} to retry its delivery");

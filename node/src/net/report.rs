@@ -61,14 +61,15 @@ pub enum NetEvent {
         /// What it said.
         announcement: Announcement,
     },
-    /// A peer delivers direct messages; answer with [`NetHandle::respond_dm`](super::NetHandle::respond_dm).
+    /// A peer delivers direct messages or read receipts; answer with
+    /// [`NetHandle::respond_dm`](super::NetHandle::respond_dm).
     InboundDms {
         /// The sending node (authenticated).
         peer: PeerId,
         /// Reply handle.
         request: InboundRequestId,
-        /// The messages, in send order.
-        messages: Vec<wire::WireMessage>,
+        /// The messages (in send order) or receipts.
+        batch: wire::DmRequest,
     },
     /// A peer asks for topic catch-up; answer with [`NetHandle::respond_sync`](super::NetHandle::respond_sync).
     SyncRequest {

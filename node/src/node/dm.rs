@@ -244,15 +244,20 @@ impl Node {
         let agent = AgentName::new(agent)?;
         let budget = self.page_budget(max_bytes);
         let (node, a) = (self.clone(), agent.clone());
+        let mut shown = self.shown();
         let taken = self
             .0
             .store
             .write("inbox", move |t| {
-                node.fill_inbox(budget, |admit| ops::take_inbox(t, &a, q, admit))
+                let taken = node.fill_inbox(budget, |admit| ops::take_inbox(t, &a, q, admit, &mut shown))?;
+                Ok((taken, shown))
             })
             .await;
         let (page, fill) = match taken {
-            Ok(p) => p,
+            Ok((p, shown)) => {
+                self.after_shown(shown);
+                p
+            }
             // Mail stays readable when the disk is full: shown without being marked read
             // (it shows again later; nothing is lost).
             Err(e) if e.is_storage() => {
@@ -296,11 +301,16 @@ impl Node {
     /// Moves unread messages to `notified` (pushed to a session) or `read` (shown).
     pub async fn mark(&self, agent: &str, ids: Vec<MessageId>, state: ReadState) -> Result<u32, ServiceError> {
         let agent = AgentName::new(agent)?;
-        let n = self
+        let mut shown = self.shown();
+        let (n, shown) = self
             .0
             .store
-            .write("mark", move |t| ops::mark_ids(t, &agent, &ids, state))
+            .write("mark", move |t| {
+                let n = ops::mark_ids(t, &agent, &ids, state, &mut shown)?;
+                Ok((n, shown))
+            })
             .await?;
+        self.after_shown(shown);
         Ok(n as u32)
     }
 
@@ -343,9 +353,11 @@ impl Node {
                 state: match &e.state {
                     OutState::Pending => "pending",
                     OutState::Delivered { .. } => "delivered",
+                    OutState::Read { .. } => "read",
                     OutState::Dead { .. } => "dead",
                 }
                 .into(),
+                read_at_ms: read_at(&e.state),
                 reason: match &e.state {
                     OutState::Dead { reason, .. } => Some(reason.clone()),
                     _ => e.last_error.clone(),
@@ -496,7 +508,8 @@ impl Node {
                 to: self.outbox_to(e),
                 reason: reason.clone(),
             }),
-            OutState::Pending => None,
+            // Told as `Event::Read` when the receipt comes.
+            OutState::Read { .. } | OutState::Pending => None,
         }
     }
 
@@ -505,7 +518,7 @@ impl Node {
             match e.state {
                 OutState::Delivered { .. } => self.0.metrics.dm_delivered.inc(),
                 OutState::Dead { .. } => self.0.metrics.dm_dead.inc(),
-                OutState::Pending => 0,
+                OutState::Read { .. } | OutState::Pending => 0,
             };
             if let Some(ev) = self.settled_event(e) {
                 self.emit(ev);

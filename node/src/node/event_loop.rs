@@ -1,6 +1,7 @@
 //! The core loop: start-up, and the network events it turns into work.
 
 use super::*;
+use crate::wire::DmRequest;
 
 impl Node {
     /// Startup work: the user's own agent, remembered peers, topic subscriptions, first
@@ -97,11 +98,10 @@ impl Node {
                 }
             }
             NetEvent::Announcement { peer, announcement } => self.announced(peer, announcement).await,
-            NetEvent::InboundDms {
-                peer,
-                request,
-                messages,
-            } => self.on_inbound_dms(peer, request, messages).await,
+            NetEvent::InboundDms { peer, request, batch } => match batch {
+                DmRequest::Deliver(messages) => self.on_inbound_dms(peer, request, messages).await,
+                DmRequest::Read(receipts) => self.on_receipts(peer, request, receipts).await,
+            },
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
             // Answered by the catch-up task; when it is swamped, the asker is told to come back.
             NetEvent::SyncRequest { peer, request, body } => {

@@ -10,6 +10,7 @@ mod dm;
 mod event_loop;
 mod membership;
 mod peers;
+mod receipts;
 mod sessions;
 mod topics;
 
@@ -450,7 +451,16 @@ fn settled_status(s: &OutState) -> Option<SendStatus> {
     match s {
         OutState::Pending => None,
         OutState::Delivered { .. } => Some(SendStatus::Delivered),
+        OutState::Read { at_ms, .. } => Some(SendStatus::Read { at_ms: *at_ms }),
         OutState::Dead { reason, .. } => Some(SendStatus::Rejected { reason: reason.clone() }),
+    }
+}
+
+/// When the recipient of a sent message was shown it, if a receipt said so.
+fn read_at(s: &OutState) -> Option<u64> {
+    match s {
+        OutState::Read { at_ms, .. } => Some(*at_ms),
+        _ => None,
     }
 }
 
@@ -458,6 +468,7 @@ fn out_state(s: &OutState) -> String {
     match s {
         OutState::Pending => "pending".into(),
         OutState::Delivered { .. } => "delivered".into(),
+        OutState::Read { .. } => "read".into(),
         OutState::Dead { reason, .. } => format!("dead: {reason}"),
     }
 }

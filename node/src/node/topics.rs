@@ -201,6 +201,7 @@ impl Node {
         }
         let budget = self.page_budget(max_bytes);
         let node = self.clone();
+        let forward = filter.forward;
         let (page, fill) = self
             .0
             .store
@@ -211,10 +212,16 @@ impl Node {
             })
             .await?;
         let cursor = |row: Option<&store::HistoryRow>| row.map(|r| crate::api::page::history_cursor(r.seq()));
+        let mut entries = fill.finish()?;
+        if !forward {
+            // Read backwards from the newest (each view offered as it was read): shown
+            // oldest first, as the rows are.
+            entries.reverse();
+        }
         Ok(HistoryPage {
             older: cursor(page.rows.first()).filter(|_| page.older),
             newer: cursor(page.rows.last()).filter(|_| page.newer),
-            entries: fill.finish()?,
+            entries,
         })
     }
 
@@ -232,6 +239,7 @@ impl Node {
                     at_ms,
                     reply_to: e.reply_to,
                     state: None,
+                    read_at_ms: None,
                 }
             }
             store::HistoryRow::Sent(e) => HistoryView {
@@ -243,6 +251,7 @@ impl Node {
                 at_ms,
                 reply_to: e.msg.reply_to,
                 state: Some(out_state(&e.state)),
+                read_at_ms: read_at(&e.state),
             },
             store::HistoryRow::Topic(r) => HistoryView {
                 id: r.envelope.id,
@@ -263,6 +272,7 @@ impl Node {
                         "no subscribers reached yet".to_string()
                     }
                 }),
+                read_at_ms: None,
             },
         }
     }

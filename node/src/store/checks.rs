@@ -153,5 +153,6 @@ fn verify_tables(db: &impl ReadableDatabase, path: &Path) -> Result<u64, StoreEr
     walk!(INVITES, "invites-1", InviteRecord);
     walk!(SUB_SINCE, "sub-since-1");
     walk!(SYNC, "sync-1", SyncCursor);
+    walk!(RECEIPTS, "receipts-1", PendingReceipt);
     Ok(records)
 }

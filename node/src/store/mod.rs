@@ -84,6 +84,9 @@ pub(crate) mod tables {
     /// (peer id bytes, topic) → how far that node's publications on the topic were caught up
     /// (`SyncCursor`).
     pub const SYNC: TableDefinition<(&[u8], &str), &[u8]> = TableDefinition::new("sync-1");
+    /// (peer id bytes of the sending node, seq) → `PendingReceipt`: read receipts still to
+    /// send, oldest first.
+    pub const RECEIPTS: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("receipts-1");
 }
 
 /// Handle to the store. Cheap to clone.

@@ -145,6 +145,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::MEMBERS)?;
     txn.open_table(tables::INVITES)?;
     txn.open_table(tables::SYNC)?;
+    txn.open_table(tables::RECEIPTS)?;
     Ok(())
 }
 

@@ -15,7 +15,12 @@ fn q(limit: usize, all: bool, mark_read: bool) -> ops::InboxQuery {
 
 /// A whole inbox read with no page budget.
 fn take(t: &redb::WriteTransaction, agent: &AgentName, q: ops::InboxQuery) -> Result<Vec<InboxEntry>, StoreError> {
-    ops::take_inbox(t, agent, q, &mut |_| true).map(|p| p.entries)
+    ops::take_inbox(t, agent, q, &mut |_| true, &mut shown()).map(|p| p.entries)
+}
+
+/// What reading collects on a node whose messages come from elsewhere (sending receipts).
+fn shown() -> ops::Shown {
+    ops::Shown::new(PeerId::random(), true, 7)
 }
 
 fn name(s: &str) -> AgentName {
@@ -315,10 +320,16 @@ async fn an_inbox_page_ends_at_its_budget_marks_only_what_it_returns_and_continu
     let page = store
         .write("inbox", move |t| {
             let mut room = 2;
-            ops::take_inbox(t, &b, q(10, false, true), &mut |_| {
-                room -= 1;
-                room >= 0
-            })
+            ops::take_inbox(
+                t,
+                &b,
+                q(10, false, true),
+                &mut |_| {
+                    room -= 1;
+                    room >= 0
+                },
+                &mut shown(),
+            )
         })
         .await
         .unwrap();
@@ -330,7 +341,7 @@ async fn an_inbox_page_ends_at_its_budget_marks_only_what_it_returns_and_continu
     let b = bob.clone();
     let none = store
         .write("inbox", move |t| {
-            ops::take_inbox(t, &b, q(10, false, true), &mut |_| false)
+            ops::take_inbox(t, &b, q(10, false, true), &mut |_| false, &mut shown())
         })
         .await
         .unwrap();
@@ -590,7 +601,9 @@ async fn pushed_messages_are_unread_until_shown() {
     let bob = name("bob");
     let (b, pushed) = (bob.clone(), vec![ids[0]]);
     let n = store
-        .write("notify", move |t| ops::mark_ids(t, &b, &pushed, ReadState::Notified))
+        .write("notify", move |t| {
+            ops::mark_ids(t, &b, &pushed, ReadState::Notified, &mut shown())
+        })
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -627,7 +640,9 @@ async fn pushed_messages_are_unread_until_shown() {
     // Read never goes back to notified.
     let (b, again) = (bob.clone(), vec![ids[0]]);
     let n = store
-        .write("notify", move |t| ops::mark_ids(t, &b, &again, ReadState::Notified))
+        .write("notify", move |t| {
+            ops::mark_ids(t, &b, &again, ReadState::Notified, &mut shown())
+        })
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -966,4 +981,269 @@ async fn a_damaged_file_is_refused_at_open_and_left_as_it_was() {
         .await
         .unwrap();
     assert_eq!(all.entries.len(), 200);
+}
+
+/// Receipts queued on `store` for `peer`, as (message id, read at).
+async fn queued(store: &Store, peer: PeerId) -> Vec<(MessageId, u64)> {
+    store
+        .read(move |r| ops::pending_receipts(r, &peer, 100))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| (r.id, r.at_ms))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_direct_message_gets_one_receipt_for_its_sending_node_when_first_shown() {
+    let me = PeerId::random();
+    let (alpha, gamma) = (PeerId::random(), PeerId::random());
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "bob").await;
+    let from_alpha: Vec<_> = (0..3).map(|i| wire("alice", "bob", &format!("a{i}"))).collect();
+    let from_gamma = vec![wire("carol", "bob", "g0")];
+    let a: Vec<MessageId> = from_alpha.iter().map(|m| m.id).collect();
+    let g = from_gamma[0].id;
+    store
+        .write("accept", move |t| {
+            ops::accept(t, alpha, None, from_alpha, 1000, 5)?;
+            ops::accept(t, gamma, None, from_gamma, 1000, 5)
+        })
+        .await
+        .unwrap();
+    let bob = name("bob");
+    let mark = |ids: Vec<MessageId>, state: ReadState, at: u64| {
+        let (store, b) = (store.clone(), bob.clone());
+        async move {
+            store
+                .write("mark", move |t| {
+                    let mut shown = ops::Shown::new(me, true, at);
+                    ops::mark_ids(t, &b, &ids, state, &mut shown)?;
+                    Ok(shown)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // Pushed (shown) to the session: the receipt goes at that moment, to the sender's node.
+    let shown = mark(vec![a[0]], ReadState::Notified, 100).await;
+    assert_eq!(shown.queued.iter().copied().collect::<Vec<_>>(), [alpha]);
+    assert_eq!(queued(&store, alpha).await, [(a[0], 100)]);
+    // Read later: no second receipt for it.
+    let shown = mark(vec![a[0]], ReadState::Read, 200).await;
+    assert!(shown.queued.is_empty());
+    assert_eq!(queued(&store, alpha).await, [(a[0], 100)]);
+    // A page read marks the rest: one receipt each, to the node each came from.
+    let b = bob.clone();
+    let shown = store
+        .write("inbox", move |t| {
+            let mut shown = ops::Shown::new(me, true, 300);
+            ops::take_inbox(t, &b, q(10, false, true), &mut |_| true, &mut shown)?;
+            Ok(shown)
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown.queued, [alpha, gamma].into_iter().collect());
+    assert_eq!(queued(&store, alpha).await, [(a[0], 100), (a[1], 300), (a[2], 300)]);
+    assert_eq!(queued(&store, gamma).await, [(g, 300)]);
+    assert_eq!(
+        store.read(ops::receipt_peers).await.unwrap(),
+        [alpha, gamma].into_iter().collect()
+    );
+    // Reading everything again sets off nothing.
+    let b = bob.clone();
+    let shown = store
+        .write("inbox", move |t| {
+            let mut shown = ops::Shown::new(me, true, 400);
+            ops::take_inbox(t, &b, q(10, true, true), &mut |_| true, &mut shown)?;
+            Ok(shown)
+        })
+        .await
+        .unwrap();
+    assert!(shown.queued.is_empty());
+    assert_eq!(queued(&store, alpha).await.len(), 3);
+    // Answered ones are dropped; the others wait; old ones expire.
+    let keys: Vec<u64> = store
+        .read(move |r| ops::pending_receipts(r, &alpha, 2))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    store
+        .write("sent", move |t| ops::drop_receipts(t, &alpha, &keys))
+        .await
+        .unwrap();
+    assert_eq!(queued(&store, alpha).await, [(a[2], 300)]);
+    let dropped = store
+        .write("expire", |t| ops::expire_receipts(t, 1_200, 800))
+        .await
+        .unwrap();
+    assert_eq!(dropped, 2, "both read at 300: 900 ms old at 1200, past a TTL of 800 ms");
+    assert!(store.read(ops::receipt_peers).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_with_receipts_off_queues_none_and_topic_messages_never_get_one() {
+    let me = PeerId::random();
+    let alpha = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "bob").await;
+    let m = wire("alice", "bob", "hi");
+    store
+        .write("accept", move |t| ops::accept(t, alpha, None, vec![m], 1000, 5))
+        .await
+        .unwrap();
+    let b = name("bob");
+    let shown = store
+        .write("inbox", move |t| {
+            let mut shown = ops::Shown::new(me, false, 300);
+            ops::take_inbox(t, &b, q(10, false, true), &mut |_| true, &mut shown)?;
+            Ok(shown)
+        })
+        .await
+        .unwrap();
+    assert!(shown.queued.is_empty());
+    assert!(store.read(ops::receipt_peers).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_receipt_is_recorded_once_and_only_from_the_node_the_message_went_to() {
+    let me = PeerId::random();
+    let (beta, mallory) = (PeerId::random(), PeerId::random());
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "alice").await;
+    let (m1, m2) = (wire("alice", "bob", "one"), wire("alice", "bob", "two"));
+    let (id1, id2) = (m1.id, m2.id);
+    let seqs = store
+        .write("send", move |t| {
+            let e1 = ops::enqueue(t, m1, beta, None, 1)?;
+            let e2 = ops::enqueue(t, m2, beta, None, 1)?;
+            Ok((e1.seq, e2.seq))
+        })
+        .await
+        .unwrap();
+    // The first was acknowledged at 10; the second's acknowledgement never came.
+    store
+        .write("settle", move |t| ops::settle(t, vec![(seqs.0, Outcome::Stored)], 10))
+        .await
+        .unwrap();
+    let receipt = |id, at_ms| crate::wire::ReadReceipt { id, at_ms };
+    // Another node cannot claim our messages were read, nor name ids we never sent.
+    let (outcomes, read) = store
+        .write("receipts", move |t| {
+            ops::record_reads(t, mallory, &[receipt(id1, 50), receipt(MessageId::new(), 50)], 60)
+        })
+        .await
+        .unwrap();
+    assert!(read.is_empty());
+    assert!(
+        outcomes.iter().all(|(_, o)| matches!(o, Outcome::Rejected(_))),
+        "{outcomes:?}"
+    );
+    assert!(matches!(
+        store
+            .read(move |r| ops::outbox_by_id(r, &id1))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        OutState::Delivered { at_ms: 10 }
+    ));
+    // The recipient's node can, once per message; a receipt for a pending message delivers it.
+    let (outcomes, read) = store
+        .write("receipts", move |t| {
+            ops::record_reads(t, beta, &[receipt(id1, 50), receipt(id2, 55), receipt(id1, 70)], 60)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            (id1, Outcome::Stored),
+            (id2, Outcome::Stored),
+            (id1, Outcome::Duplicate)
+        ]
+    );
+    assert_eq!(read.len(), 2);
+    let state = |id| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |r| ops::outbox_by_id(r, &id))
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(
+        state(id1).await,
+        OutState::Read {
+            delivered_ms: 10,
+            at_ms: 50
+        }
+    );
+    assert_eq!(
+        state(id2).await,
+        OutState::Read {
+            delivered_ms: 60,
+            at_ms: 55
+        }
+    );
+    assert!(
+        store.read(ops::pending_peers).await.unwrap().is_empty(),
+        "nothing left to deliver"
+    );
+    // Listed with the delivered ones, not with what is pending or dead.
+    let listed = |delivered| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |r| ops::outbox(r, None, delivered, 10))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(listed(false).await, 0);
+    assert_eq!(listed(true).await, 2);
+}
+
+#[tokio::test]
+async fn a_message_between_two_agents_of_one_node_is_marked_read_at_once() {
+    let me = PeerId::random();
+    let store = Store::in_memory(me).unwrap();
+    with_agent(&store, "alice").await;
+    with_agent(&store, "bob").await;
+    let m = wire("alice", "bob", "next door");
+    let id = m.id;
+    store
+        .write("send", move |t| ops::send_local(t, m, me, None, 1))
+        .await
+        .unwrap();
+    let b = name("bob");
+    // Even with receipts to other nodes off: this is the node's own agent.
+    let shown = store
+        .write("inbox", move |t| {
+            let mut shown = ops::Shown::new(me, false, 42);
+            ops::take_inbox(t, &b, q(10, false, true), &mut |_| true, &mut shown)?;
+            Ok(shown)
+        })
+        .await
+        .unwrap();
+    assert!(shown.queued.is_empty());
+    assert_eq!(shown.read_here.len(), 1);
+    assert_eq!(
+        store
+            .read(move |r| ops::outbox_by_id(r, &id))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        OutState::Read {
+            delivered_ms: 1,
+            at_ms: 42
+        }
+    );
 }

@@ -101,6 +101,24 @@ pub enum OutState {
         /// Why.
         reason: String,
     },
+    /// Delivered, and its recipient was shown it (a read receipt; last so that records
+    /// written before it decode unchanged).
+    Read {
+        /// When the recipient node acknowledged it (this node's clock), or when the receipt
+        /// came if that acknowledgement was never seen.
+        delivered_ms: u64,
+        /// When the recipient was shown it (the recipient node's clock).
+        at_ms: u64,
+    },
+}
+
+/// A read receipt waiting to be sent to the node whose agent sent the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReceipt {
+    /// The message (the sender's id).
+    pub id: MessageId,
+    /// When the local recipient was shown it (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// A direct message sent by a local agent.
@@ -173,6 +191,8 @@ pub struct StoreStats {
     pub topic_messages: u64,
     /// Local publications that reached no peer yet.
     pub topic_pending: u64,
+    /// Read receipts waiting to go to the nodes whose agents sent the messages.
+    pub receipts_pending: u64,
     /// Known peers.
     pub peers: u64,
     /// Size of the file in bytes.

@@ -199,6 +199,25 @@ pub struct WireMessage {
 pub enum DmRequest {
     /// Messages in send order. The recipient commits them before answering.
     Deliver(Vec<WireMessage>),
+    /// Read receipts (at most [`MAX_RECEIPTS`]): messages the requester's agents received
+    /// from this node's agents and were shown. Answered with one outcome per receipt:
+    /// `Stored` (recorded), `Duplicate` (recorded before), `Rejected` (no message of ours
+    /// to the requester has that id).
+    Read(Vec<ReadReceipt>),
+}
+
+/// Most read receipts in one [`DmRequest::Read`].
+pub const MAX_RECEIPTS: usize = 1024;
+
+/// "Your message `id` was shown to its recipient at `at_ms`." The reader is the agent the
+/// message was sent to; the reporting node is the authenticated connection's, which must
+/// be the node the message was delivered to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReceipt {
+    /// The message (the sender's id).
+    pub id: MessageId,
+    /// When its recipient was shown it (ms since the epoch, the reporting node's clock).
+    pub at_ms: u64,
 }
 
 /// What the recipient node did with one message.

@@ -252,7 +252,7 @@ pub fn pending_peers(r: &ReadTransaction) -> Result<Vec<(PeerId, u64)>, StoreErr
 /// An outbox entry whose state changed.
 pub type Settled = OutboxEntry;
 
-fn update_outbox(
+pub(super) fn update_outbox(
     txn: &WriteTransaction,
     seq: u64,
     f: impl FnOnce(&mut OutboxEntry),
@@ -346,7 +346,8 @@ pub fn expire(txn: &WriteTransaction, now: u64, ttl_ms: u64) -> Result<Vec<Settl
     Ok(out)
 }
 
-/// Outbox entries, newest last: pending and dead letters, plus delivered ones if asked.
+/// Outbox entries, newest last: pending and dead letters, plus delivered (and read) ones
+/// if asked.
 pub fn outbox(
     r: &ReadTransaction,
     agent: Option<&AgentName>,
@@ -361,7 +362,7 @@ pub fn outbox(
         if agent.is_some_and(|a| &e.msg.from != a) {
             continue;
         }
-        if !delivered && matches!(e.state, OutState::Delivered { .. }) {
+        if !delivered && matches!(e.state, OutState::Delivered { .. } | OutState::Read { .. }) {
             continue;
         }
         out.push(e);

@@ -361,6 +361,7 @@ pub fn stats(r: &ReadTransaction) -> Result<StoreStats, StoreError> {
         pending: r.open_table(PENDING)?.len()?,
         topic_messages: r.open_table(TOPIC_LOG)?.len()?,
         topic_pending: r.open_table(TOPIC_PENDING)?.len()?,
+        receipts_pending: r.open_table(RECEIPTS)?.len()?,
         peers: r.open_table(PEERS)?.len()?,
         file_bytes: 0,
     })

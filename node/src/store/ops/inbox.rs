@@ -101,12 +101,14 @@ pub struct InboxPage {
 /// Inbox entries of `agent`, oldest first: the unread ones (`all == false`) or the last
 /// `limit` of all, from `q.after` on. The page ends at `limit` entries or at the first
 /// entry `admit` refuses, whichever comes first. With `mark_read`, exactly the returned
-/// entries become `Read`, in the same transaction.
+/// entries become `Read`, in the same transaction (the receipts this sets off go in
+/// `shown`).
 pub fn take_inbox(
     txn: &WriteTransaction,
     agent: &AgentName,
     q: InboxQuery,
     admit: Admit<'_, InboxEntry>,
+    shown: &mut Shown,
 ) -> Result<InboxPage, StoreError> {
     if !agent_exists(txn, agent)? {
         return Err(StoreError::UnknownAgent(agent.to_string()));
@@ -124,7 +126,7 @@ pub fn take_inbox(
             .filter(|e| e.state != ReadState::Read)
             .map(|e| e.seq)
             .collect();
-        set_state(txn, agent, &seqs, ReadState::Read)?;
+        set_state(txn, agent, &seqs, ReadState::Read, shown)?;
     }
     Ok(page)
 }
@@ -145,12 +147,14 @@ pub fn peek_inbox(
     collect_inbox(&inbox, &unread, &notified, agent.as_str(), &q, admit)
 }
 
-/// Sets the read state of inbox entries (a `Read` entry never goes back).
+/// Sets the read state of inbox entries (a `Read` entry never goes back). An entry leaving
+/// `New` was shown to its recipient for the first time: its read receipt goes in `shown`.
 pub fn set_state(
     txn: &WriteTransaction,
     agent: &AgentName,
     seqs: &[u64],
     state: ReadState,
+    shown: &mut Shown,
 ) -> Result<Vec<u64>, StoreError> {
     let a = agent.as_str();
     let mut changed = Vec::new();
@@ -163,6 +167,9 @@ pub fn set_state(
         let Some(mut e) = entry else { continue };
         if e.state == state || e.state == ReadState::Read {
             continue;
+        }
+        if e.state == ReadState::New && state != ReadState::New {
+            shown.first_shown(txn, &e)?;
         }
         e.state = state;
         let bytes = encode(&e)?;
@@ -183,12 +190,13 @@ pub fn set_state(
 }
 
 /// Moves the unread entries of `agent` with these message ids to `state` (`Notified` or
-/// `Read`); returns how many changed.
+/// `Read`); returns how many changed (receipts set off go in `shown`).
 pub fn mark_ids(
     txn: &WriteTransaction,
     agent: &AgentName,
     ids: &[MessageId],
     state: ReadState,
+    shown: &mut Shown,
 ) -> Result<usize, StoreError> {
     let mut seqs = Vec::new();
     {
@@ -206,7 +214,7 @@ pub fn mark_ids(
             }
         }
     }
-    Ok(set_state(txn, agent, &seqs, state)?.len())
+    Ok(set_state(txn, agent, &seqs, state, shown)?.len())
 }
 
 fn count_range(t: &impl ReadableTable<(&'static str, u64), ()>, agent: &str) -> Result<u64, StoreError> {

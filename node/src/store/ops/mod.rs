@@ -44,6 +44,7 @@ mod history;
 mod inbox;
 mod membership;
 mod peers;
+mod receipts;
 mod topics;
 
 pub use agents::*;
@@ -52,4 +53,5 @@ pub use history::*;
 pub use inbox::*;
 pub use membership::*;
 pub use peers::*;
+pub use receipts::*;
 pub use topics::*;
