@@ -52,6 +52,13 @@ pub enum Command {
     },
     /// Print the addresses another person can dial to reach this node.
     Addr,
+    /// Open the live page of the mesh in a browser (served on loopback from now on; the
+    /// link logs in once).
+    Open {
+        /// Print the one-time login link instead of starting a browser.
+        #[arg(long)]
+        print: bool,
+    },
     /// Make a join code for this node's mesh (one use, 24 h by default): the other node
     /// runs `mesh join <code>`.
     Invite(InviteArgs),

@@ -55,6 +55,27 @@ pub struct Config {
     /// Serve Prometheus metrics on this address (`--metrics 127.0.0.1:9464`): `GET
     /// /metrics`. Off by default.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The human's page (`mesh open`).
+    pub web: Web,
+}
+
+/// The human's page: a live view of the mesh served on loopback (`mesh open`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web {
+    /// Serve it from the start (otherwise from the first `mesh open` on).
+    pub enabled: bool,
+    /// Where: a loopback address (port 0: any free port).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7717)),
+        }
+    }
 }
 
 /// Relay settings.
@@ -242,6 +263,7 @@ impl Default for Config {
             internet: Internet::default(),
             open: false,
             metrics: None,
+            web: Web::default(),
         }
     }
 }
@@ -402,6 +424,12 @@ impl Config {
 
     /// Checks ranges that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.web.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "web.listen must be a loopback address (127.0.0.1 or ::1), not {}: the page is for this machine's user only",
+                self.web.listen
+            )));
+        }
         let l = &self.limits;
         if l.max_message_bytes == 0 || l.max_message_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::Invalid(
@@ -581,6 +609,18 @@ mod tests {
         assert!(!c.upnp() && c.natpmp(), "each has its own switch");
         c.internet.natpmp = false;
         assert!(!c.natpmp());
+    }
+
+    #[test]
+    fn the_page_is_off_by_default_and_served_on_loopback_only() {
+        let c = Config::default();
+        assert!(!c.web.enabled);
+        assert!(c.web.listen.ip().is_loopback());
+        let on = Config::parse("[web]\nenabled = true\nlisten = \"[::1]:8080\"\n").unwrap();
+        assert!(on.validate().is_ok());
+        let wide = Config::parse("[web]\nlisten = \"0.0.0.0:7717\"\n").unwrap();
+        let err = wide.validate().unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
     }
 
     #[test]

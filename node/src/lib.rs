@@ -53,6 +53,7 @@ pub mod stand_in;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod web;
 pub mod wire;
 
 pub use libp2p::{Multiaddr, PeerId};

@@ -525,6 +525,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Members => Response::Members(node.members().await?),
         Request::Remove { node: target } => Response::Removed(node.remove(&target).await?),
         Request::Leave => Response::Left(node.leave().await?),
+        Request::OpenPage => Response::Page(node.open_page().await?),
         Request::Register { .. }
         | Request::Claim { .. }
         | Request::Watch { .. }

@@ -270,6 +270,7 @@ fn requests() -> Vec<Request> {
         Request::Leave,
         Request::Waker { agent: name() },
         Request::Shutdown,
+        Request::OpenPage,
     ]
 }
 
@@ -399,6 +400,10 @@ fn responses() -> Vec<Response> {
         Response::Left(mesh()),
         Response::Ok,
         Response::Waker { generation: 5 },
+        Response::Page(PageView {
+            url: s("http://127.0.0.1:7717/"),
+            login_url: s("http://127.0.0.1:7717/#login=t"),
+        }),
     ]
 }
 

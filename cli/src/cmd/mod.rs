@@ -10,6 +10,7 @@ mod install;
 mod mcp;
 mod members;
 mod messages;
+mod open;
 mod peers;
 mod status;
 mod topics;
@@ -199,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dial { multiaddr, forget } => peers::dial(&ctx, &multiaddr, forget).await,
         Command::Ping { node, count } => peers::ping(&ctx, &node, count).await,
         Command::Addr => peers::addr(&ctx).await,
+        Command::Open { print } => open::run(&ctx, print).await,
         Command::Invite(a) => members::invite(&ctx, a).await,
         Command::Join { code } => members::join(&ctx, &code).await,
         Command::Members => members::members(&ctx).await,

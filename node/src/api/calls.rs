@@ -182,5 +182,7 @@ pub trait LocalApi: Sync {
         }
         /// Stops the daemon cleanly.
         fn shutdown() -> () { Request::Shutdown => Response::Ok => () }
+        /// Serves the human's page (if it was not) and makes a one-time login address.
+        fn open_page() -> PageView { Request::OpenPage => Response::Page(p) => p }
     }
 }

@@ -147,6 +147,9 @@ pub enum Request {
     },
     /// Stop the daemon cleanly.
     Shutdown,
+    /// The human's page (`mesh open`): served from now on if it was not, and a one-time
+    /// login address for it.
+    OpenPage,
 }
 
 impl Request {
@@ -182,6 +185,7 @@ impl Request {
             Request::Leave => "Leave",
             Request::Waker { .. } => "Waker",
             Request::Shutdown => "Shutdown",
+            Request::OpenPage => "OpenPage",
         }
     }
 

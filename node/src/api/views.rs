@@ -383,3 +383,13 @@ pub struct OutboxView {
     /// once its read receipt came.
     pub read_at_ms: Option<u64>,
 }
+
+/// The human's page: the answer to `OpenPage`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageView {
+    /// Its address (`http://127.0.0.1:7717/`).
+    pub url: String,
+    /// The address to open once: with a login token (valid 2 minutes, one use) in its
+    /// fragment. Secret: it logs in whoever opens it first.
+    pub login_url: String,
+}

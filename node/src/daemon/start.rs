@@ -236,6 +236,12 @@ async fn serve(
     if let Err(e) = node.start(user).await {
         return Err(DaemonError::Other(format!("startup failed: {e}")));
     }
+    if config.web.enabled {
+        // The node runs without its page rather than not at all; `mesh open` says why.
+        if let Err(e) = node.page().await {
+            tracing::warn!(error = %e, "the page is not served");
+        }
+    }
     // Requests are served once the node knows what its store knows (agents, nodes,
     // subscriptions); clients connecting earlier wait in the socket's backlog.
     tasks.push((

@@ -8,6 +8,7 @@ impl Node {
     /// announcement.
     pub(crate) async fn start(&self, user: AgentName) -> Result<(), ServiceError> {
         let now = now_ms();
+        let _ = self.0.user.set(user.clone());
         self.0
             .store
             .write("user agent", move |t| ops::ensure_agent(t, &user, "human", now))

@@ -9,6 +9,7 @@
 mod dm;
 mod event_loop;
 mod membership;
+mod page;
 mod peers;
 mod receipts;
 mod sessions;
@@ -127,6 +128,10 @@ pub(crate) struct Inner {
     inbound: Arc<Semaphore>,
     started: Instant,
     pub shutdown: CancellationToken,
+    /// The user's own agent (the human's; set at start).
+    user: std::sync::OnceLock<AgentName>,
+    /// The page, once served (`mesh open`, `[web] enabled`).
+    web: tokio::sync::Mutex<Option<Arc<crate::web::Site>>>,
 }
 
 /// Handle to the node service. Cheap to clone.
@@ -258,6 +263,8 @@ impl Node {
             inbound: Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT)),
             started: Instant::now(),
             shutdown,
+            user: std::sync::OnceLock::new(),
+            web: tokio::sync::Mutex::new(None),
         }))
     }
 

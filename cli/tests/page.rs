@@ -1,0 +1,383 @@
+//! The human's page in a real browser: Debian's Chromium, headless, driven through
+//! ChromeDriver (WebDriver over HTTP on loopback). Two real daemons; the page of the first
+//! is opened with `mesh open --print`, a message is written on it to an agent of the
+//! second, that agent reads it and answers, and the page shows both live, with the read
+//! receipt. A browser without the login sees nothing; a page of another origin on the same
+//! host can neither read nor write through it. (.ci/run installs chromium and
+//! chromium-driver; without them the test skips, and fails under CI.)
+//!
+//! `MESH_SCREENSHOTS=<dir>` saves screenshots of the main views there (the README's).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Home, TEST_USER, start_daemon};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Upper bound for anything the page should show.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// One HTTP/1.1 exchange with ChromeDriver (JSON both ways).
+fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // The answer's head, then exactly its Content-Length (the driver may keep the
+    // connection open).
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "chromedriver closed: {raw:?}");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        })
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content length: {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("chromedriver answered {head} {body:?}: {e}"))
+}
+
+/// A headless Chromium under ChromeDriver, closed on drop.
+struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver");
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
+                         "--no-first-run", "--disable-background-networking",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let r = call(port, "POST", "/session", Some(&caps));
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {r}"))
+            .to_string();
+        Browser {
+            driver,
+            port,
+            session,
+            _profile: profile,
+        }
+    }
+
+    fn cmd(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
+        let r = call(self.port, method, &format!("/session/{}/{what}", self.session), body);
+        if r["value"].get("error").is_some() {
+            panic!("webdriver {what}: {r}");
+        }
+        r["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.cmd("POST", "url", Some(&json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body; `return` gives the value) in the page.
+    fn js(&self, script: &str) -> Value {
+        self.cmd("POST", "execute/sync", Some(&json!({ "script": script, "args": [] })))
+    }
+
+    /// Runs an async function body in the page (`await` allowed); its `return` value.
+    fn js_async(&self, script: &str) -> Value {
+        let wrapped = format!(
+            "const done = arguments[arguments.length - 1]; (async () => {{ {script} }})().then(done, e => done('error: ' + e));"
+        );
+        self.cmd("POST", "execute/async", Some(&json!({ "script": wrapped, "args": [] })))
+    }
+
+    /// Waits until `script` returns something truthy; returns it.
+    fn wait(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.js(script);
+            let truthy = !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
+            if truthy {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let text = self.js("return document.body.innerText");
+                panic!(
+                    "timed out waiting for {what}; the page shows:\n{}",
+                    text.as_str().unwrap_or("")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn text(&self) -> String {
+        self.js("return document.body.innerText")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("MESH_SCREENSHOTS").map(PathBuf::from) else {
+            return;
+        };
+        use base64::Engine;
+        let png = self.cmd("GET", "screenshot", None);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = call(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn web_home() -> Home {
+    let h = Home::new();
+    let cfg = std::fs::read_to_string(h.path().join("config.toml")).unwrap();
+    std::fs::write(
+        h.path().join("config.toml"),
+        format!("{cfg}\n[web]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    h
+}
+
+fn login_url(home: &Path) -> String {
+    let out = common::run_in(home, &["open", "--print"], None);
+    out.ok();
+    out.stdout.lines().next().unwrap().trim().to_string()
+}
+
+/// An agent on the node of `home` (as an agent client would make it), with a summary.
+fn register(home: &Path, name: &str, summary: Option<&str>) {
+    use mesh_node::api::{AgentSpec, LocalApi, Request};
+    common::runtime().block_on(async {
+        let c = common::client(home).await;
+        c.call(Request::Register {
+            agent: AgentSpec {
+                name: name.into(),
+                kind: "claude-code".into(),
+                ..Default::default()
+            },
+            attach: false,
+        })
+        .await
+        .unwrap();
+        if let Some(s) = summary {
+            c.set_summary(name, Some(s.into())).await.unwrap();
+        }
+    });
+}
+
+fn have_browser() -> bool {
+    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
+        return true;
+    }
+    common::skip("Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver)");
+    false
+}
+
+#[test]
+fn the_page_shows_the_mesh_live_takes_a_message_and_shows_it_answered_and_read() {
+    if !have_browser() {
+        return;
+    }
+    let (a, b) = (web_home(), web_home());
+    let da = start_daemon(&a.path(), "alpha", 0, &[]);
+    let _db = start_daemon(&b.path(), "beta", 0, &[]);
+    register(&b.path(), "bob", Some("reviewing the parser"));
+    a.run(&["dial", &_db.addr()]).ok();
+    let me = format!("{TEST_USER}@alpha");
+
+    let browser = Browser::start();
+    browser.go(&login_url(&a.path()));
+    browser.wait(
+        "the live stream",
+        "return document.getElementById('conn').textContent === 'live'",
+    );
+    assert_eq!(
+        browser.js("return location.hash"),
+        json!(""),
+        "the login token left the address bar"
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('whoami').textContent"),
+        json!(me)
+    );
+    browser.wait(
+        "bob on beta, with what he works on",
+        "return document.getElementById('agents').innerText.includes('bob@beta') && document.getElementById('agents').innerText.includes('reviewing the parser')",
+    );
+    browser.wait(
+        "the node beta",
+        "return document.getElementById('nodes').innerText.includes('beta')",
+    );
+
+    // Markup in a text stays text: no element is made of it.
+    let text = "Please look at <img src=x onerror=alert(1)> the lexer";
+    browser.js(&format!(
+        "document.getElementById('to').value = 'bob@beta'; document.getElementById('text').value = {}; document.getElementById('send').click();",
+        json!(text)
+    ));
+    browser.wait(
+        "the send's answer",
+        "return document.getElementById('compose-status').textContent.includes('delivered')",
+    );
+    let inbox = b.run(&["--json", "inbox", "--as", "bob"]);
+    let inbox = inbox.ok().json();
+    let msg = &inbox[0];
+    assert_eq!(msg["from"], json!(me), "written as the user's own agent");
+    assert_eq!(msg["text"], json!(text));
+    let id = msg["id"].as_str().unwrap().to_string();
+
+    // Bob read it (his inbox did): the page turns its state to "read" by itself.
+    browser.wait(
+        "the read receipt",
+        &format!(
+            "const li = document.querySelector('li.msg[data-id=\"{id}\"]'); return li && li.querySelector('.state').textContent.startsWith('read')"
+        ),
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('#messages img').length"),
+        json!(0)
+    );
+    assert!(browser.text().contains(text), "shown as written");
+
+    // Bob answers in the thread: it appears under the message, live.
+    b.run(&["send", &me, "Looking now.", "--as", "bob", "--reply-to", &id])
+        .ok();
+    browser.wait(
+        "the answer in the thread",
+        &format!(
+            "const li = document.querySelector('li.msg[data-id=\"{id}\"]'); return li && li.querySelector('.replies').innerText.includes('Looking now.')"
+        ),
+    );
+    assert!(browser.text().contains("untrusted text, sender verified"));
+    browser.screenshot("page-conversation.png");
+
+    // Bob's conversation on its own.
+    browser.js("document.querySelector('.agent[data-agent=\"bob@beta\"]').click()");
+    browser.wait(
+        "bob's conversation",
+        "return document.getElementById('conv-title').textContent === 'bob@beta' && document.getElementById('messages').innerText.includes('Looking now.')",
+    );
+    // An invite code to hand out.
+    browser.js("document.getElementById('invite').click()");
+    browser.wait(
+        "a join code",
+        "return document.getElementById('invite-code').textContent.startsWith('agentmesh:')",
+    );
+    browser.screenshot("page-invite.png");
+    drop(da);
+}
+
+#[test]
+fn a_browser_without_the_login_or_a_page_of_another_origin_gets_nothing_through_it() {
+    if !have_browser() {
+        return;
+    }
+    let (a, b) = (web_home(), web_home());
+    let da = start_daemon(&a.path(), "alpha", 0, &[]);
+    let db = start_daemon(&b.path(), "beta", 0, &[]);
+    register(&b.path(), "bob", None);
+    a.run(&["dial", &db.addr()]).ok();
+    let a_login = login_url(&a.path());
+    let a_page = a_login.split('#').next().unwrap().to_string();
+    let b_page = login_url(&b.path()).split('#').next().unwrap().to_string();
+
+    let browser = Browser::start();
+    // No login: the page says what to do, and shows nothing of the mesh.
+    browser.go(&a_page);
+    browser.wait(
+        "the login notice",
+        "return !document.getElementById('login-needed').hidden",
+    );
+    assert!(browser.text().contains("mesh open"));
+    assert!(!browser.text().contains("bob@beta"));
+    browser.screenshot("page-login.png");
+
+    // Logged in to alpha's page, the browser holds its cookie...
+    browser.go(&a_login);
+    browser.wait(
+        "the live stream",
+        "return document.getElementById('conn').textContent === 'live'",
+    );
+    // ...and a page of another origin on this host (beta's, another port: the same *site*
+    // to the browser, so the cookie goes along) tries to read and to write through it.
+    browser.go(&b_page);
+    let origin_a = a_page.trim_end_matches('/');
+    let tried = browser.js_async(&format!(
+        r#"
+        const out = {{}};
+        try {{ const r = await fetch('{origin_a}/api/state', {{ credentials: 'include' }}); out.read = 'read ' + r.status; }}
+        catch (e) {{ out.read = 'blocked'; }}
+        try {{
+          await fetch('{origin_a}/api/send', {{ method: 'POST', mode: 'no-cors', credentials: 'include',
+            headers: {{ 'content-type': 'text/plain' }}, body: JSON.stringify({{ to: 'bob@beta', text: 'forged from another origin' }}) }});
+          out.write = 'sent';
+        }} catch (e) {{ out.write = 'blocked'; }}
+        return out;
+        "#
+    ));
+    assert_eq!(tried["read"], json!("blocked"), "{tried}");
+    // The write left the browser (no-cors: the fetch ended when alpha's page server had
+    // answered it) and was refused there: nothing in alpha's outbox, nothing at bob's.
+    let inbox = b.run(&["--json", "inbox", "--all", "--as", "bob"]).ok().json();
+    assert!(!inbox.to_string().contains("forged from another origin"), "{inbox}");
+    let outbox = a.run(&["--json", "outbox", "--all"]).ok().json();
+    assert!(!outbox.to_string().contains("forged"), "{outbox}");
+    drop((da, db));
+}

@@ -1,0 +1,369 @@
+// The human's page. Everything from the mesh goes into the document as text
+// (textContent, createElement), never as markup: message texts are untrusted.
+"use strict";
+
+const page = {
+  csrf: null,
+  me: null,
+  nodeName: null,
+  target: "",        // "" (everything), an agent address or "#topic"
+  older: null,       // cursor of the messages before the first shown
+  shown: new Map(),  // message id -> its <li>
+  replyTo: null,
+  events: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+function time(ms) {
+  return ms ? new Date(ms).toLocaleString() : "";
+}
+
+async function api(path, body) {
+  const init = { credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.method = "POST";
+    init.headers["content-type"] = "application/json";
+    if (page.csrf) init.headers["x-mesh-csrf"] = page.csrf;
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  let data = null;
+  try { data = await r.json(); } catch (_) { data = null; }
+  if (!r.ok) {
+    const err = new Error((data && data.error) || r.statusText);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+// ---- state: agents, topics, nodes ----
+
+function reception(r) {
+  return { Push: "pushed at once", Woken: "woken by its hook", Poll: "reads at its next turn", Offline: "offline, mail waits" }[r] || r;
+}
+
+function renderAgents(agents) {
+  const box = $("agents");
+  box.replaceChildren();
+  const byNode = new Map();
+  for (const a of agents) {
+    const key = a.node_name;
+    if (!byNode.has(key)) byNode.set(key, []);
+    byNode.get(key).push(a);
+  }
+  for (const [node, list] of byNode) {
+    const div = el("div", "node");
+    div.append(el("div", "node-name", node));
+    for (const a of list) {
+      const b = el("button", "agent");
+      b.type = "button";
+      b.dataset.target = a.address;
+      b.dataset.agent = a.address;
+      const dot = el("span", "dot" + (a.reception !== "Offline" ? " on" : ""));
+      b.append(dot, el("span", "agent-name", a.address));
+      const meta = [a.kind, reception(a.reception)];
+      if (a.repo) meta.push(a.repo);
+      b.append(el("div", "meta", meta.join(" · ")));
+      if (a.summary) b.append(el("div", "meta summary", a.summary));
+      b.addEventListener("click", () => openConversation(a.address));
+      div.append(b);
+    }
+    box.append(div);
+  }
+}
+
+function renderTopics(topics) {
+  const ul = $("topics");
+  ul.replaceChildren();
+  for (const t of topics) {
+    const li = el("li");
+    const b = el("button", "topic", "#" + t.topic);
+    b.type = "button";
+    b.dataset.target = "#" + t.topic;
+    b.addEventListener("click", () => openConversation("#" + t.topic));
+    li.append(b, el("span", "meta", ` ${t.messages} messages`));
+    ul.append(li);
+  }
+}
+
+function path(c) {
+  if (!c) return "not connected";
+  if (c.path === "Relayed") return "relayed" + (c.via ? " via " + c.via.slice(-8) : "");
+  return c.path === "Lan" ? "LAN" : "direct";
+}
+
+function renderNodes(peers) {
+  const ul = $("nodes");
+  ul.replaceChildren();
+  for (const p of peers) {
+    const li = el("li", "peer");
+    li.dataset.peer = p.peer_id;
+    const dot = el("span", "dot" + (p.connected ? " on" : ""));
+    const name = p.name || p.peer_id.slice(-8);
+    li.append(dot, el("span", "peer-name", name));
+    const conn = p.connections && p.connections[0];
+    const what = p.member ? (p.connected ? path(conn) : (p.online ? "online, not connected" : "offline")) : "nearby, not a member" + (p.refused ? ": " + p.refused : "");
+    li.append(el("div", "meta", what));
+    ul.append(li);
+  }
+}
+
+async function loadState() {
+  const s = await api("/api/state");
+  page.csrf = s.csrf;
+  page.me = s.me;
+  page.nodeName = s.node.name;
+  $("whoami").textContent = `${s.me}@${s.node.name}`;
+  renderAgents(s.agents);
+  renderTopics(s.topics);
+  renderNodes(s.peers);
+}
+
+// ---- conversation ----
+
+function stateText(h) {
+  if (!h.state) return null;
+  if (h.read_at_ms) return `read ${time(h.read_at_ms)}`;
+  return h.state;
+}
+
+function setState(li, text) {
+  const s = li.querySelector(".state");
+  if (!s || !text) return;
+  s.textContent = text;
+  s.className = "state " + text.split(/[ :]/)[0];
+}
+
+function messageItem(h) {
+  const li = el("li", "msg" + (h.kind === "out" ? " out" : ""));
+  li.dataset.id = h.id;
+  const head = el("div", "msg-head");
+  head.append(el("span", "msg-from", h.from), el("span", "msg-to", "→ " + h.to), el("span", "msg-time", time(h.at_ms)));
+  if (h.kind !== "out") head.append(el("span", "untrusted", "untrusted text, sender verified"));
+  const state = el("span", "state");
+  head.append(state);
+  const reply = el("button", "reply", "reply");
+  reply.type = "button";
+  reply.addEventListener("click", () => startReply(h));
+  head.append(reply);
+  li.append(head);
+  if (h.reply_to && !page.shown.has(h.reply_to)) {
+    li.append(el("div", "meta", "in reply to " + h.reply_to));
+  }
+  li.append(el("p", "msg-text", h.text));
+  li.append(el("ol", "replies"));
+  setState(li, stateText(h));
+  return li;
+}
+
+function place(h) {
+  if (page.shown.has(h.id)) {
+    setState(page.shown.get(h.id), stateText(h));
+    return;
+  }
+  const li = messageItem(h);
+  page.shown.set(h.id, li);
+  const parent = h.reply_to && page.shown.get(h.reply_to);
+  if (parent) parent.querySelector(".replies").append(li);
+  else $("messages").append(li);
+}
+
+async function openConversation(target) {
+  page.target = target;
+  page.shown.clear();
+  page.older = null;
+  $("messages").replaceChildren();
+  $("conv-title").textContent = target || "Everything";
+  if (target) $("to").value = target;
+  await loadConversation();
+}
+
+async function loadConversation() {
+  const q = new URLSearchParams({ limit: "50" });
+  if (page.target) q.set("target", page.target);
+  const h = await api("/api/history?" + q);
+  for (const row of h.entries) place(row);
+  page.older = h.older;
+  $("older").hidden = !page.older;
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
+}
+
+async function loadOlder() {
+  if (!page.older) return;
+  const q = new URLSearchParams({ limit: "50", before: page.older });
+  if (page.target) q.set("target", page.target);
+  const h = await api("/api/history?" + q);
+  // Older rows go first: rebuild with them ahead of what is shown.
+  const current = [...$("messages").children];
+  $("messages").replaceChildren();
+  const keep = new Map(page.shown);
+  page.shown.clear();
+  for (const row of h.entries) place(row);
+  for (const li of current) { $("messages").append(li); }
+  for (const [id, li] of keep) page.shown.set(id, li);
+  page.older = h.older;
+  $("older").hidden = !page.older;
+}
+
+let reloadTimer = null;
+function reloadSoon(what) {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(async () => {
+    try {
+      if (what === "state") await loadState();
+      else await loadConversation();
+    } catch (e) { status(e.message); }
+  }, 200);
+}
+
+// ---- live events ----
+
+function onEvent(ev) {
+  const [kind, body] = typeof ev === "string" ? [ev, null] : Object.entries(ev)[0];
+  switch (kind) {
+    case "Message":
+    case "Delivered":
+    case "DeadLetter":
+      // The conversation page shows these rows in their current state.
+      if (body && page.shown.has(body.id) && kind !== "Message") {
+        setState(page.shown.get(body.id), kind === "Delivered" ? "delivered" : "dead: " + body.reason);
+      } else {
+        reloadSoon("conversation");
+      }
+      if (kind === "Message") reloadSoon("conversation");
+      break;
+    case "Read":
+      if (page.shown.has(body.id)) setState(page.shown.get(body.id), `read ${time(body.at_ms)}`);
+      else reloadSoon("conversation");
+      break;
+    case "PeerUp":
+    case "PeerDown":
+    case "NodeUpdated":
+    case "NetworkChanged":
+      reloadSoon("state");
+      break;
+    case "Lagged":
+      reloadSoon("state");
+      reloadSoon("conversation");
+      break;
+    default:
+      break;
+  }
+}
+
+function listen() {
+  const es = new EventSource("/api/events");
+  page.events = es;
+  es.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn live"; };
+  es.onerror = () => { $("conn").textContent = "reconnecting…"; $("conn").className = "conn down"; };
+  es.onmessage = (m) => {
+    try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); }
+  };
+}
+
+// ---- compose ----
+
+function status(text) {
+  $("compose-status").textContent = text || "";
+}
+
+function startReply(h) {
+  page.replyTo = h.id;
+  $("reply-id").textContent = h.id;
+  $("replying").hidden = false;
+  if (h.kind === "topic") $("to").value = h.to;
+  else if (h.kind === "out") $("to").value = h.to;
+  else $("to").value = h.from;
+  $("text").focus();
+}
+
+function cancelReply() {
+  page.replyTo = null;
+  $("replying").hidden = true;
+}
+
+async function submit(ev) {
+  ev.preventDefault();
+  const to = $("to").value.trim();
+  const text = $("text").value;
+  if (!to || !text.trim()) { status("Write a recipient (agent@node or #topic) and a text."); return; }
+  $("send").disabled = true;
+  try {
+    if (to.startsWith("#")) {
+      const r = await api("/api/publish", { topic: to.slice(1), text, reply_to: page.replyTo });
+      status(`published to #${r.topic}: reached ${r.peers_reached} nodes, ${r.local_subscribers} local subscribers`);
+    } else {
+      const r = await api("/api/send", { to, text, reply_to: page.replyTo });
+      const st = r.status.Queued ? "queued: " + r.status.Queued.reason : (r.status === "Delivered" ? "delivered" : JSON.stringify(r.status));
+      status(`sent to ${r.to}: ${st}`);
+    }
+    $("text").value = "";
+    cancelReply();
+    reloadSoon("conversation");
+  } catch (e) {
+    status("not sent: " + e.message);
+  } finally {
+    $("send").disabled = false;
+  }
+}
+
+async function makeInvite() {
+  try {
+    const r = await api("/api/invite", {});
+    $("invite-code").textContent = r.code;
+    $("invite-box").hidden = false;
+  } catch (e) {
+    status("no invite: " + e.message);
+  }
+}
+
+// ---- start ----
+
+async function start() {
+  // A login link opened in a tab that already shows the page changes only the fragment:
+  // start over with it.
+  window.addEventListener("hashchange", () => {
+    if (location.hash.includes("login=")) location.reload();
+  });
+  $("compose").addEventListener("submit", submit);
+  $("cancel-reply").addEventListener("click", cancelReply);
+  $("older").addEventListener("click", loadOlder);
+  $("invite").addEventListener("click", makeInvite);
+  for (const b of document.querySelectorAll(".view")) {
+    b.addEventListener("click", () => openConversation(b.dataset.target));
+  }
+  const login = new URLSearchParams(location.hash.slice(1)).get("login");
+  if (login) {
+    // The token leaves the address bar (and history) before anything else happens.
+    history.replaceState(null, "", location.pathname);
+    try {
+      const r = await api("/api/login", { token: login });
+      page.csrf = r.csrf;
+    } catch (e) {
+      $("login-needed").hidden = false;
+      $("login-needed").prepend(el("p", "meta", e.message));
+      return;
+    }
+  }
+  try {
+    await loadState();
+  } catch (e) {
+    if (e.status === 401) { $("login-needed").hidden = false; return; }
+    throw e;
+  }
+  $("app").hidden = false;
+  listen();
+  await openConversation("");
+}
+
+start();
