@@ -52,6 +52,20 @@ pub enum Command {
     },
     /// Print the addresses another person can dial to reach this node.
     Addr,
+    /// Permission requests of this node's agent sessions (Claude Code asking to use a
+    /// tool), waiting for an answer.
+    Permissions,
+    /// Allow a waiting permission request (the first answer, here, on the page or in the
+    /// session's terminal, wins).
+    Approve {
+        /// Its id, as `mesh permissions` lists it (`agent:id` when two agents share one).
+        id: String,
+    },
+    /// Deny a waiting permission request.
+    Deny {
+        /// Its id, as `mesh permissions` lists it.
+        id: String,
+    },
     /// Open the live page of the mesh in a browser (served on loopback from now on; the
     /// link logs in once).
     Open {

@@ -666,3 +666,65 @@ fn an_inbox_of_large_messages_is_shown_a_page_at_a_time_and_nothing_is_lost() {
     let (e, is_err) = m.tool("history", json!({ "before": "last week" }));
     assert!(is_err && e.contains("bad history cursor"), "{e}");
 }
+
+#[test]
+fn a_permission_prompt_of_the_session_is_listed_answered_once_and_relayed_back() {
+    let home = Home::isolated();
+    let (_t, dir) = project("webapp", true);
+    let mut m = Mcp::start(&home.path(), &dir, "claude-code", &[]);
+    assert_eq!(
+        m.init_result()["capabilities"]["experimental"]["claude/channel/permission"],
+        json!({}),
+        "the server offers to relay permission prompts"
+    );
+    m.ok("whoami", json!({}));
+    // Claude Code asks, as it does for a tool that needs approval.
+    m.notify(
+        "notifications/claude/channel/permission_request",
+        json!({
+            "request_id": "tbxkq",
+            "tool_name": "Bash",
+            "description": "Run the test suite",
+            "input_preview": "{\"command\":\"cargo test\"}",
+        }),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let list = home.run(&["--json", "permissions"]).ok().json();
+        if let Some(p) = list.as_array().unwrap().first() {
+            break p.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the request was never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed["id"], "tbxkq");
+    assert_eq!(listed["agent"], "claude-code.webapp");
+    assert_eq!(listed["tool"], "Bash");
+    assert_eq!(listed["description"], "Run the test suite");
+    let table = home.run(&["permissions"]).ok().stdout.clone();
+    assert!(
+        table.contains("tbxkq") && table.contains("Run the test suite"),
+        "{table}"
+    );
+
+    // Unknown ids are refused with a clear error.
+    let unknown = home.run(&["approve", "zzzzz"]);
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("no permission request"), "{}", unknown.stderr);
+
+    let ok = home.run(&["approve", "tbxkq"]).ok().stdout.clone();
+    assert!(ok.contains("allowed tbxkq"), "{ok}");
+    let answer = m.wait_notification("notifications/claude/channel/permission", Duration::from_secs(20));
+    assert_eq!(answer["params"], json!({ "request_id": "tbxkq", "behavior": "allow" }));
+
+    // The first answer won: a second is refused and changes nothing.
+    let late = home.run(&["deny", "tbxkq"]);
+    assert_ne!(late.code, 0);
+    assert!(late.stderr.contains("already allowed"), "{}", late.stderr);
+    assert!(
+        home.run(&["permissions"])
+            .ok()
+            .stdout
+            .contains("no permission requests waiting")
+    );
+}

@@ -308,6 +308,45 @@ fn the_page_shows_the_mesh_live_takes_a_message_and_shows_it_answered_and_read()
     assert!(browser.text().contains("untrusted text, sender verified"));
     browser.screenshot("page-conversation.png");
 
+    // A Claude Code session on alpha (a real `mesh mcp`) asks to run a command: the page
+    // shows the request as text, and its Allow goes back to that session.
+    let project = tempfile::tempdir().unwrap();
+    let mut session = common::mcp::Mcp::start(&a.path(), project.path(), "claude-code", &[]);
+    session.ok("whoami", json!({}));
+    session.notify(
+        "notifications/claude/channel/permission_request",
+        json!({
+            "request_id": "hoztn",
+            "tool_name": "Bash",
+            "description": "Run the tests <script>alert(1)</script>",
+            "input_preview": "{\"command\":\"cargo test\"}",
+        }),
+    );
+    browser.wait(
+        "the permission request",
+        "return !document.getElementById('permissions').hidden && document.getElementById('permission-list').innerText.includes('cargo test')",
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('#permissions script').length"),
+        json!(0)
+    );
+    assert!(browser.text().contains("Run the tests <script>alert(1)</script>"));
+    browser.screenshot("page-permission.png");
+    browser.js("document.querySelector('li.permission[data-id=\"hoztn\"] button.allow').click()");
+    let answer = session.wait_notification("notifications/claude/channel/permission", WAIT);
+    assert_eq!(answer["params"], json!({ "request_id": "hoztn", "behavior": "allow" }));
+    browser.wait(
+        "the request gone",
+        "return document.getElementById('permissions').hidden",
+    );
+    let late = a.run(&["deny", "hoztn"]);
+    assert_ne!(late.code, 0, "the page's answer came first");
+    assert!(
+        late.stderr.contains(&format!("already allowed by {TEST_USER} (page)")),
+        "{}",
+        late.stderr
+    );
+
     // Bob's conversation on its own.
     browser.js("document.querySelector('.agent[data-agent=\"bob@beta\"]').click()");
     browser.wait(

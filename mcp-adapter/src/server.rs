@@ -14,7 +14,7 @@ use rmcp::model::{
     DiscoverResult, Implementation, InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
     ProtocolVersion, ServerCapabilities, ServerConfig, ServerNotification,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, tool_handler};
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +30,15 @@ pub use tools::{
 
 /// The method Claude Code shows to the model as a `<channel>` event.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
+/// The experimental capability by which Claude Code relays its permission prompts to a
+/// channel: it sends [`PERMISSION_REQUEST_METHOD`], and takes the first answer, ours
+/// ([`PERMISSION_METHOD`]) or its own terminal's.
+pub const PERMISSION_CAPABILITY: &str = "claude/channel/permission";
+/// A permission prompt of the client: `{request_id, tool_name, description, input_preview}`.
+pub const PERMISSION_REQUEST_METHOD: &str = "notifications/claude/channel/permission_request";
+/// Our answer to one: `{request_id, behavior: "allow" | "deny"}`.
+pub const PERMISSION_METHOD: &str = "notifications/claude/channel/permission";
+
 /// The experimental capability that makes Claude Code treat this server as a channel.
 pub const CHANNEL_CAPABILITY: &str = "claude/channel";
 /// Longest a tool waits for the session to be ready (daemon started, agent claimed).
@@ -323,6 +332,19 @@ async fn run_events<B: Backend>(
                 }
             }
             Event::Lagged { .. } => inner.arrivals.send_modify(|n| *n += 1),
+            Event::Permission(p) if p.agent == view.name => {
+                if let Some(a) = &p.answer {
+                    let params = serde_json::json!({
+                        "request_id": p.id,
+                        "behavior": if a.allow { "allow" } else { "deny" },
+                    });
+                    let n = CustomNotification::new(PERMISSION_METHOD, Some(params));
+                    match peer.send_notification(ServerNotification::CustomNotification(n)).await {
+                        Ok(()) => tracing::info!(id = %p.id, allow = a.allow, by = %a.by, "permission answer relayed"),
+                        Err(e) => tracing::warn!(error = %e, "cannot relay a permission answer"),
+                    }
+                }
+            }
             _ => {}
         }
         if peer.is_transport_closed() {
@@ -366,6 +388,7 @@ impl<B: Backend> ServerHandler for MeshServer<B> {
     fn get_info(&self) -> ServerConfig {
         let mut experimental = std::collections::BTreeMap::new();
         experimental.insert(CHANNEL_CAPABILITY.to_string(), serde_json::Map::new());
+        experimental.insert(PERMISSION_CAPABILITY.to_string(), serde_json::Map::new());
         let caps = ServerCapabilities::builder()
             .enable_tools()
             .enable_experimental_with(experimental)
@@ -394,6 +417,35 @@ impl<B: Backend> ServerHandler for MeshServer<B> {
         context.peer.set_peer_info(request.clone());
         self.attach_from(&context);
         self.negotiate_initialize(&request)
+    }
+
+    /// Claude Code's permission prompts (`claude/channel/permission`): handed to the node,
+    /// which lists them for the user's answer (the page, `mesh approve`); the answer comes
+    /// back as an event (`run_events`).
+    async fn on_custom_notification(&self, notification: CustomNotification, context: NotificationContext<RoleServer>) {
+        let _ = context;
+        if notification.method != PERMISSION_REQUEST_METHOD {
+            tracing::debug!(method = %notification.method, "custom notification ignored");
+            return;
+        }
+        let ask: mesh_node::api::PermissionAsk = match notification.params.map(serde_json::from_value) {
+            Some(Ok(ask)) => ask,
+            other => {
+                tracing::warn!(?other, "a permission request without its fields; ignored");
+                return;
+            }
+        };
+        let me = match self.me().await {
+            Ok(me) => me,
+            Err(e) => {
+                tracing::warn!(error = %e, "a permission request before the session attached; ignored");
+                return;
+            }
+        };
+        match self.inner.backend.ask_permission(&me.agent, ask).await {
+            Ok(p) => tracing::info!(id = %p.id, tool = %p.tool, "permission request relayed to the node"),
+            Err(e) => tracing::warn!(error = %client_error(e), "cannot relay a permission request"),
+        }
     }
 
     async fn list_tools(

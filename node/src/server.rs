@@ -435,6 +435,7 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
                 agents.is_empty() || agents.contains(from)
             }
             Event::WakerReplaced { agent, .. } => agents.is_empty() || agents.contains(agent),
+            Event::Permission(p) => agents.is_empty() || agents.contains(&p.agent),
             _ => true,
         };
         if wanted && out.send(ServerFrame::Event(event)).await.is_err() {
@@ -526,6 +527,9 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Remove { node: target } => Response::Removed(node.remove(&target).await?),
         Request::Leave => Response::Left(node.leave().await?),
         Request::OpenPage => Response::Page(node.open_page().await?),
+        Request::AskPermission { agent, ask } => Response::Permission(node.ask_permission(&agent, ask).await?),
+        Request::Permissions => Response::Permissions(node.permissions()),
+        Request::AnswerPermission { id, allow, by } => Response::Permission(node.answer_permission(&id, allow, &by)?),
         Request::Register { .. }
         | Request::Claim { .. }
         | Request::Watch { .. }

@@ -271,7 +271,38 @@ fn requests() -> Vec<Request> {
         Request::Waker { agent: name() },
         Request::Shutdown,
         Request::OpenPage,
+        Request::AskPermission {
+            agent: s("alice"),
+            ask: PermissionAsk {
+                request_id: s("tbxkq"),
+                tool_name: s("Bash"),
+                description: s("Run tests"),
+                input_preview: s("{}"),
+            },
+        },
+        Request::Permissions,
+        Request::AnswerPermission {
+            id: s("tbxkq"),
+            allow: true,
+            by: s("me (cli)"),
+        },
     ]
+}
+
+fn permission() -> PermissionView {
+    PermissionView {
+        id: s("tbxkq"),
+        agent: s("alice"),
+        tool: s("Bash"),
+        description: s("Run tests"),
+        input_preview: s("{}"),
+        asked_ms: 15,
+        answer: Some(PermissionAnswer {
+            allow: false,
+            by: s("me (page)"),
+            at_ms: 16,
+        }),
+    }
 }
 
 /// One answer of each kind, in the order of the enum.
@@ -404,6 +435,8 @@ fn responses() -> Vec<Response> {
             url: s("http://127.0.0.1:7717/"),
             login_url: s("http://127.0.0.1:7717/#login=t"),
         }),
+        Response::Permission(permission()),
+        Response::Permissions(vec![permission()]),
     ]
 }
 
@@ -446,6 +479,7 @@ fn events() -> Vec<Event> {
             to: s("bob@desk"),
             at_ms: 14,
         },
+        Event::Permission(permission()),
     ]
 }
 

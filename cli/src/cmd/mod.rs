@@ -12,6 +12,7 @@ mod members;
 mod messages;
 mod open;
 mod peers;
+mod permissions;
 mod status;
 mod topics;
 mod up;
@@ -201,6 +202,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ping { node, count } => peers::ping(&ctx, &node, count).await,
         Command::Addr => peers::addr(&ctx).await,
         Command::Open { print } => open::run(&ctx, print).await,
+        Command::Permissions => permissions::list(&ctx).await,
+        Command::Approve { id } => permissions::answer(&ctx, &id, true).await,
+        Command::Deny { id } => permissions::answer(&ctx, &id, false).await,
         Command::Invite(a) => members::invite(&ctx, a).await,
         Command::Join { code } => members::join(&ctx, &code).await,
         Command::Members => members::members(&ctx).await,

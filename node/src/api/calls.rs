@@ -184,5 +184,15 @@ pub trait LocalApi: Sync {
         fn shutdown() -> () { Request::Shutdown => Response::Ok => () }
         /// Serves the human's page (if it was not) and makes a one-time login address.
         fn open_page() -> PageView { Request::OpenPage => Response::Page(p) => p }
+        /// Relays a session's permission request.
+        fn ask_permission(agent: &str, ask: PermissionAsk) -> PermissionView {
+            Request::AskPermission { agent: agent.into(), ask } => Response::Permission(p) => p
+        }
+        /// The permission requests waiting.
+        fn permissions() -> Vec<PermissionView> { Request::Permissions => Response::Permissions(p) => p }
+        /// Answers a permission request.
+        fn answer_permission(id: &str, allow: bool, by: &str) -> PermissionView {
+            Request::AnswerPermission { id: id.into(), allow, by: by.into() } => Response::Permission(p) => p
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 7;
+pub const API_VERSION: u32 = 8;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -185,6 +185,10 @@ pub enum Response {
     },
     /// To `OpenPage`.
     Page(PageView),
+    /// To `AskPermission` and `AnswerPermission`.
+    Permission(PermissionView),
+    /// To `Permissions`: those waiting, oldest first.
+    Permissions(Vec<PermissionView>),
 }
 
 /// Events sent to watching connections.
@@ -259,4 +263,6 @@ pub enum Event {
         /// When it was shown (ms since the epoch, the recipient node's clock).
         at_ms: u64,
     },
+    /// A permission request of a local agent's session was asked or answered.
+    Permission(PermissionView),
 }

@@ -150,6 +150,26 @@ pub enum Request {
     /// The human's page (`mesh open`): served from now on if it was not, and a one-time
     /// login address for it.
     OpenPage,
+    /// A session of a local agent asks for permission to use a tool (its adapter relays
+    /// Claude Code's request). Answered with the request as listed; the answer comes later
+    /// as [`Event::Permission`].
+    AskPermission {
+        /// The local agent.
+        agent: String,
+        /// The request.
+        ask: PermissionAsk,
+    },
+    /// The permission requests waiting for an answer.
+    Permissions,
+    /// Answer a permission request: the first answer wins.
+    AnswerPermission {
+        /// Its id (`agent:id` when two agents share one).
+        id: String,
+        /// Allow (else deny).
+        allow: bool,
+        /// Who answers, as shown to others.
+        by: String,
+    },
 }
 
 impl Request {
@@ -186,6 +206,9 @@ impl Request {
             Request::Waker { .. } => "Waker",
             Request::Shutdown => "Shutdown",
             Request::OpenPage => "OpenPage",
+            Request::AskPermission { .. } => "AskPermission",
+            Request::Permissions => "Permissions",
+            Request::AnswerPermission { .. } => "AnswerPermission",
         }
     }
 
@@ -199,6 +222,9 @@ impl Request {
             Request::Send(SendRequest { id, .. }) | Request::Publish(PublishRequest { id, .. }) => id.is_some(),
             Request::Shutdown => false,
             Request::Invite { .. } | Request::Join { .. } | Request::Remove { .. } | Request::Leave => false,
+            // A repeat is refused ("already answered"), which the first answer's sender would
+            // take for a failure.
+            Request::AnswerPermission { .. } => false,
             Request::Inbox(InboxQuery { mark_read, .. }) => !mark_read,
             Request::Claim { .. }
             | Request::Register { attach: true, .. }

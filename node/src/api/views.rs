@@ -393,3 +393,47 @@ pub struct PageView {
     /// fragment. Secret: it logs in whoever opens it first.
     pub login_url: String,
 }
+
+/// A session's request for permission to use a tool, as Claude Code relays it
+/// (`notifications/claude/channel/permission_request`). The texts are untrusted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PermissionAsk {
+    /// The client's id for it (five lowercase letters).
+    pub request_id: String,
+    /// The tool (`Bash`, `Write`, ...).
+    pub tool_name: String,
+    /// What the call does, in the client's words.
+    pub description: String,
+    /// The call's input, cut short by the client.
+    pub input_preview: String,
+}
+
+/// A permission request as this node lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PermissionView {
+    /// The request id (answer with it, or with `agent:id` when two agents share one).
+    pub id: String,
+    /// The local agent whose session asks.
+    pub agent: String,
+    /// The tool.
+    pub tool: String,
+    /// What the call does (untrusted text).
+    pub description: String,
+    /// The call's input, cut short (untrusted text).
+    pub input_preview: String,
+    /// When it was asked (ms since the epoch).
+    pub asked_ms: u64,
+    /// The answer, once given.
+    pub answer: Option<PermissionAnswer>,
+}
+
+/// How a permission request was answered.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PermissionAnswer {
+    /// Allowed (else denied).
+    pub allow: bool,
+    /// Who answered (`tester (page)`, `tester (cli)`).
+    pub by: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}

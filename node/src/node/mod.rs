@@ -11,6 +11,7 @@ mod event_loop;
 mod membership;
 mod page;
 mod peers;
+mod permissions;
 mod receipts;
 mod sessions;
 mod topics;
@@ -132,6 +133,8 @@ pub(crate) struct Inner {
     user: std::sync::OnceLock<AgentName>,
     /// The page, once served (`mesh open`, `[web] enabled`).
     web: tokio::sync::Mutex<Option<Arc<crate::web::Site>>>,
+    /// Permission requests of local sessions.
+    permissions: Mutex<permissions::Permissions>,
 }
 
 /// Handle to the node service. Cheap to clone.
@@ -265,6 +268,7 @@ impl Node {
             shutdown,
             user: std::sync::OnceLock::new(),
             web: tokio::sync::Mutex::new(None),
+            permissions: Mutex::new(permissions::Permissions::default()),
         }))
     }
 

@@ -16,6 +16,7 @@
 //! | `POST /api/send` `{to, text, reply_to}` | a direct message from the user's agent |
 //! | `POST /api/publish` `{topic, text, reply_to}` | a topic message from the user's agent |
 //! | `POST /api/invite` | a join code (1 use, 1 hour) to hand out |
+//! | `POST /api/permission` `{id, allow}` | answers a session's permission request (the first answer wins) |
 //!
 //! Peer text reaches the page only as JSON strings, which the page puts in the document as
 //! text, never as markup; the Content-Security-Policy allows no inline script and no other
@@ -40,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AgentView, ApiError, ErrorCode, NodeIdentity, PeerView, StatusView, TopicView};
+use crate::api::{AgentView, ApiError, ErrorCode, NodeIdentity, PeerView, PermissionView, StatusView, TopicView};
 use crate::error::ServiceError;
 use crate::ids::{AgentName, MessageId};
 use crate::node::Node;
@@ -138,6 +139,7 @@ pub async fn start(
         .route("/api/send", post(send))
         .route("/api/publish", post(publish))
         .route("/api/invite", post(invite))
+        .route("/api/permission", post(permission))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(site.clone(), guard))
         .with_state(site.clone());
@@ -282,6 +284,7 @@ struct PageState {
     agents: Vec<AgentView>,
     peers: Vec<PeerView>,
     topics: Vec<TopicView>,
+    permissions: Vec<PermissionView>,
 }
 
 async fn state(State(site): State<Arc<Site>>, method: Method, headers: HeaderMap) -> Result<Json<PageState>, WebError> {
@@ -295,6 +298,7 @@ async fn state(State(site): State<Arc<Site>>, method: Method, headers: HeaderMap
         agents: n.agents().await?,
         peers: n.peers().await?,
         topics: n.topics().await?,
+        permissions: n.permissions(),
     }))
 }
 
@@ -402,4 +406,21 @@ async fn invite(
 ) -> Result<Json<crate::api::InviteView>, WebError> {
     site.admit(&method, &headers)?;
     Ok(Json(site.node.invite(INVITE_TTL.as_secs(), 1).await?))
+}
+
+#[derive(Deserialize)]
+struct PermissionBody {
+    id: String,
+    allow: bool,
+}
+
+async fn permission(
+    State(site): State<Arc<Site>>,
+    method: Method,
+    headers: HeaderMap,
+    Json(body): Json<PermissionBody>,
+) -> Result<Json<PermissionView>, WebError> {
+    site.admit(&method, &headers)?;
+    let by = format!("{} (page)", site.user);
+    Ok(Json(site.node.answer_permission(&body.id, body.allow, &by)?))
 }

@@ -117,6 +117,36 @@ function renderNodes(peers) {
   }
 }
 
+function renderPermissions(list) {
+  const ul = $("permission-list");
+  ul.replaceChildren();
+  for (const p of list) {
+    const li = el("li", "permission");
+    li.dataset.id = p.id;
+    const head = el("div", "msg-head");
+    head.append(el("span", "msg-from", p.agent), el("span", "perm-tool", p.tool), el("span", "msg-time", time(p.asked_ms)));
+    li.append(head, el("p", "msg-text", p.description), el("pre", "perm-input", p.input_preview));
+    li.append(el("div", "untrusted", "untrusted text, from the session's client"));
+    for (const [label, allow] of [["Allow", true], ["Deny", false]]) {
+      const b = el("button", allow ? "allow" : "deny", label);
+      b.type = "button";
+      b.addEventListener("click", async () => {
+        try {
+          await api("/api/permission", { id: p.agent + ":" + p.id, allow });
+          li.remove();
+          $("permissions").hidden = !$("permission-list").children.length;
+        } catch (e) {
+          status("not answered: " + e.message);
+          reloadSoon("state");
+        }
+      });
+      li.append(b);
+    }
+    ul.append(li);
+  }
+  $("permissions").hidden = list.length === 0;
+}
+
 async function loadState() {
   const s = await api("/api/state");
   page.csrf = s.csrf;
@@ -126,6 +156,7 @@ async function loadState() {
   renderAgents(s.agents);
   renderTopics(s.topics);
   renderNodes(s.peers);
+  renderPermissions(s.permissions);
 }
 
 // ---- conversation ----
@@ -246,6 +277,7 @@ function onEvent(ev) {
       if (page.shown.has(body.id)) setState(page.shown.get(body.id), `read ${time(body.at_ms)}`);
       else reloadSoon("conversation");
       break;
+    case "Permission":
     case "PeerUp":
     case "PeerDown":
     case "NodeUpdated":
