@@ -75,9 +75,13 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        use std::os::unix::process::CommandExt;
         let port = free_port();
+        // In a process group of its own, with the browsers it starts: all stopped together
+        // on drop, even when the session cannot be closed cleanly.
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -178,7 +182,13 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = call(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        // (Not while a failed test unwinds: a second panic would abort.)
+        if !std::thread::panicking() {
+            let _ = call(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
