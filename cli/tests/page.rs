@@ -1,5 +1,5 @@
 //! The human's page in a real browser: Debian's Chromium, headless, driven through
-//! ChromeDriver (WebDriver over HTTP on loopback). Two real daemons; the page of the first
+//! ChromeDriver (WebDriver over HTTP on loopback, `mesh_node::webdriver`). Two real daemons; the page of the first
 //! is opened with `mesh open --print`, a message is written on it to an agent of the
 //! second, that agent reads it and answers, and the page shows both live, with the read
 //! receipt. A browser without the login sees nothing; a page of another origin on the same
@@ -12,11 +12,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Home, TEST_USER, start_daemon};
 use serde_json::{Value, json};
@@ -26,171 +23,42 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Upper bound for anything the page should show.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// One HTTP/1.1 exchange with ChromeDriver (JSON both ways).
-fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    // The answer's head, then exactly its Content-Length (the driver may keep the
-    // connection open).
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "chromedriver closed: {raw:?}");
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        })
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no content length: {head}"));
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).unwrap();
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("chromedriver answered {head} {body:?}: {e}"))
-}
-
-/// A headless Chromium under ChromeDriver, closed on drop.
-struct Browser {
-    driver: Child,
-    port: u16,
-    session: String,
-    _profile: tempfile::TempDir,
-}
+/// The browser, with the test's way of failing: a panic saying what the page showed.
+struct Browser(mesh_node::webdriver::Browser);
 
 impl Browser {
     fn start() -> Browser {
-        use std::os::unix::process::CommandExt;
-        let port = free_port();
-        // In a process group of its own, with the browsers it starts: all stopped together
-        // on drop, even when the session cannot be closed cleanly.
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
-                         "--no-first-run", "--disable-background-networking",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }
-        }}});
-        let r = call(port, "POST", "/session", Some(&caps));
-        let session = r["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no browser session: {r}"))
-            .to_string();
-        Browser {
-            driver,
-            port,
-            session,
-            _profile: profile,
-        }
-    }
-
-    fn cmd(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
-        let r = call(self.port, method, &format!("/session/{}/{what}", self.session), body);
-        if r["value"].get("error").is_some() {
-            panic!("webdriver {what}: {r}");
-        }
-        r["value"].clone()
+        Browser(mesh_node::webdriver::Browser::start(Path::new(CHROMEDRIVER), Path::new(CHROMIUM)).expect("browser"))
     }
 
     fn go(&self, url: &str) {
-        self.cmd("POST", "url", Some(&json!({ "url": url })));
+        self.0.go(url).expect("navigate");
     }
 
-    /// Runs `script` (a function body; `return` gives the value) in the page.
     fn js(&self, script: &str) -> Value {
-        self.cmd("POST", "execute/sync", Some(&json!({ "script": script, "args": [] })))
+        self.0.js(script).expect("script")
     }
 
-    /// Runs an async function body in the page (`await` allowed); its `return` value.
     fn js_async(&self, script: &str) -> Value {
-        let wrapped = format!(
-            "const done = arguments[arguments.length - 1]; (async () => {{ {script} }})().then(done, e => done('error: ' + e));"
-        );
-        self.cmd("POST", "execute/async", Some(&json!({ "script": wrapped, "args": [] })))
+        self.0.js_async(script).expect("script")
     }
 
-    /// Waits until `script` returns something truthy; returns it.
     fn wait(&self, what: &str, script: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.js(script);
-            let truthy = !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
-            if truthy {
-                return v;
-            }
-            if Instant::now() > deadline {
-                let text = self.js("return document.body.innerText");
-                panic!(
-                    "timed out waiting for {what}; the page shows:\n{}",
-                    text.as_str().unwrap_or("")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.0
+            .wait(what, script, WAIT)
+            .unwrap_or_else(|e| panic!("{e}; the page shows:\n{}", self.text()))
     }
 
     fn text(&self) -> String {
-        self.js("return document.body.innerText")
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.0.text().unwrap_or_default()
     }
 
     fn screenshot(&self, name: &str) {
         let Some(dir) = std::env::var_os("MESH_SCREENSHOTS").map(PathBuf::from) else {
             return;
         };
-        use base64::Engine;
-        let png = self.cmd("GET", "screenshot", None);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap())
-            .unwrap();
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // (Not while a failed test unwinds: a second panic would abort.)
-        if !std::thread::panicking() {
-            let _ = call(self.port, "DELETE", &format!("/session/{}", self.session), None);
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.driver.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        std::fs::write(dir.join(name), self.0.screenshot().unwrap()).unwrap();
     }
 }
 

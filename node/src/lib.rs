@@ -54,6 +54,7 @@ pub mod store;
 pub mod sync;
 pub mod text;
 pub mod web;
+pub mod webdriver;
 pub mod wire;
 
 pub use libp2p::{Multiaddr, PeerId};

@@ -6,6 +6,7 @@ mod dm;
 mod fanout;
 mod flood;
 mod host;
+mod page;
 mod reach;
 mod rendezvous;
 mod store;
@@ -142,6 +143,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     }
     if plan.wants(11) {
         rows.extend(reach::rows(&mut lab, q).await?);
+    }
+    if plan.wants(12) {
+        rows.extend(page::rows(&mut lab, q).await?);
     }
     Ok(rows)
 }
