@@ -497,10 +497,18 @@ async fn undelivered_messages_become_dead_letters_after_the_ttl() {
     b.register("bob").await;
     a.dial(&b).await;
     b.stop().await;
+    // Once alpha saw the connection close: a send to a connected node waits for its
+    // answer (up to send_wait, longer than this TTL) instead of answering "queued".
+    let beta = b.peer_id();
+    common::eventually("alpha to see beta gone", || async {
+        let peers = get!(a.call(Request::Peers), Peers);
+        (!peers.iter().any(|p| p.peer_id == beta && p.connected)).then_some(())
+    })
+    .await;
 
     let mut wa = a.watch(&["alice"]).await;
     let r = a.send("alice", "bob@beta", "too late").await;
-    assert!(matches!(r.status, SendStatus::Queued { .. }));
+    assert!(matches!(r.status, SendStatus::Queued { .. }), "{:?}", r.status);
     let dead = wait_event(
         &mut wa,
         "the dead letter",
