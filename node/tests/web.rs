@@ -282,7 +282,7 @@ async fn wait_sse(stream: &mut TcpStream, seen: &mut String, needles: &[&str]) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_on_the_page_is_read_and_answered_live() {
-    let a = TestNode::start_with("alpha", &web_config()).await;
+    let mut a = TestNode::start_with("alpha", &web_config()).await;
     let b = TestNode::start("beta").await;
     b.register("bob").await;
     a.dial(&b).await;
@@ -350,4 +350,18 @@ async fn a_message_written_on_the_page_is_read_and_answered_live() {
     assert!(rows[0]["read_at_ms"].as_u64().is_some());
     assert_eq!(rows[1]["reply_to"], id.as_str());
     assert_eq!(rows[1]["text"], "got it");
+
+    // The node stops: its event stream ends (a page left open does not hold the stop).
+    a.stop().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, events.read(&mut buf))
+            .await
+            .expect("the event stream still open after the node stopped")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+    }
 }

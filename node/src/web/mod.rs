@@ -89,10 +89,18 @@ impl Site {
     fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    fn admit(&self, method: &Method, headers: &HeaderMap) -> Result<gate::Session, WebError> {
-        let knock = knock(method, headers);
-        Ok(self.gate().check(&knock, Instant::now())?)
+/// A request the gate let in (a session, and on changes this origin and its CSRF token):
+/// every handler but the login takes one, so none runs for anyone else.
+struct Admitted(gate::Session);
+
+impl axum::extract::FromRequestParts<Arc<Site>> for Admitted {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, site: &Arc<Site>) -> Result<Self, WebError> {
+        let knock = knock(&parts.method, &parts.headers);
+        Ok(Admitted(site.gate().check(&knock, Instant::now())?))
     }
 }
 
@@ -287,8 +295,7 @@ struct PageState {
     permissions: Vec<PermissionView>,
 }
 
-async fn state(State(site): State<Arc<Site>>, method: Method, headers: HeaderMap) -> Result<Json<PageState>, WebError> {
-    let session = site.admit(&method, &headers)?;
+async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Result<Json<PageState>, WebError> {
     let n = &site.node;
     Ok(Json(PageState {
         node: n.identity(),
@@ -311,11 +318,9 @@ struct HistoryParams {
 
 async fn history(
     State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
+    _: Admitted,
     Query(p): Query<HistoryParams>,
 ) -> Result<Json<crate::api::HistoryPage>, WebError> {
-    site.admit(&method, &headers)?;
     let before = p
         .before
         .as_deref()
@@ -333,11 +338,10 @@ async fn history(
 
 async fn events(
     State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
+    _: Admitted,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, WebError> {
-    site.admit(&method, &headers)?;
     let rx = site.node.subscribe_events();
+    let stopping = site.node.0.shutdown.clone().cancelled_owned();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(e) => SseEvent::default().json_data(&e).unwrap_or_default(),
@@ -348,6 +352,8 @@ async fn events(
         };
         Some((Ok(event), rx))
     });
+    // A stopping node ends the stream, so the server's graceful stop is not held open by it.
+    let stream = futures::StreamExt::take_until(stream, stopping);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -360,11 +366,9 @@ struct SendBody {
 
 async fn send(
     State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
+    _: Admitted,
     Json(body): Json<SendBody>,
 ) -> Result<Json<crate::api::SendReceipt>, WebError> {
-    site.admit(&method, &headers)?;
     let receipt = site
         .node
         .send(site.user.as_str(), &body.to, body.text, body.reply_to, None)
@@ -381,11 +385,9 @@ struct PublishBody {
 
 async fn publish(
     State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
+    _: Admitted,
     Json(body): Json<PublishBody>,
 ) -> Result<Json<crate::api::PublishReceipt>, WebError> {
-    site.admit(&method, &headers)?;
     let receipt = site
         .node
         .publish(
@@ -399,12 +401,7 @@ async fn publish(
     Ok(Json(receipt))
 }
 
-async fn invite(
-    State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
-) -> Result<Json<crate::api::InviteView>, WebError> {
-    site.admit(&method, &headers)?;
+async fn invite(State(site): State<Arc<Site>>, _: Admitted) -> Result<Json<crate::api::InviteView>, WebError> {
     Ok(Json(site.node.invite(INVITE_TTL.as_secs(), 1).await?))
 }
 
@@ -416,11 +413,9 @@ struct PermissionBody {
 
 async fn permission(
     State(site): State<Arc<Site>>,
-    method: Method,
-    headers: HeaderMap,
+    _: Admitted,
     Json(body): Json<PermissionBody>,
 ) -> Result<Json<PermissionView>, WebError> {
-    site.admit(&method, &headers)?;
     let by = format!("{} (page)", site.user);
     Ok(Json(site.node.answer_permission(&body.id, body.allow, &by)?))
 }

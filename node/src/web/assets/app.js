@@ -246,10 +246,11 @@ async function loadOlder() {
   $("older").hidden = !page.older;
 }
 
-let reloadTimer = null;
+// One pending reload of each kind: a burst of events costs one reload.
+const reloadTimers = { state: null, conversation: null };
 function reloadSoon(what) {
-  clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(async () => {
+  clearTimeout(reloadTimers[what]);
+  reloadTimers[what] = setTimeout(async () => {
     try {
       if (what === "state") await loadState();
       else await loadConversation();
@@ -263,15 +264,16 @@ function onEvent(ev) {
   const [kind, body] = typeof ev === "string" ? [ev, null] : Object.entries(ev)[0];
   switch (kind) {
     case "Message":
+      // A new row: the conversation's newest page is read again (it may belong to it).
+      reloadSoon("conversation");
+      break;
     case "Delivered":
     case "DeadLetter":
-      // The conversation page shows these rows in their current state.
-      if (body && page.shown.has(body.id) && kind !== "Message") {
+      if (page.shown.has(body.id)) {
         setState(page.shown.get(body.id), kind === "Delivered" ? "delivered" : "dead: " + body.reason);
       } else {
         reloadSoon("conversation");
       }
-      if (kind === "Message") reloadSoon("conversation");
       break;
     case "Read":
       if (page.shown.has(body.id)) setState(page.shown.get(body.id), `read ${time(body.at_ms)}`);
