@@ -127,7 +127,8 @@ impl Store {
     }
 
     /// Commits every write queued so far and stops the writer. Later writes fail with
-    /// [`StoreError::Closed`]. The file itself is released when the last handle is dropped.
+    /// [`StoreError::Closed`], later reads with a storage error saying so. The file is
+    /// released before this returns, even while other handles remain.
     pub async fn close(&self) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if self.writer.send(Msg::Stop(tx)).await.is_ok() {

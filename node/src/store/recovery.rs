@@ -107,33 +107,46 @@ impl Shared {
         if !self.reopenable {
             return Ok(());
         }
-        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
-        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
-        if let Some(mut old) = old {
-            let mut closed = false;
-            for _ in 0..REOPEN_WAIT_STEPS {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        closed = true;
-                        break;
-                    }
-                    Err(still_shared) => {
-                        old = still_shared;
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                }
-            }
-            if !closed {
-                // Readers still hold it: it closes when they let go; the next write opens it.
-                return Err(StoreError::Busy);
-            }
+        if !self.take(why.to_string()) {
+            // Readers still hold it: it closes when they let go; the next write opens it.
+            return Err(StoreError::Busy);
         }
         let db = Database::create(&self.path).map_err(|e| StoreError::storage("reopen", e))?;
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(path = %self.path.display(), "store reopened after a storage error");
         Ok(())
+    }
+
+    /// Empties the slot (readers meanwhile get `why`) and closes the database once the
+    /// readers still holding it let go, waiting up to about 2 s for them. False if they
+    /// did not in time (it closes when the last one does).
+    fn take(&self, why: String) -> bool {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        let Some(mut old) = old else { return true };
+        for _ in 0..REOPEN_WAIT_STEPS {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    return true;
+                }
+                Err(still_shared) => {
+                    old = still_shared;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+        false
+    }
+
+    /// On stop, after the last write: closes the file for good, so that it is released
+    /// even while handles to the store (a task not yet finished, a reader) remain; they
+    /// get an error saying the store is closed.
+    pub(super) fn release(&self) {
+        if !self.take("the store is closed".into()) {
+            tracing::warn!(path = %self.path.display(), "store readers still busy at stop; the file is released when they finish");
+        }
     }
 
     /// Marks the open database as refusing writes until reopened (the first error is kept).

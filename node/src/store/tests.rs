@@ -100,6 +100,24 @@ async fn wait_open_err(path: &std::path::Path, me: PeerId) -> StoreError {
 }
 
 #[tokio::test]
+async fn close_releases_the_file_while_handles_remain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.redb");
+    let me = PeerId::random();
+    let store = Store::open(&path, me).unwrap();
+    with_agent(&store, "alice").await;
+    let kept = store.clone();
+    store.close().await;
+    // A task still holding the old store (as after a daemon's stop) does not keep the file:
+    // a new daemon in the same process opens it at once and finds the committed write.
+    let again = Store::open(&path, me).expect("released by close");
+    assert_eq!(again.read(ops::agents).await.unwrap().len(), 1);
+    let err = kept.read(ops::agents).await.unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+    assert!(matches!(kept.write("agent", |_| Ok(())).await, Err(StoreError::Closed)));
+}
+
+#[tokio::test]
 async fn outbox_keeps_send_order_and_settles() {
     let store = Store::in_memory(PeerId::random()).unwrap();
     let peer = PeerId::random();

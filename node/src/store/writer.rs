@@ -82,6 +82,9 @@ pub(super) fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>) {
             let _ = done.send(());
         }
     }
+    if stop.is_some() {
+        shared.release();
+    }
     drop(shared);
     tracing::debug!("store writer stopped");
     if let Some(done) = stop {
