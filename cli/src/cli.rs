@@ -58,7 +58,8 @@ pub enum Command {
     /// Allow a waiting permission request (the first answer, here, on the page or in the
     /// session's terminal, wins).
     Approve {
-        /// Its id, as `mesh permissions` lists it (`agent:id` when two agents share one).
+        /// Its id, as `mesh permissions` lists it (`agent:id` when two agents share one,
+        /// `agent@node:id` for another node's).
         id: String,
     },
     /// Deny a waiting permission request.

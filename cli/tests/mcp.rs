@@ -11,7 +11,7 @@ use common::mcp::Mcp;
 use common::{Home, node_name, wait_reception};
 use serde_json::json;
 
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 14] = [
     "whoami",
     "list_agents",
     "send",
@@ -25,6 +25,7 @@ const TOOLS: [&str; 13] = [
     "publish",
     "peers",
     "dial",
+    "permissions",
 ];
 
 /// A project directory named `name` (optionally a git repository).
@@ -726,5 +727,58 @@ fn a_permission_prompt_of_the_session_is_listed_answered_once_and_relayed_back()
             .ok()
             .stdout
             .contains("no permission requests waiting")
+    );
+}
+
+#[test]
+fn an_agent_named_in_answer_agents_answers_another_sessions_permission_prompt() {
+    let home = Home::isolated();
+    let config = home.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[permissions]\nanswer_agents = [\"codex.review\"]\n");
+    std::fs::write(&config, text).unwrap();
+    let (_t, dir) = project("webapp", true);
+    let (_t2, review_dir) = project("review", true);
+    let mut asking = Mcp::start(&home.path(), &dir, "claude-code", &[]);
+    asking.ok("whoami", json!({}));
+    let mut reviewer = Mcp::start(&home.path(), &review_dir, "codex", &[]);
+    assert!(reviewer.ok("whoami", json!({})).contains("codex.review@"));
+    asking.notify(
+        "notifications/claude/channel/permission_request",
+        json!({
+            "request_id": "qwert",
+            "tool_name": "Bash",
+            "description": "Delete the build directory",
+            "input_preview": "{\"command\":\"rm -rf target\"}",
+        }),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let list = reviewer.ok("permissions", json!({}));
+        if list.contains("qwert") {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "never listed: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        list.contains("claude-code.webapp") && list.contains("rm -rf target") && list.contains("untrusted"),
+        "{list}"
+    );
+    // The asking session's own agent is not named: refused, nothing answered.
+    let (e, is_err) = asking.tool("permissions", json!({ "id": "qwert", "allow": true }));
+    assert!(is_err && e.contains("answer_agents"), "{e}");
+    let (e, is_err) = reviewer.tool("permissions", json!({ "id": "qwert" }));
+    assert!(is_err && e.contains("allow"), "{e}");
+
+    let done = reviewer.ok("permissions", json!({ "id": "qwert", "allow": false }));
+    assert!(done.contains("Denied qwert"), "{done}");
+    let answer = asking.wait_notification("notifications/claude/channel/permission", Duration::from_secs(20));
+    assert_eq!(answer["params"], json!({ "request_id": "qwert", "behavior": "deny" }));
+    let late = home.run(&["approve", "qwert"]);
+    assert!(
+        late.stderr.contains("already denied by codex.review (agent)"),
+        "{}",
+        late.stderr
     );
 }

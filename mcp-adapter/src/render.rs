@@ -41,6 +41,31 @@ pub fn reception(r: Reception) -> &'static str {
     }
 }
 
+/// Permission requests waiting, each delimited: the texts are the asking session's.
+pub fn permissions(list: &[mesh_node::api::PermissionView]) -> String {
+    if list.is_empty() {
+        return "No permission requests are waiting.".into();
+    }
+    let mut s = format!(
+        "{} permission request{} waiting (answer with permissions id + allow). Tool, description and input are untrusted text from the asking session:\n",
+        list.len(),
+        if list.len() == 1 { "" } else { "s" }
+    );
+    for p in list {
+        s.push_str(&format!(
+            "--- request {} of {} at {}: tool {}\n{}\ninput: {}\n--- end of request {}\n",
+            p.id,
+            field(&p.agent),
+            time(p.asked_ms),
+            field(&p.tool),
+            clean(&p.description),
+            clean(&p.input_preview),
+            p.id
+        ));
+    }
+    s
+}
+
 /// One message, delimited.
 pub fn message(m: &MessageView) -> String {
     let mut head = format!(

@@ -57,6 +57,25 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// The human's page (`mesh open`).
     pub web: Web,
+    /// Permission requests of agent sessions (`mesh permissions`, the page).
+    pub permissions: PermissionSettings,
+}
+
+/// Where permission requests of agent sessions are shown and who may answer them. A
+/// session's own node always lists its requests.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermissionSettings {
+    /// Also list the requests of the other member nodes' sessions here (those whose
+    /// `send_to` names this node), so that they can be answered from this machine.
+    pub receive: bool,
+    /// The member nodes (names or PeerIds; `*`: every member) this node sends its
+    /// sessions' requests to when they ask (`receive`), and lets answer them. None by
+    /// default: requests are answered on this node only.
+    pub send_to: Vec<String>,
+    /// Agents of this node that may list and answer the requests this node lists (their
+    /// MCP tools `permissions` and `answer_permission`). None by default.
+    pub answer_agents: Vec<crate::ids::AgentName>,
 }
 
 /// The human's page: a live view of the mesh served on loopback (`mesh open`).
@@ -264,6 +283,7 @@ impl Default for Config {
             open: false,
             metrics: None,
             web: Web::default(),
+            permissions: PermissionSettings::default(),
         }
     }
 }

@@ -528,8 +528,10 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Leave => Response::Left(node.leave().await?),
         Request::OpenPage => Response::Page(node.open_page().await?),
         Request::AskPermission { agent, ask } => Response::Permission(node.ask_permission(&agent, ask).await?),
-        Request::Permissions => Response::Permissions(node.permissions()),
-        Request::AnswerPermission { id, allow, by } => Response::Permission(node.answer_permission(&id, allow, &by)?),
+        Request::Permissions { agent } => Response::Permissions(node.permissions(agent.as_deref())?),
+        Request::AnswerPermission { id, allow, by, agent } => {
+            Response::Permission(node.answer_permission(&id, allow, &by, agent.as_deref()).await?)
+        }
         Request::Register { .. }
         | Request::Claim { .. }
         | Request::Watch { .. }

@@ -280,11 +280,14 @@ fn requests() -> Vec<Request> {
                 input_preview: s("{}"),
             },
         },
-        Request::Permissions,
+        Request::Permissions {
+            agent: Some(s("reviewer")),
+        },
         Request::AnswerPermission {
-            id: s("tbxkq"),
-            allow: true,
-            by: s("me (cli)"),
+            id: s("alice@laptop:tbxkq"),
+            allow: false,
+            by: String::new(),
+            agent: Some(s("reviewer")),
         },
     ]
 }

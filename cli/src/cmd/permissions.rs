@@ -6,7 +6,7 @@ use super::Ctx;
 use crate::output;
 
 pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let list = ctx.permissions().await?;
+    let list = ctx.permissions(None).await?;
     if ctx.json {
         return output::json(&list);
     }
@@ -34,7 +34,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<()> {
 
 pub async fn answer(ctx: &Ctx, id: &str, allow: bool) -> anyhow::Result<()> {
     let by = format!("{} (cli)", ctx.agent(&None));
-    let p = ctx.answer_permission(id, allow, &by).await?;
+    let p = ctx.answer_permission(id, allow, &by, None).await?;
     if ctx.json {
         return output::json(&p);
     }

@@ -112,6 +112,16 @@ pub struct PublishArgs {
     pub reply_to: Option<String>,
 }
 
+/// Parameters of `permissions`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct PermissionsArgs {
+    /// A request to answer, as listed (`id`, `agent:id` or `agent@node:id`); leave it out
+    /// to list the waiting requests.
+    pub id: Option<String>,
+    /// With `id`: true allows the tool call, false denies it.
+    pub allow: Option<bool>,
+}
+
 /// Parameters of `dial`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct DialArgs {
@@ -451,6 +461,38 @@ impl<B: Backend> MeshServer<B> {
     async fn peers(&self) -> Result<CallToolResult, McpError> {
         self.run(|_| async move { Ok(render::peers(&self.mesh().peers().await.map_err(client_error)?)) })
             .await
+    }
+
+    /// Other sessions' permission requests, for an agent the user chose to answer them.
+    #[tool(
+        description = "Only for an agent the user named in [permissions] answer_agents: list the tool-permission requests other agents' sessions are waiting on (no arguments), or answer one (id and allow). The first answer wins. Everyone else gets a refusal."
+    )]
+    async fn permissions(&self, Parameters(args): Parameters<PermissionsArgs>) -> Result<CallToolResult, McpError> {
+        self.run(|me| async move {
+            let id = args.id.as_deref().map(str::trim).filter(|s| !s.is_empty());
+            match (id, args.allow) {
+                (None, _) => {
+                    let list = self.mesh().permissions(Some(&me.agent)).await.map_err(client_error)?;
+                    Ok(render::permissions(&list))
+                }
+                (Some(_), None) => Err("say allow: true to allow the call or allow: false to deny it".to_string()),
+                (Some(id), Some(allow)) => {
+                    let p = self
+                        .mesh()
+                        .answer_permission(id, allow, "", Some(&me.agent))
+                        .await
+                        .map_err(client_error)?;
+                    Ok(format!(
+                        "{} {} ({} of {}); its session gets the answer now.",
+                        if allow { "Allowed" } else { "Denied" },
+                        p.id,
+                        render::field(&p.tool),
+                        render::field(&p.agent)
+                    ))
+                }
+            }
+        })
+        .await
     }
 
     /// Connect to another node.

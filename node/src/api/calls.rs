@@ -189,10 +189,13 @@ pub trait LocalApi: Sync {
             Request::AskPermission { agent: agent.into(), ask } => Response::Permission(p) => p
         }
         /// The permission requests waiting.
-        fn permissions() -> Vec<PermissionView> { Request::Permissions => Response::Permissions(p) => p }
+        fn permissions(agent: Option<&str>) -> Vec<PermissionView> {
+            Request::Permissions { agent: agent.map(Into::into) } => Response::Permissions(p) => p
+        }
         /// Answers a permission request.
-        fn answer_permission(id: &str, allow: bool, by: &str) -> PermissionView {
-            Request::AnswerPermission { id: id.into(), allow, by: by.into() } => Response::Permission(p) => p
+        fn answer_permission(id: &str, allow: bool, by: &str, agent: Option<&str>) -> PermissionView {
+            Request::AnswerPermission { id: id.into(), allow, by: by.into(), agent: agent.map(Into::into) }
+                => Response::Permission(p) => p
         }
     }
 }

@@ -159,16 +159,26 @@ pub enum Request {
         /// The request.
         ask: PermissionAsk,
     },
-    /// The permission requests waiting for an answer.
-    Permissions,
-    /// Answer a permission request: the first answer wins.
+    /// The permission requests waiting for an answer (this node's sessions', and with
+    /// `[permissions] receive` the other members').
+    Permissions {
+        /// Asked as this local agent, which must be named in `[permissions] answer_agents`
+        /// (none: asked by the user).
+        agent: Option<String>,
+    },
+    /// Answer a permission request: the first answer wins (for another node's request, the
+    /// first to reach that node).
     AnswerPermission {
-        /// Its id (`agent:id` when two agents share one).
+        /// Its id (`agent:id` when two agents share one, `agent@node:id` for another
+        /// node's).
         id: String,
         /// Allow (else deny).
         allow: bool,
-        /// Who answers, as shown to others.
+        /// Who answers, as shown to others (ignored when `agent` is set).
         by: String,
+        /// Answered by this local agent, which must be named in `[permissions]
+        /// answer_agents` (none: by the user).
+        agent: Option<String>,
     },
 }
 
@@ -207,7 +217,7 @@ impl Request {
             Request::Shutdown => "Shutdown",
             Request::OpenPage => "OpenPage",
             Request::AskPermission { .. } => "AskPermission",
-            Request::Permissions => "Permissions",
+            Request::Permissions { .. } => "Permissions",
             Request::AnswerPermission { .. } => "AnswerPermission",
         }
     }

@@ -76,6 +76,7 @@ fn handle_delivery(h: &Handled, bytes: &[u8]) {
     let msgs = match req {
         Some(wire::DmRequest::Deliver(msgs)) => msgs,
         Some(wire::DmRequest::Read(receipts)) => return handle_receipts(h, receipts),
+        Some(wire::DmRequest::Permission(relay)) => return handle_permission(relay),
         None => return,
     };
     let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
@@ -123,6 +124,35 @@ fn handle_receipts(h: &Handled, receipts: Vec<wire::ReadReceipt>) {
         read.iter().all(|e| e.to_node == peer),
         "only messages sent to the member become read"
     );
+}
+
+/// A permission relay: kept within the record's limits, shown only as its sender's, and
+/// an answer is taken only for a request that was sent to the answering member.
+fn handle_permission(relay: wire::PermissionRelay) {
+    use crate::node::permissions::{MAX_PERMISSIONS, MAX_TEXT_CHARS, MAX_TOOL_CHARS, Permissions};
+    let peer = *source();
+    let mut p = Permissions::default();
+    match relay {
+        wire::PermissionRelay::Asked(ask) => {
+            let first = p.relayed(peer, "member", &ask, 1);
+            if let Ok(Some(v)) = &first {
+                assert!(v.agent.ends_with("@member"), "labelled with its sender");
+                assert!(v.tool.chars().count() <= MAX_TOOL_CHARS);
+                assert!(v.description.chars().count() <= MAX_TEXT_CHARS);
+                assert!(v.input_preview.chars().count() <= MAX_TEXT_CHARS);
+                assert!(
+                    matches!(p.relayed(peer, "member", &ask, 2), Ok(None)),
+                    "asked twice: listed once"
+                );
+            }
+            assert!(p.pending(3).len() <= MAX_PERMISSIONS);
+        }
+        wire::PermissionRelay::Answer(v) | wire::PermissionRelay::Settled(v) => {
+            assert!(p.answer_from(peer, &v, "by", 1).is_err(), "nothing was sent to it");
+            assert!(p.settled_by(peer, &v, 1).is_none(), "nothing was relayed by it");
+        }
+        wire::PermissionRelay::Watch => assert!(p.watch(peer, 1).is_empty()),
+    }
 }
 
 /// A catch-up request: the answer stays within its bounds.

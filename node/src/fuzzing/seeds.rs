@@ -52,6 +52,37 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ));
     out.push((
         "wire",
+        "dm-permission-asked".into(),
+        with(
+            0,
+            framed(&DmRequest::Permission(crate::wire::PermissionRelay::Asked(
+                crate::wire::RelayedAsk {
+                    agent: AgentName::new("alice").expect("name"),
+                    id: "tbxkq".into(),
+                    tool: "Bash".into(),
+                    description: "Run the tests".into(),
+                    input_preview: "{\"command\":\"cargo test\"}".into(),
+                },
+            ))),
+        ),
+    ));
+    out.push((
+        "wire",
+        "dm-permission-answer".into(),
+        with(
+            0,
+            framed(&DmRequest::Permission(crate::wire::PermissionRelay::Answer(
+                crate::wire::PermissionVerdict {
+                    agent: AgentName::new("alice").expect("name"),
+                    id: "tbxkq".into(),
+                    allow: true,
+                    by: "bob (page)".into(),
+                },
+            ))),
+        ),
+    ));
+    out.push((
+        "wire",
         "dm-outcomes".into(),
         with(0, framed(&DmResponse::Outcomes(vec![(msg.id, Outcome::Stored)]))),
     ));

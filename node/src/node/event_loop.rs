@@ -102,6 +102,7 @@ impl Node {
             NetEvent::InboundDms { peer, request, batch } => match batch {
                 DmRequest::Deliver(messages) => self.on_inbound_dms(peer, request, messages).await,
                 DmRequest::Read(receipts) => self.on_receipts(peer, request, receipts).await,
+                DmRequest::Permission(relay) => self.on_permission_relay(peer, request, relay),
             },
             NetEvent::Topic { source, envelope } => self.on_topic(source, envelope),
             // Answered by the catch-up task; when it is swamped, the asker is told to come back.
@@ -144,6 +145,7 @@ impl Node {
             dir.name_of(&peer)
         };
         self.kick(peer);
+        self.watch_permissions(peer);
         self.emit(Event::PeerUp {
             peer,
             name: name.as_ref().map(|n| n.to_string()),

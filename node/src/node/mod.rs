@@ -11,7 +11,7 @@ mod event_loop;
 mod membership;
 mod page;
 mod peers;
-mod permissions;
+pub(crate) mod permissions;
 mod receipts;
 mod sessions;
 mod topics;

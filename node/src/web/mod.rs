@@ -305,7 +305,7 @@ async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Re
         agents: n.agents().await?,
         peers: n.peers().await?,
         topics: n.topics().await?,
-        permissions: n.permissions(),
+        permissions: n.permissions(None).unwrap_or_default(),
     }))
 }
 
@@ -417,5 +417,7 @@ async fn permission(
     Json(body): Json<PermissionBody>,
 ) -> Result<Json<PermissionView>, WebError> {
     let by = format!("{} (page)", site.user);
-    Ok(Json(site.node.answer_permission(&body.id, body.allow, &by)?))
+    Ok(Json(
+        site.node.answer_permission(&body.id, body.allow, &by, None).await?,
+    ))
 }

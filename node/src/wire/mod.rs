@@ -204,6 +204,63 @@ pub enum DmRequest {
     /// `Stored` (recorded), `Duplicate` (recorded before), `Rejected` (no message of ours
     /// to the requester has that id).
     Read(Vec<ReadReceipt>),
+    /// Permission requests of agent sessions, between members (see [`PermissionRelay`]).
+    /// Answered with one outcome, under the all-zero id.
+    Permission(PermissionRelay),
+}
+
+/// Permission requests relayed between member nodes. A node that lists other nodes'
+/// requests (`[permissions] receive`) says [`PermissionRelay::Watch`] to each member it is
+/// admitted to; that member then sends it its sessions' requests ([`PermissionRelay::Asked`],
+/// the pending ones at once) and how each was settled ([`PermissionRelay::Settled`]).
+/// An answer given on the watching node goes to the asking session's node
+/// ([`PermissionRelay::Answer`]), which keeps the first answer: `Stored` when it won,
+/// `Rejected(Invalid(why))` otherwise. Texts are untrusted and cut to the limits below.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionRelay {
+    /// "Send me your sessions' permission requests."
+    Watch,
+    /// A session of the sender's agent asks (or still asks: sent again, a duplicate).
+    Asked(RelayedAsk),
+    /// A request of the sender's was answered (by anyone).
+    Settled(PermissionVerdict),
+    /// The receiver's request, answered on the sender.
+    Answer(PermissionVerdict),
+}
+
+/// Longest request id on the wire (Claude Code uses five letters).
+pub const MAX_PERMISSION_ID: usize = 16;
+/// Longest tool name or answerer on the wire, in characters.
+pub const MAX_PERMISSION_TOOL: usize = 128;
+/// Longest description or input preview on the wire, in characters.
+pub const MAX_PERMISSION_TEXT: usize = 2000;
+
+/// A permission request as relayed to a watching member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedAsk {
+    /// The sender's agent whose session asks.
+    pub agent: AgentName,
+    /// The session's id for the request.
+    pub id: String,
+    /// The tool.
+    pub tool: String,
+    /// What the call does.
+    pub description: String,
+    /// Its input, cut short.
+    pub input_preview: String,
+}
+
+/// A permission request's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionVerdict {
+    /// The asking agent (on the node the request comes from).
+    pub agent: AgentName,
+    /// The request id.
+    pub id: String,
+    /// Allowed (else denied).
+    pub allow: bool,
+    /// Who answered, in the answering node's words (the receiver adds that node's name).
+    pub by: String,
 }
 
 /// Most read receipts in one [`DmRequest::Read`].
