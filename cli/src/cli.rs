@@ -56,15 +56,15 @@ pub enum Command {
     /// tool), waiting for an answer.
     Permissions,
     /// Allow a waiting permission request (the first answer, here, on the page or in the
-    /// session's terminal, wins).
+    /// session's terminal, wins), or admit a node asking to join by its comparison code.
     Approve {
         /// Its id, as `mesh permissions` lists it (`agent:id` when two agents share one,
         /// `agent@node:id` for another node's).
         id: String,
     },
-    /// Deny a waiting permission request.
+    /// Deny a waiting permission request, or refuse a node asking to join.
     Deny {
-        /// Its id, as `mesh permissions` lists it.
+        /// Its id, as `mesh permissions` lists it, or a comparison code (`mesh pairings`).
         id: String,
     },
     /// Open the live page of the mesh in a browser (served on loopback from now on; the
@@ -77,11 +77,18 @@ pub enum Command {
     /// Make a join code for this node's mesh (one use, 24 h by default): the other node
     /// runs `mesh join <code>`.
     Invite(InviteArgs),
-    /// Join the mesh of the node that made a join code (leaving this node's mesh).
+    /// Join the mesh of the node that made a join code, or ask a nearby member to admit
+    /// this node (both show a comparison code; its user approves with `mesh approve
+    /// <code>`). Leaves this node's mesh.
     Join {
-        /// The join code (agentmesh:...).
+        /// A join code (agentmesh:...), or a nearby node not in this mesh: the name it
+        /// gave, its PeerId, or an address ending in `/p2p/<PeerId>` (`mesh peers` lists
+        /// them).
         code: String,
     },
+    /// Nodes asking this one to admit them (`mesh join <this node>` there), with the
+    /// comparison code each shows.
+    Pairings,
     /// The members of this node's mesh.
     Members,
     /// Remove a node from the mesh: it is disconnected and the mesh key is replaced by one

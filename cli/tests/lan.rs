@@ -312,3 +312,70 @@ fn an_outsider_on_the_lan_sees_the_members_but_reaches_nobody_until_it_joins() {
         assert_eq!(r.status, SendStatus::Delivered);
     });
 }
+
+#[test]
+fn a_nearby_node_joins_by_comparison_code_without_copying_anything() {
+    let Some(mut lab) = Lab::new("pairing") else { return };
+    let seg = lab.segment("sw", [10, 77, 4]);
+    let (h1, h2) = (lab.host("h1", &seg, 1), lab.host("h2", &seg, 2));
+    // m1 is in the test mesh; x starts one of its own. Found by real mDNS and DNS-SD.
+    let (m1, x) = (Home::new(), Home::alone());
+    let d1 = start_on(&h1, &m1, "m1");
+    let _dx = start_on(&h2, &x, "x");
+    let rt = runtime();
+    rt.block_on(async {
+        let cx = client(&x).await;
+        eventually("x to see m1 nearby", || async {
+            get!(cx.call(Request::Peers), Peers)
+                .into_iter()
+                .find(|p| p.peer_id == d1.info.peer_id && !p.member)
+        })
+        .await;
+
+        // `mesh join m1` on x: it prints the code and waits for m1's user.
+        let path = x.path();
+        let joining = std::thread::spawn(move || common::run_in(&path, &["join", "m1"], None));
+        let listed = eventually("m1 to list x asking", || async {
+            let out = m1.run(&["--json", "pairings"]).ok().json();
+            out.as_array().unwrap().first().cloned()
+        })
+        .await;
+        let code = listed["code"].as_str().unwrap().to_string();
+        assert_eq!(listed["name"], "x");
+        let table = m1.run(&["pairings"]).ok().stdout.clone();
+        assert!(table.contains(&code), "{table}");
+        // A code x does not show admits nobody.
+        let wrong = if code == "000 000" { "000001" } else { "000000" };
+        let refused = m1.run(&["approve", wrong]);
+        assert_ne!(refused.code, 0);
+        assert!(
+            refused.stderr.contains("no node with comparison code"),
+            "{}",
+            refused.stderr
+        );
+
+        let ok = m1.run(&["approve", &code.replace(' ', "")]).ok().stdout.clone();
+        assert!(ok.contains("admitted x"), "{ok}");
+        let out = joining.join().unwrap();
+        let out = out.ok();
+        assert!(
+            out.stdout.contains(&format!("comparison code: {code}")),
+            "both sides show the same code: {}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("joined the mesh of m1"), "{}", out.stdout);
+
+        wait_sees(&x, &["m1"]).await;
+        let r = get!(
+            cx.call(Request::Send(SendRequest {
+                from: "tester".into(),
+                to: "tester@m1".into(),
+                text: "paired".into(),
+                reply_to: None,
+                id: None,
+            })),
+            Sent
+        );
+        assert_eq!(r.status, SendStatus::Delivered);
+    });
+}

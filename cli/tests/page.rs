@@ -298,3 +298,57 @@ fn a_browser_without_the_login_or_a_page_of_another_origin_gets_nothing_through_
     assert!(!outbox.to_string().contains("forged"), "{outbox}");
     drop((da, db));
 }
+
+#[test]
+fn a_node_asks_to_join_from_its_page_and_is_admitted_on_the_members_page_by_its_code() {
+    if !have_browser() {
+        return;
+    }
+    let a = web_home();
+    let da = start_daemon(&a.path(), "alpha", 0, &[]);
+    let x = Home::alone();
+    let cfg = std::fs::read_to_string(x.path().join("config.toml")).unwrap();
+    std::fs::write(
+        x.path().join("config.toml"),
+        format!("{cfg}\n[web]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let _dx = start_daemon(&x.path(), "xeno", 0, &[]);
+    // Xeno has met alpha (and was refused): alpha is listed nearby, not a member.
+    assert_ne!(x.run(&["dial", &da.addr()]).code, 0);
+
+    // On xeno's page: "Ask to join its mesh" next to alpha shows the comparison code.
+    let browser = Browser::start();
+    browser.go(&login_url(&x.path()));
+    let alpha = da.info.peer_id.to_string();
+    browser.wait(
+        "alpha listed nearby",
+        &format!("return !!document.querySelector('#nodes li.peer[data-peer=\"{alpha}\"] button.ask-join')"),
+    );
+    browser.js(&format!(
+        "document.querySelector('#nodes li.peer[data-peer=\"{alpha}\"] button.ask-join').click()"
+    ));
+    let shown = browser.wait(
+        "the comparison code on xeno's page",
+        "const t = document.getElementById('compose-status').textContent; const m = t.match(/comparison code (\\d{3} \\d{3})/); return m && m[1]",
+    );
+    let shown = shown.as_str().unwrap().to_string();
+
+    // On alpha's page: xeno asks, with the same code; Admit.
+    browser.go(&login_url(&a.path()));
+    let code = browser.wait(
+        "the pairing request",
+        "const li = document.querySelector('#pairing-list li.pairing'); return !document.getElementById('pairings').hidden && li && li.innerText.includes('xeno') && li.dataset.code",
+    );
+    assert_eq!(code.as_str().unwrap(), shown, "both pages show the same code");
+    browser.screenshot("page-pairing.png");
+    browser.js(&format!(
+        "document.querySelector('li.pairing[data-code=\"{shown}\"] button.allow').click()"
+    ));
+    browser.wait(
+        "the request gone and xeno a member",
+        "return document.getElementById('pairings').hidden && [...document.querySelectorAll('#nodes li.peer')].some(li => li.innerText.includes('xeno') && !li.innerText.includes('not a member'))",
+    );
+    let members = x.run(&["members"]).ok().stdout.clone();
+    assert!(members.contains("alpha"), "xeno is in alpha's mesh: {members}");
+}

@@ -128,6 +128,7 @@ mod composed {
         pub identify: identify::Behaviour,
         pub admit: RawBehaviour,
         pub join: RawBehaviour,
+        pub pair: RawBehaviour,
         pub dm: RawBehaviour,
         pub hello: RawBehaviour,
         pub sync: RawBehaviour,
@@ -207,6 +208,7 @@ fn flooder(source: IpAddr, key: Option<libp2p::identity::Keypair>) -> io::Result
             )),
             admit: raw(wire::ADMIT_PROTOCOL),
             join: raw(wire::JOIN_PROTOCOL),
+            pair: raw(wire::PAIR_PROTOCOL),
             dm: raw(wire::DM_PROTOCOL),
             hello: raw(wire::HELLO_PROTOCOL),
             sync: raw(wire::SYNC_PROTOCOL),
@@ -252,6 +254,7 @@ async fn one_identity(target: Multiaddr, source: IpAddr, until: tokio::time::Ins
                 for _ in 0..4 {
                     b.admit.send_request(&peer_id, frame(512 * 1024, 512 * 1024));
                     b.join.send_request(&peer_id, frame(64 * 1024, 64 * 1024));
+                    b.pair.send_request(&peer_id, frame(64 * 1024, 64 * 1024));
                 }
                 for _ in 0..8 {
                     b.dm.send_request(&peer_id, frame(4 << 20, 1 << 20));

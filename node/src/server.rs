@@ -436,6 +436,7 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
             }
             Event::WakerReplaced { agent, .. } => agents.is_empty() || agents.contains(agent),
             Event::Permission(p) => agents.is_empty() || agents.contains(&p.agent),
+            Event::Pairing(_) => agents.is_empty(),
             _ => true,
         };
         if wanted && out.send(ServerFrame::Event(event)).await.is_err() {
@@ -528,6 +529,10 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::Leave => Response::Left(node.leave().await?),
         Request::OpenPage => Response::Page(node.open_page().await?),
         Request::AskPermission { agent, ask } => Response::Permission(node.ask_permission(&agent, ask).await?),
+        Request::Pair { node: target } => Response::Pairing(node.pair(&target).await?),
+        Request::PairWait { node: target } => Response::Pairing(node.pair_wait(&target).await?),
+        Request::Pairings => Response::Pairings(node.pairings()),
+        Request::AnswerPairing { id, allow } => Response::Pairing(node.answer_pairing(&id, allow).await?),
         Request::Permissions { agent } => Response::Permissions(node.permissions(agent.as_deref())?),
         Request::AnswerPermission { id, allow, by, agent } => {
             Response::Permission(node.answer_permission(&id, allow, &by, agent.as_deref()).await?)

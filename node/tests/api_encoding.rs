@@ -289,7 +289,26 @@ fn requests() -> Vec<Request> {
             by: String::new(),
             agent: Some(s("reviewer")),
         },
+        Request::Pair { node: s("desktop") },
+        Request::PairWait { node: s("desktop") },
+        Request::Pairings,
+        Request::AnswerPairing {
+            id: s("482913"),
+            allow: true,
+        },
     ]
+}
+
+fn pairing() -> PairingView {
+    PairingView {
+        peer: peer(4),
+        name: s("desktop"),
+        code: s("482 913"),
+        asking: true,
+        asked_ms: 17,
+        expires_ms: 18,
+        state: PairingState::Refused(s("the member's user refused this node")),
+    }
 }
 
 fn permission() -> PermissionView {
@@ -440,6 +459,8 @@ fn responses() -> Vec<Response> {
         }),
         Response::Permission(permission()),
         Response::Permissions(vec![permission()]),
+        Response::Pairing(pairing()),
+        Response::Pairings(vec![pairing()]),
     ]
 }
 
@@ -483,6 +504,7 @@ fn events() -> Vec<Event> {
             at_ms: 14,
         },
         Event::Permission(permission()),
+        Event::Pairing(pairing()),
     ]
 }
 
@@ -581,6 +603,14 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         ("Read", SendStatus::Read { at_ms: 13 }),
     ] {
         add(format!("SendStatus::{name}"), encode(&v));
+    }
+    for (name, v) in [
+        ("Waiting", PairingState::Waiting),
+        ("Approved", PairingState::Approved),
+        ("Refused", PairingState::Refused(s("expired"))),
+        ("Joined", PairingState::Joined),
+    ] {
+        add(format!("PairingState::{name}"), encode(&v));
     }
     for (name, v) in [
         ("Unknown", NatView::Unknown),
@@ -691,6 +721,7 @@ fn every_enum_of_the_api_has_a_sample_of_each_variant() {
     covers_every_variant::<Reception>("Reception", &of("Reception::"));
     covers_every_variant::<SendStatus>("SendStatus", &of("SendStatus::"));
     covers_every_variant::<NatView>("NatView", &of("NatView::"));
+    covers_every_variant::<PairingState>("PairingState", &of("PairingState::"));
     covers_every_variant::<PathView>("PathView", &of("PathView::"));
     covers_every_variant::<UpnpStatusView>("UpnpStatusView", &of("UpnpStatusView::"));
     covers_every_variant::<ServerHello>("ServerHello", &of("ServerHello::"));

@@ -1,6 +1,6 @@
-//! `mesh invite`, `mesh join`, `mesh members`, `mesh remove`, `mesh leave`.
+//! `mesh invite`, `mesh join` (a code, or pairing with a nearby node), `mesh pairings`, `mesh members`, `mesh remove`, `mesh leave`.
 
-use mesh_node::api::{LocalApi, MeshView};
+use mesh_node::api::{LocalApi, MeshView, PairingState};
 
 use super::Ctx;
 use crate::cli::InviteArgs;
@@ -42,7 +42,90 @@ pub async fn invite(ctx: &Ctx, a: InviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a `mesh approve` / `mesh deny` argument is a comparison code (digits; spaces
+/// allowed), not a permission request id (letters).
+pub fn is_code(id: &str) -> bool {
+    let d: String = id.chars().filter(|c| !c.is_whitespace()).collect();
+    !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())
+}
+
+pub async fn pairings(ctx: &Ctx) -> anyhow::Result<()> {
+    let list = ctx.pairings().await?;
+    if ctx.json {
+        return output::json(&list);
+    }
+    if list.is_empty() {
+        crate::outln!("no node is asking to be admitted");
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|p| {
+            vec![
+                p.code.clone(),
+                output::field(&p.name),
+                p.peer.to_string(),
+                output::ago(p.asked_ms),
+            ]
+        })
+        .collect();
+    output::table(&["CODE", "NAME (its claim)", "PEER", "ASKED"], rows);
+    crate::outln!("admit one only if the node shows the same code: mesh approve <code>  (or mesh deny <code>)");
+    Ok(())
+}
+
+pub async fn answer_pairing(ctx: &Ctx, id: &str, allow: bool) -> anyhow::Result<()> {
+    let p = ctx.answer_pairing(id, allow).await?;
+    if ctx.json {
+        return output::json(&p);
+    }
+    if allow {
+        crate::outln!(
+            "admitted {} ({}): it joins the mesh now",
+            output::field(&p.name),
+            p.peer
+        );
+    } else {
+        crate::outln!("refused {} ({})", output::field(&p.name), p.peer);
+    }
+    Ok(())
+}
+
+/// `mesh join <nearby node>`: pairing by comparison code.
+async fn pair(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
+    let p = ctx.pair(node).await?;
+    if !ctx.json {
+        crate::outln!(
+            "asked {} ({}) to admit this node.\n\n    comparison code: {}\n\ncheck that {} shows the same code, and approve it there: mesh approve {} (or on its page).\nwaiting for its answer (until {}; Ctrl-C gives up)...",
+            output::field(&p.name),
+            p.peer,
+            p.code,
+            output::field(&p.name),
+            p.code.replace(' ', ""),
+            output::time(p.expires_ms)
+        );
+    }
+    let done = ctx.pair_wait(&p.peer.to_string()).await?;
+    if ctx.json {
+        output::json(&done)?;
+    }
+    match done.state {
+        PairingState::Joined => {
+            if !ctx.json {
+                crate::outln!("joined the mesh of {}", output::field(&done.name));
+                crate::outln!("members appear in `{} members` as they connect", ctx.mesh());
+            }
+            Ok(())
+        }
+        PairingState::Refused(why) => anyhow::bail!("not admitted: {why}"),
+        other => anyhow::bail!("the pairing ended as {other:?}"),
+    }
+}
+
 pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
+    if !code.trim().starts_with(mesh_node::mesh::INVITE_PREFIX) {
+        return pair(ctx, code).await;
+    }
     // Check the code first: a damaged paste deserves an answer even without a daemon.
     mesh_node::mesh::Invite::decode(code).map_err(|e| anyhow::anyhow!(e))?;
     let v = ctx.join(code).await?;

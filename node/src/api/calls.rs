@@ -192,6 +192,16 @@ pub trait LocalApi: Sync {
         fn permissions(agent: Option<&str>) -> Vec<PermissionView> {
             Request::Permissions { agent: agent.map(Into::into) } => Response::Permissions(p) => p
         }
+        /// Asks a nearby node to admit this one (answered with the comparison code).
+        fn pair(node: &str) -> PairingView { Request::Pair { node: node.into() } => Response::Pairing(p) => p }
+        /// Waits until a pairing started with `pair` is decided.
+        fn pair_wait(node: &str) -> PairingView { Request::PairWait { node: node.into() } => Response::Pairing(p) => p }
+        /// The nodes asking this one to admit them.
+        fn pairings() -> Vec<PairingView> { Request::Pairings => Response::Pairings(p) => p }
+        /// Admits (or refuses) a node asking to.
+        fn answer_pairing(id: &str, allow: bool) -> PairingView {
+            Request::AnswerPairing { id: id.into(), allow } => Response::Pairing(p) => p
+        }
         /// Answers a permission request.
         fn answer_permission(id: &str, allow: bool, by: &str, agent: Option<&str>) -> PermissionView {
             Request::AnswerPermission { id: id.into(), allow, by: by.into(), agent: agent.map(Into::into) }

@@ -31,7 +31,7 @@ use crate::ids::MessageId;
 
 /// Version of the local API. A client and daemon of different versions refuse each other
 /// with a message saying which to restart.
-pub const API_VERSION: u32 = 9;
+pub const API_VERSION: u32 = 10;
 /// First bytes of every client hello.
 pub const MAGIC: [u8; 8] = *b"AGNTMESH";
 /// Frame limit used before the server's own limit is known (the hello exchange).
@@ -189,6 +189,10 @@ pub enum Response {
     Permission(PermissionView),
     /// To `Permissions`: those waiting, oldest first.
     Permissions(Vec<PermissionView>),
+    /// To `Pair`, `PairWait` and `AnswerPairing`.
+    Pairing(PairingView),
+    /// To `Pairings`: nodes asking this one to admit them, oldest first.
+    Pairings(Vec<PairingView>),
 }
 
 /// Events sent to watching connections.
@@ -265,4 +269,7 @@ pub enum Event {
     },
     /// A permission request of a local agent's session was asked or answered.
     Permission(PermissionView),
+    /// A pairing changed: a node asks to be admitted (its comparison code can now be
+    /// shown), or a pairing was decided, joined, or failed.
+    Pairing(PairingView),
 }

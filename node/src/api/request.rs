@@ -180,6 +180,28 @@ pub enum Request {
         /// answer_agents` (none: by the user).
         agent: Option<String>,
     },
+    /// Ask a nearby node (not in this node's mesh) to admit this one: answered once both
+    /// sides can show the comparison code. The node then asks again every second until
+    /// that node's user decides (see `PairWait`), and joins if approved.
+    Pair {
+        /// The node: its PeerId, the name it gave, or an address ending in `/p2p/<id>`.
+        node: String,
+    },
+    /// Waits until the pairing with `node` (started by `Pair`) is decided: answered with
+    /// its final state (joined, refused, expired, failed).
+    PairWait {
+        /// As given to `Pair`, or its PeerId.
+        node: String,
+    },
+    /// The nodes asking this one to admit them.
+    Pairings,
+    /// Admit (or refuse) a node asking to: the first answer counts.
+    AnswerPairing {
+        /// Its comparison code (spaces ignored) or PeerId.
+        id: String,
+        /// Admit (else refuse).
+        allow: bool,
+    },
 }
 
 impl Request {
@@ -219,6 +241,10 @@ impl Request {
             Request::AskPermission { .. } => "AskPermission",
             Request::Permissions { .. } => "Permissions",
             Request::AnswerPermission { .. } => "AnswerPermission",
+            Request::Pair { .. } => "Pair",
+            Request::PairWait { .. } => "PairWait",
+            Request::Pairings => "Pairings",
+            Request::AnswerPairing { .. } => "AnswerPairing",
         }
     }
 
@@ -235,6 +261,7 @@ impl Request {
             // A repeat is refused ("already answered"), which the first answer's sender would
             // take for a failure.
             Request::AnswerPermission { .. } => false,
+            Request::Pair { .. } | Request::AnswerPairing { .. } => false,
             Request::Inbox(InboxQuery { mark_read, .. }) => !mark_read,
             Request::Claim { .. }
             | Request::Register { attach: true, .. }

@@ -437,3 +437,35 @@ pub struct PermissionAnswer {
     /// When (ms since the epoch).
     pub at_ms: u64,
 }
+
+/// A pairing: a node asking to be admitted to a mesh by a member nearby, on either side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairingView {
+    /// The other node.
+    pub peer: PeerId,
+    /// The name it gave (a claim).
+    pub name: String,
+    /// The comparison code both sides show (`482 913`); empty until both nonces are known.
+    pub code: String,
+    /// This node asks to be admitted (else the other node asks this one).
+    pub asking: bool,
+    /// When it was asked (ms since the epoch).
+    pub asked_ms: u64,
+    /// When it expires undecided (ms since the epoch, this node's clock).
+    pub expires_ms: u64,
+    /// Where it stands.
+    pub state: PairingState,
+}
+
+/// Where a pairing stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PairingState {
+    /// Waiting for the member's user.
+    Waiting,
+    /// Approved (on the asking side: joining now).
+    Approved,
+    /// Refused, expired, or failed, and why.
+    Refused(String),
+    /// The asking node is a member now (the asking side).
+    Joined,
+}

@@ -53,18 +53,20 @@ fn handled() -> &'static Handled {
 /// order and is stored at most once (the same batch again stores nothing); a catch-up answer
 /// stays within its bounds; no announcement gives a node the label of this node's own
 /// agents or a label with a line break; no proof from an identity the mesh never admitted
-/// is a member's; no join code a peer makes is taken for this node's.
+/// is a member's; no join code a peer makes is taken for this node's; a pairing request is
+/// listed only after a reveal that matches its commitment, and never more than the limit.
 pub fn handlers(data: &[u8]) {
     let Some((&pick, bytes)) = data.split_first() else {
         return;
     };
     let h = handled();
-    match pick % 5 {
+    match pick % 6 {
         0 => handle_delivery(h, bytes),
         1 => handle_catch_up(h, bytes),
         2 => handle_announcement(h, bytes),
         3 => handle_proof(h, bytes),
-        _ => handle_join(h, bytes),
+        4 => handle_join(h, bytes),
+        _ => handle_pair(h, bytes),
     }
 }
 
@@ -153,6 +155,45 @@ fn handle_permission(relay: wire::PermissionRelay) {
         }
         wire::PermissionRelay::Watch => assert!(p.watch(peer, 1).is_empty()),
     }
+}
+
+/// A pairing request, as a member takes it (after an offer of its own, so that a reveal or
+/// poll has something to match): listed only once revealed with the committed nonce, never
+/// approved by itself, never more than [`MAX_PAIRINGS`](crate::node::pairing::MAX_PAIRINGS).
+fn handle_pair(h: &Handled, bytes: &[u8]) {
+    use crate::node::pairing::{MAX_PAIRINGS, Pairings};
+    let (req, _) = protocol::<wire::PairRequest, wire::PairResponse>(
+        bytes,
+        wire::MAX_PAIR_REQUEST_BYTES,
+        wire::MAX_PAIR_RESPONSE_BYTES,
+    );
+    let Some(req) = req else {
+        return;
+    };
+    let peer = *source();
+    let mut p = Pairings::default();
+    let committed = [0x42u8; 32];
+    let commit: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(committed).into();
+    p.offer(peer, "fuzz", commit, 1);
+    let answer = match req {
+        wire::PairRequest::Offer { node_name, commit } => {
+            let r = p.offer(peer, &node_name, commit, 2);
+            assert!(matches!(r, wire::PairResponse::Nonce(_)), "one asker is never too many");
+            r
+        }
+        wire::PairRequest::Reveal(nonce) => {
+            let (r, new) = p.reveal(peer, h.me, nonce, 2);
+            assert_eq!(
+                new.is_some(),
+                nonce == committed,
+                "listed only with the committed nonce"
+            );
+            r
+        }
+        wire::PairRequest::Poll => p.poll(peer, 2),
+    };
+    assert!(!matches!(answer, wire::PairResponse::Approved(_)), "nobody approved it");
+    assert!(p.pending(3).len() <= MAX_PAIRINGS);
 }
 
 /// A catch-up request: the answer stays within its bounds.

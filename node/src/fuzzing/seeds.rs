@@ -140,6 +140,22 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ));
     out.push((
         "handlers",
+        "pair-offer".into(),
+        with(
+            5,
+            framed(&crate::wire::PairRequest::Offer {
+                node_name: "laptop".into(),
+                commit: [7; 32],
+            }),
+        ),
+    ));
+    out.push((
+        "handlers",
+        "pair-reveal".into(),
+        with(5, framed(&crate::wire::PairRequest::Reveal([0x42; 32]))),
+    ));
+    out.push((
+        "handlers",
         "dm-deliver".into(),
         with(0, framed(&DmRequest::Deliver(vec![msg.clone(), msg.clone()]))),
     ));

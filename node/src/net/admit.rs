@@ -37,6 +37,9 @@ pub const DENIED_BACKOFF_MAX: Duration = Duration::from_secs(600);
 pub const MAX_OUTSIDERS: usize = 256;
 /// Admission requests a peer may send on one visit before it is cut off.
 pub const MAX_ADMIT_REQUESTS: u32 = 8;
+/// How long a connection of a node pairing with us (or we with it) stays open, not
+/// admitted, after its last pairing request.
+pub const PAIR_KEEP: Duration = Duration::from_secs(15);
 /// Longest wait for a join.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Dials of the inviter per join: a failed one (a relay slot or connection coming up
@@ -112,6 +115,12 @@ pub(super) struct Admission {
     /// Peers whose join request is being answered (not cut off meanwhile).
     pub(super) join_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<JoinResponse>)>,
     pub(super) node_name: String,
+    /// Peers we pair with, or that pair with us: kept connected until then.
+    pub(super) pairs: HashMap<PeerId, Instant>,
+    /// Our pairing requests waiting for a connection.
+    pub(super) pair_queue: HashMap<PeerId, Vec<(wire::PairRequest, super::Waiting<wire::PairResponse>)>>,
+    pub(super) pair_out: HashMap<OutboundRequestId, super::Waiting<wire::PairResponse>>,
+    pub(super) pair_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<wire::PairResponse>)>,
 }
 
 impl Admission {
@@ -126,6 +135,10 @@ impl Admission {
             join_out: HashMap::new(),
             join_in: HashMap::new(),
             node_name,
+            pairs: HashMap::new(),
+            pair_queue: HashMap::new(),
+            pair_out: HashMap::new(),
+            pair_in: HashMap::new(),
         }
     }
 
@@ -166,6 +179,11 @@ impl NetActor {
         if self.adm.joining.contains_key(&peer) {
             // We are about to leave our mesh for theirs: ask to join, prove nothing.
             self.send_join(peer);
+            return;
+        }
+        if self.adm.pair_queue.contains_key(&peer) {
+            // Asking to be admitted: a proof of our mesh would only be refused.
+            self.flush_pair(peer);
             return;
         }
         self.send_proof(peer);
@@ -327,6 +345,7 @@ impl NetActor {
             || self.reach_serving_anyone()
             || self.adm.joining.contains_key(peer)
             || self.adm.join_in.values().any(|(p, _)| p == peer)
+            || self.pairing_with(peer)
     }
 
     /// Whether a relayed connection of ours runs through `relay`.
@@ -394,6 +413,7 @@ impl NetActor {
                 }));
             }
         }
+        self.pair_upkeep();
         // Forget back-offs that ended long ago.
         self.adm.denied.expire(now);
     }

@@ -35,6 +35,7 @@ pub(super) type HelloBehaviour = request_response::Behaviour<PostcardCodec<Annou
 pub(super) type PingBehaviour = request_response::Behaviour<PostcardCodec<u64, u64>>;
 pub(super) type AdmitBehaviour = request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>;
 pub(super) type JoinBehaviour = request_response::Behaviour<PostcardCodec<JoinRequest, JoinResponse>>;
+pub(super) type PairBehaviour = request_response::Behaviour<PostcardCodec<wire::PairRequest, wire::PairResponse>>;
 pub(super) type SyncBehaviour = request_response::Behaviour<PostcardCodec<SyncRequest, SyncResponse>>;
 pub(super) type RekeyBehaviour = request_response::Behaviour<PostcardCodec<Grant, ()>>;
 pub(super) type PunchBehaviour = request_response::Behaviour<PostcardCodec<PunchRequest, PunchResponse>>;
@@ -77,6 +78,7 @@ mod composed {
         pub(in crate::net) upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
         pub(in crate::net) admit: AdmitBehaviour,
         pub(in crate::net) join: JoinBehaviour,
+        pub(in crate::net) pair: PairBehaviour,
         pub(in crate::net) gossipsub: Gate<gossipsub::Behaviour>,
         pub(in crate::net) dm: Gate<DmBehaviour>,
         pub(in crate::net) hello: Gate<HelloBehaviour>,
@@ -238,6 +240,11 @@ fn compose(key: &Keypair, relay_client: relay::client::Behaviour, config: &Confi
         join: rr_behaviour(
             PostcardCodec::new(wire::MAX_JOIN_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
             wire::JOIN_PROTOCOL,
+            open.clone(),
+        ),
+        pair: rr_behaviour(
+            PostcardCodec::new(wire::MAX_PAIR_REQUEST_BYTES, wire::MAX_PAIR_RESPONSE_BYTES),
+            wire::PAIR_PROTOCOL,
             open,
         ),
         gossipsub: gate(gossip(key, config)?),

@@ -53,6 +53,16 @@ pub(super) enum Command {
         request: InboundRequestId,
         response: Box<JoinResponse>,
     },
+    Pair {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: crate::wire::PairRequest,
+        reply: oneshot::Sender<Result<crate::wire::PairResponse, NetError>>,
+    },
+    RespondPair {
+        request: InboundRequestId,
+        response: Box<crate::wire::PairResponse>,
+    },
     DropOutsider(PeerId),
     /// What the PCP / NAT-PMP task came to.
     PortMapping(reach::PmpEvent),
@@ -235,6 +245,13 @@ impl NetActor {
             Command::SetMembership { mesh, reset } => self.set_membership(*mesh, reset),
             Command::Join { invite, reply } => self.start_join(*invite, reply),
             Command::RespondJoin { request, response } => self.respond_join(request, *response),
+            Command::Pair {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => self.send_pair(peer, addrs, request, reply),
+            Command::RespondPair { request, response } => self.respond_pair(request, *response),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
             Command::PortMapping(e) => self.on_port_mapping(e),
             Command::Fired(f) => self.on_fired(f),

@@ -114,6 +114,7 @@ impl NetActor {
         tracing::debug!(peer = ?peer, error = %error, "dial failed");
         if let Some(p) = peer {
             self.join_dial_failed(p, dial_error_text(error));
+            self.pair_dial_failed(p, dial_error_text(error));
         }
         let Some(mut dial) = self.dials.remove(&id) else {
             return;
@@ -311,6 +312,7 @@ impl NetActor {
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Admit(e) => self.on_admit(e),
             BehaviourEvent::Join(e) => self.on_join(e),
+            BehaviourEvent::Pair(e) => self.on_pair(e),
             BehaviourEvent::Limits(v) => match v {},
             BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
             BehaviourEvent::Dm(e) => self.on_dm(e),

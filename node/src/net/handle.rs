@@ -144,6 +144,37 @@ impl NetHandle {
         .await?
     }
 
+    /// Sends a pairing request to `peer` (dialed at `addrs` if not connected).
+    pub async fn pair(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: crate::wire::PairRequest,
+    ) -> Result<crate::wire::PairResponse, NetError> {
+        self.call(|reply| Command::Pair {
+            peer,
+            addrs,
+            request,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers a pairing request.
+    pub async fn respond_pair(
+        &self,
+        request: InboundRequestId,
+        response: crate::wire::PairResponse,
+    ) -> Result<(), NetError> {
+        self.tx
+            .send(Command::RespondPair {
+                request,
+                response: Box::new(response),
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
     /// Answers a join request.
     pub async fn respond_join(&self, request: InboundRequestId, response: JoinResponse) -> Result<(), NetError> {
         self.tx

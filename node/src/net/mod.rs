@@ -15,6 +15,7 @@ pub mod gate;
 pub mod guard;
 mod handle;
 mod join;
+mod pair;
 mod port_reuse;
 mod protocols;
 mod public;

@@ -293,7 +293,7 @@ impl NetActor {
 
 /// Hands the outcome of an outbound request (its response, or why it failed) to whoever
 /// waits for it; gives back every other event.
-fn answered<Req, Resp>(
+pub(super) fn answered<Req, Resp>(
     waiting: &mut HashMap<OutboundRequestId, Waiting<Resp>>,
     event: request_response::Event<Req, Resp>,
 ) -> Option<request_response::Event<Req, Resp>> {

@@ -109,6 +109,16 @@ pub enum NetEvent {
         /// The name it gives.
         node_name: String,
     },
+    /// A node not in the mesh sends a pairing request; answer with
+    /// [`NetHandle::respond_pair`](super::NetHandle::respond_pair).
+    PairRequest {
+        /// The asking node (authenticated).
+        peer: PeerId,
+        /// Reply handle.
+        request: InboundRequestId,
+        /// What it says.
+        body: crate::wire::PairRequest,
+    },
 }
 
 /// A connected peer, for `mesh peers` / `mesh status`.

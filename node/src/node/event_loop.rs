@@ -130,6 +130,7 @@ impl Node {
                 invite,
                 node_name,
             } => self.on_join_request(peer, request, *invite, node_name),
+            NetEvent::PairRequest { peer, request, body } => self.on_pair_request(peer, request, body),
         }
     }
 

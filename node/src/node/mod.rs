@@ -10,6 +10,7 @@ mod dm;
 mod event_loop;
 mod membership;
 mod page;
+pub(crate) mod pairing;
 mod peers;
 pub(crate) mod permissions;
 mod receipts;
@@ -135,6 +136,10 @@ pub(crate) struct Inner {
     web: tokio::sync::Mutex<Option<Arc<crate::web::Site>>>,
     /// Permission requests of local sessions.
     permissions: Mutex<permissions::Permissions>,
+    /// Nodes asking this one to admit them.
+    pairings: Mutex<pairing::Pairings>,
+    /// Pairings this node asked for, by the member asked.
+    pair_out: Mutex<HashMap<PeerId, tokio::sync::watch::Receiver<crate::api::PairingView>>>,
 }
 
 /// Handle to the node service. Cheap to clone.
@@ -269,6 +274,8 @@ impl Node {
             user: std::sync::OnceLock::new(),
             web: tokio::sync::Mutex::new(None),
             permissions: Mutex::new(permissions::Permissions::default()),
+            pairings: Mutex::new(pairing::Pairings::default()),
+            pair_out: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -17,6 +17,8 @@
 //! | `POST /api/publish` `{topic, text, reply_to}` | a topic message from the user's agent |
 //! | `POST /api/invite` | a join code (1 use, 1 hour) to hand out |
 //! | `POST /api/permission` `{id, allow}` | answers a session's permission request (the first answer wins) |
+//! | `POST /api/pairing` `{id, allow}` | admits or refuses a node asking to join (`id`: its comparison code) |
+//! | `POST /api/pair` `{node}` | asks a nearby node (PeerId) to admit this one; answered with the comparison code |
 //!
 //! Peer text reaches the page only as JSON strings, which the page puts in the document as
 //! text, never as markup; the Content-Security-Policy allows no inline script and no other
@@ -148,6 +150,8 @@ pub async fn start(
         .route("/api/publish", post(publish))
         .route("/api/invite", post(invite))
         .route("/api/permission", post(permission))
+        .route("/api/pairing", post(pairing))
+        .route("/api/pair", post(pair))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(site.clone(), guard))
         .with_state(site.clone());
@@ -293,6 +297,7 @@ struct PageState {
     peers: Vec<PeerView>,
     topics: Vec<TopicView>,
     permissions: Vec<PermissionView>,
+    pairings: Vec<crate::api::PairingView>,
 }
 
 async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Result<Json<PageState>, WebError> {
@@ -306,6 +311,7 @@ async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Re
         peers: n.peers().await?,
         topics: n.topics().await?,
         permissions: n.permissions(None).unwrap_or_default(),
+        pairings: n.pairings(),
     }))
 }
 
@@ -420,4 +426,35 @@ async fn permission(
     Ok(Json(
         site.node.answer_permission(&body.id, body.allow, &by, None).await?,
     ))
+}
+
+#[derive(Deserialize)]
+struct PairingBody {
+    /// The comparison code (or PeerId) of the node asking.
+    id: String,
+    allow: bool,
+}
+
+/// Admits or refuses a node asking to join.
+async fn pairing(
+    State(site): State<Arc<Site>>,
+    _: Admitted,
+    Json(body): Json<PairingBody>,
+) -> Result<Json<crate::api::PairingView>, WebError> {
+    Ok(Json(site.node.answer_pairing(&body.id, body.allow).await?))
+}
+
+#[derive(Deserialize)]
+struct PairBody {
+    /// The nearby node: its PeerId.
+    node: String,
+}
+
+/// Asks a nearby node to admit this one; the outcome comes as `Pairing` events.
+async fn pair(
+    State(site): State<Arc<Site>>,
+    _: Admitted,
+    Json(body): Json<PairBody>,
+) -> Result<Json<crate::api::PairingView>, WebError> {
+    Ok(Json(site.node.pair(&body.node).await?))
 }

@@ -6,6 +6,9 @@
 //!   [`MAX_ADMIT_REQUEST_BYTES`].
 //! * `/agentmesh/join/2` (request-response): a join code's token traded for membership;
 //!   requests at most [`MAX_JOIN_REQUEST_BYTES`].
+//! * `/agentmesh/pair/1` (request-response): a node not in the mesh asks a nearby member
+//!   to admit it, and gets a join code once the member's human approves (after both
+//!   showed the same comparison code); requests at most [`MAX_PAIR_REQUEST_BYTES`].
 //! * `/agentmesh/rekey/1` (request-response, members only): a newer mesh key chain pushed
 //!   to members after a removal.
 //! * `/agentmesh/dm/1` (request-response): batches of direct messages, answered with a
@@ -174,6 +177,69 @@ pub enum JoinRefusal {
     /// Too many attempts on one connection.
     #[error("too many join attempts")]
     TooManyAttempts,
+}
+
+/// Pairing protocol: a node not in the mesh asks a nearby member to admit it.
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/pair/1");
+/// Largest pairing request, in bytes: anyone may send one.
+pub const MAX_PAIR_REQUEST_BYTES: usize = 256;
+/// Largest pairing response (a join code at most), in bytes.
+pub const MAX_PAIR_RESPONSE_BYTES: usize = 8 * 1024;
+
+/// Request on `/agentmesh/pair/1`, from a node asking to be admitted. Both sides derive the
+/// comparison code from the two PeerIds of the connection and two nonces, the asker's
+/// committed to before it sees the member's (as in Bluetooth's numeric comparison), so
+/// that a node in the middle cannot make the codes on both screens match except by a
+/// one-in-a-million guess.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairRequest {
+    /// "Admit me": the asker's name (a claim) and SHA-256 of its nonce. Answered with the
+    /// member's nonce.
+    Offer {
+        /// The asking node's name.
+        node_name: String,
+        /// SHA-256 of the nonce it reveals next.
+        commit: [u8; 32],
+    },
+    /// The asker's nonce: the code can now be shown. Answered like a `Poll`.
+    Reveal([u8; 32]),
+    /// "Has your human decided?"
+    Poll,
+}
+
+/// Response on `/agentmesh/pair/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairResponse {
+    /// To an `Offer`: the member's nonce.
+    Nonce([u8; 32]),
+    /// Shown to the member's human, not decided yet (ms since the epoch, the member's
+    /// clock, until it expires).
+    Waiting(u64),
+    /// Approved: a join code for the asker alone (one use), to join with as usual.
+    Approved(Box<Invite>),
+    /// Refused, for a reason from a fixed vocabulary.
+    Refused(PairRefusal),
+}
+
+/// Why a member refused a pairing: a fixed vocabulary, so that no text of the member's
+/// choosing reaches the asking user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PairRefusal {
+    /// Its human said no.
+    #[error("the member's user refused this node")]
+    Denied,
+    /// Nobody decided in time.
+    #[error("nobody on the member answered in time; ask again (mesh join <node>)")]
+    Expired,
+    /// Too many nodes asking at once, or too often.
+    #[error("the member has too many pairing requests right now; try again in a minute")]
+    Busy,
+    /// It runs in open mode: there is nothing to join.
+    #[error("that node is in open mode: start yours with --open instead of joining")]
+    OpenMode,
+    /// A `Reveal` or `Poll` without an `Offer`, or a nonce that does not match.
+    #[error("the member has no pairing request of this node (expired?); ask again")]
+    Unknown,
 }
 
 /// One direct message as it travels between nodes. The sending node is not in it: the

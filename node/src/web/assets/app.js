@@ -11,6 +11,8 @@ const page = {
   shown: new Map(),  // message id -> its <li>
   replyTo: null,
   events: null,
+  pairing: null,
+  asking: new Set(), // PeerIds of the nodes asking this one to admit them     // the node this page asked to admit it (PeerId)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -113,6 +115,20 @@ function renderNodes(peers) {
     const conn = p.connections && p.connections[0];
     const what = p.member ? (p.connected ? path(conn) : (p.online ? "online, not connected" : "offline")) : "nearby, not a member" + (p.refused ? ": " + p.refused : "");
     li.append(el("div", "meta", what));
+    if (!p.member && !page.asking.has(p.peer_id)) {
+      const b = el("button", "ask-join", "Ask to join its mesh");
+      b.type = "button";
+      b.addEventListener("click", async () => {
+        try {
+          const v = await api("/api/pair", { node: p.peer_id });
+          page.pairing = v.peer;
+          status(`comparison code ${v.code}: check that ${v.name} shows the same code and approve it there (mesh approve ${v.code.replace(" ", "")} or its page)`);
+        } catch (e) {
+          status("not asked: " + e.message);
+        }
+      });
+      li.append(b);
+    }
     ul.append(li);
   }
 }
@@ -147,6 +163,41 @@ function renderPermissions(list) {
   $("permissions").hidden = list.length === 0;
 }
 
+function renderPairings(list) {
+  const ul = $("pairing-list");
+  ul.replaceChildren();
+  for (const p of list) {
+    const li = el("li", "pairing");
+    li.dataset.code = p.code;
+    li.append(el("span", "pair-code", p.code), el("span", "msg-from", p.name), el("span", "meta", " " + p.peer.slice(-8) + " · " + time(p.asked_ms)));
+    for (const [label, allow] of [["Admit", true], ["Refuse", false]]) {
+      const b = el("button", allow ? "allow" : "deny", label);
+      b.type = "button";
+      b.addEventListener("click", async () => {
+        try {
+          await api("/api/pairing", { id: p.code, allow });
+          li.remove();
+          $("pairings").hidden = !$("pairing-list").children.length;
+        } catch (e) {
+          status("not answered: " + e.message);
+          reloadSoon("state");
+        }
+      });
+      li.append(b);
+    }
+    ul.append(li);
+  }
+  $("pairings").hidden = list.length === 0;
+}
+
+function pairingEvent(v) {
+  if (!v.asking || v.peer !== page.pairing) return;
+  const st = v.state;
+  if (st === "Joined") status(`joined the mesh of ${v.name}`);
+  else if (st === "Approved") status(`${v.name} admitted this node; joining...`);
+  else if (st && st.Refused !== undefined) status(`not admitted: ${st.Refused}`);
+}
+
 async function loadState() {
   const s = await api("/api/state");
   page.csrf = s.csrf;
@@ -155,8 +206,10 @@ async function loadState() {
   $("whoami").textContent = `${s.me}@${s.node.name}`;
   renderAgents(s.agents);
   renderTopics(s.topics);
+  page.asking = new Set(s.pairings.map((p) => p.peer));
   renderNodes(s.peers);
   renderPermissions(s.permissions);
+  renderPairings(s.pairings);
 }
 
 // ---- conversation ----
@@ -278,6 +331,10 @@ function onEvent(ev) {
     case "Read":
       if (page.shown.has(body.id)) setState(page.shown.get(body.id), `read ${time(body.at_ms)}`);
       else reloadSoon("conversation");
+      break;
+    case "Pairing":
+      pairingEvent(body);
+      reloadSoon("state");
       break;
     case "Permission":
     case "PeerUp":

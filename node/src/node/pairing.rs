@@ -1,0 +1,582 @@
+//! Pairing on the LAN without copying a code: a node not in the mesh asks a nearby member to
+//! admit it (`mesh join <nearby node>`); both show the same comparison code; the member's
+//! user approves (`mesh approve <code>`, the page) and the asking node gets a one-use join
+//! code over the same connection and joins with it as with any other.
+//!
+//! The comparison code is six digits of SHA-256 over both PeerIds (as each side sees the
+//! Noise-authenticated connection) and two nonces: the asker commits to its nonce before it
+//! learns the member's, so a node in the middle (which has to show each side a connection
+//! of its own PeerId) cannot choose values that make the two screens agree; it has one
+//! chance in a million per attempt, and attempts are few ([`PAIR_OFFERS_PER_MINUTE`]).
+//!
+//! [`Pairings`] is the member's plain record (fed the time); the asking side is a task per
+//! pairing that asks again every [`PAIR_POLL`] until it is decided.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use libp2p::request_response::InboundRequestId;
+use libp2p::{Multiaddr, PeerId};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::Node;
+use crate::api::{Event, PairingState, PairingView};
+use crate::error::ServiceError;
+use crate::ids::now_ms;
+use crate::mesh::Invite;
+use crate::wire::{MAX_CLAIMED_NAME, PairRefusal, PairRequest, PairResponse};
+
+/// How long a pairing request waits for the member's user.
+pub const PAIR_TTL: Duration = Duration::from_secs(5 * 60);
+/// Pairing requests waiting at a member at most.
+pub const MAX_PAIRINGS: usize = 16;
+/// New pairing requests a member takes per minute (from anyone).
+pub const PAIR_OFFERS_PER_MINUTE: usize = 6;
+/// How often the asking node asks whether it was decided.
+pub const PAIR_POLL: Duration = Duration::from_secs(1);
+/// Failed requests in a row after which the asking node gives up.
+pub const PAIR_FAILURES: u32 = 10;
+
+/// The six-digit comparison code of a pairing, as `482 913`.
+pub fn comparison_code(asker: &PeerId, member: &PeerId, asker_nonce: &[u8; 32], member_nonce: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"agentmesh pairing code v1");
+    for part in [asker.to_bytes(), member.to_bytes()] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(&part);
+    }
+    h.update(asker_nonce);
+    h.update(member_nonce);
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) % 1_000_000;
+    format!("{:03} {:03}", n / 1000, n % 1000)
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+#[derive(Debug)]
+enum Decision {
+    Waiting,
+    Approved(Box<Invite>),
+    Denied,
+}
+
+#[derive(Debug)]
+struct Asked {
+    name: String,
+    commit: [u8; 32],
+    nonce: [u8; 32],
+    /// Set once the asker revealed its nonce: only then is it listed.
+    code: Option<String>,
+    asked_ms: u64,
+    decision: Decision,
+}
+
+/// The member's side: the nodes asking to be admitted.
+#[derive(Debug, Default)]
+pub struct Pairings {
+    asked: HashMap<PeerId, Asked>,
+    /// When recent offers were taken (ms), for [`PAIR_OFFERS_PER_MINUTE`].
+    offers: VecDeque<u64>,
+}
+
+impl Pairings {
+    fn view(peer: PeerId, a: &Asked) -> PairingView {
+        PairingView {
+            peer,
+            name: a.name.clone(),
+            code: a.code.clone().unwrap_or_default(),
+            asking: false,
+            asked_ms: a.asked_ms,
+            expires_ms: a.asked_ms + PAIR_TTL.as_millis() as u64,
+            state: match a.decision {
+                Decision::Waiting => PairingState::Waiting,
+                Decision::Approved(_) => PairingState::Approved,
+                Decision::Denied => PairingState::Refused("refused here".into()),
+            },
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let ttl = PAIR_TTL.as_millis() as u64;
+        self.asked.retain(|_, a| a.asked_ms + ttl > now_ms);
+        while self.offers.front().is_some_and(|t| t + 60_000 <= now_ms) {
+            self.offers.pop_front();
+        }
+    }
+
+    /// `peer` offers to pair (an offer again replaces its earlier one): the member's nonce,
+    /// or a refusal when too many ask.
+    pub fn offer(&mut self, peer: PeerId, name: &str, commit: [u8; 32], now_ms: u64) -> PairResponse {
+        self.expire(now_ms);
+        if let Some(a) = self.asked.get(&peer)
+            && a.commit == commit
+        {
+            return PairResponse::Nonce(a.nonce);
+        }
+        let waiting = self.asked.len() - usize::from(self.asked.contains_key(&peer));
+        if waiting >= MAX_PAIRINGS || self.offers.len() >= PAIR_OFFERS_PER_MINUTE {
+            return PairResponse::Refused(PairRefusal::Busy);
+        }
+        self.offers.push_back(now_ms);
+        let mut nonce = [0u8; 32];
+        rand::fill(&mut nonce[..]);
+        let name: String = crate::ids::sanitize_text(name).chars().take(MAX_CLAIMED_NAME).collect();
+        self.asked.insert(
+            peer,
+            Asked {
+                name: if name.is_empty() { "unnamed".into() } else { name },
+                commit,
+                nonce,
+                code: None,
+                asked_ms: now_ms,
+                decision: Decision::Waiting,
+            },
+        );
+        PairResponse::Nonce(nonce)
+    }
+
+    /// `peer` reveals its nonce: checked against its commitment, the code is computed and
+    /// the request listed (returned, the first time, to be told).
+    pub fn reveal(
+        &mut self,
+        peer: PeerId,
+        me: PeerId,
+        nonce: [u8; 32],
+        now_ms: u64,
+    ) -> (PairResponse, Option<PairingView>) {
+        self.expire(now_ms);
+        let Some(a) = self.asked.get_mut(&peer) else {
+            return (PairResponse::Refused(PairRefusal::Unknown), None);
+        };
+        if <[u8; 32]>::from(Sha256::digest(nonce)) != a.commit {
+            self.asked.remove(&peer);
+            return (PairResponse::Refused(PairRefusal::Unknown), None);
+        }
+        let new = a.code.is_none();
+        a.code = Some(comparison_code(&peer, &me, &nonce, &a.nonce));
+        let view = Self::view(peer, a);
+        (self.poll(peer, now_ms), new.then_some(view))
+    }
+
+    /// What `peer` is told when it asks again.
+    pub fn poll(&mut self, peer: PeerId, now_ms: u64) -> PairResponse {
+        self.expire(now_ms);
+        match self.asked.get(&peer) {
+            None => PairResponse::Refused(PairRefusal::Expired),
+            Some(a) if a.code.is_none() => PairResponse::Refused(PairRefusal::Unknown),
+            Some(a) => match &a.decision {
+                Decision::Waiting => PairResponse::Waiting(a.asked_ms + PAIR_TTL.as_millis() as u64),
+                Decision::Approved(invite) => PairResponse::Approved(invite.clone()),
+                Decision::Denied => PairResponse::Refused(PairRefusal::Denied),
+            },
+        }
+    }
+
+    /// The requests shown (code known) and not decided, oldest first.
+    pub fn pending(&mut self, now_ms: u64) -> Vec<PairingView> {
+        self.expire(now_ms);
+        let mut v: Vec<PairingView> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| a.code.is_some() && matches!(a.decision, Decision::Waiting))
+            .map(|(p, a)| Self::view(*p, a))
+            .collect();
+        v.sort_by_key(|p| p.asked_ms);
+        v
+    }
+
+    /// The waiting request `id` names: its comparison code (spaces ignored) or PeerId.
+    pub fn find(&mut self, id: &str, now_ms: u64) -> Result<PeerId, ServiceError> {
+        self.expire(now_ms);
+        let id = digits(id);
+        let found: Vec<PeerId> = self
+            .asked
+            .iter()
+            .filter(|(p, a)| a.code.as_deref().is_some_and(|c| digits(c) == id) || p.to_string() == id)
+            .map(|(p, _)| *p)
+            .collect();
+        match found.as_slice() {
+            [p] => match self.asked.get(p).map(|a| &a.decision) {
+                Some(Decision::Waiting) => Ok(*p),
+                _ => Err(ServiceError::invalid(format!("the pairing {id} was already decided"))),
+            },
+            [] => Err(ServiceError::not_found(format!(
+                "no node with comparison code {id} is asking to be admitted here (expired?); see mesh pairings"
+            ))),
+            _ => Err(ServiceError::ambiguous(format!(
+                "several nodes asking show the code {id}: answer by PeerId (mesh pairings)"
+            ))),
+        }
+    }
+
+    /// Decides the request of `peer`: approved with `invite`, or denied.
+    pub fn decide(&mut self, peer: PeerId, invite: Option<Invite>) -> Option<PairingView> {
+        let a = self.asked.get_mut(&peer)?;
+        if !matches!(a.decision, Decision::Waiting) {
+            return None;
+        }
+        a.decision = match invite {
+            Some(i) => Decision::Approved(Box::new(i)),
+            None => Decision::Denied,
+        };
+        Some(Self::view(peer, a))
+    }
+}
+
+impl Node {
+    fn pairings_lock(&self) -> std::sync::MutexGuard<'_, Pairings> {
+        self.0.pairings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pairing request from `peer`, a node not in the mesh (the network layer has
+    /// refused it in open mode already).
+    pub(super) fn on_pair_request(&self, peer: PeerId, request: InboundRequestId, body: PairRequest) {
+        let now = now_ms();
+        let response = match body {
+            PairRequest::Offer { node_name, commit } => {
+                let r = self.pairings_lock().offer(peer, &node_name, commit, now);
+                if matches!(r, PairResponse::Refused(PairRefusal::Busy)) {
+                    tracing::info!(%peer, "a pairing request refused: too many");
+                }
+                r
+            }
+            PairRequest::Reveal(nonce) => {
+                let (r, new) = self.pairings_lock().reveal(peer, self.0.peer_id, nonce, now);
+                if let Some(view) = new {
+                    tracing::info!(%peer, name = %view.name, code = %view.code, "a node asks to be admitted");
+                    self.emit(Event::Pairing(view));
+                }
+                r
+            }
+            PairRequest::Poll => self.pairings_lock().poll(peer, now),
+        };
+        let net = self.0.net.clone();
+        tokio::spawn(async move {
+            let _ = net.respond_pair(request, response).await;
+        });
+    }
+
+    /// The nodes asking this one to admit them.
+    pub fn pairings(&self) -> Vec<PairingView> {
+        self.pairings_lock().pending(now_ms())
+    }
+
+    /// Admits (with a one-use join code handed over the pairing connection) or refuses the
+    /// node asking with comparison code (or PeerId) `id`.
+    pub async fn answer_pairing(&self, id: &str, allow: bool) -> Result<PairingView, ServiceError> {
+        self.refuse_in_open_mode("pairing")?;
+        let peer = self.pairings_lock().find(id, now_ms())?;
+        let invite = if allow {
+            let code = self.invite(PAIR_TTL.as_secs(), 1).await?.code;
+            Some(Invite::decode(&code).map_err(|e| ServiceError::internal(e.to_string()))?)
+        } else {
+            None
+        };
+        let view = self
+            .pairings_lock()
+            .decide(peer, invite)
+            .ok_or_else(|| ServiceError::invalid(format!("the pairing {id} was already decided or expired")))?;
+        tracing::info!(%peer, name = %view.name, allow, "a pairing was decided");
+        self.emit(Event::Pairing(view.clone()));
+        Ok(view)
+    }
+
+    /// `mesh join <nearby node>`: asks that node to admit this one. Answered with the
+    /// comparison code once both sides can show it; a task then asks again every
+    /// second and joins when approved (see [`Node::pair_wait`]).
+    pub async fn pair(&self, target: &str) -> Result<PairingView, ServiceError> {
+        self.refuse_in_open_mode("mesh join")?;
+        let (peer, name, addrs) = self.nearby(target).await?;
+        if self.mesh().is_member(&peer) {
+            return Err(ServiceError::invalid(format!(
+                "{name} is already a member of this node's mesh"
+            )));
+        }
+        let mut nonce = [0u8; 32];
+        rand::fill(&mut nonce[..]);
+        let commit: [u8; 32] = Sha256::digest(nonce).into();
+        let offer = PairRequest::Offer {
+            node_name: self.0.name.to_string(),
+            commit,
+        };
+        let theirs = match self.ask_member(peer, addrs, offer).await? {
+            PairResponse::Nonce(n) => n,
+            PairResponse::Refused(why) => return Err(ServiceError::denied(format!("{name}: {why}"))),
+            other => {
+                return Err(ServiceError::unavailable(format!(
+                    "{name} answered out of turn: {other:?}"
+                )));
+            }
+        };
+        let code = comparison_code(&self.0.peer_id, &peer, &nonce, &theirs);
+        let expires_ms = match self.ask_member(peer, Vec::new(), PairRequest::Reveal(nonce)).await? {
+            PairResponse::Waiting(until) => now_ms() + until.saturating_sub(now_ms()).min(PAIR_TTL.as_millis() as u64),
+            PairResponse::Refused(why) => return Err(ServiceError::denied(format!("{name}: {why}"))),
+            other => {
+                return Err(ServiceError::unavailable(format!(
+                    "{name} answered out of turn: {other:?}"
+                )));
+            }
+        };
+        // Named by its address: the name it gave when the connection opened.
+        let name = match self.0.net.info().await {
+            Ok(info) => info
+                .outsiders
+                .into_iter()
+                .find(|o| o.peer == peer)
+                .and_then(|o| o.claimed_name)
+                .map(|n| crate::ids::sanitize_text(&n))
+                .filter(|n| !n.is_empty())
+                .unwrap_or(name),
+            Err(_) => name,
+        };
+        let view = PairingView {
+            peer,
+            name,
+            code,
+            asking: true,
+            asked_ms: now_ms(),
+            expires_ms,
+            state: PairingState::Waiting,
+        };
+        tracing::info!(%peer, code = %view.code, "asked a nearby node to admit this one");
+        let (tx, rx) = watch::channel(view.clone());
+        self.0
+            .pair_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, rx);
+        let node = self.clone();
+        tokio::spawn(async move { node.follow_pairing(tx).await });
+        self.emit(Event::Pairing(view.clone()));
+        Ok(view)
+    }
+
+    /// Waits until the pairing with `target` is decided.
+    pub async fn pair_wait(&self, target: &str) -> Result<PairingView, ServiceError> {
+        let rx = {
+            let out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
+            out.iter()
+                .find(|(p, v)| p.to_string() == target.trim() || v.borrow().name == target.trim())
+                .map(|(_, rx)| rx.clone())
+        };
+        let Some(mut rx) = rx else {
+            return Err(ServiceError::not_found(format!(
+                "no pairing with {target:?} in progress (mesh join <node> starts one)"
+            )));
+        };
+        let done = rx
+            .wait_for(|v| v.state != PairingState::Waiting && v.state != PairingState::Approved)
+            .await
+            .map(|v| v.clone());
+        match done {
+            Ok(v) => Ok(v),
+            Err(_) => Err(ServiceError::unavailable("the node stopped during the pairing")),
+        }
+    }
+
+    /// The asking side's task: asks again every [`PAIR_POLL`] until decided, then joins.
+    async fn follow_pairing(&self, tx: watch::Sender<PairingView>) {
+        let view = tx.borrow().clone();
+        let (peer, name) = (view.peer, view.name.clone());
+        let mut failures = 0;
+        let outcome = loop {
+            tokio::select! {
+                _ = self.0.shutdown.cancelled() => break PairingState::Refused("this node stopped".into()),
+                _ = tokio::time::sleep(PAIR_POLL) => {}
+            }
+            if now_ms() > view.expires_ms + PAIR_POLL.as_millis() as u64 * 5 {
+                break PairingState::Refused(PairRefusal::Expired.to_string());
+            }
+            match self.ask_member(peer, Vec::new(), PairRequest::Poll).await {
+                Ok(PairResponse::Waiting(_)) => failures = 0,
+                Ok(PairResponse::Approved(invite)) => {
+                    tx.send_modify(|v| v.state = PairingState::Approved);
+                    self.emit(Event::Pairing(tx.borrow().clone()));
+                    break match self.join(&invite.encode()).await {
+                        Ok(joined) => {
+                            tx.send_modify(|v| v.name = joined.inviter_name);
+                            PairingState::Joined
+                        }
+                        Err(e) => PairingState::Refused(format!("approved, but the join failed: {e}")),
+                    };
+                }
+                Ok(PairResponse::Refused(why)) => break PairingState::Refused(why.to_string()),
+                Ok(PairResponse::Nonce(_)) => break PairingState::Refused("the member answered out of turn".into()),
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(%peer, error = %e, failures, "no answer from the node we pair with");
+                    if failures >= PAIR_FAILURES {
+                        break PairingState::Refused(format!("{name} stopped answering: {e}"));
+                    }
+                }
+            }
+        };
+        tracing::info!(%peer, state = ?outcome, "pairing ended");
+        tx.send_modify(|v| v.state = outcome);
+        self.emit(Event::Pairing(tx.borrow().clone()));
+        // Kept a while for a late `PairWait`, then forgotten.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.get(&peer).is_some_and(|rx| rx.same_channel(&tx.subscribe())) {
+            out.remove(&peer);
+        }
+    }
+
+    async fn ask_member(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        r: PairRequest,
+    ) -> Result<PairResponse, ServiceError> {
+        self.0
+            .net
+            .pair(peer, addrs, r)
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("cannot reach {}: {e}", crate::node::short_peer(&peer))))
+    }
+
+    /// A nearby node not in the mesh, as the user names it: PeerId, the name it gave, or an
+    /// address ending in `/p2p/<id>`.
+    async fn nearby(&self, target: &str) -> Result<(PeerId, String, Vec<Multiaddr>), ServiceError> {
+        let t = target.trim();
+        if let Ok(ma) = t.parse::<Multiaddr>() {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last() else {
+                return Err(ServiceError::invalid(format!(
+                    "{t} has no /p2p/<PeerId> at its end: the node's PeerId is needed to pair"
+                )));
+            };
+            return Ok((peer, crate::node::short_peer(&peer), vec![ma]));
+        }
+        let info = self
+            .0
+            .net
+            .info()
+            .await
+            .map_err(|e| ServiceError::unavailable(e.to_string()))?;
+        let found: Vec<_> = info
+            .outsiders
+            .into_iter()
+            .filter(|o| o.peer.to_string() == t || o.claimed_name.as_deref() == Some(t))
+            .collect();
+        match found.as_slice() {
+            [o] => Ok((
+                o.peer,
+                o.claimed_name
+                    .clone()
+                    .unwrap_or_else(|| crate::node::short_peer(&o.peer)),
+                o.addrs.clone(),
+            )),
+            [] => match t.parse::<PeerId>() {
+                Ok(peer) => Ok((peer, crate::node::short_peer(&peer), Vec::new())),
+                Err(_) => Err(ServiceError::not_found(format!(
+                    "no node named {t:?} seen nearby (mesh peers lists the nodes around that are not members); give its PeerId or address"
+                ))),
+            },
+            _ => Err(ServiceError::ambiguous(format!(
+                "several nodes nearby call themselves {t:?}: give the PeerId (mesh peers)"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn commit(n: &[u8; 32]) -> [u8; 32] {
+        Sha256::digest(n).into()
+    }
+
+    #[test]
+    fn both_sides_compute_the_same_code_and_another_peer_or_nonce_changes_it() {
+        let (a, m) = (PeerId::random(), PeerId::random());
+        let (na, nm) = ([1u8; 32], [2u8; 32]);
+        let code = comparison_code(&a, &m, &na, &nm);
+        assert_eq!(code.len(), 7);
+        assert!(code.chars().filter(|c| *c != ' ').all(|c| c.is_ascii_digit()));
+        assert_eq!(code, comparison_code(&a, &m, &na, &nm));
+        assert_ne!(code, comparison_code(&PeerId::random(), &m, &na, &nm));
+        assert_ne!(code, comparison_code(&a, &m, &[3u8; 32], &nm));
+    }
+
+    #[test]
+    fn a_pairing_is_listed_after_the_reveal_and_decided_once() {
+        let mut p = Pairings::default();
+        let (asker, me) = (PeerId::random(), PeerId::random());
+        let nonce = [7u8; 32];
+        let PairResponse::Nonce(theirs) = p.offer(asker, "laptop", commit(&nonce), 1) else {
+            panic!("no nonce")
+        };
+        assert!(p.pending(2).is_empty(), "not listed before the reveal");
+        assert_eq!(p.poll(asker, 2), PairResponse::Refused(PairRefusal::Unknown));
+        let (r, new) = p.reveal(asker, me, nonce, 3);
+        assert!(matches!(r, PairResponse::Waiting(_)));
+        let view = new.unwrap();
+        assert_eq!(view.code, comparison_code(&asker, &me, &nonce, &theirs));
+        assert!(p.reveal(asker, me, nonce, 4).1.is_none(), "told once");
+        assert_eq!(p.pending(5).len(), 1);
+
+        let id = p.find(&view.code.replace(' ', ""), 6).unwrap();
+        assert_eq!(id, asker);
+        assert!(p.find("000000", 6).is_err() || view.code == "000 000");
+        assert!(p.decide(asker, None).is_some());
+        assert!(p.decide(asker, None).is_none(), "decided once");
+        assert_eq!(p.poll(asker, 7), PairResponse::Refused(PairRefusal::Denied));
+        assert!(p.pending(8).is_empty());
+        assert!(p.find(&view.code, 8).is_err());
+    }
+
+    #[test]
+    fn a_wrong_nonce_unknown_peer_flood_and_old_requests_are_refused() {
+        let mut p = Pairings::default();
+        let (asker, me) = (PeerId::random(), PeerId::random());
+        p.offer(asker, "x", commit(&[1u8; 32]), 1);
+        let (r, new) = p.reveal(asker, me, [9u8; 32], 2);
+        assert_eq!(
+            r,
+            PairResponse::Refused(PairRefusal::Unknown),
+            "not the committed nonce"
+        );
+        assert!(new.is_none());
+        assert_eq!(
+            p.poll(asker, 3),
+            PairResponse::Refused(PairRefusal::Expired),
+            "forgotten"
+        );
+        assert_eq!(
+            p.reveal(PeerId::random(), me, [1u8; 32], 3).0,
+            PairResponse::Refused(PairRefusal::Unknown)
+        );
+
+        // At most PAIR_OFFERS_PER_MINUTE new offers a minute, from anyone.
+        let mut p = Pairings::default();
+        for i in 0..PAIR_OFFERS_PER_MINUTE {
+            assert!(matches!(
+                p.offer(PeerId::random(), "n", [i as u8; 32], 10),
+                PairResponse::Nonce(_)
+            ));
+        }
+        let late = PeerId::random();
+        assert_eq!(
+            p.offer(late, "n", [0u8; 32], 20),
+            PairResponse::Refused(PairRefusal::Busy)
+        );
+        assert!(matches!(p.offer(late, "n", [0u8; 32], 60_011), PairResponse::Nonce(_)));
+
+        // Expired after PAIR_TTL.
+        let ttl = PAIR_TTL.as_millis() as u64;
+        let nonce = [5u8; 32];
+        let mut p = Pairings::default();
+        p.offer(asker, "x", commit(&nonce), 1);
+        p.reveal(asker, me, nonce, 2);
+        assert!(p.pending(1 + ttl).is_empty());
+        assert_eq!(p.poll(asker, 1 + ttl), PairResponse::Refused(PairRefusal::Expired));
+    }
+}
