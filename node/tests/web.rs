@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{FAST_CONFIG, TestNode, WAIT};
-use mesh_node::api::{PageView, Request, SendRequest};
+use common::{FAST_CONFIG, TestNode, WAIT, eventually};
+use mesh_node::api::{PageView, Reception, Request, SendRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -280,6 +280,14 @@ async fn wait_sse(stream: &mut TcpStream, seen: &mut String, needles: &[&str]) -
     }
 }
 
+/// How `node` sees the user agent of alpha receive.
+async fn user_on(node: &TestNode) -> Option<Reception> {
+    get!(node.call(Request::Agents), Agents)
+        .into_iter()
+        .find(|x| x.name == "user" && x.node_name == "alpha")
+        .map(|x| x.reception)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_on_the_page_is_read_and_answered_live() {
     let mut a = TestNode::start_with("alpha", &web_config()).await;
@@ -287,6 +295,7 @@ async fn a_message_written_on_the_page_is_read_and_answered_live() {
     b.register("bob").await;
     a.dial(&b).await;
     let s = log_in(&a).await;
+    assert_eq!(user_on(&a).await, Some(Reception::Offline), "no page open yet");
 
     let mut events = TcpStream::connect(&s.host).await.unwrap();
     let req = format!(
@@ -307,6 +316,13 @@ async fn a_message_written_on_the_page_is_read_and_answered_live() {
     }
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     assert!(seen.to_ascii_lowercase().contains("content-type: text/event-stream"));
+    // With the page open, the user is online, and new mail reaches it at once.
+    for node in [&a, &b] {
+        eventually("the user online while its page is open", || async {
+            (user_on(node).await == Some(Reception::Push)).then_some(())
+        })
+        .await;
+    }
 
     // Markup in a text is just text: it arrives as written.
     let text = "<b>hello</b> from the page";

@@ -164,6 +164,28 @@ impl Node {
         Ok((self.local_view(&rec).await?, guard))
     }
 
+    /// The human's page is open as local agent `agent` (the user's own): it counts as an
+    /// attached session that is pushed to (the page shows new mail live) for as long as the
+    /// guard lives, so the mesh sees the user online while a page is open.
+    pub async fn hold_page(&self, agent: &AgentName) -> Result<SessionGuard, ServiceError> {
+        let agents = self.0.store.read(ops::agents).await?;
+        if !agents.iter().any(|a| &a.name == agent) {
+            return Err(ServiceError::not_found(format!("no local agent named {agent}")));
+        }
+        {
+            let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let s = sessions.entry(agent.clone()).or_default();
+            s.attached += 1;
+            s.push += 1;
+        }
+        self.0.announce.notify_one();
+        Ok(SessionGuard {
+            node: self.clone(),
+            agent: agent.clone(),
+            hold: Hold::Session { push: true },
+        })
+    }
+
     /// Makes the caller a waker of local agent `agent` (a hook or plugin that wakes the
     /// agent's client when mail arrives) for as long as the guard lives: the agent counts as
     /// [`Reception::Woken`] meanwhile. The newest waker acts: older ones are told to stand

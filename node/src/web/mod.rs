@@ -347,8 +347,16 @@ async fn events(
     _: Admitted,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, WebError> {
     let rx = site.node.subscribe_events();
+    // The user is online for as long as a page streams (see `Node::hold_page`).
+    let presence = match site.node.hold_page(&site.user).await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::debug!(error = %e, "the page's user agent is not online");
+            None
+        }
+    };
     let stopping = site.node.0.shutdown.clone().cancelled_owned();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    let stream = futures::stream::unfold((rx, presence), |(mut rx, presence)| async move {
         let event = match rx.recv().await {
             Ok(e) => SseEvent::default().json_data(&e).unwrap_or_default(),
             Err(broadcast::error::RecvError::Lagged(missed)) => SseEvent::default()
@@ -356,7 +364,7 @@ async fn events(
                 .unwrap_or_default(),
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok(event), rx))
+        Some((Ok(event), (rx, presence)))
     });
     // A stopping node ends the stream, so the server's graceful stop is not held open by it.
     let stream = futures::StreamExt::take_until(stream, stopping);

@@ -249,6 +249,28 @@ function messageItem(h) {
   return li;
 }
 
+// A message that arrived (Event::Message), as a history row.
+function arrived(m) {
+  return {
+    id: m.id,
+    kind: m.topic ? "topic" : "in",
+    from: m.from,
+    to: m.topic ? "#" + m.topic : `${m.agent}@${page.nodeName}`,
+    text: m.text,
+    at_ms: m.received_at_ms,
+    reply_to: m.reply_to,
+    state: null,
+    read_at_ms: null,
+  };
+}
+
+// Whether an arrived message is part of the conversation shown.
+function belongs(m) {
+  if (!page.target) return true;
+  if (page.target.startsWith("#")) return m.topic === page.target.slice(1);
+  return !m.topic && m.from === page.target;
+}
+
 function place(h) {
   if (page.shown.has(h.id)) {
     setState(page.shown.get(h.id), stateText(h));
@@ -317,8 +339,13 @@ function onEvent(ev) {
   const [kind, body] = typeof ev === "string" ? [ev, null] : Object.entries(ev)[0];
   switch (kind) {
     case "Message":
-      // A new row: the conversation's newest page is read again (it may belong to it).
-      reloadSoon("conversation");
+      // A new row: appended to the conversation shown, if it belongs there.
+      if (belongs(body)) {
+        const box = $("messages");
+        const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+        place(arrived(body));
+        if (atEnd) box.scrollTop = box.scrollHeight;
+      }
       break;
     case "Delivered":
     case "DeadLetter":
