@@ -143,24 +143,31 @@ function renderPermissions(list) {
     head.append(el("span", "msg-from", p.agent), el("span", "perm-tool", p.tool), el("span", "msg-time", time(p.asked_ms)));
     li.append(head, el("p", "msg-text", p.description), el("pre", "perm-input", p.input_preview));
     li.append(el("div", "untrusted", "untrusted text, from the session's client"));
-    for (const [label, allow] of [["Allow", true], ["Deny", false]]) {
-      const b = el("button", allow ? "allow" : "deny", label);
-      b.type = "button";
-      b.addEventListener("click", async () => {
-        try {
-          await api("/api/permission", { id: p.agent + ":" + p.id, allow });
-          li.remove();
-          $("permissions").hidden = !$("permission-list").children.length;
-        } catch (e) {
-          status("not answered: " + e.message);
-          reloadSoon("state");
-        }
-      });
-      li.append(b);
-    }
+    answerButtons(li, ["Allow", "Deny"], "/api/permission", p.agent + ":" + p.id, "permissions");
     ul.append(li);
   }
   $("permissions").hidden = list.length === 0;
+}
+
+// The two answers of a listed request (yes first): posted to `path` as {id, allow}; the
+// request leaves its list (and an empty list its section) once answered.
+function answerButtons(li, [yes, no], path, id, section) {
+  for (const [label, allow] of [[yes, true], [no, false]]) {
+    const b = el("button", allow ? "allow" : "deny", label);
+    b.type = "button";
+    b.addEventListener("click", async () => {
+      try {
+        await api(path, { id, allow });
+        const list = li.parentElement;
+        li.remove();
+        $(section).hidden = !(list && list.children.length);
+      } catch (e) {
+        status("not answered: " + e.message);
+        reloadSoon("state");
+      }
+    });
+    li.append(b);
+  }
 }
 
 function renderPairings(list) {
@@ -170,21 +177,7 @@ function renderPairings(list) {
     const li = el("li", "pairing");
     li.dataset.code = p.code;
     li.append(el("span", "pair-code", p.code), el("span", "msg-from", p.name), el("span", "meta", " " + p.peer.slice(-8) + " · " + time(p.asked_ms)));
-    for (const [label, allow] of [["Admit", true], ["Refuse", false]]) {
-      const b = el("button", allow ? "allow" : "deny", label);
-      b.type = "button";
-      b.addEventListener("click", async () => {
-        try {
-          await api("/api/pairing", { id: p.code, allow });
-          li.remove();
-          $("pairings").hidden = !$("pairing-list").children.length;
-        } catch (e) {
-          status("not answered: " + e.message);
-          reloadSoon("state");
-        }
-      });
-      li.append(b);
-    }
+    answerButtons(li, ["Admit", "Refuse"], "/api/pairing", p.code, "pairings");
     ul.append(li);
   }
   $("pairings").hidden = list.length === 0;
