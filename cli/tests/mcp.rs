@@ -781,4 +781,22 @@ fn an_agent_named_in_answer_agents_answers_another_sessions_permission_prompt() 
         "{}",
         late.stderr
     );
+
+    // Its own session's prompts are not its to answer.
+    reviewer.notify(
+        "notifications/claude/channel/permission_request",
+        json!({
+            "request_id": "selfy",
+            "tool_name": "Bash",
+            "description": "Push to main",
+            "input_preview": "{}",
+        }),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !reviewer.ok("permissions", json!({})).contains("selfy") {
+        assert!(std::time::Instant::now() < deadline, "never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (e, is_err) = reviewer.tool("permissions", json!({ "id": "selfy", "allow": true }));
+    assert!(is_err && e.contains("its own session"), "{e}");
 }

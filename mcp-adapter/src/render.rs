@@ -52,14 +52,15 @@ pub fn permissions(list: &[mesh_node::api::PermissionView]) -> String {
         if list.len() == 1 { "" } else { "s" }
     );
     for p in list {
+        // Quoted: whatever the texts say, they cannot look like another request.
         s.push_str(&format!(
-            "--- request {} of {} at {}: tool {}\n{}\ninput: {}\n--- end of request {}\n",
+            "--- request {} of {} at {}: tool {}\ndescription:\n{}\ninput:\n{}\n--- end of request {}\n",
             p.id,
             field(&p.agent),
             time(p.asked_ms),
             field(&p.tool),
-            clean(&p.description),
-            clean(&p.input_preview),
+            quote(&p.description),
+            quote(&p.input_preview),
             p.id
         ));
     }

@@ -134,6 +134,7 @@ fn handle_permission(relay: wire::PermissionRelay) {
     use crate::node::permissions::{MAX_PERMISSIONS, MAX_TEXT_CHARS, MAX_TOOL_CHARS, Permissions};
     let peer = *source();
     let mut p = Permissions::default();
+    p.watching(peer);
     match relay {
         wire::PermissionRelay::Asked(ask) => {
             let first = p.relayed(peer, "member", &ask, 1);

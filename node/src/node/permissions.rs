@@ -37,9 +37,13 @@ pub const MAX_PERMISSIONS: usize = 64;
 pub const MAX_TOOL_CHARS: usize = MAX_PERMISSION_TOOL;
 /// Longest description and input preview kept (characters).
 pub const MAX_TEXT_CHARS: usize = MAX_PERMISSION_TEXT;
+/// Longest answerer kept (characters): what an answering node says (at most
+/// [`MAX_TOOL_CHARS`]), `" on "`, and that node's label.
+pub const MAX_BY_CHARS: usize = 256;
 
-/// Times a watching node asks a member that is not ready for it (250 ms, 500 ms, ... apart).
-const WATCH_ATTEMPTS: u32 = 6;
+/// Times a watching node asks a member that is not ready for it (250 ms, 500 ms, ... apart:
+/// about 16 s in all).
+const WATCH_ATTEMPTS: u32 = 12;
 /// What a member says to a `Watch` that came before the watcher's name.
 const WATCH_TOO_EARLY: &str = "this node has not heard your name yet; ask again";
 
@@ -72,14 +76,21 @@ struct Entry {
 pub struct Permissions {
     by_key: BTreeMap<PermissionKey, Entry>,
     watchers: BTreeSet<PeerId>,
+    /// Members we asked for theirs (and that did not refuse).
+    watching: BTreeSet<PeerId>,
 }
 
 impl Permissions {
+    /// Lists a request; past [`MAX_PERMISSIONS`] of the same origin (this node, or one
+    /// member), that origin's oldest goes: a member's flood never pushes out another's or
+    /// this node's own.
     fn insert(&mut self, key: PermissionKey, view: PermissionView) -> PermissionView {
-        while self.by_key.len() >= MAX_PERMISSIONS {
+        let origin = key.0;
+        while self.by_key.keys().filter(|k| k.0 == origin).count() >= MAX_PERMISSIONS {
             let oldest = self
                 .by_key
                 .iter()
+                .filter(|(k, _)| k.0 == origin)
                 .min_by_key(|(_, e)| e.view.asked_ms)
                 .map(|(k, _)| k.clone());
             match oldest {
@@ -117,7 +128,18 @@ impl Permissions {
         Ok(self.insert(key, view))
     }
 
+    /// We asked member `origin` for its requests: taken from it from now on.
+    pub fn watching(&mut self, origin: PeerId) {
+        self.watching.insert(origin);
+    }
+
+    /// Member `origin` refused to send us its requests.
+    pub fn not_watching(&mut self, origin: &PeerId) {
+        self.watching.remove(origin);
+    }
+
     /// A request relayed by member `origin` (labelled `node`): the view when it is new here.
+    /// Taken only from a member that agreed to send them (see [`Permissions::watching`]).
     pub fn relayed(
         &mut self,
         origin: PeerId,
@@ -125,6 +147,11 @@ impl Permissions {
         r: &RelayedAsk,
         now_ms: u64,
     ) -> Result<Option<PermissionView>, ServiceError> {
+        if !self.watching.contains(&origin) {
+            return Err(ServiceError::denied(
+                "this node did not ask yours for permission requests",
+            ));
+        }
         let id = check_id(&r.id)?;
         self.expire(now_ms);
         let key = (Some(origin), r.agent.clone(), id.to_string());
@@ -134,7 +161,7 @@ impl Permissions {
         let view = PermissionView {
             id: id.to_string(),
             agent: format!("{}@{node}", r.agent),
-            tool: cut(&r.tool, MAX_TOOL_CHARS),
+            tool: crate::text::field(&r.tool, MAX_TOOL_CHARS),
             description: cut(&r.description, MAX_TEXT_CHARS),
             input_preview: cut(&r.input_preview, MAX_TEXT_CHARS),
             asked_ms: now_ms,
@@ -189,6 +216,11 @@ impl Permissions {
         }
     }
 
+    /// The request `key`, as listed now.
+    pub fn view(&self, key: &PermissionKey) -> Option<PermissionView> {
+        self.by_key.get(key).map(|e| e.view.clone())
+    }
+
     /// Ok if `key` is listed and not answered yet; else says what became of it.
     pub fn unanswered(&self, key: &PermissionKey) -> Result<(), ServiceError> {
         let Some(e) = self.by_key.get(key) else {
@@ -223,7 +255,7 @@ impl Permissions {
         };
         e.view.answer = Some(PermissionAnswer {
             allow,
-            by: cut(by, MAX_TOOL_CHARS),
+            by: cut(by, MAX_BY_CHARS),
             at_ms: now_ms,
         });
         Ok((e.view.clone(), e.told.iter().copied().collect()))
@@ -259,7 +291,8 @@ impl Permissions {
     /// Member `origin` says how its request was settled: the view if this changed it.
     pub fn settled_by(&mut self, origin: PeerId, v: &PermissionVerdict, now_ms: u64) -> Option<PermissionView> {
         let key = (Some(origin), v.agent.clone(), v.id.clone());
-        self.settle(&key, v.allow, &v.by, now_ms).ok().map(|(view, _)| view)
+        let by = crate::text::field(&v.by, MAX_BY_CHARS);
+        self.settle(&key, v.allow, &by, now_ms).ok().map(|(view, _)| view)
     }
 
     /// Member `peer` watches this node's requests: the waiting ones, to send it now.
@@ -419,6 +452,9 @@ impl Node {
         if !self.0.config.permissions.receive {
             return;
         }
+        // Its requests are taken from the moment we ask (they may come before its answer).
+        self.permissions_lock().watching(peer);
+        let node = self.clone();
         let net = self.0.net.clone();
         let stop = self.0.shutdown.clone();
         tokio::spawn(async move {
@@ -426,7 +462,8 @@ impl Node {
             for attempt in 1..=WATCH_ATTEMPTS {
                 match net.send_dm(peer, DmRequest::Permission(PermissionRelay::Watch)).await {
                     Ok(DmResponse::Outcomes(o)) if matches!(o.first(), Some((_, Outcome::Rejected(_)))) => {
-                        tracing::debug!(%peer, "a member does not send us its permission requests")
+                        tracing::debug!(%peer, "a member does not send us its permission requests");
+                        node.permissions_lock().not_watching(&peer);
                     }
                     Ok(DmResponse::Outcomes(_)) => tracing::debug!(%peer, "watching a member's permission requests"),
                     Ok(DmResponse::Unavailable(why)) if attempt < WATCH_ATTEMPTS => {
@@ -476,9 +513,10 @@ impl Node {
         by: &str,
         agent: Option<&str>,
     ) -> Result<PermissionView, ServiceError> {
-        let by = match agent {
-            Some(a) => format!("{} (agent)", self.may_answer(a)?),
-            None => cut(by.trim(), MAX_TOOL_CHARS),
+        let answering = agent.map(|a| self.may_answer(a)).transpose()?;
+        let by = match &answering {
+            Some(a) => format!("{a} (agent)"),
+            None => crate::text::field(by.trim(), MAX_TOOL_CHARS),
         };
         let key = {
             let mut p = self.permissions_lock();
@@ -486,10 +524,25 @@ impl Node {
             p.unanswered(&key)?;
             key
         };
+        if key.0.is_none() && answering.as_ref() == Some(&key.1) {
+            return Err(ServiceError::denied(format!(
+                "agent {} may not answer its own session's permission requests",
+                key.1
+            )));
+        }
         if let Some(origin) = key.0 {
             self.answer_remote(origin, &key, allow, &by).await?;
         }
-        let (view, told) = self.permissions_lock().settle(&key, allow, &by, now_ms())?;
+        let settled = self.permissions_lock().settle(&key, allow, &by, now_ms());
+        let (view, told) = match settled {
+            Ok(s) => s,
+            // Its node took our answer, and told us so before its reply came back.
+            Err(e) if key.0.is_some() => match self.permissions_lock().view(&key) {
+                Some(v) if v.answer.as_ref().is_some_and(|a| a.allow == allow) => return Ok(v),
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         tracing::info!(agent = %view.agent, id = %view.id, allow, by, "a permission request was answered");
         self.emit(Event::Permission(view.clone()));
         if key.0.is_none() {
@@ -517,14 +570,16 @@ impl Node {
         match self.0.net.send_dm(origin, request).await {
             Ok(DmResponse::Outcomes(o)) => match o.into_iter().next().map(|(_, o)| o) {
                 Some(Outcome::Stored | Outcome::Duplicate) => Ok(()),
-                Some(Outcome::Rejected(Rejection::Invalid(why))) => {
-                    Err(ServiceError::invalid(format!("node {label}: {why}")))
-                }
+                Some(Outcome::Rejected(Rejection::Invalid(why))) => Err(ServiceError::invalid(format!(
+                    "node {label}: {}",
+                    crate::text::field(&why, MAX_TEXT_CHARS)
+                ))),
                 Some(Outcome::Rejected(r)) => Err(ServiceError::invalid(format!("node {label}: {r}"))),
                 None => Err(ServiceError::unavailable(format!("node {label} did not answer"))),
             },
             Ok(DmResponse::Unavailable(why)) => Err(ServiceError::unavailable(format!(
-                "node {label}, where the request was asked, cannot take the answer now: {why}"
+                "node {label}, where the request was asked, cannot take the answer now: {}",
+                crate::text::field(&why, MAX_TEXT_CHARS)
             ))),
             Err(e) => Err(ServiceError::unavailable(format!(
                 "cannot reach node {label}, where the request was asked: {e}"
@@ -587,7 +642,11 @@ impl Node {
                     None => outcome(Outcome::Duplicate),
                 },
                 PermissionRelay::Answer(v) => {
-                    let by = format!("{} on {}", cut(&v.by, MAX_TOOL_CHARS), self.node_label(&peer, None));
+                    let by = format!(
+                        "{} on {}",
+                        crate::text::field(&v.by, MAX_TOOL_CHARS),
+                        self.node_label(&peer, None)
+                    );
                     let settled = self.permissions_lock().answer_from(peer, &v, &by, now_ms());
                     match settled {
                         Ok((view, told)) => {
@@ -685,6 +744,8 @@ mod tests {
         // On the watching side: labelled with the sending node, settled by it only.
         let mut w = Permissions::default();
         let origin = PeerId::random();
+        assert!(w.relayed(origin, "alpha", &waiting[0], 5).is_err(), "not asked for");
+        w.watching(origin);
         let v = w.relayed(origin, "alpha", &waiting[0], 5).unwrap().unwrap();
         assert_eq!(v.agent, "alice@alpha");
         assert!(
@@ -698,6 +759,36 @@ mod tests {
         assert_eq!(w.find("alice@alpha:abcde", 7).unwrap().0, Some(origin));
         assert!(w.settled_by(origin, &verdict, 7).is_some());
         assert!(w.pending(8).is_empty());
+    }
+
+    #[test]
+    fn a_members_flood_never_pushes_out_this_nodes_requests() {
+        let mut p = Permissions::default();
+        let alice = AgentName::new("alice").unwrap();
+        p.ask(&alice, &ask("mine"), 1).unwrap();
+        let flooder = PeerId::random();
+        p.watching(flooder);
+        for i in 0..(MAX_PERMISSIONS as u64 * 2) {
+            let id: String = format!("{i:04}")
+                .chars()
+                .map(|c| (b'a' + (c as u8 - b'0')) as char)
+                .collect();
+            let r = RelayedAsk {
+                agent: alice.clone(),
+                id,
+                tool: "Bash\u{1b}[2J".into(),
+                description: "d".into(),
+                input_preview: "i".into(),
+            };
+            p.relayed(flooder, "evil", &r, 2 + i).unwrap();
+        }
+        let left = p.pending(1000);
+        assert!(left.iter().any(|v| v.id == "mine"), "ours stays");
+        assert_eq!(left.iter().filter(|v| v.agent == "alice@evil").count(), MAX_PERMISSIONS);
+        assert!(
+            left.iter().all(|v| !v.tool.contains('\u{1b}')),
+            "control characters cleaned"
+        );
     }
 
     #[test]
