@@ -85,6 +85,10 @@ pub enum Command {
         /// gave, its PeerId, or an address ending in `/p2p/<PeerId>` (`mesh peers` lists
         /// them).
         code: String,
+        /// Pairing: the comparison code the other node shows, to confirm without being
+        /// asked (otherwise you are asked to type yes once you compared them).
+        #[arg(long, value_name = "DIGITS")]
+        confirm: Option<String>,
     },
     /// Nodes asking this one to admit them (`mesh join <this node>` there), with the
     /// comparison code each shows.

@@ -332,9 +332,9 @@ fn a_nearby_node_joins_by_comparison_code_without_copying_anything() {
         })
         .await;
 
-        // `mesh join m1` on x: it prints the code and waits for m1's user.
+        // `mesh join m1` on x: it prints the code, its user says yes, it waits for m1's user.
         let path = x.path();
-        let joining = std::thread::spawn(move || common::run_in(&path, &["join", "m1"], None));
+        let joining = std::thread::spawn(move || common::run_in(&path, &["join", "m1"], Some(b"yes\n")));
         let listed = eventually("m1 to list x asking", || async {
             let out = m1.run(&["--json", "pairings"]).ok().json();
             out.as_array().unwrap().first().cloned()

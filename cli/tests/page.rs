@@ -333,6 +333,12 @@ fn a_node_asks_to_join_from_its_page_and_is_admitted_on_the_members_page_by_its_
         "const t = document.getElementById('compose-status').textContent; const m = t.match(/comparison code (\\d{3} \\d{3})/); return m && m[1]",
     );
     let shown = shown.as_str().unwrap().to_string();
+    // Its user compares, and says they match (it joins only once both sides agreed).
+    browser.js("document.querySelector('.pair-confirm button.allow').click()");
+    browser.wait(
+        "the confirmation taken",
+        "return [...document.querySelectorAll('#nodes .meta')].some(m => m.textContent.startsWith('waiting for'))",
+    );
 
     // On alpha's page: xeno asks, with the same code; Admit.
     browser.go(&login_url(&a.path()));

@@ -531,6 +531,7 @@ async fn run(node: &Node, request: Request) -> Result<Response, ApiError> {
         Request::AskPermission { agent, ask } => Response::Permission(node.ask_permission(&agent, ask).await?),
         Request::Pair { node: target } => Response::Pairing(node.pair(&target).await?),
         Request::PairWait { node: target } => Response::Pairing(node.pair_wait(&target).await?),
+        Request::PairConfirm { node: target, same } => Response::Pairing(node.pair_confirm(&target, same)?),
         Request::Pairings => Response::Pairings(node.pairings()),
         Request::AnswerPairing { id, allow } => Response::Pairing(node.answer_pairing(&id, allow).await?),
         Request::Permissions { agent } => Response::Permissions(node.permissions(agent.as_deref())?),

@@ -291,6 +291,10 @@ fn requests() -> Vec<Request> {
         },
         Request::Pair { node: s("desktop") },
         Request::PairWait { node: s("desktop") },
+        Request::PairConfirm {
+            node: s("desktop"),
+            same: true,
+        },
         Request::Pairings,
         Request::AnswerPairing {
             id: s("482913"),
@@ -305,6 +309,7 @@ fn pairing() -> PairingView {
         name: s("desktop"),
         code: s("482 913"),
         asking: true,
+        confirmed: true,
         asked_ms: 17,
         expires_ms: 18,
         state: PairingState::Refused(s("the member's user refused this node")),

@@ -29,6 +29,7 @@ async fn a_node_approved_by_its_comparison_code_joins_and_a_refused_one_gets_not
     let b = TestNode::start_alone("beta").await;
     b.register("bob").await;
     let mut seen = a.watch(&[]).await;
+    let mut mine_events = b.watch(&[]).await;
 
     // Beta has seen alpha (a dial it was refused): it names it by the name alpha gave.
     assert!(b.call(Request::Dial { addr: a.addr() }).await.is_err());
@@ -75,6 +76,29 @@ async fn a_node_approved_by_its_comparison_code_joins_and_a_refused_one_gets_not
         Pairing
     );
     assert_eq!(decided.state, PairingState::Approved);
+    // Approved there, but beta joins only once its own user confirmed the codes match.
+    let approved = wait_event(
+        &mut mine_events,
+        "beta hears of the approval",
+        |e| matches!(e, Event::Pairing(v) if v.state == PairingState::Approved),
+    )
+    .await;
+    let Event::Pairing(approved) = approved else {
+        unreachable!()
+    };
+    assert!(!approved.confirmed);
+    assert!(
+        get!(b.call(Request::Members), Members).members.len() == 1,
+        "not joined before the confirmation"
+    );
+    let confirmed = get!(
+        b.call(Request::PairConfirm {
+            node: "alpha".into(),
+            same: true
+        }),
+        Pairing
+    );
+    assert!(confirmed.confirmed);
     let done = get!(b.call(Request::PairWait { node: "alpha".into() }), Pairing);
     assert_eq!(done.state, PairingState::Joined, "{done:?}");
     assert!(get!(a.call(Request::Pairings), Pairings).is_empty());
@@ -101,6 +125,13 @@ async fn a_node_approved_by_its_comparison_code_joins_and_a_refused_one_gets_not
     let c = TestNode::start_alone("gamma").await;
     let refused = pair(&c, &a.addr()).await;
     asking(&a, &refused.code).await;
+    get!(
+        c.call(Request::PairConfirm {
+            node: a.peer_id().to_string(),
+            same: true
+        }),
+        Pairing
+    );
     get!(
         a.call(Request::AnswerPairing {
             id: refused.code.clone(),
@@ -129,5 +160,36 @@ async fn a_node_approved_by_its_comparison_code_joins_and_a_refused_one_gets_not
     assert!(
         !members.members.iter().any(|m| m.peer_id == c.peer_id()),
         "gamma is not a member"
+    );
+
+    // Delta's user sees another code than the member shows: approved there, never joined.
+    let d = TestNode::start_alone("delta").await;
+    let asked = pair(&d, &a.addr()).await;
+    asking(&a, &asked.code).await;
+    get!(
+        a.call(Request::AnswerPairing {
+            id: asked.code.clone(),
+            allow: true,
+        }),
+        Pairing
+    );
+    get!(
+        d.call(Request::PairConfirm {
+            node: a.peer_id().to_string(),
+            same: false
+        }),
+        Pairing
+    );
+    let done = get!(
+        d.call(Request::PairWait {
+            node: a.peer_id().to_string()
+        }),
+        Pairing
+    );
+    assert!(matches!(done.state, PairingState::Refused(_)), "{done:?}");
+    assert_eq!(
+        get!(d.call(Request::Members), Members).members.len(),
+        1,
+        "delta stays alone"
     );
 }

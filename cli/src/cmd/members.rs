@@ -42,11 +42,16 @@ pub async fn invite(ctx: &Ctx, a: InviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a `mesh approve` / `mesh deny` argument is a comparison code (digits; spaces
-/// allowed), not a permission request id (letters).
+/// Whether a `mesh approve` / `mesh deny` argument names a pairing (a comparison code,
+/// digits with spaces allowed, or the asking node's PeerId), not a permission request id
+/// (letters).
 pub fn is_code(id: &str) -> bool {
     let d: String = id.chars().filter(|c| !c.is_whitespace()).collect();
-    !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())
+    (!d.is_empty() && d.chars().all(|c| c.is_ascii_digit())) || d.parse::<mesh_node::PeerId>().is_ok()
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 pub async fn pairings(ctx: &Ctx) -> anyhow::Result<()> {
@@ -91,21 +96,40 @@ pub async fn answer_pairing(ctx: &Ctx, id: &str, allow: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// `mesh join <nearby node>`: pairing by comparison code.
-async fn pair(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
+/// `mesh join <nearby node>`: pairing by comparison code. Joins only once the member's user
+/// approved and this one confirmed that both codes match.
+async fn pair(ctx: &Ctx, node: &str, confirm: Option<&str>) -> anyhow::Result<()> {
     let p = ctx.pair(node).await?;
+    let peer = p.peer.to_string();
+    let name = output::field(&p.name);
     if !ctx.json {
         crate::outln!(
-            "asked {} ({}) to admit this node.\n\n    comparison code: {}\n\ncheck that {} shows the same code, and approve it there: mesh approve {} (or on its page).\nwaiting for its answer (until {}; Ctrl-C gives up)...",
-            output::field(&p.name),
-            p.peer,
+            "asked {name} ({peer}) to admit this node.\n\n    comparison code: {}\n\ncheck that {name} shows the same code; its user approves there (mesh approve {}, or its page).\njoining leaves this node's mesh.",
             p.code,
-            output::field(&p.name),
-            p.code.replace(' ', ""),
-            output::time(p.expires_ms)
+            digits(&p.code),
         );
     }
-    let done = ctx.pair_wait(&p.peer.to_string()).await?;
+    let same = match confirm {
+        Some(c) => digits(c) == digits(&p.code),
+        None => {
+            // The question goes to stderr (like any prompt), the answer comes from stdin.
+            eprint!("does {name} show the same code? type yes to join (anything else gives up): ");
+            let line = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            })
+            .await??;
+            matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+        }
+    };
+    ctx.pair_confirm(&peer, same).await?;
+    if !same {
+        anyhow::bail!("not joined: the codes were not confirmed to match (the request to {name} is given up)");
+    }
+    if !ctx.json {
+        crate::outln!("waiting for {name}'s answer (until {})...", output::time(p.expires_ms));
+    }
+    let done = ctx.pair_wait(&peer).await?;
     if ctx.json {
         output::json(&done)?;
     }
@@ -122,9 +146,9 @@ async fn pair(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
     }
 }
 
-pub async fn join(ctx: &Ctx, code: &str) -> anyhow::Result<()> {
+pub async fn join(ctx: &Ctx, code: &str, confirm: Option<&str>) -> anyhow::Result<()> {
     if !code.trim().starts_with(mesh_node::mesh::INVITE_PREFIX) {
-        return pair(ctx, code).await;
+        return pair(ctx, code, confirm).await;
     }
     // Check the code first: a damaged paste deserves an answer even without a daemon.
     mesh_node::mesh::Invite::decode(code).map_err(|e| anyhow::anyhow!(e))?;

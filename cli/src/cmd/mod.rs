@@ -209,7 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deny { id } => permissions::answer(&ctx, &id, false).await,
         Command::Pairings => members::pairings(&ctx).await,
         Command::Invite(a) => members::invite(&ctx, a).await,
-        Command::Join { code } => members::join(&ctx, &code).await,
+        Command::Join { code, confirm } => members::join(&ctx, &code, confirm.as_deref()).await,
         Command::Members => members::members(&ctx).await,
         Command::Remove { node } => members::remove(&ctx, &node).await,
         Command::Leave => members::leave(&ctx).await,

@@ -196,6 +196,10 @@ pub trait LocalApi: Sync {
         fn pair(node: &str) -> PairingView { Request::Pair { node: node.into() } => Response::Pairing(p) => p }
         /// Waits until a pairing started with `pair` is decided.
         fn pair_wait(node: &str) -> PairingView { Request::PairWait { node: node.into() } => Response::Pairing(p) => p }
+        /// Says whether both sides of a pairing show the same code.
+        fn pair_confirm(node: &str, same: bool) -> PairingView {
+            Request::PairConfirm { node: node.into(), same } => Response::Pairing(p) => p
+        }
         /// The nodes asking this one to admit them.
         fn pairings() -> Vec<PairingView> { Request::Pairings => Response::Pairings(p) => p }
         /// Admits (or refuses) a node asking to.

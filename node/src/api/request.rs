@@ -182,7 +182,8 @@ pub enum Request {
     },
     /// Ask a nearby node (not in this node's mesh) to admit this one: answered once both
     /// sides can show the comparison code. The node then asks again every second until
-    /// that node's user decides (see `PairWait`), and joins if approved.
+    /// that node's user decides (see `PairWait`), and joins if approved and this node's
+    /// user confirmed the codes match (`PairConfirm`).
     Pair {
         /// The node: its PeerId, the name it gave, or an address ending in `/p2p/<id>`.
         node: String,
@@ -192,6 +193,14 @@ pub enum Request {
     PairWait {
         /// As given to `Pair`, or its PeerId.
         node: String,
+    },
+    /// The user of this (asking) node compared the codes of the pairing with `node`:
+    /// `same` lets it join once the member approves; otherwise it is given up.
+    PairConfirm {
+        /// As given to `Pair`, or its PeerId.
+        node: String,
+        /// Both show the same code.
+        same: bool,
     },
     /// The nodes asking this one to admit them.
     Pairings,
@@ -243,6 +252,7 @@ impl Request {
             Request::AnswerPermission { .. } => "AnswerPermission",
             Request::Pair { .. } => "Pair",
             Request::PairWait { .. } => "PairWait",
+            Request::PairConfirm { .. } => "PairConfirm",
             Request::Pairings => "Pairings",
             Request::AnswerPairing { .. } => "AnswerPairing",
         }
@@ -261,7 +271,7 @@ impl Request {
             // A repeat is refused ("already answered"), which the first answer's sender would
             // take for a failure.
             Request::AnswerPermission { .. } => false,
-            Request::Pair { .. } | Request::AnswerPairing { .. } => false,
+            Request::Pair { .. } | Request::AnswerPairing { .. } | Request::PairConfirm { .. } => false,
             Request::Inbox(InboxQuery { mark_read, .. }) => !mark_read,
             Request::Claim { .. }
             | Request::Register { attach: true, .. }

@@ -449,6 +449,8 @@ pub struct PairingView {
     pub code: String,
     /// This node asks to be admitted (else the other node asks this one).
     pub asking: bool,
+    /// Asking side: this node's user confirmed that both codes match (it joins only then).
+    pub confirmed: bool,
     /// When it was asked (ms since the epoch).
     pub asked_ms: u64,
     /// When it expires undecided (ms since the epoch, this node's clock).

@@ -62,6 +62,7 @@ pub(super) enum Command {
     RespondPair {
         request: InboundRequestId,
         response: Box<crate::wire::PairResponse>,
+        keep: bool,
     },
     DropOutsider(PeerId),
     /// What the PCP / NAT-PMP task came to.
@@ -251,7 +252,11 @@ impl NetActor {
                 request,
                 reply,
             } => self.send_pair(peer, addrs, request, reply),
-            Command::RespondPair { request, response } => self.respond_pair(request, *response),
+            Command::RespondPair {
+                request,
+                response,
+                keep,
+            } => self.respond_pair(request, *response, keep),
             Command::DropOutsider(peer) => self.drop_outsider(peer),
             Command::PortMapping(e) => self.on_port_mapping(e),
             Command::Fired(f) => self.on_fired(f),

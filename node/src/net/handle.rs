@@ -160,16 +160,19 @@ impl NetHandle {
         .await?
     }
 
-    /// Answers a pairing request.
+    /// Answers a pairing request; `keep`: a pairing of that peer is listed, keep its
+    /// connection open a while.
     pub async fn respond_pair(
         &self,
         request: InboundRequestId,
         response: crate::wire::PairResponse,
+        keep: bool,
     ) -> Result<(), NetError> {
         self.tx
             .send(Command::RespondPair {
                 request,
                 response: Box::new(response),
+                keep,
             })
             .await
             .map_err(|_| NetError::Stopped)

@@ -1,7 +1,8 @@
 //! The pairing protocol's network side: a node not in the mesh asks a nearby member to
 //! admit it (`/agentmesh/pair/1`). The asker dials the member and sends its requests once
-//! connected; both keep the connection (not admitted) while pairing traffic flows, for
-//! [`PAIR_KEEP`] after the last request. The decisions are the node's (`node::pairing`).
+//! connected; both keep the connection (not admitted) for [`PAIR_KEEP`] after the last
+//! request: the asker its own, the member only those of peers whose pairing it lists. The
+//! decisions are the node's (`node::pairing`).
 
 use std::time::Instant;
 
@@ -96,7 +97,6 @@ impl NetActor {
                     let _ = self.swarm.behaviour_mut().pair.send_response(channel, refused);
                     return;
                 }
-                self.adm.pairs.insert(peer, Instant::now() + PAIR_KEEP);
                 self.adm.pair_in.insert(request_id, (peer, channel));
                 self.emit(NetEvent::PairRequest {
                     peer,
@@ -111,11 +111,19 @@ impl NetActor {
         }
     }
 
-    /// The node's answer to a pairing request.
-    pub(super) fn respond_pair(&mut self, request: InboundRequestId, response: PairResponse) {
-        if let Some((_, ch)) = self.adm.pair_in.remove(&request) {
-            let _ = self.swarm.behaviour_mut().pair.send_response(ch, response);
+    /// The node's answer to a pairing request; `keep`: the node lists a pairing of that
+    /// peer, so its connection stays open for [`PAIR_KEEP`] more (at most as many peers as
+    /// the node lists pairings; anyone else is an outsider like any other).
+    pub(super) fn respond_pair(&mut self, request: InboundRequestId, response: PairResponse, keep: bool) {
+        let Some((peer, ch)) = self.adm.pair_in.remove(&request) else {
+            return;
+        };
+        if keep {
+            self.adm.pairs.insert(peer, Instant::now() + PAIR_KEEP);
+        } else {
+            self.adm.pairs.remove(&peer);
         }
+        let _ = self.swarm.behaviour_mut().pair.send_response(ch, response);
     }
 
     /// Whether pairing traffic with `peer` keeps its connection open (not admitted).
@@ -125,9 +133,20 @@ impl NetActor {
             || self.adm.pair_in.values().any(|(p, _)| p == peer)
     }
 
-    /// Periodic: forgets pairing peers gone quiet.
+    /// Periodic: forgets pairing peers gone quiet, and closes their connections unless
+    /// something else keeps them (admitted since, a join).
     pub(super) fn pair_upkeep(&mut self) {
         let now = Instant::now();
-        self.adm.pairs.retain(|_, until| *until > now);
+        let quiet: Vec<PeerId> = self
+            .adm
+            .pairs
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in quiet {
+            self.adm.pairs.remove(&peer);
+            self.drop_outsider(peer);
+        }
     }
 }

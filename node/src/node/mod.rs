@@ -139,7 +139,7 @@ pub(crate) struct Inner {
     /// Nodes asking this one to admit them.
     pairings: Mutex<pairing::Pairings>,
     /// Pairings this node asked for, by the member asked.
-    pair_out: Mutex<HashMap<PeerId, tokio::sync::watch::Receiver<crate::api::PairingView>>>,
+    pair_out: Mutex<HashMap<PeerId, pairing::Asking>>,
 }
 
 /// Handle to the node service. Cheap to clone.

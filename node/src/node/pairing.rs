@@ -57,6 +57,13 @@ fn digits(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
+/// A pairing this node asked for: its state, and the user's comparison of the codes.
+#[derive(Debug)]
+pub struct Asking {
+    view: watch::Receiver<PairingView>,
+    confirm: watch::Sender<Option<bool>>,
+}
+
 #[derive(Debug)]
 enum Decision {
     Waiting,
@@ -90,6 +97,7 @@ impl Pairings {
             name: a.name.clone(),
             code: a.code.clone().unwrap_or_default(),
             asking: false,
+            confirmed: false,
             asked_ms: a.asked_ms,
             expires_ms: a.asked_ms + PAIR_TTL.as_millis() as u64,
             state: match a.decision {
@@ -169,7 +177,9 @@ impl Pairings {
             None => PairResponse::Refused(PairRefusal::Expired),
             Some(a) if a.code.is_none() => PairResponse::Refused(PairRefusal::Unknown),
             Some(a) => match &a.decision {
-                Decision::Waiting => PairResponse::Waiting(a.asked_ms + PAIR_TTL.as_millis() as u64),
+                Decision::Waiting => {
+                    PairResponse::Waiting((a.asked_ms + PAIR_TTL.as_millis() as u64).saturating_sub(now_ms))
+                }
                 Decision::Approved(invite) => PairResponse::Approved(invite.clone()),
                 Decision::Denied => PairResponse::Refused(PairRefusal::Denied),
             },
@@ -254,9 +264,11 @@ impl Node {
             }
             PairRequest::Poll => self.pairings_lock().poll(peer, now),
         };
+        // Its connection stays open while its pairing is listed here, no longer.
+        let keep = !matches!(response, PairResponse::Refused(_));
         let net = self.0.net.clone();
         tokio::spawn(async move {
-            let _ = net.respond_pair(request, response).await;
+            let _ = net.respond_pair(request, response, keep).await;
         });
     }
 
@@ -314,7 +326,7 @@ impl Node {
         };
         let code = comparison_code(&self.0.peer_id, &peer, &nonce, &theirs);
         let expires_ms = match self.ask_member(peer, Vec::new(), PairRequest::Reveal(nonce)).await? {
-            PairResponse::Waiting(until) => now_ms() + until.saturating_sub(now_ms()).min(PAIR_TTL.as_millis() as u64),
+            PairResponse::Waiting(left) => now_ms() + left.min(PAIR_TTL.as_millis() as u64),
             PairResponse::Refused(why) => return Err(ServiceError::denied(format!("{name}: {why}"))),
             other => {
                 return Err(ServiceError::unavailable(format!(
@@ -339,36 +351,66 @@ impl Node {
             name,
             code,
             asking: true,
+            confirmed: false,
             asked_ms: now_ms(),
             expires_ms,
             state: PairingState::Waiting,
         };
         tracing::info!(%peer, code = %view.code, "asked a nearby node to admit this one");
         let (tx, rx) = watch::channel(view.clone());
-        self.0
-            .pair_out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, rx);
+        let (confirm_tx, confirm_rx) = watch::channel(None);
+        let old = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            peer,
+            Asking {
+                view: rx,
+                confirm: confirm_tx,
+            },
+        );
+        if let Some(old) = old {
+            // Asked again: the earlier pairing with that node is given up.
+            let _ = old.confirm.send(Some(false));
+        }
         let node = self.clone();
-        tokio::spawn(async move { node.follow_pairing(tx).await });
+        tokio::spawn(async move { node.follow_pairing(tx, confirm_rx).await });
         self.emit(Event::Pairing(view.clone()));
         Ok(view)
     }
 
+    /// The pairing this node asked for with `target` (PeerId or name).
+    fn asking(
+        &self,
+        target: &str,
+    ) -> Result<(watch::Receiver<PairingView>, watch::Sender<Option<bool>>), ServiceError> {
+        let out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
+        out.iter()
+            .find(|(p, a)| p.to_string() == target.trim() || a.view.borrow().name == target.trim())
+            .map(|(_, a)| (a.view.clone(), a.confirm.clone()))
+            .ok_or_else(|| {
+                ServiceError::not_found(format!(
+                    "no pairing with {target:?} in progress (mesh join <node> starts one)"
+                ))
+            })
+    }
+
+    /// The user of this (asking) node compared the codes: `same` lets the pairing join once
+    /// the member approves; otherwise it is given up (also: cancelled).
+    pub fn pair_confirm(&self, target: &str, same: bool) -> Result<PairingView, ServiceError> {
+        let (view, confirm) = self.asking(target)?;
+        let v = view.borrow().clone();
+        if !matches!(v.state, PairingState::Waiting | PairingState::Approved) {
+            return Err(ServiceError::invalid(format!(
+                "the pairing with {} already ended",
+                v.name
+            )));
+        }
+        let _ = confirm.send(Some(same));
+        tracing::info!(peer = %v.peer, same, "the user compared the pairing codes");
+        Ok(PairingView { confirmed: same, ..v })
+    }
+
     /// Waits until the pairing with `target` is decided.
     pub async fn pair_wait(&self, target: &str) -> Result<PairingView, ServiceError> {
-        let rx = {
-            let out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
-            out.iter()
-                .find(|(p, v)| p.to_string() == target.trim() || v.borrow().name == target.trim())
-                .map(|(_, rx)| rx.clone())
-        };
-        let Some(mut rx) = rx else {
-            return Err(ServiceError::not_found(format!(
-                "no pairing with {target:?} in progress (mesh join <node> starts one)"
-            )));
-        };
+        let (mut rx, _) = self.asking(target)?;
         let done = rx
             .wait_for(|v| v.state != PairingState::Waiting && v.state != PairingState::Approved)
             .await
@@ -379,25 +421,32 @@ impl Node {
         }
     }
 
-    /// The asking side's task: asks again every [`PAIR_POLL`] until decided, then joins.
-    async fn follow_pairing(&self, tx: watch::Sender<PairingView>) {
+    /// The asking side's task: asks again every [`PAIR_POLL`] until the member decides,
+    /// and joins once it approved **and** this node's user confirmed that the codes match
+    /// (with the member's own code only); given up when the user says they differ.
+    async fn follow_pairing(&self, tx: watch::Sender<PairingView>, mut confirm: watch::Receiver<Option<bool>>) {
         let view = tx.borrow().clone();
         let (peer, name) = (view.peer, view.name.clone());
         let mut failures = 0;
+        let mut approved: Option<Box<Invite>> = None;
         let outcome = loop {
-            tokio::select! {
-                _ = self.0.shutdown.cancelled() => break PairingState::Refused("this node stopped".into()),
-                _ = tokio::time::sleep(PAIR_POLL) => {}
+            let deadline = match &approved {
+                Some(invite) => invite.body.expires_ms,
+                None => view.expires_ms + PAIR_POLL.as_millis() as u64 * 5,
+            };
+            if now_ms() > deadline {
+                break PairingState::Refused(if approved.is_some() {
+                    "the codes were not confirmed here in time; not joined".into()
+                } else {
+                    PairRefusal::Expired.to_string()
+                });
             }
-            if now_ms() > view.expires_ms + PAIR_POLL.as_millis() as u64 * 5 {
-                break PairingState::Refused(PairRefusal::Expired.to_string());
-            }
-            match self.ask_member(peer, Vec::new(), PairRequest::Poll).await {
-                Ok(PairResponse::Waiting(_)) => failures = 0,
-                Ok(PairResponse::Approved(invite)) => {
-                    tx.send_modify(|v| v.state = PairingState::Approved);
-                    self.emit(Event::Pairing(tx.borrow().clone()));
-                    break match self.join(&invite.encode()).await {
+            let said = *confirm.borrow_and_update();
+            match said {
+                Some(false) => break PairingState::Refused("given up here (the codes differ, or cancelled)".into()),
+                Some(true) if approved.is_some() => {
+                    let invite = approved.take().map(|i| i.encode()).unwrap_or_default();
+                    break match self.join(&invite).await {
                         Ok(joined) => {
                             tx.send_modify(|v| v.name = joined.inviter_name);
                             PairingState::Joined
@@ -405,15 +454,42 @@ impl Node {
                         Err(e) => PairingState::Refused(format!("approved, but the join failed: {e}")),
                     };
                 }
-                Ok(PairResponse::Refused(why)) => break PairingState::Refused(why.to_string()),
-                Ok(PairResponse::Nonce(_)) => break PairingState::Refused("the member answered out of turn".into()),
-                Err(e) => {
-                    failures += 1;
-                    tracing::debug!(%peer, error = %e, failures, "no answer from the node we pair with");
-                    if failures >= PAIR_FAILURES {
-                        break PairingState::Refused(format!("{name} stopped answering: {e}"));
+                Some(true) => {
+                    tx.send_if_modified(|v| !std::mem::replace(&mut v.confirmed, true));
+                }
+                None => {}
+            }
+            if approved.is_none() {
+                match self.ask_member(peer, Vec::new(), PairRequest::Poll).await {
+                    Ok(PairResponse::Waiting(_)) => failures = 0,
+                    Ok(PairResponse::Approved(invite)) if invite.body.inviter != peer || !invite.verify() => {
+                        break PairingState::Refused(format!(
+                            "{name} handed over a join code that is not its own; not joined"
+                        ));
+                    }
+                    Ok(PairResponse::Approved(invite)) => {
+                        approved = Some(invite);
+                        tx.send_modify(|v| v.state = PairingState::Approved);
+                        self.emit(Event::Pairing(tx.borrow().clone()));
+                        continue;
+                    }
+                    Ok(PairResponse::Refused(why)) => break PairingState::Refused(why.to_string()),
+                    Ok(PairResponse::Nonce(_)) => {
+                        break PairingState::Refused("the member answered out of turn".into());
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!(%peer, error = %e, failures, "no answer from the node we pair with");
+                        if failures >= PAIR_FAILURES {
+                            break PairingState::Refused(format!("{name} stopped answering: {e}"));
+                        }
                     }
                 }
+            }
+            tokio::select! {
+                _ = self.0.shutdown.cancelled() => break PairingState::Refused("this node stopped".into()),
+                _ = confirm.changed() => {}
+                _ = tokio::time::sleep(PAIR_POLL) => {}
             }
         };
         tracing::info!(%peer, state = ?outcome, "pairing ended");
@@ -422,7 +498,7 @@ impl Node {
         // Kept a while for a late `PairWait`, then forgotten.
         tokio::time::sleep(Duration::from_secs(60)).await;
         let mut out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
-        if out.get(&peer).is_some_and(|rx| rx.same_channel(&tx.subscribe())) {
+        if out.get(&peer).is_some_and(|a| a.view.same_channel(&tx.subscribe())) {
             out.remove(&peer);
         }
     }
@@ -473,6 +549,10 @@ impl Node {
             )),
             [] => match t.parse::<PeerId>() {
                 Ok(peer) => Ok((peer, crate::node::short_peer(&peer), Vec::new())),
+                Err(_) if t.len() > MAX_CLAIMED_NAME => Err(ServiceError::invalid(format!(
+                    "that is neither a node seen nearby nor a join code (a join code starts with {})",
+                    crate::mesh::INVITE_PREFIX
+                ))),
                 Err(_) => Err(ServiceError::not_found(format!(
                     "no node named {t:?} seen nearby (mesh peers lists the nodes around that are not members); give its PeerId or address"
                 ))),

@@ -19,6 +19,7 @@
 //! | `POST /api/permission` `{id, allow}` | answers a session's permission request (the first answer wins) |
 //! | `POST /api/pairing` `{id, allow}` | admits or refuses a node asking to join (`id`: its comparison code) |
 //! | `POST /api/pair` `{node}` | asks a nearby node (PeerId) to admit this one; answered with the comparison code |
+//! | `POST /api/pair/confirm` `{node, same}` | the user compared the codes: join once approved, or give up |
 //!
 //! Peer text reaches the page only as JSON strings, which the page puts in the document as
 //! text, never as markup; the Content-Security-Policy allows no inline script and no other
@@ -152,6 +153,7 @@ pub async fn start(
         .route("/api/permission", post(permission))
         .route("/api/pairing", post(pairing))
         .route("/api/pair", post(pair))
+        .route("/api/pair/confirm", post(pair_confirm))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(site.clone(), guard))
         .with_state(site.clone());
@@ -465,4 +467,19 @@ async fn pair(
     Json(body): Json<PairBody>,
 ) -> Result<Json<crate::api::PairingView>, WebError> {
     Ok(Json(site.node.pair(&body.node).await?))
+}
+
+#[derive(Deserialize)]
+struct PairConfirmBody {
+    node: String,
+    same: bool,
+}
+
+/// The user compared the codes of a pairing this node asked for.
+async fn pair_confirm(
+    State(site): State<Arc<Site>>,
+    _: Admitted,
+    Json(body): Json<PairConfirmBody>,
+) -> Result<Json<crate::api::PairingView>, WebError> {
+    Ok(Json(site.node.pair_confirm(&body.node, body.same)?))
 }

@@ -12,6 +12,7 @@ const page = {
   replyTo: null,
   events: null,
   pairing: null,
+  outgoing: new Map(), // pairings this page asked for, by PeerId
   asking: new Set(), // PeerIds of the nodes asking this one to admit them     // the node this page asked to admit it (PeerId)
 };
 
@@ -115,15 +116,22 @@ function renderNodes(peers) {
     const conn = p.connections && p.connections[0];
     const what = p.member ? (p.connected ? path(conn) : (p.online ? "online, not connected" : "offline")) : "nearby, not a member" + (p.refused ? ": " + p.refused : "");
     li.append(el("div", "meta", what));
-    if (!p.member && !page.asking.has(p.peer_id)) {
+    const mine = page.outgoing.get(p.peer_id);
+    if (!p.member && mine && (mine.state === "Waiting" || mine.state === "Approved")) {
+      li.append(mine.confirmed ? el("div", "meta", `waiting for ${mine.name} to admit this node…`) : confirmBox(mine));
+    } else if (!p.member && !page.asking.has(p.peer_id)) {
       const b = el("button", "ask-join", "Ask to join its mesh");
       b.type = "button";
       b.addEventListener("click", async () => {
+        b.disabled = true;
         try {
           const v = await api("/api/pair", { node: p.peer_id });
           page.pairing = v.peer;
-          status(`comparison code ${v.code}: check that ${v.name} shows the same code and approve it there (mesh approve ${v.code.replace(" ", "")} or its page)`);
+          page.outgoing.set(v.peer, v);
+          status(`comparison code ${v.code}: its user approves on ${v.name} (mesh approve ${v.code.replace(" ", "")} or its page)`);
+          b.replaceWith(confirmBox(v));
         } catch (e) {
+          b.disabled = false;
           status("not asked: " + e.message);
         }
       });
@@ -183,8 +191,32 @@ function renderPairings(list) {
   $("pairings").hidden = list.length === 0;
 }
 
+// Asking side: the code, and the user's comparison (joining leaves this node's mesh).
+function confirmBox(v) {
+  const box = el("div", "pair-confirm");
+  box.append(el("span", "pair-code", v.code), el("div", "meta", `Does ${v.name} show the same code? Joining leaves this node's mesh.`));
+  for (const [label, same] of [["Same code: join", true], ["Different: give up", false]]) {
+    const b = el("button", same ? "allow" : "deny", label);
+    b.type = "button";
+    b.addEventListener("click", async () => {
+      try {
+        const now = await api("/api/pair/confirm", { node: v.peer, same });
+        page.outgoing.set(v.peer, now);
+        box.replaceWith(el("div", "meta", same ? `waiting for ${v.name} to admit this node…` : "given up"));
+      } catch (e) {
+        status("not confirmed: " + e.message);
+      }
+    });
+    box.append(b);
+  }
+  return box;
+}
+
 function pairingEvent(v) {
-  if (!v.asking || v.peer !== page.pairing) return;
+  if (!v.asking) return;
+  const known = page.outgoing.get(v.peer);
+  page.outgoing.set(v.peer, known ? { ...v, confirmed: known.confirmed || v.confirmed } : v);
+  if (v.peer !== page.pairing) return;
   const st = v.state;
   if (st === "Joined") status(`joined the mesh of ${v.name}`);
   else if (st === "Approved") status(`${v.name} admitted this node; joining...`);
