@@ -421,8 +421,10 @@ async fn invite(State(site): State<Arc<Site>>, _: Admitted) -> Result<Json<crate
     Ok(Json(site.node.invite(INVITE_TTL.as_secs(), 1).await?))
 }
 
+/// The answer to a listed request: a permission prompt (its id) or a pairing (the asking
+/// node's comparison code or PeerId).
 #[derive(Deserialize)]
-struct PermissionBody {
+struct AnswerBody {
     id: String,
     allow: bool,
 }
@@ -430,7 +432,7 @@ struct PermissionBody {
 async fn permission(
     State(site): State<Arc<Site>>,
     _: Admitted,
-    Json(body): Json<PermissionBody>,
+    Json(body): Json<AnswerBody>,
 ) -> Result<Json<PermissionView>, WebError> {
     let by = format!("{} (page)", site.user);
     Ok(Json(
@@ -438,18 +440,11 @@ async fn permission(
     ))
 }
 
-#[derive(Deserialize)]
-struct PairingBody {
-    /// The comparison code (or PeerId) of the node asking.
-    id: String,
-    allow: bool,
-}
-
 /// Admits or refuses a node asking to join.
 async fn pairing(
     State(site): State<Arc<Site>>,
     _: Admitted,
-    Json(body): Json<PairingBody>,
+    Json(body): Json<AnswerBody>,
 ) -> Result<Json<crate::api::PairingView>, WebError> {
     Ok(Json(site.node.answer_pairing(&body.id, body.allow).await?))
 }
