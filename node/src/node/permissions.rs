@@ -78,6 +78,8 @@ pub struct Permissions {
     watchers: BTreeSet<PeerId>,
     /// Members we asked for theirs (and that did not refuse).
     watching: BTreeSet<PeerId>,
+    /// Relayed requests settled before they were listed here, and when (ms).
+    settled_early: BTreeMap<PermissionKey, u64>,
 }
 
 impl Permissions {
@@ -155,7 +157,7 @@ impl Permissions {
         let id = check_id(&r.id)?;
         self.expire(now_ms);
         let key = (Some(origin), r.agent.clone(), id.to_string());
-        if self.by_key.contains_key(&key) {
+        if self.by_key.contains_key(&key) || self.settled_early.remove(&key).is_some() {
             return Ok(None);
         }
         let view = PermissionView {
@@ -291,6 +293,17 @@ impl Permissions {
     /// Member `origin` says how its request was settled: the view if this changed it.
     pub fn settled_by(&mut self, origin: PeerId, v: &PermissionVerdict, now_ms: u64) -> Option<PermissionView> {
         let key = (Some(origin), v.agent.clone(), v.id.clone());
+        if !self.by_key.contains_key(&key) {
+            // It overtook its `Asked` (two separate sends): that one, arriving late, is
+            // not listed as waiting.
+            if self.watching.contains(&origin) {
+                self.settled_early.retain(|_, at| at.saturating_add(PERMISSION_TTL.as_millis() as u64) > now_ms);
+                if self.settled_early.len() < MAX_PERMISSIONS {
+                    self.settled_early.insert(key, now_ms);
+                }
+            }
+            return None;
+        }
         let by = crate::text::field(&v.by, MAX_BY_CHARS);
         self.settle(&key, v.allow, &by, now_ms).ok().map(|(view, _)| view)
     }
@@ -759,6 +772,19 @@ mod tests {
         assert_eq!(w.find("alice@alpha:abcde", 7).unwrap().0, Some(origin));
         assert!(w.settled_by(origin, &verdict, 7).is_some());
         assert!(w.pending(8).is_empty());
+
+        // Settled before it was relayed (the two sends crossed): never listed as waiting.
+        let late = RelayedAsk {
+            id: "later".into(),
+            ..waiting[0].clone()
+        };
+        let early = PermissionVerdict {
+            id: "later".into(),
+            ..verdict.clone()
+        };
+        assert!(w.settled_by(origin, &early, 9).is_none());
+        assert!(w.relayed(origin, "alpha", &late, 10).unwrap().is_none());
+        assert!(w.pending(11).is_empty());
     }
 
     #[test]
