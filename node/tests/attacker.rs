@@ -366,3 +366,159 @@ async fn an_outsiders_refusal_cannot_put_text_in_front_of_the_user() {
         assert!(reason.contains("another mesh"), "{reason:?}");
     }
 }
+
+#[derive(NetworkBehaviour)]
+struct Pairer {
+    identify: identify::Behaviour,
+    admit: request_response::Behaviour<PostcardCodec<AdmitRequest, AdmitResponse>>,
+    pair: request_response::Behaviour<PostcardCodec<wire::PairRequest, wire::PairResponse>>,
+}
+
+/// A node outside the mesh that speaks the pairing protocol (and refuses the member's proof,
+/// as a node of another mesh does).
+fn pairer() -> Swarm<Pairer> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::new(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| Pairer {
+            identify: identify::Behaviour::new(identify::Config::new(
+                wire::IDENTIFY_PROTOCOL_VERSION.into(),
+                key.public(),
+            )),
+            admit: request_response::Behaviour::with_codec(
+                PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
+                [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+            pair: request_response::Behaviour::with_codec(
+                PostcardCodec::new(wire::MAX_PAIR_REQUEST_BYTES, wire::MAX_PAIR_RESPONSE_BYTES),
+                [(wire::PAIR_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
+/// Runs the pairer for at most `limit`: sends `first` once connected, then a `Poll` every
+/// 2 s while `polling`; each answer goes to `answered`, which may send a request itself.
+/// Returns when the member closed the connection (how long it was open), or `None`.
+async fn run_pairer(
+    s: &mut Swarm<Pairer>,
+    member: libp2p::PeerId,
+    limit: Duration,
+    first: Option<wire::PairRequest>,
+    polling: bool,
+    mut answered: impl FnMut(&mut Swarm<Pairer>, wire::PairResponse),
+) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut first = first;
+    let mut connected = s.is_connected(&member);
+    if connected && let Some(r) = first.take() {
+        s.behaviour_mut().pair.send_request(&member, r);
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + limit) => return None,
+            _ = tick.tick() => {
+                if connected && polling && first.is_none() {
+                    s.behaviour_mut().pair.send_request(&member, wire::PairRequest::Poll);
+                }
+            }
+            ev = s.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == member => {
+                    connected = true;
+                    if let Some(r) = first.take() {
+                        s.behaviour_mut().pair.send_request(&member, r);
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == member => {
+                    return Some(started.elapsed());
+                }
+                SwarmEvent::Behaviour(PairerEvent::Admit(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                })) => {
+                    let no = AdmitResponse::Refused(Refusal::OtherMesh([0; 4]));
+                    let _ = s.behaviour_mut().admit.send_response(channel, no);
+                }
+                SwarmEvent::Behaviour(PairerEvent::Pair(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => answered(s, response),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Pairing must not widen the bounds on connections of peers not admitted: a member keeps a
+/// pairing peer's connection only while it lists that peer's request. A stranger that only
+/// polls is cut off like any outsider, however often it asks; a node whose request is
+/// listed stays connected past the 10 s admission time, gets its join code once approved,
+/// and is cut off once it goes quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_keeps_a_connection_open_only_while_the_member_lists_the_request() {
+    let a = TestNode::start("alpha").await;
+    let alpha = a.peer_id();
+
+    let mut stranger = pairer();
+    stranger.dial(addr(&a)).unwrap();
+    let mut answers = Vec::new();
+    let first = Some(wire::PairRequest::Poll);
+    let open = run_pairer(&mut stranger, alpha, Duration::from_secs(40), first, true, |_, r| {
+        answers.push(r)
+    })
+    .await;
+    assert!(open.is_some(), "a stranger polling every 2 s was kept for 40 s");
+    assert!(
+        answers.iter().all(|r| matches!(r, wire::PairResponse::Refused(_))),
+        "{answers:?}"
+    );
+
+    // A listed request: kept while it polls.
+    let mut asker = pairer();
+    let me = *asker.local_peer_id();
+    asker.dial(addr(&a)).unwrap();
+    let nonce = [0x5au8; 32];
+    let commit: [u8; 32] =
+        sha2::Digest::finalize(sha2::Digest::chain_update(<sha2::Sha256 as sha2::Digest>::new(), nonce)).into();
+    let offer = wire::PairRequest::Offer {
+        node_name: "pairer".into(),
+        commit,
+    };
+    let mut theirs = None;
+    let closed = run_pairer(&mut asker, alpha, Duration::from_secs(16), Some(offer), true, |s, r| {
+        if let wire::PairResponse::Nonce(n) = r {
+            theirs = Some(n);
+            s.behaviour_mut()
+                .pair
+                .send_request(&alpha, wire::PairRequest::Reveal(nonce));
+        }
+    })
+    .await;
+    assert_eq!(closed, None, "the member cut off a node whose request it lists");
+    let listed = get!(a.call(Request::Pairings), Pairings);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let code = mesh_node::node::comparison_code(&me, &alpha, &nonce, &theirs.expect("the member's nonce"));
+    assert_eq!(listed[0].code, code, "both sides compute the same code");
+
+    get!(a.call(Request::AnswerPairing { id: code, allow: true }), Pairing);
+    let mut invite = None;
+    run_pairer(&mut asker, alpha, Duration::from_secs(5), None, true, |_, r| {
+        if let wire::PairResponse::Approved(i) = r {
+            invite.get_or_insert(i);
+        }
+    })
+    .await;
+    let invite = invite.expect("approved");
+    assert_eq!(invite.body.inviter, alpha);
+    assert!(invite.verify());
+
+    // Quiet now: cut off once the keep runs out.
+    let closed = run_pairer(&mut asker, alpha, Duration::from_secs(40), None, false, |_, _| {}).await;
+    assert!(closed.is_some(), "a quiet pairing peer was kept for 40 s");
+}

@@ -10,7 +10,7 @@ use libp2p::request_response::{self, InboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 
-use super::admit::PAIR_KEEP;
+use super::admit::{PAIR_KEEP, REFUSED_GRACE};
 use super::{NetActor, NetError, NetEvent, Waiting, strip_p2p};
 use crate::wire::{PairRefusal, PairRequest, PairResponse};
 
@@ -122,6 +122,14 @@ impl NetActor {
             self.adm.pairs.insert(peer, Instant::now() + PAIR_KEEP);
         } else {
             self.adm.pairs.remove(&peer);
+            // Refused already while this request kept it: nothing else will close it now.
+            if !self.adm.pending.contains_key(&peer) && !self.is_admitted(&peer) {
+                let tx = self.self_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REFUSED_GRACE).await;
+                    let _ = tx.send(super::Command::DropOutsider(peer)).await;
+                });
+            }
         }
         let _ = self.swarm.behaviour_mut().pair.send_response(ch, response);
     }

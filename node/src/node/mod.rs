@@ -504,3 +504,4 @@ pub fn normalize_kind(kind: &str) -> String {
 }
 
 pub use crate::ids::short_peer;
+pub use pairing::comparison_code;

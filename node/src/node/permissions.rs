@@ -297,7 +297,8 @@ impl Permissions {
             // It overtook its `Asked` (two separate sends): that one, arriving late, is
             // not listed as waiting.
             if self.watching.contains(&origin) {
-                self.settled_early.retain(|_, at| at.saturating_add(PERMISSION_TTL.as_millis() as u64) > now_ms);
+                self.settled_early
+                    .retain(|_, at| at.saturating_add(PERMISSION_TTL.as_millis() as u64) > now_ms);
                 if self.settled_early.len() < MAX_PERMISSIONS {
                     self.settled_early.insert(key, now_ms);
                 }
