@@ -122,7 +122,15 @@ async fn pair(ctx: &Ctx, node: &str, confirm: Option<&str>) -> anyhow::Result<()
             matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
         }
     };
-    ctx.pair_confirm(&peer, same).await?;
+    if let Err(e) = ctx.pair_confirm(&peer, same).await {
+        // It ended while the question waited: say how.
+        if let Ok(done) = ctx.pair_wait(&peer).await
+            && let PairingState::Refused(why) = done.state
+        {
+            anyhow::bail!("not admitted: {why}");
+        }
+        return Err(e.into());
+    }
     if !same {
         anyhow::bail!("not joined: the codes were not confirmed to match (the request to {name} is given up)");
     }

@@ -115,8 +115,10 @@ pub(super) struct Admission {
     /// Peers whose join request is being answered (not cut off meanwhile).
     pub(super) join_in: HashMap<InboundRequestId, (PeerId, ResponseChannel<JoinResponse>)>,
     pub(super) node_name: String,
-    /// Peers we pair with, or that pair with us: kept connected until then.
-    pub(super) pairs: HashMap<PeerId, Instant>,
+    /// Peers we ask to admit us: kept connected until then.
+    pub(super) pairs_out: HashMap<PeerId, Instant>,
+    /// Peers whose pairing request we list: kept connected until then.
+    pub(super) pairs_in: HashMap<PeerId, Instant>,
     /// Our pairing requests waiting for a connection.
     pub(super) pair_queue: HashMap<PeerId, Vec<(wire::PairRequest, super::Waiting<wire::PairResponse>)>>,
     pub(super) pair_out: HashMap<OutboundRequestId, super::Waiting<wire::PairResponse>>,
@@ -135,7 +137,8 @@ impl Admission {
             join_out: HashMap::new(),
             join_in: HashMap::new(),
             node_name,
-            pairs: HashMap::new(),
+            pairs_out: HashMap::new(),
+            pairs_in: HashMap::new(),
             pair_queue: HashMap::new(),
             pair_out: HashMap::new(),
             pair_in: HashMap::new(),

@@ -62,7 +62,7 @@ pub(super) enum Command {
     RespondPair {
         request: InboundRequestId,
         response: Box<crate::wire::PairResponse>,
-        keep: bool,
+        keep: Option<Duration>,
     },
     DropOutsider(PeerId),
     /// What the PCP / NAT-PMP task came to.

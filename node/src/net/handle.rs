@@ -160,13 +160,13 @@ impl NetHandle {
         .await?
     }
 
-    /// Answers a pairing request; `keep`: a pairing of that peer is listed, keep its
-    /// connection open a while.
+    /// Answers a pairing request; `keep`: the node holds a pairing of that peer, keep its
+    /// connection open that much longer.
     pub async fn respond_pair(
         &self,
         request: InboundRequestId,
         response: crate::wire::PairResponse,
-        keep: bool,
+        keep: Option<Duration>,
     ) -> Result<(), NetError> {
         self.tx
             .send(Command::RespondPair {

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use addr::dial_error_text;
 pub use addr::{ConnectionInfo, MultiaddrError, Path, parse_multiaddr, path_of, relay_of, strip_p2p};
 pub(crate) use addr::{is_link_local_v6, is_loopback, peer_of};
-pub use admit::{ADMIT_TIMEOUT, OutsiderInfo};
+pub use admit::{ADMIT_TIMEOUT, OutsiderInfo, PAIR_KEEP};
 pub use behaviour::{Behaviour, BehaviourEvent, HOP_PROTOCOL, KAD_PROTOCOL, PING_PROTOCOL, build};
 use commands::Command;
 pub use handle::NetHandle;

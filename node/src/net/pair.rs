@@ -4,7 +4,7 @@
 //! request: the asker its own, the member only those of peers whose pairing it lists. The
 //! decisions are the node's (`node::pairing`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::request_response::{self, InboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -30,7 +30,7 @@ impl NetActor {
             }));
             return;
         }
-        self.adm.pairs.insert(peer, Instant::now() + PAIR_KEEP);
+        self.adm.pairs_out.insert(peer, Instant::now() + PAIR_KEEP);
         self.adm.denied.forget(&peer);
         for a in addrs {
             self.remember(peer, strip_p2p(a));
@@ -111,17 +111,17 @@ impl NetActor {
         }
     }
 
-    /// The node's answer to a pairing request; `keep`: the node lists a pairing of that
-    /// peer, so its connection stays open for [`PAIR_KEEP`] more (at most as many peers as
-    /// the node lists pairings; anyone else is an outsider like any other).
-    pub(super) fn respond_pair(&mut self, request: InboundRequestId, response: PairResponse, keep: bool) {
+    /// The node's answer to a pairing request; `keep`: the node holds a pairing of that
+    /// peer, so its connection stays open that much longer (at most as many peers as the
+    /// node holds pairings; anyone else is an outsider like any other).
+    pub(super) fn respond_pair(&mut self, request: InboundRequestId, response: PairResponse, keep: Option<Duration>) {
         let Some((peer, ch)) = self.adm.pair_in.remove(&request) else {
             return;
         };
-        if keep {
-            self.adm.pairs.insert(peer, Instant::now() + PAIR_KEEP);
+        if let Some(keep) = keep {
+            self.adm.pairs_in.insert(peer, Instant::now() + keep);
         } else {
-            self.adm.pairs.remove(&peer);
+            self.adm.pairs_in.remove(&peer);
             // Refused already while this request kept it: nothing else will close it now.
             if !self.adm.pending.contains_key(&peer) && !self.is_admitted(&peer) {
                 let tx = self.self_tx.clone();
@@ -136,7 +136,10 @@ impl NetActor {
 
     /// Whether pairing traffic with `peer` keeps its connection open (not admitted).
     pub(super) fn pairing_with(&self, peer: &PeerId) -> bool {
-        self.adm.pairs.get(peer).is_some_and(|until| *until > Instant::now())
+        let now = Instant::now();
+        [&self.adm.pairs_out, &self.adm.pairs_in]
+            .iter()
+            .any(|m| m.get(peer).is_some_and(|until| *until > now))
             || self.adm.pair_queue.contains_key(peer)
             || self.adm.pair_in.values().any(|(p, _)| p == peer)
     }
@@ -145,15 +148,17 @@ impl NetActor {
     /// something else keeps them (admitted since, a join).
     pub(super) fn pair_upkeep(&mut self) {
         let now = Instant::now();
-        let quiet: Vec<PeerId> = self
-            .adm
-            .pairs
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
+        let mut quiet = Vec::new();
+        for m in [&mut self.adm.pairs_out, &mut self.adm.pairs_in] {
+            m.retain(|p, until| {
+                let keep = *until > now;
+                if !keep {
+                    quiet.push(*p);
+                }
+                keep
+            });
+        }
         for peer in quiet {
-            self.adm.pairs.remove(&peer);
             self.drop_outsider(peer);
         }
     }

@@ -38,6 +38,14 @@ pub const PAIR_POLL: Duration = Duration::from_secs(1);
 /// Failed requests in a row after which the asking node gives up.
 pub const PAIR_FAILURES: u32 = 10;
 
+/// How long an offer waits for its reveal before it is forgotten (a revealed request waits
+/// [`PAIR_TTL`]).
+pub const PAIR_REVEAL_WAIT: Duration = Duration::from_secs(30);
+/// How long the member keeps the connection of a node that offered and has not revealed.
+pub const PAIR_OFFER_KEEP: Duration = Duration::from_secs(5);
+/// How a pairing given up on the asking side ends.
+const GIVEN_UP: &str = "given up here (the codes differ, or cancelled)";
+
 /// The six-digit comparison code of a pairing, as `482 913`.
 pub fn comparison_code(asker: &PeerId, member: &PeerId, asker_nonce: &[u8; 32], member_nonce: &[u8; 32]) -> String {
     let mut h = Sha256::new();
@@ -109,8 +117,9 @@ impl Pairings {
     }
 
     fn expire(&mut self, now_ms: u64) {
-        let ttl = PAIR_TTL.as_millis() as u64;
-        self.asked.retain(|_, a| a.asked_ms + ttl > now_ms);
+        let (ttl, reveal) = (PAIR_TTL.as_millis() as u64, PAIR_REVEAL_WAIT.as_millis() as u64);
+        self.asked
+            .retain(|_, a| a.asked_ms + if a.code.is_some() { ttl } else { reveal } > now_ms);
         while self.offers.front().is_some_and(|t| t + 60_000 <= now_ms) {
             self.offers.pop_front();
         }
@@ -264,8 +273,13 @@ impl Node {
             }
             PairRequest::Poll => self.pairings_lock().poll(peer, now),
         };
-        // Its connection stays open while its pairing is listed here, no longer.
-        let keep = !matches!(response, PairResponse::Refused(_));
+        // Its connection stays open while its pairing is listed here (a little while between
+        // its offer and its reveal), no longer.
+        let keep = match response {
+            PairResponse::Refused(_) => None,
+            PairResponse::Nonce(_) => Some(PAIR_OFFER_KEEP),
+            PairResponse::Waiting(_) | PairResponse::Approved(_) => Some(crate::net::PAIR_KEEP),
+        };
         let net = self.0.net.clone();
         tokio::spawn(async move {
             let _ = net.respond_pair(request, response, keep).await;
@@ -307,6 +321,12 @@ impl Node {
             return Err(ServiceError::invalid(format!(
                 "{name} is already a member of this node's mesh"
             )));
+        }
+        // Asked again: the earlier pairing with that node is given up first, so that its
+        // confirmation cannot carry over to the new request.
+        let old = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+        if let Some(old) = old {
+            let _ = old.confirm.send(Some(false));
         }
         let mut nonce = [0u8; 32];
         rand::fill(&mut nonce[..]);
@@ -367,7 +387,7 @@ impl Node {
             },
         );
         if let Some(old) = old {
-            // Asked again: the earlier pairing with that node is given up.
+            // Two `Pair` calls crossed: the older one is given up.
             let _ = old.confirm.send(Some(false));
         }
         let node = self.clone();
@@ -405,7 +425,20 @@ impl Node {
         }
         let _ = confirm.send(Some(same));
         tracing::info!(peer = %v.peer, same, "the user compared the pairing codes");
-        Ok(PairingView { confirmed: same, ..v })
+        Ok(if same {
+            PairingView { confirmed: true, ..v }
+        } else {
+            PairingView {
+                state: PairingState::Refused(GIVEN_UP.into()),
+                ..v
+            }
+        })
+    }
+
+    /// The pairings this node asked for (kept a minute after they end).
+    pub fn asked_pairings(&self) -> Vec<PairingView> {
+        let out = self.0.pair_out.lock().unwrap_or_else(|e| e.into_inner());
+        out.values().map(|a| a.view.borrow().clone()).collect()
     }
 
     /// Waits until the pairing with `target` is decided.
@@ -428,25 +461,17 @@ impl Node {
         let view = tx.borrow().clone();
         let (peer, name) = (view.peer, view.name.clone());
         let mut failures = 0;
-        let mut approved: Option<Box<Invite>> = None;
+        let mut approved: Option<(Box<Invite>, tokio::time::Instant)> = None;
+        let polls_until = view.expires_ms + PAIR_POLL.as_millis() as u64 * 5;
         let outcome = loop {
-            let deadline = match &approved {
-                Some(invite) => invite.body.expires_ms,
-                None => view.expires_ms + PAIR_POLL.as_millis() as u64 * 5,
-            };
-            if now_ms() > deadline {
-                break PairingState::Refused(if approved.is_some() {
-                    "the codes were not confirmed here in time; not joined".into()
-                } else {
-                    PairRefusal::Expired.to_string()
-                });
-            }
             let said = *confirm.borrow_and_update();
             match said {
-                Some(false) => break PairingState::Refused("given up here (the codes differ, or cancelled)".into()),
+                Some(false) => break PairingState::Refused(GIVEN_UP.into()),
                 Some(true) if approved.is_some() => {
-                    let invite = approved.take().map(|i| i.encode()).unwrap_or_default();
-                    break match self.join(&invite).await {
+                    let Some((invite, _)) = approved.take() else { continue };
+                    // Its expiry is on the member's clock, which checks it when the code
+                    // is used: not checked again here against ours.
+                    break match self.join_invite(*invite, false).await {
                         Ok(joined) => {
                             tx.send_modify(|v| v.name = joined.inviter_name);
                             PairingState::Joined
@@ -459,6 +484,15 @@ impl Node {
                 }
                 None => {}
             }
+            // Deadlines on this node's clock: the member's request, or (once approved) the
+            // join code's lifetime from when it came.
+            match &approved {
+                Some((_, came)) if came.elapsed() > PAIR_TTL => {
+                    break PairingState::Refused("the codes were not confirmed here in time; not joined".into());
+                }
+                None if now_ms() > polls_until => break PairingState::Refused(PairRefusal::Expired.to_string()),
+                _ => {}
+            }
             if approved.is_none() {
                 match self.ask_member(peer, Vec::new(), PairRequest::Poll).await {
                     Ok(PairResponse::Waiting(_)) => failures = 0,
@@ -468,7 +502,7 @@ impl Node {
                         ));
                     }
                     Ok(PairResponse::Approved(invite)) => {
-                        approved = Some(invite);
+                        approved = Some((invite, tokio::time::Instant::now()));
                         tx.send_modify(|v| v.state = PairingState::Approved);
                         self.emit(Event::Pairing(tx.borrow().clone()));
                         continue;
@@ -649,6 +683,17 @@ mod tests {
             PairResponse::Refused(PairRefusal::Busy)
         );
         assert!(matches!(p.offer(late, "n", [0u8; 32], 60_011), PairResponse::Nonce(_)));
+
+        // An offer never revealed is forgotten after PAIR_REVEAL_WAIT.
+        let mut p = Pairings::default();
+        let quiet = PeerId::random();
+        p.offer(quiet, "x", commit(&[3u8; 32]), 1);
+        let wait = PAIR_REVEAL_WAIT.as_millis() as u64;
+        assert_eq!(p.poll(quiet, 1 + wait), PairResponse::Refused(PairRefusal::Expired));
+        assert_eq!(
+            p.reveal(quiet, me, [3u8; 32], 2 + wait).0,
+            PairResponse::Refused(PairRefusal::Unknown)
+        );
 
         // Expired after PAIR_TTL.
         let ttl = PAIR_TTL.as_millis() as u64;

@@ -296,10 +296,11 @@ impl Permissions {
         if !self.by_key.contains_key(&key) {
             // It overtook its `Asked` (two separate sends): that one, arriving late, is
             // not listed as waiting.
-            if self.watching.contains(&origin) {
+            if self.watching.contains(&origin) && check_id(&v.id).is_ok() {
                 self.settled_early
                     .retain(|_, at| at.saturating_add(PERMISSION_TTL.as_millis() as u64) > now_ms);
-                if self.settled_early.len() < MAX_PERMISSIONS {
+                // At most as many per member as it may have listed.
+                if self.settled_early.keys().filter(|k| k.0 == Some(origin)).count() < MAX_PERMISSIONS {
                     self.settled_early.insert(key, now_ms);
                 }
             }

@@ -300,6 +300,8 @@ struct PageState {
     topics: Vec<TopicView>,
     permissions: Vec<PermissionView>,
     pairings: Vec<crate::api::PairingView>,
+    /// Pairings this node asked for.
+    outgoing: Vec<crate::api::PairingView>,
 }
 
 async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Result<Json<PageState>, WebError> {
@@ -314,6 +316,7 @@ async fn state(State(site): State<Arc<Site>>, Admitted(session): Admitted) -> Re
         topics: n.topics().await?,
         permissions: n.permissions(None).unwrap_or_default(),
         pairings: n.pairings(),
+        outgoing: n.asked_pairings(),
     }))
 }
 

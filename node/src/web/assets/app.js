@@ -201,7 +201,8 @@ function confirmBox(v) {
     b.addEventListener("click", async () => {
       try {
         const now = await api("/api/pair/confirm", { node: v.peer, same });
-        page.outgoing.set(v.peer, now);
+        if (same) page.outgoing.set(v.peer, now);
+        else page.outgoing.delete(v.peer);
         box.replaceWith(el("div", "meta", same ? `waiting for ${v.name} to admit this node…` : "given up"));
       } catch (e) {
         status("not confirmed: " + e.message);
@@ -215,11 +216,14 @@ function confirmBox(v) {
 function pairingEvent(v) {
   if (!v.asking) return;
   const known = page.outgoing.get(v.peer);
-  page.outgoing.set(v.peer, known ? { ...v, confirmed: known.confirmed || v.confirmed } : v);
+  // An older pairing with that node (given up when this one started) says nothing now.
+  if (known && known.asked_ms > v.asked_ms) return;
+  const same = known && known.code === v.code;
+  page.outgoing.set(v.peer, same ? { ...v, confirmed: known.confirmed || v.confirmed } : v);
   if (v.peer !== page.pairing) return;
   const st = v.state;
   if (st === "Joined") status(`joined the mesh of ${v.name}`);
-  else if (st === "Approved") status(`${v.name} admitted this node; joining...`);
+  else if (st === "Approved") status(v.confirmed || (same && known.confirmed) ? `${v.name} admitted this node; joining…` : `${v.name} admitted this node: confirm the code to join`);
   else if (st && st.Refused !== undefined) status(`not admitted: ${st.Refused}`);
 }
 
@@ -232,6 +236,7 @@ async function loadState() {
   renderAgents(s.agents);
   renderTopics(s.topics);
   page.asking = new Set(s.pairings.map((p) => p.peer));
+  page.outgoing = new Map(s.outgoing.map((p) => [p.peer, p]));
   renderNodes(s.peers);
   renderPermissions(s.permissions);
   renderPairings(s.pairings);
