@@ -735,14 +735,14 @@ fn an_agent_named_in_answer_agents_answers_another_sessions_permission_prompt() 
     let home = Home::isolated();
     let config = home.path().join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[permissions]\nanswer_agents = [\"codex.review\"]\n");
+    text.push_str("\n[permissions]\nanswer_agents = [\"claude-code.review\"]\n");
     std::fs::write(&config, text).unwrap();
     let (_t, dir) = project("webapp", true);
     let (_t2, review_dir) = project("review", true);
     let mut asking = Mcp::start(&home.path(), &dir, "claude-code", &[]);
     asking.ok("whoami", json!({}));
-    let mut reviewer = Mcp::start(&home.path(), &review_dir, "codex", &[]);
-    assert!(reviewer.ok("whoami", json!({})).contains("codex.review@"));
+    let mut reviewer = Mcp::start(&home.path(), &review_dir, "claude-code", &[]);
+    assert!(reviewer.ok("whoami", json!({})).contains("claude-code.review@"));
     asking.notify(
         "notifications/claude/channel/permission_request",
         json!({
@@ -752,6 +752,17 @@ fn an_agent_named_in_answer_agents_answers_another_sessions_permission_prompt() 
             "input_preview": "{\"command\":\"rm -rf target\"}",
         }),
     );
+    // The answering agent's session is told (a channel push: Claude Code shows it when
+    // channels are on for agentmesh).
+    let told = reviewer.wait_notification("notifications/claude/channel", Duration::from_secs(20));
+    let content = told["params"]["content"].as_str().unwrap();
+    assert!(
+        content.contains("claude-code.webapp:qwert")
+            && content.contains("permissions tool")
+            && content.contains("rm -rf target"),
+        "{content}"
+    );
+    assert_eq!(told["params"]["meta"]["kind"], "permission_request");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let list = loop {
         let list = reviewer.ok("permissions", json!({}));
@@ -777,7 +788,7 @@ fn an_agent_named_in_answer_agents_answers_another_sessions_permission_prompt() 
     assert_eq!(answer["params"], json!({ "request_id": "qwert", "behavior": "deny" }));
     let late = home.run(&["approve", "qwert"]);
     assert!(
-        late.stderr.contains("already denied by codex.review (agent)"),
+        late.stderr.contains("already denied by claude-code.review (agent)"),
         "{}",
         late.stderr
     );

@@ -332,6 +332,18 @@ async fn run_events<B: Backend>(
                 }
             }
             Event::Lagged { .. } => inner.arrivals.send_modify(|n| *n += 1),
+            // Another session's prompt, to an agent that may answer it: told, if the client
+            // takes pushes (the `permissions` tool lists and answers).
+            Event::Permission(p) if p.agent != view.name && p.answer.is_none() && push != Push::Never => {
+                let params = serde_json::json!({
+                    "content": render::channel_content(&render::permission_notice(&p)),
+                    "meta": { "kind": "permission_request", "request": format!("{}:{}", render::field(&p.agent), p.id) },
+                });
+                let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
+                if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
+                    tracing::debug!(error = %e, "cannot tell of a permission request");
+                }
+            }
             Event::Permission(p) if p.agent == view.name => {
                 if let Some(a) = &p.answer {
                     let params = serde_json::json!({

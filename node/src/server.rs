@@ -336,7 +336,21 @@ impl Connection {
                     w.abort();
                 }
                 let events = self.node.subscribe_events();
-                self.watcher = Some(tokio::spawn(forward_events(events, agents, self.out.clone())));
+                let answerers = self
+                    .node
+                    .0
+                    .config
+                    .permissions
+                    .answer_agents
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                self.watcher = Some(tokio::spawn(forward_events(
+                    events,
+                    agents,
+                    answerers,
+                    self.out.clone(),
+                )));
                 Ok(Response::Ok)
             }
             Request::Shutdown => {
@@ -422,7 +436,15 @@ impl Drop for ConnectionCount {
     }
 }
 
-async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>, out: mpsc::Sender<ServerFrame>) {
+/// Sends a watching connection the events of its agents (all, for none): their messages,
+/// what became of what they sent, their sessions' permission requests, and, to an agent
+/// named in `[permissions] answer_agents` (`answerers`), every request still waiting.
+async fn forward_events(
+    mut rx: broadcast::Receiver<Event>,
+    agents: Vec<String>,
+    answerers: Vec<String>,
+    out: mpsc::Sender<ServerFrame>,
+) {
     loop {
         let event = match rx.recv().await {
             Ok(e) => e,
@@ -435,7 +457,11 @@ async fn forward_events(mut rx: broadcast::Receiver<Event>, agents: Vec<String>,
                 agents.is_empty() || agents.contains(from)
             }
             Event::WakerReplaced { agent, .. } => agents.is_empty() || agents.contains(agent),
-            Event::Permission(p) => agents.is_empty() || agents.contains(&p.agent),
+            Event::Permission(p) => {
+                agents.is_empty()
+                    || agents.contains(&p.agent)
+                    || (p.answer.is_none() && agents.iter().any(|a| answerers.contains(a)))
+            }
             Event::Pairing(_) => agents.is_empty(),
             _ => true,
         };
