@@ -51,6 +51,10 @@ fn join_in_two_commands_then_members_remove_and_leave() {
         "tells what to do with it: {}",
         inv.stderr
     );
+    // --confirm belongs to pairing: with a code it is refused, and the code stays unused.
+    let mixed = hb.run(&["join", &code, "--confirm", "123456"]);
+    assert_eq!(mixed.code, 1);
+    assert!(mixed.stderr.contains("--confirm is for pairing"), "{}", mixed.stderr);
     let join = hb.run(&["join", &code]);
     join.ok();
     assert!(

@@ -24,6 +24,14 @@ struct Evil {
     gossipsub: gossipsub::Behaviour,
 }
 
+/// Identify as an agentmesh node (others are dropped at once).
+fn agentmesh_identify(key: &libp2p::identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new(
+        wire::IDENTIFY_PROTOCOL_VERSION.into(),
+        key.public(),
+    ))
+}
+
 fn attacker() -> Swarm<Evil> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -44,10 +52,7 @@ fn attacker() -> Swarm<Evil> {
                 .build()
                 .unwrap();
             Evil {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
-                    key.public(),
-                )),
+                identify: agentmesh_identify(key),
                 admit: request_response::Behaviour::with_codec(
                     PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
                     [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
@@ -320,10 +325,7 @@ async fn an_outsiders_refusal_cannot_put_text_in_front_of_the_user() {
             .with_tcp(tcp::Config::new(), noise::Config::new, yamux::Config::default)
             .unwrap()
             .with_behaviour(|key| Liar {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
-                    key.public(),
-                )),
+                identify: agentmesh_identify(key),
                 admit: request_response::Behaviour::with_codec(
                     mesh_node::hostile::Raw,
                     [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],
@@ -382,10 +384,7 @@ fn pairer() -> Swarm<Pairer> {
         .with_tcp(tcp::Config::new(), noise::Config::new, yamux::Config::default)
         .unwrap()
         .with_behaviour(|key| Pairer {
-            identify: identify::Behaviour::new(identify::Config::new(
-                wire::IDENTIFY_PROTOCOL_VERSION.into(),
-                key.public(),
-            )),
+            identify: agentmesh_identify(key),
             admit: request_response::Behaviour::with_codec(
                 PostcardCodec::new(wire::MAX_ADMIT_REQUEST_BYTES, wire::MAX_GRANT_BYTES),
                 [(wire::ADMIT_PROTOCOL, ProtocolSupport::Full)],

@@ -193,3 +193,42 @@ async fn a_node_approved_by_its_comparison_code_joins_and_a_refused_one_gets_not
         "delta stays alone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pairing_requests_get_clear_errors_and_change_nothing() {
+    let a = TestNode::start("alpha").await;
+    let err = |r: Result<mesh_node::api::Response, mesh_node::api::client::ClientError>| match r {
+        Ok(other) => panic!("accepted: {other:?}"),
+        Err(e) => e.to_string(),
+    };
+    // Nobody of that name around; a join code pasted without its prefix; an address with no
+    // PeerId; no pairing to wait for or to confirm; no node asking with that code.
+    let e = err(a.call(Request::Pair { node: "nosuch".into() }).await);
+    assert!(e.contains("no node named \"nosuch\" seen nearby"), "{e}");
+    let e = err(a.call(Request::Pair { node: "x".repeat(200) }).await);
+    assert!(e.contains("a join code starts with agentmesh:"), "{e}");
+    let e = err(a
+        .call(Request::Pair {
+            node: "/ip4/127.0.0.1/tcp/1".into(),
+        })
+        .await);
+    assert!(e.contains("/p2p/"), "{e}");
+    let e = err(a.call(Request::PairWait { node: "nosuch".into() }).await);
+    assert!(e.contains("no pairing with \"nosuch\" in progress"), "{e}");
+    let e = err(a
+        .call(Request::PairConfirm {
+            node: "nosuch".into(),
+            same: true,
+        })
+        .await);
+    assert!(e.contains("no pairing"), "{e}");
+    let e = err(a
+        .call(Request::AnswerPairing {
+            id: "123456".into(),
+            allow: true,
+        })
+        .await);
+    assert!(e.contains("no node with comparison code 123456"), "{e}");
+    assert_eq!(get!(a.call(Request::Members), Members).members.len(), 1);
+    assert!(get!(a.call(Request::Pairings), Pairings).is_empty());
+}

@@ -158,6 +158,9 @@ pub async fn join(ctx: &Ctx, code: &str, confirm: Option<&str>) -> anyhow::Resul
     if !code.trim().starts_with(mesh_node::mesh::INVITE_PREFIX) {
         return pair(ctx, code, confirm).await;
     }
+    if confirm.is_some() {
+        anyhow::bail!("--confirm is for pairing with a nearby node (mesh join <node>), not for a join code");
+    }
     // Check the code first: a damaged paste deserves an answer even without a daemon.
     mesh_node::mesh::Invite::decode(code).map_err(|e| anyhow::anyhow!(e))?;
     let v = ctx.join(code).await?;
